@@ -1,0 +1,150 @@
+"""aiohttp glue: builds the application from a Config and writes the engine's replies.
+
+Resources (storage tiers, the origin session) are opened and closed in
+`cleanup_ctx`; the only handler turns an aiohttp request into a
+`ClientRequest`, asks the engine, appends this node's Cache-Status member and
+Via, writes the reply, and logs one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.cache_status import appended, member
+from proxy.config import Config
+from proxy.engine import ClientRequest, Engine, Reply, error_reply
+from proxy.storage.disk import DiskStorage
+from proxy.storage.memory import MemoryStorage
+from proxy.storage.tiered import TieredStorage
+from proxy.upstream import Upstream, UpstreamError
+
+CONFIG_KEY = web.AppKey("config", Config)
+ENGINE_KEY = web.AppKey("engine", Engine)
+STORAGE_KEY = web.AppKey("storage", TieredStorage)
+
+access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy.app")
+
+
+def open_storage(cfg: Config) -> TieredStorage:
+    """The L1 memory tier and the L2 disk tier the config asks for."""
+    l1 = MemoryStorage(cfg.cache.l1.budget, cfg.cache.l1.eviction) if cfg.cache.l1.enabled else None
+    l2 = None
+    if cfg.cache.l2.enabled:
+        Path(cfg.cache.dir).mkdir(parents=True, exist_ok=True)
+        l2 = DiskStorage(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction)
+    return TieredStorage(l1, l2)
+
+
+def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:
+    """The proxy application for one edge node."""
+    app = web.Application(handler_args={"max_field_size": 16384, "max_line_size": 16384})
+    app[CONFIG_KEY] = cfg
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        storage = open_storage(cfg)
+        upstream = Upstream(cfg.origin)
+        await upstream.start()
+        app[STORAGE_KEY] = storage
+        app[ENGINE_KEY] = Engine(cfg, storage, upstream, clock)
+        try:
+            yield
+        finally:
+            await upstream.close()
+            storage.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_route("*", "/{tail:.*}", _handle)
+    return app
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    cfg = app[CONFIG_KEY]
+    engine = app[ENGINE_KEY]
+    started = time.perf_counter()
+    try:
+        reply = await engine.handle(_client_request(request))
+    except UpstreamError as exc:
+        reply = error_reply(exc.status_hint, exc.reason)
+    except Exception:
+        log.exception("error handling %s %s", request.method, request.path_qs)
+        reply = error_reply(500, "internal error")
+    reply.headers["Cache-Status"] = appended(
+        ",".join(reply.headers.getall("Cache-Status", [])) or None, member(cfg.name, reply.cache_status)
+    )
+    reply.headers.add("Via", f"1.1 {cfg.name}")
+    response = await _write(request, reply)
+    if cfg.log.access_log:
+        _log_access(cfg, request, reply, time.perf_counter() - started)
+    return response
+
+
+def _client_request(request: web.Request) -> ClientRequest:
+    raw_path, _, query = request.raw_path.partition("?")
+    body = request.content.iter_any() if request.body_exists else None
+    return ClientRequest(
+        method=request.method,
+        scheme=request.scheme,
+        host=request.headers.get("Host", ""),
+        path=raw_path or "/",
+        query=query,
+        headers=request.headers,
+        remote=request.remote,
+        body=body,
+    )
+
+
+async def _write(request: web.Request, reply: Reply) -> web.StreamResponse:
+    if isinstance(reply.body, bytes):
+        return web.Response(
+            status=reply.status, reason=reply.reason or None, headers=reply.headers, body=reply.body
+        )
+    stream = web.StreamResponse(status=reply.status, reason=reply.reason or None, headers=reply.headers)
+    await stream.prepare(request)
+    try:
+        async for chunk in reply.body:
+            await stream.write(chunk)
+    except UpstreamError as exc:
+        # The origin broke off mid-body: the client must see a broken response,
+        # not a short one that looks complete.
+        log.warning("origin body broke off for %s %s: %s", request.method, request.path_qs, exc.reason)
+        if request.transport is not None:
+            request.transport.abort()
+        return stream
+    await stream.write_eof()
+    return stream
+
+
+def _log_access(cfg: Config, request: web.Request, reply: Reply, duration: float) -> None:
+    status_text = reply.headers.get("Cache-Status", "")
+    ours = status_text.rsplit(",", 1)[-1].strip()
+    if cfg.log.format == "json":
+        access_log.info(
+            json.dumps(
+                {
+                    "method": request.method,
+                    "url": request.path_qs,
+                    "status": reply.status,
+                    "cache": ours,
+                    "ms": round(duration * 1000, 2),
+                    "remote": request.remote,
+                }
+            )
+        )
+    else:
+        access_log.info(
+            '%s "%s %s" %d "%s" %.1fms',
+            request.remote,
+            request.method,
+            request.path_qs,
+            reply.status,
+            ours,
+            duration * 1000,
+        )

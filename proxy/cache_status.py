@@ -1,0 +1,67 @@
+"""Serialising this node's member of the Cache-Status field (RFC 9211) with http_sfv.
+
+A response may already carry members from the origin or lower tiers; this
+node's member is appended last (RFC 9211 §2: ordered from the origin to the
+client).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from http_sfv.item import Item
+from http_sfv.types import Token
+
+# RFC 9211 §2.2: the values of the fwd parameter.
+FWD_REASONS = frozenset({"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"})
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatus:
+    """What happened to one request in this cache."""
+
+    hit: bool = False
+    fwd: str | None = None
+    fwd_status: int | None = None
+    ttl: int | None = None
+    stored: bool = False
+    collapsed: bool = False
+    key: str | None = None
+    detail: str | None = None
+
+
+def member(node: str, status: CacheStatus) -> str:
+    """This node's list member, e.g. `edge-1;hit;ttl=57` or `edge-1;fwd=uri-miss;fwd-status=200;stored`."""
+    item = Item()
+    item.value = Token(node) if _is_token(node) else node
+    params = item.params
+    if status.hit:
+        params["hit"] = True
+    if status.fwd is not None:
+        params["fwd"] = Token(status.fwd)
+    if status.fwd_status is not None:
+        params["fwd-status"] = status.fwd_status
+    if status.ttl is not None:
+        params["ttl"] = status.ttl
+    if status.stored:
+        params["stored"] = True
+    if status.collapsed:
+        params["collapsed"] = True
+    if status.key is not None:
+        params["key"] = status.key
+    if status.detail is not None:
+        params["detail"] = status.detail
+    return str(item)
+
+
+def appended(existing: str | None, node_member: str) -> str:
+    """The Cache-Status field value with this node's member appended."""
+    if existing and existing.strip():
+        return f"{existing}, {node_member}"
+    return node_member
+
+
+def _is_token(text: str) -> bool:
+    if not text or not (text[0].isalpha() or text[0] == "*"):
+        return False
+    return all(c.isalnum() or c in "!#$%&'*+-.^_`|~:/" for c in text)

@@ -1,0 +1,456 @@
+"""Typed configuration: frozen dataclasses, loaded from YAML and validated once.
+
+Every key of `config.yaml` is described here and checked at start; an error
+names the offending key and the file. The configuration object is passed
+explicitly to whoever needs it; there is no module-level global.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import yaml
+
+from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+
+# Request headers that would change a response without being part of the key
+# (classic cache-poisoning vectors); never forwarded to the origin.
+DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
+    "X-Forwarded-Host",
+    "X-Forwarded-Server",
+    "X-Forwarded-Scheme",
+    "X-Forwarded-Port",
+    "X-Forwarded-Prefix",
+    "X-Original-URL",
+    "X-Rewrite-URL",
+    "X-Original-Host",
+    "X-Host",
+    "X-HTTP-Method-Override",
+    "X-HTTP-Method",
+    "X-Method-Override",
+    "Forwarded",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """How the primary cache key is built (RFC 9111 §2)."""
+
+    namespace: str = ""  # prefix of every key; change it to bust everything at once
+    sort_query: bool = False
+    ignore_query_params: tuple[str, ...] = ()  # fnmatch patterns, e.g. "utm_*"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """Knobs of the pure caching policy (RFC 9111, RFC 5861, RFC 9213)."""
+
+    honour_request_directives: bool = True  # §5.2.1; CDNs often turn this off
+    honour_immutable: bool = True  # RFC 8246
+    store_set_cookie: bool = False  # store (without the cookie) responses that set one
+    heuristic_fraction: float = 0.1  # §4.2.2: at most 10% of Date - Last-Modified
+    heuristic_max: float = 86400.0  # cap on a heuristic lifetime, seconds
+    default_ttl: Mapping[int, float] = field(default_factory=dict)  # status -> seconds
+    targeted_fields: tuple[str, ...] = ("CDN-Cache-Control", "Surrogate-Control")
+    strip_targeted_fields: bool = True
+    accept_encodings: tuple[str, ...] = ("br", "gzip")  # Accept-Encoding normalisation order
+    # §4.2.4: serve stale even when no-cache / must-revalidate / s-maxage forbid it.
+    serve_stale_despite_prohibitions: bool = False
+    default_stale_if_error: float = 0.0  # operator default window when the origin sends none
+    default_stale_while_revalidate: float = 0.0
+    max_variants: int = 16  # per URL; the oldest variant goes first
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    """One storage tier's byte budget and eviction policy."""
+
+    enabled: bool = True
+    budget: int = 64 * 1024 * 1024
+    eviction: EvictionPolicy = "lru"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Storage: the L1 memory tier, the L2 disk tier and the per-object limit."""
+
+    dir: str = ".minicdn-cache"
+    max_object_size: int = 10 * 1024 * 1024
+    l1: TierConfig = TierConfig()
+    l2: TierConfig = TierConfig(budget=1024 * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginConfig:
+    """The origin this edge fronts, and how requests are forwarded to it."""
+
+    url: str = "http://127.0.0.1:8081"
+    host_header: str = "origin"  # "origin": the origin's host; "client": the client's Host
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_connections: int = 256
+    unkeyed_request_headers: tuple[str, ...] = DEFAULT_UNKEYED_REQUEST_HEADERS
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Access and error logging."""
+
+    level: str = "INFO"
+    format: str = "text"  # "text" or "json"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration of one edge node."""
+
+    name: str = "edge-1"  # this node's name: its Cache-Status member and Via pseudonym
+    listen: str = "127.0.0.1:8080"
+    origin: OriginConfig = OriginConfig()
+    cache: CacheConfig = CacheConfig()
+    keys: KeyConfig = KeyConfig()
+    policy: PolicyConfig = PolicyConfig()
+    log: LogConfig = LogConfig()
+    source: str = "<defaults>"  # the file this came from, for messages
+
+    def with_overrides(
+        self, *, listen: str | None = None, origin: str | None = None, cache_dir: str | None = None
+    ) -> Config:
+        """A copy with command-line overrides applied (validated like the file)."""
+        cfg = self
+        if listen is not None:
+            _parse_listen(listen, "--listen", "command line")
+            cfg = replace(cfg, listen=listen)
+        if origin is not None:
+            _check_origin_url(origin, "--origin", "command line")
+            cfg = replace(cfg, origin=replace(cfg.origin, url=origin))
+        if cache_dir is not None:
+            cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
+        return cfg
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return _parse_listen(self.listen, "listen", self.source)
+
+
+# --------------------------------------------------------------------------- loading
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+}
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read and validate a YAML config file; None means the project's config.yaml."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    return config_from_mapping(raw, source)
+
+
+def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
+    """Validate a parsed mapping (the YAML document) into a Config."""
+    r = _Reader(source)
+    top = r.mapping(raw, "")
+    r.only(
+        top,
+        "",
+        {"name", "listen", "origin", "cache", "keys", "policy", "log", "origin_stub"},
+    )
+    d = Config()
+    name = r.string(top, "name", d.name)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
+        raise r.error("name", "must start with a letter and use only letters, digits, '.', '_' and '-'")
+    listen = r.string(top, "listen", d.listen)
+    _parse_listen(listen, "listen", source)
+
+    o = r.mapping(top.get("origin", {}), "origin")
+    r.only(o, "origin", set(OriginConfig.__dataclass_fields__))
+    od = OriginConfig()
+    origin = OriginConfig(
+        url=_check_origin_url(r.string(o, "url", od.url, "origin"), "origin.url", source),
+        host_header=r.choice(o, "host_header", od.host_header, ("origin", "client"), "origin"),
+        connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
+        read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
+        max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
+        unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
+    )
+
+    c = r.mapping(top.get("cache", {}), "cache")
+    r.only(c, "cache", set(CacheConfig.__dataclass_fields__))
+    cd = CacheConfig()
+    cache = CacheConfig(
+        dir=r.string(c, "dir", cd.dir, "cache"),
+        max_object_size=r.size(c, "max_object_size", cd.max_object_size, "cache"),
+        l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
+        l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
+    )
+
+    k = r.mapping(top.get("keys", {}), "keys")
+    r.only(k, "keys", set(KeyConfig.__dataclass_fields__))
+    kd = KeyConfig()
+    keys = KeyConfig(
+        namespace=r.string(k, "namespace", kd.namespace, "keys"),
+        sort_query=r.boolean(k, "sort_query", kd.sort_query, "keys"),
+        ignore_query_params=r.strings(k, "ignore_query_params", kd.ignore_query_params, "keys"),
+    )
+
+    p = r.mapping(top.get("policy", {}), "policy")
+    r.only(p, "policy", set(PolicyConfig.__dataclass_fields__))
+    pd = PolicyConfig()
+    encodings = r.strings(p, "accept_encodings", pd.accept_encodings, "policy")
+    for enc in encodings:
+        if enc.lower() in ("identity", "*") or not re.fullmatch(r"[A-Za-z0-9._-]+", enc):
+            raise r.error("policy.accept_encodings", f"{enc!r} is not a content-coding name")
+    policy = PolicyConfig(
+        honour_request_directives=r.boolean(
+            p, "honour_request_directives", pd.honour_request_directives, "policy"
+        ),
+        honour_immutable=r.boolean(p, "honour_immutable", pd.honour_immutable, "policy"),
+        store_set_cookie=r.boolean(p, "store_set_cookie", pd.store_set_cookie, "policy"),
+        heuristic_fraction=r.fraction(p, "heuristic_fraction", pd.heuristic_fraction, "policy"),
+        heuristic_max=r.non_negative(p, "heuristic_max", pd.heuristic_max, "policy"),
+        default_ttl=_default_ttl(r, p.get("default_ttl", {})),
+        targeted_fields=r.strings(p, "targeted_fields", pd.targeted_fields, "policy"),
+        strip_targeted_fields=r.boolean(p, "strip_targeted_fields", pd.strip_targeted_fields, "policy"),
+        accept_encodings=tuple(e.lower() for e in encodings),
+        serve_stale_despite_prohibitions=r.boolean(
+            p, "serve_stale_despite_prohibitions", pd.serve_stale_despite_prohibitions, "policy"
+        ),
+        default_stale_if_error=r.non_negative(
+            p, "default_stale_if_error", pd.default_stale_if_error, "policy"
+        ),
+        default_stale_while_revalidate=r.non_negative(
+            p, "default_stale_while_revalidate", pd.default_stale_while_revalidate, "policy"
+        ),
+        max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
+    )
+
+    lg = r.mapping(top.get("log", {}), "log")
+    r.only(lg, "log", set(LogConfig.__dataclass_fields__))
+    ld = LogConfig()
+    log = LogConfig(
+        level=r.choice(lg, "level", ld.level, ("DEBUG", "INFO", "WARNING", "ERROR"), "log", upper=True),
+        format=r.choice(lg, "format", ld.format, ("text", "json"), "log"),
+        access_log=r.boolean(lg, "access_log", ld.access_log, "log"),
+    )
+    cfg = Config(
+        name=name,
+        listen=listen,
+        origin=origin,
+        cache=cache,
+        keys=keys,
+        policy=policy,
+        log=log,
+        source=source,
+    )
+    return _apply_env(cfg)
+
+
+def _apply_env(cfg: Config) -> Config:
+    """MINICDN_NAME / MINICDN_LISTEN / MINICDN_ORIGIN / MINICDN_CACHE_DIR override the file."""
+    name = os.environ.get("MINICDN_NAME")
+    if name:
+        cfg = replace(cfg, name=name)
+    return cfg.with_overrides(
+        listen=os.environ.get("MINICDN_LISTEN") or None,
+        origin=os.environ.get("MINICDN_ORIGIN") or None,
+        cache_dir=os.environ.get("MINICDN_CACHE_DIR") or None,
+    )
+
+
+def parse_size(value: object) -> int:
+    """An int, or a string like "64MiB" / "10 MB" / "512k", as a byte count."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = (m.group(2) or "").lower()
+            if unit in _SIZE_UNITS:
+                return int(float(m.group(1)) * _SIZE_UNITS[unit])
+    raise ValueError(f"{value!r} is not a size (use bytes, or e.g. '64MiB', '10MB')")
+
+
+def _parse_listen(value: str, key: str, source: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{source}: {key}: {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _check_origin_url(value: str, key: str, source: str) -> str:
+    from yarl import URL
+
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {key}: {value!r} is not a URL") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{source}: {key}: {value!r} must be an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+def _tier(r: _Reader, raw: object, key: str, d: TierConfig, *, allow_random: bool) -> TierConfig:
+    t = r.mapping(raw, key)
+    r.only(t, key, set(TierConfig.__dataclass_fields__))
+    allowed = EVICTION_POLICIES if allow_random else tuple(p for p in EVICTION_POLICIES if p != "random")
+    eviction = r.choice(t, "eviction", d.eviction, allowed, key)
+    return TierConfig(
+        enabled=r.boolean(t, "enabled", d.enabled, key),
+        budget=r.size(t, "budget", d.budget, key),
+        eviction=cast(EvictionPolicy, eviction),
+    )
+
+
+def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:
+    m = r.mapping(raw, "policy.default_ttl")
+    out: dict[int, float] = {}
+    for status, ttl in m.items():
+        try:
+            code = int(status)
+        except (TypeError, ValueError):
+            raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes") from None
+        if not 200 <= code <= 599:
+            raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes (200-599)")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
+            raise r.error(f"policy.default_ttl.{status}", "must be a number of seconds >= 0")
+        out[code] = float(ttl)
+    return out
+
+
+class _Reader:
+    """Typed access to a YAML mapping that reports errors as 'file: key: problem'."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {problem}")
+
+    def mapping(self, raw: object, key: str) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.error(key or "(top level)", "must be a mapping")
+        return raw
+
+    def only(self, m: dict[str, Any], key: str, allowed: set[str]) -> None:
+        for k in m:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else str(k)
+                raise self.error(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    @staticmethod
+    def _full(section: str, key: str) -> str:
+        return f"{section}.{key}" if section else key
+
+    def string(self, m: dict[str, Any], key: str, default: str, section: str = "") -> str:
+        v = m.get(key, default)
+        if not isinstance(v, str):
+            raise self.error(self._full(section, key), "must be a string")
+        return v
+
+    def strings(
+        self, m: dict[str, Any], key: str, default: tuple[str, ...], section: str = ""
+    ) -> tuple[str, ...]:
+        v = m.get(key, list(default))
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise self.error(self._full(section, key), "must be a list of strings")
+        return tuple(v)
+
+    def boolean(self, m: dict[str, Any], key: str, default: bool, section: str = "") -> bool:
+        v = m.get(key, default)
+        if not isinstance(v, bool):
+            raise self.error(self._full(section, key), "must be true or false")
+        return v
+
+    def _number(self, m: dict[str, Any], key: str, default: float, section: str) -> float:
+        v = m.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.error(self._full(section, key), "must be a number")
+        return float(v)
+
+    def positive(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
+        v = self._number(m, key, default, section)
+        if v <= 0:
+            raise self.error(self._full(section, key), "must be greater than 0")
+        return v
+
+    def non_negative(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
+        v = self._number(m, key, default, section)
+        if v < 0:
+            raise self.error(self._full(section, key), "must be 0 or more")
+        return v
+
+    def fraction(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
+        v = self._number(m, key, default, section)
+        if not 0 <= v <= 1:
+            raise self.error(self._full(section, key), "must be between 0 and 1")
+        return v
+
+    def size(self, m: dict[str, Any], key: str, default: int, section: str = "") -> int:
+        try:
+            return parse_size(m.get(key, default))
+        except ValueError as exc:
+            raise self.error(self._full(section, key), str(exc)) from None
+
+    def choice(
+        self,
+        m: dict[str, Any],
+        key: str,
+        default: str,
+        allowed: tuple[str, ...],
+        section: str = "",
+        *,
+        upper: bool = False,
+    ) -> str:
+        v = m.get(key, default)
+        if isinstance(v, str) and upper:
+            v = v.upper()
+        if v not in allowed:
+            raise self.error(self._full(section, key), f"{v!r} is not one of: {', '.join(allowed)}")
+        return cast(str, v)

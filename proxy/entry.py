@@ -1,0 +1,76 @@
+"""What a stored response is: the values the cache keeps per variant and per URL.
+
+Everything the hit path needs is computed once, when the response is stored
+(freshness lifetime, corrected initial age, the directives that govern serving
+stale), so that serving a hit never re-parses stored headers.
+
+Reference: RFC 9111 §3 (storing), §4.1 (Vary), §4.2.3 (age calculation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# A header list in wire order; names keep the origin's spelling.
+HeaderList = tuple[tuple[str, str], ...]
+
+# Rough per-entry bookkeeping cost, so that a budget of many tiny objects is honest.
+ENTRY_OVERHEAD_BYTES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """One stored variant of a URL (RFC 9111 §3), immutable once built."""
+
+    status: int
+    reason: str
+    # Header fields to send to clients: hop-by-hop, Content-Length, Age and
+    # the fields the policy drops (Set-Cookie, private="x") already removed.
+    headers: HeaderList
+    body: bytes
+    # RFC 9111 §4.2.3: when the request was sent and the response received,
+    # in seconds since the epoch on the proxy's clock.
+    request_time: float
+    response_time: float
+    # RFC 9111 §4.2.3: corrected_initial_age, computed at store time.
+    corrected_initial_age: float
+    # RFC 9111 §4.2.1: the freshness lifetime chosen at store time.
+    freshness_lifetime: float
+    # RFC 9111 §4.1: lower-cased names nominated by Vary ("*" for Vary: *),
+    # and the normalised request values they had (None = field absent).
+    vary_names: tuple[str, ...] = ()
+    vary_values: tuple[str | None, ...] = ()
+    # Directives that govern reuse, from the field this cache obeyed
+    # (a targeted field per RFC 9213, else Cache-Control).
+    no_cache: bool = False  # §5.2.2.4: always revalidate
+    must_revalidate: bool = False  # §5.2.2.2 / §5.2.2.8 / s-maxage: never serve stale
+    immutable: bool = False  # RFC 8246
+    stale_while_revalidate: float = 0.0  # RFC 5861 §3
+    stale_if_error: float = 0.0  # RFC 5861 §4
+    # Validators, kept separately so conditional requests need no header scan.
+    etag: str | None = None
+    last_modified: str | None = None
+    date: str | None = None
+    # Surrogate keys / cache tags (issue 4 uses them for purge).
+    tags: tuple[str, ...] = ()
+
+    def size(self) -> int:
+        """Approximate bytes this variant occupies (body + headers + overhead)."""
+        header_bytes = sum(len(n) + len(v) + 4 for n, v in self.headers)
+        return len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResource:
+    """Every stored variant of one primary cache key (RFC 9111 §4.1).
+
+    One storage record per URL keeps purge by URL a single delete and lets the
+    selection of a variant happen without a second lookup.
+    """
+
+    key: str
+    variants: tuple[StoredResponse, ...] = field(default_factory=tuple)
+
+    def size(self) -> int:
+        """Approximate bytes of all variants plus the key."""
+        return len(self.key) + sum(v.size() for v in self.variants)

@@ -1,0 +1,216 @@
+"""Pure parsing of the HTTP fields that caching depends on.
+
+Everything that turns header text into values lives here: Cache-Control
+directives (RFC 9111 §5.2), targeted cache-control fields as Structured Fields
+(RFC 9213 via http_sfv), HTTP-dates (RFC 9110 §5.6.7), entity-tags and their
+comparison (RFC 9110 §8.8.3, §13.1.2), hop-by-hop fields (RFC 9110 §7.6.1).
+No I/O, no clock, no aiohttp server objects.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from http_sfv.dictionary import Dictionary as SFDictionary
+from multidict import CIMultiDict, CIMultiDictProxy
+
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+# RFC 9110 §7.6.1 and RFC 9112: connection-specific fields, never stored nor forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_DIRECTIVE_RE = re.compile(
+    rf"\s*({_TOKEN})\s*(?:=\s*(?:({_TOKEN})|\"((?:[^\"\\]|\\.)*)\"))?\s*(?:,|$)",
+)
+_ETAG_RE = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Parsed cache directives: name (lower-case) -> argument (None if none).
+
+    `duplicates` names directives that appeared more than once; `invalid` is
+    set when the field could not be parsed completely (RFC 9111 §4.2.1 says to
+    be conservative: such a response is treated as stale by the policy).
+    """
+
+    values: Mapping[str, str | None] = field(default_factory=dict)
+    duplicates: frozenset[str] = frozenset()
+    invalid: bool = False
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.values
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def seconds(self, name: str) -> int | None:
+        """A delta-seconds argument (RFC 9111 §1.2.2); None if absent, -1 if invalid or duplicated."""
+        if name not in self.values:
+            return None
+        if name in self.duplicates:
+            return -1
+        arg = self.values[name]
+        if arg is None or not arg.isdigit():
+            return -1
+        # §1.2.2: an overflowing delta-seconds is taken as 2^31.
+        return min(int(arg), 2**31)
+
+    def field_names(self, name: str) -> tuple[str, ...]:
+        """Field names listed in a qualified directive such as private="a, b" (§5.2.2.7)."""
+        arg = self.values.get(name)
+        if not arg:
+            return ()
+        return tuple(n.strip().lower() for n in arg.split(",") if n.strip())
+
+
+EMPTY_DIRECTIVES = Directives()
+
+
+def parse_cache_control(field_values: Iterable[str]) -> Directives:
+    """Parse every Cache-Control field line into Directives (RFC 9111 §5.2)."""
+    values: dict[str, str | None] = {}
+    duplicates: set[str] = set()
+    invalid = False
+    for line in field_values:
+        pos = 0
+        text = line.strip()
+        while pos < len(text):
+            if text[pos] in ", \t":
+                pos += 1
+                continue
+            m = _DIRECTIVE_RE.match(text, pos)
+            if not m:
+                invalid = True
+                break
+            name = m.group(1).lower()
+            arg = m.group(2) if m.group(2) is not None else m.group(3)
+            if arg is not None and m.group(3) is not None:
+                arg = re.sub(r"\\(.)", r"\1", arg)
+            if name in values:
+                duplicates.add(name)
+            else:
+                values[name] = arg
+            pos = m.end()
+    return Directives(values, frozenset(duplicates), invalid)
+
+
+def parse_targeted_field(field_values: Iterable[str]) -> Directives | None:
+    """Parse a targeted cache-control field (RFC 9213 §2.1) as an SF Dictionary.
+
+    Returns None when the field is invalid, so that the next targeted field (or
+    Cache-Control) applies. Booleans become valueless directives; integers and
+    strings become their text; parameters are ignored (RFC 9213 §2.1).
+    """
+    joined = ", ".join(field_values)
+    if not joined.strip():
+        return None
+    parsed = SFDictionary()
+    try:
+        parsed.parse(joined.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return None
+    values: dict[str, str | None] = {}
+    for name, member in parsed.items():
+        value = getattr(member, "value", None)
+        if value is True:
+            values[name] = None
+        elif value is False:
+            continue  # "private=?0" means the directive is absent
+        elif isinstance(value, int | str):
+            values[name] = str(value)
+        else:
+            # RFC 9213 §2.1: a directive with an unexpected type is ignored.
+            continue
+    return Directives(values)
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (RFC 9110 §5.6.7, all three formats) as epoch seconds; None if invalid."""
+    if not value:
+        return None
+    parts = email.utils.parsedate_tz(value.strip())
+    if parts is None or parts[0] < 1900:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parts))
+    except (OverflowError, ValueError):
+        return None
+
+
+def format_http_date(timestamp: float) -> str:
+    """IMF-fixdate for an epoch timestamp (RFC 9110 §5.6.7)."""
+    return email.utils.formatdate(timestamp, usegmt=True)
+
+
+def combined_value(headers: Headers, name: str) -> str | None:
+    """All field lines of one name joined with ", " (RFC 9110 §5.3); None if absent."""
+    lines = headers.getall(name, ())
+    if not lines:
+        return None
+    return ", ".join(lines)
+
+
+def parse_etags(value: str | None) -> list[str] | None:
+    """The entity-tags of an If-None-Match / If-Match list; ["*"] for "*"; None if malformed."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text == "*":
+        return ["*"]
+    tags: list[str] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos] in ", \t":
+            pos += 1
+            continue
+        m = _ETAG_RE.match(text, pos)
+        if not m:
+            return None
+        tags.append((m.group(1) or "") + m.group(2))
+        pos = m.end()
+    return tags
+
+
+def _opaque(tag: str) -> str:
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def weak_match(a: str, b: str) -> bool:
+    """Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, W/ ignored."""
+    return _opaque(a) == _opaque(b)
+
+
+def strong_match(a: str, b: str) -> bool:
+    """Strong comparison (RFC 9110 §8.8.3.2): neither weak and opaque tags equal."""
+    return not a.startswith("W/") and not b.startswith("W/") and a == b
+
+
+def connection_listed(headers: Headers) -> frozenset[str]:
+    """Field names listed in Connection (RFC 9110 §7.6.1), lower-case."""
+    names: set[str] = set()
+    for line in headers.getall("Connection", ()):
+        names.update(n.strip().lower() for n in line.split(",") if n.strip())
+    return frozenset(names)
+
+
+def end_to_end(headers: Headers, drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields, the fields Connection names, and `drop`."""
+    remove = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in remove)

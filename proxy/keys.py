@@ -1,0 +1,159 @@
+"""Pure cache-key construction and Vary matching (RFC 9111 §2, §4.1).
+
+The primary key is the method class (GET and HEAD share one), scheme, host
+(lower-cased, default port removed), path and query (kept as is, or sorted,
+or with listed parameters dropped), under a configurable namespace. Variants
+of one key are told apart by the request headers that Vary nominates, after
+normalisation; Accept-Encoding is reduced to one preferred coding first so
+that a thousand browser spellings make one variant.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from urllib.parse import parse_qsl, urlencode
+
+from proxy.config import KeyConfig
+from proxy.entry import CachedResource, StoredResponse
+from proxy.headers import Headers, parse_http_date
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_WS_RE = re.compile(r"[ \t]+")
+_COMMA_RE = re.compile(r"[ \t]*,[ \t]*")
+
+
+def primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) -> str:
+    """The primary cache key for a GET/HEAD request (RFC 9111 §2).
+
+    `host` is the Host header value (may carry a port); `path` and `query` are
+    the raw (still percent-encoded) request-target parts.
+    """
+    scheme = scheme.lower()
+    hostname = host.strip().lower()
+    # Remove the default port: example.com:80 and example.com are one origin.
+    if hostname.endswith("]"):  # IPv6 literal without a port
+        pass
+    elif ":" in hostname:
+        name, _, port = hostname.rpartition(":")
+        if port.isdigit() and int(port) == _DEFAULT_PORTS.get(scheme):
+            hostname = name
+    query = normalise_query(query, opts)
+    target = path or "/"
+    if query:
+        target += "?" + query
+    return f"{opts.namespace}|{scheme}://{hostname}{target}"
+
+
+def normalise_query(query: str, opts: KeyConfig) -> str:
+    """Apply the configured query handling: drop listed parameters, optionally sort."""
+    if not query or (not opts.sort_query and not opts.ignore_query_params):
+        return query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if opts.ignore_query_params:
+        pairs = [
+            (k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)
+        ]
+    if opts.sort_query:
+        pairs.sort()
+    return urlencode(pairs)
+
+
+def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
+    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+
+    RFC 9110 §12.5.3: a coding with q=0 is not acceptable; "*" accepts any
+    coding not listed.
+    """
+    if not value:
+        return "identity"
+    accepted: dict[str, float] = {}
+    for part in value.split(","):
+        coding, *params = part.strip().split(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, arg = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(arg)
+                except ValueError:
+                    q = 0.0
+        accepted[coding] = q
+    for coding in preferred:
+        q = accepted[coding] if coding in accepted else accepted.get("*", 0.0)
+        if q > 0:
+            return coding
+    return "identity"
+
+
+def vary_names(vary_lines: Iterable[str]) -> tuple[str, ...]:
+    """The lower-cased field names a response's Vary nominates ("*" if any is "*")."""
+    names: list[str] = []
+    for line in vary_lines:
+        for name in line.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name == "*":
+                return ("*",)
+            if name not in names:
+                names.append(name)
+    return tuple(sorted(names))
+
+
+def normalise_field_value(lines: list[str]) -> str | None:
+    """Combine repeated field lines and normalise whitespace (RFC 9111 §4.1)."""
+    if not lines:
+        return None
+    joined = ", ".join(lines).strip()
+    joined = _COMMA_RE.sub(",", joined)
+    return _WS_RE.sub(" ", joined)
+
+
+def request_vary_values(names: tuple[str, ...], request_headers: Headers) -> tuple[str | None, ...]:
+    """The normalised values of the nominated request fields, in `names` order."""
+    return tuple(normalise_field_value(request_headers.getall(name, [])) for name in names)
+
+
+def variant_matches(variant: StoredResponse, request_headers: Headers) -> bool:
+    """RFC 9111 §4.1: every nominated field matches; Vary: * never matches."""
+    if not variant.vary_names:
+        return True
+    if variant.vary_names == ("*",):
+        return False
+    return request_vary_values(variant.vary_names, request_headers) == variant.vary_values
+
+
+def select_variant(resource: CachedResource, request_headers: Headers) -> StoredResponse | None:
+    """The matching variant; if several match, the most recent by Date wins (§4.1)."""
+    best: StoredResponse | None = None
+    best_date = float("-inf")
+    for variant in resource.variants:
+        if not variant_matches(variant, request_headers):
+            continue
+        date = parse_http_date(variant.date)
+        when = date if date is not None else variant.response_time
+        if best is None or when >= best_date:
+            best, best_date = variant, when
+    return best
+
+
+def with_variant(resource: CachedResource | None, key: str, variant: StoredResponse, limit: int) -> CachedResource:
+    """The resource with `variant` added, replacing any variant with the same Vary values.
+
+    At most `limit` variants are kept; the oldest (by response time) go first.
+    """
+    kept = [
+        v
+        for v in (resource.variants if resource is not None else ())
+        if not (v.vary_names == variant.vary_names and v.vary_values == variant.vary_values)
+    ]
+    kept.append(variant)
+    if len(kept) > limit:
+        kept.sort(key=lambda v: v.response_time)
+        kept = kept[-limit:]
+    return CachedResource(key=key, variants=tuple(kept))

@@ -1,0 +1,540 @@
+"""The caching policy of a shared cache, as pure functions of headers, entries and `now`.
+
+Everything that decides whether a response may be stored, how long it stays
+fresh, how old it is, whether a stored response may answer a request and how a
+304 updates it must live in this file. It follows RFC 9111 section by section
+(§3 storing, §4.2 freshness and age, §4.3 validation, §5.2 directives), with
+RFC 9213 targeted fields, RFC 5861 stale extensions and RFC 8246 `immutable`.
+No I/O, no clock reads: `now`, `request_time` and `response_time` are arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from multidict import CIMultiDict
+
+from proxy.config import PolicyConfig
+from proxy.entry import HeaderList, StoredResponse
+from proxy.headers import (
+    EMPTY_DIRECTIVES,
+    Directives,
+    Headers,
+    end_to_end,
+    format_http_date,
+    parse_cache_control,
+    parse_etags,
+    parse_http_date,
+    parse_targeted_field,
+    strong_match,
+    weak_match,
+)
+from proxy.keys import request_vary_values, vary_names
+
+# RFC 9110 §15.1: status codes that are heuristically cacheable.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+
+# Methods whose responses this cache looks up and stores (RFC 9111 §2, §3).
+CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+# Fields never stored with a response: recomputed per delivery (Age,
+# Content-Length) or meaningless for another client.
+_NOT_STORED = frozenset({"age", "content-length"})
+
+# RFC 9111 §3.2: fields a 304 must not change in the stored response (the body
+# they describe is the stored one), plus fields that are never stored.
+_NOT_UPDATED_BY_304 = frozenset(
+    {"content-length", "content-encoding", "content-range", "content-type", "set-cookie", "age"}
+)
+
+# RFC 9111 §4.3.2: fields sent with a 304 generated from a stored response
+# (RFC 9110 §15.4.5 lists the ones a 200 would have carried).
+NOT_MODIFIED_FIELDS = (
+    "ETag",
+    "Last-Modified",
+    "Cache-Control",
+    "Expires",
+    "Vary",
+    "Date",
+    "Content-Location",
+)
+
+
+# --------------------------------------------------------------------- directives
+
+
+def request_directives(headers: Headers, opts: PolicyConfig) -> Directives:
+    """The request's cache directives (RFC 9111 §5.2.1), or none when the operator ignores them.
+
+    Pragma: no-cache counts only when there is no Cache-Control (RFC 9111 §5.4).
+    """
+    if not opts.honour_request_directives:
+        return EMPTY_DIRECTIVES
+    lines = headers.getall("Cache-Control", [])
+    if lines:
+        return parse_cache_control(lines)
+    pragma = ",".join(headers.getall("Pragma", [])).lower()
+    if "no-cache" in (p.strip() for p in pragma.split(",")):
+        return Directives({"no-cache": None})
+    return EMPTY_DIRECTIVES
+
+
+def response_directives(headers: Headers, opts: PolicyConfig) -> tuple[Directives, str | None]:
+    """The directives this cache obeys, and the targeted field they came from.
+
+    RFC 9213 §2.2: the first configured targeted field that is present and
+    valid replaces Cache-Control (and Expires) for this cache.
+    """
+    for name in opts.targeted_fields:
+        lines = headers.getall(name, [])
+        if lines:
+            parsed = parse_targeted_field(lines)
+            if parsed is not None:
+                return parsed, name
+    return parse_cache_control(headers.getall("Cache-Control", [])), None
+
+
+# ----------------------------------------------------------------- freshness, age
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """A freshness lifetime and the rule of RFC 9111 §4.2.1 it came from."""
+
+    lifetime: float
+    source: str  # "invalid" | "s-maxage" | "max-age" | "expires" | "heuristic" | "default" | "none"
+
+    @property
+    def explicit(self) -> bool:
+        return self.source in ("invalid", "s-maxage", "max-age", "expires")
+
+
+def freshness_lifetime(
+    status: int,
+    headers: Headers,
+    directives: Directives,
+    targeted: bool,
+    response_time: float,
+    opts: PolicyConfig,
+) -> Freshness:
+    """RFC 9111 §4.2.1: the first rule that applies, for a shared cache."""
+    # Conservative (§4.2.1): an unparsable directive list makes the response stale.
+    if directives.invalid:
+        return Freshness(0.0, "invalid")
+    # Step 1: s-maxage (shared caches only); invalid or duplicated -> stale.
+    s_maxage = directives.seconds("s-maxage")
+    if s_maxage is not None:
+        return Freshness(float(max(s_maxage, 0)), "s-maxage" if s_maxage >= 0 else "invalid")
+    # Step 2: max-age.
+    max_age = directives.seconds("max-age")
+    if max_age is not None:
+        return Freshness(float(max(max_age, 0)), "max-age" if max_age >= 0 else "invalid")
+    # Step 3: Expires - Date, unless a targeted field replaced Expires (RFC 9213 §2.2).
+    expires_lines = headers.getall("Expires", [])
+    if expires_lines and not targeted:
+        expires = parse_http_date(expires_lines[0]) if len(expires_lines) == 1 else None
+        if expires is None:
+            # §5.3: an invalid Expires (e.g. "0") means already expired.
+            return Freshness(0.0, "invalid")
+        date = parse_http_date(headers.get("Date")) or response_time
+        return Freshness(max(0.0, expires - date), "expires")
+    # Step 4: heuristic freshness (§4.2.2) from Last-Modified, bounded.
+    if status in HEURISTICALLY_CACHEABLE or "public" in directives:
+        last_modified = parse_http_date(headers.get("Last-Modified"))
+        if last_modified is not None:
+            date = parse_http_date(headers.get("Date")) or response_time
+            heuristic = max(0.0, date - last_modified) * opts.heuristic_fraction
+            return Freshness(min(heuristic, opts.heuristic_max), "heuristic")
+    # Step 5: an operator default for this status.
+    if status in opts.default_ttl:
+        return Freshness(opts.default_ttl[status], "default")
+    return Freshness(0.0, "none")
+
+
+def age_value(headers: Headers) -> float:
+    """The Age field (RFC 9111 §5.1): first valid non-negative integer, else 0."""
+    raw = headers.get("Age")
+    if raw is None:
+        return 0.0
+    raw = raw.split(",")[0].strip()
+    return float(min(int(raw), 2**31)) if raw.isdigit() else 0.0
+
+
+def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:
+    """RFC 9111 §4.2.3: max(apparent_age, corrected_age_value)."""
+    date = parse_http_date(headers.get("Date"))
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    response_delay = max(0.0, response_time - request_time)
+    corrected_age_value = age_value(headers) + response_delay
+    return max(apparent_age, corrected_age_value)
+
+
+def current_age(entry: StoredResponse, now: float) -> float:
+    """RFC 9111 §4.2.3: corrected_initial_age + resident_time."""
+    return entry.corrected_initial_age + max(0.0, now - entry.response_time)
+
+
+def remaining_ttl(entry: StoredResponse, now: float) -> float:
+    """Seconds of freshness left (negative once stale)."""
+    return entry.freshness_lifetime - current_age(entry, now)
+
+
+# ------------------------------------------------------------------ storing (§3)
+
+
+@dataclass(frozen=True, slots=True)
+class StorePlan:
+    """The origin response may be stored; `build` adds the body once it has been read."""
+
+    template: StoredResponse
+    freshness: Freshness
+
+    def build(self, body: bytes) -> StoredResponse:
+        return replace(self.template, body=body)
+
+
+@dataclass(frozen=True, slots=True)
+class DontStore:
+    """The origin response must not be stored, and why (for Cache-Status detail and logs)."""
+
+    reason: str
+
+
+def plan_store(
+    method: str,
+    request_headers: Headers,
+    req_directives: Directives,
+    status: int,
+    reason: str,
+    response_headers: Headers,
+    request_time: float,
+    response_time: float,
+    opts: PolicyConfig,
+    tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag"),
+) -> StorePlan | DontStore:
+    """RFC 9111 §3: may this response be stored, and as what."""
+    # §3: only responses to a method this cache understands as cacheable; a
+    # HEAD response never creates an entry (it may only freshen one, §4.3.5).
+    if method != "GET":
+        return DontStore("method")
+    # §3: a final response, and not a partial or 304 (no range bookkeeping here).
+    if status < 200 or status in (206, 304):
+        return DontStore(f"status {status}")
+    # §5.2.1.5: request no-store.
+    if "no-store" in req_directives:
+        return DontStore("request no-store")
+    directives, targeted_field = response_directives(response_headers, opts)
+    # §5.2.2.5: response no-store.
+    if "no-store" in directives:
+        return DontStore("no-store")
+    # §5.2.2.7: a shared cache never stores an unqualified private response.
+    if "private" in directives and not directives.field_names("private"):
+        return DontStore("private")
+    # §3.5: a request with Authorization only if the response explicitly allows it.
+    if "authorization" in request_headers and not (
+        "public" in directives or "s-maxage" in directives or "must-revalidate" in directives
+    ):
+        return DontStore("authorization")
+    # Set-Cookie: never shared with another user; stored (without it) only if configured.
+    if "set-cookie" in response_headers and not opts.store_set_cookie:
+        return DontStore("set-cookie")
+    names = vary_names(response_headers.getall("Vary", []))
+    if names == ("*",):
+        return DontStore("vary *")  # §4.1: would never match a later request
+    freshness = freshness_lifetime(
+        status, response_headers, directives, targeted_field is not None, response_time, opts
+    )
+    has_validator = "etag" in response_headers or "last-modified" in response_headers
+    if not (
+        freshness.explicit
+        or freshness.source in ("heuristic", "default")
+        or "public" in directives
+        or (status in HEURISTICALLY_CACHEABLE and has_validator)
+    ):
+        return DontStore("no freshness information")
+    if freshness.lifetime <= 0 and not has_validator:
+        return DontStore("already stale and no validator")
+
+    # §3.1: drop hop-by-hop fields, fields named by private= / no-cache=,
+    # cookies, and fields recomputed per delivery.
+    drop = set(_NOT_STORED)
+    drop.update(directives.field_names("private"))
+    drop.update(directives.field_names("no-cache"))
+    drop.add("set-cookie")
+    if opts.strip_targeted_fields:
+        drop.update(n.lower() for n in opts.targeted_fields)
+    stored = end_to_end(response_headers, drop)
+    if "date" not in stored:
+        # RFC 9110 §6.6.1: a recipient with a clock adds Date.
+        stored["Date"] = format_http_date(response_time)
+
+    template = StoredResponse(
+        status=status,
+        reason=reason,
+        headers=tuple(stored.items()),
+        body=b"",
+        request_time=request_time,
+        response_time=response_time,
+        corrected_initial_age=corrected_initial_age(response_headers, request_time, response_time),
+        freshness_lifetime=freshness.lifetime,
+        vary_names=names,
+        vary_values=request_vary_values(names, request_headers),
+        no_cache="no-cache" in directives and not directives.field_names("no-cache"),
+        must_revalidate=(
+            "must-revalidate" in directives or "proxy-revalidate" in directives or "s-maxage" in directives
+        ),
+        immutable="immutable" in directives,
+        stale_while_revalidate=_window(directives, "stale-while-revalidate", opts.default_stale_while_revalidate),
+        stale_if_error=_window(directives, "stale-if-error", opts.default_stale_if_error),
+        etag=stored.get("ETag"),
+        last_modified=stored.get("Last-Modified"),
+        date=stored.get("Date"),
+        tags=_tags(response_headers, tag_fields),
+    )
+    return StorePlan(template, freshness)
+
+
+def _window(directives: Directives, name: str, default: float) -> float:
+    seconds = directives.seconds(name)
+    if seconds is None or seconds < 0:
+        return default
+    return float(seconds)
+
+
+def _tags(headers: Headers, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """Surrogate keys (space separated) and cache tags (comma separated), deduplicated."""
+    tags: list[str] = []
+    for name in fields:
+        for line in headers.getall(name, []):
+            for tag in line.replace(",", " ").split():
+                if tag not in tags:
+                    tags.append(tag)
+    return tuple(tags)
+
+
+# --------------------------------------------------------------- reuse (§4, §5.2.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Serve the stored response (fresh, or stale where allowed)."""
+
+    entry: StoredResponse
+    age: float
+    ttl: float
+    stale: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Revalidate:
+    """Ask the origin whether the stored response is still good (§4.3.1)."""
+
+    entry: StoredResponse
+    reason: str  # "stale" | "no-cache" | "request"
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Nothing usable is stored: fetch from the origin and maybe store (§4)."""
+
+    reason: str  # "uri-miss" | "vary-miss"
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Forward without lookup or storage (a method this cache does not store)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTimeout:
+    """only-if-cached and nothing suitable is stored (§5.2.1.7): answer 504."""
+
+    reason: str = "only-if-cached"
+
+
+Decision = Deliver | Revalidate | Fetch | Pass | GatewayTimeout
+
+
+def decide(
+    method: str,
+    req_directives: Directives,
+    entry: StoredResponse | None,
+    any_stored: bool,
+    now: float,
+    opts: PolicyConfig,
+) -> Decision:
+    """RFC 9111 §4: may a stored response answer this request?
+
+    `entry` is the variant selected for the request (None if none matched);
+    `any_stored` says whether the URL had stored variants at all (vary-miss).
+    """
+    if method not in CACHEABLE_METHODS:
+        return Pass("method")
+    only_if_cached = "only-if-cached" in req_directives
+    if entry is None:
+        if only_if_cached:
+            return GatewayTimeout()
+        return Fetch("vary-miss" if any_stored else "uri-miss")
+
+    age = current_age(entry, now)
+    ttl = entry.freshness_lifetime - age
+    fresh = ttl > 0
+
+    # RFC 8246: a fresh immutable response needs no revalidation, even on reload.
+    if fresh and entry.immutable and opts.honour_immutable and not entry.no_cache:
+        return Deliver(entry, age, ttl)
+
+    # §5.2.1.4 request no-cache; §5.2.1.1 max-age; §5.2.1.3 min-fresh.
+    if "no-cache" in req_directives:
+        return _revalidate_or_504(entry, "request", only_if_cached)
+    max_age = req_directives.seconds("max-age")
+    if max_age is not None and (max_age < 0 or age > max_age):
+        return _revalidate_or_504(entry, "request", only_if_cached)
+    min_fresh = req_directives.seconds("min-fresh")
+    if min_fresh is not None and (min_fresh < 0 or ttl < min_fresh):
+        return _revalidate_or_504(entry, "request", only_if_cached)
+
+    # §5.2.2.4: a no-cache response is always revalidated.
+    if entry.no_cache:
+        return _revalidate_or_504(entry, "no-cache", only_if_cached)
+    if fresh:
+        return Deliver(entry, age, ttl)
+
+    # Stale. §5.2.1.2 max-stale lets the client accept it, unless §4.2.4 forbids.
+    if "max-stale" in req_directives and may_serve_stale(entry, opts):
+        max_stale = req_directives.get("max-stale")
+        limit = float("inf") if max_stale is None else req_directives.seconds("max-stale")
+        if limit is not None and limit >= 0 and -ttl <= limit:
+            return Deliver(entry, age, ttl, stale=True)
+    return _revalidate_or_504(entry, "stale", only_if_cached)
+
+
+def _revalidate_or_504(entry: StoredResponse, reason: str, only_if_cached: bool) -> Decision:
+    if only_if_cached:
+        return GatewayTimeout()
+    return Revalidate(entry, reason)
+
+
+def may_serve_stale(entry: StoredResponse, opts: PolicyConfig) -> bool:
+    """RFC 9111 §4.2.4: never stale when no-cache, must-revalidate, proxy-revalidate or s-maxage."""
+    if opts.serve_stale_despite_prohibitions:
+        return True
+    return not (entry.no_cache or entry.must_revalidate)
+
+
+# --------------------------------------------------------------- validation (§4.3)
+
+
+def conditional_headers(entry: StoredResponse, variants: tuple[StoredResponse, ...]) -> CIMultiDict[str]:
+    """RFC 9111 §4.3.1: validators for a conditional request to the origin.
+
+    If-None-Match carries the entity-tags of every stored variant of the URL,
+    so that a 304 can select any of them; If-Modified-Since the selected
+    entry's Last-Modified (or Date when it has none).
+    """
+    out: CIMultiDict[str] = CIMultiDict()
+    etags: list[str] = []
+    for variant in (entry, *variants):
+        if variant.etag and variant.etag not in etags:
+            etags.append(variant.etag)
+    if etags:
+        out["If-None-Match"] = ", ".join(etags)
+    since = entry.last_modified or (entry.date if not etags else None)
+    if since:
+        out["If-Modified-Since"] = since
+    return out
+
+
+def select_for_update(
+    not_modified_headers: Headers, revalidated: StoredResponse, variants: tuple[StoredResponse, ...]
+) -> list[StoredResponse]:
+    """RFC 9111 §4.3.4: which stored responses a 304 freshens."""
+    etag = not_modified_headers.get("ETag")
+    if etag is not None:
+        etag = etag.strip()
+        if not etag.startswith("W/"):
+            # A strong validator selects every stored response with it.
+            return [v for v in variants if v.etag is not None and strong_match(v.etag, etag)]
+        # A weak validator selects the most recent matching stored response.
+        matching = [v for v in variants if v.etag is not None and weak_match(v.etag, etag)]
+        return [max(matching, key=lambda v: v.response_time)] if matching else []
+    last_modified = not_modified_headers.get("Last-Modified")
+    if last_modified is not None:
+        return [v for v in variants if v.last_modified == last_modified]
+    # No validator: the response we revalidated, if it has none either.
+    return [revalidated] if revalidated.etag is None else []
+
+
+def freshen(
+    entry: StoredResponse,
+    not_modified_headers: Headers,
+    request_headers: Headers,
+    request_time: float,
+    response_time: float,
+    opts: PolicyConfig,
+) -> StorePlan | DontStore:
+    """RFC 9111 §3.2, §4.3.4: the stored response updated by a 304's header fields."""
+    merged: CIMultiDict[str] = CIMultiDict(entry.headers)
+    update = end_to_end(not_modified_headers, _NOT_UPDATED_BY_304)
+    for name in set(update.keys()):
+        merged.popall(name, None)
+    merged.extend(update)
+    # Keep the variant's own Vary values: the 304 may answer another variant's request.
+    plan = plan_store(
+        "GET",
+        request_headers,
+        EMPTY_DIRECTIVES,
+        entry.status,
+        entry.reason,
+        merged,
+        request_time,
+        response_time,
+        opts,
+    )
+    if isinstance(plan, DontStore):
+        return plan
+    template = replace(
+        plan.template,
+        body=entry.body,
+        vary_names=entry.vary_names,
+        vary_values=entry.vary_values,
+        tags=plan.template.tags or entry.tags,
+    )
+    return StorePlan(template, plan.freshness)
+
+
+def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
+    """RFC 9111 §4.3.2 / RFC 9110 §13.2.2: does the client's conditional GET/HEAD get a 304?
+
+    If-None-Match (weak comparison, "*" matches any) takes precedence; otherwise
+    If-Modified-Since against Last-Modified (or Date).
+    """
+    if entry.status != 200:
+        return False
+    inm = request_headers.get("If-None-Match")
+    if inm is not None:
+        tags = parse_etags(inm)
+        if tags is None:
+            return False
+        if tags == ["*"]:
+            return True
+        return entry.etag is not None and any(weak_match(t, entry.etag) for t in tags)
+    ims = parse_http_date(request_headers.get("If-Modified-Since"))
+    if ims is None:
+        return False
+    modified = parse_http_date(entry.last_modified) or parse_http_date(entry.date)
+    return modified is not None and modified <= ims
+
+
+def not_modified_header_list(entry: StoredResponse) -> HeaderList:
+    """The stored fields a generated 304 carries (RFC 9110 §15.4.5)."""
+    wanted = {n.lower() for n in NOT_MODIFIED_FIELDS}
+    return tuple((n, v) for n, v in entry.headers if n.lower() in wanted)
+
+
+def has_precondition_for_origin(request_headers: Headers) -> bool:
+    """If-Match / If-Unmodified-Since: left to the origin (RFC 9110 §13.2.1)."""
+    return "if-match" in request_headers or "if-unmodified-since" in request_headers

@@ -1,0 +1,143 @@
+"""Functional test harness: the real origin stub and the real proxy on loopback ports.
+
+Both run in the test's event loop (pytest-aiohttp's `aiohttp_server`) with one
+shared fake clock, so tests move time with `clock.advance(seconds)` instead of
+sleeping. Tests talk to the proxy over real sockets with their own
+ClientSession (no auto-decompression, no cookie jar).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from origin_stub.app import create_app as create_origin
+from proxy.app import create_app as create_proxy
+from proxy.config import CacheConfig, Config, OriginConfig, TierConfig
+
+START = 1_800_000_000.0
+
+
+class FakeClock:
+    """A wall clock that only moves when told to."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Origin:
+    """The running origin stub and its test-support endpoints."""
+
+    def __init__(self, server: TestServer, session: aiohttp.ClientSession) -> None:
+        self.server = server
+        self.session = session
+        self.url = str(server.make_url("")).rstrip("/")
+
+    async def hits(self, path: str | None = None) -> int:
+        query = {"path": path} if path else {}
+        async with self.session.get(self.url + "/__hits", params=query) as resp:
+            data = await resp.json()
+        return int(data["count"] if path else data["total"])
+
+    async def requests(self, path: str) -> list[dict[str, Any]]:
+        async with self.session.get(self.url + "/__requests", params={"path": path}) as resp:
+            return list(await resp.json())
+
+
+class Proxy:
+    """A running proxy and a client session pointed at it."""
+
+    def __init__(self, server: TestServer, session: aiohttp.ClientSession, cfg: Config) -> None:
+        self.server = server
+        self.session = session
+        self.cfg = cfg
+        self.url = str(server.make_url("")).rstrip("/")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, self.url + path, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[aiohttp.ClientResponse, bytes]:
+        async with self.session.get(self.url + path, **kwargs) as resp:
+            body = await resp.read()
+        return resp, body
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+async def origin(aiohttp_server: Any, clock: FakeClock, session: aiohttp.ClientSession) -> Origin:
+    server = await aiohttp_server(create_origin(clock))
+    return Origin(server, session)
+
+
+def make_config(origin_url: str, cache_dir: Path, **overrides: Any) -> Config:
+    """A test config: small budgets, the given origin, L2 in a temporary directory."""
+    cfg = Config(
+        name="edge-test",
+        origin=OriginConfig(url=origin_url, connect_timeout=2.0, read_timeout=2.0),
+        cache=CacheConfig(
+            dir=str(cache_dir),
+            max_object_size=1024 * 1024,
+            l1=TierConfig(budget=8 * 1024 * 1024),
+            l2=TierConfig(budget=64 * 1024 * 1024),
+        ),
+    )
+    return replace(cfg, **overrides)
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+def start_proxy(
+    aiohttp_server: Any, clock: FakeClock, session: aiohttp.ClientSession, tmp_path: Path, origin: Origin
+) -> ProxyFactory:
+    """Start a proxy in front of the origin stub; keyword arguments replace Config fields."""
+
+    async def start(**overrides: Any) -> Proxy:
+        origin_url = overrides.pop("origin_url", origin.url)
+        cfg = make_config(origin_url, tmp_path / "l2", **overrides)
+        server = await aiohttp_server(create_proxy(cfg, clock))
+        return Proxy(server, session, cfg)
+
+    return start
+
+
+@pytest.fixture
+async def proxy(start_proxy: ProxyFactory) -> Proxy:
+    return await start_proxy()
+
+
+def cache_status(resp: aiohttp.ClientResponse) -> str:
+    """This node's Cache-Status member (the last one)."""
+    return resp.headers.get("Cache-Status", "").rsplit(",", 1)[-1].strip()
+
+
+def decode_json(body: bytes) -> Any:
+    return json.loads(body.decode())
