@@ -63,11 +63,11 @@ def parse_range(value: str | None, length: int) -> ByteRange | Unsatisfiable | N
             return Unsatisfiable(length)
         return ByteRange(max(0, length - suffix), length - 1, length)
     first = int(first_text)
-    last = int(last_text) if last_text else length - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None  # invalid range-spec: ignore the header
     if first >= length:
         return Unsatisfiable(length)
+    last = int(last_text) if last_text else length - 1
     return ByteRange(first, min(last, length - 1), length)
 
 
