@@ -8,7 +8,10 @@ ClientSession (no auto-decompression, no cookie jar).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -141,3 +144,47 @@ def cache_status(resp: aiohttp.ClientResponse) -> str:
 
 def decode_json(body: bytes) -> Any:
     return json.loads(body.decode())
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, read, closed again)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def raw_exchange(host: str, port: int, data: bytes, *, timeout: float = 3.0) -> bytes:
+    """Write raw bytes to host:port and read until the peer closes (or `timeout` passes)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        chunks: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), remaining)
+            except (TimeoutError, ConnectionError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def raw_status(response: bytes) -> int:
+    """The status code of a raw HTTP/1.x response (0 if there is no status line)."""
+    parts = response.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        return 0
+    return int(parts[1])
+
+
+def logged_header(record: dict[str, Any], name: str) -> list[str]:
+    """Values of one header (case-insensitive) in an origin request-log record."""
+    return [v for k, v in record["headers"] if k.lower() == name.lower()]

@@ -17,7 +17,9 @@ from proxy.config import CacheConfig, TierConfig
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
 
 
-async def test_rfc9111_s4_second_get_is_a_hit_with_age(proxy: Proxy, origin: Origin, clock: FakeClock) -> None:
+async def test_rfc9111_s4_second_get_is_a_hit_with_age(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
     first, body1 = await proxy.get("/max-age/60")
     assert "fwd=uri-miss" in cache_status(first) and "stored" in cache_status(first)
     clock.advance(7)
@@ -64,7 +66,9 @@ async def test_rfc9111_s4_1_vary_keeps_variants_apart(proxy: Proxy, origin: Orig
     assert await origin.hits("/vary/X-Lang") == 3
 
 
-async def test_rfc9111_s4_1_vary_matching_normalises_whitespace_and_repeats(proxy: Proxy, origin: Origin) -> None:
+async def test_rfc9111_s4_1_vary_matching_normalises_whitespace_and_repeats(
+    proxy: Proxy, origin: Origin
+) -> None:
     await proxy.get("/vary/X-List", headers={"X-List": "a, b"})
     resp, _ = await proxy.get("/vary/X-List", headers=[("X-List", "a"), ("X-List", "b")])
     assert "hit" in cache_status(resp)
@@ -87,7 +91,7 @@ async def test_accept_encoding_spellings_share_one_variant(proxy: Proxy, origin:
 async def test_rfc9111_s4_3_stale_entry_revalidated_once_and_304_freshens(
     proxy: Proxy, origin: Origin, clock: FakeClock
 ) -> None:
-    first, body = await proxy.get("/etag?max_age=10")
+    _first, body = await proxy.get("/etag?max_age=10")
     clock.advance(30)
     revalidated, body2 = await proxy.get("/etag?max_age=10")
     assert body2 == body
@@ -100,7 +104,9 @@ async def test_rfc9111_s4_3_stale_entry_revalidated_once_and_304_freshens(
     assert await origin.hits("/etag") == 2
 
 
-async def test_rfc9111_s4_3_1_last_modified_validator_used(proxy: Proxy, origin: Origin, clock: FakeClock) -> None:
+async def test_rfc9111_s4_3_1_last_modified_validator_used(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
     await proxy.get("/last-modified-304?max_age=10")
     clock.advance(20)
     resp, _ = await proxy.get("/last-modified-304?max_age=10")
@@ -119,7 +125,9 @@ async def test_rfc9111_s4_3_2_client_if_none_match_gets_304_from_cache(proxy: Pr
     assert await origin.hits("/etag") == 1
 
 
-async def test_rfc9111_s4_3_2_client_if_modified_since_gets_304_from_cache(proxy: Proxy, origin: Origin) -> None:
+async def test_rfc9111_s4_3_2_client_if_modified_since_gets_304_from_cache(
+    proxy: Proxy, origin: Origin
+) -> None:
     first, _ = await proxy.get("/last-modified-304?max_age=60")
     resp, _ = await proxy.get(
         "/last-modified-304?max_age=60", headers={"If-Modified-Since": first.headers["Last-Modified"]}
@@ -129,7 +137,7 @@ async def test_rfc9111_s4_3_2_client_if_modified_since_gets_304_from_cache(proxy
 
 
 async def test_rfc9110_s9_3_2_head_served_from_get_entry(proxy: Proxy, origin: Origin) -> None:
-    get, body = await proxy.get("/bytes/1000")
+    get, _body = await proxy.get("/bytes/1000")
     async with proxy.request("HEAD", "/bytes/1000") as head:
         assert head.status == 200
         assert head.headers["Content-Length"] == "1000"
@@ -203,7 +211,9 @@ async def test_entry_survives_restart_in_l2(
 
 
 @pytest.mark.parametrize("eviction", ["lru", "lfu", "fifo", "random", "noeviction"])
-async def test_l1_never_exceeds_its_byte_budget(start_proxy: ProxyFactory, origin: Origin, eviction: str) -> None:
+async def test_l1_never_exceeds_its_byte_budget(
+    start_proxy: ProxyFactory, origin: Origin, eviction: str
+) -> None:
     budget = 32 * 1024
     proxy = await start_proxy(
         cache=CacheConfig(
