@@ -1,0 +1,234 @@
+"""Versioned binary codec between CachedResource and bytes, for out-of-process tiers.
+
+The disk tier (and later a Redis tier) store these bytes. No pickle: data read
+back from disk is only ever parsed, never executed, so a tampered or corrupt
+cache directory can at worst cause a miss.
+
+Layout (all integers big-endian)::
+
+    b"MCDN"  magic
+    u8       format version (1)
+    u32      length N of the metadata block
+    N bytes  JSON metadata, ASCII (ensure_ascii keeps lone surrogates intact)
+    ...      the variants' bodies, concatenated in variant order
+
+The metadata is a positional JSON array ``[key, [variant, ...]]`` where each
+variant is an array in ``_VARIANT_FIELDS`` order. Headers are stored as one flat
+``[name, value, name, value, ...]`` list so that decoding rebuilds the tuple of
+pairs with ``zip`` (C speed) instead of a Python loop per header; type checks
+on lists likewise use ``map(type, ...)``.
+
+Any inconsistency raises CodecError; callers treat it as a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from itertools import chain
+from typing import Any
+
+from proxy.entry import CachedResource, StoredResponse
+
+MAGIC = b"MCDN"
+VERSION = 1
+_PREFIX = MAGIC + bytes((VERSION,))
+_LEN = struct.Struct(">I")
+_HEADER_LEN = len(_PREFIX) + _LEN.size
+
+# Order of the positional fields of one variant in the metadata. "headers" is
+# the flat list and "body" is the body's length; the body itself follows the
+# metadata. A test checks this covers every StoredResponse field.
+_VARIANT_FIELDS = (
+    "status",
+    "reason",
+    "headers",
+    "body",
+    "request_time",
+    "response_time",
+    "corrected_initial_age",
+    "freshness_lifetime",
+    "vary_names",
+    "vary_values",
+    "no_cache",
+    "must_revalidate",
+    "immutable",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "etag",
+    "last_modified",
+    "date",
+    "tags",
+)
+_N_FIELDS = len(_VARIANT_FIELDS)
+
+_STR = frozenset((str,))
+_STR_OR_NONE = frozenset((str, type(None)))
+_NUMBER = (int, float)
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+# Writers only ever emit ASCII, so decoding it directly skips json.loads'
+# encoding detection; non-ASCII metadata is corrupt by definition.
+_loads = json.JSONDecoder().decode
+
+
+class CodecError(ValueError):
+    """The bytes are not a valid encoded CachedResource (corrupt, truncated or foreign)."""
+
+
+def encode(resource: CachedResource) -> bytes:
+    """Serialise resource; raises CodecError if a field cannot be represented."""
+    meta_variants: list[list[Any]] = []
+    bodies: list[bytes] = []
+    for v in resource.variants:
+        meta_variants.append(
+            [
+                v.status,
+                v.reason,
+                list(chain.from_iterable(v.headers)),
+                len(v.body),
+                v.request_time,
+                v.response_time,
+                v.corrected_initial_age,
+                v.freshness_lifetime,
+                v.vary_names,
+                v.vary_values,
+                v.no_cache,
+                v.must_revalidate,
+                v.immutable,
+                v.stale_while_revalidate,
+                v.stale_if_error,
+                v.etag,
+                v.last_modified,
+                v.date,
+                v.tags,
+            ]
+        )
+        bodies.append(v.body)
+    try:
+        meta = _dumps([resource.key, meta_variants]).encode("ascii")
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"cannot encode resource {resource.key!r}: {exc}") from exc
+    return b"".join((_PREFIX, _LEN.pack(len(meta)), meta, *bodies))
+
+
+def decode(data: bytes) -> CachedResource:
+    """Parse bytes produced by encode; raises CodecError on anything unexpected."""
+    if type(data) is not bytes:
+        # memoryview/bytearray would make body slices the wrong type.
+        data = bytes(data)
+    if len(data) < _HEADER_LEN:
+        raise CodecError(f"truncated: {len(data)} bytes is shorter than the header")
+    if data[:4] != MAGIC:
+        raise CodecError("bad magic")
+    if data[4] != VERSION:
+        raise CodecError(f"unsupported format version {data[4]}")
+    (meta_len,) = _LEN.unpack_from(data, len(_PREFIX))
+    offset = _HEADER_LEN + meta_len
+    if offset > len(data):
+        raise CodecError("truncated metadata")
+    try:
+        meta = _loads(data[_HEADER_LEN:offset].decode("ascii"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CodecError(f"bad metadata: {exc}") from exc
+
+    if type(meta) is not list or len(meta) != 2:
+        raise CodecError("metadata is not [key, variants]")
+    key, meta_variants = meta
+    if type(key) is not str or type(meta_variants) is not list:
+        raise CodecError("bad key or variant list")
+
+    variants: list[StoredResponse] = []
+    end = len(data)
+    for mv in meta_variants:
+        if type(mv) is not list or len(mv) != _N_FIELDS:
+            raise CodecError("bad variant record")
+        (
+            status,
+            reason,
+            flat_headers,
+            body_len,
+            request_time,
+            response_time,
+            corrected_initial_age,
+            freshness_lifetime,
+            vary_names,
+            vary_values,
+            no_cache,
+            must_revalidate,
+            immutable,
+            stale_while_revalidate,
+            stale_if_error,
+            etag,
+            last_modified,
+            date,
+            tags,
+        ) = mv
+        # bool is a subclass of int, hence the exact type checks.
+        if type(status) is not int or type(reason) is not str or type(body_len) is not int:
+            raise CodecError("bad status, reason or body length")
+        if (
+            type(flat_headers) is not list
+            or len(flat_headers) % 2
+            or not set(map(type, flat_headers)) <= _STR
+        ):
+            raise CodecError("bad headers")
+        if (
+            type(vary_names) is not list
+            or type(vary_values) is not list
+            or type(tags) is not list
+            or not set(map(type, vary_names)) <= _STR
+            or not set(map(type, vary_values)) <= _STR_OR_NONE
+            or not set(map(type, tags)) <= _STR
+        ):
+            raise CodecError("bad vary or tags")
+        if (
+            type(request_time) not in _NUMBER
+            or type(response_time) not in _NUMBER
+            or type(corrected_initial_age) not in _NUMBER
+            or type(freshness_lifetime) not in _NUMBER
+            or type(stale_while_revalidate) not in _NUMBER
+            or type(stale_if_error) not in _NUMBER
+        ):
+            raise CodecError("bad time field")
+        if type(no_cache) is not bool or type(must_revalidate) is not bool or type(immutable) is not bool:
+            raise CodecError("bad flag")
+        if (
+            (etag is not None and type(etag) is not str)
+            or (last_modified is not None and type(last_modified) is not str)
+            or (date is not None and type(date) is not str)
+        ):
+            raise CodecError("bad validator")
+        body_end = offset + body_len
+        if body_len < 0 or body_end > end:
+            raise CodecError("body lengths exceed the data (truncated?)")
+        it = iter(flat_headers)
+        try:
+            variant = StoredResponse(
+                status=status,
+                reason=reason,
+                headers=tuple(zip(it, it, strict=True)),
+                body=data[offset:body_end],
+                request_time=float(request_time),
+                response_time=float(response_time),
+                corrected_initial_age=float(corrected_initial_age),
+                freshness_lifetime=float(freshness_lifetime),
+                vary_names=tuple(vary_names),
+                vary_values=tuple(vary_values),
+                no_cache=no_cache,
+                must_revalidate=must_revalidate,
+                immutable=immutable,
+                stale_while_revalidate=float(stale_while_revalidate),
+                stale_if_error=float(stale_if_error),
+                etag=etag,
+                last_modified=last_modified,
+                date=date,
+                tags=tuple(tags),
+            )
+        except OverflowError as exc:  # an integer too large for a float
+            raise CodecError("time field out of range") from exc
+        variants.append(variant)
+        offset = body_end
+    if offset != end:
+        raise CodecError(f"{end - offset} trailing bytes after the bodies")
+    return CachedResource(key=key, variants=tuple(variants))

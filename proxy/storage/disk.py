@@ -1,0 +1,290 @@
+"""The on-disk tier (L2): codec-encoded resources in a diskcache.Cache.
+
+diskcache keeps small values inline in SQLite and larger ones (>= 32 KiB by
+default) as separate files, and is thread- and process-safe, so several worker
+processes may share one directory. This class therefore keeps no in-process
+state about the contents: only per-process counters.
+
+Budget accounting uses diskcache's volume(), which is the SQLite file's size
+(page-granular, about 32 KiB when empty) plus the sizes of the value files; it
+does not count the SQLite WAL file (up to a few MiB between checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import diskcache
+from diskcache.core import MODE_PICKLE
+
+from proxy import codec
+from proxy.entry import CachedResource
+from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy, TierStats
+
+log = logging.getLogger("proxy.storage")
+
+_DISKCACHE_POLICY: Final[dict[str, str]] = {
+    "lru": "least-recently-used",
+    "lfu": "least-frequently-used",
+    "fifo": "least-recently-stored",
+    "noeviction": "none",
+}
+
+# Distinguishes "no row" from a stored value in diskcache.get().
+_MISSING: Final = object()
+# Stands in for a key diskcache would have to unpickle (never written by us).
+_FOREIGN_KEY: Final = object()
+
+
+class _UnreadableEntry(Exception):
+    """A row whose value cannot be read, or would need unpickling.
+
+    Deliberately not an OSError: diskcache.get() swallows OSError from the
+    value file and returns the default, which would hide a broken entry.
+    """
+
+
+class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk, minus pickle on the read path and with visible read errors.
+
+    This tier only ever writes str keys and bytes values, which diskcache
+    stores raw. A pickled key or value in the directory was not written by us;
+    loading it could execute code, so it is refused instead.
+    """
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            return _FOREIGN_KEY
+        return super().get(key, raw)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if mode == MODE_PICKLE:
+            raise _UnreadableEntry("pickled value refused")
+        try:
+            return super().fetch(mode, filename, value, read)
+        except OSError as exc:
+            raise _UnreadableEntry(f"value file unreadable: {exc!r}") from exc
+
+
+class DiskStorage:
+    """A byte-budgeted storage tier on diskcache; values are codec.encode() bytes.
+
+    Policies map onto diskcache's: lru → least-recently-used, lfu →
+    least-frequently-used, fifo → least-recently-stored, noeviction → none
+    (plus refusing a set whose estimated new total exceeds the budget).
+    "random" is not supported by diskcache and raises ValueError here;
+    configuration validation rejects it for L2 as well.
+
+    Eviction: diskcache's own per-set culling is disabled (cull_limit=0) so
+    every eviction goes through Cache.cull() after a set and is counted.
+    cull() removes up to 10 rows per round, so the tier can evict up to 9
+    more entries than strictly needed: keep the budget well above 10 times the
+    largest object. With lru/lfu every hit is a small SQLite write (diskcache
+    records the access); fifo hits are read-only.
+
+    The budget holds for volume() (see the module docstring) once it exceeds
+    the ~32 KiB of an empty SQLite file. noeviction's check is an estimate
+    (the encoded length against volume()), so it can overshoot by SQLite page
+    rounding.
+
+    Any failure to read or decode an entry (a missing or truncated value
+    file, an SQLite error, garbage bytes, a pickled value, which this tier
+    never writes and will not load) is a miss: the entry is removed,
+    stats.corrupt counted and a warning logged. A lock timeout on read is a
+    plain miss. A failed write makes set() return False. Neither raises.
+
+    Stats are per process; stats.entries/bytes are refreshed after writes by
+    this process, and on demand by refresh_stats().
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        budget_bytes: int,
+        policy: EvictionPolicy = "lru",
+        *,
+        name: str = "l2",
+        timeout: float = 5.0,
+    ) -> None:
+        if policy == "random":
+            raise ValueError(
+                "eviction policy 'random' is not supported by the disk tier (diskcache has none)"
+            )
+        if policy not in EVICTION_POLICIES:
+            raise ValueError(f"unknown eviction policy {policy!r}; expected one of {EVICTION_POLICIES}")
+        if budget_bytes < 0:
+            raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
+        self.name = name
+        self.stats = TierStats()
+        self.budget_bytes = budget_bytes
+        self.policy: EvictionPolicy = policy
+        self.directory = Path(directory)
+        # timeout: seconds SQLite waits for a lock before diskcache raises
+        # Timeout (diskcache's default, 60 s, would park an I/O thread far too
+        # long; a timed-out get is a miss and a timed-out set is refused).
+        self._cache: Any = diskcache.Cache(
+            str(self.directory),
+            timeout=timeout,
+            size_limit=budget_bytes,
+            cull_limit=0,
+            eviction_policy=_DISKCACHE_POLICY[policy],
+            disk=_SafeDisk,
+        )
+        self.refresh_stats()
+
+    # -- reads -----------------------------------------------------------------
+
+    def get(self, key: str) -> CachedResource | None:
+        """The resource under key, or None; never raises (bad entries are removed)."""
+        try:
+            value = self._read(key)
+        except diskcache.Timeout:
+            log.warning("disk cache %s: lock timeout reading %r; treated as a miss", self.directory, key)
+            self.stats.misses += 1
+            return None
+        except Exception as exc:  # any read failure must be a miss, never a 500
+            self._drop_corrupt(key, f"reading it failed: {exc!r}")
+            return None
+        if value is _MISSING:
+            self.stats.misses += 1
+            return None
+        try:
+            if type(value) is not bytes:
+                raise codec.CodecError(f"stored value is {type(value).__name__}, not bytes")
+            resource = codec.decode(value)
+            if resource.key != key:
+                raise codec.CodecError(f"stored key {resource.key!r} does not match")
+        except codec.CodecError as exc:
+            self._drop_corrupt(key, str(exc))
+            return None
+        self.stats.hits += 1
+        return resource
+
+    def _read(self, key: str) -> Any:
+        try:
+            return self._cache.get(key, default=_MISSING)
+        except _UnreadableEntry:
+            # Another process may have replaced or deleted the entry between
+            # diskcache reading its row and opening its file: ask once more.
+            # A second failure propagates and marks the entry corrupt.
+            return self._cache.get(key, default=_MISSING)
+
+    def _drop_corrupt(self, key: str, why: str) -> None:
+        self.stats.corrupt += 1
+        self.stats.misses += 1
+        log.warning("disk cache %s: dropping corrupt entry %r: %s", self.directory, key, why)
+        try:
+            self._cache.delete(key)
+        except Exception as exc:  # best effort: the read is already a miss
+            log.warning("disk cache %s: could not delete corrupt entry %r: %r", self.directory, key, exc)
+
+    # -- writes ----------------------------------------------------------------
+
+    def set(self, resource: CachedResource) -> bool:
+        """Store resource; False when refused (too big, noeviction and full, or an I/O error)."""
+        stats = self.stats
+        key = resource.key
+        try:
+            data = codec.encode(resource)
+        except codec.CodecError as exc:
+            log.warning("disk cache %s: cannot encode %r: %s", self.directory, key, exc)
+            stats.rejected += 1
+            return False
+        budget = self.budget_bytes
+        # Either measure over the budget refuses, so that "too big" means the
+        # same thing as in the memory tier.
+        if len(data) > budget or resource.size() > budget:
+            stats.rejected += 1
+            return False
+        cache = self._cache
+        try:
+            if self.policy == "noeviction" and not self._fits(key, len(data)):
+                stats.rejected += 1
+                return False
+            cache.set(key, data)
+            volume = cache.volume()
+            if volume > budget:
+                stats.evictions += cache.cull()
+                volume = cache.volume()
+                # cull() works in batches and can take the new entry too.
+                if key not in cache:
+                    stats.rejected += 1
+                    self._refresh(volume)
+                    return False
+            stats.sets += 1
+            self._refresh(volume)
+            return True
+        except Exception as exc:  # disk full, SQLite errors, lock timeouts: refuse, never raise
+            log.warning("disk cache %s: storing %r failed: %r", self.directory, key, exc)
+            stats.rejected += 1
+            return False
+
+    def _fits(self, key: str, new_len: int) -> bool:
+        """noeviction: would volume stay within the budget with this value stored?"""
+        cache = self._cache
+        volume: int = cache.volume()
+        if volume + new_len <= self.budget_bytes:
+            return True
+        # Only now is it worth reading the old value to credit its length.
+        try:
+            old = cache.get(key, default=None)
+        except _UnreadableEntry:
+            old = None
+        old_len = len(old) if isinstance(old, bytes) else 0
+        return volume - old_len + new_len <= self.budget_bytes
+
+    def delete(self, key: str) -> bool:
+        """Remove key; True when it was present. I/O errors are logged and give False."""
+        try:
+            removed = bool(self._cache.delete(key))
+            if removed:
+                self._refresh()
+            return removed
+        except Exception as exc:  # a purge must not crash the caller
+            log.warning("disk cache %s: deleting %r failed: %r", self.directory, key, exc)
+            return False
+
+    # -- whole-cache operations --------------------------------------------------
+
+    def keys(self) -> Iterator[str]:
+        """A snapshot list of the stored keys (foreign non-str keys are skipped)."""
+        return iter([k for k in self._cache if type(k) is str])
+
+    def clear(self) -> None:
+        """Remove every entry (also those written by other processes)."""
+        self._cache.clear()
+        self._refresh()
+
+    def close(self) -> None:
+        """Close this thread's SQLite connection.
+
+        diskcache connections are per thread; those opened in worker threads
+        close when the threads exit (TieredStorage shuts its pool down first).
+        The tier reopens lazily if used again.
+        """
+        self._cache.close()
+
+    # -- stats -------------------------------------------------------------------
+
+    def volume(self) -> int:
+        """diskcache's estimate of bytes on disk (SQLite file + value files)."""
+        return int(self._cache.volume())
+
+    def refresh_stats(self) -> TierStats:
+        """Update stats.entries/bytes from the shared cache (two cheap SQLite reads)."""
+        self._refresh()
+        return self.stats
+
+    def _refresh(self, volume: int | None = None) -> None:
+        cache = self._cache
+        self.stats.entries = len(cache)
+        self.stats.bytes = int(cache.volume()) if volume is None else volume
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: object) -> bool:
+        return bool(key in self._cache)

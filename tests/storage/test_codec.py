@@ -1,0 +1,196 @@
+"""proxy.codec: round trips, and every kind of damage raising CodecError (never anything else)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from proxy import codec
+from proxy.codec import CodecError, decode, encode
+from proxy.entry import CachedResource, StoredResponse
+
+HEADER = 9  # magic (4) + version (1) + metadata length (4)
+
+
+def test_round_trip_multi_variant(multi_variant: Callable[..., CachedResource]) -> None:
+    res = multi_variant()
+    back = decode(encode(res))
+    assert back == res
+    # Tuples must come back as tuples (frozen dataclasses, hashable fields).
+    for v in back.variants:
+        assert type(v.headers) is tuple and all(type(h) is tuple for h in v.headers)
+        assert type(v.vary_names) is tuple and type(v.vary_values) is tuple and type(v.tags) is tuple
+        assert type(v.body) is bytes
+    assert type(back.variants) is tuple
+
+
+def test_round_trip_edge_values(resource: Callable[..., CachedResource]) -> None:
+    cases = [
+        CachedResource(key="k", variants=()),
+        CachedResource(key="", variants=()),
+        resource(key="ключ ✓ \U0001f600", body=b""),
+        # aiohttp decodes undecodable header bytes with surrogateescape.
+        resource(headers=(("X-Raw", "caf\udce9"),)),
+        resource(body=bytes(range(256)) * 4, request_time=0.1 + 0.2, freshness_lifetime=float("inf")),
+        resource(freshness_lifetime=60),  # an int where a float is declared
+    ]
+    for res in cases:
+        assert decode(encode(res)) == res
+
+
+def test_ints_in_float_fields_come_back_as_floats(resource: Callable[..., CachedResource]) -> None:
+    back = decode(encode(resource(freshness_lifetime=60, stale_if_error=0)))
+    assert type(back.variants[0].freshness_lifetime) is float
+    assert type(back.variants[0].stale_if_error) is float
+
+
+def test_codec_covers_every_stored_response_field() -> None:
+    # Guards against a field added to StoredResponse but not to the codec.
+    assert sorted(codec._VARIANT_FIELDS) == sorted(f.name for f in dataclasses.fields(StoredResponse))
+
+
+def test_decode_accepts_bytearray_and_memoryview(resource: Callable[..., CachedResource]) -> None:
+    res = resource()
+    data = encode(res)
+    assert decode(bytearray(data)) == res  # type: ignore[arg-type]
+    assert decode(memoryview(data)) == res  # type: ignore[arg-type]
+
+
+def test_format_prefix(resource: Callable[..., CachedResource]) -> None:
+    data = encode(resource())
+    assert data[:5] == b"MCDN\x01"
+    (meta_len,) = struct.unpack(">I", data[5:9])
+    json.loads(data[HEADER : HEADER + meta_len])  # the metadata block is plain JSON
+
+
+# -- corruption -----------------------------------------------------------------
+
+
+def _split(data: bytes) -> tuple[Any, bytes]:
+    (meta_len,) = struct.unpack(">I", data[5:9])
+    return json.loads(data[HEADER : HEADER + meta_len]), data[HEADER + meta_len :]
+
+
+def _join(meta: Any, bodies: bytes, raw_meta: bytes | None = None) -> bytes:
+    m = raw_meta if raw_meta is not None else json.dumps(meta).encode()
+    return b"MCDN\x01" + struct.pack(">I", len(m)) + m + bodies
+
+
+def _with_meta(edit: Callable[[Any], None]) -> Callable[[bytes], bytes]:
+    def mutate(data: bytes) -> bytes:
+        meta, bodies = _split(data)
+        edit(meta)
+        return _join(meta, bodies)
+
+    return mutate
+
+
+def _set_field(name: str, value: Any) -> Callable[[bytes], bytes]:
+    index = codec._VARIANT_FIELDS.index(name)
+
+    def edit(meta: Any) -> None:
+        meta[1][0][index] = value
+
+    return _with_meta(edit)
+
+
+def _flip_json_byte(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[HEADER] ^= 0xFF  # the opening "[" of the metadata
+    return bytes(out)
+
+
+CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes]]] = [
+    ("empty", lambda d: b""),
+    ("wrong magic", lambda d: b"XCDN" + d[4:]),
+    ("wrong version", lambda d: d[:4] + b"\x02" + d[5:]),
+    ("version zero", lambda d: d[:4] + b"\x00" + d[5:]),
+    ("pickle", lambda d: b"\x80\x04\x95" + d),
+    ("trailing garbage", lambda d: d + b"x"),
+    ("metadata length too big", lambda d: d[:5] + struct.pack(">I", len(d)) + d[9:]),
+    ("metadata length too small", lambda d: d[:5] + struct.pack(">I", 3) + d[9:]),
+    ("flipped JSON byte", _flip_json_byte),
+    ("not JSON", lambda d: _join(None, b"", raw_meta=b"{not json")),
+    ("invalid utf-8 in JSON", lambda d: _join(None, b"", raw_meta=b'["\xff\xfe", []]')),
+    ("deep nesting", lambda d: _join(None, b"", raw_meta=b"[" * 100_000 + b"]" * 100_000)),
+    ("metadata is an object", lambda d: _join({"key": "k"}, b"")),
+    ("metadata too short", lambda d: _join(["k"], b"")),
+    ("key not a string", _with_meta(lambda m: m.__setitem__(0, 42))),
+    ("variants not a list", _with_meta(lambda m: m.__setitem__(1, {"a": 1}))),
+    ("variant not a list", _with_meta(lambda m: m[1].__setitem__(0, "v"))),
+    ("variant missing a field", _with_meta(lambda m: m[1][0].pop())),
+    ("variant with an extra field", _with_meta(lambda m: m[1][0].append(1))),
+    ("body length longer than data", _set_field("body", 10_000)),
+    ("body length shorter than data", _set_field("body", 1)),
+    ("negative body length", _set_field("body", -1)),
+    ("body length a float", _set_field("body", 5.0)),
+    ("status a string", _set_field("status", "200")),
+    ("status a bool", _set_field("status", True)),
+    ("status a float", _set_field("status", 200.0)),
+    ("reason null", _set_field("reason", None)),
+    ("headers odd length", _set_field("headers", ["A", "b", "C"])),
+    ("header value a number", _set_field("headers", ["A", 1])),
+    ("header value null", _set_field("headers", ["A", None])),
+    ("headers nested pairs", _set_field("headers", [["A", "b"]])),
+    ("headers an object", _set_field("headers", {"A": "b"})),
+    ("request_time a string", _set_field("request_time", "now")),
+    ("response_time null", _set_field("response_time", None)),
+    ("freshness a bool", _set_field("freshness_lifetime", True)),
+    ("age too large for a float", _set_field("corrected_initial_age", 10**400)),
+    ("swr a list", _set_field("stale_while_revalidate", [1])),
+    ("sie null", _set_field("stale_if_error", None)),
+    ("vary_names with null", _set_field("vary_names", ["a", None])),
+    ("vary_names a string", _set_field("vary_names", "accept")),
+    ("vary_values with a number", _set_field("vary_values", [1])),
+    ("tags with a number", _set_field("tags", ["a", 2])),
+    ("no_cache an int", _set_field("no_cache", 1)),
+    ("must_revalidate null", _set_field("must_revalidate", None)),
+    ("immutable a string", _set_field("immutable", "true")),
+    ("etag a number", _set_field("etag", 5)),
+    ("last_modified a list", _set_field("last_modified", [])),
+    ("date a bool", _set_field("date", False)),
+]
+
+
+@pytest.mark.parametrize("mutate", [c[1] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
+def test_corruption_raises_codec_error(
+    mutate: Callable[[bytes], bytes], resource: Callable[..., CachedResource]
+) -> None:
+    data = mutate(encode(resource()))
+    with pytest.raises(CodecError):
+        decode(data)
+
+
+def test_truncation_at_every_offset_raises_codec_error(multi_variant: Callable[..., CachedResource]) -> None:
+    data = encode(multi_variant())
+    for end in range(len(data)):
+        with pytest.raises(CodecError):
+            decode(data[:end])
+
+
+def test_single_byte_flips_never_raise_anything_but_codec_error(
+    multi_variant: Callable[..., CachedResource],
+) -> None:
+    # A flip inside a body or a string value can still decode (to different
+    # content); what matters is that nothing other than CodecError escapes.
+    data = encode(multi_variant())
+    for i in range(len(data)):
+        damaged = bytearray(data)
+        damaged[i] ^= 0x5A
+        with contextlib.suppress(CodecError):
+            decode(bytes(damaged))
+
+
+def test_codec_error_is_a_value_error() -> None:
+    assert issubclass(CodecError, ValueError)
+
+
+def test_encode_unrepresentable_raises_codec_error(resource: Callable[..., CachedResource]) -> None:
+    with pytest.raises(CodecError):
+        encode(resource(headers=(("A", object()),)))
