@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from proxy.cache_status import appended, member
 from proxy.config import Config
-from proxy.engine import ClientRequest, Engine, Reply, error_reply
+from proxy.engine import Engine, Reply, error_reply
+from proxy.fetcher import ClientRequest
 from proxy.storage.disk import DiskStorage
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
@@ -30,6 +32,9 @@ STORAGE_KEY = web.AppKey("storage", TieredStorage)
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
+
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 9112 §3.2: any other value is a 400.
+_HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
 
 def open_storage(cfg: Config) -> TieredStorage:
@@ -56,6 +61,7 @@ def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Appli
         try:
             yield
         finally:
+            await app[ENGINE_KEY].close()
             await upstream.close()
             storage.close()
 
@@ -70,7 +76,10 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     engine = app[ENGINE_KEY]
     started = time.perf_counter()
     try:
-        reply = await engine.handle(_client_request(request))
+        if _HOST_RE.fullmatch(request.headers.get("Host", "")):
+            reply = await engine.handle(_client_request(request))
+        else:
+            reply = error_reply(400, "invalid Host header")
     except UpstreamError as exc:
         reply = error_reply(exc.status_hint, exc.reason)
     except Exception:

@@ -104,6 +104,17 @@ class OriginConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchConfig:
+    """Origin fetches beyond one request: coalescing, hit-for-pass, background refresh."""
+
+    coalesce: bool = True  # one origin fetch per key for concurrent misses / revalidations
+    coalesce_timeout: float = 10.0  # a waiter gives up after this and fetches on its own
+    hit_for_pass_ttl: float = 30.0  # a key whose response could not be shared is not coalesced
+    refresh_ahead_fraction: float = 0.1  # refresh hit keys in the last 10% of their lifetime; 0: off
+    refresh_ahead_max_concurrent: int = 8  # refresh-ahead fetches running at once (extra are skipped)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Access and error logging."""
 
@@ -122,6 +133,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     keys: KeyConfig = KeyConfig()
     policy: PolicyConfig = PolicyConfig()
+    fetch: FetchConfig = FetchConfig()
     log: LogConfig = LogConfig()
     source: str = "<defaults>"  # the file this came from, for messages
 
@@ -194,7 +206,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     r.only(
         top,
         "",
-        {"name", "listen", "origin", "cache", "keys", "policy", "log", "origin_stub"},
+        {"name", "listen", "origin", "cache", "keys", "policy", "fetch", "log", "origin_stub"},
     )
     d = Config()
     name = r.string(top, "name", d.name)
@@ -265,6 +277,19 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
     )
 
+    f = r.mapping(top.get("fetch", {}), "fetch")
+    r.only(f, "fetch", set(FetchConfig.__dataclass_fields__))
+    fd = FetchConfig()
+    fetch = FetchConfig(
+        coalesce=r.boolean(f, "coalesce", fd.coalesce, "fetch"),
+        coalesce_timeout=r.positive(f, "coalesce_timeout", fd.coalesce_timeout, "fetch"),
+        hit_for_pass_ttl=r.non_negative(f, "hit_for_pass_ttl", fd.hit_for_pass_ttl, "fetch"),
+        refresh_ahead_fraction=r.fraction(f, "refresh_ahead_fraction", fd.refresh_ahead_fraction, "fetch"),
+        refresh_ahead_max_concurrent=int(
+            r.positive(f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, "fetch")
+        ),
+    )
+
     lg = r.mapping(top.get("log", {}), "log")
     r.only(lg, "log", set(LogConfig.__dataclass_fields__))
     ld = LogConfig()
@@ -280,6 +305,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         cache=cache,
         keys=keys,
         policy=policy,
+        fetch=fetch,
         log=log,
         source=source,
     )

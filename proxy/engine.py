@@ -1,57 +1,41 @@
 """The engine: the only place where the pure policy meets storage, the origin and the clock.
 
 One request goes: normalise → key → lookup (L1, then L2 off the loop) →
-`policy.decide` → deliver / revalidate / fetch / pass. The clock is read once
-per request for the decision, and once more when the origin's answer arrives
-(RFC 9111 §4.2.3 needs request_time and response_time). The engine returns a
-`Reply` value; turning it into bytes on a socket is the app's job.
+`policy.decide` → deliver / revalidate / fetch / pass. Fetches for one key
+are coalesced (one origin request however many clients wait), background
+revalidations (stale-while-revalidate, refresh-ahead) run in tasks owned by
+the engine rather than by the request, and stale-if-error replaces origin
+failures where RFC 5861 allows. The engine returns a `Reply` value; writing
+it to a socket is the app's job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import assert_never
 
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict
 
 from proxy import policy
 from proxy.cache_status import CacheStatus
+from proxy.coalescer import SingleFlight
 from proxy.config import Config
-from proxy.entry import CachedResource, StoredResponse
-from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import normalise_accept_encoding, primary_key, select_variant, with_variant
+from proxy.entry import StoredResponse
+from proxy.fetcher import ClientRequest, Fetcher, FetchOutcome, FetchRequest
+from proxy.headers import Headers
+from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
+__all__ = ["ClientRequest", "Engine", "EngineStats", "Reply", "error_reply"]
+
 log = logging.getLogger("proxy.engine")
 
 Clock = Callable[[], float]
-
-# Request fields the cache answers itself on a lookup; never sent on its own fetches.
-_CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
-_TAG_FIELDS = ("Surrogate-Key", "Cache-Tag")
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """What the engine needs of a client request (built by the app from aiohttp's request)."""
-
-    method: str
-    scheme: str
-    host: str
-    path: str  # raw, percent-encoded
-    query: str  # raw, without "?"
-    headers: CIMultiDictProxy[str] | CIMultiDict[str]
-    remote: str | None = None
-    body: AsyncIterator[bytes] | None = None
-
-    @property
-    def path_qs(self) -> str:
-        return self.path + ("?" + self.query if self.query else "")
 
 
 @dataclass(slots=True)
@@ -65,6 +49,25 @@ class Reply:
     cache_status: CacheStatus = field(default_factory=CacheStatus)
     # A stream that breaks off must reset the client connection, never end cleanly.
     streamed: bool = False
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters of what the engine did (exposed by the stats endpoint)."""
+
+    requests: int = 0
+    hits: int = 0
+    misses: int = 0
+    passes: int = 0
+    stale_served: int = 0  # stale-while-revalidate, stale-if-error, max-stale
+    coalesced: int = 0  # requests answered from another request's fetch
+    coalesce_timeouts: int = 0
+    hit_for_pass: int = 0  # requests forwarded at once because the key was marked
+    background_revalidations: int = 0
+    background_failures: int = 0
+    refresh_ahead: int = 0
+    refresh_ahead_skipped: int = 0
+    origin_errors: int = 0
 
 
 def error_reply(status: int, reason: str, cache_status: CacheStatus | None = None) -> Reply:
@@ -81,23 +84,28 @@ class Engine:
     def __init__(self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Clock) -> None:
         self.cfg = cfg
         self.storage = storage
-        self.upstream = upstream
         self.clock = clock
-        self.origin_host = URL(cfg.origin.url).host or ""
-        self.origin_authority = URL(cfg.origin.url).raw_authority
-        self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host")
-        self._drop_response = tuple(cfg.policy.targeted_fields) if cfg.policy.strip_targeted_fields else ()
-        self._drop_response += _TAG_FIELDS
+        self.fetcher = Fetcher(cfg, storage, upstream, clock)
+        self.flights: SingleFlight[FetchOutcome] = SingleFlight()
+        self.stats = EngineStats()
+        # key -> clock time until which the key is forwarded without coalescing.
+        self.hit_for_pass: dict[str, float] = {}
+        self._refreshing = 0
+
+    async def close(self) -> None:
+        """Stop background fetches (at shutdown)."""
+        await self.flights.close()
 
     # ------------------------------------------------------------------ entry
 
     async def handle(self, req: ClientRequest) -> Reply:
         """Answer one client request."""
+        self.stats.requests += 1
         now = self.clock()
         opts = self.cfg.policy
         method = req.method
         if method not in policy.CACHEABLE_METHODS:
-            return await self._pass(req, "method", invalidate=method not in policy.SAFE_METHODS)
+            return await self._pass(req, req.headers, "bypass", invalidate=method not in policy.SAFE_METHODS)
 
         # Accept-Encoding is reduced before keying, and the origin sees the
         # reduced value too, so a stored variant always matches what it holds.
@@ -105,42 +113,53 @@ class Engine:
         headers["Accept-Encoding"] = normalise_accept_encoding(
             headers.get("Accept-Encoding"), opts.accept_encodings
         )
-        key = self.key_for(req)
-        req_directives = policy.request_directives(headers, opts)
         if policy.has_precondition_for_origin(headers):
-            return await self._pass(req, "request", invalidate=False, headers=headers)
+            return await self._pass(req, headers, "bypass", invalidate=False)
+        key = self.fetcher.key_for(req)
+        directives = policy.request_directives(headers, opts)
 
         resource, tier = await self.storage.aget(key)
         entry = select_variant(resource, headers) if resource is not None else None
-        decision = policy.decide(method, req_directives, entry, resource is not None, now, opts)
+        decision = policy.decide(method, directives, entry, resource is not None, now, opts)
         match decision:
-            case policy.Deliver(entry=found, age=age, ttl=ttl):
+            case policy.Deliver(entry=found, age=age, ttl=ttl, revalidate_in_background=behind):
+                fetch = FetchRequest(req, headers, key, resource, found, "stale", directives)
+                if behind:
+                    # RFC 5861 §3: the stale answer now, one revalidation behind it.
+                    self.stats.stale_served += 1
+                    self._revalidate_in_background(fetch)
+                    status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate")
+                    return self._deliver(req, headers, found, age, status)
+                self.stats.hits += 1
+                if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
+                    self._refresh_ahead(fetch)
+                if decision.stale:
+                    self.stats.stale_served += 1
                 # detail says which tier answered (l1 / l2).
-                hit = CacheStatus(hit=True, ttl=int(ttl), detail=tier)
-                return self._deliver(req, headers, found, age, hit)
+                return self._deliver(
+                    req, headers, found, age, CacheStatus(hit=True, ttl=int(ttl), detail=tier)
+                )
             case policy.Revalidate(entry=stale, reason=why):
-                return await self._revalidate(req, headers, key, resource, stale, why, req_directives)
+                fwd = "request" if why == "request" else "stale"
+                self.stats.misses += 1
+                return await self._fetch(FetchRequest(req, headers, key, resource, stale, fwd, directives))
             case policy.Fetch(reason=why):
-                return await self._fetch(req, headers, key, resource, why, req_directives)
+                self.stats.misses += 1
+                if method == "HEAD":
+                    # A HEAD response never creates an entry (RFC 9111 §3): forward it.
+                    return await self._pass(req, headers, why, invalidate=False)
+                return await self._fetch(FetchRequest(req, headers, key, resource, None, why, directives))
             case policy.Pass(reason=why):
-                return await self._pass(req, why, invalidate=False, headers=headers)
+                return await self._pass(req, headers, "bypass", invalidate=False)
             case policy.GatewayTimeout():
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
                 assert_never(decision)
 
-    def key_for(self, req: ClientRequest) -> str:
-        return primary_key(req.scheme, req.host or self.origin_authority, req.path, req.query, self.cfg.keys)
-
     # ---------------------------------------------------------------- deliver
 
     def _deliver(
-        self,
-        req: ClientRequest,
-        headers: Headers,
-        entry: StoredResponse,
-        age: float,
-        status: CacheStatus,
+        self, req: ClientRequest, headers: Headers, entry: StoredResponse, age: float, status: CacheStatus
     ) -> Reply:
         """Serve a stored response: 304 to a matching conditional, 206/416 to a Range, else whole."""
         out: CIMultiDict[str] = CIMultiDict()
@@ -170,107 +189,169 @@ class Engine:
             out["Accept-Ranges"] = "bytes"
         return Reply(entry.status, entry.reason, out, body, status)
 
+    def _deliver_stale_on_error(
+        self, f: FetchRequest, stale: StoredResponse, fwd_status: int | None, collapsed: bool = False
+    ) -> Reply:
+        self.stats.stale_served += 1
+        now = self.clock()
+        ttl = policy.remaining_ttl(stale, now)
+        status = CacheStatus(
+            fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail="stale-if-error"
+        )
+        return self._deliver(f.client, f.headers, stale, policy.current_age(stale, now), status)
+
     # ------------------------------------------------------------------ fetch
 
-    def origin_request_headers(
-        self, req: ClientRequest, headers: Headers, *, for_cache: bool
-    ) -> CIMultiDict[str]:
-        """Headers sent to the origin: end-to-end only, no unkeyed inputs, proxy fields set."""
-        drop: tuple[str, ...] = self._drop_request
-        if for_cache:
-            drop += _CLIENT_CONDITIONALS
-        out = end_to_end(headers, drop)
-        out["Host"] = (
-            req.host if (self.cfg.origin.host_header == "client" and req.host) else self.origin_authority
-        )
-        if req.remote:
-            prior = out.get("X-Forwarded-For")
-            out["X-Forwarded-For"] = f"{prior}, {req.remote}" if prior else req.remote
-        out["X-Forwarded-Proto"] = req.scheme
-        out.add("Via", f"1.1 {self.cfg.name}")
-        return out
-
-    def client_response_headers(self, origin_headers: Headers) -> CIMultiDict[str]:
-        """Origin response headers as sent to a client on a pass-through."""
-        return end_to_end(origin_headers, self._drop_response)
-
-    async def _fetch(
-        self,
-        req: ClientRequest,
-        headers: CIMultiDict[str],
-        key: str,
-        resource: CachedResource | None,
-        why: str,
-        req_directives: Directives,
-    ) -> Reply:
-        """A miss: fetch the whole representation, store it if allowed, answer from it."""
-        if req.method == "HEAD":
-            # A HEAD response never creates an entry (RFC 9111 §3); just forward it.
-            return await self._pass(req, why, invalidate=False, headers=headers)
-        out_headers = self.origin_request_headers(req, headers, for_cache=True)
-        request_time = self.clock()
+    async def _fetch(self, f: FetchRequest) -> Reply:
+        """A miss or a revalidation, coalesced with any fetch of the same key in flight."""
+        if not self._may_coalesce(f):
+            return await self._fetch_alone(f)
+        task, leader = self.flights.start(f.key, lambda: self._flight(f))
         try:
-            resp = await self.upstream.send("GET", req.path_qs, out_headers, None)
+            if leader:
+                outcome = await asyncio.shield(task)
+            else:
+                outcome = await asyncio.wait_for(asyncio.shield(task), self.cfg.fetch.coalesce_timeout)
+        except asyncio.CancelledError:
+            if leader:
+                # Our client is gone; nobody else may stream a leader-only response.
+                task.add_done_callback(_discard_outcome)
+            raise
+        except TimeoutError:
+            self.stats.coalesce_timeouts += 1
+            return await self._fetch_alone(f)
         except UpstreamError as exc:
-            return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=why, detail=exc.reason))
-        return await self._store_and_answer(
-            req, headers, key, resource, resp, request_time, why, req_directives
-        )
+            return self._origin_failed(f, exc, collapsed=not leader)
+        return await self._answer(f, outcome, leader)
 
-    async def _store_and_answer(
-        self,
-        req: ClientRequest,
-        headers: CIMultiDict[str],
-        key: str,
-        resource: CachedResource | None,
-        resp: OriginResponse,
-        request_time: float,
-        why: str,
-        req_directives: Directives,
-    ) -> Reply:
-        """Decide storability (§3), read the body within the object limit, store, answer."""
-        response_time = self.clock()
-        opts = self.cfg.policy
-        plan = policy.plan_store(
-            "GET",
-            headers,
-            req_directives,
-            resp.status,
-            resp.reason,
-            resp.headers,
-            request_time,
-            response_time,
-            opts,
-        )
-        status = CacheStatus(fwd=why, fwd_status=resp.status)
-        limit = self.cfg.cache.max_object_size
-        if isinstance(plan, policy.DontStore):
-            status = CacheStatus(fwd=why, fwd_status=resp.status, detail=plan.reason)
-            return self._stream_through(resp, status)
-        if resp.content_length is not None and resp.content_length > limit:
-            return self._stream_through(
-                resp, CacheStatus(fwd=why, fwd_status=resp.status, detail="too large")
-            )
+    def _may_coalesce(self, f: FetchRequest) -> bool:
+        if not self.cfg.fetch.coalesce:
+            return False
+        # A request that may not share (no-store) or carries credentials fetches alone,
+        # so its answer never decides for anyone else.
+        if "no-store" in f.directives or "authorization" in f.headers:
+            return False
+        until = self.hit_for_pass.get(f.key)
+        if until is not None:
+            if self.clock() < until:
+                self.stats.hit_for_pass += 1
+                return False
+            del self.hit_for_pass[f.key]
+        return True
+
+    async def _flight(self, f: FetchRequest) -> FetchOutcome:
+        outcome = await self.fetcher.fetch(f)
+        if outcome.not_shareable:
+            # Hit-for-pass: don't queue later requests behind fetches that can't be shared.
+            self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
+        return outcome
+
+    async def _fetch_alone(self, f: FetchRequest) -> Reply:
         try:
-            body, complete = await resp.read_up_to(limit)
+            outcome = await self.fetcher.fetch(f)
         except UpstreamError as exc:
-            return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=why, detail=exc.reason))
-        if not complete:
-            status = CacheStatus(fwd=why, fwd_status=resp.status, detail="too large")
-            return self._stream_through(resp, status, prefix=body)
-        if resp.content_length is not None and len(body) != resp.content_length:
-            # An incomplete (or over-long) body is never stored nor passed on as whole.
-            return error_reply(
-                502, "origin response body incomplete", CacheStatus(fwd=why, detail="incomplete")
-            )
-        entry = plan.build(body)
-        stored = await self.storage.aset(with_variant(resource, key, entry, opts.max_variants))
-        status = CacheStatus(fwd=why, fwd_status=resp.status, stored=stored)
-        return self._deliver(req, headers, entry, policy.current_age(entry, response_time), status)
+            return self._origin_failed(f, exc)
+        return await self._answer(f, outcome, leader=True)
 
-    def _stream_through(self, resp: OriginResponse, status: CacheStatus, prefix: bytes = b"") -> Reply:
+    async def _answer(self, f: FetchRequest, outcome: FetchOutcome, leader: bool) -> Reply:
+        """Answer one request from a fetch outcome (its own, or a coalesced one)."""
+        now = self.clock()
+        shared = outcome.shared
+        if shared is not None:
+            if leader or variant_matches(shared, f.headers):
+                status = replace(outcome.status, collapsed=not leader)
+                if not leader:
+                    self.stats.coalesced += 1
+                reply = self._deliver(f.client, f.headers, shared, policy.current_age(shared, now), status)
+                if leader:
+                    for cookie in outcome.leader_cookies:
+                        reply.headers.add("Set-Cookie", cookie)
+                return reply
+            return await self._fetch_alone(f)  # another variant: this request fetches its own
+        stale = outcome.stale
+        if stale is not None and policy.within_stale_if_error(stale, f.directives, now, self.cfg.policy):
+            if leader:
+                outcome.discard()
+            return self._deliver_stale_on_error(f, stale, outcome.status.fwd_status, collapsed=not leader)
+        if leader and outcome.leader_only is not None:
+            resp, outcome.leader_only = outcome.leader_only, None
+            if f.client.method == "HEAD":
+                resp.close()  # fetched with GET; a HEAD client gets the header section only
+                return Reply(
+                    resp.status,
+                    resp.reason,
+                    self.fetcher.client_response_headers(resp.headers),
+                    b"",
+                    outcome.status,
+                )
+            return self._stream(resp, outcome.status, outcome.prefix)
+        # Not shareable, and this request did not start the fetch: go alone.
+        return await self._fetch_alone(f)
+
+    def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Reply:
+        """RFC 5861 §4: stale-if-error for an unreachable or timed-out origin, else 502/504."""
+        self.stats.origin_errors += 1
+        stale = f.stale
+        if stale is not None and policy.within_stale_if_error(
+            stale, f.directives, self.clock(), self.cfg.policy
+        ):
+            return self._deliver_stale_on_error(f, stale, None, collapsed)
+        return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=f.why, detail=exc.reason))
+
+    # ------------------------------------------------------------- background
+
+    def _revalidate_in_background(self, f: FetchRequest) -> None:
+        """One background revalidation per key, owned by the engine (outlives the request)."""
+        if self.flights.in_flight(f.key):
+            return
+        self.stats.background_revalidations += 1
+        task, _ = self.flights.start(f.key, lambda: self._flight(f))
+        task.add_done_callback(self._background_done)
+
+    def _refresh_ahead(self, f: FetchRequest) -> None:
+        """Refresh a popular key before it expires, within a bounded number of such fetches."""
+        if self.flights.in_flight(f.key):
+            return
+        if self._refreshing >= self.cfg.fetch.refresh_ahead_max_concurrent:
+            self.stats.refresh_ahead_skipped += 1
+            return
+        self.stats.refresh_ahead += 1
+        self._refreshing += 1
+        task, _ = self.flights.start(f.key, lambda: self._flight(f))
+        task.add_done_callback(self._refresh_done)
+
+    def _refresh_done(self, task: asyncio.Task[FetchOutcome]) -> None:
+        self._refreshing -= 1
+        self._background_done(task)
+
+    def _background_done(self, task: asyncio.Task[FetchOutcome]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            # The stale entry stays in place; the next request tries again.
+            self.stats.background_failures += 1
+            log.warning("background revalidation failed: %s", exc)
+            return
+        task.result().discard()
+
+    # ------------------------------------------------------------------- pass
+
+    async def _pass(self, req: ClientRequest, headers: Headers, fwd: str, *, invalidate: bool) -> Reply:
+        """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)."""
+        self.stats.passes += 1
+        try:
+            resp = await self.fetcher.forward(req, headers)
+        except UpstreamError as exc:
+            self.stats.origin_errors += 1
+            return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
+        if invalidate and 200 <= resp.status < 400:
+            await self.fetcher.invalidate_after_unsafe(req, resp.headers)
+        return self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+
+    def _stream(self, resp: OriginResponse, status: CacheStatus, prefix: bytes = b"") -> Reply:
         """Pass an origin response to the client without storing or buffering it whole."""
-        out = self.client_response_headers(resp.headers)
+        out = self.fetcher.client_response_headers(resp.headers)
         if resp.content_length is not None:
             out["Content-Length"] = str(resp.content_length)
 
@@ -282,98 +363,7 @@ class Engine:
 
         return Reply(resp.status, resp.reason, out, body(), status, streamed=True)
 
-    # ------------------------------------------------------------- revalidate
 
-    async def _revalidate(
-        self,
-        req: ClientRequest,
-        headers: CIMultiDict[str],
-        key: str,
-        resource: CachedResource | None,
-        entry: StoredResponse,
-        why: str,
-        req_directives: Directives,
-    ) -> Reply:
-        """RFC 9111 §4.3: a conditional request; a 304 freshens, anything else replaces."""
-        variants = resource.variants if resource is not None else (entry,)
-        out_headers = self.origin_request_headers(req, headers, for_cache=True)
-        out_headers.extend(policy.conditional_headers(entry, variants))
-        fwd = "request" if why == "request" else "stale"
-        request_time = self.clock()
-        try:
-            resp = await self.upstream.send(
-                req.method if req.method == "HEAD" else "GET", req.path_qs, out_headers
-            )
-        except UpstreamError as exc:
-            return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
-        if resp.status != 304:
-            if req.method == "HEAD":
-                return self._stream_through(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
-            return await self._store_and_answer(
-                req, headers, key, resource, resp, request_time, fwd, req_directives
-            )
-        resp.release()
-        response_time = self.clock()
-        selected = policy.select_for_update(resp.headers, entry, variants)
-        if not selected:
-            # The 304 matches nothing we hold (§4.3.4): fetch the representation whole.
-            return await self._fetch(req, headers, key, resource, fwd, req_directives)
-        updated: dict[int, StoredResponse] = {}
-        for old in selected:
-            plan = policy.freshen(old, resp.headers, headers, request_time, response_time, self.cfg.policy)
-            if isinstance(plan, policy.StorePlan):
-                updated[id(old)] = plan.template
-        serve = updated.get(id(entry)) or (next(iter(updated.values())) if updated else selected[0])
-        new_variants = tuple(updated.get(id(v), v) for v in variants)
-        stored = False
-        if updated:
-            stored = await self.storage.aset(CachedResource(key, new_variants))
-        else:
-            await self.storage.adelete(key)
-        status = CacheStatus(fwd=fwd, fwd_status=304, stored=stored)
-        return self._deliver(req, headers, serve, policy.current_age(serve, response_time), status)
-
-    # ------------------------------------------------------------------- pass
-
-    async def _pass(
-        self,
-        req: ClientRequest,
-        why: str,
-        *,
-        invalidate: bool,
-        headers: CIMultiDict[str] | CIMultiDictProxy[str] | None = None,
-    ) -> Reply:
-        """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)."""
-        out_headers = self.origin_request_headers(
-            req, headers if headers is not None else req.headers, for_cache=False
-        )
-        fwd = "bypass" if why in ("method", "request") else why
-        try:
-            resp = await self.upstream.send(req.method, req.path_qs, out_headers, req.body)
-        except UpstreamError as exc:
-            return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
-        if invalidate and 200 <= resp.status < 400:
-            await self._invalidate_after_unsafe(req, resp.headers)
-        return self._stream_through(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
-
-    async def _invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
-        """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""
-        keys = {self.key_for(req)}
-        base = URL.build(scheme=req.scheme, authority=req.host or self.origin_authority, encoded=True)
-        for name in ("Location", "Content-Location"):
-            value = resp_headers.get(name)
-            if not value:
-                continue
-            try:
-                target = base.join(URL(value, encoded=True))
-            except ValueError:
-                continue
-            if target.raw_authority.lower() != base.raw_authority.lower():
-                continue  # §4.4: never for another host (that would let one origin purge another)
-            keys.add(
-                primary_key(
-                    req.scheme, target.raw_authority, target.raw_path, target.raw_query_string, self.cfg.keys
-                )
-            )
-        for key in keys:
-            await self.storage.adelete(key)
+def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().discard()

@@ -158,7 +158,7 @@ def age_value(headers: Headers) -> float:
     if raw is None:
         return 0.0
     raw = raw.split(",")[0].strip()
-    return float(min(int(raw), 2**31)) if raw.isdigit() else 0.0
+    return float(min(int(raw), 2**31)) if raw.isascii() and raw.isdigit() else 0.0
 
 
 def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:
@@ -262,6 +262,8 @@ def plan_store(
     drop.update(directives.field_names("private"))
     drop.update(directives.field_names("no-cache"))
     drop.add("set-cookie")
+    # Tags are kept in `tags` for purge; the headers are what clients get (requirements §6).
+    drop.update(n.lower() for n in tag_fields)
     if opts.strip_targeted_fields:
         drop.update(n.lower() for n in opts.targeted_fields)
     stored = end_to_end(response_headers, drop)
@@ -324,6 +326,8 @@ class Deliver:
     age: float
     ttl: float
     stale: bool = False
+    # RFC 5861 §3: serve now and revalidate in the background.
+    revalidate_in_background: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +413,9 @@ def decide(
         limit = float("inf") if max_stale is None else req_directives.seconds("max-stale")
         if limit is not None and limit >= 0 and -ttl <= limit:
             return Deliver(entry, age, ttl, stale=True)
+    # RFC 5861 §3: inside stale-while-revalidate, answer now and refresh behind.
+    if within_stale_while_revalidate(entry, now, opts):
+        return Deliver(entry, age, ttl, stale=True, revalidate_in_background=True)
     return _revalidate_or_504(entry, "stale", only_if_cached)
 
 
@@ -538,3 +545,34 @@ def not_modified_header_list(entry: StoredResponse) -> HeaderList:
 def has_precondition_for_origin(request_headers: Headers) -> bool:
     """If-Match / If-Unmodified-Since: left to the origin (RFC 9110 §13.2.1)."""
     return "if-match" in request_headers or "if-unmodified-since" in request_headers
+
+
+# ------------------------------------------------- serving stale (§4.2.4, RFC 5861)
+
+# RFC 5861 §4: the origin answers that stale-if-error may hide.
+ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def within_stale_while_revalidate(entry: StoredResponse, now: float, opts: PolicyConfig) -> bool:
+    """RFC 5861 §3: stale, but by no more than the stale-while-revalidate window."""
+    staleness = current_age(entry, now) - entry.freshness_lifetime
+    return 0 <= staleness <= entry.stale_while_revalidate and may_serve_stale(entry, opts)
+
+
+def within_stale_if_error(
+    entry: StoredResponse, req_directives: Directives, now: float, opts: PolicyConfig
+) -> bool:
+    """RFC 5861 §4: may this stale entry replace an error? (response or request directive)."""
+    if not may_serve_stale(entry, opts):
+        return False
+    window = entry.stale_if_error
+    requested = req_directives.seconds("stale-if-error")
+    if requested is not None and requested >= 0:
+        window = max(window, float(requested))
+    staleness = current_age(entry, now) - entry.freshness_lifetime
+    return staleness <= window
+
+
+def refresh_ahead_due(entry: StoredResponse, ttl: float, fraction: float) -> bool:
+    """Refresh-ahead: a fresh entry in the last `fraction` of its lifetime (0 disables)."""
+    return fraction > 0 and 0 < ttl <= entry.freshness_lifetime * fraction

@@ -1,0 +1,242 @@
+"""Origin fetches for the cache: miss, revalidation, pass-through, and invalidation.
+
+One fetch turns an origin answer into a `FetchOutcome`: a stored (or
+freshened) snapshot that any coalesced request may be answered from, or an
+unread response that only the request which started the fetch may stream.
+Storing decisions come from `policy`; this file does the I/O around them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy import policy
+from proxy.cache_status import CacheStatus
+from proxy.config import Config
+from proxy.entry import CachedResource, StoredResponse
+from proxy.headers import Directives, Headers, end_to_end
+from proxy.keys import primary_key, with_variant
+from proxy.storage.tiered import TieredStorage
+from proxy.upstream import OriginResponse, Upstream, UpstreamError
+
+log = logging.getLogger("proxy.fetcher")
+
+# Request fields the cache answers itself; never sent on its own fetches.
+CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
+TAG_FIELDS = ("Surrogate-Key", "Cache-Tag")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """What the engine needs of a client request (built by the app from aiohttp's request)."""
+
+    method: str
+    scheme: str
+    host: str
+    path: str  # raw, percent-encoded
+    query: str  # raw, without "?"
+    headers: CIMultiDictProxy[str] | CIMultiDict[str]
+    remote: str | None = None
+    body: AsyncIterator[bytes] | None = None
+
+    @property
+    def path_qs(self) -> str:
+        return self.path + ("?" + self.query if self.query else "")
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequest:
+    """One cache fetch: the client request that caused it, normalised, with what is stored."""
+
+    client: ClientRequest
+    headers: CIMultiDict[str]  # normalised client headers (Accept-Encoding reduced)
+    key: str
+    resource: CachedResource | None
+    stale: StoredResponse | None  # the entry being revalidated, if any
+    why: str  # Cache-Status fwd reason: uri-miss / vary-miss / stale / request
+    directives: Directives
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """What one origin fetch produced.
+
+    `shared` is an immutable snapshot every coalesced request may be answered
+    from (it was storable). `leader_only` is an unread origin response that
+    only the request which started the fetch may stream (not shareable:
+    private, Set-Cookie, no-store, too large, or an error page); `prefix` is
+    what was already read of it. `stale` is the entry being revalidated, kept
+    for stale-if-error when the origin answered 500/502/503/504.
+    """
+
+    status: CacheStatus
+    shared: StoredResponse | None = None
+    leader_only: OriginResponse | None = None
+    prefix: bytes = b""
+    stale: StoredResponse | None = None
+    not_shareable: bool = False  # the response itself forbids sharing (for hit-for-pass)
+    # Set-Cookie of a stored response: for the client that fetched it, never stored nor shared.
+    leader_cookies: tuple[str, ...] = ()
+
+    def discard(self) -> None:
+        """Drop an unread leader-only response nobody will stream."""
+        if self.leader_only is not None:
+            self.leader_only.close()
+            self.leader_only = None
+
+
+class Fetcher:
+    """Talks to the origin on the cache's behalf and stores what the policy allows."""
+
+    def __init__(self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Callable[[], float]):
+        self.cfg = cfg
+        self.storage = storage
+        self.upstream = upstream
+        self.clock = clock
+        self.origin_authority = URL(cfg.origin.url).raw_authority
+        self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host")
+        targeted = cfg.policy.targeted_fields if cfg.policy.strip_targeted_fields else ()
+        self._drop_response = (*targeted, *TAG_FIELDS)
+
+    # ------------------------------------------------------------ headers
+
+    def origin_request_headers(
+        self, req: ClientRequest, headers: Headers, *, for_cache: bool
+    ) -> CIMultiDict[str]:
+        """Headers sent to the origin: end-to-end only, no unkeyed inputs, proxy fields set."""
+        drop: tuple[str, ...] = self._drop_request
+        if for_cache:
+            drop += CLIENT_CONDITIONALS
+        out = end_to_end(headers, drop)
+        use_client_host = self.cfg.origin.host_header == "client" and req.host
+        out["Host"] = req.host if use_client_host else self.origin_authority
+        if req.remote:
+            prior = out.get("X-Forwarded-For")
+            out["X-Forwarded-For"] = f"{prior}, {req.remote}" if prior else req.remote
+        out["X-Forwarded-Proto"] = req.scheme
+        out.add("Via", f"1.1 {self.cfg.name}")
+        return out
+
+    def client_response_headers(self, origin_headers: Headers) -> CIMultiDict[str]:
+        """Origin response headers as sent to a client on a pass-through."""
+        return end_to_end(origin_headers, self._drop_response)
+
+    def key_for(self, req: ClientRequest) -> str:
+        return primary_key(req.scheme, req.host or self.origin_authority, req.path, req.query, self.cfg.keys)
+
+    # ------------------------------------------------------------- fetch
+
+    async def fetch(self, f: FetchRequest) -> FetchOutcome:
+        """Fetch for the cache (a miss, or a revalidation when `f.stale` is set).
+
+        Raises UpstreamError when the origin gives no usable answer.
+        """
+        out_headers = self.origin_request_headers(f.client, f.headers, for_cache=True)
+        variants = f.resource.variants if f.resource is not None else ()
+        if f.stale is not None:
+            out_headers.extend(policy.conditional_headers(f.stale, variants))
+        request_time = self.clock()
+        resp = await self.upstream.send("GET", f.client.path_qs, out_headers)
+        if resp.status == 304 and f.stale is not None:
+            return await self._freshen(f, resp, request_time)
+        if f.stale is not None and resp.status in policy.ERROR_STATUSES:
+            # Let each request decide on stale-if-error with its own directives.
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status)
+            return FetchOutcome(status, leader_only=resp, stale=f.stale, not_shareable=False)
+        return await self._store(f, resp, request_time)
+
+    async def _store(self, f: FetchRequest, resp: OriginResponse, request_time: float) -> FetchOutcome:
+        """RFC 9111 §3: store within the object limit, or hand the response to the leader alone."""
+        response_time = self.clock()
+        plan = policy.plan_store(
+            "GET",
+            f.headers,
+            f.directives,
+            resp.status,
+            resp.reason,
+            resp.headers,
+            request_time,
+            response_time,
+            self.cfg.policy,
+        )
+        if isinstance(plan, policy.DontStore):
+            if f.stale is not None:
+                # The origin's new answer replaces what we held (§4.3.3), and it may not be kept.
+                await self.storage.adelete(f.key)
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail=plan.reason)
+            return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
+        limit = self.cfg.cache.max_object_size
+        if resp.content_length is not None and resp.content_length > limit:
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
+            return FetchOutcome(status, leader_only=resp, not_shareable=True)
+        body, complete = await resp.read_up_to(limit)
+        if not complete:
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
+            return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
+        if resp.content_length is not None and len(body) != resp.content_length:
+            raise UpstreamError(502, "origin response body incomplete")
+        entry = plan.build(body)
+        resource = with_variant(f.resource, f.key, entry, self.cfg.policy.max_variants)
+        stored = await self.storage.aset(resource)
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
+        cookies = tuple(resp.headers.getall("Set-Cookie", []))
+        return FetchOutcome(status, shared=entry, leader_cookies=cookies)
+
+    async def _freshen(self, f: FetchRequest, resp: OriginResponse, request_time: float) -> FetchOutcome:
+        """RFC 9111 §4.3.4: a 304 updates the stored responses it selects."""
+        assert f.stale is not None
+        resp.release()
+        response_time = self.clock()
+        variants = f.resource.variants if f.resource is not None else (f.stale,)
+        selected = policy.select_for_update(resp.headers, f.stale, variants)
+        if not selected:
+            # The 304 matches nothing we hold: fetch the representation whole.
+            refetch = FetchRequest(f.client, f.headers, f.key, f.resource, None, f.why, f.directives)
+            return await self.fetch(refetch)
+        updated: dict[int, StoredResponse] = {}
+        for old in selected:
+            plan = policy.freshen(old, resp.headers, f.headers, request_time, response_time, self.cfg.policy)
+            if isinstance(plan, policy.StorePlan):
+                updated[id(old)] = plan.template
+        serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])
+        stored = False
+        if updated:
+            new_variants = tuple(updated.get(id(v), v) for v in variants)
+            stored = await self.storage.aset(CachedResource(f.key, new_variants))
+        else:
+            await self.storage.adelete(f.key)
+        return FetchOutcome(CacheStatus(fwd=f.why, fwd_status=304, stored=stored), shared=serve)
+
+    # -------------------------------------------------------------- pass
+
+    async def forward(self, req: ClientRequest, headers: Headers) -> OriginResponse:
+        """Forward a request as it is (streamed body), for a pass-through."""
+        out_headers = self.origin_request_headers(req, headers, for_cache=False)
+        return await self.upstream.send(req.method, req.path_qs, out_headers, req.body)
+
+    async def invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
+        """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""
+        keys = {self.key_for(req)}
+        base = URL.build(scheme=req.scheme, authority=req.host or self.origin_authority, encoded=True)
+        for name in ("Location", "Content-Location"):
+            value = resp_headers.get(name)
+            if not value:
+                continue
+            try:
+                target = base.join(URL(value, encoded=True))
+            except ValueError:
+                continue
+            if target.raw_authority.lower() != base.raw_authority.lower():
+                continue  # §4.4: never for another host (one origin must not purge another)
+            keys.add(
+                primary_key(
+                    req.scheme, target.raw_authority, target.raw_path, target.raw_query_string, self.cfg.keys
+                )
+            )
+        for key in keys:
+            await self.storage.adelete(key)
