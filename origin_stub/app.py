@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from origin_stub import api, behaviours, counters, raw
+from origin_stub import api, behaviours, counters, faults, raw
 from origin_stub.common import (
     CLOCK_KEY,
     CREATED_AT_KEY,
@@ -69,9 +69,12 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
             time=now(request),
         )
     )
-    ms = query_int(request, "ms", DEFAULT_DELAY_MS.get(request.path, 0))
+    fault = request.app[faults.FAULTS_KEY].get(request.path)
+    ms = fault.ms if fault is not None else query_int(request, "ms", DEFAULT_DELAY_MS.get(request.path, 0))
     if ms > 0 and not await _delay(request, ms / 1000):
         return web.Response()  # client gone: writing this fails quietly as a disconnect
+    if fault is not None and fault.mode != "delay":
+        return faults.respond(request, fault)
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -108,7 +111,9 @@ def create_app(clock: Clock = time.time, *, send_date: bool = True) -> web.Appli
     app[HITS_KEY] = HitCounter()
     app[LOG_KEY] = RequestLog()
     app[api.ITEMS_KEY] = api.ItemStore()
+    app[faults.FAULTS_KEY] = faults.FaultTable()
     counters.register(app.router)
+    faults.register(app.router)
     behaviours.register(app.router)
     raw.register(app.router)
     api.register(app.router)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from origin_stub.api import ITEMS_KEY
+from origin_stub.faults import FAULTS_KEY
 
 REQUEST_LOG_SIZE = 200
 
@@ -93,6 +94,7 @@ async def reset(request: web.Request) -> web.Response:
     request.app[HITS_KEY].reset()
     request.app[LOG_KEY].reset()
     request.app[ITEMS_KEY].reset()
+    request.app[FAULTS_KEY].clear()
     return web.json_response({"reset": True})
 
 

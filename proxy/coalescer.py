@@ -68,6 +68,11 @@ class SingleFlight(Generic[T]):
         except TimeoutError:
             raise WaitTimeout(key) from None
 
+    async def settle(self) -> None:
+        """Wait until no flight is running (tests, graceful shutdown); never cancels."""
+        while self._flights:
+            await asyncio.gather(*list(self._flights.values()), return_exceptions=True)
+
     async def close(self) -> None:
         """Cancel every running flight (at shutdown) and wait for them to end."""
         tasks = list(self._flights.values())

@@ -146,8 +146,9 @@ class Config:
             _parse_listen(listen, "--listen", "command line")
             cfg = replace(cfg, listen=listen)
         if origin is not None:
-            _check_origin_url(origin, "--origin", "command line")
-            cfg = replace(cfg, origin=replace(cfg.origin, url=origin))
+            # The normalised URL (no trailing "/"): Upstream appends the request path to it.
+            url = _check_origin_url(origin, "--origin", "command line")
+            cfg = replace(cfg, origin=replace(cfg.origin, url=url))
         if cache_dir is not None:
             cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
         return cfg
@@ -316,6 +317,12 @@ def _apply_env(cfg: Config) -> Config:
     """MINICDN_NAME / MINICDN_LISTEN / MINICDN_ORIGIN / MINICDN_CACHE_DIR override the file."""
     name = os.environ.get("MINICDN_NAME")
     if name:
+        # Validated like the file's `name`: it becomes a Cache-Status member and a Via pseudonym.
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
+            raise ConfigError(
+                f"environment: MINICDN_NAME: {name!r} must start with a letter and use only letters, "
+                "digits, '.', '_' and '-'"
+            )
         cfg = replace(cfg, name=name)
     return cfg.with_overrides(
         listen=os.environ.get("MINICDN_LISTEN") or None,

@@ -273,6 +273,11 @@ class Engine:
             if leader:
                 outcome.discard()
             return self._deliver_stale_on_error(f, stale, outcome.status.fwd_status, collapsed=not leader)
+        error = outcome.error
+        if error is not None:
+            # The origin's error, shared with every coalesced request (never stored).
+            status = replace(outcome.status, collapsed=not leader)
+            return self._deliver(f.client, f.headers, error, policy.current_age(error, now), status)
         if leader and outcome.leader_only is not None:
             resp, outcome.leader_only = outcome.leader_only, None
             if f.client.method == "HEAD":

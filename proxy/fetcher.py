@@ -29,6 +29,8 @@ log = logging.getLogger("proxy.fetcher")
 # Request fields the cache answers itself; never sent on its own fetches.
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
 TAG_FIELDS = ("Surrogate-Key", "Cache-Tag")
+# Error pages larger than this are streamed to the leader alone instead of shared.
+ERROR_BODY_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class FetchOutcome:
 
     status: CacheStatus
     shared: StoredResponse | None = None
+    error: StoredResponse | None = None  # an origin 5xx any waiter may be given (never stored)
     leader_only: OriginResponse | None = None
     prefix: bytes = b""
     stale: StoredResponse | None = None
@@ -145,10 +148,26 @@ class Fetcher:
         if resp.status == 304 and f.stale is not None:
             return await self._freshen(f, resp, request_time)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
-            # Let each request decide on stale-if-error with its own directives.
-            status = CacheStatus(fwd=f.why, fwd_status=resp.status)
-            return FetchOutcome(status, leader_only=resp, stale=f.stale, not_shareable=False)
+            # Each request decides on stale-if-error with its own directives.
+            return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
         return await self._store(f, resp, request_time)
+
+    async def _error(
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus
+    ) -> FetchOutcome:
+        """An origin 5xx: shared with coalesced waiters when it may be, never stored."""
+        limit = ERROR_BODY_LIMIT
+        if not policy.shareable_error(resp.status, resp.headers, self.cfg.policy) or (
+            resp.content_length is not None and resp.content_length > limit
+        ):
+            return FetchOutcome(status, leader_only=resp, stale=f.stale)
+        body, complete = await resp.read_up_to(limit)
+        if not complete:
+            return FetchOutcome(status, leader_only=resp, prefix=body, stale=f.stale)
+        snapshot = policy.transient_snapshot(
+            resp.status, resp.reason, resp.headers, body, request_time, self.clock(), self._drop_response
+        )
+        return FetchOutcome(status, error=snapshot, stale=f.stale)
 
     async def _store(self, f: FetchRequest, resp: OriginResponse, request_time: float) -> FetchOutcome:
         """RFC 9111 §3: store within the object limit, or hand the response to the leader alone."""
@@ -169,6 +188,8 @@ class Fetcher:
                 # The origin's new answer replaces what we held (§4.3.3), and it may not be kept.
                 await self.storage.adelete(f.key)
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail=plan.reason)
+            if resp.status >= 500:
+                return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
         limit = self.cfg.cache.max_object_size
         if resp.content_length is not None and resp.content_length > limit:

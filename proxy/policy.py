@@ -43,9 +43,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _NOT_STORED = frozenset({"age", "content-length"})
 
 # RFC 9111 §3.2: fields a 304 must not change in the stored response (the body
-# they describe is the stored one), plus fields that are never stored.
+# they describe is the stored one), plus fields that are never stored. Age is
+# merged so that §4.2.3 counts it, and then dropped like any received Age.
 _NOT_UPDATED_BY_304 = frozenset(
-    {"content-length", "content-encoding", "content-range", "content-type", "set-cookie", "age"}
+    {"content-length", "content-encoding", "content-range", "content-type", "set-cookie"}
 )
 
 # RFC 9111 §4.3.2: fields sent with a 304 generated from a stored response
@@ -287,7 +288,9 @@ def plan_store(
             "must-revalidate" in directives or "proxy-revalidate" in directives or "s-maxage" in directives
         ),
         immutable="immutable" in directives,
-        stale_while_revalidate=_window(directives, "stale-while-revalidate", opts.default_stale_while_revalidate),
+        stale_while_revalidate=_window(
+            directives, "stale-while-revalidate", opts.default_stale_while_revalidate
+        ),
         stale_if_error=_window(directives, "stale-if-error", opts.default_stale_if_error),
         etag=stored.get("ETag"),
         last_modified=stored.get("Last-Modified"),
@@ -486,6 +489,10 @@ def freshen(
     """RFC 9111 §3.2, §4.3.4: the stored response updated by a 304's header fields."""
     merged: CIMultiDict[str] = CIMultiDict(entry.headers)
     update = end_to_end(not_modified_headers, _NOT_UPDATED_BY_304)
+    if "date" not in update:
+        # RFC 9110 §6.6.1: a 304 without Date is dated on receipt; keeping the old Date
+        # would give the freshened response its old apparent age (§4.2.3).
+        update["Date"] = format_http_date(response_time)
     for name in set(update.keys()):
         merged.popall(name, None)
     merged.extend(update)
@@ -556,7 +563,10 @@ ERROR_STATUSES = frozenset({500, 502, 503, 504})
 def within_stale_while_revalidate(entry: StoredResponse, now: float, opts: PolicyConfig) -> bool:
     """RFC 5861 §3: stale, but by no more than the stale-while-revalidate window."""
     staleness = current_age(entry, now) - entry.freshness_lifetime
-    return 0 <= staleness <= entry.stale_while_revalidate and may_serve_stale(entry, opts)
+    # No window, no stale: age == lifetime is already stale (§4.2), and §4.2.4 forbids
+    # serving it without permission.
+    window = entry.stale_while_revalidate
+    return window > 0 and 0 <= staleness <= window and may_serve_stale(entry, opts)
 
 
 def within_stale_if_error(
@@ -570,9 +580,53 @@ def within_stale_if_error(
     if requested is not None and requested >= 0:
         window = max(window, float(requested))
     staleness = current_age(entry, now) - entry.freshness_lifetime
-    return staleness <= window
+    return staleness < 0 or (window > 0 and staleness <= window)
 
 
 def refresh_ahead_due(entry: StoredResponse, ttl: float, fraction: float) -> bool:
     """Refresh-ahead: a fresh entry in the last `fraction` of its lifetime (0 disables)."""
     return fraction > 0 and 0 < ttl <= entry.freshness_lifetime * fraction
+
+
+# ------------------------------------------------- errors shared by coalesced requests
+
+
+def shareable_error(status: int, headers: Headers, opts: PolicyConfig) -> bool:
+    """May an origin error (5xx) be handed to every request waiting on the same fetch?
+
+    Waiters asked for the same URL at the same moment; a 5xx that is not private
+    and sets no cookie is what each of them would have got, and sharing it keeps
+    a failing origin from a thundering herd. It is never stored.
+    """
+    if status < 500:
+        return False
+    directives, _ = response_directives(headers, opts)
+    return "private" not in directives and "set-cookie" not in headers
+
+
+def transient_snapshot(
+    status: int,
+    reason: str,
+    headers: Headers,
+    body: bytes,
+    request_time: float,
+    response_time: float,
+    drop: tuple[str, ...] = (),
+) -> StoredResponse:
+    """An origin answer kept only to answer coalesced requests: never stored, never fresh."""
+    kept = end_to_end(headers, {*_NOT_STORED, "set-cookie", *(d.lower() for d in drop)})
+    if "date" not in kept:
+        kept["Date"] = format_http_date(response_time)
+    return StoredResponse(
+        status=status,
+        reason=reason,
+        headers=tuple(kept.items()),
+        body=body,
+        request_time=request_time,
+        response_time=response_time,
+        corrected_initial_age=corrected_initial_age(headers, request_time, response_time),
+        freshness_lifetime=0.0,
+        no_cache=True,
+        must_revalidate=True,
+        date=kept.get("Date"),
+    )

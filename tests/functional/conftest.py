@@ -55,6 +55,16 @@ class Origin:
             data = await resp.json()
         return int(data["count"] if path else data["total"])
 
+    async def fault(self, path: str, **params: Any) -> None:
+        """Make `path` fail (status=503 by default; mode="reset"; ms=delay) until cleared."""
+        query = {"path": path, **{k: str(v) for k, v in params.items()}}
+        async with self.session.post(self.url + "/__fault", params=query) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def clear_faults(self) -> None:
+        async with self.session.delete(self.url + "/__fault") as resp:
+            assert resp.status == 200
+
     async def requests(self, path: str) -> list[dict[str, Any]]:
         async with self.session.get(self.url + "/__requests", params={"path": path}) as resp:
             return list(await resp.json())
