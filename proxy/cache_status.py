@@ -33,7 +33,7 @@ class CacheStatus:
 def member(node: str, status: CacheStatus) -> str:
     """This node's list member, e.g. `edge-1;hit;ttl=57` or `edge-1;fwd=uri-miss;fwd-status=200;stored`."""
     item = Item()
-    item.value = Token(node) if _is_token(node) else node
+    item.value = Token(node) if _is_token(node) else _sf_text(node)
     params = item.params
     if status.hit:
         params["hit"] = True
@@ -48,9 +48,9 @@ def member(node: str, status: CacheStatus) -> str:
     if status.collapsed:
         params["collapsed"] = True
     if status.key is not None:
-        params["key"] = status.key
+        params["key"] = _sf_text(status.key)
     if status.detail is not None:
-        params["detail"] = status.detail
+        params["detail"] = _sf_text(status.detail)
     return str(item)
 
 
@@ -62,6 +62,12 @@ def appended(existing: str | None, node_member: str) -> str:
 
 
 def _is_token(text: str) -> bool:
-    if not text or not (text[0].isalpha() or text[0] == "*"):
+    # RFC 9651 §3.3.4: ASCII only (str.isalpha() would also accept "é").
+    if not text or not text.isascii() or not (text[0].isalpha() or text[0] == "*"):
         return False
     return all(c.isalnum() or c in "!#$%&'*+-.^_`|~:/" for c in text)
+
+
+def _sf_text(text: str) -> str:
+    """An sf-string holds printable ASCII only (RFC 9651 §3.3.3); anything else becomes "?"."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text)

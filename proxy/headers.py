@@ -67,7 +67,8 @@ class Directives:
         if name in self.duplicates:
             return -1
         arg = self.values[name]
-        if arg is None or not arg.isdigit():
+        # 1*DIGIT is ASCII only: str.isdigit() also accepts '²' or '٣'.
+        if arg is None or not (arg.isascii() and arg.isdigit()):
             return -1
         # §1.2.2: an overflowing delta-seconds is taken as 2^31.
         return min(int(arg), 2**31)

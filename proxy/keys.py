@@ -50,14 +50,14 @@ def normalise_query(query: str, opts: KeyConfig) -> str:
     """Apply the configured query handling: drop listed parameters, optionally sort."""
     if not query or (not opts.sort_query and not opts.ignore_query_params):
         return query
-    pairs = parse_qsl(query, keep_blank_values=True)
+    # surrogateescape: bytes that are not UTF-8 (%FF) survive the round trip instead of
+    # all becoming U+FFFD, which would give distinct URLs one key.
+    pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
     if opts.ignore_query_params:
-        pairs = [
-            (k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)
-        ]
+        pairs = [(k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)]
     if opts.sort_query:
         pairs.sort()
-    return urlencode(pairs)
+    return urlencode(pairs, errors="surrogateescape")
 
 
 def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
@@ -142,7 +142,9 @@ def select_variant(resource: CachedResource, request_headers: Headers) -> Stored
     return best
 
 
-def with_variant(resource: CachedResource | None, key: str, variant: StoredResponse, limit: int) -> CachedResource:
+def with_variant(
+    resource: CachedResource | None, key: str, variant: StoredResponse, limit: int
+) -> CachedResource:
     """The resource with `variant` added, replacing any variant with the same Vary values.
 
     At most `limit` variants are kept; the oldest (by response time) go first.

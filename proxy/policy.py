@@ -473,9 +473,13 @@ def select_for_update(
         return [max(matching, key=lambda v: v.response_time)] if matching else []
     last_modified = not_modified_headers.get("Last-Modified")
     if last_modified is not None:
-        return [v for v in variants if v.last_modified == last_modified]
-    # No validator: the response we revalidated, if it has none either.
-    return [revalidated] if revalidated.etag is None else []
+        # Last-Modified is a weak validator (RFC 9110 §8.8.2.2): the most recent match only.
+        dated = [v for v in variants if v.last_modified == last_modified]
+        return [max(dated, key=lambda v: v.response_time)] if dated else []
+    # No validator: only a sole stored response that lacks validators too.
+    if len(variants) == 1 and revalidated.etag is None and revalidated.last_modified is None:
+        return [revalidated]
+    return []
 
 
 def freshen(

@@ -1,0 +1,218 @@
+"""proxy.config: the project's config.yaml gives the defaults, and every error names its key and its file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from proxy.config import (
+    DEFAULT_CONFIG_FILE,
+    CacheConfig,
+    Config,
+    ConfigError,
+    TierConfig,
+    config_from_mapping,
+    load_config,
+    parse_size,
+)
+
+ENV = ("MINICDN_NAME", "MINICDN_LISTEN", "MINICDN_ORIGIN", "MINICDN_CACHE_DIR")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The developer's or CI's MINICDN_* variables must not leak into these tests."""
+    for name in ENV:
+        monkeypatch.delenv(name, raising=False)
+    yield
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_project_config_yaml_holds_the_defaults() -> None:
+    cfg = load_config()
+    assert cfg.source == str(DEFAULT_CONFIG_FILE)
+    assert replace(cfg, source=Config().source) == Config()
+
+
+def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    assert replace(load_config(path), source=Config().source) == Config()
+
+
+def test_values_are_loaded(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+name: edge-7
+listen: "[::1]:9000"
+origin: {url: "https://origin.example/", host_header: client}
+cache: {max_object_size: 1MiB, l1: {budget: 64MiB, eviction: random}, l2: {budget: 2GB, eviction: lfu}}
+keys: {namespace: v2, sort_query: true, ignore_query_params: [utm_*, fbclid]}
+policy:
+  default_ttl: {200: 60, 404: 10}
+  targeted_fields: [Edge-Cache-Control, CDN-Cache-Control]
+  accept_encodings: [GZIP]
+  honour_request_directives: false
+""",
+    )
+    cfg = load_config(path)
+    assert cfg.name == "edge-7"
+    assert cfg.listen_host_port == ("::1", 9000)
+    assert cfg.origin.url == "https://origin.example"
+    assert cfg.origin.host_header == "client"
+    assert cfg.cache == CacheConfig(
+        max_object_size=1024**2,
+        l1=TierConfig(budget=64 * 1024**2, eviction="random"),
+        l2=TierConfig(budget=2 * 1000**3, eviction="lfu"),
+    )
+    assert (cfg.keys.namespace, cfg.keys.sort_query, cfg.keys.ignore_query_params) == (
+        "v2",
+        True,
+        ("utm_*", "fbclid"),
+    )
+    assert cfg.policy.default_ttl == {200: 60.0, 404: 10.0}
+    assert cfg.policy.targeted_fields == ("Edge-Cache-Control", "CDN-Cache-Control")
+    assert cfg.policy.accept_encodings == ("gzip",)
+    assert cfg.policy.honour_request_directives is False
+
+
+SIZES = [
+    pytest.param(0, 0, id="zero"),
+    pytest.param(1024, 1024, id="int"),
+    pytest.param("100", 100, id="digits"),
+    pytest.param("100B", 100, id="bytes"),
+    pytest.param("64MiB", 64 * 1024**2, id="MiB"),
+    pytest.param("64mib", 64 * 1024**2, id="case-insensitive"),
+    pytest.param("10MB", 10 * 1000**2, id="MB"),
+    pytest.param("10 MB", 10 * 1000**2, id="space"),
+    pytest.param("512k", 512_000, id="k"),
+    pytest.param("512KiB", 512 * 1024, id="KiB"),
+    pytest.param("1GiB", 1024**3, id="GiB"),
+    pytest.param("1.5GiB", 3 * 1024**3 // 2, id="fraction"),
+    pytest.param("2T", 2 * 1000**4, id="T"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), SIZES)
+def test_sizes(value: object, expected: int) -> None:
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, "-1", True, 1.5, "lots", "64 MiBs", "64PB", "", None, [1]])
+def test_bad_sizes(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(value)
+
+
+ERRORS = [
+    # (YAML text, text the message must contain besides the file name)
+    pytest.param("colour: red\n", "colour", id="unknown-top-level-key"),
+    pytest.param("policy: {honour_everything: true}\n", "policy.honour_everything", id="unknown-nested-key"),
+    pytest.param("cache: {l1: {size: 1}}\n", "cache.l1.size", id="unknown-tier-key"),
+    pytest.param("policy: {honour_immutable: 'yes'}\n", "policy.honour_immutable", id="wrong-type-boolean"),
+    pytest.param("origin: {read_timeout: soon}\n", "origin.read_timeout", id="wrong-type-number"),
+    pytest.param("origin: {connect_timeout: 0}\n", "origin.connect_timeout", id="not-positive"),
+    pytest.param("keys: {ignore_query_params: utm_*}\n", "keys.ignore_query_params", id="wrong-type-list"),
+    pytest.param(
+        "policy: {heuristic_fraction: 2}\n", "policy.heuristic_fraction", id="fraction-out-of-range"
+    ),
+    pytest.param("cache: 5\n", "cache", id="section-not-a-mapping"),
+    pytest.param("cache: {max_object_size: lots}\n", "cache.max_object_size", id="bad-size"),
+    pytest.param("cache: {l1: {budget: -5}}\n", "cache.l1.budget", id="negative-size"),
+    pytest.param("cache: {l2: {eviction: random}}\n", "cache.l2.eviction", id="random-eviction-on-disk-tier"),
+    pytest.param("cache: {l1: {eviction: mru}}\n", "cache.l1.eviction", id="unknown-eviction"),
+    pytest.param("listen: localhost\n", "listen", id="listen-without-port"),
+    pytest.param("listen: '127.0.0.1:70000'\n", "listen", id="listen-port-out-of-range"),
+    pytest.param("listen: ':8080'\n", "listen", id="listen-without-host"),
+    pytest.param("origin: {url: 'ftp://origin.example'}\n", "origin.url", id="origin-url-scheme"),
+    pytest.param("origin: {url: 'not a url'}\n", "origin.url", id="origin-url-not-a-url"),
+    pytest.param("origin: {url: 'http://'}\n", "origin.url", id="origin-url-without-host"),
+    pytest.param("origin: {host_header: proxy}\n", "origin.host_header", id="bad-choice"),
+    pytest.param(
+        "policy: {default_ttl: {abc: 5}}\n", "policy.default_ttl.abc", id="default-ttl-status-not-int"
+    ),
+    pytest.param(
+        "policy: {default_ttl: {700: 5}}\n", "policy.default_ttl.700", id="default-ttl-status-range"
+    ),
+    pytest.param("policy: {default_ttl: {200: -1}}\n", "policy.default_ttl.200", id="default-ttl-negative"),
+    pytest.param(
+        "policy: {default_ttl: {200: forever}}\n", "policy.default_ttl.200", id="default-ttl-not-number"
+    ),
+    pytest.param(
+        "policy: {accept_encodings: [identity]}\n", "policy.accept_encodings", id="accept-encoding-name"
+    ),
+    pytest.param("name: '1 edge'\n", "name", id="bad-name"),
+    pytest.param("log: {level: LOUD}\n", "log.level", id="bad-log-level"),
+    pytest.param("name: [unclosed\n", "not valid YAML", id="invalid-yaml"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), ERRORS)
+def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ")
+    assert key in message
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
+        load_config(path)
+
+
+def test_l1_accepts_random_eviction() -> None:
+    cfg = config_from_mapping({"cache": {"l1": {"eviction": "random"}}})
+    assert cfg.cache.l1.eviction == "random"
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINICDN_NAME", "edge-9")
+    monkeypatch.setenv("MINICDN_LISTEN", "0.0.0.0:9999")
+    monkeypatch.setenv("MINICDN_ORIGIN", "http://origin.example:81/")
+    monkeypatch.setenv("MINICDN_CACHE_DIR", "/tmp/c")
+    cfg = config_from_mapping({})
+    assert (cfg.name, cfg.listen, cfg.origin.url, cfg.cache.dir) == (
+        "edge-9",
+        "0.0.0.0:9999",
+        "http://origin.example:81",
+        "/tmp/c",
+    )
+
+
+@pytest.mark.parametrize("value", ["1edge", "edge 1", "\u00e9dge", "edge;hit"])
+def test_environment_name_is_validated(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """The name becomes the Cache-Status member: an env override must pass the file's check."""
+    monkeypatch.setenv("MINICDN_NAME", value)
+    with pytest.raises(ConfigError, match="MINICDN_NAME"):
+        config_from_mapping({})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"listen": "nope"}, "--listen"), ({"origin": "gopher://x"}, "--origin")],
+    ids=["listen", "origin"],
+)
+def test_command_line_overrides_are_validated(overrides: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        Config().with_overrides(**overrides)
+
+
+@pytest.mark.parametrize("source", ["file", "override"])
+def test_origin_url_trailing_slash_removed(source: str) -> None:
+    """Upstream appends the request path to the origin URL: a kept "/" would send "//path"."""
+    if source == "file":
+        cfg = config_from_mapping({"origin": {"url": "http://origin.example:81/"}})
+    else:
+        cfg = Config().with_overrides(origin="http://origin.example:81/")
+    assert cfg.origin.url == "http://origin.example:81"

@@ -1,0 +1,316 @@
+"""proxy.headers: Cache-Control and targeted-field parsing, HTTP-dates, entity-tags, hop-by-hop fields."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.config import OriginConfig
+from proxy.headers import (
+    HOP_BY_HOP,
+    combined_value,
+    connection_listed,
+    end_to_end,
+    format_http_date,
+    parse_cache_control,
+    parse_etags,
+    parse_http_date,
+    parse_targeted_field,
+    strong_match,
+    weak_match,
+)
+
+from .support import hdrs
+
+# --------------------------------------------------------------------------- Cache-Control (RFC 9111 §5.2)
+
+CC_PARSE = [
+    pytest.param(["no-cache"], {"no-cache": None}, id="9111-5.2-directive-without-argument"),
+    pytest.param(["max-age=60"], {"max-age": "60"}, id="9111-5.2-token-argument"),
+    pytest.param(['max-age="60"'], {"max-age": "60"}, id="9111-5.2-quoted-argument-accepted"),
+    pytest.param(
+        ["Max-Age=5, NO-STORE"], {"max-age": "5", "no-store": None}, id="9111-5.2-names-case-insensitive"
+    ),
+    pytest.param(
+        ['private="Set-Cookie, X-A", max-age=5'],
+        {"private": "Set-Cookie, X-A", "max-age": "5"},
+        id="9111-5.2-comma-inside-quoted-string",
+    ),
+    pytest.param([r'ext="a\"b\\c"'], {"ext": 'a"b\\c'}, id="9110-5.6.4-quoted-pair-unescaped"),
+    pytest.param(["max-age=5", "public"], {"max-age": "5", "public": None}, id="9110-5.3-lines-combined"),
+    pytest.param([", ,max-age=5,,"], {"max-age": "5"}, id="9110-5.6.1-empty-list-elements-ignored"),
+    pytest.param(["  max-age=5 ,\tpublic  "], {"max-age": "5", "public": None}, id="9110-5.6.3-ows-ignored"),
+    pytest.param(["x-ext=1, public"], {"x-ext": "1", "public": None}, id="9111-5.2.3-extension-kept"),
+    pytest.param([], {}, id="9111-5.2-absent"),
+]
+
+
+@pytest.mark.parametrize(("lines", "expected"), CC_PARSE)
+def test_parse_cache_control(lines: list[str], expected: dict[str, str | None]) -> None:
+    parsed = parse_cache_control(lines)
+    assert dict(parsed.values) == expected
+    assert not parsed.invalid
+    assert parsed.duplicates == frozenset()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(["max-age=5, max-age=10"], id="9111-4.2.1-duplicate-in-one-line"),
+        pytest.param(["max-age=5", "MAX-AGE=10"], id="9111-4.2.1-duplicate-across-lines"),
+    ],
+)
+def test_rfc9111_s4_2_1_duplicate_directive_recorded(lines: list[str]) -> None:
+    parsed = parse_cache_control(lines)
+    assert parsed.duplicates == frozenset({"max-age"})
+    assert parsed.get("max-age") == "5"  # the first occurrence
+    assert parsed.seconds("max-age") == -1  # but not usable: the policy treats it as stale
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param("max-age=5 60", id="9111-5.2-junk-after-argument"),
+        pytest.param("max-age=", id="9111-5.2-empty-argument"),
+        pytest.param('private="unterminated', id="9111-5.2-unterminated-quoted-string"),
+        pytest.param("=5", id="9111-5.2-missing-name"),
+        pytest.param("max age", id="9111-5.2-space-in-name"),
+    ],
+)
+def test_rfc9111_s5_2_invalid_syntax_flagged(line: str) -> None:
+    assert parse_cache_control([line]).invalid
+
+
+DELTA_SECONDS = [
+    pytest.param("max-age=60", 60, id="9111-1.2.2-digits"),
+    pytest.param('max-age="60"', 60, id="9111-5.2-quoted-digits"),
+    pytest.param("public", None, id="9111-1.2.2-absent"),
+    pytest.param("max-age", -1, id="9111-1.2.2-missing-argument"),
+    pytest.param("max-age=-1", -1, id="9111-1.2.2-negative"),
+    pytest.param("max-age=1.5", -1, id="9111-1.2.2-decimal"),
+    pytest.param("max-age=abc", -1, id="9111-1.2.2-letters"),
+    pytest.param("max-age=99999999999", 2**31, id="9111-1.2.2-overflow-is-2^31"),
+    # delta-seconds is 1*DIGIT, and DIGIT is ASCII (RFC 5234): other Unicode digits are invalid.
+    pytest.param('max-age="\u00b2"', -1, id="9111-1.2.2-superscript-digit-invalid"),
+    pytest.param('max-age="\u0663"', -1, id="9111-1.2.2-arabic-indic-digit-invalid"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), DELTA_SECONDS)
+def test_rfc9111_s1_2_2_delta_seconds(line: str, expected: int | None) -> None:
+    assert parse_cache_control([line]).seconds("max-age") == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        pytest.param(
+            'private="Set-Cookie, X-Secret"', ("set-cookie", "x-secret"), id="9111-5.2.2.7-qualified"
+        ),
+        pytest.param('no-cache="X-A,,x-b "', ("x-a", "x-b"), id="9111-5.2.2.4-qualified-list"),
+        pytest.param("private", (), id="9111-5.2.2.7-unqualified"),
+        pytest.param("public", (), id="9111-5.2.2.7-absent"),
+    ],
+)
+def test_rfc9111_s5_2_2_field_names(line: str, expected: tuple[str, ...]) -> None:
+    parsed = parse_cache_control([line])
+    name = "no-cache" if "no-cache" in line else "private"
+    assert parsed.field_names(name) == expected
+
+
+# --------------------------------------------------------------------------- targeted fields (RFC 9213 §2.1)
+
+TARGETED = [
+    pytest.param(["max-age=60"], {"max-age": "60"}, id="9213-2.1-integer"),
+    pytest.param(["public"], {"public": None}, id="9213-2.1-boolean-true-is-valueless"),
+    pytest.param(["no-store=?1"], {"no-store": None}, id="9213-2.1-explicit-true"),
+    pytest.param(["private=?0, max-age=5"], {"max-age": "5"}, id="9213-2.1-false-means-absent"),
+    pytest.param(['private="set-cookie"'], {"private": "set-cookie"}, id="9213-2.1-string"),
+    pytest.param(["foo=bar"], {"foo": "bar"}, id="9213-2.1-token"),
+    pytest.param(["max-age=60;x=1"], {"max-age": "60"}, id="9213-2.1-parameters-ignored"),
+    pytest.param(["max-age=1.5, public"], {"public": None}, id="9213-2.1-decimal-directive-ignored"),
+    pytest.param(["private=(a b), max-age=5"], {"max-age": "5"}, id="9213-2.1-inner-list-ignored"),
+    pytest.param(["max-age=60", "public"], {"max-age": "60", "public": None}, id="9213-2.1-lines-combined"),
+    pytest.param(["none"], {"none": None}, id="9213-3.1-unknown-directive-still-valid"),
+]
+
+
+@pytest.mark.parametrize(("lines", "expected"), TARGETED)
+def test_rfc9213_targeted_field_parsed(lines: list[str], expected: dict[str, str | None]) -> None:
+    parsed = parse_targeted_field(lines)
+    assert parsed is not None
+    assert dict(parsed.values) == expected
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(["max-age=60,,"], id="9213-2.1-empty-member"),
+        pytest.param(["MAX-AGE=60"], id="9213-2.1-uppercase-key"),
+        pytest.param(['max-age="60'], id="9213-2.1-unterminated-string"),
+        pytest.param(["max-age=60 public"], id="9213-2.1-missing-comma"),
+        pytest.param(['private="caf\u00e9"'], id="9213-2.1-non-ascii"),
+        pytest.param([""], id="9213-2.1-empty-field"),
+        pytest.param([], id="9213-2.1-absent"),
+    ],
+)
+def test_rfc9213_invalid_targeted_field_is_none(lines: list[str]) -> None:
+    assert parse_targeted_field(lines) is None
+
+
+# --------------------------------------------------------------------------- HTTP-date (RFC 9110 §5.6.7)
+
+SUNDAY = 784_111_777.0  # Sun, 06 Nov 1994 08:49:37 GMT, the RFC's example
+
+
+@pytest.fixture
+def far_from_utc() -> Iterator[None]:
+    """Run with a local time zone far from UTC, so that a date read as local time is caught."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    try:
+        yield
+    finally:
+        mp.undo()
+        time.tzset()
+
+
+@pytest.mark.usefixtures("far_from_utc")
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("Sun, 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-imf-fixdate"),
+        pytest.param("Sunday, 06-Nov-94 08:49:37 GMT", id="9110-5.6.7-rfc850"),
+        pytest.param("Sun Nov  6 08:49:37 1994", id="9110-5.6.7-asctime-is-utc"),
+        pytest.param("  Sun, 06 Nov 1994 08:49:37 GMT ", id="9110-5.6.7-surrounding-whitespace"),
+    ],
+)
+def test_rfc9110_s5_6_7_date_formats(value: str) -> None:
+    assert parse_http_date(value) == SUNDAY
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("0", id="9111-5.3-zero"),
+        pytest.param("-1", id="9110-5.6.7-negative"),
+        pytest.param("", id="9110-5.6.7-empty"),
+        pytest.param(None, id="9110-5.6.7-absent"),
+        pytest.param("yesterday", id="9110-5.6.7-words"),
+        pytest.param("Sun, 06 Foo 1994 08:49:37 GMT", id="9110-5.6.7-bad-month"),
+    ],
+)
+def test_rfc9110_s5_6_7_invalid_date_is_none(value: str | None) -> None:
+    assert parse_http_date(value) is None
+
+
+def test_rfc9110_s5_6_7_format_is_imf_fixdate() -> None:
+    assert format_http_date(SUNDAY) == "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert parse_http_date(format_http_date(1_700_000_000.0)) == 1_700_000_000.0
+
+
+# --------------------------------------------------------------------------- entity-tags (RFC 9110 §8.8.3)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param('"a"', ['"a"'], id="9110-8.8.3-strong"),
+        pytest.param('W/"a", "b"', ['W/"a"', '"b"'], id="9110-13.1.2-list"),
+        pytest.param(' "a" ,  "b" ', ['"a"', '"b"'], id="9110-13.1.2-list-with-ows"),
+        pytest.param('""', ['""'], id="9110-8.8.3-empty-opaque-tag"),
+        pytest.param("*", ["*"], id="9110-13.1.2-star"),
+        pytest.param("a", None, id="9110-8.8.3-unquoted-malformed"),
+        pytest.param('"a', None, id="9110-8.8.3-unterminated-malformed"),
+        pytest.param("W/a", None, id="9110-8.8.3-weak-unquoted-malformed"),
+        pytest.param('"a" "b"', None, id="9110-13.1.2-missing-comma-malformed"),
+        pytest.param('"a", *', None, id="9110-13.1.2-star-inside-list-malformed"),
+        pytest.param(None, None, id="9110-13.1.2-absent"),
+    ],
+)
+def test_rfc9110_parse_etags(value: str | None, expected: list[str] | None) -> None:
+    assert parse_etags(value) == expected
+
+
+# RFC 9110 §8.8.3.2, the table of example comparisons.
+@pytest.mark.parametrize(
+    ("a", "b", "strong", "weak"),
+    [
+        pytest.param('W/"1"', 'W/"1"', False, True, id="9110-8.8.3.2-weak-weak-same"),
+        pytest.param('W/"1"', 'W/"2"', False, False, id="9110-8.8.3.2-weak-weak-different"),
+        pytest.param('W/"1"', '"1"', False, True, id="9110-8.8.3.2-weak-strong-same"),
+        pytest.param('"1"', '"1"', True, True, id="9110-8.8.3.2-strong-strong-same"),
+        pytest.param('"1"', '"2"', False, False, id="9110-8.8.3.2-strong-strong-different"),
+    ],
+)
+def test_rfc9110_s8_8_3_2_comparison_table(a: str, b: str, strong: bool, weak: bool) -> None:
+    assert strong_match(a, b) is strong
+    assert strong_match(b, a) is strong
+    assert weak_match(a, b) is weak
+    assert weak_match(b, a) is weak
+
+
+def test_rfc9110_s5_3_combined_value() -> None:
+    h = hdrs(("Vary", "Accept"), ("vary", "Accept-Encoding"))
+    assert combined_value(h, "VARY") == "Accept, Accept-Encoding"
+    assert combined_value(h, "Link") is None
+
+
+# --------------------------------------------------------------------------- hop-by-hop (RFC 9110 §7.6.1)
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_rfc9110_s7_6_1_hop_by_hop_field_stripped(name: str) -> None:
+    h = hdrs((name.title(), "x"), ("Cache-Control", "max-age=60"))
+    assert list(end_to_end(h).items()) == [("Cache-Control", "max-age=60")]
+
+
+def test_rfc9110_s7_6_1_hop_by_hop_list_is_complete() -> None:
+    assert {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    } <= HOP_BY_HOP
+
+
+def test_rfc9110_s7_6_1_connection_named_fields_stripped() -> None:
+    h = hdrs(
+        ("Connection", "x-FOO, close"),
+        ("connection", "X-Bar"),
+        ("X-Foo", "1"),
+        ("X-Bar", "2"),
+        ("Link", "</a>"),
+        ("ETag", '"e"'),
+        ("Link", "</b>"),
+    )
+    assert connection_listed(h) == frozenset({"x-foo", "close", "x-bar"})
+    # End-to-end fields keep their order and their repeated lines.
+    assert list(end_to_end(h).items()) == [("Link", "</a>"), ("ETag", '"e"'), ("Link", "</b>")]
+
+
+def test_end_to_end_drop_is_case_insensitive() -> None:
+    h = hdrs(("Set-Cookie", "a=1"), ("set-cookie", "b=2"), ("ETag", '"e"'))
+    assert list(end_to_end(h, drop=("SET-COOKIE",)).items()) == [("ETag", '"e"')]
+
+
+def test_requirements_s2_unkeyed_inputs_are_dropped_by_default() -> None:
+    """Cache poisoning: the default unkeyed request fields are removable with end_to_end(drop=...)."""
+    unkeyed = OriginConfig().unkeyed_request_headers
+    for name in ("X-Forwarded-Host", "X-Forwarded-Scheme", "X-Original-URL"):
+        assert name in unkeyed
+    h = hdrs(
+        ("x-forwarded-host", "evil.example"),
+        ("X-FORWARDED-SCHEME", "http"),
+        ("X-Original-URL", "/admin"),
+        ("Accept", "*/*"),
+    )
+    assert list(end_to_end(h, drop=unkeyed).items()) == [("Accept", "*/*")]

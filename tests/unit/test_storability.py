@@ -1,0 +1,489 @@
+"""proxy.policy.plan_store: what a shared cache may store, and what it keeps of it (RFC 9111 §3)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.config import PolicyConfig
+from proxy.headers import HOP_BY_HOP
+from proxy.policy import HEURISTICALLY_CACHEABLE, DontStore, StorePlan
+
+from .support import DEFAULTS, NOW, hdrs, header_names, http_date, plan, stored
+
+LAST_MODIFIED = http_date(NOW - 10_000)
+
+
+def _is_stored(result: StorePlan | DontStore) -> bool:
+    return isinstance(result, StorePlan)
+
+
+# --------------------------------------------------------------------------- may it be stored at all?
+
+STORE_CASES = [
+    # (method, status, request headers, request Cache-Control, response headers, opts, stored?)
+    pytest.param(
+        "GET", 200, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, True, id="9111-3-get-200"
+    ),
+    pytest.param(
+        "HEAD",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9111-3-head-never-creates",
+    ),
+    pytest.param("POST", 200, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-post"),
+    pytest.param("PUT", 200, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-put"),
+    pytest.param(
+        "GET", 103, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-1xx-not-final"
+    ),
+    pytest.param(
+        "GET", 206, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3.3-206-not-stored"
+    ),
+    pytest.param("GET", 304, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-304"),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        "no-store",
+        [("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9111-5.2.1.5-no-store-request",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60, no-store")],
+        DEFAULTS,
+        False,
+        id="9111-5.2.2.5-no-store-response",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60, private")],
+        DEFAULTS,
+        False,
+        id="9111-5.2.2.7-private-never-in-shared-cache",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("cache-control", "PRIVATE"), ("CACHE-CONTROL", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9111-5.2.2.7-private-any-case",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [("Authorization", "Basic x")],
+        None,
+        [("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9111-3.5-authorization-max-age-not-enough",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [("authorization", "Basic x")],
+        None,
+        [("Cache-Control", "public, max-age=60")],
+        DEFAULTS,
+        True,
+        id="9111-3.5-authorization-public",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [("Authorization", "Basic x")],
+        None,
+        [("Cache-Control", "s-maxage=60")],
+        DEFAULTS,
+        True,
+        id="9111-3.5-authorization-s-maxage",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [("Authorization", "Basic x")],
+        None,
+        [("Cache-Control", "max-age=60, must-revalidate")],
+        DEFAULTS,
+        True,
+        id="9111-3.5-authorization-must-revalidate",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60"), ("Set-Cookie", "sid=1")],
+        DEFAULTS,
+        False,
+        id="requirements-1-set-cookie-not-stored-by-default",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60"), ("Set-Cookie", "sid=1")],
+        replace(DEFAULTS, store_set_cookie=True),
+        True,
+        id="requirements-1-set-cookie-stored-when-configured",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "max-age=60"), ("Vary", "Accept, *")],
+        DEFAULTS,
+        False,
+        id="9111-4.1-vary-star",
+    ),
+    pytest.param("GET", 200, [], None, [], DEFAULTS, False, id="9111-3-no-freshness-information"),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [],
+        replace(DEFAULTS, default_ttl={200: 30.0}),
+        True,
+        id="requirements-1-configured-default-ttl",
+    ),
+    pytest.param(
+        "GET",
+        404,
+        [],
+        None,
+        [],
+        replace(DEFAULTS, default_ttl={200: 30.0}),
+        False,
+        id="requirements-1-default-ttl-is-per-status",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Expires", http_date(NOW + 60))],
+        DEFAULTS,
+        True,
+        id="9111-3-expires",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "s-maxage=60")],
+        DEFAULTS,
+        True,
+        id="9111-3-s-maxage",
+    ),
+    pytest.param(
+        "GET",
+        302,
+        [],
+        None,
+        [("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        True,
+        id="9111-3-explicit-freshness-any-final-status",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Cache-Control", "public"), ("ETag", '"e"')],
+        DEFAULTS,
+        True,
+        id="9111-3-public-with-validator",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("ETag", '"e"')],
+        DEFAULTS,
+        True,
+        id="9111-3-heuristic-status-with-validator-stored-stale",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Expires", "0")],
+        DEFAULTS,
+        False,
+        id="9111-5.3-invalid-expires-and-no-validator",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("Expires", "0"), ("ETag", '"e"')],
+        DEFAULTS,
+        True,
+        id="9111-5.3-invalid-expires-with-validator-stored-stale",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("CDN-Cache-Control", "max-age=60"), ("Cache-Control", "no-store, private")],
+        DEFAULTS,
+        True,
+        id="9213-2.2-targeted-field-replaces-cache-control",
+    ),
+    pytest.param(
+        "GET",
+        200,
+        [],
+        None,
+        [("CDN-Cache-Control", "no-store"), ("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9213-2.2-targeted-no-store",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "request_pairs", "request_cc", "response_pairs", "opts", "expected"), STORE_CASES
+)
+def test_rfc9111_s3_storable(
+    method: str,
+    status: int,
+    request_pairs: list[tuple[str, str]],
+    request_cc: str | None,
+    response_pairs: list[tuple[str, str]],
+    opts: PolicyConfig,
+    expected: bool,
+) -> None:
+    result = plan(
+        hdrs(*response_pairs),
+        request=hdrs(*request_pairs),
+        method=method,
+        status=status,
+        request_cc=request_cc,
+        opts=opts,
+    )
+    assert _is_stored(result) is expected, result
+
+
+@pytest.mark.parametrize("status", sorted(HEURISTICALLY_CACHEABLE - {206}))
+def test_rfc9110_s15_1_heuristically_cacheable_status_with_last_modified_stored(status: int) -> None:
+    plan_ = plan(hdrs(("Date", http_date(NOW)), ("Last-Modified", LAST_MODIFIED)), status=status)
+    assert isinstance(plan_, StorePlan)
+    assert plan_.freshness.source == "heuristic"
+    assert plan_.template.freshness_lifetime == pytest.approx(1_000.0)
+
+
+def test_rfc9110_s15_1_heuristically_cacheable_list() -> None:
+    assert frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501}) == HEURISTICALLY_CACHEABLE
+
+
+@pytest.mark.parametrize("status", [302, 303, 307, 400, 403, 500, 502, 503])
+def test_rfc9111_s4_2_2_other_status_with_only_last_modified_not_stored(status: int) -> None:
+    result = plan(hdrs(("Date", http_date(NOW)), ("Last-Modified", LAST_MODIFIED)), status=status)
+    assert isinstance(result, DontStore)
+
+
+def test_rfc9111_s3_dont_store_gives_a_reason() -> None:
+    result = plan(hdrs(("Cache-Control", "private")))
+    assert result == DontStore("private")
+
+
+# --------------------------------------------------------------------------- what is kept (RFC 9111 §3.1)
+
+
+def test_rfc9111_s5_2_2_7_private_with_field_names_drops_those_fields() -> None:
+    e = stored(
+        hdrs(
+            ("Cache-Control", 'max-age=60, private="X-Secret, x-other"'),
+            ("X-Secret", "1"),
+            ("x-secret", "2"),
+            ("X-Other", "3"),
+            ("X-Public", "4"),
+        )
+    )
+    assert "x-secret" not in header_names(e)
+    assert "x-other" not in header_names(e)
+    assert ("X-Public", "4") in e.headers
+
+
+def test_rfc9111_s5_2_2_4_no_cache_with_field_names_drops_those_fields() -> None:
+    e = stored(hdrs(("Cache-Control", 'max-age=60, no-cache="X-Token"'), ("X-Token", "t"), ("X-Keep", "k")))
+    assert "x-token" not in header_names(e)
+    assert ("X-Keep", "k") in e.headers
+    assert e.no_cache is False  # the qualified form allows reuse of the rest without revalidation
+
+
+def test_rfc9111_s5_2_2_4_unqualified_no_cache_stored_for_revalidation() -> None:
+    e = stored(hdrs(("Cache-Control", "no-cache"), ("ETag", '"e"')))
+    assert e.no_cache is True
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_rfc9110_s7_6_1_hop_by_hop_never_stored(name: str) -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), (name, "x")))
+    assert name not in header_names(e)
+
+
+def test_rfc9110_s7_6_1_connection_named_field_never_stored() -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), ("Connection", "X-Hop"), ("X-Hop", "1"), ("X-End", "2")))
+    assert header_names(e) >= {"cache-control", "x-end"}
+    assert "x-hop" not in header_names(e)
+    assert "connection" not in header_names(e)
+
+
+def test_requirements_s1_set_cookie_stripped_when_stored() -> None:
+    opts = replace(DEFAULTS, store_set_cookie=True)
+    e = stored(
+        hdrs(("Cache-Control", "max-age=60"), ("Set-Cookie", "a=1"), ("set-cookie", "b=2"), ("ETag", '"e"')),
+        opts=opts,
+    )
+    assert "set-cookie" not in header_names(e)
+    assert e.etag == '"e"'
+
+
+def test_rfc9111_s4_2_3_age_and_content_length_not_stored() -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), ("Age", "5"), ("Content-Length", "4")))
+    assert header_names(e) & {"age", "content-length"} == set()
+
+
+def test_rfc9110_s6_6_1_date_added_when_missing() -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60")), response_time=NOW + 3)
+    assert ("Date", http_date(NOW + 3)) in e.headers
+    assert e.date == http_date(NOW + 3)
+
+
+def test_rfc9110_s6_6_1_origin_date_kept() -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), ("date", http_date(NOW - 7))))
+    dates = [v for n, v in e.headers if n.lower() == "date"]
+    assert dates == [http_date(NOW - 7)]
+
+
+def test_rfc9213_targeted_fields_stripped_and_cache_control_passed_through() -> None:
+    response = hdrs(
+        ("Cache-Control", "max-age=5"),
+        ("CDN-Cache-Control", "max-age=60"),
+        ("Surrogate-Control", "max-age=30"),
+    )
+    e = stored(response)
+    assert header_names(e) & {"cdn-cache-control", "surrogate-control"} == set()
+    assert ("Cache-Control", "max-age=5") in e.headers
+    assert e.freshness_lifetime == 60
+
+    kept = stored(response, opts=replace(DEFAULTS, strip_targeted_fields=False))
+    assert ("CDN-Cache-Control", "max-age=60") in kept.headers
+
+
+def test_requirements_s6_tags_parsed_and_not_delivered() -> None:
+    e = stored(
+        hdrs(
+            ("Cache-Control", "max-age=60"),
+            ("Surrogate-Key", "a  b c"),
+            ("Cache-Tag", "c,d, e"),
+        )
+    )
+    assert e.tags == ("a", "b", "c", "d", "e")
+    # StoredResponse.headers are the fields sent to clients: tags are stripped before delivery.
+    assert header_names(e) & {"surrogate-key", "cache-tag"} == set()
+
+
+def test_rfc9111_s3_template_records_what_the_hit_path_needs() -> None:
+    request = hdrs(("Accept-Language", "en,  fr"), ("Accept-Encoding", "gzip"))
+    response = hdrs(
+        ("Date", http_date(NOW - 2)),
+        ("Cache-Control", "max-age=100, immutable, stale-while-revalidate=30, stale-if-error=300"),
+        ("ETag", '"v1"'),
+        ("Last-Modified", LAST_MODIFIED),
+        ("Vary", "Accept-Language"),
+        ("vary", "Accept-Encoding, X-Absent"),
+    )
+    result = plan(response, request=request, request_time=NOW - 1, response_time=NOW)
+    assert isinstance(result, StorePlan)
+    t = result.template
+    assert (t.status, t.reason, t.body) == (200, "Status", b"")
+    assert result.build(b"payload").body == b"payload"
+    assert (t.request_time, t.response_time) == (NOW - 1, NOW)
+    assert t.freshness_lifetime == 100
+    assert t.corrected_initial_age == 2  # apparent age from Date
+    assert (t.etag, t.last_modified, t.date) == ('"v1"', LAST_MODIFIED, http_date(NOW - 2))
+    assert t.vary_names == ("accept-encoding", "accept-language", "x-absent")
+    assert t.vary_values == ("gzip", "en,fr", None)
+    assert (t.immutable, t.no_cache, t.must_revalidate) == (True, False, False)
+    assert (t.stale_while_revalidate, t.stale_if_error) == (30, 300)
+
+
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        pytest.param("max-age=60, must-revalidate", id="9111-5.2.2.2-must-revalidate"),
+        pytest.param("max-age=60, proxy-revalidate", id="9111-5.2.2.8-proxy-revalidate"),
+        pytest.param("s-maxage=60", id="9111-5.2.2.10-s-maxage-implies-proxy-revalidate"),
+    ],
+)
+def test_rfc9111_s4_2_4_directives_that_forbid_stale_are_recorded(cache_control: str) -> None:
+    assert stored(hdrs(("Cache-Control", cache_control))).must_revalidate is True
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "opts", "swr", "sie"),
+    [
+        pytest.param("max-age=1", DEFAULTS, 0, 0, id="5861-absent-is-zero"),
+        pytest.param(
+            "max-age=1",
+            replace(DEFAULTS, default_stale_while_revalidate=7, default_stale_if_error=9),
+            7,
+            9,
+            id="5861-operator-default-when-absent",
+        ),
+        pytest.param(
+            "max-age=1, stale-while-revalidate=3, stale-if-error=4",
+            replace(DEFAULTS, default_stale_while_revalidate=7, default_stale_if_error=9),
+            3,
+            4,
+            id="5861-origin-value-beats-default",
+        ),
+        pytest.param(
+            "max-age=1, stale-while-revalidate=abc, stale-if-error=-1",
+            replace(DEFAULTS, default_stale_while_revalidate=7, default_stale_if_error=9),
+            7,
+            9,
+            id="5861-invalid-value-uses-default",
+        ),
+    ],
+)
+def test_rfc5861_windows_recorded(cache_control: str, opts: PolicyConfig, swr: float, sie: float) -> None:
+    e = stored(hdrs(("Cache-Control", cache_control)), opts=opts)
+    assert (e.stale_while_revalidate, e.stale_if_error) == (swr, sie)
+
+
+def test_header_names_are_case_insensitive() -> None:
+    lower = stored(CIMultiDict([("cache-control", "max-age=60"), ("etag", '"e"')]))
+    upper = stored(CIMultiDict([("CACHE-CONTROL", "max-age=60"), ("ETAG", '"e"')]))
+    assert (lower.freshness_lifetime, lower.etag) == (upper.freshness_lifetime, upper.etag) == (60, '"e"')

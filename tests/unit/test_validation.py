@@ -1,0 +1,321 @@
+"""proxy.policy validation (RFC 9111 §4.3): conditional requests, 304 updates, 304s to clients."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.entry import StoredResponse
+from proxy.policy import (
+    DontStore,
+    StorePlan,
+    client_not_modified,
+    conditional_headers,
+    current_age,
+    freshen,
+    has_precondition_for_origin,
+    not_modified_header_list,
+    select_for_update,
+)
+
+from .support import DEFAULTS, NOW, entry, hdrs, header_names, http_date, stored
+
+LM = http_date(NOW - 3600)
+DATE = http_date(NOW)
+
+# --------------------------------------------------------------------------- conditional request (§4.3.1)
+
+
+def test_rfc9111_s4_3_1_if_none_match_carries_every_variants_etag() -> None:
+    selected = entry(etag='"a"', last_modified=LM)
+    variants = (
+        selected,
+        entry(etag='"b"'),
+        entry(etag='W/"c"'),
+        entry(etag=None),
+        entry(etag='"a"'),
+    )
+    out = conditional_headers(selected, variants)
+    assert out.getall("If-None-Match") == ['"a", "b", W/"c"']
+    assert out.getall("If-Modified-Since") == [LM]
+
+
+def test_rfc9111_s4_3_1_if_modified_since_from_date_without_last_modified() -> None:
+    e = entry(etag=None, last_modified=None, date=DATE)
+    assert dict(conditional_headers(e, (e,))) == {"If-Modified-Since": DATE}
+
+
+def test_rfc9111_s4_3_1_no_date_fallback_when_an_etag_is_sent() -> None:
+    """RFC 9110 §13.1.3: the origin ignores If-Modified-Since next to If-None-Match, so Date is not sent."""
+    e = entry(etag='"a"', last_modified=None, date=DATE)
+    assert dict(conditional_headers(e, (e,))) == {"If-None-Match": '"a"'}
+
+
+def test_rfc9111_s4_3_1_nothing_to_validate_with() -> None:
+    e = entry(etag=None, last_modified=None, date=None)
+    assert len(conditional_headers(e, (e,))) == 0
+
+
+# ------------------------------------------------------------ which stored responses a 304 updates (§4.3.4)
+
+A1 = entry(etag='"a"', body=b"a1", response_time=NOW - 20)
+A2 = entry(etag='"a"', body=b"a2", response_time=NOW - 10)
+WEAK_A = entry(etag='W/"a"', body=b"wa", response_time=NOW - 5)
+B = entry(etag='"b"', body=b"b", response_time=NOW - 1)
+VARIANTS = (A1, A2, WEAK_A, B)
+
+
+def _bodies(selected: list[StoredResponse]) -> list[bytes]:
+    return [v.body for v in selected]
+
+
+def test_rfc9111_s4_3_4_strong_etag_selects_every_strong_match() -> None:
+    assert _bodies(select_for_update(hdrs(("ETag", ' "a" ')), B, VARIANTS)) == [b"a1", b"a2"]
+
+
+def test_rfc9111_s4_3_4_strong_etag_matching_nothing_updates_nothing() -> None:
+    assert select_for_update(hdrs(("ETag", '"zzz"')), B, VARIANTS) == []
+
+
+def test_rfc9111_s4_3_4_weak_etag_selects_the_most_recent_match() -> None:
+    assert _bodies(select_for_update(hdrs(("ETag", 'W/"a"')), B, VARIANTS)) == [b"wa"]
+    assert _bodies(select_for_update(hdrs(("ETag", 'W/"a"')), B, (A1, A2))) == [b"a2"]
+
+
+def test_rfc9111_s4_3_4_last_modified_selects_matching() -> None:
+    old = entry(etag=None, last_modified=http_date(NOW - 9999), body=b"old")
+    lm = entry(etag=None, last_modified=LM, body=b"lm")
+    assert _bodies(select_for_update(hdrs(("Last-Modified", LM)), old, (old, lm))) == [b"lm"]
+
+
+def test_rfc9111_s4_3_4_last_modified_is_weak_most_recent_only() -> None:
+    older = entry(etag=None, last_modified=LM, body=b"older", response_time=NOW - 20)
+    newer = entry(etag=None, last_modified=LM, body=b"newer", response_time=NOW - 10)
+    assert _bodies(select_for_update(hdrs(("Last-Modified", LM)), older, (older, newer))) == [b"newer"]
+
+
+def test_rfc9111_s4_3_4_no_validator_updates_the_revalidated_response_without_one() -> None:
+    bare = entry(etag=None, last_modified=None)
+    assert select_for_update(hdrs(("Date", DATE)), bare, (bare,)) == [bare]
+
+
+def test_rfc9111_s4_3_4_no_validator_never_updates_a_response_with_an_etag() -> None:
+    assert select_for_update(hdrs(("Date", DATE)), A1, (A1,)) == []
+
+
+def test_rfc9111_s4_3_4_no_validator_never_updates_a_response_with_last_modified() -> None:
+    lm_only = entry(etag=None, last_modified=LM)
+    assert select_for_update(hdrs(("Date", DATE)), lm_only, (lm_only,)) == []
+
+
+def test_rfc9111_s4_3_4_no_validator_with_several_stored_responses_updates_nothing() -> None:
+    one = entry(etag=None, last_modified=None, body=b"1")
+    two = entry(etag=None, last_modified=None, body=b"2")
+    assert select_for_update(hdrs(("Date", DATE)), one, (one, two)) == []
+
+
+# --------------------------------------------------------------------------- freshening (§3.2, §4.3.4)
+
+ORIGINAL = stored(
+    hdrs(
+        ("Date", http_date(NOW - 100)),
+        ("Cache-Control", "max-age=60"),
+        ("ETag", '"v1"'),
+        ("Content-Type", "text/html"),
+        ("Content-Encoding", "gzip"),
+        ("X-Version", "1"),
+        ("X-Version", "1b"),
+        ("Vary", "Accept-Language"),
+        ("Surrogate-Key", "t1 t2"),
+    ),
+    request=hdrs(("Accept-Language", "en")),
+    request_time=NOW - 100,
+    response_time=NOW - 100,
+)
+LATER = NOW + 1000
+
+
+def _freshen(not_modified: list[tuple[str, str]], **kwargs: object) -> StoredResponse:
+    result = freshen(
+        ORIGINAL,
+        hdrs(*not_modified),
+        hdrs(("Accept-Language", "de")),  # a 304 may answer another variant's request
+        LATER - 1,
+        LATER,
+        DEFAULTS,
+    )
+    assert isinstance(result, StorePlan), result
+    return result.template
+
+
+def _values(e: StoredResponse, name: str) -> list[str]:
+    return [v for n, v in e.headers if n.lower() == name.lower()]
+
+
+def test_rfc9111_s4_3_4_freshen_keeps_body_vary_values_and_tags() -> None:
+    e = _freshen([("Date", http_date(LATER)), ("ETag", '"v1"')])
+    assert e.body == b"body"
+    assert (e.vary_names, e.vary_values) == (("accept-language",), ("en",))
+    assert e.tags == ("t1", "t2")
+
+
+def test_rfc9111_s3_2_freshen_replaces_header_fields() -> None:
+    e = _freshen(
+        [
+            ("Date", http_date(LATER)),
+            ("ETag", '"v1"'),
+            ("Cache-Control", "max-age=120"),
+            ("X-Version", "2"),
+            ("X-New", "n"),
+        ]
+    )
+    assert _values(e, "X-Version") == ["2"]
+    assert _values(e, "X-New") == ["n"]
+    assert _values(e, "Cache-Control") == ["max-age=120"]
+    assert _values(e, "Date") == [http_date(LATER)]
+    assert e.freshness_lifetime == 120
+
+
+def test_rfc9111_s3_2_freshen_keeps_fields_describing_the_stored_body() -> None:
+    e = _freshen(
+        [
+            ("ETag", '"v1"'),
+            ("Content-Length", "999"),
+            ("Content-Encoding", "br"),
+            ("Content-Type", "text/plain"),
+            ("Content-Range", "bytes 0-1/2"),
+            ("Set-Cookie", "sid=other-user"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "X-Hop"),
+            ("X-Hop", "1"),
+        ]
+    )
+    assert _values(e, "Content-Encoding") == ["gzip"]
+    assert _values(e, "Content-Type") == ["text/html"]
+    assert (
+        header_names(e) & {"content-length", "content-range", "set-cookie", "transfer-encoding", "x-hop"}
+        == set()
+    )
+
+
+def test_rfc9111_s4_3_4_freshen_resets_the_age() -> None:
+    assert current_age(ORIGINAL, LATER) > 1000  # it was long stale
+    e = _freshen([("Date", http_date(LATER)), ("ETag", '"v1"')])
+    assert (e.request_time, e.response_time) == (LATER - 1, LATER)
+    assert e.corrected_initial_age == 1  # the response delay of the revalidation
+    assert current_age(e, LATER + 10) == 11
+
+
+def test_rfc9111_s4_2_3_freshen_counts_the_age_of_the_304() -> None:
+    """A 304 from an upstream cache carries Age; the freshened response is that old (§4.2.3)."""
+    e = _freshen([("Date", http_date(LATER)), ("ETag", '"v1"'), ("Age", "30")])
+    assert e.corrected_initial_age == 31
+    assert "age" not in header_names(e)
+
+
+def test_rfc9110_s6_6_1_freshen_dates_a_304_without_date() -> None:
+    """The 304's receipt time replaces the old Date, or the apparent age would make it stale again."""
+    e = _freshen([("ETag", '"v1"'), ("Cache-Control", "max-age=60")])
+    assert _values(e, "Date") == [http_date(LATER)]
+    assert e.corrected_initial_age == 1
+    assert current_age(e, LATER) < e.freshness_lifetime
+
+
+def test_rfc9111_s3_2_freshen_with_no_store_is_not_stored() -> None:
+    result = freshen(ORIGINAL, hdrs(("Cache-Control", "no-store")), hdrs(), LATER, LATER, DEFAULTS)
+    assert isinstance(result, DontStore)
+
+
+# --------------------------------------------------------------------------- client conditionals (§4.3.2)
+
+STORED = entry(etag='"v1"', last_modified=LM, date=DATE)
+NO_LM = entry(etag=None, last_modified=None, date=DATE)
+
+CLIENT = [
+    pytest.param(STORED, [("If-None-Match", '"v1"')], True, id="9110-13.1.2-strong-match"),
+    pytest.param(STORED, [("If-None-Match", 'W/"v1"')], True, id="9110-13.1.2-weak-comparison"),
+    pytest.param(
+        entry(etag='W/"v1"'), [("If-None-Match", '"v1"')], True, id="9110-13.1.2-weak-comparison-stored-weak"
+    ),
+    pytest.param(STORED, [("If-None-Match", '"x", "v1"')], True, id="9110-13.1.2-list"),
+    pytest.param(STORED, [("If-None-Match", '"x"')], False, id="9110-13.1.2-no-match"),
+    pytest.param(STORED, [("If-None-Match", "*")], True, id="9110-13.1.2-star"),
+    pytest.param(NO_LM, [("If-None-Match", '"v1"')], False, id="9110-13.1.2-stored-without-etag"),
+    pytest.param(
+        STORED,
+        [("If-None-Match", "v1"), ("If-Modified-Since", DATE)],
+        False,
+        id="9110-13.1.2-malformed-if-none-match-ignored",
+    ),
+    pytest.param(
+        STORED,
+        [("If-None-Match", '"x"'), ("If-Modified-Since", DATE)],
+        False,
+        id="9110-13.1.3-if-none-match-takes-precedence",
+    ),
+    pytest.param(
+        STORED,
+        [("If-None-Match", '"v1"'), ("If-Modified-Since", http_date(NOW - 99_999))],
+        True,
+        id="9110-13.1.3-if-modified-since-ignored-with-if-none-match",
+    ),
+    pytest.param(STORED, [("If-Modified-Since", DATE)], True, id="9110-13.1.3-not-modified-since"),
+    pytest.param(STORED, [("If-Modified-Since", LM)], True, id="9110-13.1.3-equal-date"),
+    pytest.param(
+        STORED, [("If-Modified-Since", http_date(NOW - 7200))], False, id="9110-13.1.3-modified-since"
+    ),
+    pytest.param(STORED, [("If-Modified-Since", "yesterday")], False, id="9110-13.1.3-invalid-date-ignored"),
+    pytest.param(NO_LM, [("If-Modified-Since", DATE)], True, id="9111-4.3.2-date-when-no-last-modified"),
+    pytest.param(NO_LM, [("If-Modified-Since", http_date(NOW - 1))], False, id="9111-4.3.2-date-newer"),
+    pytest.param(
+        entry(status=404, etag='"v1"'), [("If-None-Match", '"v1"')], False, id="9110-13.2.1-only-2xx"
+    ),
+    pytest.param(STORED, [], False, id="9110-13.2.2-unconditional"),
+]
+
+
+@pytest.mark.parametrize(("stored_entry", "request_pairs", "expected"), CLIENT)
+def test_rfc9111_s4_3_2_client_conditional(
+    stored_entry: StoredResponse, request_pairs: list[tuple[str, str]], expected: bool
+) -> None:
+    assert client_not_modified(hdrs(*request_pairs), stored_entry) is expected
+
+
+def test_rfc9110_s15_4_5_not_modified_header_list() -> None:
+    e = entry(
+        headers=(
+            ("Date", DATE),
+            ("ETag", '"v1"'),
+            ("Content-Type", "text/html"),
+            ("Last-Modified", LM),
+            ("Cache-Control", "max-age=60"),
+            ("Expires", http_date(NOW + 60)),
+            ("Vary", "Accept"),
+            ("vary", "Accept-Language"),
+            ("Content-Location", "/a.html"),
+            ("Content-Encoding", "gzip"),
+            ("X-Custom", "1"),
+        )
+    )
+    assert not_modified_header_list(e) == (
+        ("Date", DATE),
+        ("ETag", '"v1"'),
+        ("Last-Modified", LM),
+        ("Cache-Control", "max-age=60"),
+        ("Expires", http_date(NOW + 60)),
+        ("Vary", "Accept"),
+        ("vary", "Accept-Language"),
+        ("Content-Location", "/a.html"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("If-Match", True),
+        ("if-unmodified-since", True),
+        ("If-None-Match", False),
+        ("If-Modified-Since", False),
+    ],
+)
+def test_rfc9110_s13_2_1_preconditions_left_to_the_origin(name: str, expected: bool) -> None:
+    assert has_precondition_for_origin(hdrs((name, '"x"'))) is expected
