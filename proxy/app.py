@@ -63,6 +63,7 @@ def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Appli
         finally:
             await app[ENGINE_KEY].close()
             await upstream.close()
+            await storage.drain()  # queued L2 writes reach disk before exit (SIGTERM runs this)
             storage.close()
 
     app.cleanup_ctx.append(resources)

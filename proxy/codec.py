@@ -7,7 +7,7 @@ cache directory can at worst cause a miss.
 Layout (all integers big-endian)::
 
     b"MCDN"  magic
-    u8       format version (1)
+    u8       format version (2: adds fetch_epoch)
     u32      length N of the metadata block
     N bytes  JSON metadata, ASCII (ensure_ascii keeps lone surrogates intact)
     ...      the variants' bodies, concatenated in variant order
@@ -31,7 +31,7 @@ from typing import Any
 from proxy.entry import CachedResource, StoredResponse
 
 MAGIC = b"MCDN"
-VERSION = 1
+VERSION = 2
 _PREFIX = MAGIC + bytes((VERSION,))
 _LEN = struct.Struct(">I")
 _HEADER_LEN = len(_PREFIX) + _LEN.size
@@ -59,6 +59,7 @@ _VARIANT_FIELDS = (
     "last_modified",
     "date",
     "tags",
+    "fetch_epoch",
 )
 _N_FIELDS = len(_VARIANT_FIELDS)
 
@@ -102,6 +103,7 @@ def encode(resource: CachedResource) -> bytes:
                 v.last_modified,
                 v.date,
                 v.tags,
+                v.fetch_epoch,
             ]
         )
         bodies.append(v.body)
@@ -163,6 +165,7 @@ def decode(data: bytes) -> CachedResource:
             last_modified,
             date,
             tags,
+            fetch_epoch,
         ) = mv
         # bool is a subclass of int, hence the exact type checks.
         if type(status) is not int or type(reason) is not str or type(body_len) is not int:
@@ -191,6 +194,8 @@ def decode(data: bytes) -> CachedResource:
             or type(stale_if_error) not in _NUMBER
         ):
             raise CodecError("bad time field")
+        if type(fetch_epoch) is not int or fetch_epoch < 0:
+            raise CodecError("bad fetch epoch")
         if type(no_cache) is not bool or type(must_revalidate) is not bool or type(immutable) is not bool:
             raise CodecError("bad flag")
         if (
@@ -224,6 +229,7 @@ def decode(data: bytes) -> CachedResource:
                 last_modified=last_modified,
                 date=date,
                 tags=tuple(tags),
+                fetch_epoch=fetch_epoch,
             )
         except OverflowError as exc:  # an integer too large for a float
             raise CodecError("time field out of range") from exc

@@ -51,8 +51,12 @@ class StoredResponse:
     etag: str | None = None
     last_modified: str | None = None
     date: str | None = None
-    # Surrogate keys / cache tags (issue 4 uses them for purge).
+    # Surrogate keys / cache tags, for purge by tag.
     tags: tuple[str, ...] = ()
+    # The purge epoch current when the request for this response was sent: a
+    # purge with a later epoch covering this key makes it invalid, whatever
+    # tier or worker holds a copy (see proxy/purge.py).
+    fetch_epoch: int = 0
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""

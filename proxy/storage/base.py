@@ -30,6 +30,9 @@ class TierStats:
     corrupt: int = 0  # entries that did not decode and were dropped
     entries: int = 0
     bytes: int = 0
+    # TieredStorage only: L2 writes dropped because the write-behind queue was
+    # full (L1 still took the value; L2 keeps whatever it had for the key).
+    write_dropped: int = 0
 
 
 class Storage(Protocol):

@@ -7,12 +7,19 @@ thread-safe) and L2 operations on a small thread pool owned by this object, so
 the loop never blocks on disk I/O. A dedicated pool, rather than the loop's
 default executor, means close() can join the threads, which also closes the
 per-thread SQLite connections diskcache opened in them.
+
+aset() writes L2 behind the request (proxy.storage.write_behind): the L2 copy
+is queued and written by a background task, and dropped (counted in
+stats.write_dropped) when the queue is full. Reads answer from the queue
+first, so a queued write is never hidden by an older L2 value; deletes and
+clear withdraw queued writes before touching L2. At shutdown, await drain()
+before close().
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +27,14 @@ from typing import Literal, TypeVar
 
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
+from proxy.storage.write_behind import DEFAULT_WRITE_QUEUE, WriteBehind
 
 TierName = Literal["l1", "l2"]
 
 _T = TypeVar("_T")
 _A = TypeVar("_A")
+
+log = logging.getLogger("proxy.storage")
 
 # Enough to overlap a few SQLite reads and file reads; writers serialise in
 # SQLite anyway, so more threads would mostly wait on its lock.
@@ -50,12 +60,20 @@ def _set_or_drop(tier: Storage, resource: CachedResource) -> bool:
 class TieredStorage:
     """An optional L1 in front of an optional L2 (either may be None: tier disabled).
 
-    - get/aget: L1, then L2; an L2 hit is promoted into L1.
-    - set/aset: write both; True if any tier accepted. A tier that refuses
-      has its old value for the key removed, so the tiers never disagree
-      about what is current.
-    - delete/adelete: both; True if any tier had the key.
-    - keys: the union (a snapshot); clear/close: both.
+    - get/aget: L1, then a queued L2 write of the key, then L2; an L2 hit
+      is promoted into L1 (a value answered from the queue is not).
+    - set: write both; True if any tier accepted. A tier that refuses has
+      its old value for the key removed, so the tiers never disagree about
+      what is current.
+    - aset: write L1 inline and queue the L2 write (write-behind, at most
+      write_queue keys queued); True if L1 accepted or the write was queued.
+      A full queue drops the L2 write (stats.write_dropped): L2 then keeps
+      whatever it had for the key, exactly as after a crash before the
+      write; the caller never waits. drain() waits for the queue.
+    - delete/adelete: withdraw any queued write, then remove from both
+      (adelete awaits L2); True if any tier, or the queue, had the key.
+    - keys: the union (a snapshot, queued keys included); clear: both, and
+      the queue; close: both, writing any still-queued L2 writes first.
 
     stats counts lookups and writes as seen through this object (a hit from
     either tier is one hit); each tier's own stats stay on l1.stats / l2.stats.
@@ -63,7 +81,12 @@ class TieredStorage:
     """
 
     def __init__(
-        self, l1: Storage | None, l2: Storage | None, *, l2_threads: int = DEFAULT_L2_THREADS
+        self,
+        l1: Storage | None,
+        l2: Storage | None,
+        *,
+        l2_threads: int = DEFAULT_L2_THREADS,
+        write_queue: int = DEFAULT_WRITE_QUEUE,
     ) -> None:
         self.name = "tiered"
         self.stats = TierStats()
@@ -71,10 +94,12 @@ class TieredStorage:
         self.l2 = l2
         self._l2_threads = l2_threads
         self._executor: ThreadPoolExecutor | None = None
-        # Keys with an L2 read in flight in aget(), and keys with an L2 write
-        # or delete in flight in aset()/adelete() (with their count): see aget.
+        # Keys with an L2 read in flight in aget(), and keys with an L2
+        # delete in flight in adelete() (with their count): see aget.
         self._flights: dict[str, _Flight] = {}
-        self._l2_writes: dict[str, int] = {}
+        self._l2_deletes: dict[str, int] = {}
+        # L2 writes of aset(); every L2 mutation holds self._writes.lock.
+        self._writes = WriteBehind(self._write_l2, self._in_thread, write_queue)
 
     # -- synchronous Storage protocol ---------------------------------------------
 
@@ -90,6 +115,10 @@ class TieredStorage:
                 self.stats.hits += 1
                 return resource, "l1"
         if self.l2 is not None:
+            resource = self._writes.pending(key)
+            if resource is not None:
+                self.stats.hits += 1
+                return resource, "l2"
             resource = self.l2.get(key)
             if resource is not None:
                 self._promote(resource)
@@ -112,48 +141,64 @@ class TieredStorage:
         return resource
 
     def set(self, resource: CachedResource) -> bool:
-        """Write both tiers; blocks on L2 I/O."""
-        self._invalidate(resource.key)
+        """Write both tiers (write-through: replaces any queued L2 write); blocks on L2 I/O."""
+        key = resource.key
+        self._invalidate(key)
         stored = self._set_l1(resource)
         if self.l2 is not None:
-            stored = _set_or_drop(self.l2, resource) or stored
+            self._writes.cancel(key)
+            with self._writes.lock:
+                stored = _set_or_drop(self.l2, resource) or stored
         return self._count_set(stored)
 
     def delete(self, key: str) -> bool:
-        """Remove key from both tiers; True if either had it."""
+        """Remove key from both tiers and the write queue; True if any had it."""
         self._invalidate(key)
         removed = self.l1 is not None and self.l1.delete(key)
         if self.l2 is not None:
-            removed = self.l2.delete(key) or removed
+            queued = self._writes.cancel(key)
+            removed = self._delete_l2(key) or queued or removed
         return removed
 
     def keys(self) -> Iterator[str]:
-        """Union of both tiers' keys, as a snapshot list (L1's first)."""
+        """Union of both tiers' keys and the queued writes', as a snapshot list (L1's first)."""
         out = list(self.l1.keys()) if self.l1 is not None else []
         if self.l2 is not None:
             seen = set(out)
+            for k in self._writes.queued_keys():
+                if k not in seen:
+                    seen.add(k)
+                    out.append(k)
             l2_keys = self.l2.keys()  # a Storage, not a dict: keys() is the API
             out.extend(k for k in l2_keys if k not in seen)
         return iter(out)
 
     def clear(self) -> None:
-        """Empty both tiers."""
+        """Empty both tiers and the write queue."""
         for flight in self._flights.values():
             flight.dirty = True
         if self.l1 is not None:
             self.l1.clear()
         if self.l2 is not None:
-            self.l2.clear()
+            self._writes.cancel_all()
+            with self._writes.lock:
+                self.l2.clear()
 
     def close(self) -> None:
-        """Join the L2 threads (waits for queued L2 work), then close both tiers.
+        """Join the L2 threads, write any still-queued L2 writes, then close both tiers.
 
-        Safe to call more than once; the object stays usable (the pool is
-        recreated on demand).
+        Writes left in the queue (no drain() before, or no loop running any
+        more) are written synchronously in the calling thread: close()
+        never loses them, but blocks on that disk I/O, so from a coroutine
+        await drain() first. Safe to call more than once; the object stays
+        usable (the pool is recreated on demand).
         """
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
+        if self._writes:
+            log.info("writing %d queued L2 writes synchronously on close", len(self._writes))
+        self._writes.flush()
         if self.l1 is not None:
             self.l1.close()
         if self.l2 is not None:
@@ -176,11 +221,17 @@ class TieredStorage:
                 return resource, "l1"
         l2 = self.l2
         if l2 is not None:
+            queued = self._writes.pending(key)
+            if queued is not None:
+                # Newer than anything in L2. Not promoted: L1 either has it
+                # already, refused it, or evicted it since the write.
+                self.stats.hits += 1
+                return queued, "l2"
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()
-            if key in self._l2_writes:
-                # The read may overtake the write on the pool and see the old value.
+            if key in self._l2_deletes:
+                # The read may overtake the delete on the pool and see the old value.
                 flight.dirty = True
             flight.readers += 1
             try:
@@ -202,31 +253,46 @@ class TieredStorage:
         return None, None
 
     async def aset(self, resource: CachedResource) -> bool:
-        """Write L1 inline and L2 on the I/O pool; True if any tier accepted."""
+        """Write L1 inline and queue the L2 write; never waits for L2.
+
+        True if L1 accepted or the L2 write was queued. A full queue drops
+        the L2 write (stats.write_dropped) and does not raise.
+        """
         self._invalidate(resource.key)
         stored = self._set_l1(resource)
-        l2 = self.l2
-        if l2 is not None:
-            key = resource.key
-            self._l2_writes[key] = self._l2_writes.get(key, 0) + 1
-            try:
-                stored = await self._in_thread(functools.partial(_set_or_drop, l2), resource) or stored
-            finally:
-                self._write_done(key)
+        if self.l2 is not None:
+            if self._writes.put(resource):
+                stored = True
+            else:
+                self.stats.write_dropped += 1
         return self._count_set(stored)
 
     async def adelete(self, key: str) -> bool:
-        """Remove key from L1 inline and from L2 on the I/O pool."""
+        """Remove key from L1 inline, withdraw its queued L2 write and await the L2 delete.
+
+        A write already in progress finishes before the delete runs, so
+        nothing written before the call survives it (purge correctness).
+        """
         self._invalidate(key)
         removed = self.l1 is not None and self.l1.delete(key)
-        l2 = self.l2
-        if l2 is not None:
-            self._l2_writes[key] = self._l2_writes.get(key, 0) + 1
+        if self.l2 is not None:
+            queued = self._writes.cancel(key)  # on the loop thread, before the delete is submitted
+            self._l2_deletes[key] = self._l2_deletes.get(key, 0) + 1
             try:
-                removed = await self._in_thread(l2.delete, key) or removed
+                removed = await self._in_thread(self._delete_l2, key) or queued or removed
             finally:
-                self._write_done(key)
+                self._delete_done(key)
         return removed
+
+    async def drain(self) -> None:
+        """Wait until every queued L2 write (including any queued meanwhile) is in L2.
+
+        Call at shutdown, after the server stopped taking requests and
+        before close().
+        """
+        if self._writes:
+            log.info("draining %d queued L2 writes", len(self._writes))
+        await self._writes.drain()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -239,17 +305,28 @@ class TieredStorage:
     def _set_l1(self, resource: CachedResource) -> bool:
         return self.l1 is not None and _set_or_drop(self.l1, resource)
 
+    def _write_l2(self, resource: CachedResource) -> bool:
+        # The write-behind queue's tier write (in a pool thread, under its lock).
+        return self.l2 is not None and _set_or_drop(self.l2, resource)
+
+    def _delete_l2(self, key: str) -> bool:
+        # Any thread. The caller has withdrawn the key's queued write; the
+        # lock waits out one that was already being applied.
+        assert self.l2 is not None
+        with self._writes.lock:
+            return self.l2.delete(key)
+
     def _invalidate(self, key: str) -> None:
         flight = self._flights.get(key)
         if flight is not None:
             flight.dirty = True
 
-    def _write_done(self, key: str) -> None:
-        left = self._l2_writes[key] - 1
+    def _delete_done(self, key: str) -> None:
+        left = self._l2_deletes[key] - 1
         if left:
-            self._l2_writes[key] = left
+            self._l2_deletes[key] = left
         else:
-            del self._l2_writes[key]
+            del self._l2_deletes[key]
 
     def _count_set(self, stored: bool) -> bool:
         if stored:

@@ -64,7 +64,7 @@ def test_decode_accepts_bytearray_and_memoryview(resource: Callable[..., CachedR
 
 def test_format_prefix(resource: Callable[..., CachedResource]) -> None:
     data = encode(resource())
-    assert data[:5] == b"MCDN\x01"
+    assert data[:5] == b"MCDN\x02"
     (meta_len,) = struct.unpack(">I", data[5:9])
     json.loads(data[HEADER : HEADER + meta_len])  # the metadata block is plain JSON
 
@@ -79,7 +79,7 @@ def _split(data: bytes) -> tuple[Any, bytes]:
 
 def _join(meta: Any, bodies: bytes, raw_meta: bytes | None = None) -> bytes:
     m = raw_meta if raw_meta is not None else json.dumps(meta).encode()
-    return b"MCDN\x01" + struct.pack(">I", len(m)) + m + bodies
+    return b"MCDN\x02" + struct.pack(">I", len(m)) + m + bodies
 
 
 def _with_meta(edit: Callable[[Any], None]) -> Callable[[bytes], bytes]:
@@ -109,7 +109,7 @@ def _flip_json_byte(data: bytes) -> bytes:
 CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("empty", lambda d: b""),
     ("wrong magic", lambda d: b"XCDN" + d[4:]),
-    ("wrong version", lambda d: d[:4] + b"\x02" + d[5:]),
+    ("wrong version", lambda d: d[:4] + b"\x01" + d[5:]),
     ("version zero", lambda d: d[:4] + b"\x00" + d[5:]),
     ("pickle", lambda d: b"\x80\x04\x95" + d),
     ("trailing garbage", lambda d: d + b"x"),
