@@ -21,7 +21,10 @@ from proxy.cache_status import appended, member
 from proxy.config import Config
 from proxy.engine import Engine, Reply, error_reply
 from proxy.fetcher import ClientRequest
+from proxy.purger import Purger
+from proxy.storage.catalog import Catalog
 from proxy.storage.disk import DiskStorage
+from proxy.storage.epoch import EpochCounter
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import Upstream, UpstreamError
@@ -29,12 +32,19 @@ from proxy.upstream import Upstream, UpstreamError
 CONFIG_KEY = web.AppKey("config", Config)
 ENGINE_KEY = web.AppKey("engine", Engine)
 STORAGE_KEY = web.AppKey("storage", TieredStorage)
+PURGER_KEY = web.AppKey("purger", Purger)
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
 
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 9112 §3.2: any other value is a 400.
 _HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+
+
+def open_purger(cfg: Config, storage: TieredStorage, clock: Callable[[], float]) -> Purger:
+    """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
+    directory = cfg.cache.dir if cfg.cache.l2.enabled else None
+    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock)
 
 
 def open_storage(cfg: Config) -> TieredStorage:
@@ -56,8 +66,10 @@ def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Appli
         storage = open_storage(cfg)
         upstream = Upstream(cfg.origin)
         await upstream.start()
+        purger = open_purger(cfg, storage, clock)
         app[STORAGE_KEY] = storage
-        app[ENGINE_KEY] = Engine(cfg, storage, upstream, clock)
+        app[PURGER_KEY] = purger
+        app[ENGINE_KEY] = Engine(cfg, storage, upstream, clock, purger)
         try:
             yield
         finally:
@@ -65,6 +77,8 @@ def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Appli
             await upstream.close()
             await storage.drain()  # queued L2 writes reach disk before exit (SIGTERM runs this)
             storage.close()
+            purger.catalog.close()
+            purger.epoch.close()
 
     app.cleanup_ctx.append(resources)
     app.router.add_route("*", "/{tail:.*}", _handle)

@@ -23,10 +23,11 @@ from proxy import policy
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
-from proxy.entry import StoredResponse
+from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import ClientRequest, Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
+from proxy.purger import Purger
 from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
@@ -81,11 +82,14 @@ def error_reply(status: int, reason: str, cache_status: CacheStatus | None = Non
 class Engine:
     """Serves requests from the tiers or the origin according to the policy."""
 
-    def __init__(self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Clock) -> None:
+    def __init__(
+        self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Clock, purger: Purger
+    ) -> None:
         self.cfg = cfg
         self.storage = storage
         self.clock = clock
-        self.fetcher = Fetcher(cfg, storage, upstream, clock)
+        self.purger = purger
+        self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.
@@ -101,6 +105,9 @@ class Engine:
     async def handle(self, req: ClientRequest) -> Reply:
         """Answer one client request."""
         self.stats.requests += 1
+        purger = self.purger
+        if purger.behind():
+            await purger.sync()  # another worker purged: drop those objects from our L1 first
         now = self.clock()
         opts = self.cfg.policy
         method = req.method
@@ -119,6 +126,8 @@ class Engine:
         directives = policy.request_directives(headers, opts)
 
         resource, tier = await self.storage.aget(key)
+        if resource is not None and (purger.bans or purger.ban_all is not None):
+            resource = await self._screen(resource)
         entry = select_variant(resource, headers) if resource is not None else None
         decision = policy.decide(method, directives, entry, resource is not None, now, opts)
         match decision:
@@ -155,6 +164,17 @@ class Engine:
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
                 assert_never(decision)
+
+    async def _screen(self, resource: CachedResource) -> CachedResource | None:
+        """Drop (or soften) a late copy a purge covers; clean it out of the tiers too."""
+        screened = self.purger.screen(resource)
+        if screened is resource:
+            return resource
+        if screened is None:
+            await self.storage.adelete(resource.key)
+        else:
+            await self.storage.aset(screened)
+        return screened
 
     # ---------------------------------------------------------------- deliver
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -21,6 +21,7 @@ from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import primary_key, with_variant
+from proxy.purger import Purger
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
@@ -96,9 +97,17 @@ class FetchOutcome:
 class Fetcher:
     """Talks to the origin on the cache's behalf and stores what the policy allows."""
 
-    def __init__(self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Callable[[], float]):
+    def __init__(
+        self,
+        cfg: Config,
+        storage: TieredStorage,
+        upstream: Upstream,
+        clock: Callable[[], float],
+        purger: Purger,
+    ):
         self.cfg = cfg
         self.storage = storage
+        self.purger = purger
         self.upstream = upstream
         self.clock = clock
         self.origin_authority = URL(cfg.origin.url).raw_authority
@@ -144,13 +153,15 @@ class Fetcher:
         if f.stale is not None:
             out_headers.extend(policy.conditional_headers(f.stale, variants))
         request_time = self.clock()
+        # A purge logged after this point covers nothing this fetch brings back.
+        epoch = self.purger.current_epoch()
         resp = await self.upstream.send("GET", f.client.path_qs, out_headers)
         if resp.status == 304 and f.stale is not None:
-            return await self._freshen(f, resp, request_time)
+            return await self._freshen(f, resp, request_time, epoch)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
-        return await self._store(f, resp, request_time)
+        return await self._store(f, resp, request_time, epoch)
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus
@@ -169,7 +180,9 @@ class Fetcher:
         )
         return FetchOutcome(status, error=snapshot, stale=f.stale)
 
-    async def _store(self, f: FetchRequest, resp: OriginResponse, request_time: float) -> FetchOutcome:
+    async def _store(
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+    ) -> FetchOutcome:
         """RFC 9111 §3: store within the object limit, or hand the response to the leader alone."""
         response_time = self.clock()
         plan = policy.plan_store(
@@ -201,14 +214,18 @@ class Fetcher:
             return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
         if resp.content_length is not None and len(body) != resp.content_length:
             raise UpstreamError(502, "origin response body incomplete")
-        entry = plan.build(body)
+        entry = plan.build(body, fetch_epoch=epoch)
         resource = with_variant(f.resource, f.key, entry, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource)
+        if stored:
+            await self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entry, leader_cookies=cookies)
 
-    async def _freshen(self, f: FetchRequest, resp: OriginResponse, request_time: float) -> FetchOutcome:
+    async def _freshen(
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+    ) -> FetchOutcome:
         """RFC 9111 §4.3.4: a 304 updates the stored responses it selects."""
         assert f.stale is not None
         resp.release()
@@ -223,12 +240,15 @@ class Fetcher:
         for old in selected:
             plan = policy.freshen(old, resp.headers, f.headers, request_time, response_time, self.cfg.policy)
             if isinstance(plan, policy.StorePlan):
-                updated[id(old)] = plan.template
+                updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])
         stored = False
         if updated:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
-            stored = await self.storage.aset(CachedResource(f.key, new_variants))
+            resource = CachedResource(f.key, new_variants)
+            stored = await self.storage.aset(resource)
+            if stored:
+                await self.purger.record(resource)
         else:
             await self.storage.adelete(f.key)
         return FetchOutcome(CacheStatus(fwd=f.why, fwd_status=304, stored=stored), shared=serve)
@@ -259,5 +279,4 @@ class Fetcher:
                     req.scheme, target.raw_authority, target.raw_path, target.raw_query_string, self.cfg.keys
                 )
             )
-        for key in keys:
-            await self.storage.adelete(key)
+        await self.purger.invalidate(sorted(keys))

@@ -191,8 +191,8 @@ class StorePlan:
     template: StoredResponse
     freshness: Freshness
 
-    def build(self, body: bytes) -> StoredResponse:
-        return replace(self.template, body=body)
+    def build(self, body: bytes, fetch_epoch: int = 0) -> StoredResponse:
+        return replace(self.template, body=body, fetch_epoch=fetch_epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,3 +634,16 @@ def transient_snapshot(
         must_revalidate=True,
         date=kept.get("Date"),
     )
+
+
+# ------------------------------------------------------------------------ purge
+
+
+def soft_purged(entry: StoredResponse, at: float) -> StoredResponse:
+    """A soft purge at time `at`: stale from then on, so stale-while-revalidate and
+    stale-if-error can still answer while it is fetched again (their windows count
+    from the purge)."""
+    age_then = current_age(entry, at)
+    if entry.freshness_lifetime <= age_then and not entry.immutable:
+        return entry
+    return replace(entry, freshness_lifetime=min(entry.freshness_lifetime, age_then), immutable=False)

@@ -53,6 +53,10 @@ class Storage(Protocol):
         """Remove key; True when something was removed."""
         ...
 
+    def __contains__(self, key: object) -> bool:
+        """Whether key is stored (no recency or stats side effects)."""
+        ...
+
     def keys(self) -> Iterator[str]:
         """Every stored key (a snapshot; safe to delete while iterating)."""
         ...

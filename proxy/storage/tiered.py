@@ -284,6 +284,50 @@ class TieredStorage:
                 self._delete_done(key)
         return removed
 
+    async def aclear(self) -> None:
+        """clear() without blocking the loop on the L2 (purge of everything)."""
+        for flight in self._flights.values():
+            flight.dirty = True
+        if self.l1 is not None:
+            self.l1.clear()
+        l2 = self.l2
+        if l2 is not None:
+            self._writes.cancel_all()
+
+            def clear_l2(_: None) -> None:
+                with self._writes.lock:
+                    l2.clear()
+
+            await self._in_thread(clear_l2, None)
+
+    async def adelete_many(self, keys: list[str]) -> int:
+        """adelete for many keys with one trip to the L2 thread (purge by tag or prefix).
+
+        Returns how many keys either tier held.
+        """
+        removed: set[str] = set()
+        for key in keys:
+            self._invalidate(key)
+            if self.l1 is not None and self.l1.delete(key):
+                removed.add(key)
+        l2 = self.l2
+        if l2 is not None and keys:
+            for key in keys:
+                if self._writes.cancel(key):
+                    removed.add(key)
+                self._l2_deletes[key] = self._l2_deletes.get(key, 0) + 1
+
+            def delete_all(batch: list[str]) -> list[str]:
+                with self._writes.lock:
+                    return [k for k in batch if l2.delete(k)]
+
+            try:
+                removed.update(await self._in_thread(delete_all, keys))
+            finally:
+                for key in keys:
+                    self._delete_done(key)
+        return len(removed)
+
     async def drain(self) -> None:
         """Wait until every queued L2 write (including any queued meanwhile) is in L2.
 

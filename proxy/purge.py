@@ -1,0 +1,78 @@
+"""What a purge asks for, parsed and validated (pure; the admin API and the CLI share it).
+
+A purge names exact URLs (absolute, or a path meaning every host), URL or
+path prefixes, exact tags (surrogate keys), or everything; it is hard
+(delete) or soft (mark stale, RFC 5861 windows still apply).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from yarl import URL
+
+PurgeKind = Literal["url", "prefix", "tag", "all"]
+_KINDS: tuple[PurgeKind, ...] = ("url", "prefix", "tag", "all")
+_PLURALS = {"urls": "url", "prefixes": "prefix", "tags": "tag"}
+MAX_VALUES = 1000
+
+
+class PurgeRequestError(ValueError):
+    """The purge request is malformed; the message says what is wrong (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRequest:
+    kind: PurgeKind
+    values: tuple[str, ...] = ()
+    soft: bool = False
+
+
+def parse_purge_request(body: object) -> PurgeRequest:
+    """Validate a JSON purge body such as {"tag": "a"}, {"urls": [...], "soft": true} or {"all": true}."""
+    if not isinstance(body, dict):
+        raise PurgeRequestError('body must be a JSON object like {"url": "/path"}')
+    soft = body.get("soft", False)
+    if not isinstance(soft, bool):
+        raise PurgeRequestError("'soft' must be true or false")
+    found: list[tuple[PurgeKind, object]] = []
+    for name, value in body.items():
+        if name == "soft":
+            continue
+        kind = _PLURALS.get(name, name)
+        if kind not in _KINDS:
+            raise PurgeRequestError(
+                f"unknown field {name!r} (use one of: url, urls, prefix, prefixes, tag, tags, all, soft)"
+            )
+        found.append((kind, value))
+    if len(found) != 1:
+        raise PurgeRequestError("name exactly one of: url(s), prefix(es), tag(s), all")
+    kind, value = found[0]
+    if kind == "all":
+        if value is not True:
+            raise PurgeRequestError("'all' must be true")
+        return PurgeRequest("all", (), soft)
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+        raise PurgeRequestError(f"'{kind}' must be a non-empty string or a list of non-empty strings")
+    if len(values) > MAX_VALUES:
+        raise PurgeRequestError(f"at most {MAX_VALUES} values per purge")
+    checked = tuple(_check(kind, v) for v in values)
+    return PurgeRequest(kind, checked, soft)
+
+
+def _check(kind: PurgeKind, value: str) -> str:
+    if any(c.isspace() for c in value):
+        raise PurgeRequestError(f"{kind} {value!r} must not contain whitespace")
+    if kind == "tag":
+        return value
+    if value.startswith("/"):
+        return value
+    try:
+        url = URL(value)
+    except ValueError:
+        raise PurgeRequestError(f"{kind} {value!r} is not a URL or a /path") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise PurgeRequestError(f"{kind} {value!r} must be an http(s):// URL or start with /")
+    return value

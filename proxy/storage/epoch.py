@@ -1,0 +1,65 @@
+"""A purge epoch shared by the worker processes of one node: 8 bytes in a memory-mapped file.
+
+Each request compares it with the epoch its worker last applied; reading it
+costs a memory load, so the hit path can afford it. Only `advance_to` writes,
+under an exclusive file lock, and it never moves the counter backwards.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+from pathlib import Path
+
+EPOCH_FILE = "purge.epoch"
+_COUNTER = struct.Struct("<Q")
+
+
+class EpochCounter:
+    """A monotonic 64-bit counter, shared through a file (or private when directory is None)."""
+
+    def __init__(self, directory: str | Path | None) -> None:
+        self._value = 0
+        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
+        if directory is None:
+            return
+        path = Path(directory) / EPOCH_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_size < _COUNTER.size:
+                os.ftruncate(fd, _COUNTER.size)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            self._map = mmap.mmap(fd, _COUNTER.size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def read(self) -> int:
+        if self._map is None:
+            return self._value
+        return int(_COUNTER.unpack_from(self._map, 0)[0])
+
+    def advance_to(self, epoch: int) -> None:
+        """Set the counter to max(counter, epoch)."""
+        if self._map is None or self._fd is None:
+            self._value = max(self._value, epoch)
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if epoch > self.read():
+                _COUNTER.pack_into(self._map, 0, epoch)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
