@@ -7,6 +7,7 @@ explicitly to whoever needs it; there is no module-level global.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -70,6 +71,9 @@ class PolicyConfig:
     default_stale_if_error: float = 0.0  # operator default window when the origin sends none
     default_stale_while_revalidate: float = 0.0
     max_variants: int = 16  # per URL; the oldest variant goes first
+    # Response fields carrying purge tags (Surrogate-Key: space separated; Cache-Tag: comma separated).
+    tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
+    strip_tag_fields: bool = True  # remove them before delivery to clients
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,19 @@ class FetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin API (purge, inspect, stats) on its own listener."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8090"
+    # Bearer token; MINICDN_ADMIN_TOKEN overrides. With none, the API only starts on loopback.
+    token: str | None = None
+    # Accept `PURGE <url>` on the public listener, from these networks only.
+    purge_method: bool = False
+    purge_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Access and error logging."""
 
@@ -134,6 +151,7 @@ class Config:
     keys: KeyConfig = KeyConfig()
     policy: PolicyConfig = PolicyConfig()
     fetch: FetchConfig = FetchConfig()
+    admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
     source: str = "<defaults>"  # the file this came from, for messages
 
@@ -207,7 +225,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     r.only(
         top,
         "",
-        {"name", "listen", "origin", "cache", "keys", "policy", "fetch", "log", "origin_stub"},
+        {"name", "listen", "origin", "cache", "keys", "policy", "fetch", "admin", "log", "origin_stub"},
     )
     d = Config()
     name = r.string(top, "name", d.name)
@@ -276,6 +294,8 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
             p, "default_stale_while_revalidate", pd.default_stale_while_revalidate, "policy"
         ),
         max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
+        tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
+        strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),
     )
 
     f = r.mapping(top.get("fetch", {}), "fetch")
@@ -290,6 +310,27 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
             r.positive(f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, "fetch")
         ),
     )
+
+    a = r.mapping(top.get("admin", {}), "admin")
+    r.only(a, "admin", set(AdminConfig.__dataclass_fields__))
+    ad = AdminConfig()
+    token = a.get("token", ad.token)
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise r.error("admin.token", "must be a non-empty string (or leave it out)")
+    networks = r.strings(a, "purge_networks", ad.purge_networks, "admin")
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise r.error("admin.purge_networks", f"{net!r} is not a network like 10.0.0.0/8") from None
+    admin = AdminConfig(
+        enabled=r.boolean(a, "enabled", ad.enabled, "admin"),
+        listen=r.string(a, "listen", ad.listen, "admin"),
+        token=token,
+        purge_method=r.boolean(a, "purge_method", ad.purge_method, "admin"),
+        purge_networks=networks,
+    )
+    _parse_listen(admin.listen, "admin.listen", source)
 
     lg = r.mapping(top.get("log", {}), "log")
     r.only(lg, "log", set(LogConfig.__dataclass_fields__))
@@ -307,6 +348,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         keys=keys,
         policy=policy,
         fetch=fetch,
+        admin=admin,
         log=log,
         source=source,
     )
@@ -314,7 +356,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
 
 
 def _apply_env(cfg: Config) -> Config:
-    """MINICDN_NAME / MINICDN_LISTEN / MINICDN_ORIGIN / MINICDN_CACHE_DIR override the file."""
+    """MINICDN_NAME / _LISTEN / _ORIGIN / _CACHE_DIR / _ADMIN_TOKEN / _ADMIN_LISTEN override the file."""
     name = os.environ.get("MINICDN_NAME")
     if name:
         # Validated like the file's `name`: it becomes a Cache-Status member and a Via pseudonym.
@@ -324,6 +366,13 @@ def _apply_env(cfg: Config) -> Config:
                 "digits, '.', '_' and '-'"
             )
         cfg = replace(cfg, name=name)
+    token = os.environ.get("MINICDN_ADMIN_TOKEN")
+    if token:
+        cfg = replace(cfg, admin=replace(cfg.admin, token=token))
+    admin_listen = os.environ.get("MINICDN_ADMIN_LISTEN")
+    if admin_listen:
+        _parse_listen(admin_listen, "MINICDN_ADMIN_LISTEN", "environment")
+        cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
     return cfg.with_overrides(
         listen=os.environ.get("MINICDN_LISTEN") or None,
         origin=os.environ.get("MINICDN_ORIGIN") or None,

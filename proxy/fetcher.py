@@ -29,7 +29,6 @@ log = logging.getLogger("proxy.fetcher")
 
 # Request fields the cache answers itself; never sent on its own fetches.
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
-TAG_FIELDS = ("Surrogate-Key", "Cache-Tag")
 # Error pages larger than this are streamed to the leader alone instead of shared.
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -113,7 +112,8 @@ class Fetcher:
         self.origin_authority = URL(cfg.origin.url).raw_authority
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host")
         targeted = cfg.policy.targeted_fields if cfg.policy.strip_targeted_fields else ()
-        self._drop_response = (*targeted, *TAG_FIELDS)
+        tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
+        self._drop_response = (*targeted, *tags)
 
     # ------------------------------------------------------------ headers
 

@@ -212,7 +212,6 @@ def plan_store(
     request_time: float,
     response_time: float,
     opts: PolicyConfig,
-    tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag"),
 ) -> StorePlan | DontStore:
     """RFC 9111 §3: may this response be stored, and as what."""
     # §3: only responses to a method this cache understands as cacheable; a
@@ -263,8 +262,9 @@ def plan_store(
     drop.update(directives.field_names("private"))
     drop.update(directives.field_names("no-cache"))
     drop.add("set-cookie")
-    # Tags are kept in `tags` for purge; the headers are what clients get (requirements §6).
-    drop.update(n.lower() for n in tag_fields)
+    # Tags are kept in `tags` for purge; by default clients never see them (requirements §6).
+    if opts.strip_tag_fields:
+        drop.update(n.lower() for n in opts.tag_fields)
     if opts.strip_targeted_fields:
         drop.update(n.lower() for n in opts.targeted_fields)
     stored = end_to_end(response_headers, drop)
@@ -295,7 +295,7 @@ def plan_store(
         etag=stored.get("ETag"),
         last_modified=stored.get("Last-Modified"),
         date=stored.get("Date"),
-        tags=_tags(response_headers, tag_fields),
+        tags=_tags(response_headers, opts.tag_fields),
     )
     return StorePlan(template, freshness)
 
