@@ -160,6 +160,14 @@ class TieredStorage:
             removed = self._delete_l2(key) or queued or removed
         return removed
 
+    def __contains__(self, key: object) -> bool:
+        """Held by either tier (or queued for L2)."""
+        if not isinstance(key, str):
+            return False
+        if self.l1 is not None and key in self.l1:
+            return True
+        return self.l2 is not None and (self._writes.pending(key) is not None or key in self.l2)
+
     def keys(self) -> Iterator[str]:
         """Union of both tiers' keys and the queued writes', as a snapshot list (L1's first)."""
         out = list(self.l1.keys()) if self.l1 is not None else []

@@ -1,0 +1,240 @@
+"""Purge semantics end to end (RFC 9111 §4.4 and requirements §6): by URL, prefix, tag, everything;
+hard and soft; across both tiers and across two proxies that share one L2 (as two workers do).
+
+Purges are issued through the proxy's Purger (the admin API's backend) so that these tests
+prove what a purge does; the admin API's HTTP surface has its own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.app import ENGINE_KEY, PURGER_KEY, STORAGE_KEY
+from proxy.config import KeyConfig
+from proxy.purge import PurgeRequest
+from proxy.purger import Purger
+from proxy.storage.tiered import TieredStorage
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+
+HOST = {"Host": "cdn.example"}
+
+
+def purger_of(proxy: Proxy) -> Purger:
+    return proxy.server.app[PURGER_KEY]
+
+
+def storage_of(proxy: Proxy) -> TieredStorage:
+    return proxy.server.app[STORAGE_KEY]
+
+
+async def get(proxy: Proxy, path: str, **headers: str) -> tuple[str, bytes]:
+    resp, body = await proxy.get(path, headers={**HOST, **headers})
+    assert resp.status == 200, body
+    return cache_status(resp), body
+
+
+def key(path: str) -> str:
+    return f"|http://cdn.example{path}"
+
+
+async def in_tiers(proxy: Proxy, path: str) -> tuple[bool, bool]:
+    """Whether L1 and L2 hold the key (after the write-behind queue drained)."""
+    storage = storage_of(proxy)
+    await storage.drain()
+    assert storage.l1 is not None and storage.l2 is not None
+    return key(path) in storage.l1, key(path) in storage.l2
+
+
+async def test_purge_by_tag_removes_exactly_the_tagged_entries_in_both_tiers(
+    proxy: Proxy, origin: Origin
+) -> None:
+    tagged = ["/tags?keys=a,b", "/tags?keys=a"]
+    untouched = ["/tags?keys=ab", "/tags?keys=b", "/tags?keys=xa"]
+    for path in tagged + untouched:
+        await get(proxy, path)
+    # Two variants of one tagged URL (Vary), both must go.
+    varied = "/respond?h=Cache-Control:max-age%3D60&h=Vary:X-Lang&h=Surrogate-Key:a&body=v"
+    await get(proxy, varied, **{"X-Lang": "en"})
+    await get(proxy, varied, **{"X-Lang": "fr"})
+    for path in tagged:
+        assert await in_tiers(proxy, path) == (True, True)
+
+    result = await purger_of(proxy).purge(PurgeRequest("tag", ("a",)))
+    assert result.keys == 3
+
+    for path in tagged:
+        assert await in_tiers(proxy, path) == (False, False)
+        member, _ = await get(proxy, path)
+        assert "fwd=uri-miss" in member
+    for lang in ("en", "fr"):
+        member, _ = await get(proxy, varied, **{"X-Lang": lang})
+        assert "hit" not in member.split(";")
+    for path in untouched:  # "ab" and "xa" share letters with "a" but are other tags
+        member, _ = await get(proxy, path)
+        assert "hit" in member.split(";"), path
+
+
+async def test_purge_by_several_tags(proxy: Proxy) -> None:
+    for path in ("/tags?keys=x", "/tags?keys=y", "/tags?keys=z"):
+        await get(proxy, path)
+    result = await purger_of(proxy).purge(PurgeRequest("tag", ("x", "y")))
+    assert result.keys == 2
+    assert "hit" in (await get(proxy, "/tags?keys=z"))[0]
+
+
+async def test_purge_by_prefix(proxy: Proxy, origin: Origin) -> None:
+    paths = ["/api/items/1", "/api/items/2", "/api/items", "/max-age/60"]
+    for path in paths:
+        await get(proxy, path)
+    result = await purger_of(proxy).purge(PurgeRequest("prefix", ("/api/items/",)))
+    assert result.keys == 2
+    assert "fwd=uri-miss" in (await get(proxy, "/api/items/1"))[0]
+    assert "fwd=uri-miss" in (await get(proxy, "/api/items/2"))[0]
+    assert "hit" in (await get(proxy, "/api/items"))[0]
+    assert "hit" in (await get(proxy, "/max-age/60"))[0]
+
+
+async def test_purge_by_absolute_url_prefix_normalises_the_host(proxy: Proxy) -> None:
+    await get(proxy, "/api/items/1")
+    result = await purger_of(proxy).purge(PurgeRequest("prefix", ("http://CDN.example:80/api/",)))
+    assert result.keys == 1
+
+
+async def test_purge_by_url_removes_every_variant(proxy: Proxy, origin: Origin) -> None:
+    for lang in ("en", "fr"):
+        await get(proxy, "/vary/X-Lang", **{"X-Lang": lang})
+    await get(proxy, "/vary/X-Other", **{"X-Other": "1"})
+    result = await purger_of(proxy).purge(PurgeRequest("url", ("/vary/X-Lang",)))
+    assert result.keys == 1
+    assert "fwd=uri-miss" in (await get(proxy, "/vary/X-Lang", **{"X-Lang": "en"}))[0]
+    assert "fwd=vary-miss" in (await get(proxy, "/vary/X-Lang", **{"X-Lang": "fr"}))[0]
+    assert "hit" in (await get(proxy, "/vary/X-Other", **{"X-Other": "1"}))[0]
+    assert await origin.hits("/vary/X-Lang") == 4
+
+
+async def test_purge_by_path_covers_every_host(proxy: Proxy) -> None:
+    for host in ("a.example", "b.example"):
+        await proxy.get("/max-age/60", headers={"Host": host})
+    result = await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/60",)))
+    assert result.keys == 2
+    exact = await purger_of(proxy).purge(PurgeRequest("url", ("http://a.example/max-age/60",)))
+    assert exact.keys == 0  # already gone
+
+
+async def test_purge_everything(proxy: Proxy, origin: Origin) -> None:
+    for path in ("/max-age/60", "/tags?keys=a", "/api/items/1"):
+        await get(proxy, path)
+    await purger_of(proxy).purge(PurgeRequest("all"))
+    for path in ("/max-age/60", "/tags?keys=a", "/api/items/1"):
+        assert await in_tiers(proxy, path) == (False, False)
+        assert "fwd=uri-miss" in (await get(proxy, path))[0]
+
+
+async def test_soft_purge_serves_stale_while_one_refetch_runs(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
+    path = "/max-age/600?swr=60"
+    _, first = await get(proxy, path)
+    await purger_of(proxy).purge(PurgeRequest("url", (path,), soft=True))
+    assert await in_tiers(proxy, path) == (True, True)  # kept, only marked stale
+    clock.advance(1)
+    member, body = await get(proxy, path)
+    assert body == first and "fwd=stale" in member and "stale-while-revalidate" in member
+    await proxy.server.app[ENGINE_KEY].flights.settle()
+    assert await origin.hits("/max-age/600") == 2  # exactly one refetch
+    member, body = await get(proxy, path)
+    assert "hit" in member.split(";") and body != first
+
+
+async def test_soft_purge_without_stale_window_revalidates(proxy: Proxy, origin: Origin) -> None:
+    await get(proxy, "/etag?max_age=600")
+    await purger_of(proxy).purge(PurgeRequest("url", ("/etag?max_age=600",), soft=True))
+    member, _ = await get(proxy, "/etag?max_age=600")
+    assert "fwd=stale" in member and "fwd-status=304" in member
+
+
+async def test_unsafe_method_success_invalidates_through_the_purge_log(proxy: Proxy, origin: Origin) -> None:
+    await get(proxy, "/api/items/1")
+    async with proxy.request("PUT", "/api/items/1", json={"value": "new"}, headers=HOST) as resp:
+        assert resp.status == 200
+    member, body = await get(proxy, "/api/items/1")
+    assert "fwd=uri-miss" in member and b"new" in body
+    assert purger_of(proxy).stats.purges == 1
+
+
+async def test_tag_index_survives_a_restart(start_proxy: ProxyFactory, origin: Origin) -> None:
+    first = await start_proxy()
+    await get(first, "/tags?keys=keep")
+    await get(first, "/tags?keys=drop")
+    await first.server.close()
+    second = await start_proxy()
+    result = await purger_of(second).purge(PurgeRequest("tag", ("drop",)))
+    assert result.keys == 1
+    assert "fwd=uri-miss" in (await get(second, "/tags?keys=drop"))[0]
+    assert "hit" in (await get(second, "/tags?keys=keep"))[0]
+
+
+async def test_namespace_change_busts_everything_without_touching_disk(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    first = await start_proxy()
+    await get(first, "/max-age/600")
+    await first.server.close()
+    second = await start_proxy(keys=KeyConfig(namespace="v2"))
+    member, _ = await get(second, "/max-age/600")
+    assert "fwd=uri-miss" in member
+    assert key("/max-age/600") in storage_of(second)  # the old entry is still on disk
+    await second.server.close()
+    third = await start_proxy()
+    assert "hit" in (await get(third, "/max-age/600"))[0]  # and answers again under the old namespace
+
+
+async def test_pruning_forgets_evicted_entries(proxy: Proxy) -> None:
+    await get(proxy, "/tags?keys=gone")
+    await get(proxy, "/tags?keys=kept")
+    storage = storage_of(proxy)
+    await storage.drain()
+    storage.delete(key("/tags?keys=gone"))  # as an eviction would, behind the catalogue's back
+    purger = purger_of(proxy)
+    removed = purger.catalog.prune(purger._exists)
+    assert removed == 1
+    assert purger.catalog.keys_for_tags(["gone"]) == []
+    assert purger.catalog.keys_for_tags(["kept"]) == [key("/tags?keys=kept")]
+
+
+async def test_purged_object_not_served_by_either_of_two_proxies_sharing_an_l2(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    one = await start_proxy()
+    two = await start_proxy()  # same cache dir: a second worker of the same node
+    for proxy in (one, two):
+        await get(proxy, "/tags?keys=shared")
+        assert "hit" in (await get(proxy, "/tags?keys=shared"))[0]  # each has it in its own L1
+    await purger_of(one).purge(PurgeRequest("tag", ("shared",)))
+    member, _ = await get(two, "/tags?keys=shared")
+    assert "fwd=uri-miss" in member  # two's L1 copy was dropped on its next request
+    assert purger_of(two).stats.applied_from_log == 1
+
+
+async def test_late_copy_from_an_in_flight_fetch_is_caught(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
+    """A revalidation that started before a purge must not bring the purged object back."""
+    path = "/max-age/10?ms=300"
+    await get(proxy, path)
+    clock.advance(20)
+    pending = asyncio.create_task(get(proxy, path))  # revalidation in flight, 300 ms at the origin
+    await asyncio.sleep(0.1)
+    await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/10?ms=300",)))
+    await pending  # it stores what it fetched, with the epoch from before the purge
+    member, _ = await get(proxy, path)
+    assert "hit" not in member.split(";"), member
+    assert purger_of(proxy).stats.screened >= 1
+
+
+async def test_bans_do_not_block_fresh_content(proxy: Proxy, origin: Origin) -> None:
+    await get(proxy, "/max-age/60")
+    await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/60",)))
+    await get(proxy, "/max-age/60")
+    member, _ = await get(proxy, "/max-age/60")
+    assert "hit" in member.split(";")
