@@ -29,6 +29,7 @@ from proxy.headers import Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.purger import Purger
 from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
+from proxy.routing import FetchRouter
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
@@ -83,13 +84,20 @@ class Engine:
     """Serves requests from the tiers or the origin according to the policy."""
 
     def __init__(
-        self, cfg: Config, storage: TieredStorage, upstream: Upstream, clock: Clock, purger: Purger
+        self,
+        cfg: Config,
+        storage: TieredStorage,
+        upstream: Upstream,
+        clock: Clock,
+        purger: Purger,
+        router: FetchRouter | None = None,
     ) -> None:
         self.cfg = cfg
         self.storage = storage
         self.clock = clock
         self.purger = purger
         self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
+        self.fetcher.router = router
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.

@@ -22,6 +22,7 @@ from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import primary_key, with_variant
 from proxy.purger import Purger
+from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
@@ -31,6 +32,15 @@ log = logging.getLogger("proxy.fetcher")
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
 # Error pages larger than this are streamed to the leader alone instead of shared.
 ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class RoutingStats:
+    """Owner routing in an edge cluster (all zero on a lone proxy)."""
+
+    forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
+    owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
+    served_for_peers: int = 0  # fetches other edges sent here as the owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +120,9 @@ class Fetcher:
         self.upstream = upstream
         self.clock = clock
         self.origin_authority = URL(cfg.origin.url).raw_authority
-        self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host")
+        self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
+        self.router: FetchRouter | None = None
+        self.stats = RoutingStats()
         targeted = cfg.policy.targeted_fields if cfg.policy.strip_targeted_fields else ()
         tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
         self._drop_response = (*targeted, *tags)
@@ -155,13 +167,47 @@ class Fetcher:
         request_time = self.clock()
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
-        resp = await self.upstream.send("GET", f.client.path_qs, out_headers)
+        resp = await self._send_to_owner_or_origin(f, out_headers)
         if resp.status == 304 and f.stale is not None:
             return await self._freshen(f, resp, request_time, epoch)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
         return await self._store(f, resp, request_time, epoch)
+
+    async def _send_to_owner_or_origin(
+        self, f: FetchRequest, out_headers: CIMultiDict[str]
+    ) -> OriginResponse:
+        """Ask the peer that owns the key when there is one (edge clusters), else the origin.
+
+        An owner that fails is reported to the router (which skips it for a
+        while) and the origin is asked instead, so a dead owner costs one
+        failed attempt, never a failed request.
+        """
+        router = self.router
+        route = None
+        if router is not None:
+            hop = f.client.headers.get(HOP_HEADER)
+            if hop is not None and router.is_peer(hop):
+                self.stats.served_for_peers += 1  # one hop at most: never forwarded again
+            else:
+                route = router.route(f.key)
+        if route is not None and router is not None:
+            peer_headers = out_headers.copy()
+            # The owner must compute the same key: keep the client's Host.
+            peer_headers["Host"] = f.client.host or self.origin_authority
+            peer_headers[HOP_HEADER] = self.cfg.name
+            try:
+                resp = await self.upstream.send("GET", f.client.path_qs, peer_headers, origin=route.base_url)
+            except UpstreamError as exc:
+                log.warning("owner %s failed (%s); asking the origin", route.peer, exc.reason)
+                router.failed(route)
+                self.stats.owner_fallbacks += 1
+            else:
+                router.succeeded(route)
+                self.stats.forwarded_to_owner += 1
+                return resp
+        return await self.upstream.send("GET", f.client.path_qs, out_headers)
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -84,6 +84,8 @@ class Purger:
         epoch.advance_to(self.applied)
         self._records = 0
         self._sync_lock = asyncio.Lock()
+        # Called with each purge this node accepted (not with purges received from peers).
+        self.listeners: list[Callable[[PurgeRequest], Awaitable[None]]] = []
         self._load_recent_bans()
 
     # ------------------------------------------------------------ hit path
@@ -140,11 +142,24 @@ class Purger:
 
     # --------------------------------------------------------------- purge
 
-    async def purge(self, request: PurgeRequest) -> PurgeResult:
-        """Carry out a purge from the admin API; returns how many keys it covered."""
+    async def purge(self, request: PurgeRequest, *, propagate: bool = True) -> PurgeResult:
+        """Carry out a purge; returns how many keys it covered on this node.
+
+        With `propagate`, the listeners hear of it afterwards (an edge cluster
+        fans it out to the other edges); a purge received from the cluster is
+        applied with propagate=False. A listener's failure never fails the
+        local purge.
+        """
         await self.sync()
         keys = await asyncio.to_thread(self._resolve, request)
-        return await self._purge_keys(keys, request.soft)
+        result = await self._purge_keys(keys, request.soft)
+        if propagate:
+            for listener in self.listeners:
+                try:
+                    await listener(request)
+                except Exception:
+                    log.exception("purge listener failed; the local purge stands")
+        return result
 
     async def invalidate(self, keys: list[str]) -> None:
         """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys."""
