@@ -8,20 +8,26 @@ Via, writes the reply, and logs one line.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from proxy.cache_status import appended, member
+from proxy.cache_status import CacheStatus, appended, member
 from proxy.config import Config
 from proxy.engine import Engine, Reply, error_reply
 from proxy.fetcher import ClientRequest
+from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
+from proxy.routing import HEALTH_PATH, FetchRouter
 from proxy.storage.catalog import Catalog
 from proxy.storage.disk import DiskStorage
 from proxy.storage.epoch import EpochCounter
@@ -33,6 +39,11 @@ CONFIG_KEY = web.AppKey("config", Config)
 ENGINE_KEY = web.AppKey("engine", Engine)
 STORAGE_KEY = web.AppKey("storage", TieredStorage)
 PURGER_KEY = web.AppKey("purger", Purger)
+# Set by the edge layer before startup: where cache fetches go (owner routing).
+ROUTER_KEY = web.AppKey("router", FetchRouter)
+# Set by the edge layer: more sections for the admin API's /stats.
+ExtraStats = Callable[[], dict[str, Any]]
+EXTRA_STATS_KEY: web.AppKey[ExtraStats] = web.AppKey("extra_stats")
 
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
@@ -69,7 +80,7 @@ def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Appli
         purger = open_purger(cfg, storage, clock)
         app[STORAGE_KEY] = storage
         app[PURGER_KEY] = purger
-        app[ENGINE_KEY] = Engine(cfg, storage, upstream, clock, purger)
+        app[ENGINE_KEY] = Engine(cfg, storage, upstream, clock, purger, app.get(ROUTER_KEY))
         try:
             yield
         finally:
@@ -91,10 +102,14 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     engine = app[ENGINE_KEY]
     started = time.perf_counter()
     try:
-        if _HOST_RE.fullmatch(request.headers.get("Host", "")):
-            reply = await engine.handle(_client_request(request))
-        else:
+        if not _HOST_RE.fullmatch(request.headers.get("Host", "")):
             reply = error_reply(400, "invalid Host header")
+        elif request.path == HEALTH_PATH:
+            reply = _health(cfg)
+        elif request.method == "PURGE" and cfg.admin.purge_method:
+            reply = await _purge_method(request, cfg, app[PURGER_KEY])
+        else:
+            reply = await engine.handle(_client_request(request))
     except UpstreamError as exc:
         reply = error_reply(exc.status_hint, exc.reason)
     except Exception:
@@ -108,6 +123,51 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if cfg.log.access_log:
         _log_access(cfg, request, reply, time.perf_counter() - started)
     return response
+
+
+def _health(cfg: Config) -> Reply:
+    """This node's own health answer (peers and load balancers ask it; never forwarded)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["Content-Type"] = "application/json"
+    headers["Cache-Control"] = "no-store"
+    body = json.dumps({"name": cfg.name, "status": "ok"}) + "\n"
+    return Reply(200, "", headers, body.encode(), CacheStatus(detail="health"))
+
+
+async def _purge_method(request: web.Request, cfg: Config, purger: Purger) -> Reply:
+    """`PURGE /path?query` from an allowed network: purge that URL on every host (admin.purge_method)."""
+    if not _purge_allowed(request.remote, cfg.admin.purge_networks):
+        return error_reply(403, "PURGE is not allowed from this address", CacheStatus(detail="purge denied"))
+    mode = request.headers.get("Purge-Mode", "hard").strip().lower()
+    if mode not in ("hard", "soft"):
+        return error_reply(400, "Purge-Mode must be hard or soft", CacheStatus(detail="purge"))
+    try:
+        purge = parse_purge_request({"url": request.raw_path, "soft": mode == "soft"})
+    except PurgeRequestError as exc:
+        return error_reply(400, str(exc), CacheStatus(detail="purge"))
+    result = await purger.purge(purge)
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["Content-Type"] = "application/json"
+    headers["Cache-Control"] = "no-store"
+    body = json.dumps({"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}) + "\n"
+    return Reply(200, "", headers, body.encode(), CacheStatus(detail="purge"))
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _purge_allowed(remote: str | None, networks: tuple[str, ...]) -> bool:
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in _networks(networks))
 
 
 def _client_request(request: web.Request) -> ClientRequest:

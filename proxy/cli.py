@@ -1,24 +1,33 @@
-"""The `minicdn` command line: run an edge, the stub origin, or both for a demo.
+"""The `minicdn` command line: run an edge, the stub origin, or both for a demo; purge, inspect, stats.
 
-`minicdn serve` (also `python -m proxy`) runs one edge; `minicdn origin`
-(also `python -m origin_stub`) runs the stub origin; `minicdn up` runs both in
-one process, the edge in front of the stub, for a first look.
+`minicdn serve` (also `python -m proxy`) runs one edge and its admin API;
+`minicdn origin` (also `python -m origin_stub`) runs the stub origin;
+`minicdn up` runs both in one process, the edge in front of the stub, for a
+first look. `minicdn purge`, `minicdn inspect` and `minicdn stats` talk to a
+running edge's admin API (exit 0: done, 1: the API failed or could not be
+reached, 2: a usage or configuration error).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
+from proxy.admin import MAX_LIMIT, create_admin_app
+from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
 from proxy.app import create_app
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, check_admin, load_config
+from proxy.purge import PurgeRequestError, parse_purge_request
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +35,39 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
     parser.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:8081 (overrides the config)")
     parser.add_argument("--cache-dir", help="directory of the L2 disk tier (overrides the config)")
+    parser.add_argument("--admin-listen", help="HOST:PORT of the admin API (overrides the config)")
+
+
+def _admin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file to find the admin API in (default: config.yaml)")
+    parser.add_argument("--admin", metavar="URL", help="admin API URL (default: http:// + admin.listen)")
+    parser.add_argument(
+        "--token", help="admin bearer token (default: $MINICDN_ADMIN_TOKEN, then admin.token of the config)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the API (10)")
+
+
+def _admin_commands(sub: Any) -> None:
+    purge = sub.add_parser("purge", help="purge cached entries through the admin API")
+    kind = purge.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--url", nargs="+", action="extend", metavar="URL", help="exact URL(s) or /path(s)")
+    kind.add_argument("--prefix", nargs="+", action="extend", metavar="P", help="URL or /path prefix(es)")
+    kind.add_argument("--tag", nargs="+", action="extend", metavar="T", help="surrogate key(s) / tag(s)")
+    kind.add_argument("--all", action="store_true", help="everything")
+    purge.add_argument("--soft", action="store_true", help="mark stale instead of deleting")
+    _admin_args(purge)
+
+    inspect = sub.add_parser("inspect", help="list cached entries (by prefix or tag)")
+    which = inspect.add_mutually_exclusive_group()
+    which.add_argument("--prefix", help="URL or /path prefix")
+    which.add_argument("--tag", help="surrogate key / tag")
+    inspect.add_argument("--limit", type=int, default=100, help=f"at most this many (1-{MAX_LIMIT}, 100)")
+    inspect.add_argument("--json", action="store_true", help="print the API's JSON")
+    _admin_args(inspect)
+
+    stats = sub.add_parser("stats", help="show the node's counters")
+    stats.add_argument("--json", action="store_true", help="print the API's JSON")
+    _admin_args(stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     origin = sub.add_parser("origin", help="run the stub origin")
     origin.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8081)")
     origin.add_argument("--config", help="config file")
+    _admin_commands(sub)
     return parser
 
 
 def load(args: argparse.Namespace) -> Config:
     cfg = load_config(args.config)
-    return cfg.with_overrides(listen=args.listen, origin=args.origin, cache_dir=args.cache_dir)
+    return cfg.with_overrides(
+        listen=args.listen, origin=args.origin, cache_dir=args.cache_dir, admin_listen=args.admin_listen
+    )
 
 
 def setup_logging(cfg: Config) -> None:
@@ -54,16 +99,12 @@ def setup_logging(cfg: Config) -> None:
     )
 
 
-async def _run_forever(runners: list[web.AppRunner]) -> None:
+async def _wait_for_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+    await stop.wait()
 
 
 async def _start(app: web.Application, listen: str) -> web.AppRunner:
@@ -76,19 +117,31 @@ async def _start(app: web.Application, listen: str) -> web.AppRunner:
 
 
 async def serve(cfg: Config, origin_listen: str | None = None) -> None:
+    """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them."""
+    check_admin(cfg)
     runners: list[web.AppRunner] = []
-    if origin_listen is not None:
-        from origin_stub.app import create_app as create_origin
+    try:
+        if origin_listen is not None:
+            from origin_stub.app import create_app as create_origin
 
-        runners.append(await _start(create_origin(), origin_listen))
-        print(f"origin stub listening on http://{origin_listen}", flush=True)
-    runners.append(await _start(create_app(cfg, time.time), cfg.listen))
-    print(
-        f"edge {cfg.name} listening on http://{cfg.listen} -> origin {cfg.origin.url} "
-        f"(L2 in {cfg.cache.dir}); Ctrl-C stops",
-        flush=True,
-    )
-    await _run_forever(runners)
+            runners.append(await _start(create_origin(), origin_listen))
+            print(f"origin stub listening on http://{origin_listen}", flush=True)
+        app = create_app(cfg, time.time)
+        runners.append(await _start(app, cfg.listen))
+        admin = ""
+        if cfg.admin.enabled:
+            # Its own runner and port: the public listener forwards every path to the origin.
+            runners.append(await _start(create_admin_app(app), cfg.admin.listen))
+            admin = f"; admin API on http://{cfg.admin.listen}"
+        print(
+            f"edge {cfg.name} listening on http://{cfg.listen} -> origin {cfg.origin.url} "
+            f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
+            flush=True,
+        )
+        await _wait_for_signal()
+    finally:
+        for runner in reversed(runners):  # the admin API first, the edge's resources after it
+            await runner.cleanup()
 
 
 def _install_uvloop() -> None:
@@ -100,7 +153,12 @@ def _install_uvloop() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command in ("purge", "inspect", "stats"):
+        return admin_main(args)
     if args.command == "origin":
         from origin_stub.cli import main as origin_main
 
@@ -124,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = cfg.with_overrides(origin=f"http://{origin_listen}")
     try:
         asyncio.run(serve(cfg, origin_listen))
+    except ConfigError as exc:
+        print(f"minicdn: config error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"minicdn: cannot listen: {exc}", file=sys.stderr)
         return 1
@@ -133,3 +194,191 @@ def main(argv: Sequence[str] | None = None) -> int:
 def proxy_main(argv: Sequence[str] | None = None) -> int:
     """`python -m proxy [--listen ...]`: the same as `minicdn serve`."""
     return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+
+
+# --------------------------------------------------------------------------- admin commands
+
+
+class _UsageError(Exception):
+    pass
+
+
+def admin_main(args: argparse.Namespace) -> int:
+    """`minicdn purge | inspect | stats`: one call to the admin API, printed for a person (or --json)."""
+    try:
+        client = _admin_client(args)
+        if args.command == "purge":
+            return _purge(client, args)
+        if args.command == "inspect":
+            return _inspect(client, args)
+        return _stats(client, args)
+    except _UsageError as exc:
+        print(f"minicdn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"minicdn: config error: {exc}", file=sys.stderr)
+        return 2
+    except AdminClientError as exc:
+        print(f"minicdn: {exc}", file=sys.stderr)
+        return 1
+    except (TypeError, ValueError, AttributeError) as exc:  # JSON of an unexpected shape
+        print(f"minicdn: unexpected answer from the admin API: {exc}", file=sys.stderr)
+        return 1
+
+
+def _admin_client(args: argparse.Namespace) -> AdminClient:
+    if args.timeout <= 0:
+        raise _UsageError("--timeout must be greater than 0")
+    token: str | None = args.token if args.token is not None else os.environ.get("MINICDN_ADMIN_TOKEN")
+    cfg: Config | None = None
+    if args.config is not None or args.admin is None or token is None:
+        try:
+            cfg = load_config(args.config)
+        except ConfigError:
+            if args.config is not None or args.admin is None:
+                raise
+            # --admin was given: the default config file was only a place to look for a token.
+    if token is None and cfg is not None:
+        token = cfg.admin.token
+    if args.admin is not None:
+        try:
+            base = check_base_url(args.admin)
+        except ValueError as exc:
+            raise _UsageError(f"--admin: {exc}") from None
+    else:
+        assert cfg is not None
+        base = url_for_listen(cfg.admin.listen)
+    return AdminClient(base, token or None, args.timeout)
+
+
+def _purge(client: AdminClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any]
+    if args.all:
+        body = {"all": True}
+    elif args.url:
+        body = {"urls": args.url}
+    elif args.prefix:
+        body = {"prefixes": args.prefix}
+    else:
+        body = {"tags": args.tag}
+    if args.soft:
+        body["soft"] = True
+    try:
+        parse_purge_request(body)  # the server checks too; a bad value is a usage error here
+    except PurgeRequestError as exc:
+        raise _UsageError(str(exc)) from None
+    result = client.purge(body)
+    purged, epoch = result.get("purged"), result.get("epoch")
+    verb = "soft-purged (marked stale)" if args.soft else "purged"
+    if args.all:
+        print(f"{verb} everything (epoch {epoch})")
+    else:
+        print(f"{verb} {_plural(purged, 'entry', 'entries')} (epoch {epoch})")
+    return 0
+
+
+def _inspect(client: AdminClient, args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= MAX_LIMIT:
+        raise _UsageError(f"--limit must be from 1 to {MAX_LIMIT}")
+    for name in ("prefix", "tag"):
+        value = getattr(args, name)
+        if value is not None:
+            try:
+                parse_purge_request({name: value})
+            except PurgeRequestError as exc:
+                raise _UsageError(str(exc)) from None
+    entries = client.entries(prefix=args.prefix, tag=args.tag, limit=args.limit)
+    if args.json:
+        print(json.dumps(entries, indent=2, ensure_ascii=False))
+        return 0
+    if not entries:
+        print("no entries")
+        return 0
+    rows = [("URL", "TIER", "VARIANTS", "SIZE", "AGE", "TTL", "TAGS")]
+    rows += [_entry_row(e) for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)  # text left, numbers right
+            for i, (cell, width) in enumerate(zip(row[:-1], widths, strict=True))
+        ]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    more = " (the limit; --limit shows more)" if len(entries) >= args.limit else ""
+    print(f"{_plural(len(entries), 'entry', 'entries')}{more}")
+    return 0
+
+
+def _entry_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str, str]:
+    variants = [v for v in entry.get("variants", []) if isinstance(v, dict)]
+    ages = [int(v.get("age", 0)) for v in variants]
+    ttls = [int(v.get("ttl", 0)) for v in variants]
+    tags = sorted({str(t) for v in variants for t in v.get("tags", [])})
+    return (
+        str(entry.get("url", entry.get("key", "?"))),
+        str(entry.get("tier") or "-"),
+        str(len(variants)),
+        _bytes(int(entry.get("size", 0))),
+        f"{min(ages)}s" if ages else "-",  # the youngest variant
+        f"{max(ttls)}s" if ttls else "-",  # the longest-lived one
+        ",".join(tags) or "-",
+    )
+
+
+def _stats(client: AdminClient, args: argparse.Namespace) -> int:
+    stats = client.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        return 0
+    tiers = stats.get("tiers") or {}
+    groups: list[tuple[str, Any]] = [
+        ("engine", stats.get("engine")),
+        ("l1", tiers.get("l1")),
+        ("l2", tiers.get("l2")),
+        ("storage", stats.get("storage")),
+        ("purge", stats.get("purge")),
+        ("catalog", stats.get("catalog")),
+    ]
+    known = {"name", "tiers", *(name for name, _ in groups)}
+    groups += [(name, values) for name, values in stats.items() if name not in known]  # e.g. "edge"
+    print(f"node     {stats.get('name', '?')}")
+    for name, values in groups:
+        if values is None:
+            print(f"{name:<8} disabled")
+        elif isinstance(values, dict):
+            print(f"{name:<8} {_counters(name, values)}")
+        else:
+            print(f"{name:<8} {values}")
+    return 0
+
+
+def _counters(group: str, values: dict[str, Any]) -> str:
+    parts = [f"{key} {_bytes(value) if key == 'bytes' else value}" for key, value in _flat(values)]
+    if group == "engine":
+        looked_up = int(values.get("hits", 0)) + int(values.get("misses", 0))
+        if looked_up:
+            parts.insert(1, f"hit_ratio {100 * int(values.get('hits', 0)) / looked_up:.1f}%")
+    return "  ".join(parts)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested sections as dotted names: {"routing": {"local": 3}} -> [("routing.local", 3)]."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _plural(n: object, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

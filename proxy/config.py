@@ -153,22 +153,33 @@ class Config:
     fetch: FetchConfig = FetchConfig()
     admin: AdminConfig = AdminConfig()
     log: LogConfig = LogConfig()
+    # The `cluster:` section, validated by the edge layer (edge/config.py), which the proxy never imports.
+    cluster: Mapping[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"  # the file this came from, for messages
 
     def with_overrides(
-        self, *, listen: str | None = None, origin: str | None = None, cache_dir: str | None = None
+        self,
+        *,
+        listen: str | None = None,
+        origin: str | None = None,
+        cache_dir: str | None = None,
+        admin_listen: str | None = None,
     ) -> Config:
         """A copy with command-line overrides applied (validated like the file)."""
         cfg = self
         if listen is not None:
             _parse_listen(listen, "--listen", "command line")
             cfg = replace(cfg, listen=listen)
+        if admin_listen is not None:
+            _parse_listen(admin_listen, "--admin-listen", "command line")
+            cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
         if origin is not None:
             # The normalised URL (no trailing "/"): Upstream appends the request path to it.
             url = _check_origin_url(origin, "--origin", "command line")
             cfg = replace(cfg, origin=replace(cfg.origin, url=url))
         if cache_dir is not None:
             cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
+        check_admin(cfg)
         return cfg
 
     @property
@@ -225,7 +236,19 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     r.only(
         top,
         "",
-        {"name", "listen", "origin", "cache", "keys", "policy", "fetch", "admin", "log", "origin_stub"},
+        {
+            "name",
+            "listen",
+            "origin",
+            "cache",
+            "keys",
+            "policy",
+            "fetch",
+            "admin",
+            "log",
+            "cluster",
+            "origin_stub",
+        },
     )
     d = Config()
     name = r.string(top, "name", d.name)
@@ -350,6 +373,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         fetch=fetch,
         admin=admin,
         log=log,
+        cluster=r.mapping(top.get("cluster", {}), "cluster"),
         source=source,
     )
     return _apply_env(cfg)
@@ -378,6 +402,42 @@ def _apply_env(cfg: Config) -> Config:
         origin=os.environ.get("MINICDN_ORIGIN") or None,
         cache_dir=os.environ.get("MINICDN_CACHE_DIR") or None,
     )
+
+
+def check_admin(cfg: Config) -> None:
+    """The admin API needs a token unless it listens on loopback, and a port of its own.
+
+    Run on the final configuration (file, environment and command line applied), so a
+    MINICDN_ADMIN_TOKEN from the environment counts as configured.
+    """
+    admin = cfg.admin
+    if not admin.enabled:
+        return
+    host, port = _parse_listen(admin.listen, "admin.listen", cfg.source)
+    if not admin.token and not is_loopback(host):
+        raise ConfigError(
+            f"{cfg.source}: admin.listen: {admin.listen!r} is not a loopback address and no admin.token "
+            "is set; set admin.token (or MINICDN_ADMIN_TOKEN), or listen on 127.0.0.1"
+        )
+    if port != 0 and (host, port) == _parse_listen(cfg.listen, "listen", cfg.source):
+        raise ConfigError(
+            f"{cfg.source}: admin.listen: {admin.listen!r} is the public listen address; "
+            "the admin API needs a port of its own"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (also IPv4-mapped); a host name other than localhost is not."""
+    host = host.strip("[]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def parse_size(value: object) -> int:

@@ -1,0 +1,241 @@
+"""The admin API: purge, inspect and stats as JSON, on a listener of its own.
+
+`create_admin_app(main_app)` builds a separate aiohttp application that reads
+the engine, purger and storage of the proxy application at request time, so
+it can be created before the proxy starts and is never routed through the
+public port (which forwards every path to the origin).
+
+Routes (JSON in and out, `Cache-Control: no-store`):
+
+- `GET /healthz` (no token needed): `{"name": ..., "status": "ok"}`
+- `POST /purge` with a body such as `{"url": "/a"}`, `{"tags": ["x"]}`, `{"all": true, "soft": true}`
+- `GET /entries?prefix=/api/|tag=x&limit=100`: what is stored, per entry and variant
+- `GET /stats`: engine, tier, purge and catalogue counters
+
+With `admin.token` (or MINICDN_ADMIN_TOKEN) set, every route but `/healthz`
+needs `Authorization: Bearer <token>`. Without one the configuration only
+lets the API listen on loopback (`config.check_admin`), and a request from
+anywhere else is refused here as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from proxy.app import CONFIG_KEY, ENGINE_KEY, EXTRA_STATS_KEY, PURGER_KEY, STORAGE_KEY
+from proxy.config import is_loopback
+from proxy.purge import PurgeRequestError, parse_purge_request
+from proxy.storage.disk import DiskStorage
+
+log = logging.getLogger("proxy.admin")
+
+MAIN_APP_KEY = web.AppKey("main_app", web.Application)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_BODY = 1024 * 1024
+PUBLIC_PATHS = frozenset({"/healthz"})
+_ENTRY_PARAMS = frozenset({"prefix", "tag", "limit"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_admin_app(main_app: web.Application) -> web.Application:
+    """The admin application for the proxy application `main_app` (started or not yet)."""
+    app = web.Application(middlewares=[_json_errors, _authenticate], client_max_size=MAX_BODY)
+    app[MAIN_APP_KEY] = main_app
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_post("/purge", _purge)
+    app.router.add_get("/entries", _entries)
+    app.router.add_get("/stats", _stats)
+    return app
+
+
+def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.json_response(data, status=status, headers=headers, dumps=_dumps)
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+def error_reply(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return json_reply({"error": message}, status, headers)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------- middlewares
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is a JSON body; never a traceback, never an HTML page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE)}
+        return error_reply(exc.status, _describe(request, exc), headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("admin API error on %s %s", request.method, request.path_qs)
+        return error_reply(500, "internal error (see the proxy's log)")
+
+
+def _describe(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404:
+        return f"no admin route {request.path} (routes: /healthz, /purge, /entries, /stats)"
+    if exc.status == 405:
+        allowed = exc.headers.get(hdrs.ALLOW, "")
+        return f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
+    if exc.status == 413:
+        return f"request body is larger than {MAX_BODY} bytes"
+    return exc.reason
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    token = request.app[MAIN_APP_KEY][CONFIG_KEY].admin.token
+    if not token:
+        # Only reachable on loopback by configuration; refuse anything else all the same.
+        if request.remote is None or not is_loopback(request.remote):
+            return error_reply(403, "no admin token is configured: the admin API answers loopback only")
+        return await handler(request)
+    scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return error_reply(
+            401,
+            "an admin token is required (Authorization: Bearer <token>)",
+            {hdrs.WWW_AUTHENTICATE: 'Bearer realm="minicdn-admin"'},
+        )
+    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        return error_reply(
+            401,
+            "the admin token is not valid",
+            {hdrs.WWW_AUTHENTICATE: 'Bearer realm="minicdn-admin", error="invalid_token"'},
+        )
+    return await handler(request)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    cfg = request.app[MAIN_APP_KEY][CONFIG_KEY]
+    return json_reply({"name": cfg.name, "status": "ok"})
+
+
+def _running(request: web.Request) -> web.Application | None:
+    main = request.app[MAIN_APP_KEY]
+    return main if ENGINE_KEY in main else None
+
+
+def _not_running() -> web.Response:
+    return error_reply(503, "the proxy is not running (yet)")
+
+
+async def _purge(request: web.Request) -> web.Response:
+    raw = await request.read()
+    if not raw.strip():
+        return error_reply(400, 'request body is empty; send JSON such as {"url": "/path"}')
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return error_reply(400, f"request body is not valid JSON: {_short(exc)}")
+    try:
+        purge = parse_purge_request(body)
+    except PurgeRequestError as exc:
+        return error_reply(400, str(exc))
+    main = _running(request)
+    if main is None:
+        return _not_running()
+    result = await main[PURGER_KEY].purge(purge)
+    return json_reply({"purged": result.keys, "epoch": result.epoch, "kind": purge.kind, "soft": purge.soft})
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+async def _entries(request: web.Request) -> web.Response:
+    query = request.query
+    unknown = sorted(set(query) - _ENTRY_PARAMS)
+    if unknown:
+        return error_reply(400, f"unknown query parameter {unknown[0]!r} (use prefix, tag, limit)")
+    for name in _ENTRY_PARAMS:
+        if len(query.getall(name, [])) > 1:
+            return error_reply(400, f"give {name!r} once")
+    prefix = query.get("prefix")
+    tag = query.get("tag")
+    if prefix is not None and tag is not None:
+        return error_reply(400, "give prefix or tag, not both")
+    try:
+        # The purge request parser checks a prefix (a /path or http(s) URL) and a tag alike.
+        if prefix is not None:
+            parse_purge_request({"prefix": prefix})
+        if tag is not None:
+            parse_purge_request({"tag": tag})
+    except PurgeRequestError as exc:
+        return error_reply(400, str(exc))
+    limit_text = query.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(limit_text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        return error_reply(400, f"limit {limit_text!r} must be a whole number from 1 to {MAX_LIMIT}")
+    main = _running(request)
+    if main is None:
+        return _not_running()
+    entries = await main[PURGER_KEY].inspect(prefix=prefix, tag=tag, limit=min(limit, MAX_LIMIT))
+    return json_reply({"entries": entries})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    main = _running(request)
+    if main is None:
+        return _not_running()
+    cfg = main[CONFIG_KEY]
+    storage = main[STORAGE_KEY]
+    purger = main[PURGER_KEY]
+    l1, l2 = storage.l1, storage.l2
+    if isinstance(l2, DiskStorage):
+        await asyncio.to_thread(l2.refresh_stats)  # entries/bytes of the shared disk tier
+    catalogued = await asyncio.to_thread(purger.catalog.count)
+    stats: dict[str, Any] = {
+        "name": cfg.name,
+        "engine": dataclasses.asdict(main[ENGINE_KEY].stats),
+        "tiers": {
+            "l1": dataclasses.asdict(l1.stats) if l1 is not None else None,
+            "l2": dataclasses.asdict(l2.stats) if l2 is not None else None,
+        },
+        # Lookups as seen through both tiers (a hit in either is one hit) and dropped L2 writes;
+        # entries and bytes are per tier, above.
+        "storage": _without(dataclasses.asdict(storage.stats), "entries", "bytes"),
+        "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
+        "catalog": {"entries": catalogued},
+    }
+    extra = main.get(EXTRA_STATS_KEY)
+    if extra is not None:
+        # More sections from the layer above the proxy (the edge cluster); never replacing ours.
+        stats.update({k: v for k, v in extra().items() if k not in stats})
+    return json_reply(stats)
+
+
+def _without(values: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in names}
