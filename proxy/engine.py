@@ -29,7 +29,7 @@ from proxy.headers import Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.purger import Purger
 from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
-from proxy.routing import FetchRouter
+from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.tiered import TieredStorage
 from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
@@ -98,6 +98,7 @@ class Engine:
         self.purger = purger
         self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
         self.fetcher.router = router
+        self._tags_stripped = cfg.policy.strip_tag_fields and bool(cfg.policy.tag_fields)
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.
@@ -132,6 +133,8 @@ class Engine:
             return await self._pass(req, headers, "bypass", invalidate=False)
         key = self.fetcher.key_for(req)
         directives = policy.request_directives(headers, opts)
+        if HOP_HEADER in headers:
+            self.fetcher.stats.served_for_peers += 1
 
         resource, tier = await self.storage.aget(key)
         if resource is not None and (purger.bans or purger.ban_all is not None):
@@ -197,6 +200,9 @@ class Engine:
             return Reply(304, "Not Modified", out, b"", status)
         out.extend(entry.headers)
         out["Age"] = str(int(age))
+        if entry.tags and self._tags_stripped and HOP_HEADER in headers:
+            # A peer edge stores this too: it needs the tags that clients never see.
+            out[self.cfg.policy.tag_fields[0]] = " ".join(entry.tags)
         body = entry.body
         if (
             req.method == "GET"

@@ -40,7 +40,7 @@ class RoutingStats:
 
     forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
     owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
-    served_for_peers: int = 0  # fetches other edges sent here as the owner
+    served_for_peers: int = 0  # requests other edges sent here as the owner (hits included)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +188,7 @@ class Fetcher:
         route = None
         if router is not None:
             hop = f.client.headers.get(HOP_HEADER)
-            if hop is not None and router.is_peer(hop):
-                self.stats.served_for_peers += 1  # one hop at most: never forwarded again
-            else:
+            if hop is None or not router.is_peer(hop):  # one hop at most: never forwarded again
                 route = router.route(f.key)
         if route is not None and router is not None:
             peer_headers = out_headers.copy()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 HOP_HEADER = "X-Minicdn-Hop"
+# RFC 8615 well-known path each node answers itself (health checks by peers and load balancers).
+HEALTH_PATH = "/.well-known/minicdn/health"
 
 
 @dataclass(frozen=True, slots=True)

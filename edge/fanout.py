@@ -1,0 +1,171 @@
+"""Purge fan-out over a Redis Stream: a purge accepted by any edge reaches every edge.
+
+The accepting edge applies the purge itself, then appends it (what was asked:
+kind, values, soft; each edge resolves it against its own catalogue) to the
+stream. Every edge reads the stream from its own last-seen id, persisted with
+its L2, so an edge that was down applies what it missed before it serves
+again. When Redis is unreachable, local purges still work, the failures are
+counted and logged, unpublished purges wait in an outbox, and fan-out resumes
+when Redis returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from edge.config import ClusterConfig
+from proxy.purge import PurgeRequest
+from proxy.purger import Purger
+
+log = logging.getLogger("edge.fanout")
+
+LAST_ID_META = "purge_stream_last_id"
+
+
+@dataclass(slots=True)
+class FanoutStats:
+    published: int = 0
+    applied_from_stream: int = 0
+    redis_errors: int = 0
+    outbox: int = 0  # purges accepted here and not yet published
+    stream_lag_ms: float = 0.0  # publish-to-apply delay of the last purge applied from the stream
+    caught_up: bool = False
+    last_id: str = ""
+
+
+class PurgeFanout:
+    """Publishes this edge's purges and applies everyone else's."""
+
+    def __init__(self, cfg: ClusterConfig, name: str, redis: Any, purger: Purger) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.redis = redis
+        self.purger = purger
+        self.stats = FanoutStats()
+        self.outbox: deque[PurgeRequest] = deque(maxlen=100_000)
+        self._task: asyncio.Task[None] | None = None
+        self._last_id = ""
+
+    # -------------------------------------------------------------- publish
+
+    async def publish(self, request: PurgeRequest) -> None:
+        """The purger's listener: queue the purge and try to publish right away."""
+        self.outbox.append(request)
+        await self._flush_outbox()
+
+    async def _flush_outbox(self) -> None:
+        while self.outbox:
+            request = self.outbox[0]
+            fields = {
+                "from": self.name,
+                "kind": request.kind,
+                "values": json.dumps(list(request.values)),
+                "soft": "1" if request.soft else "0",
+            }
+            try:
+                await self.redis.xadd(
+                    self.cfg.purge_stream, fields, maxlen=self.cfg.stream_maxlen, approximate=True
+                )
+            except Exception as exc:
+                self.stats.redis_errors += 1
+                log.warning("publishing a purge to Redis failed (%s); %d waiting", exc, len(self.outbox))
+                break
+            self.outbox.popleft()
+            self.stats.published += 1
+        self.stats.outbox = len(self.outbox)
+
+    # ---------------------------------------------------------------- consume
+
+    async def catch_up(self) -> None:
+        """Apply every purge published since this edge last looked (call before serving)."""
+        stored = await asyncio.to_thread(self.purger.catalog.get_meta, LAST_ID_META)
+        try:
+            if stored is None:
+                # A new edge: a cache that already holds entries replays the whole stream,
+                # an empty one only needs what comes next.
+                count = await asyncio.to_thread(self.purger.catalog.count)
+                stored = "0" if count else await self._stream_end()
+            self._last_id = stored
+            while await self._read_batch(block_ms=None):
+                pass
+            self.stats.caught_up = True
+        except Exception as exc:
+            self._last_id = self._last_id or (stored or "0")
+            self.stats.redis_errors += 1
+            log.error("could not read the purge stream before serving (%s); serving, will retry", exc)
+
+    async def _stream_end(self) -> str:
+        newest = await self.redis.xrevrange(self.cfg.purge_stream, count=1)
+        return str(newest[0][0]) if newest else "0"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._consume_loop(), name="edge purge stream")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _consume_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                if self.outbox:
+                    await self._flush_outbox()
+                if not self.stats.caught_up and not self._last_id:
+                    await self.catch_up()
+                await self._read_batch(block_ms=1000)
+                self.stats.caught_up = True
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.redis_errors += 1
+                log.warning("purge stream read failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _read_batch(self, block_ms: int | None) -> int:
+        """Read and apply one batch after the last id; returns how many entries were read."""
+        kwargs: dict[str, Any] = {"count": 500}
+        if block_ms is not None:
+            kwargs["block"] = block_ms
+        result = await self.redis.xread({self.cfg.purge_stream: self._last_id or "0"}, **kwargs)
+        if not result:
+            return 0
+        entries = result[0][1]
+        for entry_id, fields in entries:
+            await self._apply(str(entry_id), fields)
+        await asyncio.to_thread(self.purger.catalog.set_meta, LAST_ID_META, self._last_id)
+        return len(entries)
+
+    async def _apply(self, entry_id: str, fields: dict[str, str]) -> None:
+        self._last_id = entry_id
+        self.stats.last_id = entry_id
+        if fields.get("from") == self.name:
+            return  # applied locally when it was accepted
+        try:
+            request = PurgeRequest(
+                fields["kind"],  # type: ignore[arg-type]
+                tuple(json.loads(fields.get("values", "[]"))),
+                fields.get("soft") == "1",
+            )
+        except (KeyError, ValueError, TypeError):
+            log.warning("ignoring malformed purge stream entry %s", entry_id)
+            return
+        if request.kind not in ("url", "prefix", "tag", "all"):
+            log.warning("ignoring purge stream entry %s of kind %r", entry_id, request.kind)
+            return
+        await self.purger.purge(request, propagate=False)
+        self.stats.applied_from_stream += 1
+        published_ms = int(entry_id.split("-", 1)[0])
+        self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)

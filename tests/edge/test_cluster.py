@@ -1,0 +1,212 @@
+"""Several edges in front of one origin behave as one cache (issue: edges).
+
+Real edges on loopback sockets, a real redis-server, the real origin stub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from edge.hashing import owner
+from proxy.config import Config
+from proxy.purge import PurgeRequest
+from tests.edge.conftest import Edge, RedisServer, StartEdges
+from tests.functional.conftest import FakeClock, Origin, cache_status
+
+
+def members(edge: Edge) -> list[tuple[str, float]]:
+    return edge.node.membership.members()
+
+
+def key_for(path: str) -> str:
+    return f"|http://cdn.example{path}"
+
+
+def path_owned_by(edge_name: str, edges: list[Edge], stem: str = "/max-age/600?o=") -> str:
+    for i in range(1000):
+        path = f"{stem}{i}"
+        if owner(key_for(path), members(edges[0])) == edge_name:
+            return path
+    raise AssertionError("no key owned by " + edge_name)
+
+
+async def test_same_url_through_each_of_three_edges_reaches_the_origin_once(
+    start_edges: StartEdges, origin: Origin
+) -> None:
+    edges = await start_edges(3)
+    path = path_owned_by("edge-2", edges)
+    bodies = set()
+    for edge in (edges[0], edges[2], edges[1]):
+        resp, body = await edge.get(path)
+        assert resp.status == 200
+        bodies.add(body)
+    assert len(bodies) == 1
+    assert await origin.hits("/max-age/600") == 1
+    assert edges[0].node.stats(edges[0].server.app)["routing"]["forwarded_to_owner"] == 1
+    assert edges[1].server.app  # owner
+    assert edges[1].node.stats(edges[1].server.app)["routing"]["served_for_peers"] == 2
+
+
+async def test_owner_cache_status_member_is_kept(start_edges: StartEdges) -> None:
+    edges = await start_edges(3)
+    path = path_owned_by("edge-3", edges)
+    resp, _ = await edges[0].get(path)
+    status = resp.headers["Cache-Status"]
+    assert status.startswith("edge-3;fwd=uri-miss") and "edge-1;fwd=uri-miss" in status, status
+    resp, _ = await edges[1].get(path)
+    assert resp.headers["Cache-Status"].startswith("edge-3;hit"), resp.headers["Cache-Status"]
+
+
+async def test_300_concurrent_cold_requests_over_three_edges_reach_the_origin_once(
+    start_edges: StartEdges, origin: Origin, big_session: aiohttp.ClientSession
+) -> None:
+    edges = await start_edges(3)
+
+    async def one(i: int) -> int:
+        edge = edges[i % 3]
+        async with big_session.get(edge.url + "/slow?ms=300", headers={"Host": "cdn.example"}) as resp:
+            await resp.read()
+            return resp.status
+
+    statuses = await asyncio.gather(*(one(i) for i in range(300)))
+    assert statuses == [200] * 300
+    assert await origin.hits("/slow") == 1
+
+
+async def test_purge_on_one_edge_reaches_the_others_within_100ms(
+    start_edges: StartEdges, redis_url: str
+) -> None:
+    edges = await start_edges(3, redis_url=redis_url)
+    path = "/tags?keys=news"
+    for edge in edges:
+        await edge.get(path)
+        assert key_for(path) in edge.storage
+    latencies = []
+    for round_ in range(3):
+        if round_:
+            for edge in edges:
+                await edge.get(path)
+        started = time.monotonic()
+        await edges[0].purger.purge(PurgeRequest("tag", ("news",)))
+        deadline = started + 1.0
+        while any(key_for(path) in e.storage for e in edges[1:]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        latencies.append(time.monotonic() - started)
+    assert max(latencies) < 0.1, latencies
+    for edge in edges[1:]:
+        resp, _ = await edge.get(path)
+        assert "hit" not in cache_status(resp).split(";")
+        assert edge.node.fanout is not None and edge.node.fanout.stats.applied_from_stream == 3
+
+
+async def test_edge_stopped_during_a_purge_applies_it_before_serving_again(
+    start_edges: StartEdges, redis_url: str, origin: Origin, aiohttp_server: object
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    path = "/tags?keys=gone"
+    for edge in edges:
+        await edge.get(path)
+    second_cfg: Config = edges[1].cfg
+    port = edges[1].server.port
+    await edges[1].server.close()  # edge-2 is down (its L2 keeps the object)
+    await edges[0].purger.purge(PurgeRequest("tag", ("gone",)))
+    restarted = await start_edges(
+        1,
+        redis_url=redis_url,
+        ports=[port],
+        names=["edge-2"],
+        owner_routing=False,
+        peers=[{"name": "edge-2", "url": f"http://127.0.0.1:{port}"}],
+    )
+    assert restarted[0].cfg.cache.dir == second_cfg.cache.dir
+    resp, _ = await restarted[0].get(path)
+    assert "fwd=uri-miss" in cache_status(resp)
+    assert restarted[0].node.fanout is not None and restarted[0].node.fanout.stats.applied_from_stream == 1
+
+
+async def test_killing_the_owner_does_not_fail_requests(start_edges: StartEdges, origin: Origin) -> None:
+    edges = await start_edges(3)
+    path = path_owned_by("edge-3", edges)
+    await edges[2].server.close()  # the owner dies
+    resp, _ = await edges[0].get(path)
+    assert resp.status == 200
+    stats = edges[0].node.stats(edges[0].server.app)["routing"]
+    assert stats["owner_fallbacks"] + stats["owner_unavailable"] >= 1
+    # Once the breaker or the health check has marked it, requests go straight to the origin.
+    resp, _ = await edges[1].get(path_owned_by("edge-3", edges, stem="/max-age/600?p="))
+    assert resp.status == 200
+
+
+async def test_redis_outage_keeps_local_purges_and_fan_out_resumes(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    path = "/tags?keys=later"
+    for edge in edges:
+        await edge.get(path)
+    redis_server.stop()
+    result = await edges[0].purger.purge(PurgeRequest("tag", ("later",)))
+    assert result.keys == 1 and key_for(path) not in edges[0].storage  # the local purge worked
+    fanout = edges[0].node.fanout
+    assert fanout is not None and fanout.stats.redis_errors >= 1 and fanout.stats.outbox == 1
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while key_for(path) in edges[1].storage and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert key_for(path) not in edges[1].storage
+    assert fanout.stats.outbox == 0
+
+
+async def test_peers_join_through_redis_heartbeats(start_edges: StartEdges, redis_url: str) -> None:
+    first = (await start_edges(1, redis_url=redis_url, names=["edge-a"]))[0]
+    second = (await start_edges(1, redis_url=redis_url, names=["edge-b"]))[0]
+    deadline = time.monotonic() + 5
+    while "edge-b" not in first.node.membership.states and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert {"edge-a", "edge-b"} <= set(first.node.membership.states)
+    await second.server.close()  # stops heartbeating and deletes its key
+    deadline = time.monotonic() + 5
+    while "edge-b" in first.node.membership.states and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert "edge-b" not in first.node.membership.states
+
+
+async def test_shield_tier_keeps_age_and_cache_status_right(
+    start_edges: StartEdges, origin: Origin, clock: FakeClock
+) -> None:
+    shield = (await start_edges(1, names=["shield"], owner_routing=False, use_clock=True))[0]
+    edge_a, edge_b = await start_edges(
+        2, names=["edge-a", "edge-b"], origin_url=shield.url, owner_routing=False, use_clock=True
+    )
+    resp, body = await edge_a.get("/max-age/60")
+    status = resp.headers["Cache-Status"]
+    assert status.startswith("shield;fwd=uri-miss") and "edge-a;fwd=uri-miss" in status, status
+    clock.advance(10)
+    resp, body_b = await edge_b.get("/max-age/60")  # a miss at edge-b, a hit at the shield
+    status = resp.headers["Cache-Status"]
+    assert status.startswith("shield;hit;ttl=50") and "edge-b;fwd=uri-miss" in status, status
+    assert resp.headers["Age"] == "10" and body_b == body
+    clock.advance(5)
+    resp, _ = await edge_b.get("/max-age/60")
+    assert resp.headers["Age"] == "15" and "edge-b;hit;ttl=45" in resp.headers["Cache-Status"]
+    assert await origin.hits("/max-age/60") == 1
+
+
+async def test_edge_stats_report_routing_and_stream(start_edges: StartEdges, redis_url: str) -> None:
+    edges = await start_edges(2, redis_url=redis_url)
+    path = path_owned_by("edge-2", edges)
+    await edges[0].get(path)
+    await edges[1].purger.purge(PurgeRequest("url", (path,)))
+    deadline = time.monotonic() + 2
+    fanout = edges[0].node.fanout
+    assert fanout is not None
+    while fanout.stats.applied_from_stream < 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    stats = edges[0].node.stats(edges[0].server.app)
+    assert stats["routing"]["forwarded_to_owner"] == 1
+    assert stats["purge_stream"]["applied_from_stream"] == 1
+    assert stats["purge_stream"]["stream_lag_ms"] >= 0
+    assert set(stats["members"]) == {"edge-1", "edge-2"}
