@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.cache_status import CacheStatus, appended, member
 from proxy.config import Config
@@ -55,7 +56,12 @@ _HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()
 def open_purger(cfg: Config, storage: TieredStorage, clock: Callable[[], float]) -> Purger:
     """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
     directory = cfg.cache.dir if cfg.cache.l2.enabled else None
-    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock)
+    origin_authority = URL(cfg.origin.url).raw_authority
+
+    def key_host(host: str) -> str:  # the same rule as Fetcher.key_host
+        return host if cfg.origin.host_header == "client" and host else origin_authority
+
+    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock, key_host)
 
 
 def open_storage(cfg: Config) -> TieredStorage:

@@ -18,7 +18,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -70,9 +71,20 @@ def _admin_commands(sub: Any) -> None:
     _admin_args(stats)
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class ExtraCommand:
+    """A subcommand another layer adds (the edge layer adds `cluster`)."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minicdn", description="HTTP caching reverse proxy and mini-CDN")
     sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in (extra or {}).items():
+        command.add_arguments(sub.add_parser(name, help=command.help))
     _serve_args(sub.add_parser("serve", help="run one edge node in front of the origin"))
     up = sub.add_parser("up", help="run the stub origin and one edge in front of it (demo)")
     _serve_args(up)
@@ -116,8 +128,15 @@ async def _start(app: web.Application, listen: str) -> web.AppRunner:
     return runner
 
 
-async def serve(cfg: Config, origin_listen: str | None = None) -> None:
-    """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them."""
+AppFactory = Callable[[Config, Callable[[], float]], web.Application]
+
+
+async def serve(cfg: Config, origin_listen: str | None = None, app_factory: AppFactory = create_app) -> None:
+    """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them.
+
+    `app_factory` builds the public app; the edge layer passes its own (a
+    proxy joined to a cluster), since proxy/ never imports edge/.
+    """
     check_admin(cfg)
     runners: list[web.AppRunner] = []
     try:
@@ -126,7 +145,7 @@ async def serve(cfg: Config, origin_listen: str | None = None) -> None:
 
             runners.append(await _start(create_origin(), origin_listen))
             print(f"origin stub listening on http://{origin_listen}", flush=True)
-        app = create_app(cfg, time.time)
+        app = app_factory(cfg, time.time)
         runners.append(await _start(app, cfg.listen))
         admin = ""
         if cfg.admin.enabled:
@@ -152,11 +171,17 @@ def _install_uvloop() -> None:
     uvloop.install()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    app_factory: AppFactory = create_app,
+    extra: Mapping[str, ExtraCommand] | None = None,
+) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(extra).parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, message printed)
         return exc.code if isinstance(exc.code, int) else 2
+    if extra and args.command in extra:
+        return extra[args.command].run(args)
     if args.command in ("purge", "inspect", "stats"):
         return admin_main(args)
     if args.command == "origin":
@@ -181,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.origin is None:
             cfg = cfg.with_overrides(origin=f"http://{origin_listen}")
     try:
-        asyncio.run(serve(cfg, origin_listen))
+        asyncio.run(serve(cfg, origin_listen, app_factory))
     except ConfigError as exc:
         print(f"minicdn: config error: {exc}", file=sys.stderr)
         return 2

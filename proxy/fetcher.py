@@ -150,8 +150,19 @@ class Fetcher:
         """Origin response headers as sent to a client on a pass-through."""
         return end_to_end(origin_headers, self._drop_response)
 
+    def key_host(self, client_host: str) -> str:
+        """The host in cache keys: exactly what the origin sees as Host.
+
+        With `origin.host_header: origin` the origin never sees the client's
+        Host, so keying on it would only split one object into one entry per
+        spelling (and per edge port); with `client` it is part of the request.
+        """
+        if self.cfg.origin.host_header == "client" and client_host:
+            return client_host
+        return self.origin_authority
+
     def key_for(self, req: ClientRequest) -> str:
-        return primary_key(req.scheme, req.host or self.origin_authority, req.path, req.query, self.cfg.keys)
+        return primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)
 
     # ------------------------------------------------------------- fetch
 
@@ -318,9 +329,6 @@ class Fetcher:
                 continue
             if target.raw_authority.lower() != base.raw_authority.lower():
                 continue  # §4.4: never for another host (one origin must not purge another)
-            keys.add(
-                primary_key(
-                    req.scheme, target.raw_authority, target.raw_path, target.raw_query_string, self.cfg.keys
-                )
-            )
+            host = self.key_host(target.raw_authority)
+            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, self.cfg.keys))
         await self.purger.invalidate(sorted(keys))

@@ -71,11 +71,14 @@ class Purger:
         epoch: EpochCounter,
         keys_cfg: KeyConfig,
         clock: Callable[[], float],
+        key_host: Callable[[str], str] = lambda host: host,
     ) -> None:
         self.storage = storage
         self.catalog = catalog
         self.epoch = epoch
         self.keys_cfg = keys_cfg
+        # The host cache keys use for a URL's host (see Fetcher.key_host).
+        self.key_host = key_host
         self.clock = clock
         self.stats = PurgeStats()
         self.bans: dict[str, Ban] = {}
@@ -226,14 +229,15 @@ class Purger:
         if value.startswith("/"):
             return value
         url = URL(value, encoded=True)
-        key = primary_key(url.scheme, url.raw_authority, url.raw_path, url.raw_query_string, self.keys_cfg)
+        host = self.key_host(url.raw_authority)
+        key = primary_key(url.scheme, host, url.raw_path, url.raw_query_string, self.keys_cfg)
         return split_key(key)[0]
 
     def _normalise_prefix(self, value: str) -> str:
         if value.startswith("/"):
             return value
         url = URL(value, encoded=True)
-        key = primary_key(url.scheme, url.raw_authority, "/", "", self.keys_cfg)
+        key = primary_key(url.scheme, self.key_host(url.raw_authority), "/", "", self.keys_cfg)
         base = split_key(key)[0].rstrip("/")
         rest = value.split("://", 1)[1]
         slash = rest.find("/")

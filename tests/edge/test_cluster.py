@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import aiohttp
+from yarl import URL
 
 from edge.hashing import owner
 from proxy.config import Config
@@ -21,14 +22,15 @@ def members(edge: Edge) -> list[tuple[str, float]]:
     return edge.node.membership.members()
 
 
-def key_for(path: str) -> str:
-    return f"|http://cdn.example{path}"
+def key_for(edge: Edge, path: str) -> str:
+    """The cache key of path on this edge: keys use the host the origin sees (origin.host_header)."""
+    return f"|http://{URL(edge.cfg.origin.url).raw_authority}{path}"
 
 
 def path_owned_by(edge_name: str, edges: list[Edge], stem: str = "/max-age/600?o=") -> str:
     for i in range(1000):
         path = f"{stem}{i}"
-        if owner(key_for(path), members(edges[0])) == edge_name:
+        if owner(key_for(edges[0], path), members(edges[0])) == edge_name:
             return path
     raise AssertionError("no key owned by " + edge_name)
 
@@ -83,7 +85,7 @@ async def test_purge_on_one_edge_reaches_the_others_within_100ms(
     path = "/tags?keys=news"
     for edge in edges:
         await edge.get(path)
-        assert key_for(path) in edge.storage
+        assert key_for(edge, path) in edge.storage
     latencies = []
     for round_ in range(3):
         if round_:
@@ -92,7 +94,7 @@ async def test_purge_on_one_edge_reaches_the_others_within_100ms(
         started = time.monotonic()
         await edges[0].purger.purge(PurgeRequest("tag", ("news",)))
         deadline = started + 1.0
-        while any(key_for(path) in e.storage for e in edges[1:]) and time.monotonic() < deadline:
+        while any(key_for(e, path) in e.storage for e in edges[1:]) and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
         latencies.append(time.monotonic() - started)
     assert max(latencies) < 0.1, latencies
@@ -149,14 +151,14 @@ async def test_redis_outage_keeps_local_purges_and_fan_out_resumes(
         await edge.get(path)
     redis_server.stop()
     result = await edges[0].purger.purge(PurgeRequest("tag", ("later",)))
-    assert result.keys == 1 and key_for(path) not in edges[0].storage  # the local purge worked
+    assert result.keys == 1 and key_for(edges[0], path) not in edges[0].storage  # the local purge worked
     fanout = edges[0].node.fanout
     assert fanout is not None and fanout.stats.redis_errors >= 1 and fanout.stats.outbox == 1
     redis_server.start()
     deadline = time.monotonic() + 10
-    while key_for(path) in edges[1].storage and time.monotonic() < deadline:
+    while key_for(edges[1], path) in edges[1].storage and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert key_for(path) not in edges[1].storage
+    assert key_for(edges[1], path) not in edges[1].storage
     assert fanout.stats.outbox == 0
 
 

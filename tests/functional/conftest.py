@@ -113,7 +113,9 @@ def make_config(origin_url: str, cache_dir: Path, **overrides: Any) -> Config:
     """A test config: small budgets, the given origin, L2 in a temporary directory."""
     cfg = Config(
         name="edge-test",
-        origin=OriginConfig(url=origin_url, connect_timeout=2.0, read_timeout=2.0),
+        # host_header "client": the origin sees, and keys use, the Host the test sends, so tests
+        # can name entries by host ("cdn.example"); the default ("origin") has its own tests.
+        origin=OriginConfig(url=origin_url, connect_timeout=2.0, read_timeout=2.0, host_header="client"),
         cache=CacheConfig(
             dir=str(cache_dir),
             max_object_size=1024 * 1024,

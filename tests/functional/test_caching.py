@@ -332,3 +332,23 @@ async def test_date_added_when_origin_sends_none(proxy: Proxy, clock: FakeClock)
     clock.advance(3)
     hit, _ = await proxy.get("/max-age/60?nodate=1")
     assert hit.headers["Date"] == resp.headers["Date"] and hit.headers["Age"] == "3"
+
+
+async def test_rfc9111_s2_key_host_is_what_the_origin_sees(start_proxy: ProxyFactory, origin: Origin) -> None:
+    """With origin.host_header "origin" (the default) the origin never sees the client's Host, so
+    every spelling of it (localhost:8080, 127.0.0.1:8080, an edge's own port) shares one entry."""
+    from proxy.config import OriginConfig
+
+    proxy = await start_proxy(origin=OriginConfig(url=origin.url))
+    await proxy.get("/max-age/60", headers={"Host": "localhost:8080"})
+    resp, _ = await proxy.get("/max-age/60", headers={"Host": "127.0.0.1:8082"})
+    assert "hit" in cache_status(resp)
+    assert await origin.hits("/max-age/60") == 1
+
+
+async def test_key_host_is_the_clients_when_the_origin_sees_it(proxy: Proxy, origin: Origin) -> None:
+    """With host_header "client" the Host reaches the origin, which may answer per host: separate entries."""
+    await proxy.get("/max-age/60", headers={"Host": "a.example"})
+    resp, _ = await proxy.get("/max-age/60", headers={"Host": "b.example"})
+    assert "fwd=uri-miss" in cache_status(resp)
+    assert await origin.hits("/max-age/60") == 2

@@ -173,7 +173,10 @@ async def test_via_on_a_cache_hit(proxy: Proxy, origin: Origin, clock: FakeClock
 # --------------------------------------------------------------------------- Host
 
 
-async def test_host_sent_to_the_origin_is_the_origins_by_default(proxy: Proxy, origin: Origin) -> None:
+async def test_host_sent_to_the_origin_is_the_origins_by_default(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    proxy = await start_proxy(origin=_origin_cfg(origin))  # the shipped default: host_header "origin"
     await proxy.get("/echo", headers={"Host": "cdn.example"})
     async with proxy.request("PUT", "/echo", headers={"Host": "cdn.example"}, data=b"x") as r:
         await r.read()

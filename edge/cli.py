@@ -1,0 +1,52 @@
+"""The `minicdn` command: the proxy's commands, with edges joining a cluster, plus `minicdn cluster`.
+
+`serve` / `up` build a plain proxy, or an edge when the config's `cluster:`
+section (or MINICDN_CLUSTER=1) enables it; `cluster` runs a local cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from edge.cluster import add_cluster_arguments, run_cluster
+from edge.config import cluster_config
+from edge.node import create_edge_app
+from proxy import cli as proxy_cli
+from proxy.app import create_app
+from proxy.config import Config
+
+COMMANDS = {
+    "cluster": proxy_cli.ExtraCommand(
+        help="run the stub origin, Redis and N edges (optionally behind a shield) on this machine",
+        add_arguments=add_cluster_arguments,
+        run=run_cluster,
+    )
+}
+
+
+def edge_or_proxy_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:
+    """An edge when the config enables the cluster, else a lone proxy."""
+    if cluster_config(cfg).enabled:
+        return create_edge_app(cfg, clock)
+    return create_app(cfg, clock)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return proxy_cli.build_parser(COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return proxy_cli.main(argv, app_factory=edge_or_proxy_app, extra=COMMANDS)
+
+
+def edge_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m edge [--listen ...]`: `minicdn serve` with the cluster enabled."""
+    import os
+
+    os.environ.setdefault("MINICDN_CLUSTER", "1")
+    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
