@@ -208,11 +208,18 @@ def run_cluster(args: argparse.Namespace) -> int:
         for member in members:
             print(f"{member.name:<13} {member.url}   admin http://{member.admin}")
         print("Ctrl-C stops them all.", flush=True)
+        # An edge that dies is reported, not fatal: the others keep serving (that is the point).
+        reported: set[int] = set()
+        names = {m.proc.pid: m.name for m in members if m.proc is not None}
         while not stopping:
             for proc in procs:
-                if proc.poll() is not None:
-                    print(f"minicdn cluster: process {proc.pid} exited; stopping", file=sys.stderr)
-                    return 1
+                if proc.poll() is not None and proc.pid not in reported:
+                    reported.add(proc.pid)
+                    what = names.get(proc.pid, f"process {proc.pid}")
+                    print(
+                        f"minicdn cluster: {what} exited ({proc.returncode}); the rest keep running",
+                        flush=True,
+                    )
             time.sleep(0.2)
         return 0
     except RuntimeError as exc:
