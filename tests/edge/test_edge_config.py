@@ -1,4 +1,4 @@
-"""The cluster section: defaults documented in config.yaml, validation that names key and file, env overrides."""
+"""The cluster section: defaults documented in config.yaml, errors that name key and file, env overrides."""
 
 from __future__ import annotations
 
