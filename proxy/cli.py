@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from proxy.admin_client import AdminClient, AdminClientError, check_base_url, ur
 from proxy.app import create_app
 from proxy.config import Config, ConfigError, check_admin, load_config
 from proxy.purge import PurgeRequestError, parse_purge_request
+from proxy.server import PublicListener, start_public
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +39,11 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:8081 (overrides the config)")
     parser.add_argument("--cache-dir", help="directory of the L2 disk tier (overrides the config)")
     parser.add_argument("--admin-listen", help="HOST:PORT of the admin API (overrides the config)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the port (overrides the config; 0: one per core)",
+    )
 
 
 def _admin_args(parser: argparse.ArgumentParser) -> None:
@@ -131,36 +138,84 @@ async def _start(app: web.Application, listen: str) -> web.AppRunner:
 AppFactory = Callable[[Config, Callable[[], float]], web.Application]
 
 
-async def serve(cfg: Config, origin_listen: str | None = None, app_factory: AppFactory = create_app) -> None:
+async def serve(
+    cfg: Config,
+    origin_listen: str | None = None,
+    app_factory: AppFactory = create_app,
+    *,
+    worker: int = 0,
+    workers: int = 1,
+) -> None:
     """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them.
 
     `app_factory` builds the public app; the edge layer passes its own (a
-    proxy joined to a cluster), since proxy/ never imports edge/.
+    proxy joined to a cluster), since proxy/ never imports edge/. With several
+    workers each runs this with its own L1 on a shared port (SO_REUSEPORT) and
+    the shared L2; worker 0 also runs the admin API and the stub origin.
     """
     check_admin(cfg)
     runners: list[web.AppRunner] = []
+    public: PublicListener | None = None
     try:
-        if origin_listen is not None:
+        if origin_listen is not None and worker == 0:
             from origin_stub.app import create_app as create_origin
 
             runners.append(await _start(create_origin(), origin_listen))
             print(f"origin stub listening on http://{origin_listen}", flush=True)
         app = app_factory(cfg, time.time)
-        runners.append(await _start(app, cfg.listen))
+        host, port = cfg.listen_host_port
+        public = await start_public(app, host, port, reuse_port=workers > 1)
         admin = ""
-        if cfg.admin.enabled:
+        if cfg.admin.enabled and worker == 0:
             # Its own runner and port: the public listener forwards every path to the origin.
             runners.append(await _start(create_admin_app(app), cfg.admin.listen))
             admin = f"; admin API on http://{cfg.admin.listen}"
-        print(
-            f"edge {cfg.name} listening on http://{cfg.listen} -> origin {cfg.origin.url} "
-            f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
-            flush=True,
-        )
+        if worker == 0:
+            several = f" ({workers} workers)" if workers > 1 else ""
+            print(
+                f"edge {cfg.name} listening on http://{cfg.listen}{several} -> origin {cfg.origin.url} "
+                f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
+                flush=True,
+            )
         await _wait_for_signal()
     finally:
-        for runner in reversed(runners):  # the admin API first, the edge's resources after it
+        for runner in reversed(runners):  # the admin API first
             await runner.cleanup()
+        if public is not None:
+            await public.close()  # then the edge: connections, write-behind drain, files
+
+
+def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: AppFactory) -> int:
+    """Fork n worker processes sharing the port; forward SIGINT / SIGTERM; exit when all have."""
+    children: list[int] = []
+    for index in range(n):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                _install_uvloop()
+                asyncio.run(serve(cfg, origin_listen, app_factory, worker=index, workers=n))
+            except OSError as exc:
+                print(f"minicdn: worker {index} cannot listen: {exc}", file=sys.stderr)
+                code = 1
+            except BaseException:
+                logging.getLogger("proxy.cli").exception("worker %d failed", index)
+                code = 1
+            os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    worst = 0
+    for child in children:
+        _, status = os.waitpid(child, 0)
+        worst = max(worst, os.waitstatus_to_exitcode(status))
+    return worst
 
 
 def _install_uvloop() -> None:
@@ -205,6 +260,18 @@ def main(
         origin_listen = args.origin_listen
         if args.origin is None:
             cfg = cfg.with_overrides(origin=f"http://{origin_listen}")
+    workers = args.workers if args.workers is not None else cfg.workers
+    if args.command == "up" and args.workers is None:
+        workers = 1  # the demo: one process, so every hit in the curl session comes from one L1
+    if workers == 0:
+        workers = os.cpu_count() or 1
+    if workers > 1:
+        try:
+            check_admin(cfg)
+        except ConfigError as exc:
+            print(f"minicdn: config error: {exc}", file=sys.stderr)
+            return 2
+        return run_workers(workers, cfg, origin_listen, app_factory)
     try:
         asyncio.run(serve(cfg, origin_listen, app_factory))
     except ConfigError as exc:

@@ -146,6 +146,7 @@ class Config:
 
     name: str = "edge-1"  # this node's name: its Cache-Status member and Via pseudonym
     listen: str = "127.0.0.1:8080"
+    workers: int = 0  # processes sharing the listen port, each with its own L1; 0: one per core
     origin: OriginConfig = OriginConfig()
     cache: CacheConfig = CacheConfig()
     keys: KeyConfig = KeyConfig()
@@ -239,6 +240,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         {
             "name",
             "listen",
+            "workers",
             "origin",
             "cache",
             "keys",
@@ -256,6 +258,9 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         raise r.error("name", "must start with a letter and use only letters, digits, '.', '_' and '-'")
     listen = r.string(top, "listen", d.listen)
     _parse_listen(listen, "listen", source)
+    workers = top.get("workers", d.workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
+        raise r.error("workers", "must be a whole number from 0 (one per core) to 256")
 
     o = r.mapping(top.get("origin", {}), "origin")
     r.only(o, "origin", set(OriginConfig.__dataclass_fields__))
@@ -366,6 +371,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     cfg = Config(
         name=name,
         listen=listen,
+        workers=workers,
         origin=origin,
         cache=cache,
         keys=keys,

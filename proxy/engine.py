@@ -37,6 +37,17 @@ __all__ = ["ClientRequest", "Engine", "EngineStats", "Reply", "error_reply"]
 
 log = logging.getLogger("proxy.engine")
 
+# Request fields that need more than a stored response's bytes (see Engine.fast_hit).
+_NOT_FAST = (
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Match",
+    "If-Unmodified-Since",
+    "If-Range",
+    "Range",
+    HOP_HEADER,
+)
+
 Clock = Callable[[], float]
 
 
@@ -110,6 +121,47 @@ class Engine:
         await self.flights.close()
 
     # ------------------------------------------------------------------ entry
+
+    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float] | None:
+        """(entry, age, ttl) when the request is a plain fresh hit in L1, else None.
+
+        The hit path of the lean front end (proxy/fastpath.py): no await, no
+        I/O, the same policy calls as handle(). Anything that needs more than
+        the stored bytes (conditionals, ranges, stale serving, revalidation,
+        refresh-ahead, pending purges, a peer asking) returns None and goes
+        through handle(), so every RFC rule still applies.
+        """
+        purger = self.purger
+        if purger.behind() or purger.bans or purger.ban_all is not None:
+            return None
+        headers = req.headers
+        for name in _NOT_FAST:
+            if name in headers:
+                return None
+        if req.method not in policy.CACHEABLE_METHODS:
+            return None
+        resource = self.storage.l1_get(self.fetcher.key_for(req))
+        if resource is None:
+            return None
+        opts = self.cfg.policy
+        normalised = CIMultiDict(headers)
+        normalised["Accept-Encoding"] = normalise_accept_encoding(
+            headers.get("Accept-Encoding"), opts.accept_encodings
+        )
+        entry = select_variant(resource, normalised)
+        if entry is None:
+            return None
+        now = self.clock()
+        decision = policy.decide(
+            req.method, policy.request_directives(normalised, opts), entry, True, now, opts
+        )
+        if not isinstance(decision, policy.Deliver) or decision.stale:
+            return None
+        if policy.refresh_ahead_due(entry, decision.ttl, self.cfg.fetch.refresh_ahead_fraction):
+            return None
+        self.stats.requests += 1
+        self.stats.hits += 1
+        return entry, decision.age, decision.ttl
 
     async def handle(self, req: ClientRequest) -> Reply:
         """Answer one client request."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from proxy import wire
+
 # A header list in wire order; names keep the origin's spelling.
 HeaderList = tuple[tuple[str, str], ...]
 
@@ -57,6 +59,18 @@ class StoredResponse:
     # purge with a later epoch covering this key makes it invalid, whatever
     # tier or worker holds a copy (see proxy/purge.py).
     fetch_epoch: int = 0
+    # Derived at construction, never stored by the codec: the status line and
+    # header block as sent on a plain hit (minus Age, Cache-Status and Via,
+    # which change per response), and the Cache-Status members of the tiers
+    # below to which this node appends its own. The hit path writes these
+    # bytes as they are instead of serialising headers per request.
+    wire_head: bytes = field(default=b"", init=False, compare=False, repr=False)
+    cache_status_prefix: bytes = field(default=b"", init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        head, prefix = wire.hit_head(self.status, self.reason, self.headers, len(self.body))
+        object.__setattr__(self, "wire_head", head)
+        object.__setattr__(self, "cache_status_prefix", prefix)
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""

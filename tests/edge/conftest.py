@@ -20,14 +20,14 @@ from typing import Any
 import aiohttp
 import pytest
 import redis as redis_sync
-from aiohttp.test_utils import TestServer
 
 from edge.node import EDGE_KEY, EdgeNode, create_edge_app
 from proxy.app import PURGER_KEY, STORAGE_KEY
 from proxy.config import AdminConfig, CacheConfig, Config, OriginConfig, TierConfig
 from proxy.purger import Purger
+from proxy.server import start_public
 from proxy.storage.tiered import TieredStorage
-from tests.functional.conftest import FakeClock, Origin, clock, free_port, origin, session
+from tests.functional.conftest import FakeClock, Origin, ProxyServer, clock, free_port, origin, session
 
 # The functional suite's fixtures, shared here (imported fixtures register in this conftest).
 __all__ = ["clock", "origin", "session"]
@@ -108,7 +108,7 @@ def redis_url(redis_server: RedisServer) -> str:
 class Edge:
     """A running in-process edge and a client for it."""
 
-    def __init__(self, server: TestServer, session: aiohttp.ClientSession, cfg: Config) -> None:
+    def __init__(self, server: ProxyServer, session: aiohttp.ClientSession, cfg: Config) -> None:
         self.server = server
         self.session = session
         self.cfg = cfg
@@ -152,10 +152,11 @@ StartEdges = Callable[..., Awaitable[list[Edge]]]
 
 
 @pytest.fixture
-def start_edges(
-    aiohttp_server: Any, session: aiohttp.ClientSession, tmp_path: Path, origin: Origin, clock: FakeClock
-) -> StartEdges:
+async def start_edges(
+    session: aiohttp.ClientSession, tmp_path: Path, origin: Origin, clock: FakeClock
+) -> AsyncIterator[StartEdges]:
     """Start n edges (edge-1..edge-n) that know each other, in front of the origin stub."""
+    servers: list[ProxyServer] = []
 
     async def start(
         n: int,
@@ -177,7 +178,8 @@ def start_edges(
                 settings["redis_url"] = redis_url
             cfg = edge_config(nm, port, origin_url or origin.url, tmp_path / nm, settings)
             app = create_edge_app(cfg, clock) if use_clock else create_edge_app(cfg)
-            server = await aiohttp_server(app, port=port)
+            server = ProxyServer(app, await start_public(app, "127.0.0.1", port))
+            servers.append(server)
             edges.append(Edge(server, session, cfg))
         # Let every edge see every other as healthy before the test starts.
         deadline = time.monotonic() + 5
@@ -187,7 +189,9 @@ def start_edges(
             await asyncio.sleep(0.02)
         return edges
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

@@ -19,11 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from origin_stub.app import create_app as create_origin
 from proxy.app import create_app as create_proxy
 from proxy.config import CacheConfig, Config, OriginConfig, TierConfig
+from proxy.server import PublicListener, start_public
 
 START = 1_800_000_000.0
 
@@ -70,14 +72,31 @@ class Origin:
             return list(await resp.json())
 
 
+class ProxyServer:
+    """The proxy's public listener as production runs it (proxy.server: the lean hit front
+    before aiohttp), with the bits of aiohttp's TestServer the tests use."""
+
+    def __init__(self, app: web.Application, listener: PublicListener) -> None:
+        self.app = app
+        self.listener = listener
+        self.host = "127.0.0.1"
+        self.port = listener.port
+        self.closed = False
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.listener.close()
+
+
 class Proxy:
     """A running proxy and a client session pointed at it."""
 
-    def __init__(self, server: TestServer, session: aiohttp.ClientSession, cfg: Config) -> None:
+    def __init__(self, server: ProxyServer, session: aiohttp.ClientSession, cfg: Config) -> None:
         self.server = server
         self.session = session
         self.cfg = cfg
-        self.url = str(server.make_url("")).rstrip("/")
+        self.url = f"http://127.0.0.1:{server.port}"
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.session.request(method, self.url + path, **kwargs)
@@ -130,18 +149,23 @@ ProxyFactory = Callable[..., Awaitable[Proxy]]
 
 
 @pytest.fixture
-def start_proxy(
-    aiohttp_server: Any, clock: FakeClock, session: aiohttp.ClientSession, tmp_path: Path, origin: Origin
-) -> ProxyFactory:
+async def start_proxy(
+    clock: FakeClock, session: aiohttp.ClientSession, tmp_path: Path, origin: Origin
+) -> AsyncIterator[ProxyFactory]:
     """Start a proxy in front of the origin stub; keyword arguments replace Config fields."""
+    servers: list[ProxyServer] = []
 
     async def start(**overrides: Any) -> Proxy:
         origin_url = overrides.pop("origin_url", origin.url)
         cfg = make_config(origin_url, tmp_path / "l2", **overrides)
-        server = await aiohttp_server(create_proxy(cfg, clock))
+        app = create_proxy(cfg, clock)
+        server = ProxyServer(app, await start_public(app, "127.0.0.1", 0))
+        servers.append(server)
         return Proxy(server, session, cfg)
 
-    return start
+    yield start
+    for server in reversed(servers):
+        await server.close()
 
 
 @pytest.fixture

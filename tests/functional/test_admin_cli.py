@@ -286,6 +286,8 @@ async def test_python_m_proxy_starts_the_admin_listener(
         origin.url,
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--workers",
+        "1",  # the admin API runs in worker 0 and reports that worker's counters
     ]
     proc = Process(args, tmp_path, "proxy")
     processes.append(proc)
