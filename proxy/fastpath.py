@@ -115,7 +115,7 @@ class FastPathProtocol(asyncio.Protocol):
         while buf:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_HEAD:
+                if len(buf) > MAX_HEAD or b"\n\n" in buf:  # too long, or bare-LF line ends
                     self._hand_off(buf)
                 else:
                     self.buffer = buf

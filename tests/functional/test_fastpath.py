@@ -1,0 +1,138 @@
+"""The lean hit front (proxy/fastpath.py): byte-exact hits, and a clean hand-off to aiohttp for the rest.
+
+Raw sockets, so the tests see exactly the bytes on the wire: pipelined requests,
+HTTP/1.0, Connection: close, and heads the front must not judge itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.functional.conftest import Origin, Proxy
+
+
+async def exchange(proxy: Proxy, data: bytes, *, until_close: bool = False, responses: int = 1) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    writer.write(data)
+    await writer.drain()
+    out = b""
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 3)
+            if not chunk:
+                break
+            out += chunk
+            if not until_close and out.count(b"HTTP/1.") >= responses and _complete(out, responses):
+                break
+    finally:
+        writer.close()
+    return out
+
+
+def _complete(data: bytes, responses: int) -> bool:
+    """Whether `data` holds `responses` whole Content-Length-framed responses."""
+    pos = 0
+    for _ in range(responses):
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return False
+        head = data[pos:end].lower()
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        pos = end + 4 + length
+        if pos > len(data):
+            return False
+    return True
+
+
+def get(path: str, *extra: str, version: str = "1.1") -> bytes:
+    lines = [f"GET {path} HTTP/{version}", "Host: cdn.example", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def warm(proxy: Proxy, path: str) -> None:
+    resp, _ = await proxy.get(path, headers={"Host": "cdn.example"})
+    assert resp.status == 200
+
+
+async def test_plain_hit_is_byte_exact(proxy: Proxy, origin: Origin) -> None:
+    await warm(proxy, "/bytes/100")
+    out = await exchange(proxy, get("/bytes/100"))
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    fields = dict(line.split(b": ", 1) for line in lines[1:])
+    assert fields[b"Content-Length"] == b"100" and len(body) == 100
+    assert fields[b"Cache-Status"] == b'edge-test;hit;ttl=60;detail="l1"'
+    assert fields[b"Age"] == b"0" and fields[b"Via"] == b"1.1 edge-test"
+    assert b"Date" in fields and b"Etag" in fields or b"ETag" in fields
+    assert await origin.hits("/bytes/100") == 1
+
+
+async def test_pipelined_hits_then_a_miss_are_answered_in_order(proxy: Proxy, origin: Origin) -> None:
+    await warm(proxy, "/bytes/10")
+    await warm(proxy, "/bytes/20")
+    out = await exchange(proxy, get("/bytes/10") + get("/bytes/20") + get("/bytes/30"), responses=3)
+    responses = [b"HTTP/1.1 200 OK" + r for r in out.split(b"HTTP/1.1 200 OK")[1:]]
+    assert [b"Content-Length: %d" % n in r for n, r in zip((10, 20, 30), responses, strict=True)] == [
+        True
+    ] * 3
+    assert b";hit;" in responses[0] and b";hit;" in responses[1]
+    assert b"fwd=uri-miss" in responses[2]  # answered by aiohttp after the hand-off
+    assert await origin.hits("/bytes/30") == 1
+
+
+async def test_head_hit_has_length_but_no_body(proxy: Proxy) -> None:
+    await warm(proxy, "/bytes/50")
+    data = b"HEAD /bytes/50 HTTP/1.1\r\nHost: cdn.example\r\n\r\n" + get("/bytes/50")
+    out = await exchange(proxy, data, responses=2)
+    first_end = out.find(b"\r\n\r\n")
+    assert b"Content-Length: 50" in out[:first_end]
+    assert out[first_end + 4 :].startswith(b"HTTP/1.1 200 OK")  # no body bytes in between
+
+
+async def test_connection_close_and_http10(proxy: Proxy) -> None:
+    await warm(proxy, "/bytes/5")
+    out = await exchange(proxy, get("/bytes/5", "Connection: close"), until_close=True)
+    assert b"Connection: close" in out and out.endswith(b"\r\n\r\n" + out[-5:])
+    out = await exchange(proxy, get("/bytes/5", version="1.0"), until_close=True)
+    assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out  # 1.0 without keep-alive
+    out = await exchange(proxy, get("/bytes/5", "Connection: keep-alive", version="1.0"))
+    assert b"Connection: keep-alive" in out
+
+
+async def test_cache_status_is_appended_to_the_origins_member(proxy: Proxy) -> None:
+    path = "/respond?h=Cache-Status:origin-cache;hit&h=Cache-Control:max-age%3D60&body=x"
+    await warm(proxy, path)
+    out = await exchange(proxy, get(path))
+    assert b'Cache-Status: origin-cache;hit, edge-test;hit;ttl=60;detail="l1"\r\n' in out
+    assert out.count(b"Cache-Status:") == 1
+
+
+async def test_heads_the_front_does_not_judge_go_to_aiohttp(proxy: Proxy, origin: Origin) -> None:
+    await warm(proxy, "/bytes/10")
+    cases = {
+        b"GET /bytes/10 HTTP/1.1\nHost: cdn.example\n\n": 400,  # bare LF line ends
+        b"GET /bytes/10 HTTP/1.1\r\nHost: cdn.example\r\nHost: other\r\n\r\n": 400,  # two Hosts
+        b"GET /bytes/10 HTTP/1.1\r\nHost : cdn.example\r\n\r\n": 400,  # space before the colon
+        b"GET /bytes/10 HTTP/1.1\r\nHost: cdn.example\r\nContent-Length: 3\r\n\r\nabc": 200,  # a body
+        b'GET /bytes/10 HTTP/1.1\r\nHost: cdn.example\r\nIf-None-Match: "bytes-10"\r\n\r\n': 304,
+        b"GET /bytes/10 HTTP/1.1\r\nHost: cdn.example\r\nRange: bytes=0-1\r\n\r\n": 206,
+    }
+    for request, status in cases.items():
+        out = await exchange(proxy, request, until_close=status == 400)
+        assert out.split(b"\r\n", 1)[0].split(b" ")[1] == b"%d" % status, (request, out[:80])
+    assert await origin.hits("/bytes/10") == 1
+
+
+async def test_pending_purge_takes_the_full_path(proxy: Proxy, origin: Origin) -> None:
+    from proxy.app import PURGER_KEY
+    from proxy.purge import PurgeRequest
+
+    await warm(proxy, "/bytes/7")
+    await proxy.server.app[PURGER_KEY].purge(PurgeRequest("url", ("/bytes/7",)))
+    out = await exchange(proxy, get("/bytes/7"))
+    assert b"fwd=uri-miss" in out
+    assert await origin.hits("/bytes/7") == 2
