@@ -144,17 +144,20 @@ class Engine:
         if resource is None:
             return None
         opts = self.cfg.policy
-        normalised = CIMultiDict(headers)
-        normalised["Accept-Encoding"] = normalise_accept_encoding(
-            headers.get("Accept-Encoding"), opts.accept_encodings
-        )
-        entry = select_variant(resource, normalised)
+        variants = resource.variants
+        if len(variants) == 1 and not variants[0].vary_names:
+            entry: StoredResponse | None = variants[0]  # no Vary: any request matches
+        else:
+            normalised = CIMultiDict(headers)
+            normalised["Accept-Encoding"] = normalise_accept_encoding(
+                headers.get("Accept-Encoding"), opts.accept_encodings
+            )
+            entry = select_variant(resource, normalised)
         if entry is None:
             return None
         now = self.clock()
-        decision = policy.decide(
-            req.method, policy.request_directives(normalised, opts), entry, True, now, opts
-        )
+        # Accept-Encoding (the only field normalised above) holds no cache directive.
+        decision = policy.decide(req.method, policy.request_directives(headers, opts), entry, True, now, opts)
         if not isinstance(decision, policy.Deliver) or decision.stale:
             return None
         if policy.refresh_ahead_due(entry, decision.ttl, self.cfg.fetch.refresh_ahead_fraction):

@@ -10,6 +10,7 @@ that a thousand browser spellings make one variant.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
@@ -60,7 +61,24 @@ def normalise_query(query: str, opts: KeyConfig) -> str:
     return urlencode(pairs, errors="surrogateescape")
 
 
+@functools.lru_cache(maxsize=4096)
+def _normalised_accept_encoding(value: str, preferred: tuple[str, ...]) -> str:
+    return _reduce_accept_encoding(value, preferred)
+
+
 def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
+    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+
+    Memoised: a few browser spellings make up nearly all requests.
+    """
+    if not value:
+        return "identity"
+    if len(value) > 512:
+        return _reduce_accept_encoding(value, tuple(preferred))
+    return _normalised_accept_encoding(value, tuple(preferred))
+
+
+def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
     """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
 
     RFC 9110 §12.5.3: a coding with q=0 is not acceptable; "*" accepts any
@@ -130,6 +148,10 @@ def variant_matches(variant: StoredResponse, request_headers: Headers) -> bool:
 
 def select_variant(resource: CachedResource, request_headers: Headers) -> StoredResponse | None:
     """The matching variant; if several match, the most recent by Date wins (§4.1)."""
+    variants = resource.variants
+    if len(variants) == 1:  # the common case: nothing to rank, no Date to parse
+        only = variants[0]
+        return only if variant_matches(only, request_headers) else None
     best: StoredResponse | None = None
     best_date = float("-inf")
     for variant in resource.variants:
