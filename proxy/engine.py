@@ -70,6 +70,7 @@ class EngineStats:
 
     requests: int = 0
     hits: int = 0
+    fast_hits: int = 0  # hits answered by the lean front (proxy/fastpath.py)
     misses: int = 0
     passes: int = 0
     stale_served: int = 0  # stale-while-revalidate, stale-if-error, max-stale
@@ -132,7 +133,7 @@ class Engine:
         through handle(), so every RFC rule still applies.
         """
         purger = self.purger
-        if purger.behind() or purger.bans or purger.ban_all is not None:
+        if purger.behind():
             return None
         headers = req.headers
         for name in _NOT_FAST:
@@ -143,6 +144,8 @@ class Engine:
         resource = self.storage.l1_get(self.fetcher.key_for(req))
         if resource is None:
             return None
+        if (purger.bans or purger.ban_all is not None) and purger.screen(resource) is not resource:
+            return None  # a late copy a purge covers: handle() cleans it out
         opts = self.cfg.policy
         variants = resource.variants
         if len(variants) == 1 and not variants[0].vary_names:
@@ -164,6 +167,7 @@ class Engine:
             return None
         self.stats.requests += 1
         self.stats.hits += 1
+        self.stats.fast_hits += 1
         return entry, decision.age, decision.ttl
 
     async def handle(self, req: ClientRequest) -> Reply:

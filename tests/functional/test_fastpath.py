@@ -136,3 +136,16 @@ async def test_pending_purge_takes_the_full_path(proxy: Proxy, origin: Origin) -
     out = await exchange(proxy, get("/bytes/7"))
     assert b"fwd=uri-miss" in out
     assert await origin.hits("/bytes/7") == 2
+
+
+async def test_a_purge_of_other_keys_keeps_hits_on_the_fast_path(proxy: Proxy) -> None:
+    from proxy.app import ENGINE_KEY, PURGER_KEY
+    from proxy.purge import PurgeRequest
+
+    await warm(proxy, "/bytes/8")
+    await warm(proxy, "/bytes/9")
+    await proxy.server.app[PURGER_KEY].purge(PurgeRequest("url", ("/bytes/9",)))
+    stats = proxy.server.app[ENGINE_KEY].stats
+    before = stats.fast_hits
+    out = await exchange(proxy, get("/bytes/8"))
+    assert b";hit;" in out and stats.fast_hits == before + 1
