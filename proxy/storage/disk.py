@@ -247,6 +247,24 @@ class DiskStorage:
             log.warning("disk cache %s: deleting %r failed: %r", self.directory, key, exc)
             return False
 
+    def delete_many(self, keys: list[str]) -> list[str]:
+        """Remove several keys in one SQLite transaction (purge by tag or prefix); the removed ones.
+
+        One commit instead of one per key: a 10,000-key purge costs one fsync.
+        """
+        removed: list[str] = []
+        try:
+            with self._cache.transact():
+                for key in keys:
+                    if self._cache.delete(key):
+                        removed.append(key)
+        except Exception as exc:  # fall back to one at a time; never crash a purge
+            log.warning("disk cache %s: batch delete failed (%r); deleting one by one", self.directory, exc)
+            removed = [k for k in keys if self.delete(k)]
+        if removed:
+            self._refresh()
+        return removed
+
     # -- whole-cache operations --------------------------------------------------
 
     def keys(self) -> Iterator[str]:

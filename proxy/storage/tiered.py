@@ -327,6 +327,9 @@ class TieredStorage:
 
             def delete_all(batch: list[str]) -> list[str]:
                 with self._writes.lock:
+                    many = getattr(l2, "delete_many", None)
+                    if many is not None:
+                        return list(many(batch))
                     return [k for k in batch if l2.delete(k)]
 
             try:

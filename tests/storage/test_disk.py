@@ -208,3 +208,12 @@ def test_budget_below_sqlite_baseline_keeps_nothing_but_never_raises(tmp_path: P
         assert s.get("k") is None
     finally:
         s.close()
+
+
+def test_delete_many_removes_the_listed_keys_in_one_transaction(disk: DiskStorage, resource: Make) -> None:
+    for i in range(50):
+        assert disk.set(resource(f"k{i}"))
+    removed = disk.delete_many([f"k{i}" for i in range(0, 50, 2)] + ["absent"])
+    assert sorted(removed) == sorted(f"k{i}" for i in range(0, 50, 2))
+    assert sorted(disk.keys()) == sorted(f"k{i}" for i in range(1, 50, 2))
+    assert disk.stats.entries == 25
