@@ -109,14 +109,19 @@ def hit_path(n: int, rounds: int, seconds: float) -> dict[str, float] | None:
         origin_port, port, admin_port = free_port(), free_port(), free_port()
         conf = Path(tmp) / "c.json"
         conf.write_text(json.dumps({"log": {"access_log": False, "level": "WARNING"}, "workers": 1}))
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "origin_stub", "--listen", f"127.0.0.1:{origin_port}"],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
-            subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
-                              "--admin-listen", f"127.0.0.1:{admin_port}", "--origin", f"http://127.0.0.1:{origin_port}",
-                              "--cache-dir", str(Path(tmp) / "cache")],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+        quiet = {
+            "cwd": ROOT,
+            "stdout": subprocess.DEVNULL,
+            "stderr": subprocess.DEVNULL,
+            "start_new_session": True,
+        }
+        origin_cmd = [sys.executable, "-m", "origin_stub", "--listen", f"127.0.0.1:{origin_port}"]
+        proxy_cmd = [
+            sys.executable, "-m", "proxy", "--config", str(conf), "--listen", f"127.0.0.1:{port}",
+            "--admin-listen", f"127.0.0.1:{admin_port}", "--origin", f"http://127.0.0.1:{origin_port}",
+            "--cache-dir", str(Path(tmp) / "cache"),
         ]  # fmt: skip
+        procs = [subprocess.Popen(origin_cmd, **quiet), subprocess.Popen(proxy_cmd, **quiet)]  # type: ignore[call-overload]
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 20
@@ -190,15 +195,13 @@ def main() -> int:
     }
     print()
     print(f"{'purge one tag over':<34}{args.entries} entries")
-    print(
-        f"{'  hard (delete), median':<34}{result['hard_purge_s_median']} s  (range {result['hard_purge_s_range']})"
-    )
+    hard_range = result["hard_purge_s_range"]
+    print(f"{'  hard (delete), median':<34}{result['hard_purge_s_median']} s  (range {hard_range})")
     print(f"{'  soft (mark stale), median':<34}{result['soft_purge_s_median']} s")
     if hits:
         print(f"{'hit rps before any purge (median)':<34}{hits['rps_before_median']:.0f}")
-        print(
-            f"{'hit rps after purging the tag':<34}{hits['rps_after_median']:.0f}  ({hits['purged']} bans held)"
-        )
+        after, bans = hits["rps_after_median"], hits["purged"]
+        print(f"{'hit rps after purging the tag':<34}{after:.0f}  ({bans} bans held)")
         print(f"{'ratio':<34}{hits['ratio_after_before']}")
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
