@@ -35,6 +35,7 @@ class ClusterConfig:
     redis_url: str | None = None  # enables heartbeat membership and purge fan-out
     owner_routing: bool = True
     breaker_seconds: float = 5.0  # a failed owner is skipped for this long
+    peer_timeout: float = 2.0  # connect / read timeout towards an owner edge (then: the origin)
     health_interval: float = 1.0  # seconds between health checks of each peer
     heartbeat_seconds: float = 2.0  # Redis registration refresh; it expires after 3 of these
     purge_stream: str = "minicdn:purges"
@@ -102,6 +103,7 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         redis_url=redis_url,
         owner_routing=boolean("owner_routing", d.owner_routing),
         breaker_seconds=number("breaker_seconds", d.breaker_seconds),
+        peer_timeout=number("peer_timeout", d.peer_timeout),
         health_interval=number("health_interval", d.health_interval),
         heartbeat_seconds=number("heartbeat_seconds", d.heartbeat_seconds),
         purge_stream=text("purge_stream", d.purge_stream) or d.purge_stream,

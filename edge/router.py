@@ -44,7 +44,7 @@ class OwnerRouter:
         if url is None or not self.membership.available(name):
             self.stats.owner_unavailable += 1
             return None
-        return Route(name, url)
+        return Route(name, url, self.membership.cfg.peer_timeout)
 
     def is_peer(self, name: str) -> bool:
         return name in self.membership.states

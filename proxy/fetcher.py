@@ -207,7 +207,9 @@ class Fetcher:
             peer_headers["Host"] = f.client.host or self.origin_authority
             peer_headers[HOP_HEADER] = self.cfg.name
             try:
-                resp = await self.upstream.send("GET", f.client.path_qs, peer_headers, origin=route.base_url)
+                resp = await self.upstream.send(
+                    "GET", f.client.path_qs, peer_headers, origin=route.base_url, timeout=route.timeout
+                )
             except UpstreamError as exc:
                 log.warning("owner %s failed (%s); asking the origin", route.peer, exc.reason)
                 router.failed(route)

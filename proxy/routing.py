@@ -22,6 +22,8 @@ class Route:
 
     peer: str
     base_url: str
+    # A slow owner costs at most this long before the origin is asked instead.
+    timeout: float = 2.0
 
 
 class FetchRouter(Protocol):

@@ -133,12 +133,16 @@ class Upstream:
         headers: CIMultiDict[str],
         body: AsyncIterator[bytes] | bytes | None = None,
         origin: str | None = None,
+        timeout: float | None = None,
     ) -> OriginResponse:
         """Send a request; returns once the response header section has arrived."""
         assert self._session is not None, "Upstream.start() was not awaited"
         # encoded=True: forward the request-target byte for byte, never re-quoted.
         url = URL((origin or self.cfg.url) + path_qs, encoded=True)
         try:
+            client_timeout = self._session.timeout
+            if timeout is not None:  # a peer edge: tighter than the origin's timeouts
+                client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
             raw = await self._session.request(
                 method,
                 url,
@@ -147,6 +151,7 @@ class Upstream:
                 allow_redirects=False,
                 compress=None,
                 chunked=None,
+                timeout=client_timeout,
             )
         except Exception as exc:
             raise translate(exc) from exc

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -212,3 +213,28 @@ async def test_edge_stats_report_routing_and_stream(start_edges: StartEdges, red
     assert stats["purge_stream"]["applied_from_stream"] == 1
     assert stats["purge_stream"]["stream_lag_ms"] >= 0
     assert set(stats["members"]) == {"edge-1", "edge-2"}
+
+
+async def test_a_slow_owner_is_skipped_after_peer_timeout(
+    start_edges: StartEdges, origin: Origin, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    async def slow(request: web.Request) -> web.Response:
+        if request.path == "/.well-known/minicdn/health":
+            return web.json_response({"status": "ok"})
+        await asyncio.sleep(5)  # an owner that answers far too late
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", slow)
+    slow_server = await aiohttp_server(app)
+    peers = [{"name": "edge-slow", "url": f"http://127.0.0.1:{slow_server.port}"}]
+    (edge,) = await start_edges(1, peer_timeout=0.3, peers=peers)
+    path = path_owned_by("edge-slow", [edge])
+    started = time.monotonic()
+    resp, body = await edge.get(path)
+    assert resp.status == 200 and body != b"late"
+    assert time.monotonic() - started < 2.0
+    stats = edge.node.stats(edge.server.app)["routing"]
+    assert stats["owner_fallbacks"] == 1 and await origin.hits("/max-age/600") == 1
