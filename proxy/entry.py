@@ -9,12 +9,14 @@ Reference: RFC 9111 §3 (storing), §4.1 (Vary), §4.2.3 (age calculation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proxy import wire
 
-# A header list in wire order; names keep the origin's spelling.
-HeaderList = tuple[tuple[str, str], ...]
+# A header list in wire order; names keep the origin's spelling. Stored as a
+# wire.HeaderBlock (one bytes object); any sequence of pairs may be passed in.
+HeaderList = Sequence[tuple[str, str]]
 
 # Rough per-entry bookkeeping cost, so that a budget of many tiny objects is honest.
 ENTRY_OVERHEAD_BYTES = 256
@@ -64,17 +66,33 @@ class StoredResponse:
     # which change per response), and the Cache-Status members of the tiers
     # below to which this node appends its own. The hit path writes these
     # bytes as they are instead of serialising headers per request.
-    wire_head: bytes = field(default=b"", init=False, compare=False, repr=False)
+    hit_fields: bytes = field(default=b"", init=False, compare=False, repr=False)
     cache_status_prefix: bytes = field(default=b"", init=False, compare=False, repr=False)
+    add_accept_ranges: bool = field(default=False, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        head, prefix = wire.hit_head(self.status, self.reason, self.headers, len(self.body))
-        object.__setattr__(self, "wire_head", head)
+        headers = self.headers
+        if not isinstance(headers, wire.HeaderBlock):
+            headers = wire.HeaderBlock(headers)
+            object.__setattr__(self, "headers", headers)
+        fields, prefix, accept_ranges = wire.hit_parts(self.status, headers)
+        object.__setattr__(self, "hit_fields", fields)
         object.__setattr__(self, "cache_status_prefix", prefix)
+        object.__setattr__(self, "add_accept_ranges", accept_ranges)
+
+    @property
+    def wire_head(self) -> bytes:
+        """Status line, stored fields, Accept-Ranges and Content-Length, as a plain hit sends them."""
+        parts = [wire.cached_status_line(self.status, self.reason), self.hit_fields]
+        if self.add_accept_ranges:
+            parts.append(b"Accept-Ranges: bytes\r\n")
+        if self.status not in (204, 304):
+            parts.append(b"Content-Length: %d\r\n" % len(self.body))
+        return b"".join(parts)
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""
-        header_bytes = sum(len(n) + len(v) + 4 for n, v in self.headers)
+        header_bytes = len(self.headers.wire) if isinstance(self.headers, wire.HeaderBlock) else 0
         return len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES
 
 

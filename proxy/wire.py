@@ -8,10 +8,54 @@ surrogate escapes, the way aiohttp decodes them), so nothing is re-encoded.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
+from typing import overload
 
 from multidict import CIMultiDict
+
+
+class HeaderBlock(Sequence[tuple[str, str]]):
+    """Header fields kept as the bytes they go out as: b"Name: value\r\n" lines.
+
+    A stored response's fields live here once, as one bytes object (a tuple of
+    string pairs costs about four times the memory); iterating yields
+    (name, value) pairs for the code that needs them, off the hit path.
+    """
+
+    __slots__ = ("wire",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
+        self.wire = b"".join(_b(f"{name}: {value}\r\n") for name, value in pairs)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for line in self.wire.split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b": ")
+            yield name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+
+    def __len__(self) -> int:
+        return self.wire.count(b"\r\n")
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        return tuple(self)[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeaderBlock):
+            return self.wire == other.wire
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.wire)
+
+    def __repr__(self) -> str:
+        return f"HeaderBlock({tuple(self)!r})"
 
 
 def _b(text: str) -> bytes:
@@ -27,27 +71,27 @@ def status_line(status: int, reason: str) -> bytes:
     return _b(f"HTTP/1.1 {status} {reason}\r\n")
 
 
-def hit_head(
-    status: int, reason: str, headers: Iterable[tuple[str, str]], body_length: int
-) -> tuple[bytes, bytes]:
-    """(status line + stored fields + Accept-Ranges + Content-Length, prior Cache-Status members + ", ")."""
-    lines = [status_line(status, reason)]
-    prior: list[str] = []
-    has_accept_ranges = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower == "cache-status":
-            prior.append(value)
-            continue
-        if lower == "accept-ranges":
-            has_accept_ranges = True
-        lines.append(_b(f"{name}: {value}\r\n"))
-    if status == 200 and not has_accept_ranges:
-        lines.append(b"Accept-Ranges: bytes\r\n")
-    if status not in (204, 304):
-        lines.append(b"Content-Length: %d\r\n" % body_length)
-    prefix = _b(", ".join(prior) + ", ") if prior else b""
-    return b"".join(lines), prefix
+def hit_parts(status: int, headers: HeaderBlock) -> tuple[bytes, bytes, bool]:
+    """What a hit writes besides the status line and Content-Length, derived once per stored response:
+    (the stored field lines without Cache-Status, prior Cache-Status members + ", ", add Accept-Ranges?).
+
+    The field lines are the HeaderBlock's own bytes (no copy) unless the origin
+    sent Cache-Status, whose members this node's member is appended to instead.
+    """
+    block = headers.wire
+    lower = block.lower()
+    has_ranges = lower.startswith(b"accept-ranges:") or b"\naccept-ranges:" in lower
+    add_accept_ranges = status == 200 and not has_ranges
+    if not (lower.startswith(b"cache-status:") or b"\ncache-status:" in lower):
+        return block, b"", add_accept_ranges
+    prior = [value for name, value in headers if name.lower() == "cache-status"]
+    kept = HeaderBlock((name, value) for name, value in headers if name.lower() != "cache-status")
+    return kept.wire, _b(", ".join(prior) + ", "), add_accept_ranges
+
+
+@functools.lru_cache(maxsize=256)
+def cached_status_line(status: int, reason: str) -> bytes:
+    return status_line(status, reason)
 
 
 def response_head(status: int, reason: str, headers: CIMultiDict[str], body_length: int | None) -> bytes:

@@ -140,6 +140,8 @@ async def test_proxy_serves_hits_and_keeps_l2_across_a_restart(
         f"http://127.0.0.1:{origin_port}",
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--admin-listen",
+        f"127.0.0.1:{free_port()}",  # never the fixed default: other proxies may run on this machine
     ]
     proxy = spawn(proxy_args, "proxy")
     await wait_listening(origin, origin_port)
@@ -183,6 +185,8 @@ async def test_minicdn_up_serves_a_miss_then_a_hit(
         f"127.0.0.1:{origin_port}",
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--admin-listen",
+        f"127.0.0.1:{free_port()}",
     ]
     up = spawn(args, "up")
     await wait_listening(up, origin_port)
@@ -243,6 +247,8 @@ def test_busy_port_exits_1_without_traceback(tmp_path: Path) -> None:
                 f"127.0.0.1:{port}",
                 "--cache-dir",
                 str(tmp_path / "cache"),
+                "--admin-listen",
+                f"127.0.0.1:{free_port()}",
             ]
         )
     assert result.returncode == 1, (result.stdout, result.stderr)

@@ -380,6 +380,7 @@ async def test_sigterm_drains_the_queue_to_disk(tmp_path: Path) -> None:
 
         port = _free_port()
         proxy_args = ["--listen", f"127.0.0.1:{port}", "--origin", origin_url, "--cache-dir", str(cache_dir)]
+        proxy_args += ["--admin-listen", f"127.0.0.1:{_free_port()}"]  # not the fixed default
         proxy = _spawn([sys.executable, "-m", "proxy", *proxy_args], proxy_log)
         procs.append(proxy)
 
