@@ -28,24 +28,17 @@ from origin_stub.conditional import none_match
 T0 = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 REPO = Path(__file__).resolve().parents[2]
 
+from tests.functional.conftest import FakeClock  # noqa: E402
+
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture
