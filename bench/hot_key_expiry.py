@@ -136,6 +136,7 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, workdir: Path) ->
         json.dumps(
             {
                 "name": "bench",
+                "workers": 1,  # coalescing is per worker process: one process shows it exactly
                 "log": {"access_log": False, "level": "WARNING"},
                 "fetch": sc.fetch,
             }

@@ -191,7 +191,8 @@ def test_summary_table_and_ratios() -> None:
     assert ratios == {"proxy/nginx rps": "0.25", "proxy/nginx p99": "4.00"}
     result = {"name": "l1-hit-1k", "servers": {k: vars(v) for k, v in cells.items()}, "ratios": ratios}
     table = compare.summary_table([result])
-    assert "| l1-hit-1k | 1000 | 4000 | - | 0.25 | - |" in table and table.rstrip().endswith("| 0 |")
+    assert "| l1-hit-1k | 1000 / 4000 / - | 0.25 | - | 2.00 / 1.00 / - | 8.0 / 2.0 / - | 4.00 | - |" in table
+    assert table.rstrip().endswith("| 40 / 10 / - | 0.00 / 0.00 / - | 0 |")
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
