@@ -34,8 +34,6 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
