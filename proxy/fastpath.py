@@ -31,6 +31,7 @@ from proxy.fetcher import ClientRequest
 access_log = logging.getLogger("proxy.access")
 
 MAX_HEAD = 16 * 1024  # longer heads go to aiohttp, which enforces its own limits (431/400)
+_COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle (aiohttp's default)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -124,8 +125,12 @@ class FastPathProtocol(asyncio.Protocol):
             if answered is None:
                 self._hand_off(buf)
                 return
-            response, keep_alive = answered
-            transport.write(response)
+            response, body, keep_alive = answered
+            if body:
+                # Large bodies go out with the head in one writev, without copying them.
+                transport.writelines((response, body))
+            else:
+                transport.write(response)
             if not keep_alive:
                 self.buffer = b""
                 transport.close()
@@ -133,8 +138,8 @@ class FastPathProtocol(asyncio.Protocol):
             buf = buf[end + 4 :]
         self.buffer = b""
 
-    def _answer(self, head: bytes) -> tuple[bytes, bool] | None:
-        """The whole response for a plain hit, and whether to keep the connection; else None."""
+    def _answer(self, head: bytes) -> tuple[bytes, bytes, bool] | None:
+        """(head, body to send after it or b"", keep the connection?) for a plain hit; else None."""
         started = time.perf_counter()
         if b"\r\n" not in head:
             request_line, field_block = head, b""
@@ -198,8 +203,9 @@ class FastPathProtocol(asyncio.Protocol):
             tail += b"Connection: close\r\n"
         elif version == b"HTTP/1.0":
             tail += b"Connection: keep-alive\r\n"
-        if method == b"GET":
-            response = b"".join((entry.wire_head, tail, b"\r\n", entry.body))
+        body = entry.body if method == b"GET" else b""
+        if len(body) <= _COPY_LIMIT:
+            response, body = b"".join((entry.wire_head, tail, b"\r\n", body)), b""
         else:
             response = b"".join((entry.wire_head, tail, b"\r\n"))
         if self.ctx.access_log:
@@ -213,7 +219,7 @@ class FastPathProtocol(asyncio.Protocol):
                 int(ttl),
                 (time.perf_counter() - started) * 1000,
             )
-        return response, keep_alive
+        return response, body, keep_alive
 
     def _hand_off(self, unanswered: bytes) -> None:
         """Give the connection, and every byte not yet answered, to aiohttp for good."""

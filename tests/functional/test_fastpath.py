@@ -149,3 +149,12 @@ async def test_a_purge_of_other_keys_keeps_hits_on_the_fast_path(proxy: Proxy) -
     before = stats.fast_hits
     out = await exchange(proxy, get("/bytes/8"))
     assert b";hit;" in out and stats.fast_hits == before + 1
+
+
+async def test_large_body_hit_is_complete(proxy: Proxy) -> None:
+    _, full = await proxy.get("/bytes/100000", headers={"Host": "cdn.example"})
+    out = await exchange(proxy, get("/bytes/100000") + get("/bytes/10"), responses=2)
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert b"Content-Length: 100000" in head and b";hit;" in head
+    assert rest[:100000] == full  # head and body written separately, nothing lost or reordered
+    assert rest[100000:].startswith(b"HTTP/1.1 ")
