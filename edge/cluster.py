@@ -78,6 +78,9 @@ def _node_config(
     cfg: dict[str, Any] = {
         "name": name,
         "listen": listen,
+        # One process per node: N edges already share this machine's cores, and one
+        # process per edge keeps each key's fetches in one coalescing map.
+        "workers": 1,
         "origin": {"url": origin},
         "cache": {"dir": str(cache)},
         "admin": {"listen": admin},
