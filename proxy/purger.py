@@ -254,13 +254,10 @@ class Purger:
             await asyncio.to_thread(self.catalog.prune, self._exists)
 
     def _exists(self, key: str) -> bool:
-        # Called from a worker thread: L2 membership only (L1 entries are in L2 too, or
-        # recorded again on their next store).
-        l2 = self.storage.l2
-        if l2 is None:
-            l1 = self.storage.l1
-            return l1 is not None and key in l1
-        return key in l2
+        # Any tier, the write-behind queue included: an entry whose L2 copy is still
+        # queued must keep its row, or a purge by tag would miss it. (Called from a
+        # worker thread; membership reads of L1's dict and the queue are safe there.)
+        return key in self.storage
 
     async def inspect(self, *, prefix: str | None, tag: str | None, limit: int) -> list[dict[str, Any]]:
         """Stored entries by URL/path prefix or tag, with per-variant size, age, ttl and tier."""

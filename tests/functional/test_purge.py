@@ -8,6 +8,7 @@ prove what a purge does; the admin API's HTTP surface has its own tests.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from proxy.app import ENGINE_KEY, PURGER_KEY, STORAGE_KEY
 from proxy.config import KeyConfig
@@ -238,3 +239,29 @@ async def test_bans_do_not_block_fresh_content(proxy: Proxy, origin: Origin) -> 
     await get(proxy, "/max-age/60")
     member, _ = await get(proxy, "/max-age/60")
     assert "hit" in member.split(";")
+
+
+async def test_pruning_keeps_entries_whose_disk_copy_is_still_queued(proxy: Proxy, monkeypatch: Any) -> None:
+    """A prune that runs while L2 writes are queued must not forget those entries' tags."""
+    import threading
+
+    import proxy.purger as purger_module
+
+    monkeypatch.setattr(purger_module, "PRUNE_EVERY", 5)
+    storage = storage_of(proxy)
+    assert storage.l2 is not None and storage.l1 is not None
+    release = threading.Event()
+    real_set = storage.l2.set
+
+    def slow_set(resource: Any) -> bool:
+        release.wait(10)  # hold every L2 write in the write-behind queue
+        return real_set(resource)
+
+    monkeypatch.setattr(storage.l2, "set", slow_set)
+    for i in range(12):
+        await get(proxy, f"/tags?keys=bulk&i={i}")  # a prune runs at the 5th and 10th record
+        storage.l1.delete(key(f"/tags?keys=bulk&i={i}"))  # only the queue holds it now
+    release.set()
+    await storage.drain()
+    result = await purger_of(proxy).purge(PurgeRequest("tag", ("bulk",)))
+    assert result.keys == 12
