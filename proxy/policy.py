@@ -416,8 +416,12 @@ def decide(
         limit = float("inf") if max_stale is None else req_directives.seconds("max-stale")
         if limit is not None and limit >= 0 and -ttl <= limit:
             return Deliver(entry, age, ttl, stale=True)
-    # RFC 5861 §3: inside stale-while-revalidate, answer now and refresh behind.
-    if within_stale_while_revalidate(entry, now, opts):
+    # RFC 5861 §3: inside stale-while-revalidate, answer now and refresh behind —
+    # unless the client bounded the staleness it accepts (§5.2.1.2 max-stale=N).
+    client_limit = req_directives.seconds("max-stale") if req_directives.get("max-stale") else None
+    if within_stale_while_revalidate(entry, now, opts) and (
+        client_limit is None or 0 <= -ttl <= client_limit
+    ):
         return Deliver(entry, age, ttl, stale=True, revalidate_in_background=True)
     return _revalidate_or_504(entry, "stale", only_if_cached)
 

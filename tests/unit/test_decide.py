@@ -411,3 +411,25 @@ def test_rfc5861_s4_stale_if_error(
 ) -> None:
     entry = cached(cache_control)
     assert within_stale_if_error(entry, req_directives(request_cc), NOW + elapsed, DEFAULTS) is expected
+
+
+@pytest.mark.parametrize(
+    ("request_cc", "elapsed", "background"),
+    [
+        pytest.param(None, 70, True, id="5861-3-within-window"),
+        pytest.param("max-stale", 70, True, id="9111-5.2.1.2-max-stale-any"),
+        pytest.param("max-stale=30", 70, True, id="9111-5.2.1.2-max-stale-covers-staleness"),
+        pytest.param("max-stale=0", 70, False, id="9111-5.2.1.2-max-stale-0-refuses-swr"),
+        pytest.param("max-stale=5", 70, False, id="9111-5.2.1.2-max-stale-below-staleness"),
+    ],
+)
+def test_rfc5861_s3_swr_respects_the_clients_max_stale(
+    request_cc: str | None, elapsed: float, background: bool
+) -> None:
+    entry = cached("max-age=60, stale-while-revalidate=60")
+    decision = decide("GET", req_directives(request_cc), entry, True, NOW + elapsed, DEFAULTS)
+    if background:
+        assert isinstance(decision, Deliver) and decision.stale
+    else:
+        # max-stale=N below the staleness: neither max-stale nor SWR may answer stale.
+        assert isinstance(decision, Revalidate)
