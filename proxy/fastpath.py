@@ -64,6 +64,7 @@ class FastPathProtocol(asyncio.Protocol):
         self.remote = ""
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()  # protocols are built by the loop's server
 
     # ------------------------------------------------------------ connection
 
@@ -72,9 +73,8 @@ class FastPathProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else ""
-        loop = asyncio.get_running_loop()
-        self.last_activity = loop.time()
-        self.idle_timer = loop.call_later(IDLE_TIMEOUT, self._check_idle)
+        self.last_activity = self.loop.time()
+        self.idle_timer = self.loop.call_later(IDLE_TIMEOUT, self._check_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -111,7 +111,7 @@ class FastPathProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self.loop.time()
         buf = self.buffer + data if self.buffer else data
         while buf:
             end = buf.find(b"\r\n\r\n")

@@ -29,8 +29,21 @@ def primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) 
     """The primary cache key for a GET/HEAD request (RFC 9111 §2).
 
     `host` is the Host header value (may carry a port); `path` and `query` are
-    the raw (still percent-encoded) request-target parts.
+    the raw (still percent-encoded) request-target parts. Memoised for short
+    targets (the same URLs are keyed over and over on the hit path); long ones,
+    which a client could vary endlessly, are not kept.
     """
+    if len(path) + len(query) + len(host) <= 512:
+        return _memoised_primary_key(scheme, host, path, query, opts)
+    return _primary_key(scheme, host, path, query, opts)
+
+
+@functools.lru_cache(maxsize=16384)
+def _memoised_primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) -> str:
+    return _primary_key(scheme, host, path, query, opts)
+
+
+def _primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) -> str:
     scheme = scheme.lower()
     hostname = host.strip().lower()
     # Remove the default port: example.com:80 and example.com are one origin.
