@@ -118,12 +118,20 @@ def setup_logging(cfg: Config) -> None:
     )
 
 
-async def _wait_for_signal() -> None:
+async def _wait_for_signal(parent: int | None = None) -> None:
+    """Until SIGINT / SIGTERM, or (a worker) until the process that forked it is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if parent is None:
+        await stop.wait()
+        return
+    # A worker whose parent was killed (SIGKILL forwards nothing) must not live on as an
+    # orphan holding the port: it notices the re-parenting and shuts down cleanly.
+    while not stop.is_set() and os.getppid() == parent:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
 
 
 async def _start(app: web.Application, listen: str) -> web.AppRunner:
@@ -145,6 +153,7 @@ async def serve(
     *,
     worker: int = 0,
     workers: int = 1,
+    parent: int | None = None,
 ) -> None:
     """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them.
 
@@ -177,7 +186,7 @@ async def serve(
                 f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
                 flush=True,
             )
-        await _wait_for_signal()
+        await _wait_for_signal(parent)
     finally:
         for runner in reversed(runners):  # the admin API first
             await runner.cleanup()
@@ -188,13 +197,14 @@ async def serve(
 def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: AppFactory) -> int:
     """Fork n worker processes sharing the port; forward SIGINT / SIGTERM; exit when all have."""
     children: list[int] = []
+    parent = os.getpid()
     for index in range(n):
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
                 _install_uvloop()
-                asyncio.run(serve(cfg, origin_listen, app_factory, worker=index, workers=n))
+                asyncio.run(serve(cfg, origin_listen, app_factory, worker=index, workers=n, parent=parent))
             except OSError as exc:
                 print(f"minicdn: worker {index} cannot listen: {exc}", file=sys.stderr)
                 code = 1

@@ -53,3 +53,31 @@ async def test_purge_reaches_every_worker_sharing_the_l2(
     after = [await fresh_get(url, {"Cache-Control": "only-if-cached"}) for _ in range(20)]
     assert all(status == 504 for status, _ in after), after  # neither worker's L1 still serves it
     assert proc.stop() == 0
+
+
+async def test_workers_exit_when_their_parent_is_killed(spawn: Spawn, origin: Origin, tmp_path: Path) -> None:
+    """SIGKILL forwards nothing: the workers must notice and release the port, not live on as orphans."""
+    import asyncio
+    import signal
+    import socket
+    import time
+
+    port, admin = free_port(), free_port()
+    proc = spawn(
+        [
+            sys.executable, "-m", "proxy", "--workers", "2",
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+            "--origin", origin.url, "--cache-dir", str(tmp_path / "cache"),
+        ],
+        "orphans",
+    )  # fmt: skip
+    await wait_listening(proc, port)
+    proc.popen.send_signal(signal.SIGKILL)
+    proc.popen.wait(timeout=5)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return  # nobody listens any more: the workers are gone
+        await asyncio.sleep(0.1)
+    raise AssertionError("worker processes outlived their killed parent")
