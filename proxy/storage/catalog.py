@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,9 +97,19 @@ class Catalog:
         target = ":memory:" if directory is None else str(Path(directory) / CATALOG_FILE)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # Workers sharing the directory start together; switching to WAL can answer
+        # "database is locked" at once, without waiting on the busy timeout. Retry.
+        deadline = time.monotonic() + 15.0
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
