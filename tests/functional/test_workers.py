@@ -17,6 +17,15 @@ from tests.functional.test_cli import Spawn, spawn, wait_listening
 __all__ = ["spawn"]
 
 
+def two_workers(port: int, admin: int, origin: Origin, tmp_path: Path) -> list[str]:
+    """`python -m proxy --workers 2` on free loopback ports in front of the origin stub."""
+    return [
+        sys.executable, "-m", "proxy", "--workers", "2",
+        "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+        "--origin", origin.url, "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+
+
 async def fresh_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     """One request on a new connection (the kernel spreads new connections over the workers)."""
     connector = aiohttp.TCPConnector(force_close=True)
@@ -29,14 +38,7 @@ async def test_purge_reaches_every_worker_sharing_the_l2(
     spawn: Spawn, origin: Origin, tmp_path: Path
 ) -> None:
     port, admin = free_port(), free_port()
-    proc = spawn(
-        [
-            sys.executable, "-m", "proxy", "--workers", "2",
-            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-            "--origin", origin.url, "--cache-dir", str(tmp_path / "cache"),
-        ],
-        "workers",
-    )  # fmt: skip
+    proc = spawn(two_workers(port, admin, origin, tmp_path), "workers")
     await wait_listening(proc, port)
     await wait_listening(proc, admin)
     url = f"http://127.0.0.1:{port}/max-age/600"
@@ -63,14 +65,7 @@ async def test_workers_exit_when_their_parent_is_killed(spawn: Spawn, origin: Or
     import time
 
     port, admin = free_port(), free_port()
-    proc = spawn(
-        [
-            sys.executable, "-m", "proxy", "--workers", "2",
-            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
-            "--origin", origin.url, "--cache-dir", str(tmp_path / "cache"),
-        ],
-        "orphans",
-    )  # fmt: skip
+    proc = spawn(two_workers(port, admin, origin, tmp_path), "orphans")
     await wait_listening(proc, port)
     proc.popen.send_signal(signal.SIGKILL)
     proc.popen.wait(timeout=5)
