@@ -164,22 +164,27 @@ def run_cluster(args: argparse.Namespace) -> int:
                 "shield", f"http://{host}:{args.shield_port}", f"{host}:{args.shield_port + 1000}"
             )
             conf = workdir / "shield.json"
-            # The shield hands tags on to the edges, which purge by them.
-            conf.write_text(
-                json.dumps(
-                    _node_config(
-                        "shield",
-                        f"{host}:{args.shield_port}",
-                        shield.admin,
-                        origin_url,
-                        workdir / "cache-shield",
-                        None,
-                        strip_tags=False,
-                    ),
-                    indent=2,
-                )
+            # The shield hands tags on to the edges (they purge by them), and follows the purge
+            # stream so a purge reaches it too; it owns no keys (its own membership prefix, so the
+            # edges never route to it as a peer).
+            shield_cluster = {
+                "enabled": True,
+                "redis_url": redis_url,
+                "owner_routing": False,
+                "member_prefix": "minicdn:shield:",
+                "peers": [],
+            }
+            shield_conf = _node_config(
+                "shield",
+                f"{host}:{args.shield_port}",
+                shield.admin,
+                origin_url,
+                workdir / "cache-shield",
+                shield_cluster,
+                strip_tags=False,
             )
-            shield.proc = start([sys.executable, "-m", "proxy", "--config", str(conf)], "shield.log")
+            conf.write_text(json.dumps(shield_conf, indent=2))
+            shield.proc = start([sys.executable, "-m", "edge", "--config", str(conf)], "shield.log")
             members.append(shield)
             upstream = shield.url
         edges = [
