@@ -245,3 +245,26 @@ async def test_a_slow_owner_is_skipped_after_peer_timeout(
     assert time.monotonic() - started < 2.0
     stats = edge.node.stats(edge.server.app)["routing"]
     assert stats["owner_fallbacks"] == 1 and await origin.hits("/max-age/600") == 1
+
+
+async def test_a_purge_at_an_edge_reaches_the_shield(
+    start_edges: StartEdges, origin: Origin, redis_url: str
+) -> None:
+    shield = (
+        await start_edges(
+            1, names=["shield"], redis_url=redis_url, owner_routing=False, member_prefix="minicdn:shield:"
+        )
+    )[0]
+    (edge,) = await start_edges(1, names=["edge-a"], origin_url=shield.url, redis_url=redis_url)
+    assert "shield" not in edge.node.membership.states  # the shield owns no keys
+    path = "/tags?keys=deep"
+    await edge.get(path)
+    assert key_for(shield, path) in shield.storage
+    await edge.purger.purge(PurgeRequest("url", (path,)))
+    deadline = time.monotonic() + 2
+    while key_for(shield, path) in shield.storage and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert key_for(shield, path) not in shield.storage  # else the edge would refetch the old copy
+    resp, _ = await edge.get(path)
+    assert resp.headers["Cache-Status"].startswith("shield;fwd=uri-miss")
+    assert await origin.hits("/tags") == 2
