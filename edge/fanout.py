@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config import ClusterConfig
-from proxy.purge import PurgeRequest
+from proxy.purge import PurgeRequest, parse_purge_request
 from proxy.purger import Purger
 
 log = logging.getLogger("edge.fanout")
@@ -154,16 +154,12 @@ class PurgeFanout:
         if fields.get("from") == self.name:
             return  # applied locally when it was accepted
         try:
-            request = PurgeRequest(
-                fields["kind"],  # type: ignore[arg-type]
-                tuple(json.loads(fields.get("values", "[]"))),
-                fields.get("soft") == "1",
-            )
-        except (KeyError, ValueError, TypeError):
-            log.warning("ignoring malformed purge stream entry %s", entry_id)
-            return
-        if request.kind not in ("url", "prefix", "tag", "all"):
-            log.warning("ignoring purge stream entry %s of kind %r", entry_id, request.kind)
+            # The same validation as a purge sent to the admin API (PurgeRequestError is a ValueError).
+            kind = fields["kind"]
+            values = True if kind == "all" else json.loads(fields.get("values", "[]"))
+            request = parse_purge_request({kind: values, "soft": fields.get("soft") == "1"})
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("ignoring malformed purge stream entry %s: %s", entry_id, exc)
             return
         await self.purger.purge(request, propagate=False)
         self.stats.applied_from_stream += 1

@@ -12,7 +12,6 @@ import functools
 import ipaddress
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +25,8 @@ from proxy.cache_status import CacheStatus, appended, member
 from proxy.config import Config
 from proxy.engine import Engine, Reply, error_reply
 from proxy.fetcher import ClientRequest
+from proxy.headers import VALID_HOST
+from proxy.keys import key_host
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
 from proxy.routing import HEALTH_PATH, FetchRouter
@@ -49,19 +50,14 @@ EXTRA_STATS_KEY: web.AppKey[ExtraStats] = web.AppKey("extra_stats")
 access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
 
-# RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 9112 §3.2: any other value is a 400.
-_HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
-
 
 def open_purger(cfg: Config, storage: TieredStorage, clock: Callable[[], float]) -> Purger:
     """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
     directory = cfg.cache.dir if cfg.cache.l2.enabled else None
-    origin_authority = URL(cfg.origin.url).raw_authority
-
-    def key_host(host: str) -> str:  # the same rule as Fetcher.key_host
-        return host if cfg.origin.host_header == "client" and host else origin_authority
-
-    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock, key_host)
+    host_for = functools.partial(
+        key_host, host_header=cfg.origin.host_header, origin_authority=URL(cfg.origin.url).raw_authority
+    )
+    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock, host_for)
 
 
 def open_storage(cfg: Config) -> TieredStorage:
@@ -108,7 +104,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     engine = app[ENGINE_KEY]
     started = time.perf_counter()
     try:
-        if not _HOST_RE.fullmatch(request.headers.get("Host", "")):
+        if not VALID_HOST.fullmatch(request.headers.get("Host", "")):
             reply = error_reply(400, "invalid Host header")
         elif request.path == HEALTH_PATH:
             reply = _health(cfg)

@@ -2,8 +2,9 @@
 
 The fetch runs in a task owned by the coalescer, not by the request that
 started it, so a leader whose client goes away does not cancel the fetch for
-the others (the bug Souin fixed in #434 / #436). Waiters wait at most
-`timeout` seconds and then go their own way. The shared result must be an
+the others (the bug Souin fixed in #434 / #436). Callers await the task
+through asyncio.shield, with their own timeout (the engine's waiters give up
+after fetch.coalesce_timeout and fetch alone). The shared result must be an
 immutable value; deciding whether it may be shared is the caller's business
 (the engine never shares a private or Set-Cookie response).
 """
@@ -15,10 +16,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
-
-
-class WaitTimeout(Exception):
-    """A waiter gave up on the in-flight fetch; it should fetch on its own."""
 
 
 class SingleFlight(Generic[T]):
@@ -50,23 +47,6 @@ class SingleFlight(Generic[T]):
         # (every client gone) does not log "exception was never retrieved".
         if not task.cancelled():
             task.exception()
-
-    async def join(
-        self, key: str, make: Callable[[], Coroutine[Any, Any, T]], timeout: float
-    ) -> tuple[T, bool]:
-        """Run or join the flight for key; returns (result, joined_someone_elses_flight).
-
-        The leader waits without a timeout (its fetch has the origin timeouts);
-        a waiter raises WaitTimeout after `timeout` seconds. Cancelling the
-        caller never cancels the shared task.
-        """
-        task, leader = self.start(key, make)
-        if leader:
-            return await asyncio.shield(task), False
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout), True
-        except TimeoutError:
-            raise WaitTimeout(key) from None
 
     async def settle(self) -> None:
         """Wait until no flight is running (tests, graceful shutdown); never cancels."""

@@ -60,8 +60,6 @@ class Reply:
     headers: CIMultiDict[str]
     body: bytes | AsyncIterator[bytes] = b""
     cache_status: CacheStatus = field(default_factory=CacheStatus)
-    # A stream that breaks off must reset the client connection, never end cleanly.
-    streamed: bool = False
 
 
 @dataclass(slots=True)
@@ -459,7 +457,7 @@ class Engine:
             async for chunk in resp.iter_rest():
                 yield chunk
 
-        return Reply(resp.status, resp.reason, out, body(), status, streamed=True)
+        return Reply(resp.status, resp.reason, out, body(), status)
 
 
 def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from proxy import wire
 
@@ -92,8 +93,8 @@ class StoredResponse:
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""
-        header_bytes = len(self.headers.wire) if isinstance(self.headers, wire.HeaderBlock) else 0
-        return len(self.body) + header_bytes + ENTRY_OVERHEAD_BYTES
+        # __post_init__ made headers a HeaderBlock: its bytes are the stored fields.
+        return len(self.body) + len(cast(wire.HeaderBlock, self.headers).wire) + ENTRY_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True, slots=True)

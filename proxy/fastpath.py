@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.fetcher import ClientRequest
+from proxy.headers import VALID_HOST
 
 access_log = logging.getLogger("proxy.access")
 
@@ -35,8 +36,6 @@ _COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, on
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle (aiohttp's default)
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 §7.2 Host (the same rule proxy/app.py applies before the engine).
-_HOST = re.compile(rb"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 _TARGET = re.compile(rb"/[!-~]*")  # origin-form, visible ASCII only
 # Fields that mean "not a plain request": a body, an upgrade, or something to negotiate.
 _NOT_PLAIN = ("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings")
@@ -170,7 +169,7 @@ class FastPathProtocol(asyncio.Protocol):
         if len(hosts) > 1 or (version == b"HTTP/1.1" and not hosts):
             return None
         host = hosts[0] if hosts else ""
-        if not _HOST.fullmatch(host.encode("utf-8", "surrogateescape")):
+        if not VALID_HOST.fullmatch(host):  # the rule proxy/app.py applies before the engine
             return None
         path, _, query = target.partition(b"?")
         if path == self.ctx.health_path:

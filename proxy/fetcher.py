@@ -20,7 +20,7 @@ from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import primary_key, with_variant
+from proxy.keys import key_host, primary_key, with_variant
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.tiered import TieredStorage
@@ -151,15 +151,7 @@ class Fetcher:
         return end_to_end(origin_headers, self._drop_response)
 
     def key_host(self, client_host: str) -> str:
-        """The host in cache keys: exactly what the origin sees as Host.
-
-        With `origin.host_header: origin` the origin never sees the client's
-        Host, so keying on it would only split one object into one entry per
-        spelling (and per edge port); with `client` it is part of the request.
-        """
-        if self.cfg.origin.host_header == "client" and client_host:
-            return client_host
-        return self.origin_authority
+        return key_host(client_host, self.cfg.origin.host_header, self.origin_authority)
 
     def key_for(self, req: ClientRequest) -> str:
         return primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)

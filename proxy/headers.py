@@ -34,6 +34,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 9112 §3.2: any other value is a 400.
+VALID_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _DIRECTIVE_RE = re.compile(
     rf"\s*({_TOKEN})\s*(?:=\s*(?:({_TOKEN})|\"((?:[^\"\\]|\\.)*)\"))?\s*(?:,|$)",

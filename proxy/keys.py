@@ -25,6 +25,18 @@ _WS_RE = re.compile(r"[ \t]+")
 _COMMA_RE = re.compile(r"[ \t]*,[ \t]*")
 
 
+def key_host(client_host: str, host_header: str, origin_authority: str) -> str:
+    """The host in cache keys: exactly what the origin sees as Host.
+
+    With `origin.host_header: origin` the origin never sees the client's Host,
+    so keying on it would only split one object into one entry per spelling
+    (and per edge port); with `client` it is part of the request.
+    """
+    if host_header == "client" and client_host:
+        return client_host
+    return origin_authority
+
+
 def primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) -> str:
     """The primary cache key for a GET/HEAD request (RFC 9111 §2).
 

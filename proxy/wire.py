@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import overload
 
-from multidict import CIMultiDict
-
 
 class HeaderBlock(Sequence[tuple[str, str]]):
     """Header fields kept as the bytes they go out as: b"Name: value\r\n" lines.
@@ -92,13 +90,3 @@ def hit_parts(status: int, headers: HeaderBlock) -> tuple[bytes, bytes, bool]:
 @functools.lru_cache(maxsize=256)
 def cached_status_line(status: int, reason: str) -> bytes:
     return status_line(status, reason)
-
-
-def response_head(status: int, reason: str, headers: CIMultiDict[str], body_length: int | None) -> bytes:
-    """A whole header block for a generated response (304, 206, errors), ending in the blank line."""
-    lines = [status_line(status, reason)]
-    lines.extend(_b(f"{name}: {value}\r\n") for name, value in headers.items())
-    if body_length is not None and "content-length" not in headers:
-        lines.append(b"Content-Length: %d\r\n" % body_length)
-    lines.append(b"\r\n")
-    return b"".join(lines)

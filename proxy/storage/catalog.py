@@ -55,17 +55,6 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 @dataclass(frozen=True, slots=True)
-class EntryRow:
-    """What the catalogue knows of one stored key."""
-
-    key: str
-    url: str
-    size: int
-    stored_at: float
-    tags: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class PurgeRecord:
     """One purge in the log: the keys it covered (or everything), hard or soft, and when."""
 
@@ -180,20 +169,6 @@ class Catalog:
         with self._lock:
             (n,) = self._db.execute("SELECT COUNT(*) FROM entries").fetchone()
         return int(n)
-
-    def rows(self, keys: Iterable[str]) -> list[EntryRow]:
-        """Catalogue rows of the given keys (those it knows)."""
-        out: list[EntryRow] = []
-        with self._lock:
-            for key in keys:
-                row = self._db.execute(
-                    "SELECT key, url, size, stored_at FROM entries WHERE key = ?", (key,)
-                ).fetchone()
-                if row is None:
-                    continue
-                tags = tuple(t for (t,) in self._db.execute("SELECT tag FROM tags WHERE key = ?", (key,)))
-                out.append(EntryRow(row[0], row[1], int(row[2]), float(row[3]), tags))
-        return out
 
     def prune(self, exists: Callable[[str], bool], batch: int = 1000) -> int:
         """Forget rows whose key no tier holds (`exists` says); returns how many."""
