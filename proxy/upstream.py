@@ -17,19 +17,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import OriginConfig
+from proxy.upstream_error import UpstreamError
+
+__all__ = ["OriginResponse", "Upstream", "UpstreamError", "translate"]
 
 log = logging.getLogger("proxy.upstream")
 
 READ_CHUNK = 64 * 1024
-
-
-class UpstreamError(Exception):
-    """The origin could not give a usable response; `status_hint` is 502 or 504."""
-
-    def __init__(self, status_hint: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status_hint = status_hint
-        self.reason = reason
 
 
 def translate(exc: BaseException) -> UpstreamError:
