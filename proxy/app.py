@@ -67,7 +67,7 @@ def open_storage(cfg: Config) -> TieredStorage:
     if cfg.cache.l2.enabled:
         Path(cfg.cache.dir).mkdir(parents=True, exist_ok=True)
         l2 = DiskStorage(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction)
-    return TieredStorage(l1, l2)
+    return TieredStorage(l1, l2, loop_read_max=cfg.cache.l2_read_on_loop_max)
 
 
 def create_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:

@@ -93,6 +93,10 @@ class CacheConfig:
     max_object_size: int = 10 * 1024 * 1024
     l1: TierConfig = TierConfig()
     l2: TierConfig = TierConfig(budget=1024 * 1024 * 1024)
+    # L2 values up to this size are read on the event loop (microseconds from
+    # the page cache); larger ones on the I/O threads. 0: every read on a thread
+    # (for a disk slow enough that a small read could stall the loop).
+    l2_read_on_loop_max: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +286,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         max_object_size=r.size(c, "max_object_size", cd.max_object_size, "cache"),
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
+        l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
     )
 
     k = r.mapping(top.get("keys", {}), "keys")

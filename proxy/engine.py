@@ -121,11 +121,12 @@ class Engine:
 
     # ------------------------------------------------------------------ entry
 
-    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float] | None:
-        """(entry, age, ttl) when the request is a plain fresh hit in L1, else None.
+    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float, str] | None:
+        """(entry, age, ttl, tier) when the request is a plain fresh hit, else None.
 
-        The hit path of the lean front end (proxy/fastpath.py): no await, no
-        I/O, the same policy calls as handle(). Anything that needs more than
+        The hit path of the lean front end (proxy/fastpath.py): no await, the
+        same policy calls as handle(). L1, or L2 where a value can be read on
+        the loop (TieredStorage.get_now). Anything that needs more than
         the stored bytes (conditionals, ranges, stale serving, revalidation,
         refresh-ahead, pending purges, a peer asking) returns None and goes
         through handle(), so every RFC rule still applies.
@@ -139,8 +140,8 @@ class Engine:
                 return None
         if req.method not in policy.CACHEABLE_METHODS:
             return None
-        resource = self.storage.l1_get(self.fetcher.key_for(req))
-        if resource is None:
+        _, resource, tier = self.storage.get_now(self.fetcher.key_for(req))
+        if resource is None or tier is None:
             return None
         if (purger.bans or purger.ban_all is not None) and purger.screen(resource) is not resource:
             return None  # a late copy a purge covers: handle() cleans it out
@@ -166,7 +167,7 @@ class Engine:
         self.stats.requests += 1
         self.stats.hits += 1
         self.stats.fast_hits += 1
-        return entry, decision.age, decision.ttl
+        return entry, decision.age, decision.ttl, tier
 
     async def handle(self, req: ClientRequest) -> Reply:
         """Answer one client request."""

@@ -189,13 +189,14 @@ class FastPathProtocol(asyncio.Protocol):
         hit = self.ctx.engine.fast_hit(request)
         if hit is None:
             return None
-        entry, age, ttl = hit
+        entry, age, ttl, tier = hit
         name = self.ctx.name
-        tail = b'Age: %d\r\nCache-Status: %s%s;hit;ttl=%d;detail="l1"\r\nVia: 1.1 %s\r\n' % (
+        tail = b'Age: %d\r\nCache-Status: %s%s;hit;ttl=%d;detail="%s"\r\nVia: 1.1 %s\r\n' % (
             int(age),
             entry.cache_status_prefix,
             name,
             int(ttl),
+            tier.encode(),
             name,
         )
         if not keep_alive:
@@ -209,13 +210,14 @@ class FastPathProtocol(asyncio.Protocol):
             response = b"".join((entry.wire_head, tail, b"\r\n"))
         if self.ctx.access_log:
             access_log.info(
-                '%s "%s %s" %d "%s;hit;ttl=%d;detail=l1" %.1fms',
+                '%s "%s %s" %d "%s;hit;ttl=%d;detail=%s" %.1fms',
                 self.remote,
                 request.method,
                 target.decode("ascii"),
                 entry.status,
                 self.ctx.cfg.name,
                 int(ttl),
+                tier,
                 (time.perf_counter() - started) * 1000,
             )
         return response, body, keep_alive

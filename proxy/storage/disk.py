@@ -13,12 +13,16 @@ does not count the SQLite WAL file (up to a few MiB between checkpoints).
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import diskcache
-from diskcache.core import MODE_PICKLE
+from diskcache.core import DBNAME, MODE_PICKLE
 
 from proxy import codec
 from proxy.entry import CachedResource
@@ -32,6 +36,22 @@ _DISKCACHE_POLICY: Final[dict[str, str]] = {
     "fifo": "least-recently-stored",
     "noeviction": "none",
 }
+
+# diskcache's own row lookup (Cache.get), minus its transaction: a read-only
+# connection reads the row, and the access it would record is batched instead.
+# Our keys are str, which diskcache stores raw (raw = 1).
+_SELECT_ROW: Final = (
+    "SELECT rowid, mode, filename, value, size FROM Cache"
+    " WHERE key = ? AND raw = 1 AND (expire_time IS NULL OR expire_time > ?)"
+)
+# How each policy records an access, applied in one transaction per batch.
+_RECORD_ACCESS: Final[dict[str, str]] = {
+    "lru": "UPDATE Cache SET access_time = max(access_time, ?) WHERE rowid = ?",
+    "lfu": "UPDATE Cache SET access_count = access_count + ? WHERE rowid = ?",
+}
+# A reader never waits long for a lock on the event loop: it gives up and the
+# caller reads on the I/O pool instead, where diskcache's own timeout applies.
+_LOOP_BUSY_TIMEOUT = 0.02
 
 # Distinguishes "no row" from a stored value in diskcache.get().
 _MISSING: Final = object()
@@ -85,6 +105,13 @@ class DiskStorage:
     largest object. With lru/lfu every hit is a small SQLite write (diskcache
     records the access); fifo hits are read-only.
 
+    read_now() is the read path of the engine: a plain SELECT on a read-only
+    connection of its own, so a hit needs no write transaction and, for small
+    values, no thread hop. The access an lru/lfu hit records (which diskcache's
+    get() writes at once) is batched in memory and written by flush_access():
+    before every eviction and about once a second, so eviction order lags by at
+    most that much.
+
     The budget holds for volume() (see the module docstring) once it exceeds
     the ~32 KiB of an empty SQLite file. noeviction's check is an estimate
     (the encoded length against volume()), so it can overshoot by SQLite page
@@ -133,6 +160,11 @@ class DiskStorage:
             eviction_policy=_DISKCACHE_POLICY[policy],
             disk=_SafeDisk,
         )
+        self._db_path = self.directory.resolve() / DBNAME
+        self._reader: tuple[int, sqlite3.Connection | None] | None = None  # (pid, connection)
+        self._record_access = _RECORD_ACCESS.get(policy)
+        self._accessed: dict[int, int] = {}  # rowid -> hits not yet written
+        self._accessed_lock = threading.Lock()
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -162,6 +194,93 @@ class DiskStorage:
             return None
         self.stats.hits += 1
         return resource
+
+    def read_now(
+        self, key: str, max_bytes: int, *, count_miss: bool = True
+    ) -> tuple[bool, CachedResource | None]:
+        """Look key up without a write transaction: (answered, resource).
+
+        (True, resource) is a hit, (True, None) a miss. (False, None) means
+        "not answered here, use get()": the value is a file larger than
+        max_bytes, a lock is held, or the entry looks broken (get() then
+        retries or drops it, as it always has). Nothing here raises.
+        count_miss=False leaves a miss uncounted, for a caller that will ask again.
+        """
+        con = self._reader_connection()
+        if con is None:
+            return False, None
+        try:
+            rows = con.execute(_SELECT_ROW, (key, time.time())).fetchall()
+        except sqlite3.Error:  # busy, locked, or a directory diskcache has not set up
+            return False, None
+        if not rows:
+            if count_miss:
+                self.stats.misses += 1
+            return True, None
+        ((rowid, mode, filename, value, size),) = rows
+        if filename is not None and size > max_bytes:
+            return False, None  # a big value file: read it on the pool, off the loop
+        try:
+            data = self._cache.disk.fetch(mode, filename, value, False)
+            if type(data) is not bytes:
+                return False, None
+            resource = codec.decode(data)
+        except Exception:  # a vanished file, a pickle, garbage: get() judges it
+            return False, None
+        if resource.key != key:
+            return False, None
+        if self._record_access is not None:
+            with self._accessed_lock:
+                self._accessed[rowid] = self._accessed.get(rowid, 0) + 1
+        self.stats.hits += 1
+        return True, resource
+
+    def access_pending(self) -> bool:
+        """Are there hits whose access flush_access() has not written yet?"""
+        return bool(self._accessed)
+
+    def flush_access(self) -> None:
+        """Write the batched accesses of read_now() hits (lru: the time, lfu: the count)."""
+        with self._accessed_lock:
+            accessed, self._accessed = self._accessed, {}
+        if not accessed or self._record_access is None:
+            return
+        if self.policy == "lru":
+            now = time.time()
+            rows = [(now, rowid) for rowid in accessed]
+        else:
+            rows = [(count, rowid) for rowid, count in accessed.items()]
+        try:
+            with self._cache.transact():
+                # A row deleted meanwhile matches nothing; a reused rowid gets a
+                # stray access, which only nudges eviction order.
+                self._cache._con.executemany(self._record_access, rows)
+        except Exception as exc:  # eviction order is a hint: never fail a caller over it
+            log.warning("disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc)
+
+    def _reader_connection(self) -> sqlite3.Connection | None:
+        """This process's read-only connection (None if it cannot be opened)."""
+        pid = os.getpid()
+        reader = self._reader
+        if reader is not None and reader[0] == pid:
+            return reader[1]
+        con: sqlite3.Connection | None
+        try:
+            # check_same_thread=False: opened on whichever thread asks first;
+            # only the event loop's thread uses it afterwards.
+            con = sqlite3.connect(
+                self._db_path.as_uri() + "?mode=ro",
+                uri=True,
+                timeout=_LOOP_BUSY_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            con.execute("PRAGMA mmap_size = 67108864")  # diskcache's own setting: reads from the page cache
+        except sqlite3.Error as exc:
+            log.warning("disk cache %s: no read-only connection: %r", self.directory, exc)
+            con = None
+        self._reader = (pid, con)
+        return con
 
     def _read(self, key: str) -> Any:
         try:
@@ -207,6 +326,7 @@ class DiskStorage:
             cache.set(key, data)
             volume = cache.volume()
             if volume > budget:
+                self.flush_access()  # evict by what was really read, not by what was last written
                 stats.evictions += cache.cull()
                 volume = cache.volume()
                 # cull() works in batches and can take the new entry too.
@@ -281,8 +401,13 @@ class DiskStorage:
 
         diskcache connections are per thread; those opened in worker threads
         close when the threads exit (TieredStorage shuts its pool down first).
-        The tier reopens lazily if used again.
+        The tier reopens lazily if used again. Batched accesses are written
+        first, so a restart keeps the eviction order.
         """
+        self.flush_access()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader[1] is not None and reader[0] == os.getpid():
+            reader[1].close()
         self._cache.close()
 
     # -- stats -------------------------------------------------------------------

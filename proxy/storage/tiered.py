@@ -3,8 +3,12 @@
 TieredStorage satisfies the synchronous Storage protocol (for tools and tests)
 and adds the coroutine API the engine uses. The async methods run L1
 operations inline on the event-loop thread (L1 is in-process and not
-thread-safe) and L2 operations on a small thread pool owned by this object, so
-the loop never blocks on disk I/O. A dedicated pool, rather than the loop's
+thread-safe) and L2 writes and deletes on a small thread pool owned by this
+object. L2 reads of values up to `loop_read_max` bytes run on the loop itself
+(DiskStorage.read_now: a read-only SELECT of a page-cached row, a few
+microseconds, where the hop to a thread and back costs about 100); larger
+values, and any read that would wait for a lock, go to the pool, so a slow
+disk never stalls the loop for long. A dedicated pool, rather than the loop's
 default executor, means close() can join the threads, which also closes the
 per-thread SQLite connections diskcache opened in them.
 
@@ -27,6 +31,7 @@ from typing import Literal, TypeVar
 
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
+from proxy.storage.disk import DiskStorage
 from proxy.storage.write_behind import DEFAULT_WRITE_QUEUE, WriteBehind
 
 TierName = Literal["l1", "l2"]
@@ -39,6 +44,11 @@ log = logging.getLogger("proxy.storage")
 # Enough to overlap a few SQLite reads and file reads; writers serialise in
 # SQLite anyway, so more threads would mostly wait on its lock.
 DEFAULT_L2_THREADS = 4
+# L2 values up to this size are read on the event loop (see the module docstring):
+# a page-cached read of 256 KiB takes tens of microseconds.
+DEFAULT_LOOP_READ_MAX = 256 * 1024
+# How often batched L2 accesses (lru/lfu recency of on-loop hits) are written.
+ACCESS_FLUSH_INTERVAL = 1.0
 
 
 @dataclass(slots=True)
@@ -87,6 +97,7 @@ class TieredStorage:
         *,
         l2_threads: int = DEFAULT_L2_THREADS,
         write_queue: int = DEFAULT_WRITE_QUEUE,
+        loop_read_max: int = DEFAULT_LOOP_READ_MAX,
     ) -> None:
         self.name = "tiered"
         self.stats = TierStats()
@@ -100,6 +111,11 @@ class TieredStorage:
         self._l2_deletes: dict[str, int] = {}
         # L2 writes of aset(); every L2 mutation holds self._writes.lock.
         self._writes = WriteBehind(self._write_l2, self._in_thread, write_queue)
+        # The disk tier read on the loop (None: every L2 read goes to the pool).
+        self._loop_reader = l2 if isinstance(l2, DiskStorage) and loop_read_max > 0 else None
+        self._loop_read_max = loop_read_max
+        self._access_flush: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Future[None]] = set()
 
     # -- synchronous Storage protocol ---------------------------------------------
 
@@ -201,6 +217,9 @@ class TieredStorage:
         await drain() first. Safe to call more than once; the object stays
         usable (the pool is recreated on demand).
         """
+        if self._access_flush is not None:
+            self._access_flush.cancel()  # l2.close() below writes what is batched
+            self._access_flush = None
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=True)
@@ -214,13 +233,62 @@ class TieredStorage:
 
     # -- async API for the engine -----------------------------------------------------
 
+    def get_now(self, key: str) -> tuple[bool, CachedResource | None, TierName | None]:
+        """L1, then L2 on the loop where that is cheap: (answered, resource, tier).
+
+        The engine's synchronous hit path. answered=False means only aget()
+        can tell (a big value, a lock, a delete in flight). Hits are counted;
+        misses are not, since the engine goes on to aget(), which counts them.
+        """
+        if self.l1 is not None:
+            resource = self.l1.get(key)
+            if resource is not None:
+                self.stats.hits += 1
+                return True, resource, "l1"
+        if self.l2 is None:
+            return True, None, None
+        queued = self._writes.pending(key)
+        if queued is not None:
+            # Newer than anything in L2. Not promoted: L1 either has it
+            # already, refused it, or evicted it since the write.
+            self.stats.hits += 1
+            return True, queued, "l2"
+        reader = self._loop_reader
+        if reader is None or key in self._l2_deletes:
+            # A delete on the pool may not have committed yet: aget() knows how to wait for it.
+            return False, None, None
+        answered, resource = reader.read_now(key, self._loop_read_max, count_miss=False)
+        if not answered:
+            return False, None, None
+        if resource is None:
+            return True, None, None
+        self._promote(resource)
+        self.stats.hits += 1
+        self._schedule_access_flush(reader)
+        return True, resource, "l2"
+
+    def _schedule_access_flush(self, reader: DiskStorage) -> None:
+        if self._access_flush is None and reader.access_pending():
+            self._access_flush = asyncio.get_running_loop().call_later(
+                ACCESS_FLUSH_INTERVAL, self._flush_access
+            )
+
+    def _flush_access(self) -> None:
+        self._access_flush = None
+        reader = self._loop_reader
+        if reader is not None and reader.access_pending():
+            flush = asyncio.ensure_future(self._in_thread(lambda _: reader.flush_access(), None))
+            self._background.add(flush)
+            flush.add_done_callback(self._background.discard)
+
     async def aget(
         self, key: str, *, l1_checked: bool = False
     ) -> tuple[CachedResource | None, TierName | None]:
         """The resource and the tier that answered ("l1", "l2", or None on a miss).
 
         l1_checked=True skips the L1 lookup, for a caller that already missed
-        in l1_get(). L2 is read on the I/O pool and a hit is promoted into L1.
+        in l1_get(). Small L2 values are read on the loop (get_now), others on
+        the I/O pool; an L2 hit is promoted into L1.
         """
         if self.l1 is not None and not l1_checked:
             resource = self.l1.get(key)
@@ -235,6 +303,17 @@ class TieredStorage:
                 # already, refused it, or evicted it since the write.
                 self.stats.hits += 1
                 return queued, "l2"
+            reader = self._loop_reader
+            if reader is not None and key not in self._l2_deletes:
+                answered, resource = reader.read_now(key, self._loop_read_max)
+                if answered:
+                    if resource is None:
+                        self.stats.misses += 1
+                        return None, None
+                    self._promote(resource)
+                    self.stats.hits += 1
+                    self._schedule_access_flush(reader)
+                    return resource, "l2"
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()

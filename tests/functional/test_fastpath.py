@@ -7,8 +7,11 @@ HTTP/1.0, Connection: close, and heads the front must not judge itself.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
-from tests.functional.conftest import Origin, Proxy
+from proxy.config import TierConfig
+from tests.functional.conftest import Origin, Proxy, ProxyFactory, make_config
 
 
 async def exchange(proxy: Proxy, data: bytes, *, until_close: bool = False, responses: int = 1) -> bytes:
@@ -158,3 +161,39 @@ async def test_large_body_hit_is_complete(proxy: Proxy) -> None:
     assert b"Content-Length: 100000" in head and b";hit;" in head
     assert rest[:100000] == full  # head and body written separately, nothing lost or reordered
     assert rest[100000:].startswith(b"HTTP/1.1 ")
+
+
+async def test_l2_hit_is_answered_by_the_fast_path(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    from proxy.app import ENGINE_KEY
+
+    base = make_config(origin.url, tmp_path / "l2").cache
+    proxy = await start_proxy(cache=replace(base, l1=TierConfig(enabled=False)))
+    await warm(proxy, "/bytes/1000")
+    await proxy.server.app[ENGINE_KEY].storage.drain()  # the write-behind queue is in L2 now
+    stats = proxy.server.app[ENGINE_KEY].stats
+    before = stats.fast_hits
+    out = await exchange(proxy, get("/bytes/1000"))
+    assert b"hit;ttl=" in out and b'detail="l2"' in out
+    assert stats.fast_hits == before + 1
+    _, full = await proxy.get("/bytes/1000", headers={"Host": "cdn.example"})
+    assert out.endswith(full)
+
+
+async def test_l2_values_above_the_loop_read_limit_take_the_full_path(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    from proxy.app import ENGINE_KEY
+
+    base = make_config(origin.url, tmp_path / "l2").cache
+    proxy = await start_proxy(
+        cache=replace(base, l1=TierConfig(enabled=False), l2_read_on_loop_max=64 * 1024)
+    )
+    await warm(proxy, "/bytes/100000")
+    await proxy.server.app[ENGINE_KEY].storage.drain()
+    stats = proxy.server.app[ENGINE_KEY].stats
+    before = stats.fast_hits
+    out = await exchange(proxy, get("/bytes/100000"))
+    assert b"hit;ttl=" in out and b'detail="l2"' in out  # read on the I/O pool by handle()
+    assert stats.fast_hits == before

@@ -61,7 +61,9 @@ async def test_aset_and_adelete(
     assert l1.peek("k") is None and l2.get("k") is None
 
 
-async def test_l2_runs_off_the_event_loop_thread(tmp_path: Path, resource: Make) -> None:
+async def test_l2_runs_off_the_event_loop_thread_when_loop_reads_are_off(
+    tmp_path: Path, resource: Make
+) -> None:
     loop_thread = threading.get_ident()
     calls: list[tuple[str, int]] = []
 
@@ -74,7 +76,7 @@ async def test_l2_runs_off_the_event_loop_thread(tmp_path: Path, resource: Make)
             calls.append(("set", threading.get_ident()))
             return super().set(resource)
 
-    t = TieredStorage(MemoryStorage(MiB), Spy(tmp_path / "l2", 10 * MiB))
+    t = TieredStorage(MemoryStorage(MiB), Spy(tmp_path / "l2", 10 * MiB), loop_read_max=0)
     try:
         await t.aset(resource("k"))
         await t.drain()  # the write-behind drainer writes in the pool too
@@ -154,7 +156,7 @@ async def test_delete_during_an_l2_read_is_not_undone_by_promotion(tmp_path: Pat
             return found
 
     l1 = MemoryStorage(MiB)
-    t = TieredStorage(l1, SlowDisk(tmp_path / "l2", 10 * MiB))
+    t = TieredStorage(l1, SlowDisk(tmp_path / "l2", 10 * MiB), loop_read_max=0)
     try:
         t.l2.set(resource("k"))  # type: ignore[union-attr]
         read = asyncio.create_task(t.aget("k"))

@@ -274,7 +274,7 @@ async def test_read_in_flight_does_not_promote_over_a_queued_write(tmp_path: Pat
             return found
 
     l1 = MemoryStorage(MiB)
-    t = TieredStorage(l1, SlowReads(tmp_path / "l2", 10 * MiB))
+    t = TieredStorage(l1, SlowReads(tmp_path / "l2", 10 * MiB), loop_read_max=0)
     try:
         old, new = resource("k", body=b"old"), resource("k", body=b"new")
         t.l2.set(old)  # type: ignore[union-attr]
