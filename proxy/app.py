@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.cache_status import CacheStatus, appended, member
+from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.engine import Engine, Reply, error_reply
 from proxy.fetcher import ClientRequest
@@ -29,6 +29,7 @@ from proxy.headers import VALID_HOST
 from proxy.keys import key_host
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
+from proxy.respond import finish, respond
 from proxy.routing import HEALTH_PATH, FetchRouter
 from proxy.storage.catalog import Catalog
 from proxy.storage.disk import DiskStorage
@@ -103,24 +104,18 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     cfg = app[CONFIG_KEY]
     engine = app[ENGINE_KEY]
     started = time.perf_counter()
-    try:
-        if not VALID_HOST.fullmatch(request.headers.get("Host", "")):
-            reply = error_reply(400, "invalid Host header")
-        elif request.path == HEALTH_PATH:
-            reply = _health(cfg)
-        elif request.method == "PURGE" and cfg.admin.purge_method:
-            reply = await _purge_method(request, cfg, app[PURGER_KEY])
-        else:
-            reply = await engine.handle(_client_request(request))
-    except UpstreamError as exc:
-        reply = error_reply(exc.status_hint, exc.reason)
-    except Exception:
-        log.exception("error handling %s %s", request.method, request.path_qs)
-        reply = error_reply(500, "internal error")
-    reply.headers["Cache-Status"] = appended(
-        ",".join(reply.headers.getall("Cache-Status", [])) or None, member(cfg.name, reply.cache_status)
-    )
-    reply.headers.add("Via", f"1.1 {cfg.name}")
+    if not VALID_HOST.fullmatch(request.headers.get("Host", "")):
+        reply = finish(cfg, error_reply(400, "invalid Host header"))
+    elif request.path == HEALTH_PATH:
+        reply = finish(cfg, _health(cfg))
+    elif request.method == "PURGE" and cfg.admin.purge_method:
+        try:
+            reply = finish(cfg, await _purge_method(request, cfg, app[PURGER_KEY]))
+        except Exception:
+            log.exception("error handling PURGE %s", request.path_qs)
+            reply = finish(cfg, error_reply(500, "internal error"))
+    else:
+        reply = await respond(engine, cfg, _client_request(request))
     response = await _write(request, reply)
     if cfg.log.access_log:
         _log_access(cfg, request, reply, time.perf_counter() - started)

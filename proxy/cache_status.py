@@ -7,6 +7,7 @@ client).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from http_sfv.item import Item
@@ -30,6 +31,9 @@ class CacheStatus:
     detail: str | None = None
 
 
+# A node sees few distinct statuses (ttl varies most), and serialising with
+# http_sfv costs more than the rest of a pass-through's header work.
+@functools.lru_cache(maxsize=4096)
 def member(node: str, status: CacheStatus) -> str:
     """This node's list member, e.g. `edge-1;hit;ttl=57` or `edge-1;fwd=uri-miss;fwd-status=200;stored`."""
     item = Item()

@@ -121,8 +121,11 @@ class Engine:
 
     # ------------------------------------------------------------------ entry
 
-    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float, str] | None:
-        """(entry, age, ttl, tier) when the request is a plain fresh hit, else None.
+    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float, str] | bool:
+        """(entry, age, ttl, tier) when the request is a plain fresh hit; else whether it is a known miss.
+
+        True means nothing is stored under the request's key (handle() may
+        skip the lookup: see its known_miss); False means handle() must look.
 
         The hit path of the lean front end (proxy/fastpath.py): no await, the
         same policy calls as handle(). L1, or L2 where a value can be read on
@@ -133,18 +136,18 @@ class Engine:
         """
         purger = self.purger
         if purger.behind():
-            return None
+            return False
         headers = req.headers
         for name in _NOT_FAST:
             if name in headers:
-                return None
+                return False
         if req.method not in policy.CACHEABLE_METHODS:
-            return None
-        _, resource, tier = self.storage.get_now(self.fetcher.key_for(req))
+            return False
+        answered, resource, tier = self.storage.get_now(self.fetcher.key_for(req))
         if resource is None or tier is None:
-            return None
+            return answered  # answered with nothing: a miss in every tier
         if (purger.bans or purger.ban_all is not None) and purger.screen(resource) is not resource:
-            return None  # a late copy a purge covers: handle() cleans it out
+            return False  # a late copy a purge covers: handle() cleans it out
         opts = self.cfg.policy
         variants = resource.variants
         if len(variants) == 1 and not variants[0].vary_names:
@@ -156,21 +159,26 @@ class Engine:
             )
             entry = select_variant(resource, normalised)
         if entry is None:
-            return None
+            return False
         now = self.clock()
         # Accept-Encoding (the only field normalised above) holds no cache directive.
         decision = policy.decide(req.method, policy.request_directives(headers, opts), entry, True, now, opts)
         if not isinstance(decision, policy.Deliver) or decision.stale:
-            return None
+            return False
         if policy.refresh_ahead_due(entry, decision.ttl, self.cfg.fetch.refresh_ahead_fraction):
-            return None
+            return False
         self.stats.requests += 1
         self.stats.hits += 1
         self.stats.fast_hits += 1
         return entry, decision.age, decision.ttl, tier
 
-    async def handle(self, req: ClientRequest) -> Reply:
-        """Answer one client request."""
+    async def handle(self, req: ClientRequest, *, known_miss: bool = False) -> Reply:
+        """Answer one client request.
+
+        known_miss: fast_hit() just found nothing under this request's key, so
+        the lookup is not repeated (a copy stored in between is found by the
+        next request; coalescing still joins a fetch in flight).
+        """
         self.stats.requests += 1
         purger = self.purger
         if purger.behind():
@@ -194,7 +202,11 @@ class Engine:
         if HOP_HEADER in headers:
             self.fetcher.stats.served_for_peers += 1
 
-        resource, tier = await self.storage.aget(key)
+        if known_miss:
+            self.storage.stats.misses += 1
+            resource, tier = None, None
+        else:
+            resource, tier = await self.storage.aget(key)
         if resource is not None and (purger.bans or purger.ban_all is not None):
             resource = await self._screen(resource)
         entry = select_variant(resource, headers) if resource is not None else None

@@ -1,15 +1,22 @@
-"""A lean HTTP/1.1 front for plain cache hits, in front of aiohttp.
+"""A lean HTTP/1.1 front in front of aiohttp: plain GET and HEAD requests end to end.
 
 Each connection starts here. A request whose head is simple (GET or HEAD, no
-body, one valid Host, nothing this file is unsure of) and that the engine
-answers as a plain fresh L1 hit (`Engine.fast_hit`) is written back at once
-from the stored response's pre-built header bytes and body: no aiohttp
-request or response objects, no header serialisation per hit. The first
-request that is anything else — a miss, a conditional, a range, a POST, a
-malformed line — hands the connection, with every byte not yet answered, to
-aiohttp's own protocol, which parses it fully and runs the whole engine; the
-connection stays with aiohttp from then on. So every RFC rule and every error
-answer remains aiohttp's and the engine's; this file only saves work on hits.
+body, one valid Host, nothing this file is unsure of) is answered here:
+
+- a plain fresh hit (`Engine.fast_hit`, L1 or a small L2 value) is written at
+  once from the stored response's pre-built header bytes and body: no await,
+  no request or response objects, no header serialisation per hit;
+- anything else (a miss, a revalidation, a conditional, a range, a pass) runs
+  through the whole engine (`proxy.respond`), and the reply is framed by
+  `proxy.h1` and written here, streaming with flow control. Later pipelined
+  requests wait, unread, until it is written.
+
+The first request that is not simple (a POST, PURGE, a body, an upgrade, a
+malformed or unusual head, the health path) hands the connection, with every
+byte not yet answered, to aiohttp's own protocol, which parses it fully; the
+connection stays with aiohttp from then on. So every error answer for bad
+input is aiohttp's, and every caching rule the engine's; this file only
+saves aiohttp's per-request work on the requests a cache mostly sees.
 """
 
 from __future__ import annotations
@@ -19,17 +26,21 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from multidict import CIMultiDict
 
 from proxy.config import Config
-from proxy.engine import Engine
+from proxy.engine import Engine, Reply
 from proxy.fetcher import ClientRequest
+from proxy.h1 import LAST_CHUNK, Framing, HeaderInjection, chunk, reply_head
 from proxy.headers import VALID_HOST
+from proxy.respond import respond
+from proxy.upstream_error import UpstreamError
 
 access_log = logging.getLogger("proxy.access")
+log = logging.getLogger("proxy.app")
 
 MAX_HEAD = 16 * 1024  # longer heads go to aiohttp, which enforces its own limits (431/400)
 _COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
@@ -39,6 +50,20 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"/[!-~]*")  # origin-form, visible ASCII only
 # Fields that mean "not a plain request": a body, an upgrade, or something to negotiate.
 _NOT_PLAIN = ("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings")
+_INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\nContent-Length: 15\r\nConnection: close\r\n\r\ninternal error\n"
+)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A plain request read by this front."""
+
+    request: ClientRequest
+    http10: bool
+    keep_alive: bool
+    started: float  # perf_counter() when its head was parsed, for the access log
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +76,26 @@ class FastContext:
     health_path: bytes
     name: bytes
     access_log: bool
+    # Every open connection still with this front (for shutdown).
+    connections: set[FastPathProtocol] = field(default_factory=set)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now; give those mid-request up to timeout seconds to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            busy = [c for c in self.connections if c.task is not None]
+            for conn in list(self.connections):
+                if conn.task is None and conn.transport is not None:
+                    conn.transport.close()
+            if not busy or loop.time() >= deadline:
+                break
+            await asyncio.wait([c.task for c in busy if c.task is not None], timeout=deadline - loop.time())
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.task.cancel()
+            if conn.transport is not None:
+                conn.transport.abort()
 
 
 class FastPathProtocol(asyncio.Protocol):
@@ -64,6 +109,9 @@ class FastPathProtocol(asyncio.Protocol):
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()  # protocols are built by the loop's server
+        self.task: asyncio.Task[None] | None = None  # the request being answered by the engine
+        self.writing_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -74,19 +122,32 @@ class FastPathProtocol(asyncio.Protocol):
         self.remote = str(peer[0]) if peer else ""
         self.last_activity = self.loop.time()
         self.idle_timer = self.loop.call_later(IDLE_TIMEOUT, self._check_idle)
+        self.ctx.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
         self.transport = None
+        self.ctx.connections.discard(self)
+        self._wake_writer()
+        if self.task is not None:
+            self.task.cancel()  # nobody to answer any more (a shared fetch goes on: see Engine._fetch)
 
     def pause_writing(self) -> None:
         # The client reads slower than we answer: stop reading requests until it catches up.
+        self.writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self.writing_paused = False
+        self._wake_writer()
+        if self.transport is not None and self.task is None:
             self.transport.resume_reading()
+
+    def _wake_writer(self) -> None:
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _check_idle(self) -> None:
         transport = self.transport
@@ -94,7 +155,7 @@ class FastPathProtocol(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         idle_for = loop.time() - self.last_activity
-        if idle_for >= IDLE_TIMEOUT and not self.buffer:
+        if idle_for >= IDLE_TIMEOUT and not self.buffer and self.task is None:
             transport.close()
             return
         self.idle_timer = loop.call_later(max(IDLE_TIMEOUT - idle_for, 1.0), self._check_idle)
@@ -107,12 +168,20 @@ class FastPathProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- requests
 
     def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
         self.last_activity = self.loop.time()
         buf = self.buffer + data if self.buffer else data
-        while buf:
+        if self.task is not None:
+            # A request is being answered: pipelined bytes wait their turn (reading is paused).
+            self.buffer = buf
+            return
+        self._process(buf)
+
+    def _process(self, buf: bytes) -> None:
+        """Answer the complete requests in buf in order; keep an incomplete one for later."""
+        transport = self.transport
+        while buf and transport is not None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > MAX_HEAD or b"\n\n" in buf:  # too long, or bare-LF line ends
@@ -120,26 +189,33 @@ class FastPathProtocol(asyncio.Protocol):
                 else:
                     self.buffer = buf
                 return
-            answered = self._answer(buf[:end])
-            if answered is None:
+            parsed = self._parse(buf[:end])
+            if parsed is None:
                 self._hand_off(buf)
                 return
-            response, body, keep_alive = answered
+            buf = buf[end + 4 :]
+            answered = self._hit(parsed)
+            if not isinstance(answered, tuple):
+                # Not a plain fresh hit: the whole engine answers it, asynchronously.
+                # Later requests on this connection wait until it is written.
+                self.buffer = buf
+                transport.pause_reading()
+                self.task = self.loop.create_task(self._answer(parsed, known_miss=answered))
+                return
+            response, body = answered
             if body:
                 # Large bodies go out with the head in one writev, without copying them.
                 transport.writelines((response, body))
             else:
                 transport.write(response)
-            if not keep_alive:
+            if not parsed.keep_alive:
                 self.buffer = b""
                 transport.close()
                 return
-            buf = buf[end + 4 :]
         self.buffer = b""
 
-    def _answer(self, head: bytes) -> tuple[bytes, bytes, bool] | None:
-        """(head, body to send after it or b"", keep the connection?) for a plain hit; else None."""
-        started = time.perf_counter()
+    def _parse(self, head: bytes) -> _Parsed | None:
+        """The request, if its head is plain (see the module docstring); else None."""
         if b"\r\n" not in head:
             request_line, field_block = head, b""
         else:
@@ -166,7 +242,8 @@ class FastPathProtocol(asyncio.Protocol):
             if name_ in headers:
                 return None
         hosts = headers.getall("Host", [])
-        if len(hosts) > 1 or (version == b"HTTP/1.1" and not hosts):
+        http10 = version == b"HTTP/1.0"
+        if len(hosts) > 1 or (not http10 and not hosts):
             return None
         host = hosts[0] if hosts else ""
         if not VALID_HOST.fullmatch(host):  # the rule proxy/app.py applies before the engine
@@ -176,7 +253,7 @@ class FastPathProtocol(asyncio.Protocol):
             return None
         connection = headers.get("Connection", "").lower()
         # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
-        keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
+        keep_alive = "keep-alive" in connection if http10 else "close" not in connection
         request = ClientRequest(
             method=method.decode(),
             scheme="http",
@@ -186,9 +263,14 @@ class FastPathProtocol(asyncio.Protocol):
             headers=headers,
             remote=self.remote,
         )
+        return _Parsed(request, http10, keep_alive, time.perf_counter())
+
+    def _hit(self, parsed: _Parsed) -> tuple[bytes, bytes] | bool:
+        """(head, body to send after it or b"") for a plain fresh hit; else Engine.fast_hit's verdict."""
+        request = parsed.request
         hit = self.ctx.engine.fast_hit(request)
-        if hit is None:
-            return None
+        if not isinstance(hit, tuple):
+            return hit
         entry, age, ttl, tier = hit
         name = self.ctx.name
         tail = b'Age: %d\r\nCache-Status: %s%s;hit;ttl=%d;detail="%s"\r\nVia: 1.1 %s\r\n' % (
@@ -199,33 +281,113 @@ class FastPathProtocol(asyncio.Protocol):
             tier.encode(),
             name,
         )
-        if not keep_alive:
+        if not parsed.keep_alive:
             tail += b"Connection: close\r\n"
-        elif version == b"HTTP/1.0":
+        elif parsed.http10:
             tail += b"Connection: keep-alive\r\n"
-        body = entry.body if method == b"GET" else b""
+        body = entry.body if request.method == "GET" else b""
         if len(body) <= _COPY_LIMIT:
             response, body = b"".join((entry.wire_head, tail, b"\r\n", body)), b""
         else:
             response = b"".join((entry.wire_head, tail, b"\r\n"))
         if self.ctx.access_log:
-            access_log.info(
-                '%s "%s %s" %d "%s;hit;ttl=%d;detail=%s" %.1fms',
-                self.remote,
-                request.method,
-                target.decode("ascii"),
-                entry.status,
-                self.ctx.cfg.name,
-                int(ttl),
-                tier,
-                (time.perf_counter() - started) * 1000,
-            )
-        return response, body, keep_alive
+            self._log(parsed, entry.status, f"{self.ctx.cfg.name};hit;ttl={int(ttl)};detail={tier}")
+        return response, body
+
+    async def _answer(self, parsed: _Parsed, known_miss: bool) -> None:
+        """Answer one request through the engine, write it, then go on with the connection."""
+        ctx = self.ctx
+        try:
+            reply = await respond(ctx.engine, ctx.cfg, parsed.request, known_miss=known_miss)
+            keep_alive = await self._write_reply(reply, parsed)
+        except asyncio.CancelledError:
+            self.task = None
+            raise  # the client went away (connection_lost) or the server is shutting down
+        except Exception:
+            log.exception("error writing %s %s", parsed.request.method, parsed.request.path_qs)
+            keep_alive = False
+        self.task = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not keep_alive:
+            self.buffer = b""
+            transport.close()
+            return
+        self.last_activity = self.loop.time()
+        if not self.writing_paused:
+            transport.resume_reading()
+        buf, self.buffer = self.buffer, b""
+        if buf:
+            self._process(buf)
+
+    async def _write_reply(self, reply: Reply, parsed: _Parsed) -> bool:
+        """Write reply; whether the connection may carry another request."""
+        transport = self.transport
+        if transport is None:
+            return False
+        method = parsed.request.method
+        try:
+            head, framing, keep_alive = reply_head(reply, method, parsed.http10, parsed.keep_alive)
+        except HeaderInjection:
+            log.error("refusing a reply to %s %s: CR or LF in a header", method, parsed.request.path_qs)
+            transport.write(_INTERNAL_ERROR)
+            return False
+        body = reply.body
+        if self.ctx.access_log:
+            status_text = reply.headers.get("Cache-Status", "")
+            self._log(parsed, reply.status, status_text.rsplit(",", 1)[-1].strip())
+        if isinstance(body, bytes):
+            if framing is not Framing.LENGTH or not body:
+                transport.write(head)
+            elif len(body) <= _COPY_LIMIT:
+                transport.write(head + body)
+            else:
+                transport.writelines((head, body))
+            return keep_alive
+        transport.write(head)
+        try:
+            async for data in body:
+                if not data or framing is Framing.NONE:
+                    continue
+                transport.write(chunk(data) if framing is Framing.CHUNKED else data)
+                if self.writing_paused:
+                    await self._drain()
+        except UpstreamError as exc:
+            # The origin broke off mid-body: the client must see a broken response,
+            # not a short one that looks complete.
+            log.warning("origin body broke off for %s %s: %s", method, parsed.request.path_qs, exc.reason)
+            transport.abort()
+            return False
+        if framing is Framing.CHUNKED:
+            transport.write(LAST_CHUNK)
+        return keep_alive
+
+    async def _drain(self) -> None:
+        """Wait until the client has read enough of what was written (flow control)."""
+        if not self.writing_paused or self.transport is None:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiter = waiter
+        await waiter
+
+    def _log(self, parsed: _Parsed, status: int, cache_status: str) -> None:
+        request = parsed.request
+        access_log.info(
+            '%s "%s %s" %d "%s" %.1fms',
+            self.remote,
+            request.method,
+            request.path_qs,
+            status,
+            cache_status,
+            (time.perf_counter() - parsed.started) * 1000,
+        )
 
     def _hand_off(self, unanswered: bytes) -> None:
         """Give the connection, and every byte not yet answered, to aiohttp for good."""
         transport = self.transport
         self._stop_timer()
+        self.ctx.connections.discard(self)
         self.buffer = b""
         self.transport = None
         if transport is None or transport.is_closing():

@@ -16,6 +16,9 @@ from proxy.app import CONFIG_KEY, ENGINE_KEY
 from proxy.fastpath import FastContext, FastPathProtocol
 from proxy.routing import HEALTH_PATH
 
+# Seconds a request in progress may take to finish once the listener closes.
+SHUTDOWN_TIMEOUT = 10.0
+
 
 @dataclass
 class PublicListener:
@@ -23,6 +26,7 @@ class PublicListener:
 
     runner: web.AppRunner
     server: asyncio.Server
+    front: FastContext
 
     @property
     def port(self) -> int:
@@ -31,6 +35,7 @@ class PublicListener:
 
     async def close(self) -> None:
         self.server.close()
+        await self.front.shutdown(SHUTDOWN_TIMEOUT)  # connections the lean front answers
         await self.runner.shutdown()  # connections aiohttp took over
         await self.runner.cleanup()  # the app's cleanup contexts (queue drain, files)
         await self.server.wait_closed()
@@ -67,4 +72,4 @@ async def start_public(
     except BaseException:
         await runner.cleanup()
         raise
-    return PublicListener(runner, server)
+    return PublicListener(runner, server, ctx)

@@ -53,6 +53,20 @@ _RECORD_ACCESS: Final[dict[str, str]] = {
 # caller reads on the I/O pool instead, where diskcache's own timeout applies.
 _LOOP_BUSY_TIMEOUT = 0.02
 
+
+# Bumped in every forked child: a reader connection opened before a fork must
+# not be used after it (SQLite connections do not survive fork). Comparing this
+# per read is cheaper than os.getpid(), which is a system call.
+_fork_generation = 0
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 # Distinguishes "no row" from a stored value in diskcache.get().
 _MISSING: Final = object()
 # Stands in for a key diskcache would have to unpickle (never written by us).
@@ -161,7 +175,8 @@ class DiskStorage:
             disk=_SafeDisk,
         )
         self._db_path = self.directory.resolve() / DBNAME
-        self._reader: tuple[int, sqlite3.Connection | None] | None = None  # (pid, connection)
+        # (fork generation, connection): see _fork_generation.
+        self._reader: tuple[int, sqlite3.Connection | None] | None = None
         self._record_access = _RECORD_ACCESS.get(policy)
         self._accessed: dict[int, int] = {}  # rowid -> hits not yet written
         self._accessed_lock = threading.Lock()
@@ -260,9 +275,8 @@ class DiskStorage:
 
     def _reader_connection(self) -> sqlite3.Connection | None:
         """This process's read-only connection (None if it cannot be opened)."""
-        pid = os.getpid()
         reader = self._reader
-        if reader is not None and reader[0] == pid:
+        if reader is not None and reader[0] == _fork_generation:
             return reader[1]
         con: sqlite3.Connection | None
         try:
@@ -279,7 +293,7 @@ class DiskStorage:
         except sqlite3.Error as exc:
             log.warning("disk cache %s: no read-only connection: %r", self.directory, exc)
             con = None
-        self._reader = (pid, con)
+        self._reader = (_fork_generation, con)
         return con
 
     def _read(self, key: str) -> Any:
@@ -406,7 +420,7 @@ class DiskStorage:
         """
         self.flush_access()
         reader, self._reader = self._reader, None
-        if reader is not None and reader[1] is not None and reader[0] == os.getpid():
+        if reader is not None and reader[1] is not None and reader[0] == _fork_generation:
             reader[1].close()
         self._cache.close()
 

@@ -1,0 +1,780 @@
+"""A lean HTTP/1.1 client for the origin: asyncio Protocols and httptools (llhttp), nothing else.
+
+Why it exists: every cache miss pays for one origin request, and
+`aiohttp.ClientSession.request` costs 100+ µs of Python per request (request and
+response object trees, tracing hooks, cookie and redirect machinery, a
+`StreamReader` per response). Here a request is one pre-joined `bytes` written
+to a pooled keep-alive connection, and a response is its status, its headers
+and a small reader over the connection's own buffer; timeouts are one
+re-armed loop timer per connection instead of `wait_for` per read.
+
+The surface matches `proxy.upstream.OriginResponse` (`status`, `reason`,
+`headers`, `content_length`, `read_up_to`, `iter_rest`, `close`, `release`)
+and every failure is an `UpstreamError` with the same reasons
+`proxy.upstream.translate` uses, so the caller cannot tell the clients apart.
+
+What it deliberately does not do (the caller keeps aiohttp for these):
+no TLS (plain http:// only), no request bodies, no proxies, no redirects, no
+decompression (bodies pass byte for byte), no cookies, no HTTP/2, no upgrades
+(a 101 is an invalid response), no response trailers (parsed and dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Final, cast
+from urllib.parse import urlsplit
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.upstream_error import UpstreamError
+
+__all__ = ["LeanOrigin", "LeanResponse"]
+
+# The methods whose request may be sent twice (RFC 9110 §9.2.2): only these are retried
+# when a reused keep-alive connection turns out to have been closed by the origin.
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_HEADER_FIELDS: Final = 200
+# Body bytes buffered before the socket stops being read: a slow consumer holds at most this
+# (plus one socket read) per connection, however large the body.
+HIGH_WATER: Final = 256 * 1024
+# An idle keep-alive connection older than this is closed rather than reused (aiohttp's
+# default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
+IDLE_TIMEOUT: Final = 15.0
+
+TIMED_OUT: Final = "origin timed out"
+UNREACHABLE: Final = "origin unreachable"
+CLOSED: Final = "origin closed the connection"
+INCOMPLETE: Final = "origin response body incomplete"
+INVALID: Final = "origin sent an invalid response"
+FAILED: Final = "origin connection failed"
+
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_CI_TYPES: Final = (CIMultiDict, CIMultiDictProxy)
+
+# Connection states. A BUSY connection belongs to one request (or is being handed to one).
+_CONNECTING: Final = 0
+_BUSY: Final = 1
+_IDLE: Final = 2
+_CLOSED: Final = 3
+
+
+class _Invalid(Exception):
+    """Raised inside a parser callback: the response breaks a rule llhttp does not check."""
+
+
+class _Origin:
+    """Where to connect and the constant parts of every request to one origin."""
+
+    __slots__ = ("host", "host_line", "port", "prefix")
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http":
+            raise ValueError(f"{base_url!r}: only plain http:// origins are supported")
+        if not parts.hostname or parts.username is not None or parts.password is not None:
+            raise ValueError(f"{base_url!r}: needs a host and no userinfo")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{base_url!r}: a base URL has no query or fragment")
+        port = parts.port or 80  # raises ValueError for a bad port
+        self.host = parts.hostname
+        self.port = port
+        # As upstream.py's URL(base_url + path_qs): a path in the base URL prefixes every target.
+        self.prefix = parts.path.rstrip("/")
+        authority = f"[{self.host}]" if ":" in self.host else self.host
+        if port != 80:
+            authority = f"{authority}:{port}"
+        self.host_line = f"Host: {authority}\r\n"
+        _check_line(self.host_line, 1)
+
+
+def _check_line(block: str, lines: int) -> None:
+    """`block` holds exactly `lines` CRLF-terminated lines and no NUL (else: request splitting)."""
+    if block.count("\r") != lines or block.count("\n") != lines or "\0" in block:
+        raise ValueError("CR, LF or NUL in a request line or header field")
+
+
+class _Pool:
+    """Keep-alive connections to one origin: at most `limit` open, reused newest first."""
+
+    __slots__ = ("closed", "idle", "limit", "loop", "open", "origin", "waiters")
+
+    def __init__(self, origin: _Origin, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.origin = origin
+        self.limit = limit
+        self.loop = loop
+        self.open = 0  # connections holding a slot: connecting, busy or idle
+        self.idle: list[_Conn] = []  # LIFO: the most recently used is the likeliest alive
+        # FIFO of requests waiting for a slot; resolved with an idle connection or None (a slot).
+        self.waiters: deque[asyncio.Future[_Conn | None]] = deque()
+        self.closed = False
+
+    def pop_idle(self) -> _Conn | None:
+        idle = self.idle
+        if not idle:
+            return None
+        oldest_ok = self.loop.time() - IDLE_TIMEOUT
+        while idle:
+            conn = idle.pop()
+            if conn.idle_since >= oldest_ok:
+                conn.state = _BUSY
+                return conn
+            conn.close()  # too old: the origin may be closing it as we write
+        return None
+
+    async def acquire(self, timeout: float, *, fresh: bool = False) -> _Conn:
+        """A connection for one request: an idle one (unless `fresh`), a new one, or wait."""
+        if self.closed:
+            raise UpstreamError(502, FAILED)
+        if not fresh:
+            conn = self.pop_idle()
+            if conn is not None:
+                return conn
+        if self.open >= self.limit and fresh and self.idle:
+            # A retry must not land on another connection the origin may have dropped too:
+            # trade the oldest idle one's slot for a new connection.
+            old = self.idle.pop(0)
+            old.state = _CLOSED
+            old.abort_transport()
+            self.open -= 1
+        loop = self.loop
+        deadline = loop.time() + timeout
+        while self.open >= self.limit:
+            waiter: asyncio.Future[_Conn | None] = loop.create_future()
+            self.waiters.append(waiter)
+            timer = loop.call_at(deadline, _expire, waiter)
+            try:
+                got = await waiter
+            except BaseException:
+                # Cancelled after being handed a connection or a slot: pass it on, never drop it.
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self.give_back(waiter.result())
+                raise
+            finally:
+                timer.cancel()
+            if got is None:
+                break  # a slot, handed over as it was freed
+            if got.state == _BUSY:
+                return got
+            # Handed a connection that closed before we ran (its slot went on): wait again.
+        else:
+            self.open += 1
+        return await self._connect(max(deadline - loop.time(), 0.0))
+
+    async def _connect(self, timeout: float) -> _Conn:
+        """Open a connection in the slot the caller holds (freed again if this fails)."""
+        conn = _Conn(self)
+        origin = self.origin
+        try:
+            async with asyncio.timeout(timeout):
+                await self.loop.create_connection(lambda: conn, origin.host, origin.port)
+        except TimeoutError:
+            conn.close()
+            raise UpstreamError(504, TIMED_OUT) from None
+        except OSError as exc:
+            conn.close()
+            raise UpstreamError(502, UNREACHABLE) from exc
+        except BaseException:
+            conn.close()
+            raise
+        if conn.state != _CONNECTING:  # reset between connection_made and here
+            conn.close()
+            raise UpstreamError(502, CLOSED)
+        conn.state = _BUSY
+        return conn
+
+    def release(self, conn: _Conn) -> None:
+        """A connection whose exchange ended cleanly: to the next waiter, else to the idle stack."""
+        if self.closed:
+            conn.close()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)  # stays BUSY: it is the waiter's now
+                return
+        now = self.loop.time()
+        conn.state = _IDLE
+        conn.idle_since = now
+        idle = self.idle
+        idle.append(conn)
+        # Without a sweeper task: the oldest idle connection is checked whenever one is added.
+        if idle[0].idle_since < now - IDLE_TIMEOUT:
+            idle[0].close()
+
+    def give_back(self, got: _Conn | None) -> None:
+        if got is None:
+            self.slot_freed()
+        elif got.state == _BUSY:
+            self.release(got)
+
+    def slot_freed(self) -> None:
+        """A slot was given up: the first live waiter gets it, else it is free."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.open -= 1
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.idle):
+            conn.close()
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UpstreamError(502, FAILED))
+
+
+def _expire(waiter: asyncio.Future[_Conn | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamError(504, TIMED_OUT))
+
+
+class _Conn(asyncio.Protocol):
+    """One origin connection, its llhttp parser, and the response being read from it."""
+
+    __slots__ = (
+        "body",
+        "buffered",
+        "done",
+        "error",
+        "got_bytes",
+        "hbytes",
+        "hc",
+        "hdrs",
+        "head",
+        "idle_since",
+        "interim",
+        "keep_alive",
+        "loop",
+        "parser",
+        "parser_dirty",
+        "paused",
+        "pool",
+        "reason",
+        "retryable",
+        "state",
+        "status",
+        "timeout",
+        "timer",
+        "timer_at",
+        "transport",
+        "uses",
+        "wait_since",
+        "waiter",
+    )
+
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.state = _CONNECTING
+        self.parser = HttpResponseParser(self)
+        self.parser_dirty = False
+        self.uses = 0
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.waiter: asyncio.Future[None] | None = None
+        self.wait_since = 0.0
+        self.timeout = 0.0
+        self._reset(False)
+
+    def _reset(self, head: bool) -> None:
+        self.head = head
+        self.hc = False  # the final (non-1xx) response's header section is complete
+        self.done = False  # the final response is complete
+        self.interim = False
+        self.keep_alive = False
+        self.got_bytes = False
+        self.retryable = False
+        self.error: UpstreamError | None = None
+        self.hbytes = 0
+        self.status = 0
+        self.reason = b""
+        self.hdrs: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.buffered = 0
+        self.paused = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != _BUSY or self.done:
+            # Bytes nobody asked for (after the response, or on an idle connection): the
+            # framing can no longer be trusted, so the connection is never reused.
+            self.keep_alive = False
+            self.close()
+            return
+        self.got_bytes = True
+        if not self.hc:
+            self.hbytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade):
+            # Includes bytes after the end of the body in the same read: the Content-Length
+            # (or chunking) did not describe what the origin sent, so the body is suspect too.
+            self.fail(UpstreamError(502, INVALID))
+            return
+        if not self.hc:
+            if self.hbytes > MAX_HEADER_BYTES:
+                self.fail(UpstreamError(502, INVALID))
+            return
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        state = self.state
+        if state == _CLOSED:
+            return
+        if state == _BUSY and self.error is None and not self.done:
+            if not self.got_bytes:
+                self.error = UpstreamError(502, CLOSED)
+                # Nothing of a response arrived: safe to send again if the connection had
+                # served a request before (the origin closed it while we were reusing it).
+                self.retryable = self.uses > 1
+            elif not self.hc:
+                self.error = UpstreamError(502, CLOSED)
+            elif exc is None and self._eof_delimited():
+                self.done = True  # a close-delimited body ends here
+            else:
+                self.error = UpstreamError(502, INCOMPLETE)
+        self.keep_alive = False
+        self.close()
+        self._wake()
+
+    # ------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            if self.head:
+                self.keep_alive = False  # a body (or more) after a HEAD response: not reusable
+                return
+            raise _Invalid("bytes after the end of the response")
+        self.reason = b""
+        self.hdrs = []
+
+    def on_status(self, status: bytes) -> None:
+        self.reason = status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.hc:  # trailer fields (after a chunked body) are dropped, as aiohttp does
+            # UTF-8 with surrogateescape, as aiohttp: any byte round-trips when encoded back.
+            # llhttp strips leading whitespace only; aiohttp strips both ends.
+            self.hdrs.append(
+                (
+                    name.decode("utf-8", "surrogateescape"),
+                    value.decode("utf-8", "surrogateescape").rstrip(" \t"),
+                )
+            )
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            if self.head:
+                self.keep_alive = False
+                return
+            raise _Invalid("bytes after the end of the response")
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:
+            if status == 101 or status < 100:  # no upgrade was asked for; llhttp takes "099"
+                raise _Invalid(f"status {status}")
+            self.interim = True  # 100 Continue, 103 Early Hints: the real response follows
+            return
+        if len(self.hdrs) > MAX_HEADER_FIELDS:
+            raise _Invalid("too many header fields")
+        if self.hbytes > MAX_HEADER_BYTES and _section_size(self.hdrs) > MAX_HEADER_BYTES:
+            raise _Invalid("header section too large")
+        self.status = status
+        self.hc = True
+        if self.head:
+            # httptools cannot tell llhttp that a HEAD response has no body (llhttp's own flag
+            # is set only when on_headers_complete returns 1, which httptools never does
+            # except for upgrades), so the response ends here and the parser, which may now
+            # expect Content-Length body bytes, is replaced before the next request.
+            self.done = True
+            self.parser_dirty = True
+            self.keep_alive = self._head_keep_alive()
+        else:
+            # Asked here: after the message, llhttp has reset the flags it is based on.
+            self.keep_alive = parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:  # only after a HEAD response
+            self.keep_alive = False
+            return
+        if self.interim:
+            raise _Invalid("a body on an interim response")
+        self.body.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and not self.paused:
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                self.paused = True
+                transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.done = True
+
+    # ------------------------------------------------------------------ helpers
+
+    def _head_keep_alive(self) -> bool:
+        tokens: set[str] = set()
+        for name, value in self.hdrs:
+            if name.lower() == "connection":
+                tokens.update(t.strip().lower() for t in value.split(","))
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            return "close" not in tokens
+        return version == "1.0" and "keep-alive" in tokens and "close" not in tokens
+
+    def _eof_delimited(self) -> bool:
+        """Whether the final response's body is read until the connection closes (RFC 9112 §6.3)."""
+        if self.head or self.status in _NO_BODY_STATUSES:
+            return False
+        md = CIMultiDict(self.hdrs)
+        if "Content-Length" in md:
+            return False
+        codings = ",".join(md.getall("Transfer-Encoding", ()))
+        return codings.rsplit(",", 1)[-1].strip().lower() != "chunked"
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future resolved when something arrives (or fails); the read timeout runs meanwhile."""
+        loop = self.loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiter = waiter
+        now = loop.time()
+        self.wait_since = now
+        deadline = now + self.timeout
+        # One timer per connection, re-armed only when it fires early: cheaper than
+        # scheduling and cancelling a timer (or a wait_for) for every read.
+        timer = self.timer
+        if timer is None or self.timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
+        return waiter
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done() or self.state == _CLOSED:
+            return
+        deadline = self.wait_since + self.timeout
+        if self.loop.time() < deadline - 0.001:
+            self.timer = self.loop.call_at(deadline, self._on_timer)
+            self.timer_at = deadline
+            return
+        self.fail(UpstreamError(504, TIMED_OUT))
+
+    def fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        self.keep_alive = False
+        self.close()
+        self._wake()
+
+    def abort_transport(self) -> None:
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+
+    def close(self) -> None:
+        """Close the connection and give its pool slot up (once, whatever the state)."""
+        state = self.state
+        if state == _CLOSED:
+            return
+        self.state = _CLOSED
+        self.abort_transport()
+        pool = self.pool
+        if state == _IDLE:
+            with contextlib.suppress(ValueError):
+                pool.idle.remove(self)
+        pool.slot_freed()
+
+    def take(self) -> bytes | None:
+        """All buffered body bytes, or None if there are none yet. Raises the connection's error."""
+        error = self.error
+        if error is not None:
+            raise UpstreamError(error.status_hint, error.reason)
+        body = self.body
+        if not body:
+            if self.state == _CLOSED and not self.done:  # closed without a recorded reason
+                raise UpstreamError(502, INCOMPLETE)
+            return None
+        data = body[0] if len(body) == 1 else b"".join(body)
+        self.body = []
+        self.buffered = 0
+        if self.paused:
+            self.paused = False
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+        return data
+
+    def finish(self) -> None:
+        """The response was read to its end: reuse the connection if its framing allows."""
+        if self.state != _BUSY:
+            return
+        if self.done and self.keep_alive and self.error is None:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    async def exchange(self, request: bytes, head: bool, timeout: float) -> LeanResponse | None:
+        """Send one request and wait for its header section. None: the reused connection was
+        found closed before any response byte, so the request may be sent again elsewhere."""
+        if self.state != _BUSY:  # lost while being handed over
+            self.close()
+            return None
+        if self.parser_dirty:
+            self.parser = HttpResponseParser(self)
+            self.parser_dirty = False
+        self._reset(head)
+        self.timeout = timeout
+        self.uses += 1
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.write(request)
+        except Exception:  # a transport found broken as we write: nothing was sent
+            self.fail(UpstreamError(502, FAILED))
+            self.retryable = self.uses > 1
+        try:
+            while not self.hc and self.error is None:
+                await self.wait()
+        except BaseException:
+            self.close()  # cancelled mid-request: the connection's state is unknown
+            raise
+        error = self.error
+        if error is not None:
+            if self.retryable:
+                return None
+            raise UpstreamError(error.status_hint, error.reason)
+        headers = CIMultiDict(self.hdrs)
+        length = headers.get("Content-Length")  # llhttp has checked it is one decimal number
+        resp = LeanResponse(
+            self.status,
+            self.reason.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(headers),
+            None if length is None else int(length),
+            self,
+        )
+        if self.done and not self.body:
+            resp.release()  # no body (HEAD, 204, 304, empty): the connection is free already
+        return resp
+
+
+def _section_size(hdrs: list[tuple[str, str]]) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in hdrs)
+
+
+class LeanResponse:
+    """An origin response whose header section has arrived; the body is read on demand.
+
+    Like aiohttp's response, reading the body to its end gives the connection back by
+    itself; `close()` or `release()` is needed only when the body is not read to the end.
+    """
+
+    __slots__ = ("_conn", "content_length", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: CIMultiDictProxy[str],
+        content_length: int | None,
+        conn: _Conn,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length = content_length
+        self._conn: _Conn | None = conn
+
+    async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
+        """Read at most `limit` bytes (plus up to one buffered batch); returns (data, complete).
+
+        Raises UpstreamError on a broken body (and the connection is closed)."""
+        conn = self._conn
+        if conn is None:
+            return b"", True
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size <= limit:
+                chunk = conn.take()
+                if chunk is None:
+                    if conn.done:
+                        self._conn = None
+                        conn.finish()
+                        return b"".join(parts), True
+                    await conn.wait()
+                    continue
+                parts.append(chunk)
+                size += len(chunk)
+        except BaseException:
+            self.close()
+            raise
+        return b"".join(parts), False
+
+    async def iter_rest(self) -> AsyncIterator[bytes]:
+        """The remaining body in chunks; raises UpstreamError if it breaks off."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while True:
+                chunk = conn.take()
+                if chunk is None:
+                    if conn.done:
+                        break
+                    await conn.wait()
+                    continue
+                yield chunk
+        except BaseException:  # includes GeneratorExit: the consumer stopped early
+            self.close()
+            raise
+        self._conn = None
+        conn.finish()
+
+    def close(self) -> None:
+        """Drop the connection (used when the body is not read to the end)."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.close()
+
+    def release(self) -> None:
+        """Done with the response: the connection is reused if the body was read completely
+        and the origin allows keep-alive, else closed."""
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            if conn.body:  # unread body bytes: not "read completely"
+                conn.close()
+            else:
+                conn.finish()
+
+    def __del__(self) -> None:
+        # A response dropped without close()/release() (an exception between send and read)
+        # must not keep its pool slot forever.
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class LeanOrigin:
+    """Pooled HTTP/1.1 keep-alive connections to the origin (and to peer edges)."""
+
+    def __init__(
+        self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.base_url = base_url
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._default = _Origin(base_url)
+        self._pools: dict[str, _Pool] = {}
+        self._closed = False
+
+    def _pool(self, origin: str | None) -> _Pool:
+        key = origin or self.base_url
+        pool = self._pools.get(key)
+        if pool is None:
+            if self._closed:
+                raise UpstreamError(502, FAILED)
+            target = self._default if origin is None or origin == self.base_url else _Origin(origin)
+            pool = self._pools[key] = _Pool(target, self.max_connections, asyncio.get_running_loop())
+        return pool
+
+    async def send(
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str],
+        timeout: float | None = None,
+        origin: str | None = None,
+    ) -> LeanResponse:
+        """Send a request without a body; returns once the response header section has arrived."""
+        pool = self._pool(origin)
+        target = pool.origin
+        line = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n"
+        if line.count(" ") != 2:
+            raise ValueError("a space in the method or request-target")
+        fields = [f"{name}: {value}\r\n" for name, value in headers.items()]
+        if isinstance(headers, _CI_TYPES):
+            has_host = "Host" in headers
+        else:
+            has_host = any(name.lower() == "host" for name in headers)
+        if not has_host:
+            fields.append(target.host_line)
+        text = f"{line}{''.join(fields)}\r\n"
+        # Counting CRs and LFs once over the whole head is cheaper than checking each field.
+        _check_line(text, len(fields) + 2)
+        request = text.encode("utf-8", "surrogateescape")
+
+        connect_timeout = self.connect_timeout if timeout is None else timeout
+        read_timeout = self.read_timeout if timeout is None else timeout
+        head = method == "HEAD"
+        conn = pool.pop_idle()
+        if conn is None:
+            conn = await pool.acquire(connect_timeout)
+        resp = await conn.exchange(request, head, read_timeout)
+        if resp is None:
+            # The keep-alive race: the origin closed a reused connection as we wrote to it.
+            if method not in IDEMPOTENT:
+                raise UpstreamError(502, CLOSED)
+            conn = await pool.acquire(connect_timeout, fresh=True)
+            resp = await conn.exchange(request, head, read_timeout)
+            if resp is None:
+                raise UpstreamError(502, CLOSED)
+        return resp
+
+    async def close(self) -> None:
+        """Close every pooled connection; busy ones close when their response is released."""
+        self._closed = True
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
