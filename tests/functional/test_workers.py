@@ -44,10 +44,13 @@ async def test_purge_reaches_every_worker_sharing_the_l2(
     url = f"http://127.0.0.1:{port}/max-age/600"
     statuses = [await fresh_get(url) for _ in range(40)]
     members = [m for _, m in statuses]
-    assert sum("fwd=uri-miss" in m for m in members) == 1
-    # One worker fetched it (L1); the other promoted it from the shared L2 exactly once.
-    assert sum('detail="l2"' in m for m in members) == 1, members
-    assert await origin.hits("/max-age/600") == 1
+    fetched = sum("fwd=uri-miss" in m for m in members)
+    promoted = sum('detail="l2"' in m for m in members)
+    # One worker fetched it (L1); the other promoted it from the shared L2 once, unless it asked
+    # before the first worker's write-behind reached L2 and so fetched it too. Either way both
+    # workers' L1 hold it now.
+    assert (fetched, promoted) in ((1, 1), (2, 0)), members
+    assert await origin.hits("/max-age/600") == fetched
 
     purge = f"http://127.0.0.1:{admin}/purge"
     async with aiohttp.ClientSession() as s, s.post(purge, json={"url": "/max-age/600"}) as r:
