@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.config import Config
 from proxy.engine import Engine, Reply
@@ -56,14 +56,21 @@ _INTERNAL_ERROR = (
 )
 
 
+# Heads parsed per connection and kept for reuse. A client on a keep-alive
+# connection often repeats its request head byte for byte (polling, a page's
+# assets share most fields, load generators); parsing is a pure function of
+# those bytes (and of the connection's peer address, fixed per connection).
+_PARSED_HEADS = 8
+
+
 @dataclass(slots=True)
 class _Parsed:
-    """A plain request read by this front."""
+    """A plain request read by this front: a pure function of its head bytes and the peer."""
 
     request: ClientRequest
     http10: bool
     keep_alive: bool
-    started: float  # perf_counter() when its head was parsed, for the access log
+    started: float = 0.0  # perf_counter() when its head was read, for the access log
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,7 @@ class FastPathProtocol(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()  # protocols are built by the loop's server
         self.task: asyncio.Task[None] | None = None  # the request being answered by the engine
+        self.parsed_heads: dict[bytes, _Parsed] = {}
         self.writing_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
 
@@ -189,10 +197,18 @@ class FastPathProtocol(asyncio.Protocol):
                 else:
                     self.buffer = buf
                 return
-            parsed = self._parse(buf[:end])
+            head = buf[:end]
+            parsed = self.parsed_heads.get(head)
             if parsed is None:
-                self._hand_off(buf)
-                return
+                parsed = self._parse(head)
+                if parsed is None:
+                    self._hand_off(buf)
+                    return
+                if len(self.parsed_heads) >= _PARSED_HEADS:
+                    self.parsed_heads.clear()
+                self.parsed_heads[head] = parsed
+            if self.ctx.access_log:
+                parsed.started = time.perf_counter()
             buf = buf[end + 4 :]
             answered = self._hit(parsed)
             if not isinstance(answered, tuple):
@@ -260,10 +276,10 @@ class FastPathProtocol(asyncio.Protocol):
             host=host,
             path=path.decode("ascii"),
             query=query.decode("ascii"),
-            headers=headers,
+            headers=CIMultiDictProxy(headers),  # read-only: the request may be reused (parsed_heads)
             remote=self.remote,
         )
-        return _Parsed(request, http10, keep_alive, time.perf_counter())
+        return _Parsed(request, http10, keep_alive)
 
     def _hit(self, parsed: _Parsed) -> tuple[bytes, bytes] | bool:
         """(head, body to send after it or b"") for a plain fresh hit; else Engine.fast_hit's verdict."""

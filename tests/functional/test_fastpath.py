@@ -197,3 +197,20 @@ async def test_l2_values_above_the_loop_read_limit_take_the_full_path(
     out = await exchange(proxy, get("/bytes/100000"))
     assert b"hit;ttl=" in out and b'detail="l2"' in out  # read on the I/O pool by handle()
     assert stats.fast_hits == before
+
+
+async def test_a_repeated_head_is_answered_alike_and_a_changed_one_is_read_afresh(
+    proxy: Proxy, origin: Origin
+) -> None:
+    await warm(proxy, "/bytes/11")
+    requests = [get("/bytes/11"), get("/bytes/11"), get("/bytes/11", "Cache-Control: no-cache")]
+    # More distinct heads than a connection keeps parsed, then the first one again.
+    requests += [get(f"/bytes/11?v={i}") for i in range(10)] + [get("/bytes/11")]
+    out = await exchange(proxy, b"".join(requests), responses=len(requests))
+    responses = out.split(b"HTTP/1.1 ")[1:]
+    assert len(responses) == len(requests)
+    assert b";hit;" in responses[0] and b";hit;" in responses[1]
+    assert b"fwd=request" in responses[2]  # no-cache: revalidated, not answered from the first parse
+    assert all(b"fwd=uri-miss" in r for r in responses[3:-1])
+    assert b";hit;" in responses[-1]
+    assert await origin.hits("/bytes/11") == 2 + 10
