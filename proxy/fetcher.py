@@ -296,7 +296,9 @@ class Fetcher:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
             resource = CachedResource(f.key, new_variants)
             stored = await self.storage.aset(resource)
-            if stored:
+            if stored and _tags(resource) != _tags(f.resource):
+                # The catalogue already lists this key with these tags (it was stored
+                # before); only new tags need a catalogue write.
                 await self.purger.record(resource)
         else:
             await self.storage.adelete(f.key)
@@ -326,3 +328,7 @@ class Fetcher:
             host = self.key_host(target.raw_authority)
             keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, self.cfg.keys))
         await self.purger.invalidate(sorted(keys))
+
+
+def _tags(resource: CachedResource | None) -> frozenset[str]:
+    return frozenset(t for v in resource.variants for t in v.tags) if resource is not None else frozenset()

@@ -265,3 +265,19 @@ async def test_pruning_keeps_entries_whose_disk_copy_is_still_queued(proxy: Prox
     await storage.drain()
     result = await purger_of(proxy).purge(PurgeRequest("tag", ("bulk",)))
     assert result.keys == 12
+
+
+async def test_a_304_with_unchanged_tags_leaves_the_catalogue_alone(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
+    status, _ = await get(proxy, "/etag?max_age=1")
+    assert "stored" in status
+    purger = purger_of(proxy)
+    writes = purger._records
+    clock.advance(5)
+    status, _ = await get(proxy, "/etag?max_age=1")
+    assert "fwd=stale" in status and "fwd-status=304" in status and "stored" in status
+    assert purger._records == writes  # the key and its (no) tags were catalogued when first stored
+    await purger.purge(PurgeRequest("url", ("/etag?max_age=1",)))
+    status, _ = await get(proxy, "/etag?max_age=1")
+    assert "fwd=uri-miss" in status  # still found by the purge
