@@ -50,6 +50,9 @@ _NOT_FAST = (
 
 Clock = Callable[[], float]
 
+# Pass-through bodies of known length up to this size are read whole before answering.
+SMALL_PASS_BODY = 64 * 1024
+
 
 @dataclass(slots=True)
 class Reply:
@@ -393,7 +396,7 @@ class Engine:
                     b"",
                     outcome.status,
                 )
-            return self._stream(resp, outcome.status, outcome.prefix)
+            return await self._stream(resp, outcome.status, outcome.prefix)
         # Not shareable, and this request did not start the fetch: go alone.
         return await self._fetch_alone(f)
 
@@ -456,13 +459,28 @@ class Engine:
             return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
         if invalidate and 200 <= resp.status < 400:
             await self.fetcher.invalidate_after_unsafe(req, resp.headers)
-        return self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+        return await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
 
-    def _stream(self, resp: OriginResponse, status: CacheStatus, prefix: bytes = b"") -> Reply:
-        """Pass an origin response to the client without storing or buffering it whole."""
+    async def _stream(self, resp: OriginResponse, status: CacheStatus, prefix: bytes = b"") -> Reply:
+        """Pass an origin response to the client without storing it; only a small one is buffered.
+
+        A body of known length up to SMALL_PASS_BODY is read whole first: one
+        write instead of a stream, and an origin that breaks off gets the
+        client a clean 502 rather than a cut connection.
+        """
         out = self.fetcher.client_response_headers(resp.headers)
-        if resp.content_length is not None:
-            out["Content-Length"] = str(resp.content_length)
+        length = resp.content_length
+        if length is not None:
+            out["Content-Length"] = str(length)
+            if length <= SMALL_PASS_BODY:
+                try:
+                    data, complete = await resp.read_up_to(length)
+                except UpstreamError:
+                    self.stats.origin_errors += 1
+                    raise
+                if complete:
+                    return Reply(resp.status, resp.reason, out, prefix + data, status)
+                prefix += data
 
         async def body() -> AsyncIterator[bytes]:
             if prefix:

@@ -10,6 +10,7 @@ No I/O, no clock, no aiohttp server objects.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -216,5 +217,13 @@ def connection_listed(headers: Headers) -> frozenset[str]:
 
 def end_to_end(headers: Headers, drop: Iterable[str] = ()) -> CIMultiDict[str]:
     """A copy without hop-by-hop fields, the fields Connection names, and `drop`."""
-    remove = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
+    remove = _removed(tuple(drop))
+    if "connection" in headers:
+        remove = remove | connection_listed(headers)
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in remove)
+
+
+@functools.lru_cache(maxsize=64)
+def _removed(drop: tuple[str, ...]) -> frozenset[str]:
+    # Callers pass a few fixed tuples (from the config): lower-case them once.
+    return HOP_BY_HOP | {d.lower() for d in drop}

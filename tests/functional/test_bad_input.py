@@ -154,6 +154,18 @@ async def test_body_dropped_midway_is_502_and_not_stored(proxy: Proxy, origin: O
     await _still_serves(proxy, origin)
 
 
+async def test_small_pass_through_body_dropped_midway_is_a_clean_502(proxy: Proxy, origin: Origin) -> None:
+    # Not stored (a request no-store, a POST) but small: read whole before answering, so the
+    # client gets an error response instead of a connection cut after a 200 head.
+    resp, body = await proxy.get("/drop", params={"n": "1000"}, headers={"Cache-Control": "no-store"})
+    _assert_plain_error(resp, body, 502, "origin response body incomplete")
+    async with proxy.request("POST", "/drop?n=1000", data=b"x") as resp:
+        body = await resp.read()
+    _assert_plain_error(resp, body, 502, "origin response body incomplete")
+    assert await origin.hits("/drop") == 2
+    await _still_serves(proxy, origin)
+
+
 async def test_large_body_dropped_midway_breaks_the_client_connection(
     start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
 ) -> None:
