@@ -50,6 +50,8 @@ _NOT_FAST = (
 
 Clock = Callable[[], float]
 
+# At most this many hit-for-pass marks are kept (see Engine._forget_marks).
+HIT_FOR_PASS_LIMIT = 100_000
 # Pass-through bodies of known length up to this size are read whole before answering.
 SMALL_PASS_BODY = 64 * 1024
 
@@ -116,6 +118,9 @@ class Engine:
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.
         self.hit_for_pass: dict[str, float] = {}
+        # The marked keys under which nothing was stored when they were marked: their
+        # lookups are skipped until the mark expires or this worker stores the key.
+        self.pass_unstored: set[str] = set()
         self._refreshing = 0
 
     async def close(self) -> None:
@@ -146,7 +151,10 @@ class Engine:
                 return False
         if req.method not in policy.CACHEABLE_METHODS:
             return False
-        answered, resource, tier = self.storage.get_now(self.fetcher.key_for(req))
+        key = self.fetcher.key_for(req)
+        if key in self.pass_unstored and self.clock() < self.hit_for_pass.get(key, 0.0):
+            return True  # hit-for-pass with nothing stored: no lookup (like Varnish's hit-for-miss)
+        answered, resource, tier = self.storage.get_now(key)
         if resource is None or tier is None:
             return answered  # answered with nothing: a miss in every tier
         if (purger.bans or purger.ban_all is not None) and purger.screen(resource) is not resource:
@@ -344,14 +352,29 @@ class Engine:
                 self.stats.hit_for_pass += 1
                 return False
             del self.hit_for_pass[f.key]
+            self.pass_unstored.discard(f.key)
         return True
 
     async def _flight(self, f: FetchRequest) -> FetchOutcome:
         outcome = await self.fetcher.fetch(f)
         if outcome.not_shareable:
             # Hit-for-pass: don't queue later requests behind fetches that can't be shared.
+            if len(self.hit_for_pass) >= HIT_FOR_PASS_LIMIT:
+                self._forget_marks()
             self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
+            if f.resource is None:
+                self.pass_unstored.add(f.key)
         return outcome
+
+    def _forget_marks(self) -> None:
+        """Keep hit-for-pass marks bounded: many distinct uncacheable URLs must not grow memory."""
+        now = self.clock()
+        marks = {key: until for key, until in self.hit_for_pass.items() if until > now}
+        if len(marks) >= HIT_FOR_PASS_LIMIT:
+            # All still current: keep the newer half (dicts keep insertion order).
+            marks = dict(list(marks.items())[len(marks) // 2 :])
+        self.hit_for_pass = marks
+        self.pass_unstored.intersection_update(marks)
 
     async def _fetch_alone(self, f: FetchRequest) -> Reply:
         try:
@@ -362,6 +385,8 @@ class Engine:
 
     async def _answer(self, f: FetchRequest, outcome: FetchOutcome, leader: bool) -> Reply:
         """Answer one request from a fetch outcome (its own, or a coalesced one)."""
+        if outcome.status.stored:
+            self.pass_unstored.discard(f.key)  # there is something to look up now
         now = self.clock()
         shared = outcome.shared
         if shared is not None:

@@ -354,3 +354,41 @@ async def test_refresh_ahead_off(start_proxy: ProxyFactory, origin: Origin, cloc
     resp, _ = await proxy.get("/etag?max_age=100")
     assert "hit" in cache_status(resp)
     assert engine_of(proxy).stats.refresh_ahead == 0
+
+
+async def test_hit_for_pass_with_nothing_stored_skips_the_lookup_until_it_expires(
+    proxy: Proxy, origin: Origin, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_of(proxy)
+    lookups: list[str] = []
+    real_get_now = engine.storage.get_now
+
+    def counting_get_now(key: str) -> Any:
+        lookups.append(key)
+        return real_get_now(key)
+
+    monkeypatch.setattr(engine.storage, "get_now", counting_get_now)
+    resp, _ = await proxy.get("/no-store")
+    assert resp.status == 200 and len(lookups) == 1  # the first request looks, finds nothing, marks
+    for _ in range(3):
+        resp, _ = await proxy.get("/no-store")
+        assert resp.status == 200
+    assert len(lookups) == 1  # RFC 9111 allows any miss to fetch: nothing stored, nothing to find
+    clock.advance(proxy.cfg.fetch.hit_for_pass_ttl + 1)
+    await proxy.get("/no-store")
+    assert len(lookups) == 2  # the mark expired: looked up again
+    assert await origin.hits("/no-store") == 5
+
+
+async def test_hit_for_pass_marks_stay_bounded(
+    proxy: Proxy, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HIT_FOR_PASS_LIMIT", 10)
+    engine = engine_of(proxy)
+    for i in range(25):
+        resp, _ = await proxy.get(f"/no-store?n={i}")
+        assert resp.status == 200
+    assert len(engine.hit_for_pass) <= 10
+    assert engine.pass_unstored <= set(engine.hit_for_pass)
