@@ -89,7 +89,26 @@ EMPTY_DIRECTIVES = Directives()
 
 
 def parse_cache_control(field_values: Iterable[str]) -> Directives:
-    """Parse every Cache-Control field line into Directives (RFC 9111 §5.2)."""
+    """Parse every Cache-Control field line into Directives (RFC 9111 §5.2).
+
+    The result is shared between equal inputs: treat it as read-only.
+    """
+    lines = tuple(field_values)
+    if sum(map(len, lines)) <= _MEMO_MAX_CHARS:
+        return _parse_cache_control_memo(lines)
+    return _parse_cache_control(lines)
+
+
+# Origins repeat a handful of Cache-Control values; short ones are parsed once.
+_MEMO_MAX_CHARS = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cache_control_memo(lines: tuple[str, ...]) -> Directives:
+    return _parse_cache_control(lines)
+
+
+def _parse_cache_control(field_values: tuple[str, ...]) -> Directives:
     values: dict[str, str | None] = {}
     duplicates: set[str] = set()
     invalid = False
