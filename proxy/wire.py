@@ -9,6 +9,7 @@ surrogate escapes, the way aiohttp decodes them), so nothing is re-encoded.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from http import HTTPStatus
 from typing import overload
@@ -26,6 +27,15 @@ class HeaderBlock(Sequence[tuple[str, str]]):
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self.wire = b"".join(_b(f"{name}: {value}\r\n") for name, value in pairs)
+
+    @classmethod
+    def from_wire(cls, wire: bytes) -> HeaderBlock:
+        """A block from bytes already in this form; ValueError unless each line is `Name: value` + CRLF."""
+        if not _FIELD_LINES.fullmatch(wire):
+            raise ValueError("not a header block")
+        block = cls.__new__(cls)
+        block.wire = wire
+        return block
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for line in self.wire.split(b"\r\n")[:-1]:
@@ -54,6 +64,11 @@ class HeaderBlock(Sequence[tuple[str, str]]):
 
     def __repr__(self) -> str:
         return f"HeaderBlock({tuple(self)!r})"
+
+
+# What HeaderBlock writes: lines of a name, ": ", a value, CRLF; no CR, LF or NUL
+# inside a line, so bytes read back from disk cannot split the header section.
+_FIELD_LINES = re.compile(rb"(?:[^\r\n\x00:]+: [^\r\n\x00]*\r\n)*")
 
 
 def _b(text: str) -> bytes:
