@@ -12,6 +12,7 @@ does not count the SQLite WAL file (up to a few MiB between checkpoints).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -180,6 +181,7 @@ class DiskStorage:
         self._record_access = _RECORD_ACCESS.get(policy)
         self._accessed: dict[int, int] = {}  # rowid -> hits not yet written
         self._accessed_lock = threading.Lock()
+        self._in_read_txn = False
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -225,6 +227,8 @@ class DiskStorage:
         if con is None:
             return False, None
         try:
+            if not self._in_read_txn:
+                self._begin_read_txn(con)
             rows = con.execute(_SELECT_ROW, (key, time.time())).fetchall()
         except sqlite3.Error:  # busy, locked, or a directory diskcache has not set up
             return False, None
@@ -249,6 +253,32 @@ class DiskStorage:
                 self._accessed[rowid] = self._accessed.get(rowid, 0) + 1
         self.stats.hits += 1
         return True, resource
+
+    def _begin_read_txn(self, con: sqlite3.Connection) -> None:
+        """One read transaction for all the reads of this event-loop iteration.
+
+        Each SQLite read transaction takes and drops WAL locks (system calls);
+        a loop iteration answers many requests, so they share one, ended by
+        the next iteration's first callback. What another connection commits
+        meanwhile is seen one iteration later. That never serves a deleted or
+        replaced entry: TieredStorage keeps keys with a delete or write in
+        flight off this path, and a write's completion reaches the loop only
+        after this transaction has ended (it is queued later).
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (tools, tests): each read is its own transaction
+        con.execute("BEGIN")
+        self._in_read_txn = True
+        loop.call_soon(self._end_read_txn, con)
+
+    def _end_read_txn(self, con: sqlite3.Connection) -> None:
+        self._in_read_txn = False
+        try:
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:  # a read transaction has nothing to lose
+            log.debug("disk cache %s: ending a read transaction: %r", self.directory, exc)
 
     def access_pending(self) -> bool:
         """Are there hits whose access flush_access() has not written yet?"""
@@ -421,7 +451,8 @@ class DiskStorage:
         self.flush_access()
         reader, self._reader = self._reader, None
         if reader is not None and reader[1] is not None and reader[0] == _fork_generation:
-            reader[1].close()
+            reader[1].close()  # ends a read transaction still open
+        self._in_read_txn = False
         self._cache.close()
 
     # -- stats -------------------------------------------------------------------

@@ -192,3 +192,23 @@ def test_close_writes_batched_accesses(tmp_path: Path, resource: Make) -> None:
     ((count,),) = reopened._cache._sql("SELECT access_count FROM Cache WHERE key = 'k'").fetchall()
     assert count == 1
     reopened.close()
+
+
+async def test_reads_of_one_loop_iteration_share_a_snapshot(tmp_path: Path, resource: Make) -> None:
+    l2 = DiskStorage(tmp_path / "l2", 10 * MiB)
+    try:
+        v1, v2 = resource("k", body=b"one"), resource("k", body=b"two")
+        l2.set(v1)
+        assert l2.read_now("k", MiB) == (True, v1)  # opens this iteration's read transaction
+        await asyncio.to_thread(l2.set, v2)  # another connection commits meanwhile...
+        # ...to_thread resumed us in a later iteration: the transaction has ended, v2 is seen.
+        assert l2.read_now("k", MiB) == (True, v2)
+        l2.read_now("k", MiB)
+        writer = threading.Thread(target=l2.set, args=(v1,))
+        writer.start()
+        writer.join()  # committed while this iteration's transaction is open
+        assert l2.read_now("k", MiB) == (True, v2)  # the same snapshot until the iteration ends
+        await asyncio.sleep(0)
+        assert l2.read_now("k", MiB) == (True, v1)
+    finally:
+        l2.close()
