@@ -212,3 +212,17 @@ async def test_reads_of_one_loop_iteration_share_a_snapshot(tmp_path: Path, reso
         assert l2.read_now("k", MiB) == (True, v1)
     finally:
         l2.close()
+
+
+async def test_a_truncated_value_file_is_not_served_from_the_loop(tmp_path: Path, resource: Make) -> None:
+    l2 = DiskStorage(tmp_path / "l2", 10 * MiB)
+    t = TieredStorage(None, l2, loop_read_max=MiB)
+    try:
+        l2.set(resource("k", body_size=100 * KiB))  # a value file of its own
+        (filename,) = [f for f in (tmp_path / "l2").rglob("*.val")]
+        filename.write_bytes(filename.read_bytes()[:-10])
+        assert l2.read_now("k", MiB) == (False, None)
+        assert await t.aget("k") == (None, None)  # the pool read judged it corrupt and dropped it
+        assert l2.stats.corrupt == 1 and "k" not in l2
+    finally:
+        t.close()
