@@ -214,27 +214,30 @@ def decode(data: bytes) -> CachedResource:
         except ValueError as exc:
             raise CodecError("bad header block") from exc
         try:
-            variant = StoredResponse(
-                status=status,
-                reason=reason,
-                headers=headers,
-                body=data[body_start:body_end],
-                request_time=float(request_time),
-                response_time=float(response_time),
-                corrected_initial_age=float(corrected_initial_age),
-                freshness_lifetime=float(freshness_lifetime),
-                vary_names=tuple(vary_names),
-                vary_values=tuple(vary_values),
-                no_cache=no_cache,
-                must_revalidate=must_revalidate,
-                immutable=immutable,
-                stale_while_revalidate=float(stale_while_revalidate),
-                stale_if_error=float(stale_if_error),
-                etag=etag,
-                last_modified=last_modified,
-                date=date,
-                tags=tuple(tags),
-                fetch_epoch=fetch_epoch,
+            # Every value was type-checked above; from_checked skips __init__'s slow path.
+            variant = StoredResponse.from_checked(
+                (
+                    status,
+                    reason,
+                    headers,
+                    data[body_start:body_end],
+                    float(request_time),
+                    float(response_time),
+                    float(corrected_initial_age),
+                    float(freshness_lifetime),
+                    tuple(vary_names),
+                    tuple(vary_values),
+                    no_cache,
+                    must_revalidate,
+                    immutable,
+                    float(stale_while_revalidate),
+                    float(stale_if_error),
+                    etag,
+                    last_modified,
+                    date,
+                    tuple(tags),
+                    fetch_epoch,
+                )
             )
         except OverflowError as exc:  # an integer too large for a float
             raise CodecError("time field out of range") from exc

@@ -10,7 +10,7 @@ Reference: RFC 9111 §3 (storing), §4.1 (Vary), §4.2.3 (age calculation).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import cast
 
 from proxy import wire
@@ -81,6 +81,20 @@ class StoredResponse:
         object.__setattr__(self, "cache_status_prefix", prefix)
         object.__setattr__(self, "add_accept_ranges", accept_ranges)
 
+    @classmethod
+    def from_checked(cls, values: tuple[object, ...]) -> StoredResponse:
+        """Build from field values in STORED_FIELDS order that are already of the right types.
+
+        For the codec's read path: the same object __init__ makes, about twice
+        as fast. A frozen dataclass sets each field through object.__setattr__;
+        this sets the slots through their descriptors.
+        """
+        self = object.__new__(cls)
+        for set_slot, value in zip(_SLOT_SETTERS, values, strict=True):
+            set_slot(self, value)
+        self.__post_init__()
+        return self
+
     @property
     def wire_head(self) -> bytes:
         """Status line, stored fields, Accept-Ranges and Content-Length, as a plain hit sends them."""
@@ -95,6 +109,11 @@ class StoredResponse:
         """Approximate bytes this variant occupies (body + headers + overhead)."""
         # __post_init__ made headers a HeaderBlock: its bytes are the stored fields.
         return len(self.body) + len(cast(wire.HeaderBlock, self.headers).wire) + ENTRY_OVERHEAD_BYTES
+
+
+# The fields a StoredResponse is built from (the derived ones excluded), in order.
+STORED_FIELDS = tuple(f.name for f in fields(StoredResponse) if f.init)
+_SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in STORED_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,3 +219,23 @@ def test_codec_error_is_a_value_error() -> None:
 def test_encode_unrepresentable_raises_codec_error(resource: Callable[..., CachedResource]) -> None:
     with pytest.raises(CodecError):
         encode(resource(tags=(object(),)))  # headers are bytes by now; tags still go through JSON
+
+
+def test_codec_field_order_is_the_stored_response_field_order() -> None:
+    # decode() passes values positionally to StoredResponse.from_checked.
+    from proxy.entry import STORED_FIELDS
+
+    assert codec._VARIANT_FIELDS == STORED_FIELDS
+
+
+def test_from_checked_builds_what_init_builds(multi_variant: Callable[..., CachedResource]) -> None:
+    from proxy.entry import STORED_FIELDS
+
+    for v in multi_variant().variants:
+        rebuilt = StoredResponse.from_checked(tuple(getattr(v, name) for name in STORED_FIELDS))
+        assert rebuilt == v
+        assert (rebuilt.hit_fields, rebuilt.cache_status_prefix, rebuilt.add_accept_ranges) == (
+            v.hit_fields,
+            v.cache_status_prefix,
+            v.add_accept_ranges,
+        )
