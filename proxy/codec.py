@@ -246,3 +246,42 @@ def decode(data: bytes) -> CachedResource:
     if offset != end:
         raise CodecError(f"{end - offset} trailing bytes after the bodies")
     return CachedResource(key=key, variants=tuple(variants))
+
+
+class DecodeMemo:
+    """decode() for a disk tier's hit path, reusing the work of earlier reads of the same record.
+
+    Keeps, per key, the decoded form of a one-variant record together with its
+    bytes up to the body (magic, metadata and header block). A later read whose
+    bytes start with exactly those bytes, followed by a body of the recorded
+    length, decodes to the same values but its body: only the body is taken
+    from the new bytes. Anything else is decoded in full. Bodies are never
+    kept, so memory stays at about a kilobyte per key, for at most `capacity`
+    keys (the oldest half is dropped when full).
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        # key -> (the record's bytes before the body, the body's length, the variant without body)
+        self._records: dict[str, tuple[bytes, int, StoredResponse]] = {}
+
+    def decode(self, key: str, data: bytes) -> CachedResource:
+        record = self._records.get(key)
+        if record is not None:
+            prefix, body_len, template = record
+            if len(data) == len(prefix) + body_len and data.startswith(prefix):
+                return CachedResource(key, (template.with_body(data[len(prefix) :]),))
+        resource = decode(data)
+        if len(resource.variants) == 1 and resource.key == key:
+            variant = resource.variants[0]
+            (meta_len,) = _LEN.unpack_from(data, len(_PREFIX))
+            body_start = len(data) - len(variant.body)
+            if body_start >= _HEADER_LEN + meta_len:
+                if len(self._records) >= self.capacity:
+                    for old in list(self._records)[: self.capacity // 2 + 1]:
+                        del self._records[old]
+                self._records[key] = (data[:body_start], len(variant.body), variant.with_body(b""))
+        return resource
+
+    def forget(self, key: str) -> None:
+        self._records.pop(key, None)

@@ -95,6 +95,14 @@ class StoredResponse:
         self.__post_init__()
         return self
 
+    def with_body(self, body: bytes) -> StoredResponse:
+        """This response with another body (a copy; the derived fields do not depend on the body)."""
+        other = object.__new__(StoredResponse)
+        for slot in _SLOTS:
+            slot.__set__(other, slot.__get__(self))
+        _BODY_SLOT.__set__(other, body)
+        return other
+
     @property
     def wire_head(self) -> bytes:
         """Status line, stored fields, Accept-Ranges and Content-Length, as a plain hit sends them."""
@@ -114,6 +122,8 @@ class StoredResponse:
 # The fields a StoredResponse is built from (the derived ones excluded), in order.
 STORED_FIELDS = tuple(f.name for f in fields(StoredResponse) if f.init)
 _SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in STORED_FIELDS)
+_SLOTS = tuple(getattr(StoredResponse, f.name) for f in fields(StoredResponse))
+_BODY_SLOT = getattr(StoredResponse, "body")  # noqa: B009  # the slot's descriptor, not a value
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,8 @@ class DiskStorage:
         self._accessed: dict[int, int] = {}  # rowid -> hits not yet written
         self._accessed_lock = threading.Lock()
         self._in_read_txn = False
+        # Metadata of records read on the loop, reused while their bytes stay the same.
+        self._decoded = codec.DecodeMemo()
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -263,7 +265,7 @@ class DiskStorage:
                 data = _read_file(os.path.join(self._cache.directory, filename), size)
             else:
                 return False, None  # text or pickle: never written by this tier, get() drops it
-            resource = codec.decode(data)
+            resource = self._decoded.decode(key, data)
         except Exception:  # a vanished or short file, garbage: get() judges it
             return False, None
         if resource.key != key:

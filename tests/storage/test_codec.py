@@ -239,3 +239,43 @@ def test_from_checked_builds_what_init_builds(multi_variant: Callable[..., Cache
             v.cache_status_prefix,
             v.add_accept_ranges,
         )
+
+
+# -- DecodeMemo: the disk tier's hit-path decoder ---------------------------------------
+
+
+def test_memo_reuses_metadata_only_for_identical_bytes(resource: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo()
+    first = resource(key="k", body=b"one!")
+    assert memo.decode("k", encode(first)) == first
+    same_meta_new_body = resource(key="k", body=b"two!")
+    assert memo.decode("k", encode(same_meta_new_body)) == same_meta_new_body  # body from the bytes
+    refetched = resource(key="k", body=b"one!", response_time=1_700_000_999.5)
+    assert memo.decode("k", encode(refetched)) == refetched  # metadata changed: decoded afresh
+    longer = resource(key="k", body=b"longer body")
+    assert memo.decode("k", encode(longer)) == longer
+
+
+def test_memo_never_hides_damage(resource: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo()
+    data = encode(resource(key="k"))
+    memo.decode("k", data)
+    with pytest.raises(CodecError):
+        memo.decode("k", data[:-1])  # truncated: not the recorded shape, so decoded in full
+    with pytest.raises(CodecError):
+        memo.decode("k", data + b"x")
+
+
+def test_memo_keeps_no_bodies_and_stays_bounded(resource: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo(capacity=10)
+    for i in range(25):
+        memo.decode(f"k{i}", encode(resource(key=f"k{i}", body=b"x" * 1000)))
+    assert len(memo._records) <= 10
+    assert all(template.body == b"" for _, _, template in memo._records.values())
+
+
+def test_memo_skips_multi_variant_records(multi_variant: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo()
+    res = multi_variant()
+    assert memo.decode(res.key, encode(res)) == res
+    assert memo._records == {}
