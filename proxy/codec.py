@@ -283,5 +283,14 @@ class DecodeMemo:
                 self._records[key] = (data[:body_start], len(variant.body), variant.with_body(b""))
         return resource
 
-    def forget(self, key: str) -> None:
-        self._records.pop(key, None)
+    def shape(self, key: str) -> tuple[int, int] | None:
+        """(length of the bytes before the body, body length) of key's record, if one is kept."""
+        record = self._records.get(key)
+        return None if record is None else (len(record[0]), record[1])
+
+    def reuse(self, key: str, head: bytes, body: bytes) -> CachedResource | None:
+        """The resource, if `head` is exactly the kept record's bytes before a body of this length."""
+        record = self._records.get(key)
+        if record is None or head != record[0] or len(body) != record[1]:
+            return None
+        return CachedResource(key, (record[2].with_body(body),))

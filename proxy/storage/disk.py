@@ -78,16 +78,34 @@ def _read_file(path: str, size: int) -> bytes:
     """A value file's bytes, read whole with plain system calls (no io objects on the hit path)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        data = os.read(fd, size + 1)  # one more: a file longer than its row says is broken
-        while len(data) < size:
-            more = os.read(fd, size + 1 - len(data))
-            if not more:
-                break
-            data += more
+        data = _read_exactly(fd, size + 1)  # one more: a file longer than its row says is broken
     finally:
         os.close(fd)
     if len(data) != size:
         raise OSError(f"value file holds {len(data)} bytes, its row says {size}")
+    return data
+
+
+def _read_file_split(path: str, head_len: int, size: int) -> tuple[bytes, bytes]:
+    """A value file of `size` bytes as (its first head_len bytes, the rest)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        head = _read_exactly(fd, head_len)
+        rest = _read_exactly(fd, size - head_len + 1)  # one more: a longer file is broken
+    finally:
+        os.close(fd)
+    if len(head) != head_len or len(rest) != size - head_len:
+        raise OSError(f"value file is not {size} bytes long")
+    return head, rest
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    data = os.read(fd, n)
+    while len(data) < n:
+        more = os.read(fd, n - len(data))
+        if not more:
+            break
+        data += more
     return data
 
 
@@ -262,7 +280,17 @@ class DiskStorage:
             if mode == MODE_RAW and type(value) is bytes:
                 data = value
             elif mode == MODE_BINARY and filename is not None:
-                data = _read_file(os.path.join(self._cache.directory, filename), size)
+                path = os.path.join(self._cache.directory, filename)
+                shape = self._decoded.shape(key)
+                if shape is not None and sum(shape) == size:
+                    # Read the body into its own bytes object: no copy of it out of the record.
+                    head, body = _read_file_split(path, shape[0], size)
+                    found = self._decoded.reuse(key, head, body)
+                    if found is not None:
+                        return self._hit(rowid, found)
+                    data = head + body
+                else:
+                    data = _read_file(path, size)
             else:
                 return False, None  # text or pickle: never written by this tier, get() drops it
             resource = self._decoded.decode(key, data)
@@ -270,6 +298,9 @@ class DiskStorage:
             return False, None
         if resource.key != key:
             return False, None
+        return self._hit(rowid, resource)
+
+    def _hit(self, rowid: int, resource: CachedResource) -> tuple[bool, CachedResource]:
         if self._record_access is not None:
             with self._accessed_lock:
                 self._accessed[rowid] = self._accessed.get(rowid, 0) + 1
