@@ -28,6 +28,7 @@ from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE, MODE_RAW
 from proxy import codec
 from proxy.entry import CachedResource
 from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy, TierStats
+from proxy.storage.open_files import OpenFiles
 
 log = logging.getLogger("proxy.storage")
 
@@ -72,41 +73,6 @@ os.register_at_fork(after_in_child=_forked)
 _MISSING: Final = object()
 # Stands in for a key diskcache would have to unpickle (never written by us).
 _FOREIGN_KEY: Final = object()
-
-
-def _read_file(path: str, size: int) -> bytes:
-    """A value file's bytes, read whole with plain system calls (no io objects on the hit path)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        data = _read_exactly(fd, size + 1)  # one more: a file longer than its row says is broken
-    finally:
-        os.close(fd)
-    if len(data) != size:
-        raise OSError(f"value file holds {len(data)} bytes, its row says {size}")
-    return data
-
-
-def _read_file_split(path: str, head_len: int, size: int) -> tuple[bytes, bytes]:
-    """A value file of `size` bytes as (its first head_len bytes, the rest)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        head = _read_exactly(fd, head_len)
-        rest = _read_exactly(fd, size - head_len + 1)  # one more: a longer file is broken
-    finally:
-        os.close(fd)
-    if len(head) != head_len or len(rest) != size - head_len:
-        raise OSError(f"value file is not {size} bytes long")
-    return head, rest
-
-
-def _read_exactly(fd: int, n: int) -> bytes:
-    data = os.read(fd, n)
-    while len(data) < n:
-        more = os.read(fd, n - len(data))
-        if not more:
-            break
-        data += more
-    return data
 
 
 class _UnreadableEntry(Exception):
@@ -219,6 +185,7 @@ class DiskStorage:
         self._in_read_txn = False
         # Metadata of records read on the loop, reused while their bytes stay the same.
         self._decoded = codec.DecodeMemo()
+        self._open_files = OpenFiles()
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -281,16 +248,24 @@ class DiskStorage:
                 data = value
             elif mode == MODE_BINARY and filename is not None:
                 path = os.path.join(self._cache.directory, filename)
+                files = self._open_files
                 shape = self._decoded.shape(key)
                 if shape is not None and sum(shape) == size:
                     # Read the body into its own bytes object: no copy of it out of the record.
-                    head, body = _read_file_split(path, shape[0], size)
+                    head = files.read(path, 0, shape[0])
+                    body = files.read(path, shape[0], shape[1] + 1)  # one more: a longer file is broken
+                    if len(head) + len(body) != size:
+                        files.forget(path)
+                        return False, None
                     found = self._decoded.reuse(key, head, body)
                     if found is not None:
                         return self._hit(rowid, found)
                     data = head + body
                 else:
-                    data = _read_file(path, size)
+                    data = files.read(path, 0, size + 1)
+                    if len(data) != size:
+                        files.forget(path)
+                        return False, None
             else:
                 return False, None  # text or pickle: never written by this tier, get() drops it
             resource = self._decoded.decode(key, data)
@@ -506,6 +481,7 @@ class DiskStorage:
         if reader is not None and reader[1] is not None and reader[0] == _fork_generation:
             reader[1].close()  # ends a read transaction still open
         self._in_read_txn = False
+        self._open_files.close()
         self._cache.close()
 
     # -- stats -------------------------------------------------------------------

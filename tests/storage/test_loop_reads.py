@@ -241,8 +241,8 @@ async def test_value_files_are_read_afresh_when_their_metadata_changes(
         assert l2.read_now("k", MiB) == (True, v1)  # the kept metadata, the body read on its own
         l2.set(v2)
         # Within the same loop iteration the read snapshot still names v1's file, which the
-        # overwrite deleted: not answered here (the pool read would see v2)...
-        assert l2.read_now("k", MiB) == (False, None)
+        # overwrite deleted; its open descriptor still reads v1, the snapshot's value...
+        assert l2.read_now("k", MiB) == (True, v1)
         await asyncio.sleep(0)
         assert l2.read_now("k", MiB) == (True, v2)  # ...and the next iteration sees v2
         (value_file,) = (tmp_path / "l2").rglob("*.val")
