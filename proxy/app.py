@@ -29,7 +29,7 @@ from proxy.headers import VALID_HOST
 from proxy.keys import key_host
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
-from proxy.respond import finish, respond
+from proxy.respond import finish, log_access, own_member, respond
 from proxy.routing import HEALTH_PATH, FetchRouter
 from proxy.storage.catalog import Catalog
 from proxy.storage.disk import DiskStorage
@@ -48,7 +48,6 @@ ROUTER_KEY = web.AppKey("router", FetchRouter)
 ExtraStats = Callable[[], dict[str, Any]]
 EXTRA_STATS_KEY: web.AppKey[ExtraStats] = web.AppKey("extra_stats")
 
-access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
 
 
@@ -118,7 +117,15 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         reply = await respond(engine, cfg, _client_request(request))
     response = await _write(request, reply)
     if cfg.log.access_log:
-        _log_access(cfg, request, reply, time.perf_counter() - started)
+        log_access(
+            cfg,
+            request.remote,
+            request.method,
+            request.path_qs,
+            reply.status,
+            own_member(reply),
+            time.perf_counter() - started,
+        )
     return response
 
 
@@ -201,31 +208,3 @@ async def _write(request: web.Request, reply: Reply) -> web.StreamResponse:
         return stream
     await stream.write_eof()
     return stream
-
-
-def _log_access(cfg: Config, request: web.Request, reply: Reply, duration: float) -> None:
-    status_text = reply.headers.get("Cache-Status", "")
-    ours = status_text.rsplit(",", 1)[-1].strip()
-    if cfg.log.format == "json":
-        access_log.info(
-            json.dumps(
-                {
-                    "method": request.method,
-                    "url": request.path_qs,
-                    "status": reply.status,
-                    "cache": ours,
-                    "ms": round(duration * 1000, 2),
-                    "remote": request.remote,
-                }
-            )
-        )
-    else:
-        access_log.info(
-            '%s "%s %s" %d "%s" %.1fms',
-            request.remote,
-            request.method,
-            request.path_qs,
-            reply.status,
-            ours,
-            duration * 1000,
-        )

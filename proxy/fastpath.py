@@ -36,10 +36,9 @@ from proxy.engine import Engine, Reply
 from proxy.fetcher import ClientRequest
 from proxy.h1 import LAST_CHUNK, Framing, HeaderInjection, chunk, reply_head
 from proxy.headers import VALID_HOST
-from proxy.respond import respond
+from proxy.respond import log_access, own_member, respond
 from proxy.upstream_error import UpstreamError
 
-access_log = logging.getLogger("proxy.access")
 log = logging.getLogger("proxy.app")
 
 MAX_HEAD = 16 * 1024  # longer heads go to aiohttp, which enforces its own limits (431/400)
@@ -91,13 +90,13 @@ class FastContext:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            busy = [c for c in self.connections if c.task is not None]
+            busy = [c.task for c in self.connections if c.task is not None and not c.task.done()]
             for conn in list(self.connections):
-                if conn.task is None and conn.transport is not None:
+                if (conn.task is None or conn.task.done()) and conn.transport is not None:
                     conn.transport.close()
             if not busy or loop.time() >= deadline:
                 break
-            await asyncio.wait([c.task for c in busy if c.task is not None], timeout=deadline - loop.time())
+            await asyncio.wait(busy, timeout=deadline - loop.time())
         for conn in list(self.connections):
             if conn.task is not None:
                 conn.task.cancel()
@@ -216,7 +215,8 @@ class FastPathProtocol(asyncio.Protocol):
                 # Later requests on this connection wait until it is written.
                 self.buffer = buf
                 transport.pause_reading()
-                self.task = self.loop.create_task(self._answer(parsed, known_miss=answered))
+                task = self.task = self.loop.create_task(self._answer(parsed, known_miss=answered))
+                task.add_done_callback(self._answered)
                 return
             response, body = answered
             if body:
@@ -310,6 +310,11 @@ class FastPathProtocol(asyncio.Protocol):
             self._log(parsed, entry.status, f"{self.ctx.cfg.name};hit;ttl={int(ttl)};detail={tier}")
         return response, body
 
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        # _answer clears self.task itself; a task cancelled before it ever ran cannot.
+        if self.task is task:
+            self.task = None
+
     async def _answer(self, parsed: _Parsed, known_miss: bool) -> None:
         """Answer one request through the engine, write it, then go on with the connection."""
         ctx = self.ctx
@@ -351,8 +356,7 @@ class FastPathProtocol(asyncio.Protocol):
             return False
         body = reply.body
         if self.ctx.access_log:
-            status_text = reply.headers.get("Cache-Status", "")
-            self._log(parsed, reply.status, status_text.rsplit(",", 1)[-1].strip())
+            self._log(parsed, reply.status, own_member(reply))
         if isinstance(body, bytes):
             if framing is not Framing.LENGTH or not body:
                 transport.write(head)
@@ -389,15 +393,8 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _log(self, parsed: _Parsed, status: int, cache_status: str) -> None:
         request = parsed.request
-        access_log.info(
-            '%s "%s %s" %d "%s" %.1fms',
-            self.remote,
-            request.method,
-            request.path_qs,
-            status,
-            cache_status,
-            (time.perf_counter() - parsed.started) * 1000,
-        )
+        seconds = time.perf_counter() - parsed.started
+        log_access(self.ctx.cfg, self.remote, request.method, request.path_qs, status, cache_status, seconds)
 
     def _hand_off(self, unanswered: bytes) -> None:
         """Give the connection, and every byte not yet answered, to aiohttp for good."""

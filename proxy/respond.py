@@ -7,6 +7,7 @@ answers and every reply carries this node's Cache-Status member and Via.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from proxy.cache_status import appended, member
@@ -16,6 +17,7 @@ from proxy.fetcher import ClientRequest
 from proxy.upstream_error import UpstreamError
 
 log = logging.getLogger("proxy.app")
+access_log = logging.getLogger("proxy.access")
 
 
 async def respond(engine: Engine, cfg: Config, request: ClientRequest, *, known_miss: bool = False) -> Reply:
@@ -38,3 +40,29 @@ def finish(cfg: Config, reply: Reply) -> Reply:
     )
     headers.add("Via", f"1.1 {cfg.name}")
     return reply
+
+
+def log_access(
+    cfg: Config, remote: str | None, method: str, url: str, status: int, cache: str, seconds: float
+) -> None:
+    """One access-log line (cfg.log.format: text or json); `cache` is this node's Cache-Status member."""
+    if cfg.log.format == "json":
+        access_log.info(
+            json.dumps(
+                {
+                    "method": method,
+                    "url": url,
+                    "status": status,
+                    "cache": cache,
+                    "ms": round(seconds * 1000, 2),
+                    "remote": remote,
+                }
+            )
+        )
+    else:
+        access_log.info('%s "%s %s" %d "%s" %.1fms', remote, method, url, status, cache, seconds * 1000)
+
+
+def own_member(reply: Reply) -> str:
+    """This node's Cache-Status member of a finished reply (the last one)."""
+    return reply.headers.get("Cache-Status", "").rsplit(",", 1)[-1].strip()

@@ -1,0 +1,47 @@
+"""One access-log line per request, whichever front answered it (lean hit, lean engine, aiohttp)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pytest
+
+from proxy.config import LogConfig
+from tests.functional.conftest import ProxyFactory
+
+
+async def test_every_request_logs_one_line_with_its_cache_status(
+    start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await start_proxy(log=replace(LogConfig(), access_log=True))
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        await proxy.get("/max-age/60")  # a miss: the lean front runs the engine
+        await proxy.get("/max-age/60")  # a plain hit: answered from the stored bytes
+        async with proxy.request("POST", "/echo", data=b"x") as resp:  # a body: aiohttp's handler
+            await resp.read()
+    lines = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+    assert len(lines) == 3, lines
+    assert '"GET /max-age/60"' in lines[0] and "fwd=uri-miss" in lines[0] and " 200 " in lines[0]
+    assert '"GET /max-age/60"' in lines[1] and ";hit;" in lines[1] and "detail=l1" in lines[1]
+    assert '"POST /echo"' in lines[2] and "fwd=bypass" in lines[2]
+
+
+async def test_json_access_lines_from_both_fronts(
+    start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    proxy = await start_proxy(log=replace(LogConfig(), access_log=True, format="json"))
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        await proxy.get("/max-age/61")
+        await proxy.get("/max-age/61")
+        async with proxy.request("POST", "/echo", data=b"x") as resp:
+            await resp.read()
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+    assert [(line["method"], line["url"], line["status"]) for line in lines] == [
+        ("GET", "/max-age/61", 200),
+        ("GET", "/max-age/61", 200),
+        ("POST", "/echo", 200),
+    ]
+    assert ";hit;" in lines[1]["cache"] and all(line["remote"] == "127.0.0.1" for line in lines)
