@@ -258,17 +258,22 @@ class DecodeMemo:
     from the new bytes. Anything else is decoded in full. Bodies are never
     kept, so memory stays at about a kilobyte per key, for at most `capacity`
     keys (the oldest half is dropped when full).
+
+    A record may also be named by its `source`, a name that always means the
+    same bytes (diskcache's value files: a new write gets a new file name, a
+    file is never rewritten in place); then only the body need be read again.
     """
 
     def __init__(self, capacity: int = 4096) -> None:
         self.capacity = capacity
-        # key -> (the record's bytes before the body, the body's length, the variant without body)
-        self._records: dict[str, tuple[bytes, int, StoredResponse]] = {}
+        # key -> (the record's bytes before the body, the body's length, the variant without
+        # body, the source it was read from)
+        self._records: dict[str, tuple[bytes, int, StoredResponse, str | None]] = {}
 
-    def decode(self, key: str, data: bytes) -> CachedResource:
+    def decode(self, key: str, data: bytes, source: str | None = None) -> CachedResource:
         record = self._records.get(key)
         if record is not None:
-            prefix, body_len, template = record
+            prefix, body_len, template, _ = record
             if len(data) == len(prefix) + body_len and data.startswith(prefix):
                 return CachedResource(key, (template.with_body(data[len(prefix) :]),))
         resource = decode(data)
@@ -280,17 +285,17 @@ class DecodeMemo:
                 if len(self._records) >= self.capacity:
                     for old in list(self._records)[: self.capacity // 2 + 1]:
                         del self._records[old]
-                self._records[key] = (data[:body_start], len(variant.body), variant.with_body(b""))
+                self._records[key] = (data[:body_start], len(variant.body), variant.with_body(b""), source)
         return resource
 
-    def shape(self, key: str) -> tuple[int, int] | None:
-        """(length of the bytes before the body, body length) of key's record, if one is kept."""
+    def known_source(self, key: str, source: str) -> int | None:
+        """Where the body starts, if key's kept record was read from `source`."""
         record = self._records.get(key)
-        return None if record is None else (len(record[0]), record[1])
+        return len(record[0]) if record is not None and record[3] == source else None
 
-    def reuse(self, key: str, head: bytes, body: bytes) -> CachedResource | None:
-        """The resource, if `head` is exactly the kept record's bytes before a body of this length."""
+    def reuse(self, key: str, source: str, body: bytes) -> CachedResource | None:
+        """The resource read from `source` again, with this body, if it has the recorded length."""
         record = self._records.get(key)
-        if record is None or head != record[0] or len(body) != record[1]:
+        if record is None or record[3] != source or len(body) != record[1]:
             return None
         return CachedResource(key, (record[2].with_body(body),))

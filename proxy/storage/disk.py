@@ -245,42 +245,36 @@ class DiskStorage:
             return False, None  # a big value file: read it on the pool, off the loop
         try:
             if mode == MODE_RAW and type(value) is bytes:
-                data = value
+                resource: CachedResource | None = self._decoded.decode(key, value)
             elif mode == MODE_BINARY and filename is not None:
-                path = os.path.join(self._cache.directory, filename)
-                files = self._open_files
-                shape = self._decoded.shape(key)
-                if shape is not None and sum(shape) == size:
-                    # Read the body into its own bytes object: no copy of it out of the record.
-                    head = files.read(path, 0, shape[0])
-                    body = files.read(path, shape[0], shape[1] + 1)  # one more: a longer file is broken
-                    if len(head) + len(body) != size:
-                        files.forget(path)
-                        return False, None
-                    found = self._decoded.reuse(key, head, body)
-                    if found is not None:
-                        return self._hit(rowid, found)
-                    data = head + body
-                else:
-                    data = files.read(path, 0, size + 1)
-                    if len(data) != size:
-                        files.forget(path)
-                        return False, None
+                resource = self._read_value_file(key, filename, size)
             else:
                 return False, None  # text or pickle: never written by this tier, get() drops it
-            resource = self._decoded.decode(key, data)
         except Exception:  # a vanished or short file, garbage: get() judges it
             return False, None
-        if resource.key != key:
+        if resource is None or resource.key != key:
             return False, None
-        return self._hit(rowid, resource)
-
-    def _hit(self, rowid: int, resource: CachedResource) -> tuple[bool, CachedResource]:
         if self._record_access is not None:
             with self._accessed_lock:
                 self._accessed[rowid] = self._accessed.get(rowid, 0) + 1
         self.stats.hits += 1
         return True, resource
+
+    def _read_value_file(self, key: str, filename: str, size: int) -> CachedResource | None:
+        """The record in a value file; None if the file is not `size` bytes long."""
+        path = os.path.join(self._cache.directory, filename)
+        files = self._open_files
+        body_start = self._decoded.known_source(key, filename)
+        if body_start is not None:
+            # The file read last time (value files are never rewritten): only the body is
+            # read again, into a bytes object of its own.
+            found = self._decoded.reuse(key, filename, files.read(path, body_start, size - body_start))
+        else:
+            data = files.read(path, 0, size + 1)  # one more: a longer file is broken too
+            found = self._decoded.decode(key, data, source=filename) if len(data) == size else None
+        if found is None:
+            files.forget(path)
+        return found
 
     def _begin_read_txn(self, con: sqlite3.Connection) -> None:
         """One read transaction for all the reads of this event-loop iteration.

@@ -271,7 +271,7 @@ def test_memo_keeps_no_bodies_and_stays_bounded(resource: Callable[..., CachedRe
     for i in range(25):
         memo.decode(f"k{i}", encode(resource(key=f"k{i}", body=b"x" * 1000)))
     assert len(memo._records) <= 10
-    assert all(template.body == b"" for _, _, template in memo._records.values())
+    assert all(template.body == b"" for _, _, template, _ in memo._records.values())
 
 
 def test_memo_skips_multi_variant_records(multi_variant: Callable[..., CachedResource]) -> None:
@@ -279,3 +279,16 @@ def test_memo_skips_multi_variant_records(multi_variant: Callable[..., CachedRes
     res = multi_variant()
     assert memo.decode(res.key, encode(res)) == res
     assert memo._records == {}
+
+
+def test_memo_rereads_only_the_body_of_the_same_source(resource: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo()
+    res = resource(key="k", body=b"body")
+    data = encode(res)
+    assert memo.decode("k", data, source="ab/cd.val") == res
+    body_start = memo.known_source("k", "ab/cd.val")
+    assert body_start == len(data) - 4
+    assert memo.known_source("k", "other.val") is None  # a new write is a new file
+    assert memo.reuse("k", "ab/cd.val", b"BODY") == resource(key="k", body=b"BODY")
+    assert memo.reuse("k", "ab/cd.val", b"BOD") is None  # short: damaged, never served
+    assert memo.reuse("k", "other.val", b"BODY") is None
