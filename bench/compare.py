@@ -750,10 +750,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument(
         "--workers",
-        type=int,
-        default=1,
+        default="1",
         help="processes of the edge (only if `python -m proxy --help` has --workers; else 1) "
-        "and worker_processes of nginx, always the same number",
+        "and worker_processes of nginx, always the same number; a list such as 1,2 runs the "
+        "whole comparison once per number, one after the other (JSON: one file per number)",
     )
     parser.add_argument(
         "--scenarios", default="", help=f"comma-separated subset of: {', '.join(s.name for s in SCENARIOS)}"
@@ -781,6 +781,33 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        counts = [int(n) for n in str(args.workers).split(",") if n.strip()]
+    except ValueError:
+        print(f"--workers takes numbers, e.g. 1 or 1,2; not {args.workers!r}", file=sys.stderr)
+        return 2
+    if len(counts) <= 1:
+        args.workers = counts[0] if counts else 1
+        return compare(args)
+    summaries: list[str] = []
+    for n in counts:
+        one = argparse.Namespace(**vars(args))
+        one.workers = n
+        if args.json:
+            base = Path(args.json)
+            one.json = str(base.with_name(f"{base.stem}-{n}w{base.suffix}"))
+        elif not args.short:
+            one.json = str(ROOT / "bench" / f"compare-{n}w.json")
+        print(f"\n=== {n} worker process(es) ===", flush=True)
+        code = compare(one, summaries)
+        if code:
+            return code
+    print("\n" + "\n\n".join(summaries))
+    return 0
+
+
+def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int:
+    """One whole comparison at args.workers processes; its summary is also appended to summaries."""
     if args.short:
         args.rounds, args.duration = 1, 2.0
     if args.json is None and not args.short:
@@ -895,6 +922,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(summary_table(results))
+    if summaries is not None:
+        who = f"proxy: {meta['workers']['proxy']}; nginx: {meta['workers']['nginx']}"
+        summaries.append(f"{workers} worker process(es) ({who})\n\n{summary_table(results)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "scenarios": results}, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
