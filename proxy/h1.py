@@ -39,18 +39,13 @@ def reply_head(reply: Reply, method: str, http10: bool, keep_alive: bool) -> tup
     body = reply.body
     streamed = not isinstance(body, bytes)
     empty = method == "HEAD" or status < 200 or status in (204, 304)
-    lines: list[str] = []
-    content_length: str | None = None
-    has_date = False
-    for name, value in reply.headers.items():
-        lower = name.lower()
-        if lower in _FRAMING:
-            if lower == "content-length":
-                content_length = value
-            continue
-        if lower == "date":
-            has_date = True
-        lines.append(f"{name}: {value}\r\n")
+    headers = reply.headers  # the reply is being written: its framing fields are dropped here
+    content_length = headers.get("Content-Length")
+    for name in _FRAMING:
+        if name in headers:
+            del headers[name]
+    has_date = "Date" in headers
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
     if status in (204, 304) or status < 200:
         framing = Framing.NONE
     elif not streamed:
