@@ -25,10 +25,12 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy import log_output
 from proxy.admin import MAX_LIMIT, create_admin_app
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
 from proxy.app import create_app
 from proxy.config import Config, ConfigError, check_admin, load_config
+from proxy.log_output import flush_periodically
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.server import PublicListener, start_public
 
@@ -111,11 +113,7 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(cfg: Config) -> None:
-    logging.basicConfig(
-        level=cfg.log.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    log_output.install(cfg.log.level)
 
 
 async def _wait_for_signal(parent: int | None = None) -> None:
@@ -165,6 +163,7 @@ async def serve(
     check_admin(cfg)
     runners: list[web.AppRunner] = []
     public: PublicListener | None = None
+    flusher = asyncio.create_task(flush_periodically())  # log lines reach stderr within 0.2 s
     try:
         if origin_listen is not None and worker == 0:
             from origin_stub.app import create_app as create_origin
@@ -192,6 +191,9 @@ async def serve(
             await runner.cleanup()
         if public is not None:
             await public.close()  # then the edge: connections, write-behind drain, files
+        flusher.cancel()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
 
 
 def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: AppFactory) -> int:
@@ -199,6 +201,8 @@ def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: App
     children: list[int] = []
     parent = os.getpid()
     for index in range(n):
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # or a child would write the parent's buffered lines again
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
+from proxy import log_output
 from proxy.cache_status import appended, member
 from proxy.config import Config
 from proxy.engine import Engine, Reply, error_reply
@@ -45,22 +46,31 @@ def finish(cfg: Config, reply: Reply) -> Reply:
 def log_access(
     cfg: Config, remote: str | None, method: str, url: str, status: int, cache: str, seconds: float
 ) -> None:
-    """One access-log line (cfg.log.format: text or json); `cache` is this node's Cache-Status member."""
+    """One access-log line (cfg.log.format: text or json); `cache` is this node's Cache-Status member.
+
+    Under the command line's own logging setup the line goes straight to the
+    batched stderr writer (proxy.log_output), in logging's format but without
+    a LogRecord: a record costs more than a cache hit. Any other setup (tests,
+    an embedding application) gets ordinary records.
+    """
     if cfg.log.format == "json":
-        access_log.info(
-            json.dumps(
-                {
-                    "method": method,
-                    "url": url,
-                    "status": status,
-                    "cache": cache,
-                    "ms": round(seconds * 1000, 2),
-                    "remote": remote,
-                }
-            )
+        line = json.dumps(
+            {
+                "method": method,
+                "url": url,
+                "status": status,
+                "cache": cache,
+                "ms": round(seconds * 1000, 2),
+                "remote": remote,
+            }
         )
     else:
-        access_log.info('%s "%s %s" %d "%s" %.1fms', remote, method, url, status, cache, seconds * 1000)
+        line = f'{remote} "{method} {url}" {status} "{cache}" {seconds * 1000:.1f}ms'
+    writer = log_output.direct_writer(access_log)
+    if writer is not None:
+        writer.write_info("proxy.access", line)
+    else:
+        access_log.info("%s", line)
 
 
 def own_member(reply: Reply) -> str:
