@@ -322,8 +322,7 @@ class FastPathProtocol(asyncio.Protocol):
             reply = await respond(ctx.engine, ctx.cfg, parsed.request, known_miss=known_miss)
             keep_alive = await self._write_reply(reply, parsed)
         except asyncio.CancelledError:
-            self.task = None
-            raise  # the client went away (connection_lost) or the server is shutting down
+            raise  # the client went away or the server is shutting down (_answered clears self.task)
         except Exception:
             log.exception("error writing %s %s", parsed.request.method, parsed.request.path_qs)
             keep_alive = False

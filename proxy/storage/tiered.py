@@ -143,19 +143,6 @@ class TieredStorage:
         self.stats.misses += 1
         return None, None
 
-    def l1_get(self, key: str) -> CachedResource | None:
-        """L1 only, synchronous: the engine's hit fast path (no coroutine, no thread hop).
-
-        A hit counts in stats; a miss does not, since the caller goes on to
-        aget(key, l1_checked=True), which counts the outcome.
-        """
-        if self.l1 is None:
-            return None
-        resource = self.l1.get(key)
-        if resource is not None:
-            self.stats.hits += 1
-        return resource
-
     def set(self, resource: CachedResource) -> bool:
         """Write both tiers (write-through: replaces any queued L2 write); blocks on L2 I/O."""
         key = resource.key
@@ -240,6 +227,12 @@ class TieredStorage:
         can tell (a big value, a lock, a delete in flight). Hits are counted;
         misses are not, since the engine goes on to aget(), which counts them.
         """
+        return self._lookup_now(key, count_miss=False)
+
+    def _lookup_now(
+        self, key: str, *, count_miss: bool
+    ) -> tuple[bool, CachedResource | None, TierName | None]:
+        """get_now(), and the first step of aget(); count_miss: an L2 miss counts in L2's stats."""
         if self.l1 is not None:
             resource = self.l1.get(key)
             if resource is not None:
@@ -257,7 +250,7 @@ class TieredStorage:
         if reader is None or key in self._l2_deletes:
             # A delete on the pool may not have committed yet: aget() knows how to wait for it.
             return False, None, None
-        answered, resource = reader.read_now(key, self._loop_read_max, count_miss=False)
+        answered, resource = reader.read_now(key, self._loop_read_max, count_miss=count_miss)
         if not answered:
             return False, None, None
         if resource is None:
@@ -281,39 +274,19 @@ class TieredStorage:
             self._background.add(flush)
             flush.add_done_callback(self._background.discard)
 
-    async def aget(
-        self, key: str, *, l1_checked: bool = False
-    ) -> tuple[CachedResource | None, TierName | None]:
+    async def aget(self, key: str) -> tuple[CachedResource | None, TierName | None]:
         """The resource and the tier that answered ("l1", "l2", or None on a miss).
 
-        l1_checked=True skips the L1 lookup, for a caller that already missed
-        in l1_get(). Small L2 values are read on the loop (get_now), others on
-        the I/O pool; an L2 hit is promoted into L1.
+        What get_now() can answer on the loop it answers; the rest of L2 is
+        read on the I/O pool. An L2 hit is promoted into L1.
         """
-        if self.l1 is not None and not l1_checked:
-            resource = self.l1.get(key)
-            if resource is not None:
-                self.stats.hits += 1
-                return resource, "l1"
+        answered, resource, tier = self._lookup_now(key, count_miss=True)
+        if answered:
+            if resource is None:
+                self.stats.misses += 1
+            return resource, tier
         l2 = self.l2
         if l2 is not None:
-            queued = self._writes.pending(key)
-            if queued is not None:
-                # Newer than anything in L2. Not promoted: L1 either has it
-                # already, refused it, or evicted it since the write.
-                self.stats.hits += 1
-                return queued, "l2"
-            reader = self._loop_reader
-            if reader is not None and key not in self._l2_deletes:
-                answered, resource = reader.read_now(key, self._loop_read_max)
-                if answered:
-                    if resource is None:
-                        self.stats.misses += 1
-                        return None, None
-                    self._promote(resource)
-                    self.stats.hits += 1
-                    self._schedule_access_flush(reader)
-                    return resource, "l2"
             flight = self._flights.get(key)
             if flight is None:
                 flight = self._flights[key] = _Flight()

@@ -110,7 +110,9 @@ async def test_pipelined_requests_behind_a_miss_are_answered_in_order(proxy: Pro
     assert await origin.hits("/bytes/30") == 1
 
 
-async def test_date_is_added_when_the_origin_sends_none(proxy: Proxy) -> None:
+async def test_date_is_added_when_the_origin_sends_none(proxy: Proxy, origin: Origin) -> None:
+    async with origin.session.get(origin.url + "/no-store?nodate=1") as direct:
+        assert "Date" not in direct.headers  # the origin really sends none
     out = await exchange(proxy, get("/no-store?nodate=1"))
     head = head_of(out)
     assert head.count(b"\r\nDate: ") == 1

@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from proxy.entry import CachedResource
-from proxy.storage import DiskStorage, MemoryStorage, TieredStorage
-from proxy.storage.tiered import ACCESS_FLUSH_INTERVAL
+from proxy.storage import DiskStorage, MemoryStorage, TieredStorage, tiered
 
 Make = Callable[..., CachedResource]
 KiB = 1024
@@ -32,9 +33,11 @@ class ThreadSpy(DiskStorage):
         self.calls.append(("get", threading.get_ident()))
         return super().get(key)
 
-    def read_now(self, key: str, max_bytes: int) -> tuple[bool, CachedResource | None]:
+    def read_now(
+        self, key: str, max_bytes: int, *, count_miss: bool = True
+    ) -> tuple[bool, CachedResource | None]:
         self.calls.append(("read_now", threading.get_ident()))
-        return super().read_now(key, max_bytes)
+        return super().read_now(key, max_bytes, count_miss=count_miss)
 
 
 async def test_small_l2_values_are_read_on_the_loop_without_a_thread_hop(
@@ -162,7 +165,10 @@ def test_fifo_hits_record_nothing(tmp_path: Path, resource: Make) -> None:
     l2.close()
 
 
-async def test_batched_accesses_are_written_in_the_background(tmp_path: Path, resource: Make) -> None:
+async def test_batched_accesses_are_written_in_the_background(
+    tmp_path: Path, resource: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tiered, "ACCESS_FLUSH_INTERVAL", 0.01)
     l2 = DiskStorage(tmp_path / "l2", 10 * MiB, "lru")
     t = TieredStorage(None, l2, loop_read_max=64 * KiB)
     try:
@@ -171,7 +177,7 @@ async def test_batched_accesses_are_written_in_the_background(tmp_path: Path, re
         assert (await t.aget("k"))[1] == "l2"
         assert l2.access_pending()
         # A timer of ACCESS_FLUSH_INTERVAL on the loop hands the batch to the pool.
-        for _ in range(int(ACCESS_FLUSH_INTERVAL * 50) + 50):
+        for _ in range(250):
             if not l2.access_pending():
                 break
             await asyncio.sleep(0.02)

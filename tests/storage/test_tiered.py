@@ -92,11 +92,10 @@ async def test_fast_path_then_l2(
 ) -> None:
     t, l1, l2 = tiers
     l2.set(resource("k"))
-    assert t.l1_get("k") is None
-    got, tier = await t.aget("k", l1_checked=True)
-    assert tier == "l2" and got is not None
-    assert l1.stats.misses == 1  # L1 was not asked twice
-    assert t.l1_get("k") == got
+    answered, got, tier = t.get_now("k")
+    assert (answered, tier) == (True, "l2") and got is not None
+    assert l1.stats.misses == 1  # L1 was asked once
+    assert t.get_now("k") == (True, got, "l1")  # promoted
     assert (t.stats.hits, t.stats.misses) == (2, 0)
 
 
@@ -111,7 +110,7 @@ async def test_tiers_may_be_disabled(tmp_path: Path, resource: Make) -> None:
             assert await t.aget("k") == (r, tier)
             assert list(t.keys()) == ["k"]
             assert await t.adelete("k")
-        assert only_l2.l1_get("k") is None
+        assert only_l2.get_now("k") == (True, None, None)
         assert await neither.aset(resource("k")) is False
         assert await neither.aget("k") == (None, None)
         assert neither.get("k") is None and neither.delete("k") is False
