@@ -35,9 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.app import open_purger, open_storage  # noqa: E402
 from proxy.config import CacheConfig, Config, TierConfig  # noqa: E402
 from proxy.entry import CachedResource, StoredResponse  # noqa: E402
+from proxy.node import open_purger, open_storage  # noqa: E402
 from proxy.purge import PurgeRequest  # noqa: E402
 
 

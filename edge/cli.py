@@ -7,18 +7,17 @@ section (or MINICDN_CLUSTER=1) enables it; `cluster` runs a local cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
-from collections.abc import Callable, Sequence
-
-from aiohttp import web
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from edge.cluster import add_cluster_arguments, run_cluster
 from edge.config import cluster_config
-from edge.node import create_edge_app
+from edge.node import open_edge
 from proxy import cli as proxy_cli
-from proxy.app import create_app
 from proxy.config import Config
+from proxy.node import Node
 
 COMMANDS = {
     "cluster": proxy_cli.ExtraCommand(
@@ -29,11 +28,15 @@ COMMANDS = {
 }
 
 
-def edge_or_proxy_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:
+@contextlib.asynccontextmanager
+async def edge_or_proxy_node(cfg: Config, clock: Callable[[], float] = time.time) -> AsyncIterator[Node]:
     """An edge when the config enables the cluster, else a lone proxy."""
     if cluster_config(cfg).enabled:
-        return create_edge_app(cfg, clock)
-    return create_app(cfg, clock)
+        async with open_edge(cfg, clock) as node:
+            yield node
+    else:
+        async with Node(cfg, clock) as node:
+            yield node
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return proxy_cli.main(argv, app_factory=edge_or_proxy_app, extra=COMMANDS)
+    return proxy_cli.main(argv, node_factory=edge_or_proxy_node, extra=COMMANDS)
 
 
 def edge_main(argv: Sequence[str] | None = None) -> int:

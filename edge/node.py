@@ -1,13 +1,14 @@
-"""One edge of a cluster: the proxy app plus identity, membership, owner routing and purge fan-out.
+"""One edge of a cluster: a proxy Node plus identity, membership, owner routing and purge fan-out.
 
-`create_edge_app` builds the proxy's aiohttp app and adds the edge's
-resources to it. They start after the proxy's own (so they can reach its
-purger) and, as aiohttp runs cleanup contexts before it accepts connections,
-the purge stream is caught up before the edge serves its first request.
+`open_edge(cfg, clock)` opens the proxy's `Node` with the edge's owner router
+in it, then joins the cluster: membership starts, and the purge stream is
+caught up before the node is handed out, so the edge never serves a request
+before it has applied the purges it missed while it was down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,20 +16,19 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiohttp import web
 
 from edge.config import ClusterConfig, cluster_config
 from edge.fanout import PurgeFanout
 from edge.membership import Membership
 from edge.router import OwnerRouter
-from proxy.app import ENGINE_KEY, EXTRA_STATS_KEY, PURGER_KEY, ROUTER_KEY, create_app
 from proxy.config import Config
+from proxy.node import Node
 
 log = logging.getLogger("edge.node")
 
 
 class EdgeNode:
-    """The edge's parts, reachable from the app for stats and tests."""
+    """The edge's own parts, beside the proxy node they extend."""
 
     def __init__(self, cfg: Config, cluster: ClusterConfig) -> None:
         self.cfg = cfg
@@ -42,8 +42,8 @@ class EdgeNode:
         self.router = OwnerRouter(self.membership, cfg.name, enabled=cluster.owner_routing)
         self.fanout: PurgeFanout | None = None
 
-    def stats(self, app: web.Application) -> dict[str, Any]:
-        routing = app[ENGINE_KEY].fetcher.stats
+    def stats(self, node: Node) -> dict[str, Any]:
+        routing = node.engine.fetcher.stats
         out: dict[str, Any] = {
             "name": self.cfg.name,
             "members": {
@@ -57,43 +57,38 @@ class EdgeNode:
             out["purge_stream"] = dataclasses.asdict(self.fanout.stats)
         return out
 
-
-EDGE_KEY = web.AppKey("edge", EdgeNode)
-
-
-def create_edge_app(cfg: Config, clock: Callable[[], float] = time.time) -> web.Application:
-    """The proxy app for `cfg`, joined to the cluster described by its `cluster:` section."""
-    cluster = cluster_config(cfg)
-    app = create_app(cfg, clock)
-    node = EdgeNode(cfg, cluster)
-    app[EDGE_KEY] = node
-    app[ROUTER_KEY] = node.router
-    app[EXTRA_STATS_KEY] = lambda: {"edge": node.stats(app)}
-
-    async def edge_resources(app: web.Application) -> AsyncIterator[None]:
-        purger = app[PURGER_KEY]
-        await node.membership.start()
-        if node.redis is not None:
-            fanout = PurgeFanout(cluster, cfg.name, node.redis, purger)
-            node.fanout = fanout
-            await fanout.catch_up()  # before the first request is served
-            purger.listeners.append(fanout.publish)
-            fanout.start()
-        log.info(
-            "edge %s joined: %d members, owner routing %s, purge fan-out %s",
-            cfg.name,
-            len(node.membership.states),
-            "on" if cluster.owner_routing else "off",
-            "on" if node.redis is not None else "off (no redis_url)",
-        )
+    @contextlib.asynccontextmanager
+    async def joined(self, node: Node) -> AsyncIterator[None]:
+        """Membership and purge fan-out for an open node, until the block ends."""
+        purger = node.purger
+        await self.membership.start()
         try:
+            if self.redis is not None:
+                fanout = PurgeFanout(self.cluster, self.cfg.name, self.redis, purger)
+                self.fanout = fanout
+                await fanout.catch_up()  # before the first request is served
+                purger.listeners.append(fanout.publish)
+                fanout.start()
+            log.info(
+                "edge %s joined: %d members, owner routing %s, purge fan-out %s",
+                self.cfg.name,
+                len(self.membership.states),
+                "on" if self.cluster.owner_routing else "off",
+                "on" if self.redis is not None else "off (no redis_url)",
+            )
+            node.extra_stats.append(lambda: {"edge": self.stats(node)})
             yield
         finally:
-            if node.fanout is not None:
-                await node.fanout.stop()
-            await node.membership.stop()
-            if node.redis is not None:
-                await node.redis.aclose()
+            if self.fanout is not None:
+                await self.fanout.stop()
+            await self.membership.stop()
+            if self.redis is not None:
+                await self.redis.aclose()
 
-    app.cleanup_ctx.append(edge_resources)
-    return app
+
+@contextlib.asynccontextmanager
+async def open_edge(cfg: Config, clock: Callable[[], float] = time.time) -> AsyncIterator[Node]:
+    """The proxy node for `cfg`, joined to the cluster its `cluster:` section describes."""
+    edge = EdgeNode(cfg, cluster_config(cfg))
+    async with Node(cfg, clock, router=edge.router) as node, edge.joined(node):
+        yield node

@@ -1,9 +1,9 @@
 """The admin API: purge, inspect and stats as JSON, on a listener of its own.
 
-`create_admin_app(main_app)` builds a separate aiohttp application that reads
-the engine, purger and storage of the proxy application at request time, so
-it can be created before the proxy starts and is never routed through the
-public port (which forwards every path to the origin).
+`create_admin_app(node)` builds a separate aiohttp application over a `Node`
+(proxy/node.py): it reads the node's engine, purger and storage at request
+time, so it can be created before the node is open, and it is never routed
+through the public port (which forwards every path to the origin).
 
 Routes (JSON in and out, `Cache-Control: no-store`):
 
@@ -30,14 +30,14 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from proxy.app import CONFIG_KEY, ENGINE_KEY, EXTRA_STATS_KEY, PURGER_KEY, STORAGE_KEY
 from proxy.config import is_loopback
+from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.storage.disk import DiskStorage
 
 log = logging.getLogger("proxy.admin")
 
-MAIN_APP_KEY = web.AppKey("main_app", web.Application)
+NODE_KEY = web.AppKey("node", Node)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -48,10 +48,10 @@ _ENTRY_PARAMS = frozenset({"prefix", "tag", "limit"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_admin_app(main_app: web.Application) -> web.Application:
-    """The admin application for the proxy application `main_app` (started or not yet)."""
+def create_admin_app(node: Node) -> web.Application:
+    """The admin application for `node` (open or not yet)."""
     app = web.Application(middlewares=[_json_errors, _authenticate], client_max_size=MAX_BODY)
-    app[MAIN_APP_KEY] = main_app
+    app[NODE_KEY] = node
     app.router.add_get("/healthz", _healthz)
     app.router.add_post("/purge", _purge)
     app.router.add_get("/entries", _entries)
@@ -108,7 +108,7 @@ def _describe(request: web.Request, exc: web.HTTPException) -> str:
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    token = request.app[MAIN_APP_KEY][CONFIG_KEY].admin.token
+    token = request.app[NODE_KEY].cfg.admin.token
     if not token:
         # Only reachable on loopback by configuration; refuse anything else all the same.
         if request.remote is None or not is_loopback(request.remote):
@@ -134,13 +134,13 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    cfg = request.app[MAIN_APP_KEY][CONFIG_KEY]
+    cfg = request.app[NODE_KEY].cfg
     return json_reply({"name": cfg.name, "status": "ok"})
 
 
-def _running(request: web.Request) -> web.Application | None:
-    main = request.app[MAIN_APP_KEY]
-    return main if ENGINE_KEY in main else None
+def _running(request: web.Request) -> Node | None:
+    node = request.app[NODE_KEY]
+    return node if node.started else None
 
 
 def _not_running() -> web.Response:
@@ -159,10 +159,10 @@ async def _purge(request: web.Request) -> web.Response:
         purge = parse_purge_request(body)
     except PurgeRequestError as exc:
         return error_reply(400, str(exc))
-    main = _running(request)
-    if main is None:
+    node = _running(request)
+    if node is None:
         return _not_running()
-    result = await main[PURGER_KEY].purge(purge)
+    result = await node.purger.purge(purge)
     return json_reply({"purged": result.keys, "epoch": result.epoch, "kind": purge.kind, "soft": purge.soft})
 
 
@@ -199,27 +199,27 @@ async def _entries(request: web.Request) -> web.Response:
         limit = 0
     if limit < 1:
         return error_reply(400, f"limit {limit_text!r} must be a whole number from 1 to {MAX_LIMIT}")
-    main = _running(request)
-    if main is None:
+    node = _running(request)
+    if node is None:
         return _not_running()
-    entries = await main[PURGER_KEY].inspect(prefix=prefix, tag=tag, limit=min(limit, MAX_LIMIT))
+    entries = await node.purger.inspect(prefix=prefix, tag=tag, limit=min(limit, MAX_LIMIT))
     return json_reply({"entries": entries})
 
 
 async def _stats(request: web.Request) -> web.Response:
-    main = _running(request)
-    if main is None:
+    node = _running(request)
+    if node is None:
         return _not_running()
-    cfg = main[CONFIG_KEY]
-    storage = main[STORAGE_KEY]
-    purger = main[PURGER_KEY]
+    cfg = node.cfg
+    storage = node.storage
+    purger = node.purger
     l1, l2 = storage.l1, storage.l2
     if isinstance(l2, DiskStorage):
         await asyncio.to_thread(l2.refresh_stats)  # entries/bytes of the shared disk tier
     catalogued = await asyncio.to_thread(purger.catalog.count)
     stats: dict[str, Any] = {
         "name": cfg.name,
-        "engine": dataclasses.asdict(main[ENGINE_KEY].stats),
+        "engine": dataclasses.asdict(node.engine.stats),
         "tiers": {
             "l1": dataclasses.asdict(l1.stats) if l1 is not None else None,
             "l2": dataclasses.asdict(l2.stats) if l2 is not None else None,
@@ -230,8 +230,7 @@ async def _stats(request: web.Request) -> web.Response:
         "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
         "catalog": {"entries": catalogued},
     }
-    extra = main.get(EXTRA_STATS_KEY)
-    if extra is not None:
+    for extra in node.extra_stats:
         # More sections from the layer above the proxy (the edge cluster); never replacing ours.
         stats.update({k: v for k, v in extra().items() if k not in stats})
     return json_reply(stats)

@@ -8,7 +8,7 @@ client).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from http_sfv.item import Item
 from http_sfv.types import Token
@@ -17,9 +17,12 @@ from http_sfv.types import Token
 FWD_REASONS = frozenset({"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"})
 
 
-@dataclass(frozen=True, slots=True)
-class CacheStatus:
-    """What happened to one request in this cache."""
+class CacheStatus(NamedTuple):
+    """What happened to one request in this cache.
+
+    A tuple rather than a frozen dataclass: one is made per request, and a
+    tuple is built and hashed (for the memoised serialisation) in C.
+    """
 
     hit: bool = False
     fwd: str | None = None
@@ -56,6 +59,31 @@ def member(node: str, status: CacheStatus) -> str:
     if status.detail is not None:
         params["detail"] = _sf_text(status.detail)
     return str(item)
+
+
+class Members:
+    """This node's Cache-Status members as the bytes a response carries, memoised per status.
+
+    A CacheStatus is a tuple, so the lookup hashes in C; the text itself
+    always comes from `member`, the one serialisation. Bounded: ttl values
+    vary, so the memo is dropped when it grows past LIMIT.
+    """
+
+    __slots__ = ("_memo", "node")
+
+    LIMIT = 8192
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self._memo: dict[CacheStatus, bytes] = {}
+
+    def of(self, status: CacheStatus) -> bytes:
+        found = self._memo.get(status)
+        if found is None:
+            if len(self._memo) >= self.LIMIT:
+                self._memo.clear()
+            found = self._memo[status] = member(self.node, status).encode("ascii")
+        return found
 
 
 def appended(existing: str | None, node_member: str) -> str:

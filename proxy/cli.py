@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,11 @@ from aiohttp import web
 from proxy import log_output
 from proxy.admin import MAX_LIMIT, create_admin_app
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
-from proxy.app import create_app
 from proxy.config import Config, ConfigError, check_admin, load_config
+from proxy.front import PublicServer, serve_public
 from proxy.log_output import flush_periodically
+from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
-from proxy.server import PublicListener, start_public
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -141,13 +142,14 @@ async def _start(app: web.Application, listen: str) -> web.AppRunner:
     return runner
 
 
-AppFactory = Callable[[Config, Callable[[], float]], web.Application]
+# Opens the node a process serves from: a lone proxy's, or an edge's (the edge layer passes its own).
+NodeFactory = Callable[[Config, Callable[[], float]], AbstractAsyncContextManager[Node]]
 
 
 async def serve(
     cfg: Config,
     origin_listen: str | None = None,
-    app_factory: AppFactory = create_app,
+    node_factory: NodeFactory = Node,
     *,
     worker: int = 0,
     workers: int = 1,
@@ -155,28 +157,29 @@ async def serve(
 ) -> None:
     """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them.
 
-    `app_factory` builds the public app; the edge layer passes its own (a
-    proxy joined to a cluster), since proxy/ never imports edge/. With several
+    `node_factory` opens the node; the edge layer passes its own (a proxy
+    joined to a cluster), since proxy/ never imports edge/. With several
     workers each runs this with its own L1 on a shared port (SO_REUSEPORT) and
     the shared L2; worker 0 also runs the admin API and the stub origin.
     """
     check_admin(cfg)
     runners: list[web.AppRunner] = []
-    public: PublicListener | None = None
+    public: PublicServer | None = None
     flusher = asyncio.create_task(flush_periodically())  # log lines reach stderr within 0.2 s
+    stack = contextlib.AsyncExitStack()
     try:
         if origin_listen is not None and worker == 0:
             from origin_stub.app import create_app as create_origin
 
             runners.append(await _start(create_origin(), origin_listen))
             print(f"origin stub listening on http://{origin_listen}", flush=True)
-        app = app_factory(cfg, time.time)
+        node = await stack.enter_async_context(node_factory(cfg, time.time))
         host, port = cfg.listen_host_port
-        public = await start_public(app, host, port, reuse_port=workers > 1)
+        public = await serve_public(node, host, port, reuse_port=workers > 1)
         admin = ""
         if cfg.admin.enabled and worker == 0:
             # Its own runner and port: the public listener forwards every path to the origin.
-            runners.append(await _start(create_admin_app(app), cfg.admin.listen))
+            runners.append(await _start(create_admin_app(node), cfg.admin.listen))
             admin = f"; admin API on http://{cfg.admin.listen}"
         if worker == 0:
             several = f" ({workers} workers)" if workers > 1 else ""
@@ -190,13 +193,14 @@ async def serve(
         for runner in reversed(runners):  # the admin API first
             await runner.cleanup()
         if public is not None:
-            await public.close()  # then the edge: connections, write-behind drain, files
+            await public.close()  # then the edge's connections
+        await stack.aclose()  # and its node: write-behind drain, files
         flusher.cancel()
         for handler in logging.getLogger().handlers:
             handler.flush()
 
 
-def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: AppFactory) -> int:
+def run_workers(n: int, cfg: Config, origin_listen: str | None, node_factory: NodeFactory) -> int:
     """Fork n worker processes sharing the port; forward SIGINT / SIGTERM; exit when all have."""
     children: list[int] = []
     parent = os.getpid()
@@ -208,7 +212,7 @@ def run_workers(n: int, cfg: Config, origin_listen: str | None, app_factory: App
             code = 0
             try:
                 _install_uvloop()
-                asyncio.run(serve(cfg, origin_listen, app_factory, worker=index, workers=n, parent=parent))
+                asyncio.run(serve(cfg, origin_listen, node_factory, worker=index, workers=n, parent=parent))
             except OSError as exc:
                 print(f"minicdn: worker {index} cannot listen: {exc}", file=sys.stderr)
                 code = 1
@@ -242,7 +246,7 @@ def _install_uvloop() -> None:
 
 def main(
     argv: Sequence[str] | None = None,
-    app_factory: AppFactory = create_app,
+    node_factory: NodeFactory = Node,
     extra: Mapping[str, ExtraCommand] | None = None,
 ) -> int:
     try:
@@ -285,9 +289,9 @@ def main(
         except ConfigError as exc:
             print(f"minicdn: config error: {exc}", file=sys.stderr)
             return 2
-        return run_workers(workers, cfg, origin_listen, app_factory)
+        return run_workers(workers, cfg, origin_listen, node_factory)
     try:
-        asyncio.run(serve(cfg, origin_listen, app_factory))
+        asyncio.run(serve(cfg, origin_listen, node_factory))
     except ConfigError as exc:
         print(f"minicdn: config error: {exc}", file=sys.stderr)
         return 2

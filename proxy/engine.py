@@ -1,12 +1,23 @@
 """The engine: the only place where the pure policy meets storage, the origin and the clock.
 
-One request goes: normalise → key → lookup (L1, then L2 off the loop) →
-`policy.decide` → deliver / revalidate / fetch / pass. Fetches for one key
-are coalesced (one origin request however many clients wait), background
-revalidations (stale-while-revalidate, refresh-ahead) run in tasks owned by
-the engine rather than by the request, and stale-if-error replaces origin
-failures where RFC 5861 allows. The engine returns a `Reply` value; writing
-it to a socket is the app's job.
+One request is looked up and decided once:
+
+    lookup = engine.lookup(request)       # synchronous: key, L1 / small L2, decide
+    if lookup.answer is not None:         # a Deliver: written at once by the front
+        ...
+    else:
+        answer = await engine.complete(lookup)   # everything else, from the same Lookup
+
+`lookup` reads the clock once, computes the key once, looks in L1 and (where
+that is cheap) L2 on the loop, selects the variant and calls `policy.decide`.
+Whatever it decides to deliver (fresh, stale-while-revalidate, a 304 or a
+range) becomes a `Delivery` right there: a background revalidation or a
+refresh-ahead is only a task started, never awaited. `complete` goes on from
+the same Lookup: it finishes a lookup that needed the I/O pool or pending
+purges, then fetches (coalesced: one origin request however many clients
+wait), revalidates or passes. Stale-if-error replaces origin failures where
+RFC 5861 allows. Answers are values (`Delivery`, `Reply`); writing them is
+the front's job.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import assert_never
 
 from multidict import CIMultiDict
@@ -23,30 +34,20 @@ from proxy import policy
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
+from proxy.delivery import plan_delivery
 from proxy.entry import CachedResource, StoredResponse
-from proxy.fetcher import ClientRequest, Fetcher, FetchOutcome, FetchRequest
-from proxy.headers import Headers
+from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
+from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
+from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
+from proxy.origin import OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
-from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
-from proxy.routing import HOP_HEADER, FetchRouter
-from proxy.storage.tiered import TieredStorage
-from proxy.upstream import OriginResponse, Upstream, UpstreamError
+from proxy.routing import FetchRouter
+from proxy.storage.tiered import TieredStorage, TierName
 
-__all__ = ["ClientRequest", "Engine", "EngineStats", "Reply", "error_reply"]
+__all__ = ["Engine", "EngineStats", "Lookup"]
 
 log = logging.getLogger("proxy.engine")
-
-# Request fields that need more than a stored response's bytes (see Engine.fast_hit).
-_NOT_FAST = (
-    "If-None-Match",
-    "If-Modified-Since",
-    "If-Match",
-    "If-Unmodified-Since",
-    "If-Range",
-    "Range",
-    HOP_HEADER,
-)
 
 Clock = Callable[[], float]
 
@@ -57,23 +58,11 @@ SMALL_PASS_BODY = 64 * 1024
 
 
 @dataclass(slots=True)
-class Reply:
-    """A response for the app to write: a complete body, or a stream."""
-
-    status: int
-    reason: str
-    headers: CIMultiDict[str]
-    body: bytes | AsyncIterator[bytes] = b""
-    cache_status: CacheStatus = field(default_factory=CacheStatus)
-
-
-@dataclass(slots=True)
 class EngineStats:
-    """Counters of what the engine did (exposed by the stats endpoint)."""
+    """Counters of what the engine did (exposed by the stats endpoint); each request counts once."""
 
     requests: int = 0
     hits: int = 0
-    fast_hits: int = 0  # hits answered by the lean front (proxy/fastpath.py)
     misses: int = 0
     passes: int = 0
     stale_served: int = 0  # stale-while-revalidate, stale-if-error, max-stale
@@ -87,12 +76,29 @@ class EngineStats:
     origin_errors: int = 0
 
 
-def error_reply(status: int, reason: str, cache_status: CacheStatus | None = None) -> Reply:
-    """A short plain-text error; never a traceback."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    headers["Content-Type"] = "text/plain; charset=utf-8"
-    headers["Cache-Control"] = "no-store"
-    return Reply(status, "", headers, (reason + "\n").encode(), cache_status or CacheStatus(detail=reason))
+@dataclass(slots=True)
+class Lookup:
+    """One request, keyed, looked up and decided once; `complete` continues from here.
+
+    `decision` is None while the lookup is unfinished (the L2 read needs the
+    I/O pool, or purges of other workers must be applied first); `answer` is
+    set when the decision was to deliver a stored response.
+    """
+
+    request: ClientRequest
+    now: float
+    # What complete() must do before deciding: "purges" (apply other workers' purges,
+    # then look up), "l2" (read L2 on the I/O pool), "screen" (a purge covers a copy).
+    pending: str | None = None
+    key: str = ""
+    resource: CachedResource | None = None
+    tier: TierName | None = None
+    decision: policy.Decision | None = None
+    directives: Directives = EMPTY_DIRECTIVES
+    answer: Delivery | None = None
+    # The request fields with Accept-Encoding reduced (keys.normalise_accept_encoding),
+    # built when something needs more than the fields the front picked out.
+    normalised: CIMultiDict[str] | None = None
 
 
 class Engine:
@@ -113,7 +119,10 @@ class Engine:
         self.purger = purger
         self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
         self.fetcher.router = router
-        self._tags_stripped = cfg.policy.strip_tag_fields and bool(cfg.policy.tag_fields)
+        self._peer_tags = (
+            cfg.policy.tag_fields[0] if cfg.policy.strip_tag_fields and cfg.policy.tag_fields else None
+        )
+        self._encodings = cfg.policy.accept_encodings
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.
@@ -127,135 +136,165 @@ class Engine:
         """Stop background fetches (at shutdown)."""
         await self.flights.close()
 
-    # ------------------------------------------------------------------ entry
+    # ----------------------------------------------------------------- lookup
 
-    def fast_hit(self, req: ClientRequest) -> tuple[StoredResponse, float, float, str] | bool:
-        """(entry, age, ttl, tier) when the request is a plain fresh hit; else whether it is a known miss.
-
-        True means nothing is stored under the request's key (handle() may
-        skip the lookup: see its known_miss); False means handle() must look.
-
-        The hit path of the lean front end (proxy/fastpath.py): no await, the
-        same policy calls as handle(). L1, or L2 where a value can be read on
-        the loop (TieredStorage.get_now). Anything that needs more than
-        the stored bytes (conditionals, ranges, stale serving, revalidation,
-        refresh-ahead, pending purges, a peer asking) returns None and goes
-        through handle(), so every RFC rule still applies.
-        """
-        purger = self.purger
-        if purger.behind():
-            return False
-        headers = req.headers
-        for name in _NOT_FAST:
-            if name in headers:
-                return False
-        if req.method not in policy.CACHEABLE_METHODS:
-            return False
-        key = self.fetcher.key_for(req)
-        if key in self.pass_unstored and self.clock() < self.hit_for_pass.get(key, 0.0):
-            return True  # hit-for-pass with nothing stored: no lookup (like Varnish's hit-for-miss)
-        answered, resource, tier = self.storage.get_now(key)
-        if resource is None or tier is None:
-            return answered  # answered with nothing: a miss in every tier
-        if (purger.bans or purger.ban_all is not None) and purger.screen(resource) is not resource:
-            return False  # a late copy a purge covers: handle() cleans it out
-        opts = self.cfg.policy
-        variants = resource.variants
-        if len(variants) == 1 and not variants[0].vary_names:
-            entry: StoredResponse | None = variants[0]  # no Vary: any request matches
-        else:
-            normalised = CIMultiDict(headers)
-            normalised["Accept-Encoding"] = normalise_accept_encoding(
-                headers.get("Accept-Encoding"), opts.accept_encodings
-            )
-            entry = select_variant(resource, normalised)
-        if entry is None:
-            return False
-        now = self.clock()
-        # Accept-Encoding (the only field normalised above) holds no cache directive.
-        decision = policy.decide(req.method, policy.request_directives(headers, opts), entry, True, now, opts)
-        if not isinstance(decision, policy.Deliver) or decision.stale:
-            return False
-        if policy.refresh_ahead_due(entry, decision.ttl, self.cfg.fetch.refresh_ahead_fraction):
-            return False
+    def lookup(self, req: ClientRequest) -> Lookup:
+        """Key, look up and decide, without awaiting anything (RFC 9111 §4)."""
         self.stats.requests += 1
-        self.stats.hits += 1
-        self.stats.fast_hits += 1
-        return entry, decision.age, decision.ttl, tier
-
-    async def handle(self, req: ClientRequest, *, known_miss: bool = False) -> Reply:
-        """Answer one client request.
-
-        known_miss: fast_hit() just found nothing under this request's key, so
-        the lookup is not repeated (a copy stored in between is found by the
-        next request; coalescing still joins a fetch in flight).
-        """
-        self.stats.requests += 1
-        purger = self.purger
-        if purger.behind():
-            await purger.sync()  # another worker purged: drop those objects from our L1 first
-        now = self.clock()
-        opts = self.cfg.policy
+        lk = Lookup(req, self.clock())
         method = req.method
         if method not in policy.CACHEABLE_METHODS:
-            return await self._pass(req, req.headers, "bypass", invalidate=method not in policy.SAFE_METHODS)
-
-        # Accept-Encoding is reduced before keying, and the origin sees the
-        # reduced value too, so a stored variant always matches what it holds.
-        headers = CIMultiDict(req.headers)
-        headers["Accept-Encoding"] = normalise_accept_encoding(
-            headers.get("Accept-Encoding"), opts.accept_encodings
-        )
-        if policy.has_precondition_for_origin(headers):
-            return await self._pass(req, headers, "bypass", invalidate=False)
-        key = self.fetcher.key_for(req)
-        directives = policy.request_directives(headers, opts)
-        if HOP_HEADER in headers:
+            lk.decision = policy.Pass("method")
+            return lk
+        if req.conditional and policy.has_precondition_for_origin(req.headers):
+            lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
+            return lk
+        lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
+        lk.key = self.fetcher.key_for(req)
+        if req.hop is not None:
             self.fetcher.stats.served_for_peers += 1
-
-        if known_miss:
+        if self.purger.behind():
+            lk.pending = "purges"  # another worker purged: drop those objects from L1 before looking
+            return lk
+        if lk.key in self.pass_unstored and lk.now < self.hit_for_pass.get(lk.key, 0.0):
+            # Hit-for-pass with nothing stored: no lookup (Varnish's hit-for-miss).
             self.storage.stats.misses += 1
-            resource, tier = None, None
+            self._decide(lk)
+            return lk
+        answered, resource, tier = self.storage.get_now(lk.key)
+        lk.resource, lk.tier = resource, tier
+        if not answered:
+            lk.pending = "l2"
+            return lk
+        if resource is not None and self._covered_by_purge(resource):
+            lk.pending = "screen"  # a late copy a purge covers: complete() cleans it out
+            return lk
+        self._decide(lk)
+        return lk
+
+    def _covered_by_purge(self, resource: CachedResource) -> bool:
+        purger = self.purger
+        if not purger.bans and purger.ban_all is None:
+            return False  # the common case: no purge in the last BAN_SECONDS
+        return purger.screen(resource) is not resource
+
+    def normalised(self, lk: Lookup) -> CIMultiDict[str]:
+        """The request's fields with Accept-Encoding reduced, as the origin will see them."""
+        headers = lk.normalised
+        if headers is None:
+            headers = CIMultiDict(lk.request.headers)
+            headers["Accept-Encoding"] = normalise_accept_encoding(
+                lk.request.accept_encoding, self._encodings
+            )
+            lk.normalised = headers
+        return headers
+
+    def _select(self, lk: Lookup) -> StoredResponse | None:
+        resource = lk.resource
+        if resource is None:
+            return None
+        variants = resource.variants
+        if len(variants) == 1 and not variants[0].vary_names:
+            return variants[0]  # no Vary: any request matches
+        return select_variant(resource, self.normalised(lk))
+
+    def _decide(self, lk: Lookup) -> None:
+        """policy.decide on a finished lookup; a Deliver becomes the answer at once."""
+        req = lk.request
+        entry = self._select(lk)
+        decision = lk.decision = policy.decide(
+            req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy
+        )
+        if not isinstance(decision, policy.Deliver):
+            return
+        found, age, ttl = decision.entry, decision.age, decision.ttl
+        if decision.revalidate_in_background:
+            # RFC 5861 §3: the stale answer now, one revalidation behind it.
+            self.stats.stale_served += 1
+            self._revalidate_in_background(self._fetch_request(lk, found, "stale"))
+            status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate")
         else:
-            resource, tier = await self.storage.aget(key)
-        if resource is not None and (purger.bans or purger.ban_all is not None):
-            resource = await self._screen(resource)
-        entry = select_variant(resource, headers) if resource is not None else None
-        decision = policy.decide(method, directives, entry, resource is not None, now, opts)
+            self.stats.hits += 1
+            if decision.stale:
+                self.stats.stale_served += 1
+            if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
+                self._refresh_ahead(self._fetch_request(lk, found, "stale"))
+            # detail says which tier answered (l1 / l2).
+            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier)
+        conditional = self.normalised(lk) if req.conditional else None
+        lk.answer = self._deliver(req, conditional, found, age, status)
+
+    def _deliver(
+        self,
+        req: ClientRequest,
+        conditional: Headers | None,
+        entry: StoredResponse,
+        age: float,
+        status: CacheStatus,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Delivery:
+        """A stored response for `req`; `conditional` holds its fields when it has conditionals or a Range."""
+        if self._peer_tags is not None and entry.tags and req.hop is not None:
+            # A peer edge stores this too: it needs the tags that clients never see.
+            extra = ((self._peer_tags, " ".join(entry.tags)), *extra)
+        return plan_delivery(req.method, conditional, entry, age, status, extra)
+
+    def _fetch_request(self, lk: Lookup, stale: StoredResponse | None, why: str) -> FetchRequest:
+        return FetchRequest(lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives)
+
+    # --------------------------------------------------------------- complete
+
+    async def complete(self, lk: Lookup) -> Answer:
+        """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass."""
+        if lk.answer is not None:
+            return lk.answer
+        if lk.pending is not None:
+            await self._finish_lookup(lk)
+            if lk.answer is not None:
+                return lk.answer
+        req = lk.request
+        decision = lk.decision
+        assert decision is not None
         match decision:
-            case policy.Deliver(entry=found, age=age, ttl=ttl, revalidate_in_background=behind):
-                fetch = FetchRequest(req, headers, key, resource, found, "stale", directives)
-                if behind:
-                    # RFC 5861 §3: the stale answer now, one revalidation behind it.
-                    self.stats.stale_served += 1
-                    self._revalidate_in_background(fetch)
-                    status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate")
-                    return self._deliver(req, headers, found, age, status)
-                self.stats.hits += 1
-                if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
-                    self._refresh_ahead(fetch)
-                if decision.stale:
-                    self.stats.stale_served += 1
-                # detail says which tier answered (l1 / l2).
-                return self._deliver(
-                    req, headers, found, age, CacheStatus(hit=True, ttl=int(ttl), detail=tier)
-                )
+            case policy.Deliver():
+                raise AssertionError("a Deliver is answered by _decide")
             case policy.Revalidate(entry=stale, reason=why):
-                fwd = "request" if why == "request" else "stale"
                 self.stats.misses += 1
-                return await self._fetch(FetchRequest(req, headers, key, resource, stale, fwd, directives))
+                return await self._fetch(
+                    self._fetch_request(lk, stale, "request" if why == "request" else "stale")
+                )
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
-                if method == "HEAD":
+                if req.method == "HEAD":
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
-                    return await self._pass(req, headers, why, invalidate=False)
-                return await self._fetch(FetchRequest(req, headers, key, resource, None, why, directives))
+                    return await self._pass(req, self.normalised(lk), why, invalidate=False)
+                return await self._fetch(self._fetch_request(lk, None, why))
             case policy.Pass(reason=why):
-                return await self._pass(req, headers, "bypass", invalidate=False)
+                if why == "method":
+                    return await self._pass(
+                        req, req.headers, "bypass", invalidate=req.method not in policy.SAFE_METHODS
+                    )
+                return await self._pass(req, self.normalised(lk), "bypass", invalidate=False)
             case policy.GatewayTimeout():
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
                 assert_never(decision)
+
+    async def _finish_lookup(self, lk: Lookup) -> None:
+        """The part of lookup() that needs awaiting: other workers' purges, the L2 pool, a purge screen."""
+        purger = self.purger
+        if lk.pending == "purges":
+            await purger.sync()
+            resource, tier = await self.storage.aget(lk.key)
+        elif lk.pending == "l2":
+            resource, tier = await self.storage.aget_rest(lk.key)
+        else:
+            resource, tier = lk.resource, lk.tier  # looked up already; only the screen is left
+        lk.pending = None
+        if resource is not None and (purger.bans or purger.ban_all is not None):
+            resource = await self._screen(resource)
+        lk.resource, lk.tier = resource, tier
+        self._decide(lk)
 
     async def _screen(self, resource: CachedResource) -> CachedResource | None:
         """Drop (or soften) a late copy a purge covers; clean it out of the tiers too."""
@@ -268,56 +307,30 @@ class Engine:
             await self.storage.aset(screened)
         return screened
 
-    # ---------------------------------------------------------------- deliver
-
-    def _deliver(
-        self, req: ClientRequest, headers: Headers, entry: StoredResponse, age: float, status: CacheStatus
-    ) -> Reply:
-        """Serve a stored response: 304 to a matching conditional, 206/416 to a Range, else whole."""
-        out: CIMultiDict[str] = CIMultiDict()
-        if policy.client_not_modified(headers, entry):
-            out.extend(policy.not_modified_header_list(entry))
-            out["Age"] = str(int(age))
-            return Reply(304, "Not Modified", out, b"", status)
-        out.extend(entry.headers)
-        out["Age"] = str(int(age))
-        if entry.tags and self._tags_stripped and HOP_HEADER in headers:
-            # A peer edge stores this too: it needs the tags that clients never see.
-            out[self.cfg.policy.tag_fields[0]] = " ".join(entry.tags)
-        body = entry.body
-        if (
-            req.method == "GET"
-            and entry.status == 200
-            and "range" in headers
-            and if_range_allows(headers.get("If-Range"), entry)
-        ):
-            wanted = parse_range(headers.get("Range"), len(body))
-            if isinstance(wanted, ByteRange):
-                out["Content-Range"] = wanted.content_range
-                return Reply(206, "Partial Content", out, body[wanted.first : wanted.last + 1], status)
-            if isinstance(wanted, Unsatisfiable):
-                out["Content-Range"] = wanted.content_range
-                for name in ("Content-Type", "Content-Encoding"):
-                    out.popall(name, None)
-                return Reply(416, "Range Not Satisfiable", out, b"", status)
-        if entry.status == 200 and "accept-ranges" not in out:
-            out["Accept-Ranges"] = "bytes"
-        return Reply(entry.status, entry.reason, out, body, status)
-
     def _deliver_stale_on_error(
         self, f: FetchRequest, stale: StoredResponse, fwd_status: int | None, collapsed: bool = False
-    ) -> Reply:
+    ) -> Delivery:
         self.stats.stale_served += 1
         now = self.clock()
         ttl = policy.remaining_ttl(stale, now)
         status = CacheStatus(
             fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail="stale-if-error"
         )
-        return self._deliver(f.client, f.headers, stale, policy.current_age(stale, now), status)
+        return self._deliver_fetched(f, stale, policy.current_age(stale, now), status)
+
+    def _deliver_fetched(
+        self,
+        f: FetchRequest,
+        entry: StoredResponse,
+        age: float,
+        status: CacheStatus,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Delivery:
+        return self._deliver(f.client, f.headers if f.client.conditional else None, entry, age, status, extra)
 
     # ------------------------------------------------------------------ fetch
 
-    async def _fetch(self, f: FetchRequest) -> Reply:
+    async def _fetch(self, f: FetchRequest) -> Answer:
         """A miss or a revalidation, coalesced with any fetch of the same key in flight."""
         if not self._may_coalesce(f):
             return await self._fetch_alone(f)
@@ -376,14 +389,14 @@ class Engine:
         self.hit_for_pass = marks
         self.pass_unstored.intersection_update(marks)
 
-    async def _fetch_alone(self, f: FetchRequest) -> Reply:
+    async def _fetch_alone(self, f: FetchRequest) -> Answer:
         try:
             outcome = await self.fetcher.fetch(f)
         except UpstreamError as exc:
             return self._origin_failed(f, exc)
         return await self._answer(f, outcome, leader=True)
 
-    async def _answer(self, f: FetchRequest, outcome: FetchOutcome, leader: bool) -> Reply:
+    async def _answer(self, f: FetchRequest, outcome: FetchOutcome, leader: bool) -> Answer:
         """Answer one request from a fetch outcome (its own, or a coalesced one)."""
         if outcome.status.stored:
             self.pass_unstored.discard(f.key)  # there is something to look up now
@@ -391,14 +404,11 @@ class Engine:
         shared = outcome.shared
         if shared is not None:
             if leader or variant_matches(shared, f.headers):
-                status = replace(outcome.status, collapsed=not leader)
+                status = outcome.status._replace(collapsed=not leader)
                 if not leader:
                     self.stats.coalesced += 1
-                reply = self._deliver(f.client, f.headers, shared, policy.current_age(shared, now), status)
-                if leader:
-                    for cookie in outcome.leader_cookies:
-                        reply.headers.add("Set-Cookie", cookie)
-                return reply
+                cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
+                return self._deliver_fetched(f, shared, policy.current_age(shared, now), status, cookies)
             return await self._fetch_alone(f)  # another variant: this request fetches its own
         stale = outcome.stale
         if stale is not None and policy.within_stale_if_error(stale, f.directives, now, self.cfg.policy):
@@ -408,8 +418,8 @@ class Engine:
         error = outcome.error
         if error is not None:
             # The origin's error, shared with every coalesced request (never stored).
-            status = replace(outcome.status, collapsed=not leader)
-            return self._deliver(f.client, f.headers, error, policy.current_age(error, now), status)
+            status = outcome.status._replace(collapsed=not leader)
+            return self._deliver_fetched(f, error, policy.current_age(error, now), status)
         if leader and outcome.leader_only is not None:
             resp, outcome.leader_only = outcome.leader_only, None
             if f.client.method == "HEAD":
@@ -425,7 +435,7 @@ class Engine:
         # Not shareable, and this request did not start the fetch: go alone.
         return await self._fetch_alone(f)
 
-    def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Reply:
+    def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
         """RFC 5861 §4: stale-if-error for an unreachable or timed-out origin, else 502/504."""
         self.stats.origin_errors += 1
         stale = f.stale

@@ -9,10 +9,10 @@ Storing decisions come from `policy`; this file does the I/O around them.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import policy
@@ -21,10 +21,11 @@ from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import key_host, primary_key, with_variant
+from proxy.messages import ClientRequest
+from proxy.origin import OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.tiered import TieredStorage
-from proxy.upstream import OriginResponse, Upstream, UpstreamError
 
 log = logging.getLogger("proxy.fetcher")
 
@@ -41,24 +42,6 @@ class RoutingStats:
     forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
     owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
     served_for_peers: int = 0  # requests other edges sent here as the owner (hits included)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRequest:
-    """What the engine needs of a client request (built by the app from aiohttp's request)."""
-
-    method: str
-    scheme: str
-    host: str
-    path: str  # raw, percent-encoded
-    query: str  # raw, without "?"
-    headers: CIMultiDictProxy[str] | CIMultiDict[str]
-    remote: str | None = None
-    body: AsyncIterator[bytes] | None = None
-
-    @property
-    def path_qs(self) -> str:
-        return self.path + ("?" + self.query if self.query else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +119,10 @@ class Fetcher:
         drop: tuple[str, ...] = self._drop_request
         if for_cache:
             drop += CLIENT_CONDITIONALS
+        if for_cache or req.body is None:
+            # No body goes with this request (a GET's or HEAD's is read and dropped by the
+            # front): its framing goes too, or the origin would wait for the body.
+            drop += ("Content-Length",)
         out = end_to_end(headers, drop)
         use_client_host = self.cfg.origin.host_header == "client" and req.host
         out["Host"] = req.host if use_client_host else self.origin_authority
@@ -190,7 +177,7 @@ class Fetcher:
         router = self.router
         route = None
         if router is not None:
-            hop = f.client.headers.get(HOP_HEADER)
+            hop = f.client.hop
             if hop is None or not router.is_peer(hop):  # one hop at most: never forwarded again
                 route = router.route(f.key)
         if route is not None and router is not None:

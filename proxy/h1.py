@@ -1,12 +1,19 @@
-"""HTTP/1.1 response heads and body framing for replies the lean front writes itself.
+"""HTTP/1.1 response heads: the one hit writer for stored responses, and the framing of every other reply.
 
-Pure: a Reply in, bytes and a framing decision out (RFC 9112 §6). The rules
-follow what aiohttp's own writer does for the same reply, so a response reads
-the same whichever front wrote it: no body for HEAD, 1xx, 204 and 304;
-Content-Length for a complete body; the origin's Content-Length, else chunked
-(HTTP/1.1) or close-delimited (HTTP/1.0), for a streamed one; Date added when
-missing (RFC 9110 §6.6.1: a recipient with a clock forwarding a response
-without Date adds one).
+What must live here: every byte of a response head this node writes. Pure:
+an answer in, bytes and a framing decision out (RFC 9112 §6).
+
+- `delivery_head` writes a stored response (a hit, a stale answer, the
+  snapshot a fetch just stored): the status line and stored fields come from
+  the bytes built once per stored response (`StoredResponse.wire_head`),
+  followed by Age, this node's Cache-Status member, Via and Connection.
+- `reply_head` frames any other answer: no body for HEAD, 1xx, 204 and 304;
+  Content-Length for a complete body; the origin's Content-Length, else
+  chunked (HTTP/1.1) or close-delimited (HTTP/1.0), for a streamed one; Date
+  added when missing (RFC 9110 §6.6.1).
+
+Both append this node's Cache-Status member to any the origin or a lower
+tier sent (RFC 9211 §2) and add Via (RFC 9110 §7.6.3).
 """
 
 from __future__ import annotations
@@ -15,11 +22,17 @@ import time
 from email.utils import formatdate
 from enum import Enum
 
-from proxy.engine import Reply
+from proxy import policy
+from proxy.messages import Delivery, Reply
 from proxy.wire import cached_status_line
 
 # Framing fields are decided here, never copied from the reply.
 _FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
+# RFC 9110 §15.5.17: a 416 describes no representation.
+_NOT_IN_416 = frozenset(("content-type", "content-encoding"))
+
+CLOSE_LINE = b"Connection: close\r\n"
+KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 
 
 class Framing(Enum):
@@ -33,19 +46,75 @@ class HeaderInjection(ValueError):
     """A field name or value would break the header section (CR or LF in it)."""
 
 
-def reply_head(reply: Reply, method: str, http10: bool, keep_alive: bool) -> tuple[bytes, Framing, bool]:
+def connection_line(http10: bool, keep_alive: bool) -> bytes:
+    """RFC 9112 §9.3: say "close" when closing; an HTTP/1.0 client must be told it may keep it."""
+    if not keep_alive:
+        return CLOSE_LINE
+    return KEEP_ALIVE_LINE if http10 else b""
+
+
+def via_line(node: str) -> bytes:
+    return f"Via: 1.1 {node}\r\n".encode("ascii")
+
+
+def delivery_head(
+    d: Delivery, member: bytes, via: bytes, method: str, http10: bool, keep_alive: bool
+) -> tuple[bytes, bytes]:
+    """(head, body) for a stored response; `member` is this node's Cache-Status member."""
+    entry = d.entry
+    tail = [b"Age: %d\r\n" % int(d.age)]
+    for name, value in d.extra:
+        tail.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
+    tail += (b"Cache-Status: ", entry.cache_status_prefix, member, b"\r\n", via)
+    tail.append(connection_line(http10, keep_alive))
+    tail.append(b"\r\n")
+    kind = d.kind
+    if kind == "whole":
+        body = entry.body if method != "HEAD" else b""
+        return entry.wire_head + b"".join(tail), body
+    if kind == "partial":
+        length = d.last - d.first + 1
+        lines = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (
+            d.first,
+            d.last,
+            len(entry.body),
+            length,
+        )
+        head = b"".join((cached_status_line(206, ""), entry.hit_fields, lines, *tail))
+        return head, entry.body[d.first : d.last + 1]
+    if kind == "not-modified":
+        kept = policy.not_modified_header_list(entry)
+        fields = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
+        head = cached_status_line(304, "") + fields.encode("utf-8", "surrogateescape") + b"".join(tail)
+        return head, b""
+    # unsatisfiable
+    fields = "".join(
+        f"{n}: {v}\r\n"
+        for n, v in entry.headers
+        if n.lower() not in _NOT_IN_416 and n.lower() != "cache-status"
+    )
+    lines = b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % len(entry.body)
+    head = b"".join((cached_status_line(416, ""), fields.encode("utf-8", "surrogateescape"), lines, *tail))
+    return head, b""
+
+
+def reply_head(
+    reply: Reply, member: bytes, via: bytes, method: str, http10: bool, keep_alive: bool
+) -> tuple[bytes, Framing, bool]:
     """(status line and header section, how the body goes, keep the connection?)."""
     status = reply.status
     body = reply.body
     streamed = not isinstance(body, bytes)
     empty = method == "HEAD" or status < 200 or status in (204, 304)
-    headers = reply.headers  # the reply is being written: its framing fields are dropped here
+    headers = reply.headers
     content_length = headers.get("Content-Length")
-    for name in _FRAMING:
-        if name in headers:
-            del headers[name]
+    prior = headers.getall("Cache-Status", ())
+    lines = [
+        f"{name}: {value}\r\n"
+        for name, value in headers.items()
+        if name.lower() not in _FRAMING and name.lower() != "cache-status"
+    ]
     has_date = "Date" in headers
-    lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
     if status in (204, 304) or status < 200:
         framing = Framing.NONE
     elif not streamed:
@@ -69,14 +138,25 @@ def reply_head(reply: Reply, method: str, http10: bool, keep_alive: bool) -> tup
         framing = Framing.CHUNKED
     if not has_date:
         lines.append(_date_line())
-    if not keep_alive:
-        lines.append("Connection: close\r\n")
-    elif http10:
-        lines.append("Connection: keep-alive\r\n")
     text = "".join(lines)
     if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise HeaderInjection("CR or LF inside a header field")
-    head = cached_status_line(status, reply.reason) + text.encode("utf-8", "surrogateescape") + b"\r\n"
+    prior_members = ", ".join(prior).encode("utf-8", "surrogateescape")
+    head = b"".join(
+        (
+            cached_status_line(status, reply.reason),
+            text.encode("utf-8", "surrogateescape"),
+            b"Cache-Status: ",
+            prior_members + b", " if prior_members.strip() else b"",
+            member,
+            b"\r\n",
+            via,
+            connection_line(http10, keep_alive),
+            b"\r\n",
+        )
+    )
+    if b"\n" in prior_members or b"\r" in prior_members:
+        raise HeaderInjection("CR or LF inside a header field")
     return head, framing, keep_alive
 
 

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from proxy.config import Config
+
+access_log = logging.getLogger("proxy.access")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 INTERVAL = 0.2
@@ -111,3 +118,33 @@ async def flush_periodically(interval: float = INTERVAL) -> None:
         await asyncio.sleep(interval)
         for handler in logging.getLogger().handlers:
             handler.flush()
+
+
+def log_access(
+    cfg: Config, remote: str | None, method: str, url: str, status: int, cache: str, seconds: float
+) -> None:
+    """One access-log line (cfg.log.format: text or json); `cache` is this node's Cache-Status member.
+
+    Under the command line's own logging setup the line goes straight to the
+    batched stderr writer, in logging's format but without a LogRecord: a
+    record costs more than a cache hit. Any other setup (tests, an embedding
+    application) gets ordinary records.
+    """
+    if cfg.log.format == "json":
+        line = json.dumps(
+            {
+                "method": method,
+                "url": url,
+                "status": status,
+                "cache": cache,
+                "ms": round(seconds * 1000, 2),
+                "remote": remote,
+            }
+        )
+    else:
+        line = f'{remote} "{method} {url}" {status} "{cache}" {seconds * 1000:.1f}ms'
+    writer = direct_writer(access_log)
+    if writer is not None:
+        writer.write_info("proxy.access", line)
+    else:
+        access_log.info("%s", line)

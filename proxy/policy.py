@@ -20,6 +20,7 @@ from proxy.headers import (
     EMPTY_DIRECTIVES,
     Directives,
     Headers,
+    combined_value,
     end_to_end,
     format_http_date,
     parse_cache_control,
@@ -66,18 +67,27 @@ NOT_MODIFIED_FIELDS = (
 
 
 def request_directives(headers: Headers, opts: PolicyConfig) -> Directives:
-    """The request's cache directives (RFC 9111 §5.2.1), or none when the operator ignores them.
+    """The request's cache directives (RFC 9111 §5.2.1), or none when the operator ignores them."""
+    cache_control = headers.getall("Cache-Control", [])
+    return request_directives_of(
+        ", ".join(cache_control) if cache_control else None, combined_value(headers, "Pragma"), opts
+    )
+
+
+PRAGMA_NO_CACHE = Directives({"no-cache": None})
+
+
+def request_directives_of(cache_control: str | None, pragma: str | None, opts: PolicyConfig) -> Directives:
+    """request_directives from the combined Cache-Control and Pragma values (None: absent).
 
     Pragma: no-cache counts only when there is no Cache-Control (RFC 9111 §5.4).
     """
     if not opts.honour_request_directives:
         return EMPTY_DIRECTIVES
-    lines = headers.getall("Cache-Control", [])
-    if lines:
-        return parse_cache_control(lines)
-    pragma = ",".join(headers.getall("Pragma", [])).lower()
-    if "no-cache" in (p.strip() for p in pragma.split(",")):
-        return Directives({"no-cache": None})
+    if cache_control is not None:
+        return parse_cache_control((cache_control,))
+    if pragma is not None and "no-cache" in (p.strip().lower() for p in pragma.split(",")):
+        return PRAGMA_NO_CACHE
     return EMPTY_DIRECTIVES
 
 

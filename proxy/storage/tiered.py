@@ -223,11 +223,14 @@ class TieredStorage:
     def get_now(self, key: str) -> tuple[bool, CachedResource | None, TierName | None]:
         """L1, then L2 on the loop where that is cheap: (answered, resource, tier).
 
-        The engine's synchronous hit path. answered=False means only aget()
-        can tell (a big value, a lock, a delete in flight). Hits are counted;
-        misses are not, since the engine goes on to aget(), which counts them.
+        The engine's synchronous lookup. answered=False means only the I/O
+        pool can tell (a big value, a lock, a delete in flight): continue
+        with aget_rest(). An answered lookup is counted (hit or miss) here.
         """
-        return self._lookup_now(key, count_miss=False)
+        answered, resource, tier = self._lookup_now(key, count_miss=True)
+        if answered and resource is None:
+            self.stats.misses += 1
+        return answered, resource, tier
 
     def _lookup_now(
         self, key: str, *, count_miss: bool
@@ -278,13 +281,15 @@ class TieredStorage:
         """The resource and the tier that answered ("l1", "l2", or None on a miss).
 
         What get_now() can answer on the loop it answers; the rest of L2 is
-        read on the I/O pool. An L2 hit is promoted into L1.
+        read on the I/O pool (aget_rest). An L2 hit is promoted into L1.
         """
-        answered, resource, tier = self._lookup_now(key, count_miss=True)
+        answered, resource, tier = self.get_now(key)
         if answered:
-            if resource is None:
-                self.stats.misses += 1
             return resource, tier
+        return await self.aget_rest(key)
+
+    async def aget_rest(self, key: str) -> tuple[CachedResource | None, TierName | None]:
+        """The L2 read that get_now() could not answer, on the I/O pool; counted here."""
         l2 = self.l2
         if l2 is not None:
             flight = self._flights.get(key)

@@ -8,6 +8,7 @@ must kill or restart a process start edges as subprocesses instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -21,13 +22,14 @@ import aiohttp
 import pytest
 import redis as redis_sync
 
-from edge.node import EDGE_KEY, EdgeNode, create_edge_app
-from proxy.app import PURGER_KEY, STORAGE_KEY
+from edge.config import cluster_config
+from edge.node import EdgeNode
 from proxy.config import AdminConfig, CacheConfig, Config, OriginConfig, TierConfig
+from proxy.front import PublicServer, serve_public
+from proxy.node import Node
 from proxy.purger import Purger
-from proxy.server import start_public
 from proxy.storage.tiered import TieredStorage
-from tests.functional.conftest import FakeClock, Origin, ProxyServer, clock, free_port, origin, session
+from tests.functional.conftest import FakeClock, Origin, clock, free_port, origin, session
 
 # The functional suite's fixtures, shared here (imported fixtures register in this conftest).
 __all__ = ["clock", "origin", "session"]
@@ -105,10 +107,36 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+class EdgeServer:
+    """An in-process edge as `python -m edge` runs it: a Node joined to the cluster, and its front."""
+
+    def __init__(self, cfg: Config, clock: Callable[[], float] | None) -> None:
+        self.cfg = cfg
+        self.edge = EdgeNode(cfg, cluster_config(cfg))
+        self.node = Node(cfg, clock, router=self.edge.router) if clock else Node(cfg, router=self.edge.router)
+        self.stack = contextlib.AsyncExitStack()
+        self.listener: PublicServer | None = None
+        self.port = 0
+        self.closed = False
+
+    async def start(self, port: int) -> None:
+        await self.stack.enter_async_context(self.node)
+        await self.stack.enter_async_context(self.edge.joined(self.node))
+        self.listener = await serve_public(self.node, "127.0.0.1", port)
+        self.port = self.listener.port
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.listener is not None:
+                await self.listener.close()
+            await self.stack.aclose()
+
+
 class Edge:
     """A running in-process edge and a client for it."""
 
-    def __init__(self, server: ProxyServer, session: aiohttp.ClientSession, cfg: Config) -> None:
+    def __init__(self, server: EdgeServer, session: aiohttp.ClientSession, cfg: Config) -> None:
         self.server = server
         self.session = session
         self.cfg = cfg
@@ -116,15 +144,15 @@ class Edge:
 
     @property
     def node(self) -> EdgeNode:
-        return self.server.app[EDGE_KEY]
+        return self.server.edge
 
     @property
     def purger(self) -> Purger:
-        return self.server.app[PURGER_KEY]
+        return self.server.node.purger
 
     @property
     def storage(self) -> TieredStorage:
-        return self.server.app[STORAGE_KEY]
+        return self.server.node.storage
 
     async def get(self, path: str, **kwargs: Any) -> tuple[aiohttp.ClientResponse, bytes]:
         headers = {"Host": "cdn.example", **kwargs.pop("headers", {})}
@@ -156,7 +184,7 @@ async def start_edges(
     session: aiohttp.ClientSession, tmp_path: Path, origin: Origin, clock: FakeClock
 ) -> AsyncIterator[StartEdges]:
     """Start n edges (edge-1..edge-n) that know each other, in front of the origin stub."""
-    servers: list[ProxyServer] = []
+    servers: list[EdgeServer] = []
 
     async def start(
         n: int,
@@ -177,9 +205,9 @@ async def start_edges(
             if redis_url:
                 settings["redis_url"] = redis_url
             cfg = edge_config(nm, port, origin_url or origin.url, tmp_path / nm, settings)
-            app = create_edge_app(cfg, clock) if use_clock else create_edge_app(cfg)
-            server = ProxyServer(app, await start_public(app, "127.0.0.1", port))
+            server = EdgeServer(cfg, clock if use_clock else None)
             servers.append(server)
+            await server.start(port)
             edges.append(Edge(server, session, cfg))
         # Let every edge see every other as healthy before the test starts.
         deadline = time.monotonic() + 5

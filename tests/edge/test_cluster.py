@@ -48,9 +48,8 @@ async def test_same_url_through_each_of_three_edges_reaches_the_origin_once(
         bodies.add(body)
     assert len(bodies) == 1
     assert await origin.hits("/max-age/600") == 1
-    assert edges[0].node.stats(edges[0].server.app)["routing"]["forwarded_to_owner"] == 1
-    assert edges[1].server.app  # owner
-    assert edges[1].node.stats(edges[1].server.app)["routing"]["served_for_peers"] == 2
+    assert edges[0].node.stats(edges[0].server.node)["routing"]["forwarded_to_owner"] == 1
+    assert edges[1].node.stats(edges[1].server.node)["routing"]["served_for_peers"] == 2
 
 
 async def test_owner_cache_status_member_is_kept(start_edges: StartEdges) -> None:
@@ -143,7 +142,7 @@ async def test_killing_the_owner_does_not_fail_requests(start_edges: StartEdges,
     await edges[2].server.close()  # the owner dies
     resp, _ = await edges[0].get(path)
     assert resp.status == 200
-    stats = edges[0].node.stats(edges[0].server.app)["routing"]
+    stats = edges[0].node.stats(edges[0].server.node)["routing"]
     assert stats["owner_fallbacks"] + stats["owner_unavailable"] >= 1
     # Once the breaker or the health check has marked it, requests go straight to the origin.
     resp, _ = await edges[1].get(path_owned_by("edge-3", edges, stem="/max-age/600?p="))
@@ -215,7 +214,7 @@ async def test_edge_stats_report_routing_and_stream(start_edges: StartEdges, red
     assert fanout is not None
     while fanout.stats.applied_from_stream < 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    stats = edges[0].node.stats(edges[0].server.app)
+    stats = edges[0].node.stats(edges[0].server.node)
     assert stats["routing"]["forwarded_to_owner"] == 1
     assert stats["purge_stream"]["applied_from_stream"] == 1
     assert stats["purge_stream"]["stream_lag_ms"] >= 0
@@ -243,7 +242,7 @@ async def test_a_slow_owner_is_skipped_after_peer_timeout(
     resp, body = await edge.get(path)
     assert resp.status == 200 and body != b"late"
     assert time.monotonic() - started < 2.0
-    stats = edge.node.stats(edge.server.app)["routing"]
+    stats = edge.node.stats(edge.server.node)["routing"]
     assert stats["owner_fallbacks"] == 1 and await origin.hits("/max-age/600") == 1
 
 

@@ -19,13 +19,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from origin_stub.app import create_app as create_origin
-from proxy.app import create_app as create_proxy
 from proxy.config import CacheConfig, Config, OriginConfig, TierConfig
-from proxy.server import PublicListener, start_public
+from proxy.front import PublicServer, serve_public
+from proxy.node import Node
 
 START = 1_800_000_000.0
 
@@ -73,11 +72,10 @@ class Origin:
 
 
 class ProxyServer:
-    """The proxy's public listener as production runs it (proxy.server: the lean hit front
-    before aiohttp), with the bits of aiohttp's TestServer the tests use."""
+    """An open Node and its public front, as production runs them (proxy.front)."""
 
-    def __init__(self, app: web.Application, listener: PublicListener) -> None:
-        self.app = app
+    def __init__(self, node: Node, listener: PublicServer) -> None:
+        self.node = node
         self.listener = listener
         self.host = "127.0.0.1"
         self.port = listener.port
@@ -87,6 +85,17 @@ class ProxyServer:
         if not self.closed:
             self.closed = True
             await self.listener.close()
+            await self.node.__aexit__(None, None, None)
+
+
+async def open_proxy(cfg: Config, clock: Callable[[], float], port: int = 0) -> ProxyServer:
+    """A Node for cfg and its public front on 127.0.0.1:port (0: any free port)."""
+    node = await Node(cfg, clock).__aenter__()
+    try:
+        return ProxyServer(node, await serve_public(node, "127.0.0.1", port))
+    except BaseException:
+        await node.__aexit__(None, None, None)
+        raise
 
 
 class Proxy:
@@ -158,8 +167,7 @@ async def start_proxy(
     async def start(**overrides: Any) -> Proxy:
         origin_url = overrides.pop("origin_url", origin.url)
         cfg = make_config(origin_url, tmp_path / "l2", **overrides)
-        app = create_proxy(cfg, clock)
-        server = ProxyServer(app, await start_public(app, "127.0.0.1", 0))
+        server = await open_proxy(cfg, clock)
         servers.append(server)
         return Proxy(server, session, cfg)
 

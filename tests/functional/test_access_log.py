@@ -18,16 +18,17 @@ async def test_every_request_logs_one_line_with_its_cache_status(
     with caplog.at_level(logging.INFO, logger="proxy.access"):
         await proxy.get("/max-age/60")  # a miss: the lean front runs the engine
         await proxy.get("/max-age/60")  # a plain hit: answered from the stored bytes
-        async with proxy.request("POST", "/echo", data=b"x") as resp:  # a body: aiohttp's handler
+        async with proxy.request("POST", "/echo", data=b"x") as resp:  # a body, forwarded
             await resp.read()
     lines = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
     assert len(lines) == 3, lines
     assert '"GET /max-age/60"' in lines[0] and "fwd=uri-miss" in lines[0] and " 200 " in lines[0]
-    assert '"GET /max-age/60"' in lines[1] and ";hit;" in lines[1] and "detail=l1" in lines[1]
+    # The access log carries the very member the response carried.
+    assert '"GET /max-age/60"' in lines[1] and ';hit;ttl=60;detail="l1"' in lines[1]
     assert '"POST /echo"' in lines[2] and "fwd=bypass" in lines[2]
 
 
-async def test_json_access_lines_from_both_fronts(
+async def test_json_access_lines_for_hits_misses_and_passes(
     start_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     import json

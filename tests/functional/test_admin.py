@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.admin import create_admin_app
-from proxy.app import EXTRA_STATS_KEY, STORAGE_KEY, create_app
 from proxy.config import AdminConfig, Config, ConfigError, config_from_mapping
+from proxy.node import Node
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status, make_config
 
 TOKEN = "t0ken"
@@ -54,7 +54,7 @@ def start_admin(
 ) -> AdminFactory:
     async def start(**admin: Any) -> tuple[Proxy, Admin]:
         proxy = await start_proxy(admin=AdminConfig(**{"token": TOKEN, **admin}))
-        server = await aiohttp_server(create_admin_app(proxy.server.app))
+        server = await aiohttp_server(create_admin_app(proxy.server.node))
         return proxy, Admin(server, session)
 
     return start
@@ -279,7 +279,7 @@ async def test_stats_counters_move(admin_and_proxy: tuple[Proxy, Admin]) -> None
 
     await get(proxy, "/max-age/600")
     await get(proxy, "/max-age/600")
-    await proxy.server.app[STORAGE_KEY].drain()  # the L2 write is behind a queue
+    await proxy.server.node.storage.drain()  # the L2 write is behind a queue
     await admin.purge({"url": "/nothing-stored"})
 
     _, after = await admin.call("GET", "/stats")
@@ -298,11 +298,12 @@ async def test_stats_include_sections_of_the_layer_above(
     aiohttp_server: Any, origin: Origin, clock: FakeClock, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     cfg = make_config(origin.url, tmp_path / "l2", admin=AdminConfig(token=TOKEN))
-    app = create_app(cfg, clock)
-    app[EXTRA_STATS_KEY] = lambda: {"edge": {"members": {"edge-2": {"healthy": True}}}, "engine": "not ours"}
-    await aiohttp_server(app)
-    admin = Admin(await aiohttp_server(create_admin_app(app)), session)
-    resp, data = await admin.call("GET", "/stats")
+    async with Node(cfg, clock) as node:
+        node.extra_stats.append(
+            lambda: {"edge": {"members": {"edge-2": {"healthy": True}}}, "engine": "not ours"}
+        )
+        admin = Admin(await aiohttp_server(create_admin_app(node)), session)
+        resp, data = await admin.call("GET", "/stats")
     assert resp.status == 200, data
     assert data["edge"] == {"members": {"edge-2": {"healthy": True}}}
     assert isinstance(data["engine"], dict)  # a section of ours is never replaced
@@ -311,8 +312,8 @@ async def test_stats_include_sections_of_the_layer_above(
 async def test_admin_app_before_the_proxy_starts_answers_503(
     aiohttp_server: Any, origin: Origin, clock: FakeClock, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    app = create_app(make_config(origin.url, tmp_path / "l2", admin=AdminConfig(token=TOKEN)), clock)
-    admin = Admin(await aiohttp_server(create_admin_app(app)), session)
+    node = Node(make_config(origin.url, tmp_path / "l2", admin=AdminConfig(token=TOKEN)), clock)
+    admin = Admin(await aiohttp_server(create_admin_app(node)), session)
     resp, data = await admin.call("GET", "/healthz")
     assert resp.status == 200
     for method, path, body in (

@@ -18,9 +18,9 @@ import aiohttp
 import pytest
 
 from proxy.admin import create_admin_app
-from proxy.app import EXTRA_STATS_KEY, create_app
 from proxy.cli import main
 from proxy.config import AdminConfig
+from proxy.node import Node as ProxyNode
 from tests.functional.conftest import (
     FakeClock,
     Origin,
@@ -57,7 +57,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def node(aiohttp_server: Any, start_proxy: ProxyFactory) -> Node:
     proxy = await start_proxy(admin=AdminConfig(token=TOKEN))
-    admin = await aiohttp_server(create_admin_app(proxy.server.app))
+    admin = await aiohttp_server(create_admin_app(proxy.server.node))
     return Node(proxy, str(admin.make_url("")).rstrip("/"))
 
 
@@ -224,11 +224,12 @@ async def test_stats_prints_grouped_counters(node: Node, capsys: pytest.CaptureF
 async def test_stats_prints_sections_of_the_layer_above(
     aiohttp_server: Any, origin: Origin, clock: FakeClock, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    app = create_app(make_config(origin.url, tmp_path / "l2"), clock)
-    app[EXTRA_STATS_KEY] = lambda: {"edge": {"members": {"edge-2": {"healthy": True}}, "errors": 0}}
-    await aiohttp_server(app)
-    admin = await aiohttp_server(create_admin_app(app))
-    code, out, err = await run(capsys, "stats", "--admin", str(admin.make_url("")), "--token", "")
+    async with ProxyNode(make_config(origin.url, tmp_path / "l2"), clock) as proxy_node:
+        proxy_node.extra_stats.append(
+            lambda: {"edge": {"members": {"edge-2": {"healthy": True}}, "errors": 0}}
+        )
+        admin = await aiohttp_server(create_admin_app(proxy_node))
+        code, out, err = await run(capsys, "stats", "--admin", str(admin.make_url("")), "--token", "")
     assert code == 0, err
     assert "edge     members.edge-2.healthy True  errors 0" in out.splitlines()
 

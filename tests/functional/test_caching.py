@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from proxy.app import STORAGE_KEY
 from proxy.config import CacheConfig, TierConfig
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
 
@@ -221,7 +220,7 @@ async def test_l1_never_exceeds_its_byte_budget(
             l2=TierConfig(enabled=False),
         )
     )
-    l1 = proxy.server.app[STORAGE_KEY].l1
+    l1 = proxy.server.node.storage.l1
     assert l1 is not None
     for i in range(60):
         resp, body = await proxy.get(f"/bytes/2000?i={i}")

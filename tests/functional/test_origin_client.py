@@ -1,4 +1,4 @@
-"""The lean origin client (proxy/origin_client.py) over real loopback sockets.
+"""The lean origin client (proxy/origin/lean.py) over real loopback sockets.
 
 Most origins here are small raw servers that write exact bytes, so each test can
 produce the framing, the malformation or the timing it is about; one test runs
@@ -23,8 +23,8 @@ import uvloop
 from multidict import CIMultiDict
 
 from origin_stub.behaviours import pattern
-from proxy.origin_client import HIGH_WATER, LeanOrigin, LeanResponse
-from proxy.upstream_error import UpstreamError
+from proxy.origin.errors import UpstreamError
+from proxy.origin.lean import HIGH_WATER, LeanOrigin, LeanResponse
 from tests.functional.conftest import Origin, free_port
 
 Handler = Callable[["RawOrigin", asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

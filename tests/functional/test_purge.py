@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.app import ENGINE_KEY, PURGER_KEY, STORAGE_KEY
 from proxy.config import KeyConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import Purger
@@ -21,11 +20,11 @@ HOST = {"Host": "cdn.example"}
 
 
 def purger_of(proxy: Proxy) -> Purger:
-    return proxy.server.app[PURGER_KEY]
+    return proxy.server.node.purger
 
 
 def storage_of(proxy: Proxy) -> TieredStorage:
-    return proxy.server.app[STORAGE_KEY]
+    return proxy.server.node.storage
 
 
 async def get(proxy: Proxy, path: str, **headers: str) -> tuple[str, bytes]:
@@ -141,7 +140,7 @@ async def test_soft_purge_serves_stale_while_one_refetch_runs(
     clock.advance(1)
     member, body = await get(proxy, path)
     assert body == first and "fwd=stale" in member and "stale-while-revalidate" in member
-    await proxy.server.app[ENGINE_KEY].flights.settle()
+    await proxy.server.node.engine.flights.settle()
     assert await origin.hits("/max-age/600") == 2  # exactly one refetch
     member, body = await get(proxy, path)
     assert "hit" in member.split(";") and body != first

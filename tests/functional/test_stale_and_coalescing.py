@@ -16,7 +16,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.app import ENGINE_KEY
 from proxy.config import FetchConfig, OriginConfig, PolicyConfig
 from proxy.engine import Engine
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
@@ -34,7 +33,7 @@ async def burst_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def engine_of(proxy: Proxy) -> Engine:
-    return proxy.server.app[ENGINE_KEY]
+    return proxy.server.node.engine
 
 
 async def burst(

@@ -29,7 +29,7 @@ def run(code: str) -> str:
 def test_access_lines_skip_records_but_read_like_them() -> None:
     err = run(
         """
-        from proxy.respond import log_access
+        from proxy.log_output import log_access
         log_output.install("INFO")
         assert log_output.direct_writer(logging.getLogger("proxy.access")) is log_output.direct
         for _ in range(3):
@@ -49,7 +49,7 @@ def test_access_lines_skip_records_but_read_like_them() -> None:
 def test_a_logger_with_its_own_handler_gets_records() -> None:
     err = run(
         """
-        from proxy.respond import log_access
+        from proxy.log_output import log_access
         log_output.install("INFO")
         seen = []
         handler = logging.Handler()

@@ -8,10 +8,10 @@ to a pooled keep-alive connection, and a response is its status, its headers
 and a small reader over the connection's own buffer; timeouts are one
 re-armed loop timer per connection instead of `wait_for` per read.
 
-The surface matches `proxy.upstream.OriginResponse` (`status`, `reason`,
+The surface matches `proxy.origin.OriginResponse` (`status`, `reason`,
 `headers`, `content_length`, `read_up_to`, `iter_rest`, `close`, `release`)
-and every failure is an `UpstreamError` with the same reasons
-`proxy.upstream.translate` uses, so the caller cannot tell the clients apart.
+and every failure is an `UpstreamError` from the table in
+`proxy.origin.errors`, so the caller cannot tell the clients apart.
 
 What it deliberately does not do (the caller keeps aiohttp for these):
 no TLS (plain http:// only), no request bodies, no proxies, no redirects, no
@@ -32,7 +32,16 @@ from urllib.parse import urlsplit
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.upstream_error import UpstreamError
+from proxy.origin.errors import (
+    CLOSED,
+    FAILED,
+    INCOMPLETE,
+    INVALID,
+    TIMED_OUT,
+    UNREACHABLE,
+    UpstreamError,
+    failure,
+)
 
 __all__ = ["LeanOrigin", "LeanResponse"]
 
@@ -48,12 +57,6 @@ HIGH_WATER: Final = 256 * 1024
 # default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
 IDLE_TIMEOUT: Final = 15.0
 
-TIMED_OUT: Final = "origin timed out"
-UNREACHABLE: Final = "origin unreachable"
-CLOSED: Final = "origin closed the connection"
-INCOMPLETE: Final = "origin response body incomplete"
-INVALID: Final = "origin sent an invalid response"
-FAILED: Final = "origin connection failed"
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CI_TYPES: Final = (CIMultiDict, CIMultiDictProxy)
@@ -131,7 +134,7 @@ class _Pool:
     async def acquire(self, timeout: float, *, fresh: bool = False) -> _Conn:
         """A connection for one request: an idle one (unless `fresh`), a new one, or wait."""
         if self.closed:
-            raise UpstreamError(502, FAILED)
+            raise failure(FAILED)
         if not fresh:
             conn = self.pop_idle()
             if conn is not None:
@@ -176,16 +179,16 @@ class _Pool:
                 await self.loop.create_connection(lambda: conn, origin.host, origin.port)
         except TimeoutError:
             conn.close()
-            raise UpstreamError(504, TIMED_OUT) from None
+            raise failure(TIMED_OUT) from None
         except OSError as exc:
             conn.close()
-            raise UpstreamError(502, UNREACHABLE) from exc
+            raise failure(UNREACHABLE) from exc
         except BaseException:
             conn.close()
             raise
         if conn.state != _CONNECTING:  # reset between connection_made and here
             conn.close()
-            raise UpstreamError(502, CLOSED)
+            raise failure(CLOSED)
         conn.state = _BUSY
         return conn
 
@@ -230,12 +233,12 @@ class _Pool:
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(UpstreamError(502, FAILED))
+                waiter.set_exception(failure(FAILED))
 
 
 def _expire(waiter: asyncio.Future[_Conn | None]) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamError(504, TIMED_OUT))
+        waiter.set_exception(failure(TIMED_OUT))
 
 
 class _Conn(asyncio.Protocol):
@@ -329,11 +332,11 @@ class _Conn(asyncio.Protocol):
         except (HttpParserError, HttpParserUpgrade):
             # Includes bytes after the end of the body in the same read: the Content-Length
             # (or chunking) did not describe what the origin sent, so the body is suspect too.
-            self.fail(UpstreamError(502, INVALID))
+            self.fail(failure(INVALID))
             return
         if not self.hc:
             if self.hbytes > MAX_HEADER_BYTES:
-                self.fail(UpstreamError(502, INVALID))
+                self.fail(failure(INVALID))
             return
         waiter = self.waiter
         if waiter is not None:
@@ -351,16 +354,16 @@ class _Conn(asyncio.Protocol):
             return
         if state == _BUSY and self.error is None and not self.done:
             if not self.got_bytes:
-                self.error = UpstreamError(502, CLOSED)
+                self.error = failure(CLOSED)
                 # Nothing of a response arrived: safe to send again if the connection had
                 # served a request before (the origin closed it while we were reusing it).
                 self.retryable = self.uses > 1
             elif not self.hc:
-                self.error = UpstreamError(502, CLOSED)
+                self.error = failure(CLOSED)
             elif exc is None and self._eof_delimited():
                 self.done = True  # a close-delimited body ends here
             else:
-                self.error = UpstreamError(502, INCOMPLETE)
+                self.error = failure(INCOMPLETE)
         self.keep_alive = False
         self.close()
         self._wake()
@@ -498,7 +501,7 @@ class _Conn(asyncio.Protocol):
             self.timer = self.loop.call_at(deadline, self._on_timer)
             self.timer_at = deadline
             return
-        self.fail(UpstreamError(504, TIMED_OUT))
+        self.fail(failure(TIMED_OUT))
 
     def fail(self, error: UpstreamError) -> None:
         if self.error is None:
@@ -537,7 +540,7 @@ class _Conn(asyncio.Protocol):
         body = self.body
         if not body:
             if self.state == _CLOSED and not self.done:  # closed without a recorded reason
-                raise UpstreamError(502, INCOMPLETE)
+                raise failure(INCOMPLETE)
             return None
         data = body[0] if len(body) == 1 else b"".join(body)
         self.body = []
@@ -575,7 +578,7 @@ class _Conn(asyncio.Protocol):
         try:
             transport.write(request)
         except Exception:  # a transport found broken as we write: nothing was sent
-            self.fail(UpstreamError(502, FAILED))
+            self.fail(failure(FAILED))
             self.retryable = self.uses > 1
         try:
             while not self.hc and self.error is None:
@@ -724,7 +727,7 @@ class LeanOrigin:
         pool = self._pools.get(key)
         if pool is None:
             if self._closed:
-                raise UpstreamError(502, FAILED)
+                raise failure(FAILED)
             target = self._default if origin is None or origin == self.base_url else _Origin(origin)
             pool = self._pools[key] = _Pool(target, self.max_connections, asyncio.get_running_loop())
         return pool
@@ -765,11 +768,11 @@ class LeanOrigin:
         if resp is None:
             # The keep-alive race: the origin closed a reused connection as we wrote to it.
             if method not in IDEMPOTENT:
-                raise UpstreamError(502, CLOSED)
+                raise failure(CLOSED)
             conn = await pool.acquire(connect_timeout, fresh=True)
             resp = await conn.exchange(request, head, read_timeout)
             if resp is None:
-                raise UpstreamError(502, CLOSED)
+                raise failure(CLOSED)
         return resp
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The lean front answering through the whole engine (proxy/fastpath.py + proxy/h1.py).
+"""The front answering through the whole engine (proxy/front.py + proxy/h1.py).
 
 Misses, passes and revalidations of plain GET/HEAD requests are answered by the
 lean front itself, not handed to aiohttp: these tests read the raw bytes it
@@ -17,7 +17,7 @@ import pytest
 
 from origin_stub.behaviours import pattern
 from tests.functional.conftest import Origin, Proxy, ProxyFactory, make_config
-from tests.functional.test_fastpath import exchange, get
+from tests.functional.test_front import exchange, get
 
 
 def head_of(response: bytes) -> bytes:

@@ -1,0 +1,82 @@
+"""What the public front answers itself, before a request reaches the cache.
+
+What must live here: the rules that turn a request away or answer it without
+the engine, so the front applies each of them in one place: an invalid Host
+(RFC 9112 §3.2: 400), the node's own health path (never forwarded), and
+`PURGE /path` from an allowed network when `admin.purge_method` is on.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+
+from multidict import CIMultiDict
+
+from proxy.cache_status import CacheStatus
+from proxy.config import Config
+from proxy.headers import VALID_HOST
+from proxy.messages import ClientRequest, Reply, error_reply
+from proxy.purge import PurgeRequestError, parse_purge_request
+from proxy.purger import Purger
+from proxy.routing import HEALTH_PATH
+
+
+def admit(req: ClientRequest, cfg: Config) -> Reply | None:
+    """The node's own answer to req, or None when the cache should answer it."""
+    if not VALID_HOST.fullmatch(req.host) or (not req.host and not req.http10):
+        return error_reply(400, "invalid Host header")
+    if req.path == HEALTH_PATH:
+        return health(cfg)
+    return None
+
+
+def health(cfg: Config) -> Reply:
+    """This node's own health answer (peers and load balancers ask it; never forwarded)."""
+    body = json.dumps({"name": cfg.name, "status": "ok"}) + "\n"
+    return _json(200, body, CacheStatus(detail="health"))
+
+
+def is_purge(req: ClientRequest, cfg: Config) -> bool:
+    return req.method == "PURGE" and cfg.admin.purge_method
+
+
+async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply:
+    """`PURGE /path?query` from an allowed network: purge that URL on every host (admin.purge_method)."""
+    if not _purge_allowed(req.remote, cfg.admin.purge_networks):
+        return error_reply(403, "PURGE is not allowed from this address", CacheStatus(detail="purge denied"))
+    mode = req.headers.get("Purge-Mode", "hard").strip().lower()
+    if mode not in ("hard", "soft"):
+        return error_reply(400, "Purge-Mode must be hard or soft", CacheStatus(detail="purge"))
+    try:
+        purge = parse_purge_request({"url": req.path_qs, "soft": mode == "soft"})
+    except PurgeRequestError as exc:
+        return error_reply(400, str(exc), CacheStatus(detail="purge"))
+    result = await purger.purge(purge)
+    body = json.dumps({"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}) + "\n"
+    return _json(200, body, CacheStatus(detail="purge"))
+
+
+def _json(status: int, body: str, cache_status: CacheStatus) -> Reply:
+    headers: CIMultiDict[str] = CIMultiDict()
+    headers["Content-Type"] = "application/json"
+    headers["Cache-Control"] = "no-store"
+    return Reply(status, "", headers, body.encode(), cache_status)
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def _purge_allowed(remote: str | None, networks: tuple[str, ...]) -> bool:
+    if not remote:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in _networks(networks))

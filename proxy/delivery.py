@@ -1,0 +1,44 @@
+"""Which part of a stored response answers a request: whole, 304, one byte range, or 416.
+
+What must live here: every rule that turns a stored response and a request's
+conditionals into the shape of the answer, so that a hit, a stale answer and
+the snapshot a fetch just stored are served alike. Pure: no I/O, no clock.
+
+Reference: RFC 9111 §4.3.2 (answering a conditional request from a stored
+response), RFC 9110 §13.2.2 (precedence of preconditions), §14 (Range,
+If-Range).
+"""
+
+from __future__ import annotations
+
+from proxy import policy
+from proxy.cache_status import CacheStatus
+from proxy.entry import StoredResponse
+from proxy.headers import Headers
+from proxy.messages import Delivery
+from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range
+
+
+def plan_delivery(
+    method: str,
+    headers: Headers | None,
+    entry: StoredResponse,
+    age: float,
+    status: CacheStatus,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Delivery:
+    """The Delivery of `entry` for a request; `headers` is None when it carries no conditional or Range."""
+    if headers is None:
+        return Delivery(entry, age, status, extra=extra)
+    # Step 1 (RFC 9110 §13.2.2): If-None-Match, else If-Modified-Since -> 304.
+    if policy.client_not_modified(headers, entry):
+        return Delivery(entry, age, status, "not-modified", extra=extra)
+    # Step 2 (§14.2): a single byte range of a whole 200 GET, if If-Range allows it.
+    ranged = method == "GET" and entry.status == 200 and "range" in headers
+    if ranged and if_range_allows(headers.get("If-Range"), entry):
+        wanted = parse_range(headers.get("Range"), len(entry.body))
+        if isinstance(wanted, ByteRange):
+            return Delivery(entry, age, status, "partial", wanted.first, wanted.last, extra)
+        if isinstance(wanted, Unsatisfiable):
+            return Delivery(entry, age, status, "unsatisfiable", extra=extra)
+    return Delivery(entry, age, status, extra=extra)

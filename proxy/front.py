@@ -1,0 +1,665 @@
+"""The public HTTP/1.1 front: every client connection, every request, one way through.
+
+What must live here: reading requests off the wire and writing answers back
+(framing, pipelining, flow control, timeouts, limits). Nothing here decides
+anything about caching: each request goes
+
+    admission.admit  ->  engine.lookup  ->  a Delivery at once (the hit writer, proxy.h1)
+                                        ->  or: await engine.complete(lookup) -> Delivery | Reply
+
+Request heads are parsed by httptools (llhttp, in C). The header fields stay
+the bytes they arrived as; the few a lookup reads are picked out in one pass
+(proxy.messages.pick_fields), and the multidict of all of them is built only
+when something needs it. A lookup that delivers a stored response is written
+at once, without a task or an await; anything else runs as one task per
+connection, and later pipelined requests wait (parsed, bounded) behind it.
+
+Bodies: a request body is handed to the engine as a stream with flow control
+(reading pauses while the body waits to be forwarded); the body of a GET or
+HEAD is read and dropped, and so are its framing fields. Responses stream
+with flow control too (writing waits while the client reads slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+from proxy import admission
+from proxy.config import Config
+from proxy.h1 import LAST_CHUNK, Framing, HeaderInjection, chunk, delivery_head, reply_head, via_line
+from proxy.log_output import log_access
+from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply, pick_fields
+from proxy.node import Node
+from proxy.origin import UpstreamError
+
+log = logging.getLogger("proxy.front")
+
+# Limits on a request head, whatever the TCP split (nginx's large_client_header_buffers,
+# aiohttp's max_field_size / max_headers): a longer head or field, or more fields, is a 431.
+MAX_HEAD = 64 * 1024
+MAX_FIELD = 16 * 1024
+MAX_FIELDS = 128
+IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle (aiohttp's default)
+HEAD_TIMEOUT = 60.0  # seconds to send a request head once begun (nginx's client_header_timeout)
+# Bytes fed to the parser at once: between two slices the front can stop parsing when the
+# queue of parsed, unanswered requests is long, so a pipelining client cannot queue more
+# than about a slice's worth of requests.
+FEED_SLICE = 16 * 1024
+MAX_QUEUED = 32  # parsed requests waiting behind the one being answered; then reading pauses
+BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
+_COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
+
+_INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\nContent-Length: 15\r\nConnection: close\r\n\r\ninternal error\n"
+)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_ABSOLUTE = (b"http://", b"https://")
+
+
+@dataclass(slots=True)
+class FrontContext:
+    """What every connection of one listener shares."""
+
+    node: Node
+    cfg: Config
+    via: bytes
+    access_log: bool
+    # Every open connection (for shutdown), and whether the listener is draining:
+    # a draining connection closes after the answer in progress.
+    connections: set[Connection] = field(default_factory=set)
+    draining: bool = False
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle connections now; give those mid-request up to timeout seconds to finish."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            busy = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+            for conn in list(self.connections):
+                if not conn.busy() and conn.transport is not None:
+                    conn.transport.close()
+            if not busy or loop.time() >= deadline:
+                break
+            await asyncio.wait(busy, timeout=deadline - loop.time())
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.task.cancel()
+            if conn.transport is not None:
+                conn.transport.abort()
+
+
+class _BadRequest(Exception):
+    """A request the front answers with an error and then closes the connection for."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestBody:
+    """A request body from the parser to the engine, with flow control on the connection."""
+
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "expect_continue")
+
+    def __init__(self, conn: Connection, expect_continue: bool) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.expect_continue = expect_continue
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > BODY_HIGH_WATER:
+            self._conn.pause_for_body()
+        self._wake()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def abort(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.expect_continue:
+            self.expect_continue = False
+            self._conn.write_continue()
+        while True:
+            if self._chunks:
+                data = self._chunks.popleft()
+                self._size -= len(data)
+                if self._size <= BODY_HIGH_WATER // 2:
+                    self._conn.resume_for_body()
+                yield data
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+_Queued = ClientRequest | _BadRequest
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests parsed, looked up and answered in order."""
+
+    def __init__(self, ctx: FrontContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.remote = ""
+        # The request head being parsed.
+        self.url = b""
+        self.raw: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0  # bytes received since the current head began (None-free: 0 = none)
+        self.head_started = 0.0  # loop time the current head began; 0.0 between requests
+        self.body: RequestBody | None = None  # the body being received, when it is forwarded
+        self.discard_body = False  # the body being received belongs to a GET / HEAD: dropped
+        # Parsed requests not answered yet, and the one being answered asynchronously.
+        self.queue: deque[_Queued] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.unparsed = b""  # bytes received while parsing was stopped (see FEED_SLICE)
+        self.stopped = False  # no more requests are read on this connection (error, upgrade)
+        self.reading_paused = False
+        self.body_paused = False
+        self.writing_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.last_activity = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = 0.0  # perf_counter() of the request being answered (access log)
+
+    # ------------------------------------------------------------ connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports quack like asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if peer else ""
+        self.last_activity = self.loop.time()
+        self.timer = self.loop.call_later(min(IDLE_TIMEOUT, HEAD_TIMEOUT), self._check_timeouts)
+        self.ctx.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.transport = None
+        self.ctx.connections.discard(self)
+        self._wake_writer()
+        if self.body is not None:
+            self.body.abort(ConnectionResetError("client closed the connection"))
+        if self.task is not None:
+            self.task.cancel()  # nobody to answer any more (a shared fetch goes on: see Engine._fetch)
+
+    def busy(self) -> bool:
+        return bool(self.task is not None or self.queue or self.head_started)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than we answer: stop answering (and so reading) until it catches up.
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._wake_writer()
+        if self.task is None:
+            self._answer_queued()
+
+    def _wake_writer(self) -> None:
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_timeouts(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        now = self.loop.time()
+        if self.head_started and now - self.head_started >= HEAD_TIMEOUT and self.task is None:
+            # RFC 9110 §15.5.9: the client took too long to send its request head.
+            self._write_final(error_reply(408, "request head timeout"))
+            return
+        idle_for = now - self.last_activity
+        if idle_for >= IDLE_TIMEOUT and not self.busy():
+            transport.close()
+            return
+        self.timer = self.loop.call_later(
+            max(min(IDLE_TIMEOUT - idle_for, HEAD_TIMEOUT), 1.0), self._check_timeouts
+        )
+
+    # ---------------------------------------------------------------- reading
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.loop.time()
+        if self.stopped:
+            return
+        if self.unparsed or self.reading_paused:
+            self.unparsed += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse data, a slice at a time, while the queue of unanswered requests is short."""
+        view = memoryview(data) if len(data) > FEED_SLICE else None
+        offset = 0
+        while offset < len(data):
+            if len(self.queue) >= MAX_QUEUED or self.body_paused:
+                self.unparsed = bytes(data[offset:])
+                self._pause_reading()
+                return
+            piece = view[offset : offset + FEED_SLICE] if view is not None else data
+            offset += len(piece)
+            if self.head_started:
+                self.head_bytes += len(piece)
+                if self.head_bytes > MAX_HEAD:
+                    self._stop(_BadRequest(431, "request header section too large"))
+                    return
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                # RFC 9110 §7.8: the upgrade is ignored; the request is answered as it is and
+                # the connection closed, since what follows its head is another protocol.
+                self._stop(None)
+                return
+            except httptools.HttpParserError as exc:
+                error = exc.__context__ if isinstance(exc.__context__, _BadRequest) else None
+                self._stop(error or _BadRequest(400, f"malformed request ({_parser_reason(exc)})"))
+                return
+            if self.stopped:
+                return
+        self._answer_queued()
+
+    def _stop(self, error: _BadRequest | None) -> None:
+        """Read no more requests; answer what is queued (then the error, if any) and close."""
+        self.stopped = True
+        self.unparsed = b""
+        if self.body is not None:
+            self.body.abort(ConnectionAbortedError("request body was malformed"))
+            self.body = None
+        if error is not None:
+            self.queue.append(error)
+        self._answer_queued()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused and not self.body_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        if self.unparsed and not self.body_paused and len(self.queue) < MAX_QUEUED:
+            data, self.unparsed = self.unparsed, b""
+            self._feed(data)
+
+    def pause_for_body(self) -> None:
+        self.body_paused = True
+        self._pause_reading()
+
+    def resume_for_body(self) -> None:
+        if self.body_paused:
+            self.body_paused = False
+            self._resume_reading()
+
+    def write_continue(self) -> None:
+        if self.transport is not None:
+            self.transport.write(_CONTINUE)
+
+    # ------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.raw = []
+        self.head_bytes = 0
+        self.head_started = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_started = 0.0
+        request = self._request()  # raises _BadRequest: httptools stops and reports it
+        self.queue.append(request)
+        if len(self.queue) == 1 and self.task is None and request.body is not None:
+            self._answer_queued()  # start forwarding a body as it arrives
+
+    def on_body(self, data: bytes) -> None:
+        if self.body is not None:
+            self.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self.body is not None:
+            self.body.finish()
+            self.body = None
+        self.discard_body = False
+
+    def _request(self) -> ClientRequest:
+        """The ClientRequest for the head just parsed; _BadRequest when it is not one we serve."""
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _BadRequest(505, f"HTTP/{version} is not supported")
+        raw = self.raw
+        if len(raw) > MAX_FIELDS:
+            raise _BadRequest(431, "too many header fields")
+        for name, value in raw:
+            if len(name) + len(value) > MAX_FIELD:
+                raise _BadRequest(431, "header field too large")
+        http10 = version == "1.0"
+        picked = pick_fields(raw)
+        if picked.hosts > 1:
+            raise _BadRequest(400, "more than one Host header")
+        url = self.url
+        host = picked.host or ""
+        scheme = "http"
+        if url.startswith(b"/"):
+            target = url
+        elif url.startswith(_ABSOLUTE):
+            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise _BadRequest(400, "invalid request target") from None
+            scheme = (parsed.schema or b"http").decode("ascii").lower()
+            authority = parsed.host or b""
+            if parsed.port is not None:
+                authority += b":%d" % parsed.port
+            host = authority.decode("ascii", "replace")
+            target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+        else:
+            raise _BadRequest(400, "invalid request target")
+        if not target.isascii() or b"#" in target:
+            raise _BadRequest(400, "invalid request target")
+        path, _, query = target.decode("ascii").partition("?")
+        method = self.parser.get_method().decode("ascii")
+        body: RequestBody | None = None
+        self.body = None
+        if picked.body_follows:
+            if method in ("GET", "HEAD"):
+                self.discard_body = True  # read and dropped, with its framing fields (see Fetcher)
+            else:
+                body = self.body = RequestBody(self, picked.expect_continue)
+        return ClientRequest(
+            method,
+            scheme,
+            host,
+            path,
+            query,
+            raw,
+            remote=self.remote,
+            body=body.chunks() if body is not None else None,
+            http10=http10,
+            keep_alive=picked.keep_alive(http10) and self.parser.should_keep_alive(),
+            cache_control=picked.cache_control,
+            pragma=picked.pragma,
+            accept_encoding=picked.accept_encoding,
+            conditional=picked.conditional,
+            hop=picked.hop,
+        )
+
+    # -------------------------------------------------------------- answering
+
+    def _answer_queued(self) -> None:
+        """Answer queued requests in order while nothing is in flight and the client keeps up."""
+        queue = self.queue
+        while queue and self.task is None and not self.writing_paused and self.transport is not None:
+            item = queue.popleft()
+            if isinstance(item, _BadRequest):
+                self._write_final(error_reply(item.status, item.reason))
+                return
+            if not self._answer(item):
+                return
+        if self.transport is None:
+            return
+        if self.stopped and not queue and self.task is None:
+            self.transport.close()
+        elif len(queue) < MAX_QUEUED and self.task is None:
+            self._resume_reading()
+
+    def _answer(self, req: ClientRequest) -> bool:
+        """Answer req now if it can be (a delivery, the node's own answer); else start its task.
+
+        False when the connection cannot go on at once (a task runs, or it closed).
+        """
+        ctx = self.ctx
+        if ctx.access_log:
+            self.started = time.perf_counter()
+        try:
+            own = admission.admit(req, ctx.cfg)
+            if own is not None:
+                return self._write_answer(req, own)
+            if admission.is_purge(req, ctx.cfg):
+                self._start(req, admission.purge_method(req, ctx.cfg, ctx.node.purger))
+                return False
+            engine = ctx.node.engine
+            lookup = engine.lookup(req)
+        except Exception:
+            log.exception("error answering %s %s", req.method, req.path_qs)
+            return self._write_answer(req, error_reply(500, "internal error"))
+        if lookup.answer is not None:
+            return self._write_answer(req, lookup.answer)
+        self._start(req, engine.complete(lookup))
+        return False
+
+    def _start(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
+        task = self.task = self.loop.create_task(self._complete(req, work))
+        task.add_done_callback(self._completed)
+
+    async def _complete(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
+        try:
+            try:
+                answer = await work
+            except UpstreamError as exc:
+                answer = error_reply(exc.status_hint, exc.reason)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("error answering %s %s", req.method, req.path_qs)
+                answer = error_reply(500, "internal error")
+            if isinstance(answer, Delivery):
+                self._write_answer(req, answer)
+            else:
+                await self._write_reply(req, answer)
+        finally:
+            self.task = None
+        if self.transport is not None:
+            self.last_activity = self.loop.time()
+            self._answer_queued()
+
+    def _completed(self, task: asyncio.Task[None]) -> None:
+        # _complete clears self.task itself; a task cancelled before it ever ran cannot.
+        if self.task is task:
+            self.task = None
+
+    def _write_answer(self, req: ClientRequest, answer: Answer) -> bool:
+        """Write a delivery or a complete reply at once; whether the connection goes on."""
+        transport = self.transport
+        if transport is None:
+            return False
+        ctx = self.ctx
+        keep_alive = req.keep_alive and not ctx.draining and not self.stopped
+        if isinstance(answer, Delivery):
+            member = ctx.node.members.of(answer.cache_status)
+            head, body = delivery_head(answer, member, ctx.via, req.method, req.http10, keep_alive)
+            if len(body) > _COPY_LIMIT:
+                transport.writelines((head, body))  # one writev, no copy of a large body
+            else:
+                transport.write(head + body if body else head)
+            status = {"whole": answer.entry.status, "not-modified": 304, "partial": 206}.get(answer.kind, 416)
+        else:
+            if not isinstance(answer.body, bytes):
+                raise TypeError("a streamed reply is written by _write_reply")
+            member = ctx.node.members.of(answer.cache_status)
+            try:
+                head, framing, keep_alive = reply_head(
+                    answer, member, ctx.via, req.method, req.http10, keep_alive
+                )
+            except HeaderInjection:
+                return self._refuse(req)
+            body = answer.body if framing is Framing.LENGTH else b""
+            transport.write(head + body if len(body) <= _COPY_LIMIT else head)
+            if len(body) > _COPY_LIMIT:
+                transport.write(body)
+            status = answer.status
+        if ctx.access_log:
+            self._log(req, status, member)
+        if not keep_alive:
+            self.stopped = True
+            self.queue.clear()
+            transport.close()
+            return False
+        return True
+
+    async def _write_reply(self, req: ClientRequest, reply: Reply) -> None:
+        """Write a reply whose body may be a stream, with flow control."""
+        if isinstance(reply.body, bytes):
+            self._write_answer(req, reply)
+            return
+        transport = self.transport
+        if transport is None:
+            return
+        ctx = self.ctx
+        keep_alive = req.keep_alive and not ctx.draining and not self.stopped
+        member = ctx.node.members.of(reply.cache_status)
+        try:
+            head, framing, keep_alive = reply_head(reply, member, ctx.via, req.method, req.http10, keep_alive)
+        except HeaderInjection:
+            self._refuse(req)
+            return
+        if ctx.access_log:
+            self._log(req, reply.status, member)
+        transport.write(head)
+        try:
+            async for data in reply.body:
+                if not data or framing is Framing.NONE:
+                    continue
+                if self.transport is None:
+                    break
+                transport.write(chunk(data) if framing is Framing.CHUNKED else data)
+                if self.writing_paused:
+                    await self._drain()
+        except UpstreamError as exc:
+            # The origin broke off mid-body: the client must see a broken response,
+            # not a short one that looks complete.
+            log.warning("origin body broke off for %s %s: %s", req.method, req.path_qs, exc.reason)
+            transport.abort()
+            return
+        if framing is Framing.CHUNKED and self.transport is not None:
+            transport.write(LAST_CHUNK)
+        if not keep_alive and self.transport is not None:
+            self.stopped = True
+            self.queue.clear()
+            transport.close()
+
+    def _write_final(self, reply: Reply) -> None:
+        """An error answer after which the connection closes (malformed input, timeouts)."""
+        transport = self.transport
+        if transport is None:
+            return
+        member = self.ctx.node.members.of(reply.cache_status)
+        head, _, _ = reply_head(reply, member, self.ctx.via, "GET", False, False)
+        assert isinstance(reply.body, bytes)
+        transport.write(head + reply.body)
+        self.stopped = True
+        self.queue.clear()
+        transport.close()
+
+    def _refuse(self, req: ClientRequest) -> bool:
+        log.error("refusing a reply to %s %s: CR or LF in a header", req.method, req.path_qs)
+        if self.transport is not None:
+            self.transport.write(_INTERNAL_ERROR)
+            self.transport.close()
+        self.stopped = True
+        return False
+
+    async def _drain(self) -> None:
+        """Wait until the client has read enough of what was written (flow control)."""
+        if not self.writing_paused or self.transport is None:
+            return
+        waiter = self.loop.create_future()
+        self.drain_waiter = waiter
+        await waiter
+
+    def _log(self, req: ClientRequest, status: int, member: bytes) -> None:
+        seconds = time.perf_counter() - self.started
+        log_access(
+            self.ctx.cfg, self.remote, req.method, req.path_qs, status, member.decode("ascii"), seconds
+        )
+
+
+def _parser_reason(exc: httptools.HttpParserError) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text[:80]
+
+
+@dataclass
+class PublicServer:
+    """A running public listener; `close()` stops taking connections and drains the open ones."""
+
+    server: asyncio.Server
+    front: FrontContext
+
+    @property
+    def port(self) -> int:
+        sock = self.server.sockets[0]
+        return int(sock.getsockname()[1])
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        self.server.close()
+        await self.front.shutdown(drain_timeout)
+        await self.server.wait_closed()
+
+
+async def serve_public(
+    node: Node,
+    host: str | None = None,
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
+    reuse_port: bool = False,
+) -> PublicServer:
+    """Listen for clients on host:port (or on an already bound socket) and answer them from node."""
+    cfg = node.cfg
+    ctx = FrontContext(node=node, cfg=cfg, via=via_line(cfg.name), access_log=cfg.log.access_log)
+    loop = asyncio.get_running_loop()
+    if sock is not None:
+        server = await loop.create_server(lambda: Connection(ctx), sock=sock, backlog=1024)
+    else:
+        server = await loop.create_server(
+            lambda: Connection(ctx),
+            (host or "").strip("[]") or None,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=1024,
+            family=socket.AF_UNSPEC,
+        )
+    return PublicServer(server, ctx)

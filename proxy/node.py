@@ -1,0 +1,134 @@
+"""The composition root of one edge process: config, clock, storage, origin, purger and engine.
+
+What must live here: which parts a node has and the order they start and
+stop in. Nothing else constructs them. The public front (proxy/front.py),
+the admin API (proxy/admin.py), the command line and the edge layer (edge/)
+all take a `Node` instead of looking parts up in each other:
+
+    async with Node(cfg, clock) as node:
+        server = await serve_public(node, host, port)
+        ...
+
+Resources open in __aenter__ and close in __aexit__ in reverse order; queued
+L2 writes reach disk before the tiers close.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from yarl import URL
+
+from proxy.cache_status import Members
+from proxy.config import Config
+from proxy.engine import Engine
+from proxy.keys import key_host
+from proxy.origin import Upstream
+from proxy.purger import Purger
+from proxy.routing import FetchRouter
+from proxy.storage.catalog import Catalog
+from proxy.storage.disk import DiskStorage
+from proxy.storage.epoch import EpochCounter
+from proxy.storage.memory import MemoryStorage
+from proxy.storage.tiered import TieredStorage
+
+Clock = Callable[[], float]
+# A section the layer above adds to the admin API's /stats (the edge cluster's).
+ExtraStats = Callable[[], dict[str, Any]]
+
+
+def open_storage(cfg: Config) -> TieredStorage:
+    """The L1 memory tier and the L2 disk tier the config asks for."""
+    l1 = MemoryStorage(cfg.cache.l1.budget, cfg.cache.l1.eviction) if cfg.cache.l1.enabled else None
+    l2 = None
+    if cfg.cache.l2.enabled:
+        Path(cfg.cache.dir).mkdir(parents=True, exist_ok=True)
+        l2 = DiskStorage(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction)
+    return TieredStorage(l1, l2, loop_read_max=cfg.cache.l2_read_on_loop_max)
+
+
+def open_purger(cfg: Config, storage: TieredStorage, clock: Clock) -> Purger:
+    """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
+    directory = cfg.cache.dir if cfg.cache.l2.enabled else None
+    host_for = functools.partial(
+        key_host, host_header=cfg.origin.host_header, origin_authority=URL(cfg.origin.url).raw_authority
+    )
+    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock, host_for)
+
+
+class Node:
+    """One edge process's parts, opened and closed together."""
+
+    def __init__(self, cfg: Config, clock: Clock = time.time, *, router: FetchRouter | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.router = router
+        self.members = Members(cfg.name)  # this node's Cache-Status members, memoised
+        self.extra_stats: list[ExtraStats] = []
+        self._storage: TieredStorage | None = None
+        self._upstream: Upstream | None = None
+        self._purger: Purger | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def storage(self) -> TieredStorage:
+        assert self._storage is not None, "the node is not open"
+        return self._storage
+
+    @property
+    def upstream(self) -> Upstream:
+        assert self._upstream is not None, "the node is not open"
+        return self._upstream
+
+    @property
+    def purger(self) -> Purger:
+        assert self._purger is not None, "the node is not open"
+        return self._purger
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "the node is not open"
+        return self._engine
+
+    async def __aenter__(self) -> Node:
+        cfg = self.cfg
+        self._storage = storage = open_storage(cfg)
+        try:
+            self._upstream = upstream = Upstream(cfg.origin)
+            await upstream.start()
+            self._purger = purger = open_purger(cfg, storage, self.clock)
+            self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router)
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.close()
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            await upstream.close()
+        storage = self._storage
+        if storage is not None:
+            await storage.drain()  # queued L2 writes reach disk before exit (SIGTERM runs this)
+            storage.close()
+        purger, self._purger = self._purger, None
+        if purger is not None:
+            purger.catalog.close()
+            purger.epoch.close()

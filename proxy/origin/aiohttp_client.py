@@ -1,0 +1,160 @@
+"""The origin client for what the lean client does not do: requests with a body, and https origins.
+
+One pooled aiohttp ClientSession; every aiohttp or asyncio failure is
+translated once, here, into an `UpstreamError` from `proxy.origin.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.origin.errors import (
+    CLOSED,
+    FAILED,
+    INCOMPLETE,
+    INVALID,
+    REQUEST_FAILED,
+    TIMED_OUT,
+    UNREACHABLE,
+    UpstreamError,
+    failure,
+)
+
+log = logging.getLogger("proxy.origin")
+
+READ_CHUNK = 64 * 1024
+
+
+def translate(exc: BaseException) -> UpstreamError:
+    """Map an aiohttp / asyncio client failure onto UpstreamError (the one place this happens)."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return failure(TIMED_OUT)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return failure(UNREACHABLE)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return failure(CLOSED)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return failure(INCOMPLETE)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return failure(INVALID)
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return failure(FAILED)
+    # Anything else is a bug of ours or aiohttp's; the client still gets a 502, never a traceback.
+    log.error("unexpected error talking to the origin", exc_info=exc)
+    return failure(REQUEST_FAILED)
+
+
+@dataclass(slots=True)
+class AiohttpResponse:
+    """OriginResponse over aiohttp's client response."""
+
+    status: int
+    reason: str
+    headers: CIMultiDictProxy[str]
+    content_length: int | None
+    _raw: aiohttp.ClientResponse
+
+    async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
+        """Read at most `limit` bytes; returns (data, complete). Raises UpstreamError on a broken body."""
+        buf = bytearray()
+        try:
+            while len(buf) <= limit:
+                chunk = await self._raw.content.read(READ_CHUNK)
+                if not chunk:
+                    return bytes(buf), True
+                buf += chunk
+        except Exception as exc:
+            self.close()
+            raise translate(exc) from exc
+        return bytes(buf), False
+
+    async def iter_rest(self) -> AsyncIterator[bytes]:
+        """The remaining body in chunks; raises UpstreamError if it breaks off."""
+        try:
+            while True:
+                chunk = await self._raw.content.read(READ_CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+        except Exception as exc:
+            self.close()
+            raise translate(exc) from exc
+        finally:
+            self._raw.release()
+
+    def close(self) -> None:
+        """Drop the connection (used when the body is not read to the end)."""
+        self._raw.close()
+
+    def release(self) -> None:
+        self._raw.release()
+
+
+class AiohttpOrigin:
+    """One pooled aiohttp session towards the origin (or a peer edge)."""
+
+    def __init__(
+        self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
+    ) -> None:
+        self.base_url = base_url
+        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60)
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,  # bodies pass through byte for byte
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def send(
+        self,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | bytes | None = None,
+        *,
+        origin: str | None = None,
+        timeout: float | None = None,
+    ) -> AiohttpResponse:
+        """Send a request; returns once the response header section has arrived."""
+        # encoded=True: forward the request-target byte for byte, never re-quoted.
+        url = URL((origin or self.base_url) + path_qs, encoded=True)
+        client_timeout = self._timeout
+        if timeout is not None:  # a peer edge: tighter than the origin's timeouts
+            client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        try:
+            raw = await self._session.request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                compress=None,
+                chunked=None,
+                timeout=client_timeout,
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return AiohttpResponse(
+            status=raw.status,
+            reason=raw.reason or "",
+            headers=raw.headers,
+            content_length=raw.content_length,
+            _raw=raw,
+        )
