@@ -27,6 +27,7 @@ import logging
 import socket
 import time
 from collections import deque
+from email.utils import formatdate
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import cast
@@ -520,7 +521,7 @@ class Connection(asyncio.Protocol):
             member = ctx.node.members.of(answer.cache_status)
             try:
                 head, framing, keep_alive = reply_head(
-                    answer, member, ctx.via, req.method, req.http10, keep_alive
+                    answer, member, ctx.via, req.method, req.http10, keep_alive, date_line()
                 )
             except HeaderInjection:
                 return self._refuse(req)
@@ -550,7 +551,9 @@ class Connection(asyncio.Protocol):
         keep_alive = req.keep_alive and not ctx.draining and not self.stopped
         member = ctx.node.members.of(reply.cache_status)
         try:
-            head, framing, keep_alive = reply_head(reply, member, ctx.via, req.method, req.http10, keep_alive)
+            head, framing, keep_alive = reply_head(
+                reply, member, ctx.via, req.method, req.http10, keep_alive, date_line()
+            )
         except HeaderInjection:
             self._refuse(req)
             return
@@ -585,7 +588,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         member = self.ctx.node.members.of(reply.cache_status)
-        head, _, _ = reply_head(reply, member, self.ctx.via, "GET", False, False)
+        head, _, _ = reply_head(reply, member, self.ctx.via, "GET", False, False, date_line())
         assert isinstance(reply.body, bytes)
         transport.write(head + reply.body)
         self.stopped = True
@@ -613,6 +616,18 @@ class Connection(asyncio.Protocol):
         log_access(
             self.ctx.cfg, self.remote, req.method, req.path_qs, status, member.decode("ascii"), seconds
         )
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def date_line() -> str:
+    """RFC 9110 §6.6.1: the Date a reply without one gets (formatted once per second)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, f"Date: {formatdate(now, usegmt=True)}\r\n")
+    return _date_cache[1]
 
 
 def _parser_reason(exc: httptools.HttpParserError) -> str:

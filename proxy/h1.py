@@ -10,7 +10,7 @@ an answer in, bytes and a framing decision out (RFC 9112 §6).
 - `reply_head` frames any other answer: no body for HEAD, 1xx, 204 and 304;
   Content-Length for a complete body; the origin's Content-Length, else
   chunked (HTTP/1.1) or close-delimited (HTTP/1.0), for a streamed one; Date
-  added when missing (RFC 9110 §6.6.1).
+  added when missing (RFC 9110 §6.6.1), from a line the caller passes in.
 
 Both append this node's Cache-Status member to any the origin or a lower
 tier sent (RFC 9211 §2) and add Via (RFC 9110 §7.6.3).
@@ -18,8 +18,6 @@ tier sent (RFC 9211 §2) and add Via (RFC 9110 §7.6.3).
 
 from __future__ import annotations
 
-import time
-from email.utils import formatdate
 from enum import Enum
 
 from proxy import policy
@@ -99,9 +97,12 @@ def delivery_head(
 
 
 def reply_head(
-    reply: Reply, member: bytes, via: bytes, method: str, http10: bool, keep_alive: bool
+    reply: Reply, member: bytes, via: bytes, method: str, http10: bool, keep_alive: bool, date: str
 ) -> tuple[bytes, Framing, bool]:
-    """(status line and header section, how the body goes, keep the connection?)."""
+    """(status line and header section, how the body goes, keep the connection?).
+
+    `date` is the Date line to add when the reply has none (the caller owns the clock).
+    """
     status = reply.status
     body = reply.body
     streamed = not isinstance(body, bytes)
@@ -137,7 +138,7 @@ def reply_head(
         lines.append("Transfer-Encoding: chunked\r\n")
         framing = Framing.CHUNKED
     if not has_date:
-        lines.append(_date_line())
+        lines.append(date)
     text = "".join(lines)
     if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise HeaderInjection("CR or LF inside a header field")
@@ -158,17 +159,6 @@ def reply_head(
     if b"\n" in prior_members or b"\r" in prior_members:
         raise HeaderInjection("CR or LF inside a header field")
     return head, framing, keep_alive
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date_line() -> str:
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, f"Date: {formatdate(now, usegmt=True)}\r\n")
-    return _date_cache[1]
 
 
 def chunk(data: bytes) -> bytes:
