@@ -27,9 +27,9 @@ import logging
 import socket
 import time
 from collections import deque
-from email.utils import formatdate
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import cast
 
 import httptools
