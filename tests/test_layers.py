@@ -72,7 +72,7 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every module a file imports (`from a.b import c` counts a.b and a.b.c; the bare packages don't count)."""
+    """Every module a file imports: `from a.b import c` counts a.b and a.b.c (bare packages do not)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
