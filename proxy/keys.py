@@ -182,7 +182,7 @@ def select_variant(resource: CachedResource, request_headers: Headers) -> Stored
     for variant in resource.variants:
         if not variant_matches(variant, request_headers):
             continue
-        date = parse_http_date(variant.date)
+        date = parse_http_date(variant.date, now=variant.response_time)
         when = date if date is not None else variant.response_time
         if best is None or when >= best_date:
             best, best_date = variant, when

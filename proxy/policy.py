@@ -144,17 +144,17 @@ def freshness_lifetime(
     # Step 3: Expires - Date, unless a targeted field replaced Expires (RFC 9213 §2.2).
     expires_lines = headers.getall("Expires", [])
     if expires_lines and not targeted:
-        expires = parse_http_date(expires_lines[0]) if len(expires_lines) == 1 else None
+        expires = parse_http_date(expires_lines[0], now=response_time) if len(expires_lines) == 1 else None
         if expires is None:
             # §5.3: an invalid Expires (e.g. "0") means already expired.
             return Freshness(0.0, "invalid")
-        date = parse_http_date(headers.get("Date")) or response_time
+        date = parse_http_date(headers.get("Date"), now=response_time) or response_time
         return Freshness(max(0.0, expires - date), "expires")
     # Step 4: heuristic freshness (§4.2.2) from Last-Modified, bounded.
     if status in HEURISTICALLY_CACHEABLE or "public" in directives:
-        last_modified = parse_http_date(headers.get("Last-Modified"))
+        last_modified = parse_http_date(headers.get("Last-Modified"), now=response_time)
         if last_modified is not None:
-            date = parse_http_date(headers.get("Date")) or response_time
+            date = parse_http_date(headers.get("Date"), now=response_time) or response_time
             heuristic = max(0.0, date - last_modified) * opts.heuristic_fraction
             return Freshness(min(heuristic, opts.heuristic_max), "heuristic")
     # Step 5: an operator default for this status.
@@ -174,7 +174,7 @@ def age_value(headers: Headers) -> float:
 
 def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:
     """RFC 9111 §4.2.3: max(apparent_age, corrected_age_value)."""
-    date = parse_http_date(headers.get("Date"))
+    date = parse_http_date(headers.get("Date"), now=response_time)
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_value(headers) + response_delay
@@ -278,8 +278,9 @@ def plan_store(
     if opts.strip_targeted_fields:
         drop.update(n.lower() for n in opts.targeted_fields)
     stored = end_to_end(response_headers, drop)
-    if "date" not in stored:
-        # RFC 9110 §6.6.1: a recipient with a clock adds Date.
+    if parse_http_date(stored.get("Date"), now=response_time) is None:
+        # RFC 9110 §6.6.1: a recipient with a clock adds Date, and may replace an invalid one
+        # with the receipt time (what freshness and age above already counted from).
         stored["Date"] = format_http_date(response_time)
 
     template = StoredResponse(
@@ -554,10 +555,12 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
         if tags == ["*"]:
             return True
         return entry.etag is not None and any(weak_match(t, entry.etag) for t in tags)
-    ims = parse_http_date(request_headers.get("If-Modified-Since"))
+    # The receipt time stands in for now when placing a two-digit RFC 850 year.
+    when = entry.response_time
+    ims = parse_http_date(request_headers.get("If-Modified-Since"), now=when)
     if ims is None:
         return False
-    modified = parse_http_date(entry.last_modified) or parse_http_date(entry.date)
+    modified = parse_http_date(entry.last_modified, now=when) or parse_http_date(entry.date, now=when)
     return modified is not None and modified <= ims
 
 

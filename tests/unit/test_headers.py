@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterator
 
@@ -178,6 +179,10 @@ def far_from_utc() -> Iterator[None]:
         time.tzset()
 
 
+# Two-digit RFC 850 years are placed relative to the receipt time (§5.6.7); 2023 here.
+RECEIVED = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+
+
 @pytest.mark.usefixtures("far_from_utc")
 @pytest.mark.parametrize(
     "value",
@@ -185,31 +190,81 @@ def far_from_utc() -> Iterator[None]:
         pytest.param("Sun, 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-imf-fixdate"),
         pytest.param("Sunday, 06-Nov-94 08:49:37 GMT", id="9110-5.6.7-rfc850"),
         pytest.param("Sun Nov  6 08:49:37 1994", id="9110-5.6.7-asctime-is-utc"),
-        pytest.param("  Sun, 06 Nov 1994 08:49:37 GMT ", id="9110-5.6.7-surrounding-whitespace"),
+        pytest.param("Sun Nov 06 08:49:37 1994", id="9110-5.6.7-asctime-2digit-day"),
+        pytest.param("  Sun, 06 Nov 1994 08:49:37 GMT ", id="9110-5.5-surrounding-whitespace"),
+        pytest.param("\tSun, 06 Nov 1994 08:49:37 GMT", id="9110-5.5-surrounding-tab"),
     ],
 )
 def test_rfc9110_s5_6_7_date_formats(value: str) -> None:
-    assert parse_http_date(value) == SUNDAY
+    assert parse_http_date(value, now=RECEIVED) == SUNDAY
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param("0", id="9111-5.3-zero"),
-        pytest.param("-1", id="9110-5.6.7-negative"),
-        pytest.param("", id="9110-5.6.7-empty"),
-        pytest.param(None, id="9110-5.6.7-absent"),
-        pytest.param("yesterday", id="9110-5.6.7-words"),
-        pytest.param("Sun, 06 Foo 1994 08:49:37 GMT", id="9110-5.6.7-bad-month"),
-    ],
-)
+# RFC 9110 §5.6.7: only the three formats are HTTP-dates; RFC 9111 §5.3 then makes such an
+# Expires "already expired" (see test_freshness), and If-Modified-Since is ignored (§13.1.3).
+INVALID_DATES = [
+    pytest.param("0", id="9111-5.3-zero"),
+    pytest.param("-1", id="9110-5.6.7-negative"),
+    pytest.param("", id="9110-5.6.7-empty"),
+    pytest.param(None, id="9110-5.6.7-absent"),
+    pytest.param("yesterday", id="9110-5.6.7-words"),
+    pytest.param("Sun, 06 Foo 1994 08:49:37 GMT", id="9110-5.6.7-bad-month"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 UTC", id="9110-5.6.7-utc-not-gmt"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 AEST", id="9110-5.6.7-aest-zone"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 +0000", id="9110-5.6.7-numeric-zone"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37", id="9110-5.6.7-no-zone"),
+    pytest.param("Sun, 06 Nov 94 08:49:37 GMT", id="9110-5.6.7-imf-fixdate-two-digit-year"),
+    pytest.param("Sun 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-no-comma"),
+    pytest.param("Sun,  06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-two-spaces-after-comma"),
+    pytest.param("Sun, 06  Nov  1994  08:49:37  GMT", id="9110-5.6.7-several-spaces"),
+    pytest.param("Sun, 06-Nov-1994 08:49:37 GMT", id="9110-5.6.7-dashes-in-imf-fixdate"),
+    pytest.param("Sun, 06 Nov 1994 08.49.37 GMT", id="9110-5.6.7-dots-in-time"),
+    pytest.param("Sun, 06 Nov 1994 8:49:37 GMT", id="9110-5.6.7-one-digit-hour"),
+    pytest.param("Sun, 6 Nov 1994 08:49:37 GMT", id="9110-5.6.7-one-digit-day"),
+    pytest.param("Sun, 06 Nov 1994 08:49 GMT", id="9110-5.6.7-no-seconds"),
+    pytest.param("sun, 06 nov 1994 08:49:37 gmt", id="9110-5.6.7-names-are-case-sensitive"),
+    pytest.param("Sunday, 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-long-day-name-in-imf-fixdate"),
+    pytest.param("Sun, 06-Nov-94 08:49:37 GMT", id="9110-5.6.7-rfc850-short-day-name"),
+    pytest.param("Sunday, 06-Nov-1994 08:49:37 GMT", id="9110-5.6.7-rfc850-four-digit-year"),
+    pytest.param("Sun Nov 6 08:49:37 1994", id="9110-5.6.7-asctime-one-space-before-one-digit-day"),
+    pytest.param("Sun Nov  6 08:49:37 1994 GMT", id="9110-5.6.7-asctime-with-zone"),
+    pytest.param("1994-11-06T08:49:37Z", id="9110-5.6.7-iso-8601"),
+    pytest.param("Sun, 31 Nov 1994 08:49:37 GMT", id="9110-5.6.7-no-such-day"),
+    pytest.param("Sun, 06 Nov 1994 24:00:00 GMT", id="9110-5.6.7-hour-24"),
+    pytest.param("Sun, 06 Nov 1994 08:60:00 GMT", id="9110-5.6.7-minute-60"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 GMT junk", id="9110-5.6.7-trailing-text"),
+    pytest.param("Sun, \u0660\u0666 Nov 1994 08:49:37 GMT", id="9110-5.6.7-non-ascii-digits"),
+]
+
+
+@pytest.mark.parametrize("value", INVALID_DATES)
 def test_rfc9110_s5_6_7_invalid_date_is_none(value: str | None) -> None:
-    assert parse_http_date(value) is None
+    assert parse_http_date(value, now=RECEIVED) is None
+
+
+RFC850_YEARS = [
+    # (two-digit year, receipt time, year it means): §5.6.7 "more than 50 years in the future" is the past.
+    pytest.param("94", RECEIVED, 1994, id="9110-5.6.7-rfc850-past-century"),
+    pytest.param("23", RECEIVED, 2023, id="9110-5.6.7-rfc850-this-year"),
+    pytest.param("73", RECEIVED, 2073, id="9110-5.6.7-rfc850-50-years-ahead-is-future"),
+    pytest.param("74", RECEIVED, 1974, id="9110-5.6.7-rfc850-51-years-ahead-is-past"),
+    pytest.param("01", 946_684_800.0 - 86_400, 2001, id="9110-5.6.7-rfc850-across-the-century"),
+]
+
+
+@pytest.mark.parametrize(("yy", "received", "year"), RFC850_YEARS)
+def test_rfc9110_s5_6_7_rfc850_two_digit_year(yy: str, received: float, year: int) -> None:
+    expected = calendar.timegm((year, 11, 6, 8, 49, 37, 0, 0, 0))
+    # The day name is not checked against the date (the ABNF has no such rule).
+    assert parse_http_date(f"Sunday, 06-Nov-{yy} 08:49:37 GMT", now=received) == expected
+
+
+def test_rfc9110_s5_6_7_leap_second_accepted() -> None:
+    assert parse_http_date("Sat, 31 Dec 2016 23:59:60 GMT", now=RECEIVED) == 1_483_228_800.0
 
 
 def test_rfc9110_s5_6_7_format_is_imf_fixdate() -> None:
     assert format_http_date(SUNDAY) == "Sun, 06 Nov 1994 08:49:37 GMT"
-    assert parse_http_date(format_http_date(1_700_000_000.0)) == 1_700_000_000.0
+    assert parse_http_date(format_http_date(RECEIVED), now=RECEIVED) == RECEIVED
 
 
 # --------------------------------------------------------------------------- entity-tags (RFC 9110 §8.8.3)

@@ -380,6 +380,20 @@ def test_rfc9110_s6_6_1_date_added_when_missing() -> None:
     assert e.date == http_date(NOW + 3)
 
 
+@pytest.mark.parametrize(
+    "date",
+    [
+        pytest.param("Tue, 14 Nov 2023 22:13:13 UTC", id="9110-6.6.1-utc-zone"),
+        pytest.param("yesterday", id="9110-6.6.1-words"),
+        pytest.param("0", id="9110-6.6.1-zero"),
+    ],
+)
+def test_rfc9110_s6_6_1_invalid_date_replaced_by_receipt_time(date: str) -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), ("Date", date)), response_time=NOW + 3)
+    assert [v for n, v in e.headers if n.lower() == "date"] == [http_date(NOW + 3)]
+    assert e.date == http_date(NOW + 3)
+
+
 def test_rfc9110_s6_6_1_origin_date_kept() -> None:
     e = stored(hdrs(("Cache-Control", "max-age=60"), ("date", http_date(NOW - 7))))
     dates = [v for n, v in e.headers if n.lower() == "date"]

@@ -264,6 +264,22 @@ CLIENT = [
         STORED, [("If-Modified-Since", http_date(NOW - 7200))], False, id="9110-13.1.3-modified-since"
     ),
     pytest.param(STORED, [("If-Modified-Since", "yesterday")], False, id="9110-13.1.3-invalid-date-ignored"),
+    # RFC 9110 §5.6.7: every format is a date (NOW spelled three ways); §13.1.3: anything else is ignored.
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tuesday, 14-Nov-23 22:13:20 GMT")], True, id="9110-5.6.7-rfc850-ims"
+    ),
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tue Nov 14 22:13:20 2023")], True, id="9110-5.6.7-asctime-ims"
+    ),
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tue, 14 Nov 2023 22:13:20 UTC")], False, id="9110-13.1.3-utc-ignored"
+    ),
+    pytest.param(
+        entry(etag=None, last_modified="Tue Nov 14 21:13:20 2023"),
+        [("If-Modified-Since", DATE)],
+        True,
+        id="9110-5.6.7-asctime-last-modified",
+    ),
     pytest.param(NO_LM, [("If-Modified-Since", DATE)], True, id="9111-4.3.2-date-when-no-last-modified"),
     pytest.param(NO_LM, [("If-Modified-Since", http_date(NOW - 1))], False, id="9111-4.3.2-date-newer"),
     pytest.param(

@@ -1,0 +1,35 @@
+"""RFC conformance, second pass (issue 11): an origin sends exactly the headers named, the real
+proxy in front of it. Each test names the RFC section it proves and counts what reached the origin.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.functional.conftest import FakeClock, Origin, Proxy, cache_status
+
+# ---------------------------------------------------------------- RFC 9111 §5.3: invalid Expires
+
+# Ten days after the fake clock's start (Mon, 25 Jan 2027 08:00:00 GMT), spelled three valid ways
+# (RFC 9110 §5.6.7) and several invalid ones: an invalid Expires is already expired.
+EXPIRES = [
+    pytest.param("Mon, 25 Jan 2027 08:00:00 GMT", True, id="9110-5.6.7-imf-fixdate"),
+    pytest.param("Monday, 25-Jan-27 08:00:00 GMT", True, id="9110-5.6.7-rfc850"),
+    pytest.param("Mon Jan 25 08:00:00 2027", True, id="9110-5.6.7-asctime"),
+    pytest.param("Mon, 25 Jan 2027 08:00:00 UTC", False, id="9111-5.3-utc-zone"),
+    pytest.param("Mon, 25 Jan 27 08:00:00 GMT", False, id="9111-5.3-two-digit-year"),
+    pytest.param("Mon 25 Jan 2027 08:00:00 GMT", False, id="9111-5.3-no-comma"),
+    pytest.param("Mon, 25 Jan 2027 8:00:00 GMT", False, id="9111-5.3-one-digit-hour"),
+]
+
+
+@pytest.mark.parametrize(("expires", "fresh"), EXPIRES)
+async def test_rfc9111_s5_3_only_http_dates_make_expires_fresh(
+    proxy: Proxy, origin: Origin, clock: FakeClock, expires: str, fresh: bool
+) -> None:
+    params = [("h", f"Expires:{expires}"), ("h", 'ETag:"e1"'), ("body", "x")]
+    await proxy.get("/respond", params=params)
+    clock.advance(60)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is fresh
+    assert await origin.hits("/respond") == (1 if fresh else 2)
