@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from http_sfv.dictionary import Dictionary as SFDictionary
+from http_sfv.item import Item as SFItem
+from http_sfv.types import Token
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -137,12 +139,33 @@ def _parse_cache_control(field_values: tuple[str, ...]) -> Directives:
     return Directives(values, frozenset(duplicates), invalid)
 
 
+# RFC 9213 §2.1: the Structured Fields type each known directive's value must have.
+# delta-seconds (RFC 9111 §1.2.2, RFC 5861) are non-negative Integers; flags are Boolean;
+# no-cache and private are Boolean or a String listing field names. Others take anything.
+_SECONDS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+_FLAGS = frozenset(
+    {
+        "no-store",
+        "no-transform",
+        "must-revalidate",
+        "proxy-revalidate",
+        "must-understand",
+        "public",
+        "immutable",
+    }
+)
+_FLAG_OR_FIELD_NAMES = frozenset({"no-cache", "private"})
+
+
 def parse_targeted_field(field_values: Iterable[str]) -> Directives | None:
     """Parse a targeted cache-control field (RFC 9213 §2.1) as an SF Dictionary.
 
-    Returns None when the field is invalid, so that the next targeted field (or
-    Cache-Control) applies. Booleans become valueless directives; integers and
-    strings become their text; parameters are ignored (RFC 9213 §2.1).
+    Returns None when the field is invalid as a whole, so that the next targeted
+    field (or Cache-Control) applies: it does not parse as a Dictionary, or a
+    known directive has a value of the wrong type (max-age="60", max-age=1.5,
+    max-age=-1, max-age=(1 2), no-store=1, ...), which §2.1 says not to consume.
+    Booleans become valueless directives (?0: absent); integers and strings
+    become their text; parameters are ignored.
     """
     joined = ", ".join(field_values)
     if not joined.strip():
@@ -154,17 +177,31 @@ def parse_targeted_field(field_values: Iterable[str]) -> Directives | None:
         return None
     values: dict[str, str | None] = {}
     for name, member in parsed.items():
-        value = getattr(member, "value", None)
+        # An Inner List has no single value; Items carry a bare value (bool is also an int).
+        value = getattr(member, "value", None) if isinstance(member, SFItem) else member
+        if not _expected_type(name, value):
+            return None
         if value is True:
             values[name] = None
         elif value is False:
             continue  # "private=?0" means the directive is absent
         elif isinstance(value, int | str):
             values[name] = str(value)
-        else:
-            # RFC 9213 §2.1: a directive with an unexpected type is ignored.
-            continue
+        # Any other type for an extension directive: ignored, the field still counts.
     return Directives(values)
+
+
+def _expected_type(name: str, value: object) -> bool:
+    """RFC 9213 §2.1: does a directive's value have the type its definition implies?"""
+    if isinstance(value, bool):
+        return name not in _SECONDS
+    if name in _SECONDS:
+        return isinstance(value, int) and value >= 0
+    if name in _FLAGS:
+        return False
+    if name in _FLAG_OR_FIELD_NAMES:
+        return isinstance(value, str) and not isinstance(value, Token)
+    return True
 
 
 # RFC 9110 §5.6.7: the three formats of an HTTP-date. Names, "GMT" and digits are

@@ -33,3 +33,30 @@ async def test_rfc9111_s5_3_only_http_dates_make_expires_fresh(
     second, _ = await proxy.get("/respond", params=params)
     assert ("hit" in cache_status(second).split(";")) is fresh
     assert await origin.hits("/respond") == (1 if fresh else 2)
+
+
+# ------------------------------------------------- RFC 9213 §2.1: a wrongly typed targeted field
+
+TARGETED = [
+    # CDN-Cache-Control next to Cache-Control: no-store; stored only when the targeted field is valid.
+    # A wrongly typed member spoils the whole field, even next to a valid s-maxage.
+    pytest.param("s-maxage=10000", True, id="9213-2.2-valid-field-wins"),
+    pytest.param('max-age="10000"', False, id="9213-2.1-string"),
+    pytest.param("s-maxage=10000, max-age=10000.0", False, id="9213-2.1-decimal"),
+    pytest.param("s-maxage=10000, max-age=-10000", False, id="9213-2.1-negative"),
+    pytest.param("s-maxage=10000, max-age=(10000)", False, id="9213-2.1-inner-list"),
+    pytest.param('s-maxage=10000, public="yes"', False, id="9213-2.1-string-flag"),
+]
+
+
+@pytest.mark.parametrize(("targeted", "stored"), TARGETED)
+async def test_rfc9213_s2_1_wrongly_typed_cdn_cache_control_is_ignored(
+    proxy: Proxy, origin: Origin, clock: FakeClock, targeted: str, stored: bool
+) -> None:
+    params = [("h", "Cache-Control:no-store"), ("h", f"CDN-Cache-Control:{targeted}"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    assert ("stored" in cache_status(first)) is stored
+    clock.advance(60)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is stored
+    assert await origin.hits("/respond") == (1 if stored else 2)

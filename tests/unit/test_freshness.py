@@ -149,12 +149,23 @@ def test_rfc9213_s2_2_invalid_targeted_field_falls_back_to_the_next_one() -> Non
     [
         pytest.param("MAX-AGE=60", id="9213-2.1-invalid"),
         pytest.param("", id="9213-2.1-empty"),
+        pytest.param('max-age="10000"', id="9213-2.1-max-age-string"),
+        pytest.param("max-age=10000.0", id="9213-2.1-max-age-decimal"),
+        pytest.param("max-age=-10000", id="9213-2.1-max-age-negative"),
+        pytest.param("max-age=(10000)", id="9213-2.1-max-age-inner-list"),
+        pytest.param('max-age=10000, no-store="x"', id="9213-2.1-one-bad-member-spoils-all"),
     ],
 )
 def test_rfc9213_s2_2_invalid_targeted_field_falls_back_to_cache_control(targeted: str) -> None:
     pairs = [DATE, ("CDN-Cache-Control", targeted), ("Cache-Control", "max-age=30"), ("Expires", "0")]
     assert lifetime(hdrs(*pairs)) == Freshness(30.0, "max-age")
     assert response_directives(hdrs(*pairs), DEFAULTS)[1] is None
+
+
+def test_rfc9213_s2_1_wrong_type_falls_back_to_the_next_targeted_field() -> None:
+    pairs = [DATE, ("CDN-Cache-Control", 'max-age="10000"'), ("Surrogate-Control", "max-age=20")]
+    assert lifetime(hdrs(*pairs)) == Freshness(20.0, "max-age")
+    assert response_directives(hdrs(*pairs), DEFAULTS)[1] == "Surrogate-Control"
 
 
 def test_rfc9213_s2_2_first_configured_field_wins() -> None:

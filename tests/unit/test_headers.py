@@ -131,8 +131,13 @@ TARGETED = [
     pytest.param(['private="set-cookie"'], {"private": "set-cookie"}, id="9213-2.1-string"),
     pytest.param(["foo=bar"], {"foo": "bar"}, id="9213-2.1-token"),
     pytest.param(["max-age=60;x=1"], {"max-age": "60"}, id="9213-2.1-parameters-ignored"),
-    pytest.param(["max-age=1.5, public"], {"public": None}, id="9213-2.1-decimal-directive-ignored"),
-    pytest.param(["private=(a b), max-age=5"], {"max-age": "5"}, id="9213-2.1-inner-list-ignored"),
+    pytest.param(["max-age=0"], {"max-age": "0"}, id="9213-2.1-zero-integer"),
+    pytest.param(
+        ["no-cache, private"], {"no-cache": None, "private": None}, id="9213-2.1-flag-or-string-as-flag"
+    ),
+    pytest.param(['no-cache="a, b"'], {"no-cache": "a, b"}, id="9213-2.1-field-names-string"),
+    pytest.param(["foo=1.5, public"], {"public": None}, id="9213-2.1-extension-of-any-type-ignored"),
+    pytest.param(["foo=(a b), max-age=5"], {"max-age": "5"}, id="9213-2.1-extension-inner-list-ignored"),
     pytest.param(["max-age=60", "public"], {"max-age": "60", "public": None}, id="9213-2.1-lines-combined"),
     pytest.param(["none"], {"none": None}, id="9213-3.1-unknown-directive-still-valid"),
 ]
@@ -157,7 +162,37 @@ def test_rfc9213_targeted_field_parsed(lines: list[str], expected: dict[str, str
         pytest.param([], id="9213-2.1-absent"),
     ],
 )
-def test_rfc9213_invalid_targeted_field_is_none(lines: list[str]) -> None:
+def test_rfc9213_unparsable_targeted_field_is_none(lines: list[str]) -> None:
+    assert parse_targeted_field(lines) is None
+
+
+# RFC 9213 §2.1: a known directive whose value has another type than its definition implies
+# ("SHOULD NOT consume values that violate these inferred constraints") makes the field invalid
+# as a whole, so Cache-Control applies (see test_freshness / test_storability).
+WRONG_TYPES = [
+    pytest.param(['max-age="10000"'], id="9213-2.1-max-age-string"),
+    pytest.param(["max-age=ten"], id="9213-2.1-max-age-token"),
+    pytest.param(["max-age=1.5"], id="9213-2.1-max-age-decimal"),
+    pytest.param(["max-age=-1"], id="9213-2.1-max-age-negative"),
+    pytest.param(["max-age=(1 2)"], id="9213-2.1-max-age-inner-list"),
+    pytest.param(["max-age"], id="9213-2.1-max-age-without-value"),
+    pytest.param(["max-age=?0"], id="9213-2.1-max-age-boolean"),
+    pytest.param(["max-age=:AAAA:"], id="9213-2.1-max-age-byte-sequence"),
+    pytest.param(['s-maxage="60"'], id="9213-2.1-s-maxage-string"),
+    pytest.param(["stale-while-revalidate=1.0"], id="5861-3-swr-decimal"),
+    pytest.param(["stale-if-error=-5"], id="5861-4-sie-negative"),
+    pytest.param(["no-store=1"], id="9213-2.1-no-store-integer"),
+    pytest.param(['public="yes"'], id="9213-2.1-public-string"),
+    pytest.param(["must-revalidate=(a)"], id="9213-2.1-must-revalidate-inner-list"),
+    pytest.param(["no-cache=set-cookie"], id="9213-2.1-no-cache-token"),
+    pytest.param(["private=(a b)"], id="9213-2.1-private-inner-list"),
+    pytest.param(["private=3"], id="9213-2.1-private-integer"),
+    pytest.param(["max-age=60", 'public, s-maxage="5"'], id="9213-2.1-any-line-spoils-the-field"),
+]
+
+
+@pytest.mark.parametrize("lines", WRONG_TYPES)
+def test_rfc9213_s2_1_wrong_member_type_invalidates_the_field(lines: list[str]) -> None:
     assert parse_targeted_field(lines) is None
 
 

@@ -400,6 +400,28 @@ def test_rfc9110_s6_6_1_origin_date_kept() -> None:
     assert dates == [http_date(NOW - 7)]
 
 
+TARGETED_TYPES = [
+    # (CDN-Cache-Control value, stored?) next to Cache-Control: no-store (RFC 9213 §2.1: a field
+    # with a wrongly typed member is ignored as a whole, and then Cache-Control applies).
+    pytest.param("max-age=10000", True, id="9213-2.2-valid-field-overrides-no-store"),
+    pytest.param('max-age="10000"', False, id="9213-2.1-string-max-age-ignored"),
+    pytest.param("max-age=10000.5", False, id="9213-2.1-decimal-max-age-ignored"),
+    pytest.param("max-age=-1", False, id="9213-2.1-negative-max-age-ignored"),
+    pytest.param("max-age=(10000)", False, id="9213-2.1-inner-list-max-age-ignored"),
+    pytest.param("max-age=10000, public=1", False, id="9213-2.1-integer-flag-ignored"),
+]
+
+
+@pytest.mark.parametrize(("targeted", "expected"), TARGETED_TYPES)
+def test_rfc9213_s2_1_wrongly_typed_targeted_field_leaves_cache_control_in_charge(
+    targeted: str, expected: bool
+) -> None:
+    result = plan(hdrs(("Cache-Control", "no-store"), ("CDN-Cache-Control", targeted)))
+    assert _is_stored(result) is expected
+    if not expected:
+        assert result == DontStore("no-store")
+
+
 def test_rfc9213_targeted_fields_stripped_and_cache_control_passed_through() -> None:
     response = hdrs(
         ("Cache-Control", "max-age=5"),
