@@ -106,7 +106,9 @@ class Fetcher:
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
-        targeted = cfg.policy.targeted_fields if cfg.policy.strip_targeted_fields else ()
+        # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
+        targeted = cfg.policy.stripped_targeted_fields(cfg.name)
+        self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
         tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
         self._drop_response = (*targeted, *tags)
 
@@ -230,7 +232,7 @@ class Fetcher:
             resp.headers,
             request_time,
             response_time,
-            self.cfg.policy,
+            self.policy_config,
         )
         if isinstance(plan, policy.DontStore):
             if f.stale is not None:
@@ -274,7 +276,9 @@ class Fetcher:
             return await self.fetch(refetch)
         updated: dict[int, StoredResponse] = {}
         for old in selected:
-            plan = policy.freshen(old, resp.headers, f.headers, request_time, response_time, self.cfg.policy)
+            plan = policy.freshen(
+                old, resp.headers, f.headers, request_time, response_time, self.policy_config
+            )
             if isinstance(plan, policy.StorePlan):
                 updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])

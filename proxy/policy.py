@@ -275,8 +275,8 @@ def plan_store(
     # Tags are kept in `tags` for purge; by default clients never see them (requirements §6).
     if opts.strip_tag_fields:
         drop.update(n.lower() for n in opts.tag_fields)
-    if opts.strip_targeted_fields:
-        drop.update(n.lower() for n in opts.targeted_fields)
+    # Fields aimed at this cache alone (RFC 9213 §1: CDN-Cache-Control goes on downstream).
+    drop.update(n.lower() for n in opts.strip_targeted_fields)
     stored = end_to_end(response_headers, drop)
     if parse_http_date(stored.get("Date"), now=response_time) is None:
         # RFC 9110 §6.6.1: a recipient with a clock adds Date, and may replace an invalid one

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.functional.conftest import FakeClock, Origin, Proxy, cache_status
+from proxy.config import PolicyConfig
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
 
 # ---------------------------------------------------------------- RFC 9111 §5.3: invalid Expires
 
@@ -60,3 +61,47 @@ async def test_rfc9213_s2_1_wrongly_typed_cdn_cache_control_is_ignored(
     second, _ = await proxy.get("/respond", params=params)
     assert ("hit" in cache_status(second).split(";")) is stored
     assert await origin.hits("/respond") == (1 if stored else 2)
+
+
+# ----------------------------------------- RFC 9213 §1: CDN-Cache-Control goes on downstream
+
+TARGETED_FIELDS = {
+    "CDN-Cache-Control": "max-age=60",
+    "Surrogate-Control": "max-age=60",
+    "edge-test-Cache-Control": "max-age=60",  # named after this node (make_config: edge-test)
+}
+
+DELIVERED = [
+    # (policy.strip_targeted_fields, the targeted fields a client receives)
+    pytest.param(None, {"CDN-Cache-Control"}, id="9213-1-default-forwards-cdn-cache-control"),
+    pytest.param((), set(TARGETED_FIELDS), id="9213-1-nothing-stripped"),
+    pytest.param(
+        ("CDN-Cache-Control",), {"Surrogate-Control", "edge-test-Cache-Control"}, id="9213-1-listed"
+    ),
+]
+
+
+@pytest.mark.parametrize(("strip", "delivered"), DELIVERED)
+@pytest.mark.parametrize("cacheable", [True, False], ids=["stored-and-hit", "pass-through"])
+async def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_removed(
+    start_proxy: ProxyFactory,
+    origin: Origin,
+    clock: FakeClock,
+    strip: tuple[str, ...] | None,
+    delivered: set[str],
+    cacheable: bool,
+) -> None:
+    policy = PolicyConfig() if strip is None else PolicyConfig(strip_targeted_fields=strip)
+    proxy = await start_proxy(policy=policy)
+    fields = dict(TARGETED_FIELDS)
+    if not cacheable:
+        fields["CDN-Cache-Control"] = "no-store"  # the first targeted field: nothing is stored
+    params = [("h", f"{name}:{value}") for name, value in fields.items()]
+    params += [("h", "Cache-Control:max-age=5"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    clock.advance(10)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is cacheable
+    for resp in (first, second):
+        assert {name for name in TARGETED_FIELDS if name in resp.headers} == delivered
+        assert resp.headers["Cache-Control"] == "max-age=5"  # passed through unchanged

@@ -422,19 +422,53 @@ def test_rfc9213_s2_1_wrongly_typed_targeted_field_leaves_cache_control_in_charg
         assert result == DontStore("no-store")
 
 
-def test_rfc9213_targeted_fields_stripped_and_cache_control_passed_through() -> None:
+STRIPPED = [
+    # (strip_targeted_fields, fields that reach clients): RFC 9213 §1, CDN-Cache-Control targets
+    # every CDN in a chain and goes on downstream; only fields aimed at this cache alone are removed.
+    pytest.param(
+        DEFAULTS.strip_targeted_fields,
+        {"cdn-cache-control", "edge-cache-control"},
+        id="9213-1-default-forwards-cdn-cache-control",
+    ),
+    pytest.param(
+        ("Surrogate-Control", "Edge-Cache-Control"), {"cdn-cache-control"}, id="9213-1-own-field-listed"
+    ),
+    pytest.param(
+        (), {"cdn-cache-control", "surrogate-control", "edge-cache-control"}, id="9213-1-nothing-stripped"
+    ),
+    pytest.param(
+        ("cdn-cache-control", "SURROGATE-CONTROL", "Edge-Cache-Control"),
+        set(),
+        id="9213-1-everything-stripped-case-insensitive",
+    ),
+]
+
+
+@pytest.mark.parametrize(("strip", "delivered"), STRIPPED)
+def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_stripped(
+    strip: tuple[str, ...], delivered: set[str]
+) -> None:
     response = hdrs(
         ("Cache-Control", "max-age=5"),
         ("CDN-Cache-Control", "max-age=60"),
         ("Surrogate-Control", "max-age=30"),
+        ("Edge-Cache-Control", "max-age=90"),
     )
-    e = stored(response)
-    assert header_names(e) & {"cdn-cache-control", "surrogate-control"} == set()
-    assert ("Cache-Control", "max-age=5") in e.headers
-    assert e.freshness_lifetime == 60
+    opts = replace(
+        DEFAULTS, targeted_fields=("Edge-Cache-Control", "CDN-Cache-Control"), strip_targeted_fields=strip
+    )
+    e = stored(response, opts=opts)
+    assert header_names(e) & {"cdn-cache-control", "surrogate-control", "edge-cache-control"} == delivered
+    assert ("Cache-Control", "max-age=5") in e.headers  # passed through unchanged
+    assert e.freshness_lifetime == 90  # the first configured field decides, stripped or not
 
-    kept = stored(response, opts=replace(DEFAULTS, strip_targeted_fields=False))
-    assert ("CDN-Cache-Control", "max-age=60") in kept.headers
+
+def test_rfc9213_s1_node_named_field_stripped() -> None:
+    """The default strips "{name}-Cache-Control", with this node's name (Fetcher applies it)."""
+    assert DEFAULTS.stripped_targeted_fields("edge-7") == ("Surrogate-Control", "edge-7-Cache-Control")
+    opts = replace(DEFAULTS, strip_targeted_fields=DEFAULTS.stripped_targeted_fields("edge-7"))
+    e = stored(hdrs(("Cache-Control", "max-age=5"), ("Edge-7-Cache-Control", "max-age=60")), opts=opts)
+    assert "edge-7-cache-control" not in header_names(e)
 
 
 def test_requirements_s6_tags_parsed_and_not_delivered() -> None:
