@@ -154,14 +154,16 @@ class Fetcher:
         """
         out_headers = self.origin_request_headers(f.client, f.headers, for_cache=True)
         variants = f.resource.variants if f.resource is not None else ()
+        conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
-            out_headers.extend(policy.conditional_headers(f.stale, variants))
+            conditional = policy.conditional_headers(f.stale, variants)
+            out_headers.extend(conditional)
         request_time = self.clock()
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
         resp = await self._send_to_owner_or_origin(f, out_headers)
         if resp.status == 304 and f.stale is not None:
-            return await self._freshen(f, resp, request_time, epoch)
+            return await self._freshen(f, resp, request_time, epoch, conditional)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
@@ -262,14 +264,14 @@ class Fetcher:
         return FetchOutcome(status, shared=entry, leader_cookies=cookies)
 
     async def _freshen(
-        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, sent: Headers
     ) -> FetchOutcome:
-        """RFC 9111 §4.3.4: a 304 updates the stored responses it selects."""
+        """RFC 9111 §4.3.4: a 304 updates the stored responses it selects (`sent`: the validators asked)."""
         assert f.stale is not None
         resp.release()
         response_time = self.clock()
         variants = f.resource.variants if f.resource is not None else (f.stale,)
-        selected = policy.select_for_update(resp.headers, f.stale, variants)
+        selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
             # The 304 matches nothing we hold: fetch the representation whole.
             refetch = FetchRequest(f.client, f.headers, f.key, f.resource, None, f.why, f.directives)

@@ -474,10 +474,37 @@ def conditional_headers(entry: StoredResponse, variants: tuple[StoredResponse, .
 
 
 def select_for_update(
-    not_modified_headers: Headers, revalidated: StoredResponse, variants: tuple[StoredResponse, ...]
+    not_modified_headers: Headers,
+    revalidated: StoredResponse,
+    variants: tuple[StoredResponse, ...],
+    sent: Headers,
 ) -> list[StoredResponse]:
-    """RFC 9111 §4.3.4: which stored responses a 304 freshens."""
+    """RFC 9111 §4.3.4: which stored responses a 304 freshens.
+
+    `revalidated` is the response the conditional request was made for, `sent`
+    the validators it carried (conditional_headers). A 304 without a validator
+    (many origins omit it) stands for the one validator the request carried:
+    the 304 says that validator matched (RFC 9110 §15.4.5). When the request
+    carried several entity-tags it is ambiguous, and selects nothing.
+    """
     etag = not_modified_headers.get("ETag")
+    last_modified = not_modified_headers.get("Last-Modified")
+    if etag is None and last_modified is None:
+        # If-None-Match is evaluated first, If-Modified-Since only without it (RFC 9110 §13.2.2).
+        if "if-none-match" in sent:
+            tags = parse_etags(sent.get("If-None-Match")) or []
+            if len(tags) != 1:
+                return []
+            etag = tags[0]
+        else:
+            since = sent.get("If-Modified-Since")
+            if since is None:
+                return []
+            if since != revalidated.last_modified:
+                # The revalidated response's Date stood in for a validator it lacks (§4.3.1).
+                lacks = revalidated.etag is None and revalidated.last_modified is None
+                return [revalidated] if lacks and since == revalidated.date else []
+            last_modified = since
     if etag is not None:
         etag = etag.strip()
         if not etag.startswith("W/"):
@@ -486,15 +513,9 @@ def select_for_update(
         # A weak validator selects the most recent matching stored response.
         matching = [v for v in variants if v.etag is not None and weak_match(v.etag, etag)]
         return [max(matching, key=lambda v: v.response_time)] if matching else []
-    last_modified = not_modified_headers.get("Last-Modified")
-    if last_modified is not None:
-        # Last-Modified is a weak validator (RFC 9110 §8.8.2.2): the most recent match only.
-        dated = [v for v in variants if v.last_modified == last_modified]
-        return [max(dated, key=lambda v: v.response_time)] if dated else []
-    # No validator: only a sole stored response that lacks validators too.
-    if len(variants) == 1 and revalidated.etag is None and revalidated.last_modified is None:
-        return [revalidated]
-    return []
+    # Last-Modified is a weak validator (RFC 9110 §8.8.2.2): the most recent match only.
+    dated = [v for v in variants if v.last_modified == last_modified]
+    return [max(dated, key=lambda v: v.response_time)] if dated else []
 
 
 def freshen(

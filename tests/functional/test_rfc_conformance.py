@@ -4,6 +4,10 @@ proxy in front of it. Each test names the RFC section it proves and counts what 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import pytest
 
 from proxy.config import PolicyConfig
@@ -105,3 +109,119 @@ async def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_removed(
     for resp in (first, second):
         assert {name for name in TARGETED_FIELDS if name in resp.headers} == delivered
         assert resp.headers["Cache-Control"] == "max-age=5"  # passed through unchanged
+
+
+# ------------------------------------- RFC 9111 §4.3.4: a 304 without a validator (raw origin)
+
+
+class ScriptedOrigin:
+    """A raw-socket origin: the n-th request gets responses[n] (the last one repeats), byte for byte."""
+
+    def __init__(self, responses: list[bytes]) -> None:
+        self.responses = responses
+        self.requests: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> ScriptedOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.requests.append(head.decode("latin-1"))
+                writer.write(self.responses[min(len(self.requests), len(self.responses)) - 1])
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def sent(self, index: int, name: str) -> list[str]:
+        """Values of header `name` in request `index`."""
+        lines = self.requests[index].split("\r\n")[1:]
+        return [
+            line.split(":", 1)[1].strip() for line in lines if line.lower().startswith(name.lower() + ":")
+        ]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def scripted_origin() -> AsyncIterator[Callable[[list[bytes]], Awaitable[ScriptedOrigin]]]:
+    started: list[ScriptedOrigin] = []
+
+    async def start(responses: list[bytes]) -> ScriptedOrigin:
+        started.append(await ScriptedOrigin(responses).start())
+        return started[-1]
+
+    yield start
+    for origin in started:
+        await origin.close()
+
+
+LAST_MODIFIED = "Sat, 01 Jan 2027 00:00:00 GMT"
+ORIGIN_DATE = "Fri, 15 Jan 2027 08:00:00 GMT"  # the fake clock's start
+
+NOT_MODIFIED = [
+    # (validator fields of the stored 200, fields of the 304, conditional field sent, seconds fresh after)
+    pytest.param('ETag: "abcd"', "", ("If-None-Match", '"abcd"'), 10, id="9111-4.3.4-etag-bare-304"),
+    pytest.param(
+        'ETag: "abcd"',
+        "Cache-Control: max-age=20\r\n",
+        ("If-None-Match", '"abcd"'),
+        20,
+        id="9111-4.3.4-etag-304-with-new-max-age",
+    ),
+    pytest.param(
+        f"Last-Modified: {LAST_MODIFIED}",
+        "",
+        ("If-Modified-Since", LAST_MODIFIED),
+        10,
+        id="9111-4.3.4-last-modified-bare-304",
+    ),
+    pytest.param(
+        f"Date: {ORIGIN_DATE}",
+        "",
+        ("If-Modified-Since", ORIGIN_DATE),
+        10,
+        id="9111-4.3.4-no-validator-at-all",
+    ),
+]
+
+
+@pytest.mark.parametrize(("validator", "not_modified", "conditional", "fresh_for"), NOT_MODIFIED)
+async def test_rfc9111_s4_3_4_304_without_validator_freshens_without_a_second_request(
+    start_proxy: ProxyFactory,
+    scripted_origin: Callable[[list[bytes]], Awaitable[ScriptedOrigin]],
+    clock: FakeClock,
+    validator: str,
+    not_modified: str,
+    conditional: tuple[str, str],
+    fresh_for: int,
+) -> None:
+    ok = f"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=10\r\n{validator}\r\n\r\nhello"
+    bare_304 = f"HTTP/1.1 304 Not Modified\r\n{not_modified}\r\n"
+    origin = await scripted_origin([ok.encode(), bare_304.encode()])
+    proxy = await start_proxy(origin_url=origin.url)
+    await proxy.get("/doc")
+    clock.advance(30)
+    revalidated, body = await proxy.get("/doc")
+    assert (revalidated.status, body) == (200, b"hello")
+    assert "fwd=stale" in cache_status(revalidated) and "fwd-status=304" in cache_status(revalidated)
+    assert len(origin.requests) == 2  # no second, unconditional request
+    name, value = conditional
+    assert origin.sent(1, name) == [value]
+    clock.advance(fresh_for - 1)
+    hit, body = await proxy.get("/doc")  # freshened: fresh again from the 304 on
+    assert body == b"hello" and "hit" in cache_status(hit).split(";")
+    assert hit.headers["Age"] == str(fresh_for - 1)
+    assert len(origin.requests) == 2
