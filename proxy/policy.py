@@ -35,6 +35,15 @@ from proxy.keys import request_vary_values, vary_names
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
+# RFC 9111 §5.2.2.3: the status codes whose caching requirements this cache implements, so
+# that must-understand lets it store them despite no-store: the final codes of RFC 9110 §15,
+# except 206 (no range bookkeeping here) and 304 (it only updates stored responses).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426, 500, 501, 502, 503, 504, 505}
+)
+
 # Methods whose responses this cache looks up and stores (RFC 9111 §2, §3).
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -235,8 +244,13 @@ def plan_store(
     if "no-store" in req_directives:
         return DontStore("request no-store")
     directives, targeted_field = response_directives(response_headers, opts)
+    # §5.2.2.3: must-understand limits storing to a status this cache understands, and
+    # then it overrides no-store (which accompanies it for caches that do not know it).
+    must_understand = "must-understand" in directives
+    if must_understand and status not in UNDERSTOOD_STATUSES:
+        return DontStore("must-understand")
     # §5.2.2.5: response no-store.
-    if "no-store" in directives:
+    if "no-store" in directives and not must_understand:
         return DontStore("no-store")
     # §5.2.2.7: a shared cache never stores an unqualified private response.
     if "private" in directives and not directives.field_names("private"):

@@ -225,3 +225,30 @@ async def test_rfc9111_s4_3_4_304_without_validator_freshens_without_a_second_re
     assert body == b"hello" and "hit" in cache_status(hit).split(";")
     assert hit.headers["Age"] == str(fresh_for - 1)
     assert len(origin.requests) == 2
+
+
+# ------------------------------------------------------------ RFC 9111 §5.2.2.3: must-understand
+
+MUST_UNDERSTAND = [
+    # (status, Cache-Control, stored?): a status this cache understands lets must-understand
+    # override no-store; any other status with must-understand is not stored.
+    pytest.param(200, "must-understand, no-store, max-age=60", True, id="9111-5.2.2.3-200-understood"),
+    pytest.param(404, "must-understand, no-store, max-age=60", True, id="9111-5.2.2.3-404-understood"),
+    pytest.param(299, "must-understand, no-store, max-age=60", False, id="9111-5.2.2.3-299-not-understood"),
+    pytest.param(299, "must-understand, max-age=60", False, id="9111-5.2.2.3-299-even-without-no-store"),
+    pytest.param(200, "no-store, max-age=60", False, id="9111-5.2.2.5-no-store-alone"),
+]
+
+
+@pytest.mark.parametrize(("status", "cache_control", "stored"), MUST_UNDERSTAND)
+async def test_rfc9111_s5_2_2_3_must_understand(
+    proxy: Proxy, origin: Origin, clock: FakeClock, status: int, cache_control: str, stored: bool
+) -> None:
+    params = [("status", str(status)), ("h", f"Cache-Control:{cache_control}"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    assert first.status == status
+    clock.advance(30)
+    second, _ = await proxy.get("/respond", params=params)
+    assert second.status == status
+    assert ("hit" in cache_status(second).split(";")) is stored
+    assert await origin.hits("/respond") == (1 if stored else 2)

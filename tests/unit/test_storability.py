@@ -400,6 +400,72 @@ def test_rfc9110_s6_6_1_origin_date_kept() -> None:
     assert dates == [http_date(NOW - 7)]
 
 
+MUST_UNDERSTAND = [
+    # (status, response fields, request Cache-Control, plan): RFC 9111 §5.2.2.3, "the cache SHOULD
+    # ignore the no-store directive if it understands and implements the status code's caching
+    # requirements"; §3: with must-understand, only a status the cache understands is stored.
+    pytest.param(200, [("Cache-Control", "must-understand, no-store, max-age=60")], None, None, id="200"),
+    pytest.param(404, [("Cache-Control", "must-understand, no-store, max-age=60")], None, None, id="404"),
+    pytest.param(
+        200, [("Cache-Control", "no-store, must-understand"), ("ETag", '"a"')], None, None, id="200-validator"
+    ),
+    pytest.param(
+        299,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        DontStore("must-understand"),
+        id="299-not-understood",
+    ),
+    pytest.param(
+        299,
+        [("Cache-Control", "must-understand, max-age=60")],
+        None,
+        DontStore("must-understand"),
+        id="299-alone",
+    ),
+    pytest.param(
+        206,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        DontStore("status 206"),
+        id="206",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "must-understand, no-store, private, max-age=60")],
+        None,
+        DontStore("private"),
+        id="still-private",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        "no-store",
+        DontStore("request no-store"),
+        id="request-no-store-still-wins",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "no-store"), ("CDN-Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        None,
+        id="9213-targeted-field",
+    ),
+    pytest.param(299, [("Cache-Control", "max-age=60")], None, None, id="9111-3-unknown-status-without-it"),
+]
+
+
+@pytest.mark.parametrize(("status", "pairs", "request_cc", "expected"), MUST_UNDERSTAND)
+def test_rfc9111_s5_2_2_3_must_understand(
+    status: int, pairs: list[tuple[str, str]], request_cc: str | None, expected: DontStore | None
+) -> None:
+    result = plan(hdrs(*pairs), status=status, request_cc=request_cc)
+    if expected is None:
+        assert _is_stored(result), result
+    else:
+        assert result == expected
+
+
 TARGETED_TYPES = [
     # (CDN-Cache-Control value, stored?) next to Cache-Control: no-store (RFC 9213 §2.1: a field
     # with a wrongly typed member is ignored as a whole, and then Cache-Control applies).
