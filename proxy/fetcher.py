@@ -20,7 +20,7 @@ from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import key_host, primary_key, with_variant
+from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
 from proxy.messages import ClientRequest
 from proxy.origin import OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
@@ -126,6 +126,12 @@ class Fetcher:
             # front): its framing goes too, or the origin would wait for the body.
             drop += ("Content-Length",)
         out = end_to_end(headers, drop)
+        if for_cache and "accept-language" in out:
+            # The origin answers the value variants are keyed on (keys.normalise_accept_language),
+            # as it does the reduced Accept-Encoding: requests keyed alike are asked alike.
+            language = normalise_accept_language(", ".join(out.getall("Accept-Language")))
+            if language is not None:
+                out["Accept-Language"] = language
         use_client_host = self.cfg.origin.host_header == "client" and req.host
         out["Host"] = req.host if use_client_host else self.origin_authority
         if req.remote:

@@ -252,3 +252,28 @@ async def test_rfc9111_s5_2_2_3_must_understand(
     assert second.status == status
     assert ("hit" in cache_status(second).split(";")) is stored
     assert await origin.hits("/respond") == (1 if stored else 2)
+
+
+# ---------------------------------------------- Accept-Language normalised for Vary (RFC 9111 §4.1)
+
+ACCEPT_LANGUAGE = [
+    # (first request's Accept-Language, what the origin is sent, a later spelling, served from cache?)
+    pytest.param("en-us, EN;q=0.90", "en-US,en;q=0.9", "en-US,en;q=0.9", True, id="9111-4.1-case-spaces-q"),
+    pytest.param("en;q=0.9, en-US", "en-US,en;q=0.9", "EN-US ,en;q=0.900", True, id="9111-4.1-weight-order"),
+    pytest.param("de, fr", "de,fr", "fr, de", False, id="9111-4.1-equal-weights-order-kept"),
+    pytest.param("de, fr;q=0", "de,fr;q=0", "de", False, id="9111-4.1-q0-is-not-absence"),
+    pytest.param("en;level=1", "en;level=1", "EN;level=1", False, id="9111-4.1-unknown-form-as-sent"),
+]
+
+
+@pytest.mark.parametrize(("first", "sent", "later", "hit"), ACCEPT_LANGUAGE)
+async def test_rfc9111_s4_1_accept_language_spellings_share_a_variant(
+    proxy: Proxy, origin: Origin, first: str, sent: str, later: str, hit: bool
+) -> None:
+    _, body = await proxy.get("/vary/Accept-Language", headers={"Accept-Language": first})
+    assert body == f"Accept-Language={sent}".encode()  # what the origin answered is what it was sent
+    two, body2 = await proxy.get("/vary/Accept-Language", headers={"Accept-Language": later})
+    assert ("hit" in cache_status(two).split(";")) is hit
+    if hit:
+        assert body2 == body
+    assert await origin.hits("/vary/Accept-Language") == (1 if hit else 2)
