@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -277,3 +279,33 @@ async def test_rfc9111_s4_1_accept_language_spellings_share_a_variant(
     if hit:
         assert body2 == body
     assert await origin.hits("/vary/Accept-Language") == (1 if hit else 2)
+
+
+# ------------------------------------- RFC 9111 §4.3.2: If-Modified-Since against Date, from cache
+
+IF_MODIFIED_SINCE = [
+    # (If-Modified-Since relative to the stored Date, as an HTTP-date format, answer from cache)
+    pytest.param(0, "%a, %d %b %Y %H:%M:%S GMT", 304, id="9111-4.3.2-equal-to-date"),
+    pytest.param(3600, "%a, %d %b %Y %H:%M:%S GMT", 304, id="9111-4.3.2-after-date"),
+    pytest.param(0, "%A, %d-%b-%y %H:%M:%S GMT", 304, id="9110-5.6.7-rfc850"),
+    pytest.param(0, "%a %b %e %H:%M:%S %Y", 304, id="9110-5.6.7-asctime"),
+    pytest.param(-1, "%a, %d %b %Y %H:%M:%S GMT", 200, id="9111-4.3.2-before-date"),
+    pytest.param(3600, "%a, %d %b %Y %H:%M:%S UTC", 200, id="9110-13.1.3-invalid-date-ignored"),
+]
+
+
+@pytest.mark.parametrize(("offset", "spelling", "status"), IF_MODIFIED_SINCE)
+async def test_rfc9111_s4_3_2_if_modified_since_compared_with_date(
+    proxy: Proxy, origin: Origin, clock: FakeClock, offset: int, spelling: str, status: int
+) -> None:
+    first, _ = await proxy.get("/max-age/60")
+    assert "Last-Modified" not in first.headers and "ETag" not in first.headers
+    stored_date = email.utils.parsedate_to_datetime(first.headers["Date"]).timestamp()
+    since = time.strftime(spelling, time.gmtime(stored_date + offset))
+    clock.advance(5)
+    resp, body = await proxy.get("/max-age/60", headers={"If-Modified-Since": since})
+    assert resp.status == status
+    assert "hit" in cache_status(resp).split(";")
+    if status == 304:
+        assert body == b"" and resp.headers["Date"] == first.headers["Date"]
+    assert await origin.hits("/max-age/60") == 1
