@@ -40,6 +40,12 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
 )
 
 
+# Placeholder for this node's name in policy.strip_targeted_fields.
+NODE_NAME = "{name}"
+# RFC 9110 §5.1: a field name is a token.
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key and the file."""
 
@@ -64,7 +70,9 @@ class PolicyConfig:
     heuristic_max: float = 86400.0  # cap on a heuristic lifetime, seconds
     default_ttl: Mapping[int, float] = field(default_factory=dict)  # status -> seconds
     targeted_fields: tuple[str, ...] = ("CDN-Cache-Control", "Surrogate-Control")
-    strip_targeted_fields: bool = True
+    # Fields aimed at this cache alone, removed before delivery; "{name}" is this node's name.
+    # CDN-Cache-Control targets every CDN of a chain and is forwarded (RFC 9213 §1).
+    strip_targeted_fields: tuple[str, ...] = ("Surrogate-Control", "{name}-Cache-Control")
     accept_encodings: tuple[str, ...] = ("br", "gzip")  # Accept-Encoding normalisation order
     # §4.2.4: serve stale even when no-cache / must-revalidate / s-maxage forbid it.
     serve_stale_despite_prohibitions: bool = False
@@ -74,6 +82,10 @@ class PolicyConfig:
     # Response fields carrying purge tags (Surrogate-Key: space separated; Cache-Tag: comma separated).
     tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
     strip_tag_fields: bool = True  # remove them before delivery to clients
+
+    def stripped_targeted_fields(self, node_name: str) -> tuple[str, ...]:
+        """strip_targeted_fields with "{name}" replaced by this node's name."""
+        return tuple(f.replace(NODE_NAME, node_name) for f in self.strip_targeted_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +327,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         heuristic_max=r.non_negative(p, "heuristic_max", pd.heuristic_max, "policy"),
         default_ttl=_default_ttl(r, p.get("default_ttl", {})),
         targeted_fields=r.strings(p, "targeted_fields", pd.targeted_fields, "policy"),
-        strip_targeted_fields=r.boolean(p, "strip_targeted_fields", pd.strip_targeted_fields, "policy"),
+        strip_targeted_fields=_strip_targeted_fields(r, p, pd.strip_targeted_fields),
         accept_encodings=tuple(e.lower() for e in encodings),
         serve_stale_despite_prohibitions=r.boolean(
             p, "serve_stale_despite_prohibitions", pd.serve_stale_despite_prohibitions, "policy"
@@ -497,6 +509,18 @@ def _tier(r: _Reader, raw: object, key: str, d: TierConfig, *, allow_random: boo
         budget=r.size(t, "budget", d.budget, key),
         eviction=cast(EvictionPolicy, eviction),
     )
+
+
+def _strip_targeted_fields(r: _Reader, p: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    key = "policy.strip_targeted_fields"
+    if isinstance(p.get("strip_targeted_fields"), bool):
+        # It was a switch for every targeted field; CDN-Cache-Control is now forwarded (RFC 9213 §1).
+        raise r.error(key, "is now a list of field names, e.g. [Surrogate-Control] ([] strips none)")
+    fields = r.strings(p, "strip_targeted_fields", default, "policy")
+    for name in fields:
+        if not _FIELD_NAME.fullmatch(name.replace(NODE_NAME, "n")):
+            raise r.error(key, f'{name!r} is not a field name ("{NODE_NAME}" stands for this node\'s name)')
+    return fields
 
 
 def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:

@@ -20,7 +20,7 @@ from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import key_host, primary_key, with_variant
+from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
 from proxy.messages import ClientRequest
 from proxy.origin import OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
@@ -106,7 +106,9 @@ class Fetcher:
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
-        targeted = cfg.policy.targeted_fields if cfg.policy.strip_targeted_fields else ()
+        # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
+        targeted = cfg.policy.stripped_targeted_fields(cfg.name)
+        self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
         tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
         self._drop_response = (*targeted, *tags)
 
@@ -124,6 +126,12 @@ class Fetcher:
             # front): its framing goes too, or the origin would wait for the body.
             drop += ("Content-Length",)
         out = end_to_end(headers, drop)
+        if for_cache and "accept-language" in out:
+            # The origin answers the value variants are keyed on (keys.normalise_accept_language),
+            # as it does the reduced Accept-Encoding: requests keyed alike are asked alike.
+            language = normalise_accept_language(", ".join(out.getall("Accept-Language")))
+            if language is not None:
+                out["Accept-Language"] = language
         use_client_host = self.cfg.origin.host_header == "client" and req.host
         out["Host"] = req.host if use_client_host else self.origin_authority
         if req.remote:
@@ -152,14 +160,16 @@ class Fetcher:
         """
         out_headers = self.origin_request_headers(f.client, f.headers, for_cache=True)
         variants = f.resource.variants if f.resource is not None else ()
+        conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
-            out_headers.extend(policy.conditional_headers(f.stale, variants))
+            conditional = policy.conditional_headers(f.stale, variants)
+            out_headers.extend(conditional)
         request_time = self.clock()
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
         resp = await self._send_to_owner_or_origin(f, out_headers)
         if resp.status == 304 and f.stale is not None:
-            return await self._freshen(f, resp, request_time, epoch)
+            return await self._freshen(f, resp, request_time, epoch, conditional)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
@@ -230,7 +240,7 @@ class Fetcher:
             resp.headers,
             request_time,
             response_time,
-            self.cfg.policy,
+            self.policy_config,
         )
         if isinstance(plan, policy.DontStore):
             if f.stale is not None:
@@ -260,21 +270,23 @@ class Fetcher:
         return FetchOutcome(status, shared=entry, leader_cookies=cookies)
 
     async def _freshen(
-        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, sent: Headers
     ) -> FetchOutcome:
-        """RFC 9111 §4.3.4: a 304 updates the stored responses it selects."""
+        """RFC 9111 §4.3.4: a 304 updates the stored responses it selects (`sent`: the validators asked)."""
         assert f.stale is not None
         resp.release()
         response_time = self.clock()
         variants = f.resource.variants if f.resource is not None else (f.stale,)
-        selected = policy.select_for_update(resp.headers, f.stale, variants)
+        selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
             # The 304 matches nothing we hold: fetch the representation whole.
             refetch = FetchRequest(f.client, f.headers, f.key, f.resource, None, f.why, f.directives)
             return await self.fetch(refetch)
         updated: dict[int, StoredResponse] = {}
         for old in selected:
-            plan = policy.freshen(old, resp.headers, f.headers, request_time, response_time, self.cfg.policy)
+            plan = policy.freshen(
+                old, resp.headers, f.headers, request_time, response_time, self.policy_config
+            )
             if isinstance(plan, policy.StorePlan):
                 updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])

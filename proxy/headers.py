@@ -9,13 +9,17 @@ No I/O, no clock, no aiohttp server objects.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
 import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from http_sfv.dictionary import Dictionary as SFDictionary
+from http_sfv.item import Item as SFItem
+from http_sfv.types import Token
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Headers = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -135,12 +139,33 @@ def _parse_cache_control(field_values: tuple[str, ...]) -> Directives:
     return Directives(values, frozenset(duplicates), invalid)
 
 
+# RFC 9213 §2.1: the Structured Fields type each known directive's value must have.
+# delta-seconds (RFC 9111 §1.2.2, RFC 5861) are non-negative Integers; flags are Boolean;
+# no-cache and private are Boolean or a String listing field names. Others take anything.
+_SECONDS = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error"})
+_FLAGS = frozenset(
+    {
+        "no-store",
+        "no-transform",
+        "must-revalidate",
+        "proxy-revalidate",
+        "must-understand",
+        "public",
+        "immutable",
+    }
+)
+_FLAG_OR_FIELD_NAMES = frozenset({"no-cache", "private"})
+
+
 def parse_targeted_field(field_values: Iterable[str]) -> Directives | None:
     """Parse a targeted cache-control field (RFC 9213 §2.1) as an SF Dictionary.
 
-    Returns None when the field is invalid, so that the next targeted field (or
-    Cache-Control) applies. Booleans become valueless directives; integers and
-    strings become their text; parameters are ignored (RFC 9213 §2.1).
+    Returns None when the field is invalid as a whole, so that the next targeted
+    field (or Cache-Control) applies: it does not parse as a Dictionary, or a
+    known directive has a value of the wrong type (max-age="60", max-age=1.5,
+    max-age=-1, max-age=(1 2), no-store=1, ...), which §2.1 says not to consume.
+    Booleans become valueless directives (?0: absent); integers and strings
+    become their text; parameters are ignored.
     """
     joined = ", ".join(field_values)
     if not joined.strip():
@@ -152,30 +177,87 @@ def parse_targeted_field(field_values: Iterable[str]) -> Directives | None:
         return None
     values: dict[str, str | None] = {}
     for name, member in parsed.items():
-        value = getattr(member, "value", None)
+        # An Inner List has no single value; Items carry a bare value (bool is also an int).
+        value = getattr(member, "value", None) if isinstance(member, SFItem) else member
+        if not _expected_type(name, value):
+            return None
         if value is True:
             values[name] = None
         elif value is False:
             continue  # "private=?0" means the directive is absent
         elif isinstance(value, int | str):
             values[name] = str(value)
-        else:
-            # RFC 9213 §2.1: a directive with an unexpected type is ignored.
-            continue
+        # Any other type for an extension directive: ignored, the field still counts.
     return Directives(values)
 
 
-def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date (RFC 9110 §5.6.7, all three formats) as epoch seconds; None if invalid."""
+def _expected_type(name: str, value: object) -> bool:
+    """RFC 9213 §2.1: does a directive's value have the type its definition implies?"""
+    if isinstance(value, bool):
+        return name not in _SECONDS
+    if name in _SECONDS:
+        return isinstance(value, int) and value >= 0
+    if name in _FLAGS:
+        return False
+    if name in _FLAG_OR_FIELD_NAMES:
+        return isinstance(value, str) and not isinstance(value, Token)
+    return True
+
+
+# RFC 9110 §5.6.7: the three formats of an HTTP-date. Names, "GMT" and digits are
+# case-sensitive and exact (%s"..." and DIGIT in the ABNF); one SP between parts.
+_DAY_NAME = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_DAY_NAME_L = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME_OF_DAY = "([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT
+_IMF_FIXDATE = re.compile(rf"{_DAY_NAME}, ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME_OF_DAY} GMT")
+# rfc850-date: Sunday, 06-Nov-94 08:49:37 GMT
+_RFC850_DATE = re.compile(rf"{_DAY_NAME_L}, ([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME_OF_DAY} GMT")
+# asctime-date: Sun Nov  6 08:49:37 1994 (day: 2DIGIT or SP DIGIT)
+_ASCTIME_DATE = re.compile(rf"{_DAY_NAME} {_MONTH} ([0-9]{{2}}| [0-9]) {_TIME_OF_DAY} ([0-9]{{4}})")
+
+
+def parse_http_date(value: str | None, *, now: float) -> float | None:
+    """An HTTP-date as epoch seconds; None unless it is one of the three formats of RFC 9110 §5.6.7.
+
+    IMF-fixdate, the obsolete RFC 850 form and asctime are accepted (recipients
+    MUST accept all three); anything else (another zone, a two-digit year in
+    IMF-fixdate, a missing comma, extra spaces, a one-digit hour, ...) is not a
+    date. `now` places the two-digit year of an RFC 850 date: the year with
+    those digits at most 50 years ahead of it (§5.6.7). The receipt time will do.
+    """
     if not value:
         return None
-    parts = email.utils.parsedate_tz(value.strip())
-    if parts is None or parts[0] < 1900:
+    text = value.strip(" \t")
+    if m := _IMF_FIXDATE.fullmatch(text):
+        day, month, year, hour, minute, second = m.groups()
+    elif m := _ASCTIME_DATE.fullmatch(text):
+        month, day, hour, minute, second, year = m.groups()
+    elif m := _RFC850_DATE.fullmatch(text):
+        day, month, yy, hour, minute, second = m.groups()
+        # The year with these last two digits that is at most 50 years ahead of `now`.
+        this_year = datetime.fromtimestamp(now, UTC).year
+        full = this_year - this_year % 100 + int(yy)
+        if full > this_year + 50:
+            full -= 100
+        elif full <= this_year - 50:
+            full += 100
+        year = str(full)
+    else:
         return None
-    try:
-        return float(email.utils.mktime_tz(parts))
-    except (OverflowError, ValueError):
+    return _timestamp(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+
+
+def _timestamp(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float | None:
+    # §5.6.7: a real calendar day; 00:00:00 to 23:59:60 (a leap second).
+    if year < 1 or not 1 <= day <= calendar.monthrange(year, month)[1]:
         return None
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
 
 
 def format_http_date(timestamp: float) -> str:

@@ -5,7 +5,8 @@ The primary key is the method class (GET and HEAD share one), scheme, host
 or with listed parameters dropped), under a configurable namespace. Variants
 of one key are told apart by the request headers that Vary nominates, after
 normalisation; Accept-Encoding is reduced to one preferred coding first so
-that a thousand browser spellings make one variant.
+that a thousand browser spellings make one variant, and Accept-Language is
+written one canonical way (the origin is sent that same value on cache fetches).
 """
 
 from __future__ import annotations
@@ -133,6 +134,81 @@ def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
     return "identity"
 
 
+# RFC 4647 §2.1: a basic language range; RFC 9110 §12.4.2: a weight.
+_LANGUAGE_RANGE = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*|\*")
+_WEIGHT = re.compile(r"[ \t]*;[ \t]*[qQ]=(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+
+
+def normalise_accept_language(value: str | None) -> str | None:
+    """Accept-Language written one canonical way, or None if it is not a plain list of weighted ranges.
+
+    Only what cannot change the answer of an origin that follows RFC 9110 §12.5.4
+    changes: case (language tags are case-insensitive, RFC 5646 §2.1.1; written in
+    its conventional case, "en-US", "zh-Hant-TW"), spaces, empty list elements,
+    q-value spelling ("q=1.0" and no q are the same; "q=0.50" is "q=0.5"), and the
+    order of ranges with different weights (highest first). Ranges of equal weight
+    keep their order, which some origins read as a preference. Anything else (other
+    parameters, a bad q-value, a range listed twice) returns None: the value is then
+    keyed and forwarded as it is. Memoised for short values.
+    """
+    if value is None:
+        return None
+    if len(value) > 512:
+        return _canonical_accept_language(value)
+    return _memoised_accept_language(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _memoised_accept_language(value: str) -> str | None:
+    return _canonical_accept_language(value)
+
+
+def _canonical_accept_language(value: str) -> str | None:
+    ranges: list[tuple[int, str]] = []  # (weight in thousandths, canonical range)
+    seen: set[str] = set()
+    for element in value.split(","):
+        element = element.strip(" \t")
+        if not element:
+            continue  # RFC 9110 §5.6.1: empty list elements are ignored
+        m = _LANGUAGE_RANGE.match(element)
+        if m is None:
+            return None
+        weight = 1000
+        rest = element[m.end() :]
+        if rest:
+            w = _WEIGHT.fullmatch(rest)
+            if w is None:
+                return None
+            whole, _, fraction = w.group(1).partition(".")
+            weight = int(whole) * 1000 + int((fraction + "000")[:3])
+        tag = _conventional_case(m.group(0))
+        if tag.lower() in seen:
+            return None
+        seen.add(tag.lower())
+        ranges.append((weight, tag))
+    ranges.sort(key=lambda r: -r[0])  # stable: equal weights keep the client's order
+    return ",".join(tag if weight == 1000 else f"{tag};q={_qvalue(weight)}" for weight, tag in ranges)
+
+
+def _conventional_case(tag: str) -> str:
+    """RFC 5646 §2.1.1: language lower, script title, region upper case; from a singleton on, lower."""
+    subtags = tag.lower().split("-")
+    out = [subtags[0]]
+    singleton = len(subtags[0]) == 1  # "x-..." / "i-..." private use and grandfathered tags
+    for sub in subtags[1:]:
+        singleton = singleton or len(sub) == 1
+        if not singleton and len(sub) == 2:
+            sub = sub.upper()
+        elif not singleton and len(sub) == 4 and sub.isalpha():
+            sub = sub.title()
+        out.append(sub)
+    return "-".join(out)
+
+
+def _qvalue(thousandths: int) -> str:
+    return "0" if thousandths == 0 else f"0.{thousandths:03d}".rstrip("0")
+
+
 def vary_names(vary_lines: Iterable[str]) -> tuple[str, ...]:
     """The lower-cased field names a response's Vary nominates ("*" if any is "*")."""
     names: list[str] = []
@@ -159,7 +235,14 @@ def normalise_field_value(lines: list[str]) -> str | None:
 
 def request_vary_values(names: tuple[str, ...], request_headers: Headers) -> tuple[str | None, ...]:
     """The normalised values of the nominated request fields, in `names` order."""
-    return tuple(normalise_field_value(request_headers.getall(name, [])) for name in names)
+    return tuple(_vary_value(name, request_headers.getall(name, [])) for name in names)
+
+
+def _vary_value(name: str, lines: list[str]) -> str | None:
+    value = normalise_field_value(lines)
+    if name == "accept-language" and value is not None:
+        return normalise_accept_language(value) or value
+    return value
 
 
 def variant_matches(variant: StoredResponse, request_headers: Headers) -> bool:
@@ -182,7 +265,7 @@ def select_variant(resource: CachedResource, request_headers: Headers) -> Stored
     for variant in resource.variants:
         if not variant_matches(variant, request_headers):
             continue
-        date = parse_http_date(variant.date)
+        date = parse_http_date(variant.date, now=variant.response_time)
         when = date if date is not None else variant.response_time
         if best is None or when >= best_date:
             best, best_date = variant, when

@@ -35,6 +35,15 @@ from proxy.keys import request_vary_values, vary_names
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
+# RFC 9111 §5.2.2.3: the status codes whose caching requirements this cache implements, so
+# that must-understand lets it store them despite no-store: the final codes of RFC 9110 §15,
+# except 206 (no range bookkeeping here) and 304 (it only updates stored responses).
+UNDERSTOOD_STATUSES = frozenset(
+    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308}
+    | set(range(400, 418))
+    | {421, 422, 426, 500, 501, 502, 503, 504, 505}
+)
+
 # Methods whose responses this cache looks up and stores (RFC 9111 §2, §3).
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -144,17 +153,17 @@ def freshness_lifetime(
     # Step 3: Expires - Date, unless a targeted field replaced Expires (RFC 9213 §2.2).
     expires_lines = headers.getall("Expires", [])
     if expires_lines and not targeted:
-        expires = parse_http_date(expires_lines[0]) if len(expires_lines) == 1 else None
+        expires = parse_http_date(expires_lines[0], now=response_time) if len(expires_lines) == 1 else None
         if expires is None:
             # §5.3: an invalid Expires (e.g. "0") means already expired.
             return Freshness(0.0, "invalid")
-        date = parse_http_date(headers.get("Date")) or response_time
+        date = parse_http_date(headers.get("Date"), now=response_time) or response_time
         return Freshness(max(0.0, expires - date), "expires")
     # Step 4: heuristic freshness (§4.2.2) from Last-Modified, bounded.
     if status in HEURISTICALLY_CACHEABLE or "public" in directives:
-        last_modified = parse_http_date(headers.get("Last-Modified"))
+        last_modified = parse_http_date(headers.get("Last-Modified"), now=response_time)
         if last_modified is not None:
-            date = parse_http_date(headers.get("Date")) or response_time
+            date = parse_http_date(headers.get("Date"), now=response_time) or response_time
             heuristic = max(0.0, date - last_modified) * opts.heuristic_fraction
             return Freshness(min(heuristic, opts.heuristic_max), "heuristic")
     # Step 5: an operator default for this status.
@@ -174,7 +183,7 @@ def age_value(headers: Headers) -> float:
 
 def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:
     """RFC 9111 §4.2.3: max(apparent_age, corrected_age_value)."""
-    date = parse_http_date(headers.get("Date"))
+    date = parse_http_date(headers.get("Date"), now=response_time)
     apparent_age = max(0.0, response_time - date) if date is not None else 0.0
     response_delay = max(0.0, response_time - request_time)
     corrected_age_value = age_value(headers) + response_delay
@@ -235,8 +244,13 @@ def plan_store(
     if "no-store" in req_directives:
         return DontStore("request no-store")
     directives, targeted_field = response_directives(response_headers, opts)
+    # §5.2.2.3: must-understand limits storing to a status this cache understands, and
+    # then it overrides no-store (which accompanies it for caches that do not know it).
+    must_understand = "must-understand" in directives
+    if must_understand and status not in UNDERSTOOD_STATUSES:
+        return DontStore("must-understand")
     # §5.2.2.5: response no-store.
-    if "no-store" in directives:
+    if "no-store" in directives and not must_understand:
         return DontStore("no-store")
     # §5.2.2.7: a shared cache never stores an unqualified private response.
     if "private" in directives and not directives.field_names("private"):
@@ -275,11 +289,12 @@ def plan_store(
     # Tags are kept in `tags` for purge; by default clients never see them (requirements §6).
     if opts.strip_tag_fields:
         drop.update(n.lower() for n in opts.tag_fields)
-    if opts.strip_targeted_fields:
-        drop.update(n.lower() for n in opts.targeted_fields)
+    # Fields aimed at this cache alone (RFC 9213 §1: CDN-Cache-Control goes on downstream).
+    drop.update(n.lower() for n in opts.strip_targeted_fields)
     stored = end_to_end(response_headers, drop)
-    if "date" not in stored:
-        # RFC 9110 §6.6.1: a recipient with a clock adds Date.
+    if parse_http_date(stored.get("Date"), now=response_time) is None:
+        # RFC 9110 §6.6.1: a recipient with a clock adds Date, and may replace an invalid one
+        # with the receipt time (what freshness and age above already counted from).
         stored["Date"] = format_http_date(response_time)
 
     template = StoredResponse(
@@ -473,10 +488,37 @@ def conditional_headers(entry: StoredResponse, variants: tuple[StoredResponse, .
 
 
 def select_for_update(
-    not_modified_headers: Headers, revalidated: StoredResponse, variants: tuple[StoredResponse, ...]
+    not_modified_headers: Headers,
+    revalidated: StoredResponse,
+    variants: tuple[StoredResponse, ...],
+    sent: Headers,
 ) -> list[StoredResponse]:
-    """RFC 9111 §4.3.4: which stored responses a 304 freshens."""
+    """RFC 9111 §4.3.4: which stored responses a 304 freshens.
+
+    `revalidated` is the response the conditional request was made for, `sent`
+    the validators it carried (conditional_headers). A 304 without a validator
+    (many origins omit it) stands for the one validator the request carried:
+    the 304 says that validator matched (RFC 9110 §15.4.5). When the request
+    carried several entity-tags it is ambiguous, and selects nothing.
+    """
     etag = not_modified_headers.get("ETag")
+    last_modified = not_modified_headers.get("Last-Modified")
+    if etag is None and last_modified is None:
+        # If-None-Match is evaluated first, If-Modified-Since only without it (RFC 9110 §13.2.2).
+        if "if-none-match" in sent:
+            tags = parse_etags(sent.get("If-None-Match")) or []
+            if len(tags) != 1:
+                return []
+            etag = tags[0]
+        else:
+            since = sent.get("If-Modified-Since")
+            if since is None:
+                return []
+            if since != revalidated.last_modified:
+                # The revalidated response's Date stood in for a validator it lacks (§4.3.1).
+                lacks = revalidated.etag is None and revalidated.last_modified is None
+                return [revalidated] if lacks and since == revalidated.date else []
+            last_modified = since
     if etag is not None:
         etag = etag.strip()
         if not etag.startswith("W/"):
@@ -485,15 +527,9 @@ def select_for_update(
         # A weak validator selects the most recent matching stored response.
         matching = [v for v in variants if v.etag is not None and weak_match(v.etag, etag)]
         return [max(matching, key=lambda v: v.response_time)] if matching else []
-    last_modified = not_modified_headers.get("Last-Modified")
-    if last_modified is not None:
-        # Last-Modified is a weak validator (RFC 9110 §8.8.2.2): the most recent match only.
-        dated = [v for v in variants if v.last_modified == last_modified]
-        return [max(dated, key=lambda v: v.response_time)] if dated else []
-    # No validator: only a sole stored response that lacks validators too.
-    if len(variants) == 1 and revalidated.etag is None and revalidated.last_modified is None:
-        return [revalidated]
-    return []
+    # Last-Modified is a weak validator (RFC 9110 §8.8.2.2): the most recent match only.
+    dated = [v for v in variants if v.last_modified == last_modified]
+    return [max(dated, key=lambda v: v.response_time)] if dated else []
 
 
 def freshen(
@@ -554,10 +590,12 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
         if tags == ["*"]:
             return True
         return entry.etag is not None and any(weak_match(t, entry.etag) for t in tags)
-    ims = parse_http_date(request_headers.get("If-Modified-Since"))
+    # The receipt time stands in for now when placing a two-digit RFC 850 year.
+    when = entry.response_time
+    ims = parse_http_date(request_headers.get("If-Modified-Since"), now=when)
     if ims is None:
         return False
-    modified = parse_http_date(entry.last_modified) or parse_http_date(entry.date)
+    modified = parse_http_date(entry.last_modified, now=when) or parse_http_date(entry.date, now=when)
     return modified is not None and modified <= ims
 
 

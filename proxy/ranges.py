@@ -81,6 +81,6 @@ def if_range_allows(value: str | None, entry: StoredResponse) -> bool:
     value = value.strip()
     if value.startswith(('"', "W/")):
         return entry.etag is not None and strong_match(value, entry.etag)
-    when = parse_http_date(value)
-    last_modified = parse_http_date(entry.last_modified)
+    when = parse_http_date(value, now=entry.response_time)
+    last_modified = parse_http_date(entry.last_modified, now=entry.response_time)
     return when is not None and last_modified is not None and when == last_modified

@@ -60,6 +60,7 @@ keys: {namespace: v2, sort_query: true, ignore_query_params: [utm_*, fbclid]}
 policy:
   default_ttl: {200: 60, 404: 10}
   targeted_fields: [Edge-Cache-Control, CDN-Cache-Control]
+  strip_targeted_fields: [Edge-Cache-Control, "{name}-Tier-Control"]
   accept_encodings: [GZIP]
   honour_request_directives: false
 """,
@@ -81,6 +82,8 @@ policy:
     )
     assert cfg.policy.default_ttl == {200: 60.0, 404: 10.0}
     assert cfg.policy.targeted_fields == ("Edge-Cache-Control", "CDN-Cache-Control")
+    assert cfg.policy.strip_targeted_fields == ("Edge-Cache-Control", "{name}-Tier-Control")
+    assert cfg.policy.stripped_targeted_fields(cfg.name) == ("Edge-Cache-Control", "edge-7-Tier-Control")
     assert cfg.policy.accept_encodings == ("gzip",)
     assert cfg.policy.honour_request_directives is False
 
@@ -149,6 +152,14 @@ ERRORS = [
     ),
     pytest.param(
         "policy: {accept_encodings: [identity]}\n", "policy.accept_encodings", id="accept-encoding-name"
+    ),
+    pytest.param(
+        "policy: {strip_targeted_fields: true}\n", "policy.strip_targeted_fields", id="strip-was-a-switch"
+    ),
+    pytest.param(
+        "policy: {strip_targeted_fields: [Edge Control]}\n",
+        "policy.strip_targeted_fields",
+        id="strip-not-a-name",
     ),
     pytest.param("name: '1 edge'\n", "name", id="bad-name"),
     pytest.param("log: {level: LOUD}\n", "log.level", id="bad-log-level"),

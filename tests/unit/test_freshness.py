@@ -149,12 +149,23 @@ def test_rfc9213_s2_2_invalid_targeted_field_falls_back_to_the_next_one() -> Non
     [
         pytest.param("MAX-AGE=60", id="9213-2.1-invalid"),
         pytest.param("", id="9213-2.1-empty"),
+        pytest.param('max-age="10000"', id="9213-2.1-max-age-string"),
+        pytest.param("max-age=10000.0", id="9213-2.1-max-age-decimal"),
+        pytest.param("max-age=-10000", id="9213-2.1-max-age-negative"),
+        pytest.param("max-age=(10000)", id="9213-2.1-max-age-inner-list"),
+        pytest.param('max-age=10000, no-store="x"', id="9213-2.1-one-bad-member-spoils-all"),
     ],
 )
 def test_rfc9213_s2_2_invalid_targeted_field_falls_back_to_cache_control(targeted: str) -> None:
     pairs = [DATE, ("CDN-Cache-Control", targeted), ("Cache-Control", "max-age=30"), ("Expires", "0")]
     assert lifetime(hdrs(*pairs)) == Freshness(30.0, "max-age")
     assert response_directives(hdrs(*pairs), DEFAULTS)[1] is None
+
+
+def test_rfc9213_s2_1_wrong_type_falls_back_to_the_next_targeted_field() -> None:
+    pairs = [DATE, ("CDN-Cache-Control", 'max-age="10000"'), ("Surrogate-Control", "max-age=20")]
+    assert lifetime(hdrs(*pairs)) == Freshness(20.0, "max-age")
+    assert response_directives(hdrs(*pairs), DEFAULTS)[1] == "Surrogate-Control"
 
 
 def test_rfc9213_s2_2_first_configured_field_wins() -> None:
@@ -194,6 +205,70 @@ def test_rfc9111_s4_2_1_invalid_freshness_information_is_stale(pairs: list[tuple
     assert lifetime(hdrs(*pairs)) == Freshness(0.0, "invalid")
 
 
+# RFC 9111 §5.3: "A cache recipient MUST interpret invalid date formats ... as representing a time
+# in the past". Each of these spells Fri, 24 Nov 2023 (ten days after NOW) in a form that is not
+# one of RFC 9110 §5.6.7's three, so a lenient parser would give ten days of freshness.
+INVALID_EXPIRES = [
+    pytest.param("Fri, 24 Nov 2023 22:13:20 UTC", id="9111-5.3-utc-zone"),
+    pytest.param("Fri, 24 Nov 2023 22:13:20 AEST", id="9111-5.3-aest-zone"),
+    pytest.param("Fri, 24 Nov 2023 22:13:20 +0000", id="9111-5.3-numeric-zone"),
+    pytest.param("Fri, 24 Nov 23 22:13:20 GMT", id="9111-5.3-imf-fixdate-two-digit-year"),
+    pytest.param("Fri 24 Nov 2023 22:13:20 GMT", id="9111-5.3-no-comma"),
+    pytest.param("Fri,  24 Nov  2023 22:13:20 GMT", id="9111-5.3-several-spaces"),
+    pytest.param("Fri, 24-Nov-2023 22:13:20 GMT", id="9111-5.3-dashes-in-the-date"),
+    pytest.param("Fri, 24 Nov 2023 22.13.20 GMT", id="9111-5.3-dots-in-the-time"),
+    pytest.param("Sat, 25 Nov 2023 9:13:20 GMT", id="9111-5.3-one-digit-hour"),
+    pytest.param("fri, 24 nov 2023 22:13:20 gmt", id="9111-5.3-lower-case-names"),
+    pytest.param("2023-11-24T22:13:20Z", id="9111-5.3-iso-8601"),
+    pytest.param("Fri, 31 Nov 2023 22:13:20 GMT", id="9111-5.3-no-such-day"),
+]
+
+
+@pytest.mark.parametrize("expires", INVALID_EXPIRES)
+def test_rfc9111_s5_3_invalid_expires_is_already_expired(expires: str) -> None:
+    assert lifetime(hdrs(DATE, ("Expires", expires))) == Freshness(0.0, "invalid")
+
+
+VALID_EXPIRES = [
+    # RFC 9110 §5.6.7: recipients MUST accept all three formats (ten days after NOW each).
+    pytest.param("Fri, 24 Nov 2023 22:13:20 GMT", id="9110-5.6.7-imf-fixdate"),
+    pytest.param("Friday, 24-Nov-23 22:13:20 GMT", id="9110-5.6.7-rfc850"),
+    pytest.param("Fri Nov 24 22:13:20 2023", id="9110-5.6.7-asctime"),
+]
+
+
+@pytest.mark.parametrize("expires", VALID_EXPIRES)
+def test_rfc9110_s5_6_7_every_date_format_gives_expires_freshness(expires: str) -> None:
+    assert lifetime(hdrs(DATE, ("Expires", expires))) == Freshness(10 * DAY, "expires")
+
+
+# The other HTTP-date fields of a response go through the same parser (RFC 9110 §5.6.7):
+# the obsolete formats still count, an invalid value counts as absent.
+OTHER_DATE_FIELDS = [
+    # (Date, Last-Modified, lifetime): heuristic 10% of Date - Last-Modified (10 000 s -> 1000 s).
+    pytest.param(
+        "Tuesday, 14-Nov-23 22:13:20 GMT", "Tue Nov 14 19:26:40 2023", 1000, id="9110-5.6.7-obsolete-formats"
+    ),
+    pytest.param(
+        "Tue, 14 Nov 2023 23:13:20 UTC", http_date(NOW - 10_000), 1000, id="9110-6.6.1-invalid-date-is-now"
+    ),
+    pytest.param(
+        http_date(NOW), "Tue, 14 Nov 2023 19:26:40 UTC", None, id="9111-4.2.2-invalid-last-modified"
+    ),
+]
+
+
+@pytest.mark.parametrize(("date", "last_modified", "expected"), OTHER_DATE_FIELDS)
+def test_rfc9110_s5_6_7_date_and_last_modified_formats(
+    date: str, last_modified: str, expected: float | None
+) -> None:
+    result = lifetime(hdrs(("Date", date), ("Last-Modified", last_modified)))
+    if expected is None:
+        assert result.source == "none"
+    else:
+        assert result == Freshness(expected, "heuristic")
+
+
 # --------------------------------------------------------------------------- age (RFC 9111 §4.2.3)
 
 AGES = [
@@ -213,6 +288,12 @@ AGES = [
     ),
     pytest.param(
         [("Date", http_date(NOW + 100))], NOW - 1, NOW, 1, id="9111-4.2.3-date-in-future-apparent-age-0"
+    ),
+    pytest.param(
+        [("Date", "Tuesday, 14-Nov-23 22:11:40 GMT")], NOW, NOW, 100, id="9110-5.6.7-rfc850-date-counts"
+    ),
+    pytest.param(
+        [("Date", "Tue, 14 Nov 2023 22:11:40 UTC")], NOW, NOW, 0, id="9110-5.6.7-invalid-date-no-apparent-age"
     ),
     pytest.param([("Age", "abc")], NOW - 1, NOW, 1, id="9111-5.1-invalid-age-ignored"),
     pytest.param([("Age", "-5")], NOW, NOW, 0, id="9111-5.1-negative-age-ignored"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import time
 from collections.abc import Iterator
 
@@ -130,8 +131,13 @@ TARGETED = [
     pytest.param(['private="set-cookie"'], {"private": "set-cookie"}, id="9213-2.1-string"),
     pytest.param(["foo=bar"], {"foo": "bar"}, id="9213-2.1-token"),
     pytest.param(["max-age=60;x=1"], {"max-age": "60"}, id="9213-2.1-parameters-ignored"),
-    pytest.param(["max-age=1.5, public"], {"public": None}, id="9213-2.1-decimal-directive-ignored"),
-    pytest.param(["private=(a b), max-age=5"], {"max-age": "5"}, id="9213-2.1-inner-list-ignored"),
+    pytest.param(["max-age=0"], {"max-age": "0"}, id="9213-2.1-zero-integer"),
+    pytest.param(
+        ["no-cache, private"], {"no-cache": None, "private": None}, id="9213-2.1-flag-or-string-as-flag"
+    ),
+    pytest.param(['no-cache="a, b"'], {"no-cache": "a, b"}, id="9213-2.1-field-names-string"),
+    pytest.param(["foo=1.5, public"], {"public": None}, id="9213-2.1-extension-of-any-type-ignored"),
+    pytest.param(["foo=(a b), max-age=5"], {"max-age": "5"}, id="9213-2.1-extension-inner-list-ignored"),
     pytest.param(["max-age=60", "public"], {"max-age": "60", "public": None}, id="9213-2.1-lines-combined"),
     pytest.param(["none"], {"none": None}, id="9213-3.1-unknown-directive-still-valid"),
 ]
@@ -156,7 +162,37 @@ def test_rfc9213_targeted_field_parsed(lines: list[str], expected: dict[str, str
         pytest.param([], id="9213-2.1-absent"),
     ],
 )
-def test_rfc9213_invalid_targeted_field_is_none(lines: list[str]) -> None:
+def test_rfc9213_unparsable_targeted_field_is_none(lines: list[str]) -> None:
+    assert parse_targeted_field(lines) is None
+
+
+# RFC 9213 §2.1: a known directive whose value has another type than its definition implies
+# ("SHOULD NOT consume values that violate these inferred constraints") makes the field invalid
+# as a whole, so Cache-Control applies (see test_freshness / test_storability).
+WRONG_TYPES = [
+    pytest.param(['max-age="10000"'], id="9213-2.1-max-age-string"),
+    pytest.param(["max-age=ten"], id="9213-2.1-max-age-token"),
+    pytest.param(["max-age=1.5"], id="9213-2.1-max-age-decimal"),
+    pytest.param(["max-age=-1"], id="9213-2.1-max-age-negative"),
+    pytest.param(["max-age=(1 2)"], id="9213-2.1-max-age-inner-list"),
+    pytest.param(["max-age"], id="9213-2.1-max-age-without-value"),
+    pytest.param(["max-age=?0"], id="9213-2.1-max-age-boolean"),
+    pytest.param(["max-age=:AAAA:"], id="9213-2.1-max-age-byte-sequence"),
+    pytest.param(['s-maxage="60"'], id="9213-2.1-s-maxage-string"),
+    pytest.param(["stale-while-revalidate=1.0"], id="5861-3-swr-decimal"),
+    pytest.param(["stale-if-error=-5"], id="5861-4-sie-negative"),
+    pytest.param(["no-store=1"], id="9213-2.1-no-store-integer"),
+    pytest.param(['public="yes"'], id="9213-2.1-public-string"),
+    pytest.param(["must-revalidate=(a)"], id="9213-2.1-must-revalidate-inner-list"),
+    pytest.param(["no-cache=set-cookie"], id="9213-2.1-no-cache-token"),
+    pytest.param(["private=(a b)"], id="9213-2.1-private-inner-list"),
+    pytest.param(["private=3"], id="9213-2.1-private-integer"),
+    pytest.param(["max-age=60", 'public, s-maxage="5"'], id="9213-2.1-any-line-spoils-the-field"),
+]
+
+
+@pytest.mark.parametrize("lines", WRONG_TYPES)
+def test_rfc9213_s2_1_wrong_member_type_invalidates_the_field(lines: list[str]) -> None:
     assert parse_targeted_field(lines) is None
 
 
@@ -178,6 +214,10 @@ def far_from_utc() -> Iterator[None]:
         time.tzset()
 
 
+# Two-digit RFC 850 years are placed relative to the receipt time (§5.6.7); 2023 here.
+RECEIVED = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
+
+
 @pytest.mark.usefixtures("far_from_utc")
 @pytest.mark.parametrize(
     "value",
@@ -185,31 +225,81 @@ def far_from_utc() -> Iterator[None]:
         pytest.param("Sun, 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-imf-fixdate"),
         pytest.param("Sunday, 06-Nov-94 08:49:37 GMT", id="9110-5.6.7-rfc850"),
         pytest.param("Sun Nov  6 08:49:37 1994", id="9110-5.6.7-asctime-is-utc"),
-        pytest.param("  Sun, 06 Nov 1994 08:49:37 GMT ", id="9110-5.6.7-surrounding-whitespace"),
+        pytest.param("Sun Nov 06 08:49:37 1994", id="9110-5.6.7-asctime-2digit-day"),
+        pytest.param("  Sun, 06 Nov 1994 08:49:37 GMT ", id="9110-5.5-surrounding-whitespace"),
+        pytest.param("\tSun, 06 Nov 1994 08:49:37 GMT", id="9110-5.5-surrounding-tab"),
     ],
 )
 def test_rfc9110_s5_6_7_date_formats(value: str) -> None:
-    assert parse_http_date(value) == SUNDAY
+    assert parse_http_date(value, now=RECEIVED) == SUNDAY
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param("0", id="9111-5.3-zero"),
-        pytest.param("-1", id="9110-5.6.7-negative"),
-        pytest.param("", id="9110-5.6.7-empty"),
-        pytest.param(None, id="9110-5.6.7-absent"),
-        pytest.param("yesterday", id="9110-5.6.7-words"),
-        pytest.param("Sun, 06 Foo 1994 08:49:37 GMT", id="9110-5.6.7-bad-month"),
-    ],
-)
+# RFC 9110 §5.6.7: only the three formats are HTTP-dates; RFC 9111 §5.3 then makes such an
+# Expires "already expired" (see test_freshness), and If-Modified-Since is ignored (§13.1.3).
+INVALID_DATES = [
+    pytest.param("0", id="9111-5.3-zero"),
+    pytest.param("-1", id="9110-5.6.7-negative"),
+    pytest.param("", id="9110-5.6.7-empty"),
+    pytest.param(None, id="9110-5.6.7-absent"),
+    pytest.param("yesterday", id="9110-5.6.7-words"),
+    pytest.param("Sun, 06 Foo 1994 08:49:37 GMT", id="9110-5.6.7-bad-month"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 UTC", id="9110-5.6.7-utc-not-gmt"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 AEST", id="9110-5.6.7-aest-zone"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 +0000", id="9110-5.6.7-numeric-zone"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37", id="9110-5.6.7-no-zone"),
+    pytest.param("Sun, 06 Nov 94 08:49:37 GMT", id="9110-5.6.7-imf-fixdate-two-digit-year"),
+    pytest.param("Sun 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-no-comma"),
+    pytest.param("Sun,  06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-two-spaces-after-comma"),
+    pytest.param("Sun, 06  Nov  1994  08:49:37  GMT", id="9110-5.6.7-several-spaces"),
+    pytest.param("Sun, 06-Nov-1994 08:49:37 GMT", id="9110-5.6.7-dashes-in-imf-fixdate"),
+    pytest.param("Sun, 06 Nov 1994 08.49.37 GMT", id="9110-5.6.7-dots-in-time"),
+    pytest.param("Sun, 06 Nov 1994 8:49:37 GMT", id="9110-5.6.7-one-digit-hour"),
+    pytest.param("Sun, 6 Nov 1994 08:49:37 GMT", id="9110-5.6.7-one-digit-day"),
+    pytest.param("Sun, 06 Nov 1994 08:49 GMT", id="9110-5.6.7-no-seconds"),
+    pytest.param("sun, 06 nov 1994 08:49:37 gmt", id="9110-5.6.7-names-are-case-sensitive"),
+    pytest.param("Sunday, 06 Nov 1994 08:49:37 GMT", id="9110-5.6.7-long-day-name-in-imf-fixdate"),
+    pytest.param("Sun, 06-Nov-94 08:49:37 GMT", id="9110-5.6.7-rfc850-short-day-name"),
+    pytest.param("Sunday, 06-Nov-1994 08:49:37 GMT", id="9110-5.6.7-rfc850-four-digit-year"),
+    pytest.param("Sun Nov 6 08:49:37 1994", id="9110-5.6.7-asctime-one-space-before-one-digit-day"),
+    pytest.param("Sun Nov  6 08:49:37 1994 GMT", id="9110-5.6.7-asctime-with-zone"),
+    pytest.param("1994-11-06T08:49:37Z", id="9110-5.6.7-iso-8601"),
+    pytest.param("Sun, 31 Nov 1994 08:49:37 GMT", id="9110-5.6.7-no-such-day"),
+    pytest.param("Sun, 06 Nov 1994 24:00:00 GMT", id="9110-5.6.7-hour-24"),
+    pytest.param("Sun, 06 Nov 1994 08:60:00 GMT", id="9110-5.6.7-minute-60"),
+    pytest.param("Sun, 06 Nov 1994 08:49:37 GMT junk", id="9110-5.6.7-trailing-text"),
+    pytest.param("Sun, \u0660\u0666 Nov 1994 08:49:37 GMT", id="9110-5.6.7-non-ascii-digits"),
+]
+
+
+@pytest.mark.parametrize("value", INVALID_DATES)
 def test_rfc9110_s5_6_7_invalid_date_is_none(value: str | None) -> None:
-    assert parse_http_date(value) is None
+    assert parse_http_date(value, now=RECEIVED) is None
+
+
+RFC850_YEARS = [
+    # (two-digit year, receipt time, year it means): §5.6.7 "more than 50 years in the future" is the past.
+    pytest.param("94", RECEIVED, 1994, id="9110-5.6.7-rfc850-past-century"),
+    pytest.param("23", RECEIVED, 2023, id="9110-5.6.7-rfc850-this-year"),
+    pytest.param("73", RECEIVED, 2073, id="9110-5.6.7-rfc850-50-years-ahead-is-future"),
+    pytest.param("74", RECEIVED, 1974, id="9110-5.6.7-rfc850-51-years-ahead-is-past"),
+    pytest.param("01", 946_684_800.0 - 86_400, 2001, id="9110-5.6.7-rfc850-across-the-century"),
+]
+
+
+@pytest.mark.parametrize(("yy", "received", "year"), RFC850_YEARS)
+def test_rfc9110_s5_6_7_rfc850_two_digit_year(yy: str, received: float, year: int) -> None:
+    expected = calendar.timegm((year, 11, 6, 8, 49, 37, 0, 0, 0))
+    # The day name is not checked against the date (the ABNF has no such rule).
+    assert parse_http_date(f"Sunday, 06-Nov-{yy} 08:49:37 GMT", now=received) == expected
+
+
+def test_rfc9110_s5_6_7_leap_second_accepted() -> None:
+    assert parse_http_date("Sat, 31 Dec 2016 23:59:60 GMT", now=RECEIVED) == 1_483_228_800.0
 
 
 def test_rfc9110_s5_6_7_format_is_imf_fixdate() -> None:
     assert format_http_date(SUNDAY) == "Sun, 06 Nov 1994 08:49:37 GMT"
-    assert parse_http_date(format_http_date(1_700_000_000.0)) == 1_700_000_000.0
+    assert parse_http_date(format_http_date(RECEIVED), now=RECEIVED) == RECEIVED
 
 
 # --------------------------------------------------------------------------- entity-tags (RFC 9110 §8.8.3)

@@ -11,8 +11,10 @@ from proxy.config import KeyConfig
 from proxy.entry import CachedResource, StoredResponse
 from proxy.keys import (
     normalise_accept_encoding,
+    normalise_accept_language,
     normalise_field_value,
     primary_key,
+    request_vary_values,
     select_variant,
     variant_matches,
     vary_names,
@@ -155,6 +157,67 @@ def test_requirements_s11_browser_spellings_collapse_to_one_variant() -> None:
 
 def test_accept_encoding_configured_order_wins() -> None:
     assert normalise_accept_encoding("br, gzip", ("gzip", "br")) == "gzip"
+
+
+# ------------------------------------------------------ Accept-Language (RFC 9110 §12.5.4, RFC 4647)
+
+AL = [
+    pytest.param("en-US,en;q=0.9", "en-US,en;q=0.9", id="chrome-spelling-unchanged"),
+    pytest.param("en-US,en;q=0.5", "en-US,en;q=0.5", id="firefox-spelling-unchanged"),
+    pytest.param("EN-us, En;Q=0.90", "en-US,en;q=0.9", id="5646-2.1.1-case-and-q-spelling"),
+    pytest.param("zh-hant-tw", "zh-Hant-TW", id="5646-2.1.1-script-title-region-upper"),
+    pytest.param("de-CH-x-PHONEBK", "de-CH-x-phonebk", id="5646-2.1.1-private-use-lower"),
+    pytest.param("X-Klingon, i-ENOCHIAN", "x-klingon,i-enochian", id="5646-2.1.1-leading-singleton"),
+    pytest.param("en ;\tq=0.8 ,  fr", "fr,en;q=0.8", id="9110-5.6.3-ows-and-weight-order"),
+    pytest.param("en;q=1.000, fr;q=1", "en,fr", id="9110-12.4.2-q1-is-no-q"),
+    pytest.param("da, en-gb;q=0.8, en;q=0.7", "da,en-GB;q=0.8,en;q=0.7", id="9110-12.5.4-rfc-example"),
+    pytest.param("fr, de;q=0.5, en", "fr,en,de;q=0.5", id="9110-12.4.2-higher-weight-first"),
+    pytest.param("de, fr", "de,fr", id="9110-12.5.4-equal-weights-keep-order"),
+    pytest.param("en;q=0.0, *", "*,en;q=0", id="9110-12.4.2-q0-kept-last"),
+    pytest.param("en,, ,fr", "en,fr", id="9110-5.6.1-empty-elements"),
+    pytest.param("", "", id="9110-5.6.1-empty-list"),
+    pytest.param(None, None, id="absent"),
+    pytest.param("en;level=1", None, id="other-parameter-not-normalised"),
+    pytest.param("en;q=1.5", None, id="9110-12.4.2-bad-qvalue-not-normalised"),
+    pytest.param("en;q=0.5555", None, id="9110-12.4.2-four-decimals-not-normalised"),
+    pytest.param("en, EN;q=0.5", None, id="range-twice-not-normalised"),
+    pytest.param("en_US", None, id="4647-2.1-not-a-language-range"),
+    pytest.param("toolongsubtag", None, id="4647-2.1-subtag-over-8"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), AL)
+def test_rfc9110_s12_5_4_accept_language_canonical(value: str | None, expected: str | None) -> None:
+    assert normalise_accept_language(value) == expected
+    if expected is not None:
+        assert normalise_accept_language(expected) == expected  # a fixed point: forwarding it is stable
+
+
+# Vary: Accept-Language matching (RFC 9111 §4.1 "normalizing both header field values in a way that
+# is known to have identical semantics"): two requests share a variant only when any origin that
+# follows RFC 9110 answers them alike. The origin is sent the normalised value, so it answers the
+# very value a variant is keyed on (tests/functional/test_rfc_conformance.py).
+AL_VARY = [
+    # (the request that stored the variant, a later request, same variant?)
+    pytest.param("en-US,en;q=0.9", "en-us, EN;q=0.90", True, id="9111-4.1-case-spaces-q-spelling"),
+    pytest.param("en;q=0.9, en-US", "en-US,en;q=0.9", True, id="9111-4.1-order-by-weight"),
+    pytest.param("de;q=1.0", "de", True, id="9111-4.1-q1-is-no-q"),
+    pytest.param("de, fr", "fr, de", False, id="9111-4.1-equal-weights-order-kept"),
+    pytest.param("de, fr;q=0.5", "de, fr;q=0.4", False, id="9111-4.1-different-weights"),
+    pytest.param("de, fr;q=0", "de", False, id="9111-4.1-q0-is-not-absence"),
+    pytest.param("en-GB", "en", False, id="9111-4.1-different-ranges"),
+    pytest.param("en;level=1,fr", "en;level=1,   fr", True, id="9111-4.1-unknown-form-whitespace-only"),
+    pytest.param("en;level=1", "EN;level=1", False, id="9111-4.1-unknown-form-case-kept"),
+]
+
+
+@pytest.mark.parametrize(("stored_with", "later", "same"), AL_VARY)
+def test_rfc9111_s4_1_accept_language_vary_matching(stored_with: str, later: str, same: bool) -> None:
+    names = ("accept-language",)
+    variant = entry(
+        vary_names=names, vary_values=request_vary_values(names, hdrs(("Accept-Language", stored_with)))
+    )
+    assert variant_matches(variant, hdrs(("Accept-Language", later))) is same
 
 
 # --------------------------------------------------------------------------- Vary (RFC 9111 §4.1)

@@ -380,25 +380,161 @@ def test_rfc9110_s6_6_1_date_added_when_missing() -> None:
     assert e.date == http_date(NOW + 3)
 
 
+@pytest.mark.parametrize(
+    "date",
+    [
+        pytest.param("Tue, 14 Nov 2023 22:13:13 UTC", id="9110-6.6.1-utc-zone"),
+        pytest.param("yesterday", id="9110-6.6.1-words"),
+        pytest.param("0", id="9110-6.6.1-zero"),
+    ],
+)
+def test_rfc9110_s6_6_1_invalid_date_replaced_by_receipt_time(date: str) -> None:
+    e = stored(hdrs(("Cache-Control", "max-age=60"), ("Date", date)), response_time=NOW + 3)
+    assert [v for n, v in e.headers if n.lower() == "date"] == [http_date(NOW + 3)]
+    assert e.date == http_date(NOW + 3)
+
+
 def test_rfc9110_s6_6_1_origin_date_kept() -> None:
     e = stored(hdrs(("Cache-Control", "max-age=60"), ("date", http_date(NOW - 7))))
     dates = [v for n, v in e.headers if n.lower() == "date"]
     assert dates == [http_date(NOW - 7)]
 
 
-def test_rfc9213_targeted_fields_stripped_and_cache_control_passed_through() -> None:
+MUST_UNDERSTAND = [
+    # (status, response fields, request Cache-Control, plan): RFC 9111 §5.2.2.3, "the cache SHOULD
+    # ignore the no-store directive if it understands and implements the status code's caching
+    # requirements"; §3: with must-understand, only a status the cache understands is stored.
+    pytest.param(200, [("Cache-Control", "must-understand, no-store, max-age=60")], None, None, id="200"),
+    pytest.param(404, [("Cache-Control", "must-understand, no-store, max-age=60")], None, None, id="404"),
+    pytest.param(
+        200, [("Cache-Control", "no-store, must-understand"), ("ETag", '"a"')], None, None, id="200-validator"
+    ),
+    pytest.param(
+        299,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        DontStore("must-understand"),
+        id="299-not-understood",
+    ),
+    pytest.param(
+        299,
+        [("Cache-Control", "must-understand, max-age=60")],
+        None,
+        DontStore("must-understand"),
+        id="299-alone",
+    ),
+    pytest.param(
+        206,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        DontStore("status 206"),
+        id="206",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "must-understand, no-store, private, max-age=60")],
+        None,
+        DontStore("private"),
+        id="still-private",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "must-understand, no-store, max-age=60")],
+        "no-store",
+        DontStore("request no-store"),
+        id="request-no-store-still-wins",
+    ),
+    pytest.param(
+        200,
+        [("Cache-Control", "no-store"), ("CDN-Cache-Control", "must-understand, no-store, max-age=60")],
+        None,
+        None,
+        id="9213-targeted-field",
+    ),
+    pytest.param(299, [("Cache-Control", "max-age=60")], None, None, id="9111-3-unknown-status-without-it"),
+]
+
+
+@pytest.mark.parametrize(("status", "pairs", "request_cc", "expected"), MUST_UNDERSTAND)
+def test_rfc9111_s5_2_2_3_must_understand(
+    status: int, pairs: list[tuple[str, str]], request_cc: str | None, expected: DontStore | None
+) -> None:
+    result = plan(hdrs(*pairs), status=status, request_cc=request_cc)
+    if expected is None:
+        assert _is_stored(result), result
+    else:
+        assert result == expected
+
+
+TARGETED_TYPES = [
+    # (CDN-Cache-Control value, stored?) next to Cache-Control: no-store (RFC 9213 §2.1: a field
+    # with a wrongly typed member is ignored as a whole, and then Cache-Control applies).
+    pytest.param("max-age=10000", True, id="9213-2.2-valid-field-overrides-no-store"),
+    pytest.param('max-age="10000"', False, id="9213-2.1-string-max-age-ignored"),
+    pytest.param("max-age=10000.5", False, id="9213-2.1-decimal-max-age-ignored"),
+    pytest.param("max-age=-1", False, id="9213-2.1-negative-max-age-ignored"),
+    pytest.param("max-age=(10000)", False, id="9213-2.1-inner-list-max-age-ignored"),
+    pytest.param("max-age=10000, public=1", False, id="9213-2.1-integer-flag-ignored"),
+]
+
+
+@pytest.mark.parametrize(("targeted", "expected"), TARGETED_TYPES)
+def test_rfc9213_s2_1_wrongly_typed_targeted_field_leaves_cache_control_in_charge(
+    targeted: str, expected: bool
+) -> None:
+    result = plan(hdrs(("Cache-Control", "no-store"), ("CDN-Cache-Control", targeted)))
+    assert _is_stored(result) is expected
+    if not expected:
+        assert result == DontStore("no-store")
+
+
+STRIPPED = [
+    # (strip_targeted_fields, fields that reach clients): RFC 9213 §1, CDN-Cache-Control targets
+    # every CDN in a chain and goes on downstream; only fields aimed at this cache alone are removed.
+    pytest.param(
+        DEFAULTS.strip_targeted_fields,
+        {"cdn-cache-control", "edge-cache-control"},
+        id="9213-1-default-forwards-cdn-cache-control",
+    ),
+    pytest.param(
+        ("Surrogate-Control", "Edge-Cache-Control"), {"cdn-cache-control"}, id="9213-1-own-field-listed"
+    ),
+    pytest.param(
+        (), {"cdn-cache-control", "surrogate-control", "edge-cache-control"}, id="9213-1-nothing-stripped"
+    ),
+    pytest.param(
+        ("cdn-cache-control", "SURROGATE-CONTROL", "Edge-Cache-Control"),
+        set(),
+        id="9213-1-everything-stripped-case-insensitive",
+    ),
+]
+
+
+@pytest.mark.parametrize(("strip", "delivered"), STRIPPED)
+def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_stripped(
+    strip: tuple[str, ...], delivered: set[str]
+) -> None:
     response = hdrs(
         ("Cache-Control", "max-age=5"),
         ("CDN-Cache-Control", "max-age=60"),
         ("Surrogate-Control", "max-age=30"),
+        ("Edge-Cache-Control", "max-age=90"),
     )
-    e = stored(response)
-    assert header_names(e) & {"cdn-cache-control", "surrogate-control"} == set()
-    assert ("Cache-Control", "max-age=5") in e.headers
-    assert e.freshness_lifetime == 60
+    opts = replace(
+        DEFAULTS, targeted_fields=("Edge-Cache-Control", "CDN-Cache-Control"), strip_targeted_fields=strip
+    )
+    e = stored(response, opts=opts)
+    assert header_names(e) & {"cdn-cache-control", "surrogate-control", "edge-cache-control"} == delivered
+    assert ("Cache-Control", "max-age=5") in e.headers  # passed through unchanged
+    assert e.freshness_lifetime == 90  # the first configured field decides, stripped or not
 
-    kept = stored(response, opts=replace(DEFAULTS, strip_targeted_fields=False))
-    assert ("CDN-Cache-Control", "max-age=60") in kept.headers
+
+def test_rfc9213_s1_node_named_field_stripped() -> None:
+    """The default strips "{name}-Cache-Control", with this node's name (Fetcher applies it)."""
+    assert DEFAULTS.stripped_targeted_fields("edge-7") == ("Surrogate-Control", "edge-7-Cache-Control")
+    opts = replace(DEFAULTS, strip_targeted_fields=DEFAULTS.stripped_targeted_fields("edge-7"))
+    e = stored(hdrs(("Cache-Control", "max-age=5"), ("Edge-7-Cache-Control", "max-age=60")), opts=opts)
+    assert "edge-7-cache-control" not in header_names(e)
 
 
 def test_requirements_s6_tags_parsed_and_not_delivered() -> None:

@@ -68,49 +68,72 @@ def _bodies(selected: list[StoredResponse]) -> list[bytes]:
     return [v.body for v in selected]
 
 
+def _select(
+    not_modified: list[tuple[str, str]], revalidated: StoredResponse, variants: tuple[StoredResponse, ...]
+) -> list[bytes]:
+    """select_for_update for a 304 to the conditional request the cache makes (§4.3.1)."""
+    sent = conditional_headers(revalidated, variants)
+    return _bodies(select_for_update(hdrs(*not_modified), revalidated, variants, sent))
+
+
 def test_rfc9111_s4_3_4_strong_etag_selects_every_strong_match() -> None:
-    assert _bodies(select_for_update(hdrs(("ETag", ' "a" ')), B, VARIANTS)) == [b"a1", b"a2"]
+    assert _select([("ETag", ' "a" ')], B, VARIANTS) == [b"a1", b"a2"]
 
 
 def test_rfc9111_s4_3_4_strong_etag_matching_nothing_updates_nothing() -> None:
-    assert select_for_update(hdrs(("ETag", '"zzz"')), B, VARIANTS) == []
+    assert _select([("ETag", '"zzz"')], B, VARIANTS) == []
 
 
 def test_rfc9111_s4_3_4_weak_etag_selects_the_most_recent_match() -> None:
-    assert _bodies(select_for_update(hdrs(("ETag", 'W/"a"')), B, VARIANTS)) == [b"wa"]
-    assert _bodies(select_for_update(hdrs(("ETag", 'W/"a"')), B, (A1, A2))) == [b"a2"]
+    assert _select([("ETag", 'W/"a"')], B, VARIANTS) == [b"wa"]
+    assert _select([("ETag", 'W/"a"')], B, (A1, A2)) == [b"a2"]
 
 
 def test_rfc9111_s4_3_4_last_modified_selects_matching() -> None:
     old = entry(etag=None, last_modified=http_date(NOW - 9999), body=b"old")
     lm = entry(etag=None, last_modified=LM, body=b"lm")
-    assert _bodies(select_for_update(hdrs(("Last-Modified", LM)), old, (old, lm))) == [b"lm"]
+    assert _select([("Last-Modified", LM)], old, (old, lm)) == [b"lm"]
 
 
 def test_rfc9111_s4_3_4_last_modified_is_weak_most_recent_only() -> None:
     older = entry(etag=None, last_modified=LM, body=b"older", response_time=NOW - 20)
     newer = entry(etag=None, last_modified=LM, body=b"newer", response_time=NOW - 10)
-    assert _bodies(select_for_update(hdrs(("Last-Modified", LM)), older, (older, newer))) == [b"newer"]
+    assert _select([("Last-Modified", LM)], older, (older, newer)) == [b"newer"]
 
 
-def test_rfc9111_s4_3_4_no_validator_updates_the_revalidated_response_without_one() -> None:
-    bare = entry(etag=None, last_modified=None)
-    assert select_for_update(hdrs(("Date", DATE)), bare, (bare,)) == [bare]
+# A 304 without ETag or Last-Modified (many origins omit them): the one validator the conditional
+# request carried stands for it (RFC 9110 §15.4.5: the 304 says that validator matched), so the
+# stored response it belongs to is freshened, with no second, unconditional request.
+BARE = entry(etag=None, last_modified=None, body=b"bare")
+BARE_2 = entry(etag=None, last_modified=None, body=b"bare2", date=http_date(NOW - 5))
+LM_ONLY = entry(etag=None, last_modified=LM, body=b"lm")
+LM_OLDER = entry(etag=None, last_modified=LM, body=b"lm-older", response_time=NOW - 30)
+ETAG_AND_LM = entry(etag='"e"', last_modified=LM, body=b"e-lm")
+
+NO_VALIDATOR = [
+    # (revalidated, stored variants, bodies selected)
+    pytest.param(A1, (A1,), [b"a1"], id="9111-4.3.4-sole-if-none-match-selects"),
+    pytest.param(WEAK_A, (WEAK_A,), [b"wa"], id="9111-4.3.4-sole-weak-if-none-match-selects"),
+    pytest.param(ETAG_AND_LM, (ETAG_AND_LM,), [b"e-lm"], id="9110-13.2.2-if-none-match-before-ims"),
+    pytest.param(A1, (A1, A2), [b"a1", b"a2"], id="9111-4.3.4-one-strong-tag-of-two-variants"),
+    pytest.param(A1, (A1, B), [], id="9111-4.3.4-several-tags-ambiguous"),
+    pytest.param(LM_ONLY, (LM_ONLY,), [b"lm"], id="9111-4.3.4-sole-if-modified-since-selects"),
+    pytest.param(LM_OLDER, (LM_OLDER, LM_ONLY), [b"lm"], id="9111-4.3.4-last-modified-most-recent"),
+    pytest.param(BARE, (BARE,), [b"bare"], id="9111-4.3.4-no-validators-anywhere"),
+    pytest.param(BARE, (BARE, BARE_2), [b"bare"], id="9111-4.3.4-date-of-the-revalidated-one"),
+    pytest.param(BARE, (BARE, A1), [b"a1"], id="9110-13.2.2-the-etag-sent-not-the-date"),
+]
 
 
-def test_rfc9111_s4_3_4_no_validator_never_updates_a_response_with_an_etag() -> None:
-    assert select_for_update(hdrs(("Date", DATE)), A1, (A1,)) == []
+@pytest.mark.parametrize(("revalidated", "variants", "expected"), NO_VALIDATOR)
+def test_rfc9111_s4_3_4_304_without_validator_selects_what_the_request_validated(
+    revalidated: StoredResponse, variants: tuple[StoredResponse, ...], expected: list[bytes]
+) -> None:
+    assert _select([("Date", DATE)], revalidated, variants) == expected
 
 
-def test_rfc9111_s4_3_4_no_validator_never_updates_a_response_with_last_modified() -> None:
-    lm_only = entry(etag=None, last_modified=LM)
-    assert select_for_update(hdrs(("Date", DATE)), lm_only, (lm_only,)) == []
-
-
-def test_rfc9111_s4_3_4_no_validator_with_several_stored_responses_updates_nothing() -> None:
-    one = entry(etag=None, last_modified=None, body=b"1")
-    two = entry(etag=None, last_modified=None, body=b"2")
-    assert select_for_update(hdrs(("Date", DATE)), one, (one, two)) == []
+def test_rfc9111_s4_3_4_304_without_validator_to_an_unconditional_request_selects_nothing() -> None:
+    assert select_for_update(hdrs(("Date", DATE)), A1, (A1,), hdrs()) == []
 
 
 # --------------------------------------------------------------------------- freshening (§3.2, §4.3.4)
@@ -264,6 +287,22 @@ CLIENT = [
         STORED, [("If-Modified-Since", http_date(NOW - 7200))], False, id="9110-13.1.3-modified-since"
     ),
     pytest.param(STORED, [("If-Modified-Since", "yesterday")], False, id="9110-13.1.3-invalid-date-ignored"),
+    # RFC 9110 §5.6.7: every format is a date (NOW spelled three ways); §13.1.3: anything else is ignored.
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tuesday, 14-Nov-23 22:13:20 GMT")], True, id="9110-5.6.7-rfc850-ims"
+    ),
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tue Nov 14 22:13:20 2023")], True, id="9110-5.6.7-asctime-ims"
+    ),
+    pytest.param(
+        STORED, [("If-Modified-Since", "Tue, 14 Nov 2023 22:13:20 UTC")], False, id="9110-13.1.3-utc-ignored"
+    ),
+    pytest.param(
+        entry(etag=None, last_modified="Tue Nov 14 21:13:20 2023"),
+        [("If-Modified-Since", DATE)],
+        True,
+        id="9110-5.6.7-asctime-last-modified",
+    ),
     pytest.param(NO_LM, [("If-Modified-Since", DATE)], True, id="9111-4.3.2-date-when-no-last-modified"),
     pytest.param(NO_LM, [("If-Modified-Since", http_date(NOW - 1))], False, id="9111-4.3.2-date-newer"),
     pytest.param(

@@ -1,0 +1,311 @@
+"""RFC conformance, second pass (issue 11): an origin sends exactly the headers named, the real
+proxy in front of it. Each test names the RFC section it proves and counts what reached the origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from proxy.config import PolicyConfig
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+
+# ---------------------------------------------------------------- RFC 9111 §5.3: invalid Expires
+
+# Ten days after the fake clock's start (Mon, 25 Jan 2027 08:00:00 GMT), spelled three valid ways
+# (RFC 9110 §5.6.7) and several invalid ones: an invalid Expires is already expired.
+EXPIRES = [
+    pytest.param("Mon, 25 Jan 2027 08:00:00 GMT", True, id="9110-5.6.7-imf-fixdate"),
+    pytest.param("Monday, 25-Jan-27 08:00:00 GMT", True, id="9110-5.6.7-rfc850"),
+    pytest.param("Mon Jan 25 08:00:00 2027", True, id="9110-5.6.7-asctime"),
+    pytest.param("Mon, 25 Jan 2027 08:00:00 UTC", False, id="9111-5.3-utc-zone"),
+    pytest.param("Mon, 25 Jan 27 08:00:00 GMT", False, id="9111-5.3-two-digit-year"),
+    pytest.param("Mon 25 Jan 2027 08:00:00 GMT", False, id="9111-5.3-no-comma"),
+    pytest.param("Mon, 25 Jan 2027 8:00:00 GMT", False, id="9111-5.3-one-digit-hour"),
+]
+
+
+@pytest.mark.parametrize(("expires", "fresh"), EXPIRES)
+async def test_rfc9111_s5_3_only_http_dates_make_expires_fresh(
+    proxy: Proxy, origin: Origin, clock: FakeClock, expires: str, fresh: bool
+) -> None:
+    params = [("h", f"Expires:{expires}"), ("h", 'ETag:"e1"'), ("body", "x")]
+    await proxy.get("/respond", params=params)
+    clock.advance(60)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is fresh
+    assert await origin.hits("/respond") == (1 if fresh else 2)
+
+
+# ------------------------------------------------- RFC 9213 §2.1: a wrongly typed targeted field
+
+TARGETED = [
+    # CDN-Cache-Control next to Cache-Control: no-store; stored only when the targeted field is valid.
+    # A wrongly typed member spoils the whole field, even next to a valid s-maxage.
+    pytest.param("s-maxage=10000", True, id="9213-2.2-valid-field-wins"),
+    pytest.param('max-age="10000"', False, id="9213-2.1-string"),
+    pytest.param("s-maxage=10000, max-age=10000.0", False, id="9213-2.1-decimal"),
+    pytest.param("s-maxage=10000, max-age=-10000", False, id="9213-2.1-negative"),
+    pytest.param("s-maxage=10000, max-age=(10000)", False, id="9213-2.1-inner-list"),
+    pytest.param('s-maxage=10000, public="yes"', False, id="9213-2.1-string-flag"),
+]
+
+
+@pytest.mark.parametrize(("targeted", "stored"), TARGETED)
+async def test_rfc9213_s2_1_wrongly_typed_cdn_cache_control_is_ignored(
+    proxy: Proxy, origin: Origin, clock: FakeClock, targeted: str, stored: bool
+) -> None:
+    params = [("h", "Cache-Control:no-store"), ("h", f"CDN-Cache-Control:{targeted}"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    assert ("stored" in cache_status(first)) is stored
+    clock.advance(60)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is stored
+    assert await origin.hits("/respond") == (1 if stored else 2)
+
+
+# ----------------------------------------- RFC 9213 §1: CDN-Cache-Control goes on downstream
+
+TARGETED_FIELDS = {
+    "CDN-Cache-Control": "max-age=60",
+    "Surrogate-Control": "max-age=60",
+    "edge-test-Cache-Control": "max-age=60",  # named after this node (make_config: edge-test)
+}
+
+DELIVERED = [
+    # (policy.strip_targeted_fields, the targeted fields a client receives)
+    pytest.param(None, {"CDN-Cache-Control"}, id="9213-1-default-forwards-cdn-cache-control"),
+    pytest.param((), set(TARGETED_FIELDS), id="9213-1-nothing-stripped"),
+    pytest.param(
+        ("CDN-Cache-Control",), {"Surrogate-Control", "edge-test-Cache-Control"}, id="9213-1-listed"
+    ),
+]
+
+
+@pytest.mark.parametrize(("strip", "delivered"), DELIVERED)
+@pytest.mark.parametrize("cacheable", [True, False], ids=["stored-and-hit", "pass-through"])
+async def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_removed(
+    start_proxy: ProxyFactory,
+    origin: Origin,
+    clock: FakeClock,
+    strip: tuple[str, ...] | None,
+    delivered: set[str],
+    cacheable: bool,
+) -> None:
+    policy = PolicyConfig() if strip is None else PolicyConfig(strip_targeted_fields=strip)
+    proxy = await start_proxy(policy=policy)
+    fields = dict(TARGETED_FIELDS)
+    if not cacheable:
+        fields["CDN-Cache-Control"] = "no-store"  # the first targeted field: nothing is stored
+    params = [("h", f"{name}:{value}") for name, value in fields.items()]
+    params += [("h", "Cache-Control:max-age=5"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    clock.advance(10)
+    second, _ = await proxy.get("/respond", params=params)
+    assert ("hit" in cache_status(second).split(";")) is cacheable
+    for resp in (first, second):
+        assert {name for name in TARGETED_FIELDS if name in resp.headers} == delivered
+        assert resp.headers["Cache-Control"] == "max-age=5"  # passed through unchanged
+
+
+# ------------------------------------- RFC 9111 §4.3.4: a 304 without a validator (raw origin)
+
+
+class ScriptedOrigin:
+    """A raw-socket origin: the n-th request gets responses[n] (the last one repeats), byte for byte."""
+
+    def __init__(self, responses: list[bytes]) -> None:
+        self.responses = responses
+        self.requests: list[str] = []
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> ScriptedOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.requests.append(head.decode("latin-1"))
+                writer.write(self.responses[min(len(self.requests), len(self.responses)) - 1])
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def sent(self, index: int, name: str) -> list[str]:
+        """Values of header `name` in request `index`."""
+        lines = self.requests[index].split("\r\n")[1:]
+        return [
+            line.split(":", 1)[1].strip() for line in lines if line.lower().startswith(name.lower() + ":")
+        ]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        with contextlib.suppress(Exception):
+            await self.server.wait_closed()
+
+
+@pytest.fixture
+async def scripted_origin() -> AsyncIterator[Callable[[list[bytes]], Awaitable[ScriptedOrigin]]]:
+    started: list[ScriptedOrigin] = []
+
+    async def start(responses: list[bytes]) -> ScriptedOrigin:
+        started.append(await ScriptedOrigin(responses).start())
+        return started[-1]
+
+    yield start
+    for origin in started:
+        await origin.close()
+
+
+LAST_MODIFIED = "Sat, 01 Jan 2027 00:00:00 GMT"
+ORIGIN_DATE = "Fri, 15 Jan 2027 08:00:00 GMT"  # the fake clock's start
+
+NOT_MODIFIED = [
+    # (validator fields of the stored 200, fields of the 304, conditional field sent, seconds fresh after)
+    pytest.param('ETag: "abcd"', "", ("If-None-Match", '"abcd"'), 10, id="9111-4.3.4-etag-bare-304"),
+    pytest.param(
+        'ETag: "abcd"',
+        "Cache-Control: max-age=20\r\n",
+        ("If-None-Match", '"abcd"'),
+        20,
+        id="9111-4.3.4-etag-304-with-new-max-age",
+    ),
+    pytest.param(
+        f"Last-Modified: {LAST_MODIFIED}",
+        "",
+        ("If-Modified-Since", LAST_MODIFIED),
+        10,
+        id="9111-4.3.4-last-modified-bare-304",
+    ),
+    pytest.param(
+        f"Date: {ORIGIN_DATE}",
+        "",
+        ("If-Modified-Since", ORIGIN_DATE),
+        10,
+        id="9111-4.3.4-no-validator-at-all",
+    ),
+]
+
+
+@pytest.mark.parametrize(("validator", "not_modified", "conditional", "fresh_for"), NOT_MODIFIED)
+async def test_rfc9111_s4_3_4_304_without_validator_freshens_without_a_second_request(
+    start_proxy: ProxyFactory,
+    scripted_origin: Callable[[list[bytes]], Awaitable[ScriptedOrigin]],
+    clock: FakeClock,
+    validator: str,
+    not_modified: str,
+    conditional: tuple[str, str],
+    fresh_for: int,
+) -> None:
+    ok = f"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=10\r\n{validator}\r\n\r\nhello"
+    bare_304 = f"HTTP/1.1 304 Not Modified\r\n{not_modified}\r\n"
+    origin = await scripted_origin([ok.encode(), bare_304.encode()])
+    proxy = await start_proxy(origin_url=origin.url)
+    await proxy.get("/doc")
+    clock.advance(30)
+    revalidated, body = await proxy.get("/doc")
+    assert (revalidated.status, body) == (200, b"hello")
+    assert "fwd=stale" in cache_status(revalidated) and "fwd-status=304" in cache_status(revalidated)
+    assert len(origin.requests) == 2  # no second, unconditional request
+    name, value = conditional
+    assert origin.sent(1, name) == [value]
+    clock.advance(fresh_for - 1)
+    hit, body = await proxy.get("/doc")  # freshened: fresh again from the 304 on
+    assert body == b"hello" and "hit" in cache_status(hit).split(";")
+    assert hit.headers["Age"] == str(fresh_for - 1)
+    assert len(origin.requests) == 2
+
+
+# ------------------------------------------------------------ RFC 9111 §5.2.2.3: must-understand
+
+MUST_UNDERSTAND = [
+    # (status, Cache-Control, stored?): a status this cache understands lets must-understand
+    # override no-store; any other status with must-understand is not stored.
+    pytest.param(200, "must-understand, no-store, max-age=60", True, id="9111-5.2.2.3-200-understood"),
+    pytest.param(404, "must-understand, no-store, max-age=60", True, id="9111-5.2.2.3-404-understood"),
+    pytest.param(299, "must-understand, no-store, max-age=60", False, id="9111-5.2.2.3-299-not-understood"),
+    pytest.param(299, "must-understand, max-age=60", False, id="9111-5.2.2.3-299-even-without-no-store"),
+    pytest.param(200, "no-store, max-age=60", False, id="9111-5.2.2.5-no-store-alone"),
+]
+
+
+@pytest.mark.parametrize(("status", "cache_control", "stored"), MUST_UNDERSTAND)
+async def test_rfc9111_s5_2_2_3_must_understand(
+    proxy: Proxy, origin: Origin, clock: FakeClock, status: int, cache_control: str, stored: bool
+) -> None:
+    params = [("status", str(status)), ("h", f"Cache-Control:{cache_control}"), ("body", "x")]
+    first, _ = await proxy.get("/respond", params=params)
+    assert first.status == status
+    clock.advance(30)
+    second, _ = await proxy.get("/respond", params=params)
+    assert second.status == status
+    assert ("hit" in cache_status(second).split(";")) is stored
+    assert await origin.hits("/respond") == (1 if stored else 2)
+
+
+# ---------------------------------------------- Accept-Language normalised for Vary (RFC 9111 §4.1)
+
+ACCEPT_LANGUAGE = [
+    # (first request's Accept-Language, what the origin is sent, a later spelling, served from cache?)
+    pytest.param("en-us, EN;q=0.90", "en-US,en;q=0.9", "en-US,en;q=0.9", True, id="9111-4.1-case-spaces-q"),
+    pytest.param("en;q=0.9, en-US", "en-US,en;q=0.9", "EN-US ,en;q=0.900", True, id="9111-4.1-weight-order"),
+    pytest.param("de, fr", "de,fr", "fr, de", False, id="9111-4.1-equal-weights-order-kept"),
+    pytest.param("de, fr;q=0", "de,fr;q=0", "de", False, id="9111-4.1-q0-is-not-absence"),
+    pytest.param("en;level=1", "en;level=1", "EN;level=1", False, id="9111-4.1-unknown-form-as-sent"),
+]
+
+
+@pytest.mark.parametrize(("first", "sent", "later", "hit"), ACCEPT_LANGUAGE)
+async def test_rfc9111_s4_1_accept_language_spellings_share_a_variant(
+    proxy: Proxy, origin: Origin, first: str, sent: str, later: str, hit: bool
+) -> None:
+    _, body = await proxy.get("/vary/Accept-Language", headers={"Accept-Language": first})
+    assert body == f"Accept-Language={sent}".encode()  # what the origin answered is what it was sent
+    two, body2 = await proxy.get("/vary/Accept-Language", headers={"Accept-Language": later})
+    assert ("hit" in cache_status(two).split(";")) is hit
+    if hit:
+        assert body2 == body
+    assert await origin.hits("/vary/Accept-Language") == (1 if hit else 2)
+
+
+# ------------------------------------- RFC 9111 §4.3.2: If-Modified-Since against Date, from cache
+
+IF_MODIFIED_SINCE = [
+    # (If-Modified-Since relative to the stored Date, as an HTTP-date format, answer from cache)
+    pytest.param(0, "%a, %d %b %Y %H:%M:%S GMT", 304, id="9111-4.3.2-equal-to-date"),
+    pytest.param(3600, "%a, %d %b %Y %H:%M:%S GMT", 304, id="9111-4.3.2-after-date"),
+    pytest.param(0, "%A, %d-%b-%y %H:%M:%S GMT", 304, id="9110-5.6.7-rfc850"),
+    pytest.param(0, "%a %b %e %H:%M:%S %Y", 304, id="9110-5.6.7-asctime"),
+    pytest.param(-1, "%a, %d %b %Y %H:%M:%S GMT", 200, id="9111-4.3.2-before-date"),
+    pytest.param(3600, "%a, %d %b %Y %H:%M:%S UTC", 200, id="9110-13.1.3-invalid-date-ignored"),
+]
+
+
+@pytest.mark.parametrize(("offset", "spelling", "status"), IF_MODIFIED_SINCE)
+async def test_rfc9111_s4_3_2_if_modified_since_compared_with_date(
+    proxy: Proxy, origin: Origin, clock: FakeClock, offset: int, spelling: str, status: int
+) -> None:
+    first, _ = await proxy.get("/max-age/60")
+    assert "Last-Modified" not in first.headers and "ETag" not in first.headers
+    stored_date = email.utils.parsedate_to_datetime(first.headers["Date"]).timestamp()
+    since = time.strftime(spelling, time.gmtime(stored_date + offset))
+    clock.advance(5)
+    resp, body = await proxy.get("/max-age/60", headers={"If-Modified-Since": since})
+    assert resp.status == status
+    assert "hit" in cache_status(resp).split(";")
+    if status == 304:
+        assert body == b"" and resp.headers["Date"] == first.headers["Date"]
+    assert await origin.hits("/max-age/60") == 1
