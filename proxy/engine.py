@@ -31,6 +31,7 @@ from typing import assert_never
 from multidict import CIMultiDict
 
 from proxy import policy
+from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
@@ -74,6 +75,8 @@ class EngineStats:
     refresh_ahead: int = 0
     refresh_ahead_skipped: int = 0
     origin_errors: int = 0
+    box_waits: int = 0  # fetches left to another worker of the box, then read from L2
+    box_passes: int = 0  # keys another worker found unshareable (hit-for-pass for the box)
 
 
 @dataclass(slots=True)
@@ -112,8 +115,11 @@ class Engine:
         clock: Clock,
         purger: Purger,
         router: FetchRouter | None = None,
+        box: FetchLocks | None = None,
     ) -> None:
         self.cfg = cfg
+        # The worker processes of this box (proxy/box.py): one origin fetch per key per box.
+        self.box = box
         self.storage = storage
         self.clock = clock
         self.purger = purger
@@ -368,16 +374,66 @@ class Engine:
             self.pass_unstored.discard(f.key)
         return True
 
-    async def _flight(self, f: FetchRequest) -> FetchOutcome:
+    async def _flight(self, f: FetchRequest, *, background: bool = False) -> FetchOutcome:
+        """This worker's one fetch of a key, coordinated with the other workers of the box.
+
+        With other workers sharing the box, the first to ask leads and the
+        rest wait for it, then read its copy from the shared L2; a background
+        fetch (stale-while-revalidate, refresh-ahead) that finds another
+        worker at it is skipped. Alone in the box, it just fetches.
+        """
+        box = self.box
+        if box is None or not box.shared:
+            return await self._fetch_and_mark(f)
+        lock = await box.lock(f.key, wait=not background, timeout=self.cfg.fetch.coalesce_timeout)
+        if lock.kind == "lead":
+            released: Outcome = "error"
+            try:
+                outcome = await self._fetch_and_mark(f)
+                if outcome.shared is not None and outcome.status.stored and await self.storage.settle(f.key):
+                    released = "stored"  # the others read it from L2
+                elif outcome.not_shareable:
+                    released = "unshareable"
+                return outcome
+            finally:
+                box.release(f.key, released, self.cfg.fetch.hit_for_pass_ttl)
+        if lock.kind == "busy":
+            return FetchOutcome(CacheStatus(fwd=f.why, detail="fetched by another worker"))
+        if lock.kind == "pass" or lock.outcome == "unshareable":
+            self.stats.box_passes += 1
+            self._mark_pass(f)
+            return await self.fetcher.fetch(f)
+        if lock.outcome == "stored":
+            self.stats.box_waits += 1
+            found = await self._stored_by_the_box(f)
+            if found is not None:
+                return found
+        # timeout, a leader that died or failed, a variant it did not store: fetch alone.
+        return await self.fetcher.fetch(f)
+
+    async def _stored_by_the_box(self, f: FetchRequest) -> FetchOutcome | None:
+        """What another worker of the box just stored for f's key, if it answers f (RFC 9111 §4.1)."""
+        resource, _ = await self.storage.aget(f.key)
+        if resource is None:
+            return None
+        entry = select_variant(resource, f.headers)
+        if entry is None or policy.remaining_ttl(entry, self.clock()) <= 0:
+            return None
+        return FetchOutcome(CacheStatus(fwd=f.why, collapsed=True, detail="l2"), shared=entry)
+
+    async def _fetch_and_mark(self, f: FetchRequest) -> FetchOutcome:
         outcome = await self.fetcher.fetch(f)
         if outcome.not_shareable:
-            # Hit-for-pass: don't queue later requests behind fetches that can't be shared.
-            if len(self.hit_for_pass) >= HIT_FOR_PASS_LIMIT:
-                self._forget_marks()
-            self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
-            if f.resource is None:
-                self.pass_unstored.add(f.key)
+            self._mark_pass(f)
         return outcome
+
+    def _mark_pass(self, f: FetchRequest) -> None:
+        """Hit-for-pass: don't queue later requests behind fetches that can't be shared."""
+        if len(self.hit_for_pass) >= HIT_FOR_PASS_LIMIT:
+            self._forget_marks()
+        self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
+        if f.resource is None:
+            self.pass_unstored.add(f.key)
 
     def _forget_marks(self) -> None:
         """Keep hit-for-pass marks bounded: many distinct uncacheable URLs must not grow memory."""
@@ -404,7 +460,7 @@ class Engine:
         shared = outcome.shared
         if shared is not None:
             if leader or variant_matches(shared, f.headers):
-                status = outcome.status._replace(collapsed=not leader)
+                status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
                 if not leader:
                     self.stats.coalesced += 1
                 cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
@@ -452,7 +508,7 @@ class Engine:
         if self.flights.in_flight(f.key):
             return
         self.stats.background_revalidations += 1
-        task, _ = self.flights.start(f.key, lambda: self._flight(f))
+        task, _ = self.flights.start(f.key, lambda: self._flight(f, background=True))
         task.add_done_callback(self._background_done)
 
     def _refresh_ahead(self, f: FetchRequest) -> None:
@@ -464,7 +520,7 @@ class Engine:
             return
         self.stats.refresh_ahead += 1
         self._refreshing += 1
-        task, _ = self.flights.start(f.key, lambda: self._flight(f))
+        task, _ = self.flights.start(f.key, lambda: self._flight(f, background=True))
         task.add_done_callback(self._refresh_done)
 
     def _refresh_done(self, task: asyncio.Task[FetchOutcome]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from yarl import URL
 
+from proxy.box import BoxClient
 from proxy.cache_status import Members
 from proxy.config import Config
 from proxy.engine import Engine
@@ -64,10 +65,18 @@ def open_purger(cfg: Config, storage: TieredStorage, clock: Clock) -> Purger:
 class Node:
     """One edge process's parts, opened and closed together."""
 
-    def __init__(self, cfg: Config, clock: Clock = time.time, *, router: FetchRouter | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Clock = time.time,
+        *,
+        router: FetchRouter | None = None,
+        box: BoxClient | None = None,
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.router = router
+        self.box = box  # the supervisor's link when this is one worker of several (proxy/box.py)
         self.members = Members(cfg.name)  # this node's Cache-Status members, memoised
         self.extra_stats: list[ExtraStats] = []
         self._storage: TieredStorage | None = None
@@ -106,7 +115,7 @@ class Node:
             self._upstream = upstream = Upstream(cfg.origin)
             await upstream.start()
             self._purger = purger = open_purger(cfg, storage, self.clock)
-            self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router)
+            self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router, self.box)
         except BaseException:
             await self._close()
             raise

@@ -396,6 +396,19 @@ class TieredStorage:
                     self._delete_done(key)
         return len(removed)
 
+    async def settle(self, key: str) -> bool:
+        """Wait until the L2 write queued for key is over; whether L2 now holds key.
+
+        For a worker that fetched on behalf of the others in its box: they
+        read what it stored from L2, so it tells them only once L2 has it
+        (a write dropped by a full queue, or refused by the tier, is False).
+        """
+        l2 = self.l2
+        if l2 is None:
+            return False
+        await self._writes.settled(key)
+        return await self._in_thread(l2.__contains__, key)
+
     async def drain(self) -> None:
         """Wait until every queued L2 write (including any queued meanwhile) is in L2.
 

@@ -42,6 +42,13 @@ class PendingWrite:
     resource: CachedResource
     started: bool = False  # the tier write began (set under the lock)
     cancelled: bool = False  # superseded or purged: must not reach the tier
+    # Resolved when the write is over (applied, failed, superseded or withdrawn); made on demand.
+    finished: asyncio.Future[None] | None = None
+
+    def finish(self) -> None:
+        future = self.finished
+        if future is not None and not future.done():
+            future.set_result(None)
 
 
 # Runs a function with one argument on the I/O pool and awaits it.
@@ -85,6 +92,7 @@ class WriteBehind:
         old = queue.get(key)
         if old is not None:
             old.cancelled = True
+            old.finish()
         elif len(queue) >= self.capacity:
             return False
         queue[key] = PendingWrite(resource)  # an existing key keeps its position
@@ -110,6 +118,7 @@ class WriteBehind:
         write = self._queue.pop(key, None)
         if write is not None:
             write.cancelled = found = True
+            write.finish()
         write = self._inflight
         if write is not None and not write.cancelled and write.resource.key == key:
             write.cancelled = found = True
@@ -119,6 +128,7 @@ class WriteBehind:
         """Withdraw every queued and in-flight write (take `lock` before touching the tier)."""
         for write in self._queue.values():
             write.cancelled = True
+            write.finish()
         self._queue.clear()
         if self._inflight is not None:
             self._inflight.cancelled = True
@@ -130,6 +140,19 @@ class WriteBehind:
         if write is not None and not write.cancelled and write.resource.key not in self._queue:
             out.append(write.resource.key)
         return out
+
+    async def settled(self, key: str) -> None:
+        """Return once no write of key is queued or in flight (whether it was applied or not)."""
+        while True:
+            write = self._queue.get(key)
+            if write is None:
+                inflight = self._inflight
+                if inflight is None or inflight.resource.key != key:
+                    return
+                write = inflight
+            if write.finished is None:
+                write.finished = asyncio.get_running_loop().create_future()
+            await asyncio.shield(write.finished)
 
     async def drain(self) -> None:
         """Return once every write queued so far (and any queued meanwhile) is on the tier.
@@ -150,6 +173,7 @@ class WriteBehind:
         while queue:
             _, write = queue.popitem(last=False)
             self._apply_logged(write)
+            write.finish()
 
     # -- internals ---------------------------------------------------------------------
 
@@ -205,3 +229,4 @@ class WriteBehind:
             # stays in _inflight for _requeue_inflight().
             if self._inflight is write:
                 self._inflight = None
+            write.finish()

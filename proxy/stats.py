@@ -1,0 +1,103 @@
+"""The node's numbers: one worker's snapshot, and the sum over the workers of a box.
+
+What must live here: which counters exist and how a box adds them up, so the
+admin API's /stats and `minicdn stats` count every request once, whichever
+worker took it. A worker's snapshot is plain JSON (it crosses the supervisor's
+socket). Summing: counters add up; facts about what the workers share (the
+disk tier's entries and bytes, the catalogue, the purge epoch) are one box-wide
+value, not one per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any
+
+from proxy.node import Node
+from proxy.storage.disk import DiskStorage
+
+# Paths (section, key) that describe something the workers share: the same value in every
+# snapshot, or the largest when they disagree for a moment (the purge epoch).
+SHARED = {("tiers", "l2", "entries"), ("tiers", "l2", "bytes"), ("catalog", "entries"), ("purge", "epoch")}
+# Per-worker lines of the breakdown: enough to see how the load spreads.
+BREAKDOWN = ("requests", "hits", "misses", "passes", "coalesced", "box_waits")
+
+
+async def snapshot(node: Node) -> dict[str, Any]:
+    """This worker's counters (engine, tiers, storage, purge, catalogue, and any extra sections)."""
+    storage = node.storage
+    purger = node.purger
+    l1, l2 = storage.l1, storage.l2
+    if isinstance(l2, DiskStorage):
+        await asyncio.to_thread(l2.refresh_stats)  # entries/bytes of the shared disk tier
+    catalogued = await asyncio.to_thread(purger.catalog.count)
+    stats: dict[str, Any] = {
+        "name": node.cfg.name,
+        "engine": dataclasses.asdict(node.engine.stats),
+        "tiers": {
+            "l1": dataclasses.asdict(l1.stats) if l1 is not None else None,
+            "l2": dataclasses.asdict(l2.stats) if l2 is not None else None,
+        },
+        # Lookups as seen through both tiers (a hit in either is one hit) and dropped L2 writes;
+        # entries and bytes are per tier, above.
+        "storage": {
+            k: v for k, v in dataclasses.asdict(storage.stats).items() if k not in ("entries", "bytes")
+        },
+        "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
+        "catalog": {"entries": catalogued},
+    }
+    for extra in node.extra_stats:
+        # More sections from the layer above the proxy (the edge cluster); never replacing ours.
+        stats.update({k: v for k, v in extra().items() if k not in stats})
+    return stats
+
+
+def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """The box's numbers from its workers' snapshots, with the worker count and a per-worker breakdown."""
+    live = [s for s in snapshots if s.get("engine")]
+    total = _sum([{k: v for k, v in s.items() if k not in ("worker", "pid", "generation")} for s in live], ())
+    if not isinstance(total, dict):
+        total = {}
+    total["workers"] = len(live)
+    total["per_worker"] = [
+        {
+            "worker": s.get("worker"),
+            "pid": s.get("pid"),
+            "generation": s.get("generation"),
+            **{k: s["engine"].get(k, 0) for k in BREAKDOWN},
+        }
+        for s in live
+    ]
+    return total
+
+
+def alone(stats: dict[str, Any]) -> dict[str, Any]:
+    """A node that is not one of several workers: itself is the box."""
+    return {
+        **stats,
+        "workers": 1,
+        "per_worker": [
+            {"worker": 0, "pid": os.getpid(), **{k: stats["engine"].get(k, 0) for k in BREAKDOWN}}
+        ],
+    }
+
+
+def _sum(values: list[Any], path: tuple[str, ...]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        keys: dict[str, None] = {}
+        for v in present:
+            if isinstance(v, dict):
+                keys.update(dict.fromkeys(v))
+        return {k: _sum([v.get(k) for v in present if isinstance(v, dict)], (*path, k)) for k in keys}
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first  # a name, a flag, a URL: the workers agree on it
+    numbers = [v for v in present if isinstance(v, int | float) and not isinstance(v, bool)]
+    if path in SHARED:
+        return max(numbers)
+    return sum(numbers)
