@@ -16,6 +16,7 @@ from edge.cluster import add_cluster_arguments, run_cluster
 from edge.config import cluster_config
 from edge.node import open_edge
 from proxy import cli as proxy_cli
+from proxy.box import BoxClient
 from proxy.config import Config
 from proxy.node import Node
 
@@ -29,13 +30,15 @@ COMMANDS = {
 
 
 @contextlib.asynccontextmanager
-async def edge_or_proxy_node(cfg: Config, clock: Callable[[], float] = time.time) -> AsyncIterator[Node]:
+async def edge_or_proxy_node(
+    cfg: Config, clock: Callable[[], float] = time.time, box: BoxClient | None = None
+) -> AsyncIterator[Node]:
     """An edge when the config enables the cluster, else a lone proxy."""
     if cluster_config(cfg).enabled:
-        async with open_edge(cfg, clock) as node:
+        async with open_edge(cfg, clock, box) as node:
             yield node
     else:
-        async with Node(cfg, clock) as node:
+        async with Node(cfg, clock, box=box) as node:
             yield node
 
 

@@ -21,6 +21,7 @@ from edge.config import ClusterConfig, cluster_config
 from edge.fanout import PurgeFanout
 from edge.membership import Membership
 from edge.router import OwnerRouter
+from proxy.box import BoxClient
 from proxy.config import Config
 from proxy.node import Node
 
@@ -68,7 +69,11 @@ class EdgeNode:
                 self.fanout = fanout
                 await fanout.catch_up()  # before the first request is served
                 purger.listeners.append(fanout.publish)
-                fanout.start()
+                # Every worker publishes the purges it accepts; one per box applies the stream,
+                # so a purge reaches the shared tiers once (the others learn of it through the
+                # purge log, as of any purge: proxy/purger.py).
+                if node.box is None or node.box.index == 0:
+                    fanout.start()
             log.info(
                 "edge %s joined: %d members, owner routing %s, purge fan-out %s",
                 self.cfg.name,
@@ -87,8 +92,10 @@ class EdgeNode:
 
 
 @contextlib.asynccontextmanager
-async def open_edge(cfg: Config, clock: Callable[[], float] = time.time) -> AsyncIterator[Node]:
+async def open_edge(
+    cfg: Config, clock: Callable[[], float] = time.time, box: BoxClient | None = None
+) -> AsyncIterator[Node]:
     """The proxy node for `cfg`, joined to the cluster its `cluster:` section describes."""
     edge = EdgeNode(cfg, cluster_config(cfg))
-    async with Node(cfg, clock, router=edge.router) as node, edge.joined(node):
+    async with Node(cfg, clock, router=edge.router, box=box) as node, edge.joined(node):
         yield node

@@ -10,7 +10,8 @@ Routes (JSON in and out, `Cache-Control: no-store`):
 - `GET /healthz` (no token needed): `{"name": ..., "status": "ok"}`
 - `POST /purge` with a body such as `{"url": "/a"}`, `{"tags": ["x"]}`, `{"all": true, "soft": true}`
 - `GET /entries?prefix=/api/|tag=x&limit=100`: what is stored, per entry and variant
-- `GET /stats`: engine, tier, purge and catalogue counters
+- `GET /stats`: engine, tier, purge and catalogue counters, summed over the node's workers
+- `POST /reload`: re-read the config and replace the workers (as SIGHUP to the supervisor)
 
 With `admin.token` (or MINICDN_ADMIN_TOKEN) set, every route but `/healthz`
 needs `Authorization: Bearer <token>`. Without one the configuration only
@@ -21,7 +22,6 @@ anywhere else is refused here as well.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hmac
 import json
 import logging
@@ -30,10 +30,10 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from proxy import stats
 from proxy.config import is_loopback
 from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
-from proxy.storage.disk import DiskStorage
 
 log = logging.getLogger("proxy.admin")
 
@@ -56,6 +56,7 @@ def create_admin_app(node: Node) -> web.Application:
     app.router.add_post("/purge", _purge)
     app.router.add_get("/entries", _entries)
     app.router.add_get("/stats", _stats)
+    app.router.add_post("/reload", _reload)
     return app
 
 
@@ -207,34 +208,30 @@ async def _entries(request: web.Request) -> web.Response:
 
 
 async def _stats(request: web.Request) -> web.Response:
+    """The node's numbers: with several workers, summed over all of them (one request counts once)."""
     node = _running(request)
     if node is None:
         return _not_running()
-    cfg = node.cfg
-    storage = node.storage
-    purger = node.purger
-    l1, l2 = storage.l1, storage.l2
-    if isinstance(l2, DiskStorage):
-        await asyncio.to_thread(l2.refresh_stats)  # entries/bytes of the shared disk tier
-    catalogued = await asyncio.to_thread(purger.catalog.count)
-    stats: dict[str, Any] = {
-        "name": cfg.name,
-        "engine": dataclasses.asdict(node.engine.stats),
-        "tiers": {
-            "l1": dataclasses.asdict(l1.stats) if l1 is not None else None,
-            "l2": dataclasses.asdict(l2.stats) if l2 is not None else None,
-        },
-        # Lookups as seen through both tiers (a hit in either is one hit) and dropped L2 writes;
-        # entries and bytes are per tier, above.
-        "storage": _without(dataclasses.asdict(storage.stats), "entries", "bytes"),
-        "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
-        "catalog": {"entries": catalogued},
-    }
-    for extra in node.extra_stats:
-        # More sections from the layer above the proxy (the edge cluster); never replacing ours.
-        stats.update({k: v for k, v in extra().items() if k not in stats})
-    return json_reply(stats)
+    box = node.box
+    if box is not None:
+        answer = await box.request({"op": "stats"}, timeout=10.0)
+        workers = answer.get("workers") if answer is not None else None
+        if isinstance(workers, list) and workers:
+            return json_reply(stats.combine(workers))
+        log.warning("the supervisor did not answer for the box's stats; showing this worker's")
+    return json_reply(stats.alone(await stats.snapshot(node)))
 
 
-def _without(values: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k not in names}
+async def _reload(request: web.Request) -> web.Response:
+    """Ask the supervisor to re-read the config and replace the workers (as SIGHUP does)."""
+    node = request.app[NODE_KEY]
+    box = node.box
+    if box is None:
+        return error_reply(501, "this node runs without a supervisor (tests, embedding): nothing to reload")
+    answer = await box.request({"op": "reload"}, timeout=120.0)
+    if answer is None:
+        return error_reply(503, "the supervisor did not answer")
+    message = str(answer.get("message", ""))
+    if not answer.get("ok"):
+        return error_reply(409, message)
+    return json_reply({"reloaded": True, "message": message})

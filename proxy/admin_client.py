@@ -76,6 +76,9 @@ class AdminClient:
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
 
+    def reload(self) -> dict[str, Any]:
+        return self._call("POST", "/reload", {})
+
     def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         data = None

@@ -11,29 +11,21 @@ reached, 2: a usage or configuration error).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import dataclasses
 import json
-import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from proxy import log_output
-from proxy.admin import MAX_LIMIT, create_admin_app
+from proxy.admin import MAX_LIMIT
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
 from proxy.config import Config, ConfigError, check_admin, load_config
-from proxy.front import PublicServer, serve_public
-from proxy.log_output import flush_periodically
-from proxy.node import Node
+from proxy.node import NodeFactory, open_node
 from proxy.purge import PurgeRequestError, parse_purge_request
+from proxy.supervisor import supervise
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -76,9 +68,14 @@ def _admin_commands(sub: Any) -> None:
     inspect.add_argument("--json", action="store_true", help="print the API's JSON")
     _admin_args(inspect)
 
-    stats = sub.add_parser("stats", help="show the node's counters")
+    stats = sub.add_parser("stats", help="show the node's counters (summed over its workers)")
     stats.add_argument("--json", action="store_true", help="print the API's JSON")
     _admin_args(stats)
+
+    reload = sub.add_parser(
+        "reload", help="re-read the config and replace the workers (like SIGHUP to the node's supervisor)"
+    )
+    _admin_args(reload)
 
 
 @dataclass(frozen=True)
@@ -117,136 +114,9 @@ def setup_logging(cfg: Config) -> None:
     log_output.install(cfg.log.level)
 
 
-async def _wait_for_signal(parent: int | None = None) -> None:
-    """Until SIGINT / SIGTERM, or (a worker) until the process that forked it is gone."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if parent is None:
-        await stop.wait()
-        return
-    # A worker whose parent was killed (SIGKILL forwards nothing) must not live on as an
-    # orphan holding the port: it notices the re-parenting and shuts down cleanly.
-    while not stop.is_set() and os.getppid() == parent:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-
-
-async def _start(app: web.Application, listen: str) -> web.AppRunner:
-    host, _, port = listen.rpartition(":")
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-    await site.start()
-    return runner
-
-
-# Opens the node a process serves from: a lone proxy's, or an edge's (the edge layer passes its own).
-NodeFactory = Callable[[Config, Callable[[], float]], AbstractAsyncContextManager[Node]]
-
-
-async def serve(
-    cfg: Config,
-    origin_listen: str | None = None,
-    node_factory: NodeFactory = Node,
-    *,
-    worker: int = 0,
-    workers: int = 1,
-    parent: int | None = None,
-) -> None:
-    """Run the listeners (stub origin, edge, admin API) until SIGINT / SIGTERM, then close them.
-
-    `node_factory` opens the node; the edge layer passes its own (a proxy
-    joined to a cluster), since proxy/ never imports edge/. With several
-    workers each runs this with its own L1 on a shared port (SO_REUSEPORT) and
-    the shared L2; worker 0 also runs the admin API and the stub origin.
-    """
-    check_admin(cfg)
-    runners: list[web.AppRunner] = []
-    public: PublicServer | None = None
-    flusher = asyncio.create_task(flush_periodically())  # log lines reach stderr within 0.2 s
-    stack = contextlib.AsyncExitStack()
-    try:
-        if origin_listen is not None and worker == 0:
-            from origin_stub.app import create_app as create_origin
-
-            runners.append(await _start(create_origin(), origin_listen))
-            print(f"origin stub listening on http://{origin_listen}", flush=True)
-        node = await stack.enter_async_context(node_factory(cfg, time.time))
-        host, port = cfg.listen_host_port
-        public = await serve_public(node, host, port, reuse_port=workers > 1)
-        admin = ""
-        if cfg.admin.enabled and worker == 0:
-            # Its own runner and port: the public listener forwards every path to the origin.
-            runners.append(await _start(create_admin_app(node), cfg.admin.listen))
-            admin = f"; admin API on http://{cfg.admin.listen}"
-        if worker == 0:
-            several = f" ({workers} workers)" if workers > 1 else ""
-            print(
-                f"edge {cfg.name} listening on http://{cfg.listen}{several} -> origin {cfg.origin.url} "
-                f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
-                flush=True,
-            )
-        await _wait_for_signal(parent)
-    finally:
-        for runner in reversed(runners):  # the admin API first
-            await runner.cleanup()
-        if public is not None:
-            await public.close()  # then the edge's connections
-        await stack.aclose()  # and its node: write-behind drain, files
-        flusher.cancel()
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-
-
-def run_workers(n: int, cfg: Config, origin_listen: str | None, node_factory: NodeFactory) -> int:
-    """Fork n worker processes sharing the port; forward SIGINT / SIGTERM; exit when all have."""
-    children: list[int] = []
-    parent = os.getpid()
-    for index in range(n):
-        for handler in logging.getLogger().handlers:
-            handler.flush()  # or a child would write the parent's buffered lines again
-        pid = os.fork()
-        if pid == 0:  # the worker
-            code = 0
-            try:
-                _install_uvloop()
-                asyncio.run(serve(cfg, origin_listen, node_factory, worker=index, workers=n, parent=parent))
-            except OSError as exc:
-                print(f"minicdn: worker {index} cannot listen: {exc}", file=sys.stderr)
-                code = 1
-            except BaseException:
-                logging.getLogger("proxy.cli").exception("worker %d failed", index)
-                code = 1
-            os._exit(code)
-        children.append(pid)
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    worst = 0
-    for child in children:
-        _, status = os.waitpid(child, 0)
-        worst = max(worst, os.waitstatus_to_exitcode(status))
-    return worst
-
-
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    uvloop.install()
-
-
 def main(
     argv: Sequence[str] | None = None,
-    node_factory: NodeFactory = Node,
+    node_factory: NodeFactory = open_node,
     extra: Mapping[str, ExtraCommand] | None = None,
 ) -> int:
     try:
@@ -255,7 +125,7 @@ def main(
         return exc.code if isinstance(exc.code, int) else 2
     if extra and args.command in extra:
         return extra[args.command].run(args)
-    if args.command in ("purge", "inspect", "stats"):
+    if args.command in ("purge", "inspect", "stats", "reload"):
         return admin_main(args)
     if args.command == "origin":
         from origin_stub.cli import main as origin_main
@@ -271,34 +141,33 @@ def main(
     except ConfigError as exc:
         print(f"minicdn: config error: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_admin(cfg)
+    except ConfigError as exc:
+        print(f"minicdn: config error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(cfg)
-    _install_uvloop()
     origin_listen = None
     if args.command == "up":
         origin_listen = args.origin_listen
         if args.origin is None:
             cfg = cfg.with_overrides(origin=f"http://{origin_listen}")
-    workers = args.workers if args.workers is not None else cfg.workers
-    if args.command == "up" and args.workers is None:
-        workers = 1  # the demo: one process, so every hit in the curl session comes from one L1
-    if workers == 0:
-        workers = os.cpu_count() or 1
-    if workers > 1:
-        try:
-            check_admin(cfg)
-        except ConfigError as exc:
-            print(f"minicdn: config error: {exc}", file=sys.stderr)
-            return 2
-        return run_workers(workers, cfg, origin_listen, node_factory)
-    try:
-        asyncio.run(serve(cfg, origin_listen, node_factory))
-    except ConfigError as exc:
-        print(f"minicdn: config error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"minicdn: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    if args.workers is not None:
+        cfg = dataclasses.replace(cfg, workers=args.workers)
+    elif args.command == "up":
+        cfg = dataclasses.replace(cfg, workers=1)  # the demo: one process, one L1 for the curl session
+    workers = cfg.workers or os.cpu_count() or 1
+
+    def reread() -> Config:
+        """The config as at start (file, environment, command line), read again for a reload."""
+        fresh = load(args)
+        if args.command == "up" and args.origin is None:
+            fresh = fresh.with_overrides(origin=f"http://{origin_listen}")
+        if args.workers is not None or args.command == "up":
+            fresh = dataclasses.replace(fresh, workers=cfg.workers)
+        return fresh
+
+    return supervise(cfg, node_factory, workers=workers, reload_config=reread, origin_listen=origin_listen)
 
 
 def proxy_main(argv: Sequence[str] | None = None) -> int:
@@ -314,13 +183,15 @@ class _UsageError(Exception):
 
 
 def admin_main(args: argparse.Namespace) -> int:
-    """`minicdn purge | inspect | stats`: one call to the admin API, printed for a person (or --json)."""
+    """`minicdn purge / inspect / stats / reload`: one admin API call, printed for a person (or --json)."""
     try:
         client = _admin_client(args)
         if args.command == "purge":
             return _purge(client, args)
         if args.command == "inspect":
             return _inspect(client, args)
+        if args.command == "reload":
+            return _reload(client)
         return _stats(client, args)
     except _UsageError as exc:
         print(f"minicdn {args.command}: {exc}", file=sys.stderr)
@@ -434,6 +305,12 @@ def _entry_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str, str
     )
 
 
+def _reload(client: AdminClient) -> int:
+    result = client.reload()
+    print(result.get("message", "reloaded"))
+    return 0
+
+
 def _stats(client: AdminClient, args: argparse.Namespace) -> int:
     stats = client.stats()
     if args.json:
@@ -448,9 +325,11 @@ def _stats(client: AdminClient, args: argparse.Namespace) -> int:
         ("purge", stats.get("purge")),
         ("catalog", stats.get("catalog")),
     ]
-    known = {"name", "tiers", *(name for name, _ in groups)}
+    known = {"name", "tiers", "workers", "per_worker", *(name for name, _ in groups)}
     groups += [(name, values) for name, values in stats.items() if name not in known]  # e.g. "edge"
     print(f"node     {stats.get('name', '?')}")
+    if "workers" in stats:
+        print(f"workers  {stats['workers']} (the numbers below are their sum)")
     for name, values in groups:
         if values is None:
             print(f"{name:<8} disabled")
@@ -458,6 +337,10 @@ def _stats(client: AdminClient, args: argparse.Namespace) -> int:
             print(f"{name:<8} {_counters(name, values)}")
         else:
             print(f"{name:<8} {values}")
+    for row in stats.get("per_worker") or []:
+        if isinstance(row, dict):
+            counts = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("worker", "pid", "generation"))
+            print(f"worker {row.get('worker', '?')}  pid {row.get('pid', '?')}  {counts}")
     return 0
 
 

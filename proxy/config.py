@@ -162,7 +162,9 @@ class Config:
 
     name: str = "edge-1"  # this node's name: its Cache-Status member and Via pseudonym
     listen: str = "127.0.0.1:8080"
-    workers: int = 0  # processes sharing the listen port, each with its own L1; 0: one per core
+    workers: int = 0  # worker processes sharing the listen port and one box-wide cache; 0: one per core
+    # Seconds a worker that is told to stop (shutdown, reload) lets requests in progress finish.
+    drain_timeout: float = 10.0
     origin: OriginConfig = OriginConfig()
     cache: CacheConfig = CacheConfig()
     keys: KeyConfig = KeyConfig()
@@ -257,6 +259,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
             "name",
             "listen",
             "workers",
+            "drain_timeout",
             "origin",
             "cache",
             "keys",
@@ -277,6 +280,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     workers = top.get("workers", d.workers)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
         raise r.error("workers", "must be a whole number from 0 (one per core) to 256")
+    drain_timeout = r.non_negative(top, "drain_timeout", d.drain_timeout)
 
     o = r.mapping(top.get("origin", {}), "origin")
     r.only(o, "origin", set(OriginConfig.__dataclass_fields__))
@@ -389,6 +393,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         name=name,
         listen=listen,
         workers=workers,
+        drain_timeout=drain_timeout,
         origin=origin,
         cache=cache,
         keys=keys,

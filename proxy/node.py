@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -141,3 +142,13 @@ class Node:
         if purger is not None:
             purger.catalog.close()
             purger.epoch.close()
+
+
+# Opens the node a process serves from: a lone proxy's (open_node) or an edge's (edge.node.open_edge).
+# A module-level function, so that a supervised worker can be told its name (proxy/worker.py).
+NodeFactory = Callable[[Config, Clock, BoxClient | None], AbstractAsyncContextManager[Node]]
+
+
+def open_node(cfg: Config, clock: Clock = time.time, box: BoxClient | None = None) -> Node:
+    """The NodeFactory of a lone proxy."""
+    return Node(cfg, clock, box=box)

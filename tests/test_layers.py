@@ -56,6 +56,7 @@ IO_MODULES = {
 }
 # What proxy exports to the edge layer.
 PROXY_EXPORTS_TO_EDGE = {
+    "proxy.box",
     "proxy.cli",
     "proxy.config",
     "proxy.node",

@@ -1,0 +1,416 @@
+"""The supervisor of a node's worker processes: one listening socket, one cache per box.
+
+What must live here: the process side of `minicdn serve`. Like nginx's master,
+the supervisor
+
+- binds the listening sockets once and the workers (proxy/worker.py, started
+  with `python -m proxy.worker`) inherit them. The public port gets one socket
+  per worker in a SO_REUSEPORT group (as nginx's `reuseport`), so the kernel
+  spreads connections evenly (one shared socket lets whichever worker wakes
+  first take a whole burst of connections); before binding it, the port is
+  probed without SO_REUSEPORT, so a second node on the same port fails to
+  start with a clear message instead of joining the group. The sockets outlive
+  the workers: a replacement worker inherits the same socket, so nothing in
+  its accept queue is lost;
+- coordinates the workers through proxy/box.py: fetch locks (one origin request
+  per key per box), box-wide hit-for-pass marks, stats from every worker;
+- restarts a worker that dies (with a growing delay), and on SIGHUP (or
+  `POST /reload` on the admin API, `minicdn reload`) re-reads the config,
+  starts a new generation of workers on the same sockets and lets the old
+  ones drain: no connection is refused and L2 (on disk) is kept. A config
+  error keeps the old workers and says why;
+- on SIGINT / SIGTERM drains every worker (`drain_timeout`) and exits.
+
+The L1 budget is for the whole box: each of N workers gets budget / N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from proxy.box import Coordinator, WorkerLink, encode
+from proxy.config import Config, ConfigError, check_admin
+from proxy.node import NodeFactory
+from proxy.worker import start_message
+
+log = logging.getLogger("proxy.supervisor")
+
+READY_TIMEOUT = 60.0  # seconds a new worker may take to open its node and listen
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after the 1st, 2nd, ... crash in a row
+STABLE_SECONDS = 60.0  # a worker that ran this long before it died counts as a first crash
+
+
+class StartError(Exception):
+    """The node could not start (a socket, a worker); the message says why."""
+
+
+def bind(listen: str, what: str, *, group: int = 0) -> list[socket.socket]:
+    """Listening TCP sockets on HOST:PORT: one plain socket, or a SO_REUSEPORT group of `group`.
+
+    StartError, naming the address, when the port is taken: also by another
+    node's SO_REUSEPORT group, which a plain probe bind detects (members of a
+    group would otherwise let any newcomer of the same user join them).
+    """
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        probe = _listener(family, address, reuse_port=False)
+        if not group:
+            sockets.append(probe)
+        else:
+            probe.close()  # free: now the group takes it (an ephemeral port 0 is pinned by the first)
+            first = _listener(family, address, reuse_port=True)
+            sockets.append(first)
+            address = first.getsockname()
+            sockets += [_listener(family, address, reuse_port=True) for _ in range(group - 1)]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        reason = exc.strerror or str(exc)
+        raise StartError(f"cannot listen on {listen} ({what}): {reason}") from exc
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
+
+
+def _listener(family: int, address: Any, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process and its place in the box."""
+
+    index: int
+    generation: int
+    process: asyncio.subprocess.Process
+    link: WorkerLink
+    crashes: int = 0  # crashes in a row of this worker's place before it started
+    started: float = field(default_factory=time.monotonic)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs N workers of one node on sockets it owns."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        factory: NodeFactory,
+        *,
+        workers: int,
+        reload_config: Callable[[], Config] | None = None,
+        origin_listen: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.factory = factory
+        self.count = workers
+        self.reload_config = reload_config
+        self.origin_listen = origin_listen
+        self.coordinator = Coordinator()
+        self.coordinator.reload = self.reload
+        self.public: list[socket.socket] = []  # a SO_REUSEPORT group; worker i accepts on i % len
+        self.admin: socket.socket | None = None
+        self.workers: list[Worker] = []
+        self.generation = 0
+        self.stopping = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        self._origin: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------ start
+
+    def bind(self) -> None:
+        """Bind the public and admin sockets (before anything else starts)."""
+        self.public = bind(self.cfg.listen, "public", group=self.count)
+        if self.cfg.admin.enabled:
+            try:
+                (self.admin,) = bind(self.cfg.admin.listen, "admin API")
+            except StartError:
+                _close(self.public)
+                raise
+
+    async def run(self) -> int:
+        """Start the workers, keep them running until SIGINT / SIGTERM, then drain them; the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged()))
+        try:
+            if self.origin_listen is not None:
+                await self._start_origin_stub()
+            generation = await self._start_generation(self.cfg)
+        except StartError as exc:
+            print(f"minicdn: {exc}", file=sys.stderr, flush=True)
+            await self._stop_all()
+            return 1
+        self._banner(len(generation))
+        await self.stopping.wait()
+        log.info("stopping: draining %d workers", len(self.workers))
+        await self._stop_all()
+        return 0
+
+    def _banner(self, workers: int) -> None:
+        cfg = self.cfg
+        admin = f"; admin API on http://{cfg.admin.listen}" if self.admin is not None else ""
+        several = f" ({workers} workers)" if workers > 1 else ""
+        print(
+            f"edge {cfg.name} listening on http://{cfg.listen}{several} -> origin {cfg.origin.url} "
+            f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
+            flush=True,
+        )
+
+    async def _start_origin_stub(self) -> None:
+        from origin_stub.app import create_app as create_origin
+
+        assert self.origin_listen is not None
+        host, _, port = self.origin_listen.rpartition(":")
+        runner = web.AppRunner(create_origin(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartError(f"cannot listen on {self.origin_listen} (stub origin): {exc.strerror}") from exc
+        self._origin = runner
+        print(f"origin stub listening on http://{self.origin_listen}", flush=True)
+
+    def _worker_config(self, cfg: Config, count: int) -> Config:
+        """A worker's config: its share of the box's L1 budget (cache.l1.budget is per box)."""
+        l1 = dataclasses.replace(cfg.cache.l1, budget=max(1, cfg.cache.l1.budget // count))
+        return dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, l1=l1))
+
+    async def _start_generation(self, cfg: Config) -> list[Worker]:
+        """Start `self.count` workers with cfg and wait until each is ready; StartError if one is not."""
+        self.generation += 1
+        generation = self.generation
+        worker_cfg = self._worker_config(cfg, self.count)
+        started = [await self._spawn(worker_cfg, index, generation) for index in range(self.count)]
+        self.coordinator.announce()
+        try:
+            for worker in started:
+                await self._wait_ready(worker)
+        except StartError:
+            for worker in started:
+                await self._drain(worker, kill_after=1.0)
+            raise
+        return started
+
+    async def _spawn(self, cfg: Config, index: int, generation: int, crashes: int = 0) -> Worker:
+        assert self.public
+        ours, theirs = socket.socketpair()
+        # Worker i accepts on socket i of the group (and on i + N, ... when there are more sockets).
+        public = [s.fileno() for j, s in enumerate(self.public) if j % self.count == index]
+        fds = [theirs.fileno(), *public]
+        args = ["--channel", str(theirs.fileno()), "--public", ",".join(map(str, public))]
+        if self.admin is not None:
+            fds.append(self.admin.fileno())
+            args += ["--admin", str(self.admin.fileno())]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.worker", *args, pass_fds=fds, stdin=asyncio.subprocess.DEVNULL
+        )
+        theirs.close()
+        ours.sendall(encode(start_message(cfg, self.factory, index, generation)))
+        link = await self.coordinator.attach(ours, index, process.pid, generation)
+        worker = Worker(index, generation, process, link, crashes)
+        worker.tasks.append(asyncio.create_task(self.coordinator.serve(link), name=f"box link {index}"))
+        worker.tasks.append(asyncio.create_task(self._watch(worker, cfg), name=f"worker {index} watch"))
+        self.workers.append(worker)
+        return worker
+
+    async def _wait_ready(self, worker: Worker) -> None:
+        ready = asyncio.create_task(worker.link.ready.wait())
+        exited = asyncio.create_task(worker.process.wait())
+        await asyncio.wait({ready, exited}, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        exited.cancel()
+        if not worker.link.ready.is_set():
+            code = worker.process.returncode
+            why = (
+                f"exited with status {code}"
+                if code is not None
+                else f"was not ready in {READY_TIMEOUT:.0f} s"
+            )
+            raise StartError(f"worker {worker.index} {why} (see its messages above)")
+
+    async def _watch(self, worker: Worker, cfg: Config) -> None:
+        """Restart a worker that exits on its own (a crash), after a delay that grows with repeats."""
+        code = await worker.process.wait()
+        if worker in self.workers:
+            self.workers.remove(worker)
+        self.coordinator.detach(worker.link)
+        if self.stopping.is_set() or worker.link.draining or not worker.link.ready.is_set():
+            return
+        if worker.generation != self.generation:
+            return  # a reload replaced it meanwhile
+        # A worker that ran for a while before it died starts the count of crashes anew.
+        crashes = 0 if time.monotonic() - worker.started > STABLE_SECONDS else worker.crashes
+        delay = RESTART_DELAYS[min(crashes, len(RESTART_DELAYS) - 1)]
+        log.error(
+            "worker %d (pid %d) exited with status %s; restarting it in %.1f s",
+            worker.index,
+            worker.process.pid,
+            code,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        if self.stopping.is_set() or worker.generation != self.generation:
+            return
+        replacement = await self._spawn(cfg, worker.index, worker.generation, crashes + 1)
+        self.coordinator.announce()
+        try:
+            await self._wait_ready(replacement)
+        except StartError as exc:
+            log.error("restarting worker %d failed: %s", worker.index, exc)
+
+    # ----------------------------------------------------------------- reload
+
+    async def _reload_logged(self) -> None:
+        ok, message = await self.reload()
+        (log.info if ok else log.error)("%s", message)
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config and replace the workers; on any error keep the old ones. (ok, message)."""
+        if self.reload_config is None:
+            return False, "reload: this node was started without a config to re-read"
+        async with self._reloading:
+            try:
+                cfg = self.reload_config()
+                check_admin(cfg)
+            except ConfigError as exc:
+                return False, f"reload failed, the running workers go on: {exc}"
+            old_public, old_admin = self.public, self.admin
+            count = cfg.workers or os.cpu_count() or 1
+            try:
+                if cfg.listen != self.cfg.listen:
+                    self.public = bind(cfg.listen, "public", group=count)
+                elif count > len(self.public):
+                    # More workers: more sockets join the group (same port, same owner).
+                    address = self.public[0].getsockname()
+                    family = self.public[0].family
+                    added = [
+                        _listener(family, address, reuse_port=True) for _ in range(count - len(self.public))
+                    ]
+                    for sock in added:
+                        sock.set_inheritable(True)
+                    self.public = [*self.public, *added]
+                if cfg.admin.enabled != self.cfg.admin.enabled or cfg.admin.listen != self.cfg.admin.listen:
+                    self.admin = bind(cfg.admin.listen, "admin API")[0] if cfg.admin.enabled else None
+            except (StartError, OSError) as exc:
+                self._close_new(old_public, old_admin)
+                return False, f"reload failed, the running workers go on: {exc}"
+            old = list(self.workers)
+            previous_count, self.count = self.count, count
+            try:
+                started = await self._start_generation(cfg)
+            except StartError as exc:
+                self.count = previous_count
+                self._close_new(old_public, old_admin)
+                return False, f"reload failed, the running workers go on: {exc}"
+            previous = self.cfg
+            self.cfg = cfg
+            for worker in old:
+                asyncio.get_running_loop().create_task(self._drain(worker))
+            if cfg.listen != previous.listen:
+                _close(old_public)  # the old workers stop accepting on them as they drain
+            if old_admin is not self.admin and old_admin is not None:
+                old_admin.close()
+            changed = [
+                f.name
+                for f in dataclasses.fields(Config)
+                if getattr(previous, f.name) != getattr(cfg, f.name)
+            ]
+            what = ", ".join(c for c in changed if c != "source") or "nothing"
+            summary = f"{len(started)} workers (generation {self.generation}); changed: {what}"
+            return True, f"reloaded {cfg.source}: {summary}"
+
+    def _close_new(self, old_public: list[socket.socket], old_admin: socket.socket | None) -> None:
+        """Undo the sockets a failed reload bound."""
+        _close([s for s in self.public if s not in old_public])
+        if self.admin is not old_admin and self.admin is not None:
+            self.admin.close()
+        self.public, self.admin = old_public, old_admin
+
+    # ------------------------------------------------------------------- stop
+
+    async def _drain(self, worker: Worker, kill_after: float | None = None) -> None:
+        """Ask a worker to finish and exit; kill it if it has not within its drain time (+ a margin)."""
+        worker.link.draining = True
+        worker.link.send({"op": "drain"})
+        limit = kill_after if kill_after is not None else self.cfg.drain_timeout + 5.0
+        try:
+            await asyncio.wait_for(worker.process.wait(), limit)
+        except TimeoutError:
+            log.error(
+                "worker %d (pid %d) did not exit after draining; killing it", worker.index, worker.process.pid
+            )
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            await worker.process.wait()
+
+    async def _stop_all(self) -> None:
+        self.stopping.set()
+        await asyncio.gather(*(self._drain(w) for w in list(self.workers)), return_exceptions=True)
+        for worker in list(self.workers):
+            for task in worker.tasks:
+                task.cancel()
+        if self._origin is not None:
+            await self._origin.cleanup()
+        _close(self.public)
+        if self.admin is not None:
+            self.admin.close()
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def supervise(
+    cfg: Config,
+    factory: NodeFactory,
+    *,
+    workers: int,
+    reload_config: Callable[[], Config] | None = None,
+    origin_listen: str | None = None,
+) -> int:
+    """Bind, run the workers until a stop signal, and return the exit code (1: could not start)."""
+    supervisor = Supervisor(
+        cfg, factory, workers=workers, reload_config=reload_config, origin_listen=origin_listen
+    )
+    try:
+        supervisor.bind()
+    except StartError as exc:
+        print(f"minicdn: {exc}", file=sys.stderr, flush=True)
+        return 1
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    log.debug("supervisor pid %d", os.getpid())
+    return asyncio.run(supervisor.run())

@@ -1,0 +1,151 @@
+"""One worker process of a supervised node: `python -m proxy.worker`, started by proxy/supervisor.py.
+
+What must live here: a worker's life. It inherits the listening sockets its
+supervisor bound (so every worker accepts on the one public port, and a
+second node cannot take it), reads its config from the supervisor's first
+message, opens its Node with the box link in it (proxy/box.py), serves the
+public front and the admin API on those sockets, says "ready", and runs until
+the supervisor says "drain" (reload, shutdown) or goes away, or SIGINT /
+SIGTERM arrive. Draining stops accepting and lets requests in progress finish
+within `drain_timeout` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import importlib
+import json
+import logging
+import pickle
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from proxy import log_output, stats
+from proxy.admin import create_admin_app
+from proxy.box import BoxClient
+from proxy.config import Config
+from proxy.front import serve_public
+from proxy.log_output import flush_periodically
+from proxy.node import NodeFactory
+
+log = logging.getLogger("proxy.worker")
+
+
+def read_start(channel: socket.socket) -> dict[str, Any]:
+    """The supervisor's first message, read without consuming anything after its newline."""
+    data = b""
+    while b"\n" not in data:
+        peeked = channel.recv(1 << 20, socket.MSG_PEEK)
+        if not peeked:
+            raise ConnectionError("the supervisor closed the channel before starting this worker")
+        end = peeked.find(b"\n")
+        data += channel.recv(end + 1 if end >= 0 else len(peeked))
+    message = json.loads(data)
+    if not isinstance(message, dict) or message.get("op") != "start":
+        raise ValueError("the supervisor's first message is not a start message")
+    return message
+
+
+def start_message(cfg: Config, factory: NodeFactory, index: int, generation: int) -> dict[str, Any]:
+    """What a worker is told first: its config (as the supervisor validated it), node factory and place."""
+    return {
+        "op": "start",
+        "config": base64.b64encode(pickle.dumps(cfg)).decode("ascii"),
+        "factory": f"{factory.__module__}:{factory.__qualname__}",
+        "index": index,
+        "generation": generation,
+    }
+
+
+def resolve(name: str) -> NodeFactory:
+    module, _, qualname = name.partition(":")
+    target: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+async def run(
+    cfg: Config,
+    factory: NodeFactory,
+    channel: socket.socket,
+    public: list[socket.socket],
+    admin: socket.socket | None,
+    index: int,
+) -> int:
+    box = BoxClient(channel, index)
+    await box.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # SIGHUP is the supervisor's (reload); one sent to the whole process group must not end a worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    flusher = asyncio.create_task(flush_periodically())  # log lines reach stderr within 0.2 s
+    try:
+        async with factory(cfg, time.time, box) as node:
+            box.snapshot = lambda: stats.snapshot(node)
+            servers = [await serve_public(node, sock=sock) for sock in public]
+            runner: web.AppRunner | None = None
+            if admin is not None:
+                runner = web.AppRunner(create_admin_app(node), access_log=None, handle_signals=False)
+                await runner.setup()
+                await web.SockSite(runner, admin).start()
+            box.send({"op": "ready"})
+            waits = [asyncio.create_task(e.wait()) for e in (stop, box.drain, box.lost)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in waits:
+                task.cancel()
+            # Drain: stop accepting (the socket stays open in the supervisor and the other
+            # workers, so no client is refused), finish what is in progress, then close.
+            await asyncio.gather(*(server.close(cfg.drain_timeout) for server in servers))
+            if runner is not None:
+                await runner.cleanup()
+    finally:
+        await box.close()
+        flusher.cancel()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy.worker", description="one worker of a supervised node"
+    )
+    parser.add_argument("--channel", type=int, required=True, help="fd of the supervisor's socketpair end")
+    parser.add_argument(
+        "--public", required=True, help="fds of the public listening sockets, comma-separated"
+    )
+    parser.add_argument("--admin", type=int, help="fd of the admin listening socket")
+    args = parser.parse_args(argv)
+    channel = socket.socket(fileno=args.channel)
+    start = read_start(channel)
+    cfg = pickle.loads(base64.b64decode(start["config"]))
+    assert isinstance(cfg, Config)
+    factory = resolve(str(start["factory"]))
+    log_output.install(cfg.log.level)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    public = [socket.socket(fileno=int(fd)) for fd in args.public.split(",")]
+    admin = socket.socket(fileno=args.admin) if args.admin is not None else None
+    try:
+        return asyncio.run(run(cfg, factory, channel, public, admin, int(start["index"])))
+    except Exception:
+        log.exception("worker %s failed", start.get("index"))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
