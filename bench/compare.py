@@ -55,6 +55,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -641,12 +642,15 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str
 class Client:
     """GET requests over one kept-alive connection (reopened when the server closes it)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, stop: threading.Event | None = None) -> None:
         self.port = port
         self.timeout = timeout
+        self.stop = stop  # once set, every request raises (a warm-up thread told to give up)
         self.conn: http.client.HTTPConnection | None = None
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        if self.stop is not None and self.stop.is_set():
+            raise RuntimeError("stopped")
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
@@ -817,14 +821,21 @@ class Origin:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def warm_and_check(sc: Scenario, server: str, port: int, origin: Origin, origin_kind: str) -> None:
+def warm_and_check(
+    sc: Scenario,
+    server: str,
+    port: int,
+    origin: Origin,
+    origin_kind: str,
+    stop: threading.Event | None = None,
+) -> None:
     """Fill the cache for every key of ``sc``, then check the next answer for each key: a hit (or a
     revalidation, or a pass-through; check_origin_answers then reads the origin's log). Browser-like
     rows are checked with the heads wrk sends: every key without the Cookie, every fourth key with
     it too. Fill rows: a few new keys, each first fetched and stored, then a hit."""
     paths = scenario_paths(sc, origin_kind)
     heads = request_heads(sc)
-    client = Client(port)
+    client = Client(port, stop=stop)
     try:
         if sc.kind == "fill":
             for path in paths:
@@ -1269,13 +1280,20 @@ def run(args: argparse.Namespace, scenarios: list[Scenario], setup: Setup) -> li
                 continue
             todo.append(server)
             checked.add(what)
-        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+        stop = threading.Event()  # set on Ctrl-C / SIGTERM: the threads give up at their next request
+        pool = ThreadPoolExecutor(max_workers=max(1, len(todo)))
+        try:
             futures = [
-                pool.submit(warm_and_check, sc, server, instance(server, sc).port, origin, origin_kind)
+                pool.submit(warm_and_check, sc, server, instance(server, sc).port, origin, origin_kind, stop)
                 for server in todo
             ]
             for future in futures:
                 future.result()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         for server in todo:
             check_origin_answers(sc, server, instance(server, sc).port, origin, origin_kind)
         print(f"warm and checked: {sc.name}", flush=True)
