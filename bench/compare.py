@@ -97,7 +97,8 @@ class Scenario:
     title: str
     keys: int = 1  # > 1: this many URLs (?k=0, ?k=1, ...)
     # with keys > 1: "round-robin" (in order, wrk's own request head), "uniform" (shuffled
-    # round-robin) or "zipf" (s = 1); both with browser-like heads (compare_workload.py)
+    # round-robin) or "zipf" (s = 1), both with browser-like heads (compare_workload.py); fill
+    # rows: "new" (every request a new key, browser-like heads too)
     popularity: str = "round-robin"
     multi_key: bool = False  # a headline row (edge-like traffic: many keys, browser-like heads)
     concurrency: int = 0  # 0: --connections and --threads; 1: wrk -t1 -c1 and the origin asked directly
