@@ -1,12 +1,26 @@
 """Benchmark: minicdn against nginx proxy_cache and Varnish, in one run, with wrk.
 
 Starts one origin, then the edge (`python -m proxy`), nginx (`proxy_cache`) and Varnish (malloc
-storage) in front of it, all on loopback, warms every cache, checks with one request that each
-server really hits (or really revalidates, or really passes through), and measures each scenario
-with `wrk --latency` in alternating rounds (proxy, nginx, varnish, proxy, ...). Each cell is the
-median over the rounds. Prints a table per scenario and writes JSON.
+storage) in front of it, all on loopback, warms every cache, checks with one request per key that
+each server really hits (or really revalidates, or really passes through, or really stores), and
+measures each scenario with `wrk --latency` in alternating rounds (proxy, nginx, varnish, proxy,
+...). Each cell is the median over the rounds. Prints a table per scenario and writes JSON.
 
-Scenarios:
+Multi-key scenarios (the headline; traffic that looks like an edge's: every request names one of
+many objects, browser-like request heads, a quarter of them with a Cookie):
+  mk-l1-hit-1k-uniform  2,000 fresh 1 KiB objects, every key equally often (shuffled round-robin)
+  mk-l1-hit-1k-zipf     the same keys, Zipf popularity (s = 1: the top key gets 12 % of requests)
+  mk-l1-hit-100k        200 fresh 100 KiB objects, uniform
+  mk-l2-hit-1k          2,000 keys, uniform, the edge with L1 off (disk tier); the peers as L1
+  mk-miss-1k            2,000 no-store keys, uniform: every request goes to the origin
+  mk-reval-1k           2,000 max-age=0 + ETag keys, uniform: every request revalidated (304)
+  mk-c1-miss-1k         mk-miss-1k at concurrency 1 (wrk -t1 -c1), and the origin asked directly:
+  mk-c1-reval-1k        mk-reval-1k likewise; what each cache adds to the origin's latency
+  mk-fill-1k            cold fill: every request a new key (a counter in the query), a cacheable
+                        1 KiB object fetched and stored; judged against the edge's own mk-miss-1k
+                        rate, and the edge's admin /stats say how many responses L2 kept
+
+One-URL scenarios (wrk's own request head, the same for every request):
   l1-hit-1k/100k/1m   a fresh cached object (the edge answers from its memory tier, L1)
   l2-hit-1k/100k/1m   the same, the edge with L1 disabled (disk tier, L2); the peers as above
   miss-1k             an uncacheable (no-store) object: every request goes to the origin
@@ -18,14 +32,17 @@ The origin is nginx serving generated static files (the stub origin when nginx i
 that the origin is not the bottleneck on the miss and revalidation paths. By default each server
 is pinned to the first CPU, and wrk and the origin to the second one.
 
-    python bench/compare.py            # 5 rounds of 5 s per cell (about 13 min)
-    python bench/compare.py --short    # 1 round of 2 s per cell (about 1 min): a quick check
+    python bench/compare.py                            # 5 rounds of 5 s per cell (about 27 min)
+    python bench/compare.py --short                    # 1 round of 2 s per cell: a quick check
+    python bench/compare.py --scenarios multi-key      # the headline rows only (or one-url, or mk-l1-*)
+    python bench/compare.py --baseline-root ../main    # adds "proxy-before", run from that checkout
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import http.client
 import json
 import os
@@ -35,21 +52,37 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+# bench/ is on sys.path when this file runs as a script (the tests put it there too)
+import compare_workload as workload
+from compare_report import (
+    BASELINE,
+    ORIGIN,
+    SERVERS,
+    Cell,
+    fill_notes,
+    final_summary,
+    latency_adds,
+    median,
+    ratios,
+    scenario_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KIB = 1024
 MIB = 1024 * 1024
-SERVERS = ("proxy", "nginx", "varnish")
 RUN_OVERHEAD_S = 0.6  # per wrk run: origin counter reads, settling, process start of wrk
+PROXIES = ("proxy", BASELINE)  # the servers that are `python -m proxy` (from --proxy-root / --baseline-root)
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -58,14 +91,70 @@ RUN_OVERHEAD_S = 0.6  # per wrk run: origin counter reads, settling, process sta
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # "hit", "miss" or "reval"
+    kind: str  # "hit", "miss", "reval", or "fill" (every request a new key, fetched and stored)
     tier: str  # which edge instance: "l1" (memory tier on) or "l2" (memory tier off)
     size: int  # body bytes
     title: str
-    keys: int = 1  # > 1: wrk requests this many URLs (?k=0, ?k=1, ...) round-robin
+    keys: int = 1  # > 1: this many URLs (?k=0, ?k=1, ...)
+    # with keys > 1: "round-robin" (in order, wrk's own request head), "uniform" (shuffled
+    # round-robin) or "zipf" (s = 1), both with browser-like heads (compare_workload.py); fill
+    # rows: "new" (every request a new key, browser-like heads too)
+    popularity: str = "round-robin"
+    multi_key: bool = False  # a headline row (edge-like traffic: many keys, browser-like heads)
+    concurrency: int = 0  # 0: --connections and --threads; 1: wrk -t1 -c1 and the origin asked directly
+    target: float = 0.0  # c=1 rows: proxy adds <= target x nginx adds; fill: rps >= target x own miss rps
+    against: str = ""  # fill rows: the row whose proxy rps the fill rate is judged against
 
+    @property
+    def browser(self) -> bool:
+        return self.popularity in ("uniform", "zipf") or self.kind == "fill"
+
+
+MK_KEYS = 2000  # 1 KiB objects in the multi-key rows
+MK_KEYS_100K = 200
+_MK = {"multi_key": True, "popularity": "uniform"}
 
 SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "mk-l1-hit-1k-uniform", "hit", "l1", KIB,
+        f"L1 hit, 1 KiB, {MK_KEYS} keys uniform (shuffled round-robin), browser-like heads",
+        keys=MK_KEYS, **_MK,
+    ),
+    Scenario(
+        "mk-l1-hit-1k-zipf", "hit", "l1", KIB,
+        f"L1 hit, 1 KiB, {MK_KEYS} keys Zipf (s = 1), browser-like heads",
+        keys=MK_KEYS, multi_key=True, popularity="zipf",
+    ),
+    Scenario(
+        "mk-l1-hit-100k", "hit", "l1", 100 * KIB,
+        f"L1 hit, 100 KiB, {MK_KEYS_100K} keys uniform, browser-like heads",
+        keys=MK_KEYS_100K, **_MK,
+    ),
+    Scenario(
+        "mk-l2-hit-1k", "hit", "l2", KIB,
+        f"L2 hit, 1 KiB, {MK_KEYS} keys uniform (edge with L1 off: disk tier; peers as L1)",
+        keys=MK_KEYS, **_MK,
+    ),
+    Scenario(
+        "mk-miss-1k", "miss", "l1", KIB,
+        f"miss path, 1 KiB no-store, {MK_KEYS} keys uniform: every request to the origin",
+        keys=MK_KEYS, **_MK,
+    ),
+    Scenario(
+        "mk-reval-1k", "reval", "l1", KIB,
+        f"revalidation, 1 KiB max-age=0 + ETag, {MK_KEYS} keys uniform: every request gets a 304",
+        keys=MK_KEYS, **_MK,
+    ),
+    Scenario(
+        "mk-c1-miss-1k", "miss", "l1", KIB,
+        f"miss path at concurrency 1 (wrk -t1 -c1), {MK_KEYS} keys: what each cache adds to the origin",
+        keys=MK_KEYS, concurrency=1, target=2.0, **_MK,
+    ),
+    Scenario(
+        "mk-c1-reval-1k", "reval", "l1", KIB,
+        f"revalidation at concurrency 1 (wrk -t1 -c1), {MK_KEYS} keys: what each cache adds to the origin",
+        keys=MK_KEYS, concurrency=1, target=3.0, **_MK,
+    ),
     Scenario("l1-hit-1k", "hit", "l1", KIB, "L1 hit, 1 KiB (edge memory tier)"),
     Scenario("l1-hit-100k", "hit", "l1", 100 * KIB, "L1 hit, 100 KiB (edge memory tier)"),
     Scenario("l1-hit-1m", "hit", "l1", MIB, "L1 hit, 1 MiB (edge memory tier)"),
@@ -88,7 +177,36 @@ SCENARIOS: tuple[Scenario, ...] = (
         KIB,
         "revalidation, 1 KiB max-age=0 + ETag, one key: concurrent revalidations may be collapsed",
     ),
-)
+    # Last: it fills the caches with objects that may push out what the rows above measure
+    # (Varnish's 256 MiB in particular).
+    Scenario(
+        "mk-fill-1k", "fill", "l1", KIB,
+        "cold fill, 1 KiB: every request a new key (a counter in the query), fetched and stored",
+        multi_key=True, popularity="new", target=0.8, against="mk-miss-1k",
+    ),
+)  # fmt: skip
+GROUPS = {
+    "multi-key": [s.name for s in SCENARIOS if s.multi_key],
+    "one-url": [s.name for s in SCENARIOS if not s.multi_key],
+}
+FILL_CHECK_KEYS = 20  # fill rows: keys checked before the run (each a stored miss, then a hit)
+
+
+def select_scenarios(spec: str) -> list[Scenario]:
+    """The scenarios named by ``spec`` (comma-separated names, globs such as mk-l1-*, or the groups
+    multi-key and one-url), in the order of SCENARIOS; all of them for an empty spec."""
+    wanted: set[str] = set()
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        if item in GROUPS:
+            wanted.update(GROUPS[item])
+            continue
+        matched = [s.name for s in SCENARIOS if fnmatch.fnmatchcase(s.name, item)]
+        if not matched:
+            raise ValueError(f"unknown scenario {item!r}")
+        wanted.update(matched)
+    return [s for s in SCENARIOS if not wanted or s.name in wanted]
 
 
 def size_label(n: int) -> str:
@@ -103,9 +221,11 @@ def scenario_path(sc: Scenario, origin_kind: str) -> str:
     """The URL path requested for ``sc`` (the same on every server), given the origin's kind."""
     label = size_label(sc.size)
     if origin_kind == "nginx":
-        return {"hit": "/static/", "miss": "/nostore/", "reval": "/reval/"}[sc.kind] + label
+        return {"hit": "/static/", "fill": "/static/", "miss": "/nostore/", "reval": "/reval/"}[
+            sc.kind
+        ] + label
     # the stub origin (python -m origin_stub): see origin_stub/behaviours.py
-    if sc.kind == "hit":
+    if sc.kind in ("hit", "fill"):
         return f"/bytes/{sc.size}?max_age=86400"
     if sc.kind == "reval":
         return f"/bytes/{sc.size}?max_age=0"
@@ -113,27 +233,40 @@ def scenario_path(sc: Scenario, origin_kind: str) -> str:
 
 
 def key_prefix(sc: Scenario, origin_kind: str) -> str:
-    """The paths of a many-key scenario are this prefix followed by 0, 1, ... keys-1."""
+    """The paths of a many-key scenario are this prefix followed by 0, 1, ... keys-1 (fill rows:
+    by a run tag and a counter)."""
     base = scenario_path(sc, origin_kind)
     return base + ("&" if "?" in base else "?") + "k="
 
 
 def scenario_paths(sc: Scenario, origin_kind: str) -> list[str]:
+    """The paths the warm-up fills and checks (fill rows: a few keys of their own)."""
+    prefix = key_prefix(sc, origin_kind)
+    if sc.kind == "fill":
+        return [f"{prefix}check.{i}" for i in range(FILL_CHECK_KEYS)]
     if sc.keys <= 1:
         return [scenario_path(sc, origin_kind)]
-    prefix = key_prefix(sc, origin_kind)
     return [f"{prefix}{i}" for i in range(sc.keys)]
 
 
-def wrk_script(sc: Scenario, origin_kind: str) -> str:
-    """A wrk Lua script that requests the keys of ``sc`` round-robin."""
-    return f"""-- generated by bench/compare.py: {sc.name}, {sc.keys} keys round-robin
-local prefix, keys, n = "{key_prefix(sc, origin_kind)}", {sc.keys}, 0
-request = function()
-    n = n + 1
-    return wrk.format(nil, prefix .. (n % keys))
-end
-"""
+def wrk_script(sc: Scenario, origin_kind: str) -> str | None:
+    """The wrk Lua script of ``sc`` (None: one URL, wrk's own request)."""
+    prefix = key_prefix(sc, origin_kind)
+    if sc.kind == "fill":
+        return workload.fill_script(sc.name, prefix)
+    if sc.popularity in ("uniform", "zipf"):
+        return workload.multi_key_script(sc.name, prefix, sc.keys, sc.popularity)
+    if sc.keys > 1:
+        return workload.round_robin_script(sc.name, prefix, sc.keys)
+    return None
+
+
+def request_heads(sc: Scenario) -> list[dict[str, str]]:
+    """The header fields the warm-up sends for each path of ``sc`` (besides Host): what wrk sends,
+    so the check covers them; browser-like rows are checked without and then with the Cookie."""
+    if not sc.browser:
+        return [{}]
+    return [dict(workload.browser_fields(cookie)) for cookie in (False, True)]
 
 
 def origin_files() -> dict[str, int]:
@@ -243,13 +376,21 @@ def nginx_peer_conf(
 
 
 def varnish_vcl(origin_port: int) -> str:
-    """Varnish's built-in VCL, except that an already stale response with a validator is kept
-    (beresp.keep) so that the next request revalidates it with a conditional fetch."""
+    """Varnish's built-in VCL with two rules: requests for the benchmark's objects lose their
+    Cookie (the built-in VCL passes every request with one; a CDN in front of static objects drops
+    it), and an already stale response with a validator is kept (beresp.keep) so that the next
+    request revalidates it with a conditional fetch."""
     return f"""vcl 4.1;
 
 backend origin {{
     .host = "127.0.0.1";
     .port = "{origin_port}";
+}}
+
+sub vcl_recv {{
+    if (req.url ~ "^/(static|nostore|reval|bytes|respond)[/?]") {{
+        unset req.http.Cookie;  # static objects: cookies are not part of the response
+    }}
 }}
 
 sub vcl_backend_response {{
@@ -267,11 +408,12 @@ sub vcl_backend_response {{
 
 
 def proxy_config(*, l1: bool) -> dict[str, Any]:
-    """The edge's config file (written as JSON, which is YAML)."""
+    """The edge's config file (written as JSON, which is YAML). The admin API is on, at the
+    address given by --admin-listen (a free port per instance): the fill rows read its /stats."""
     return {
         "name": "bench",
         "log": {"level": "WARNING", "access_log": False},
-        "admin": {"enabled": False},  # its fixed port would clash between the two edges
+        "admin": {"enabled": True},
         "cache": {
             "max_object_size": "10MiB",
             "l1": {"enabled": l1, "budget": "512MiB"},
@@ -331,12 +473,20 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def wrk_command(
-    url: str, seconds: float, connections: int, threads: int, script: Path | None = None
+    url: str,
+    seconds: float,
+    connections: int,
+    threads: int,
+    script: Path | None = None,
+    script_args: list[str] | None = None,
 ) -> list[str]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency"]
     if script is not None:
         cmd += ["-s", str(script)]
-    return [*cmd, url]
+    cmd.append(url)
+    if script_args:
+        cmd += ["--", *script_args]
+    return cmd
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -364,16 +514,26 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, cmd: list[str], log: Path, cpus: set[int] | None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        name: str,
+        cmd: list[str],
+        log: Path,
+        cpus: set[int] | None,
+        *,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd,
-                cwd=ROOT,
+                cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_pinner(cpus),  # this script starts no threads
+                preexec_fn=_pinner(cpus),  # no thread of this script runs meanwhile (see run)
             )
         self.procs.append((name, proc, log))
         return proc
@@ -483,17 +643,20 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, dict[str
 class Client:
     """GET requests over one kept-alive connection (reopened when the server closes it)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, stop: threading.Event | None = None) -> None:
         self.port = port
         self.timeout = timeout
+        self.stop = stop  # once set, every request raises (a warm-up thread told to give up)
         self.conn: http.client.HTTPConnection | None = None
 
-    def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        if self.stop is not None and self.stop.is_set():
+            raise RuntimeError("stopped")
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             try:
-                self.conn.request("GET", path)
+                self.conn.request("GET", path, headers=headers or {})
                 resp = self.conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException):
@@ -540,14 +703,14 @@ def tool_version(cmd: list[str]) -> str:
     return text[0] if text else "?"
 
 
-def git_version() -> str:
-    """The commit of the code under test, "+dirty" when proxy/ has uncommitted changes."""
+def git_version(root: Path = ROOT) -> str:
+    """The commit of the code under test in ``root``, "+dirty" when its proxy/ has uncommitted changes."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "proxy"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", "proxy"], cwd=root, capture_output=True, text=True
         )
     except OSError:
         return "?"
@@ -556,29 +719,72 @@ def git_version() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
-def proxy_supports_workers() -> bool:
+def proxy_env(root: Path) -> dict[str, str]:
+    """The environment of a `python -m proxy` from ``root``: its checkout first on the path, and no
+    MINICDN_* variables (they would override the benchmark's config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINICDN_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def proxy_supports_workers(root: Path = ROOT) -> bool:
     out = subprocess.run(
-        [sys.executable, "-m", "proxy", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "proxy", "--help"],
+        cwd=root,
+        env=proxy_env(root),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return "--workers" in out.stdout
+
+
+def proxy_stats(admin_port: int) -> dict[str, int | None]:
+    """L2 entries and dropped L2 writes from the edge's admin ``GET /stats`` (None: not found)."""
+    status, _, body = http_get(admin_port, "/stats")
+    if status != 200:
+        raise RuntimeError(f"admin /stats on port {admin_port} answered {status}")
+    stats = json.loads(body)
+    l2 = (stats.get("tiers") or {}).get("l2") or {}
+    storage = stats.get("storage") or {}
+    entries, dropped = l2.get("entries"), storage.get("write_dropped")
+    return {
+        "l2_entries": entries if isinstance(entries, int) else None,
+        "write_dropped": dropped if isinstance(dropped, int) else None,
+    }
+
+
+def settled_proxy_stats(admin_port: int, timeout: float = 30.0) -> dict[str, int | None]:
+    """proxy_stats once L2's entry count has stopped growing (the write-behind queue drained)."""
+    last = proxy_stats(admin_port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = proxy_stats(admin_port)
+        if now["l2_entries"] == last["l2_entries"]:
+            return now
+        last = now
+    return last
 
 
 # --- checks ------------------------------------------------------------------------------------
 
 
 def check_response(server: str, kind: str, headers: dict[str, str]) -> str | None:
-    """Why this response does not show a hit / a revalidation / a pass-through; None if it does."""
-    if server == "proxy":
+    """Why this response does not show a hit / a revalidation / a pass-through / a fetch that was
+    stored (kind "fill"); None if it does. Both proxies (proxy, proxy-before) say it the same way."""
+    if server in PROXIES:
         cs = headers.get("cache-status", "").lower()
         ok = {
             "hit": ";hit" in cs and "fwd=" not in cs,
             "reval": "fwd-status=304" in cs,
             "miss": "fwd=" in cs and "fwd-status=200" in cs and "stored" not in cs,
+            "fill": "fwd=" in cs and "fwd-status=200" in cs and "stored" in cs,
         }[kind]
         return None if ok else f"Cache-Status: {cs or '(none)'}"
     if server == "nginx":
         xc = headers.get("x-cache", "")
-        want = {"hit": "HIT", "reval": "REVALIDATED", "miss": ""}[kind]
+        want = {"hit": "HIT", "reval": "REVALIDATED", "miss": "", "fill": "MISS"}[kind]
         return None if xc == want else f"X-Cache: {xc or '(none)'}, want {want or '(none)'}"
     ids = headers.get("x-varnish", "").split()
     if kind == "hit":
@@ -586,7 +792,7 @@ def check_response(server: str, kind: str, headers: dict[str, str]) -> str | Non
     if kind == "reval":
         ok = len(ids) == 1 and headers.get("x-was-304") == "true"
         return None if ok else f"X-Varnish: {' '.join(ids)}, X-Was-304: {headers.get('x-was-304')}"
-    return None if len(ids) == 1 else f"X-Varnish: {' '.join(ids)} (a pass has one id)"
+    return None if len(ids) == 1 else f"X-Varnish: {' '.join(ids)} (a pass or a miss has one id)"
 
 
 class Origin:
@@ -616,125 +822,92 @@ class Origin:
 # --- the run -----------------------------------------------------------------------------------
 
 
-def warm_and_check(sc: Scenario, server: str, port: int, origin: Origin, origin_kind: str) -> None:
-    """Fill the cache for every key of ``sc`` and check the next answer: a hit (or a revalidation,
-    or a pass-through), and on the nginx origin that the origin really answered 304 (or 200)."""
-    client = Client(port)
+def warm_and_check(
+    sc: Scenario,
+    server: str,
+    port: int,
+    origin: Origin,
+    origin_kind: str,
+    stop: threading.Event | None = None,
+) -> None:
+    """Fill the cache for every key of ``sc``, then check the next answer for each key: a hit (or a
+    revalidation, or a pass-through; check_origin_answers then reads the origin's log). Browser-like
+    rows are checked with the heads wrk sends: every key without the Cookie, every fourth key with
+    it too. Fill rows: a few new keys, each first fetched and stored, then a hit."""
+    paths = scenario_paths(sc, origin_kind)
+    heads = request_heads(sc)
+    client = Client(port, stop=stop)
     try:
-        for path in scenario_paths(sc, origin_kind):
-            problem: str | None = "not tried"
-            for attempt in range(20):
-                status, headers, body = client.get(path)
+        if sc.kind == "fill":
+            for path in paths:
+                _expect(client, sc, server, path, heads[0], "fill", attempts=1)
+                _expect(client, sc, server, path, heads[-1], "hit")
+            return
+        if sc.kind != "miss":
+            for path in paths:  # every key first fetched, so that disk-tier writes land meanwhile
+                status, _, body = client.get(path, heads[0])
                 if status != 200 or len(body) != sc.size:
-                    problem = f"status {status}, {len(body)} bytes"
-                elif attempt == 0 and sc.kind != "miss":
-                    continue  # the first request fills the cache
-                else:
-                    problem = check_response(server, sc.kind, headers)
-                if problem is None:
-                    break
-                time.sleep(0.1)  # an L2 write may still be on its way
-            if problem is not None:
-                raise RuntimeError(f"{sc.name}: {server} does not behave as expected on {path}: {problem}")
-        if sc.kind in ("miss", "reval") and origin_kind == "nginx":
-            before = len(origin.statuses())
-            paths = scenario_paths(sc, origin_kind)
-            for i in range(3):
-                client.get(paths[i % len(paths)])
-            time.sleep(0.05)
-            got = origin.statuses()[before:]
-            want = "304" if sc.kind == "reval" else "200"
-            if got != [want] * 3:
-                raise RuntimeError(
-                    f"{sc.name}: {server}: 3 requests, the origin answered {got or 'nothing'}, "
-                    f"want 3 x {want}"
-                )
+                    raise RuntimeError(f"{sc.name}: {server} on {path}: status {status}, {len(body)} bytes")
+        for i, head in enumerate(heads):
+            # the head with the Cookie on a quarter of the keys (wrk sends it on a quarter of requests)
+            for path in paths if i == 0 else paths[:: workload.COOKIE_EVERY]:
+                _expect(client, sc, server, path, head, sc.kind)
     finally:
         client.close()
 
 
-@dataclass
-class Cell:
-    rounds: list[dict[str, float]] = field(default_factory=list)
-    rps: float = 0.0
-    p50_ms: float = 0.0
-    p99_ms: float = 0.0
-    rss_mib: float = 0.0
-    errors: int = 0
-    origin_per_request: float = 0.0
-    other_cpu_pct: float = 0.0  # median share of the CPUs used by processes this run did not start
-
-
-def median(values: list[float]) -> float:
-    return float(statistics.median(values)) if values else 0.0
-
-
-def fmt_ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if a and b else "-"
-
-
-def scenario_table(sc: Scenario, cells: dict[str, Cell], notes: dict[str, str]) -> str:
-    head = (
-        f"{'server':<10}{'rps':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MiB':>9}{'origin/req':>11}{'errors':>8}"
-        f"{'other %':>9}"
-    )
-    lines = [f"{sc.name}: {sc.title}", head, "-" * len(head)]
-    for name, c in cells.items():
-        lines.append(
-            f"{name:<10}{c.rps:>10.0f}{c.p50_ms:>9.2f}{c.p99_ms:>9.2f}{c.rss_mib:>9.1f}"
-            f"{c.origin_per_request:>11.2f}{c.errors:>8}{c.other_cpu_pct:>9.0f}"
-            f"  {notes.get(name, '')}".rstrip()
+def check_origin_answers(sc: Scenario, server: str, port: int, origin: Origin, origin_kind: str) -> None:
+    """On the miss and revalidation paths, three requests must reach the nginx origin and be
+    answered 200 (304): read from its access log, so only while no other server is asked."""
+    if sc.kind not in ("miss", "reval") or origin_kind != "nginx":
+        return
+    paths = scenario_paths(sc, origin_kind)
+    client = Client(port)
+    try:
+        before = len(origin.statuses())
+        for i in range(3):
+            client.get(paths[i % len(paths)], request_heads(sc)[-1])
+        time.sleep(0.05)
+        got = origin.statuses()[before:]
+    finally:
+        client.close()
+    want = "304" if sc.kind == "reval" else "200"
+    if got != [want] * 3:
+        raise RuntimeError(
+            f"{sc.name}: {server}: 3 requests, the origin answered {got or 'nothing'}, want 3 x {want}"
         )
-    p = cells.get("proxy")
-    if p is not None:
-        for peer in ("nginx", "varnish"):
-            if peer in cells:
-                q = cells[peer]
-                lines.append(
-                    f"proxy/{peer}: rps x{fmt_ratio(p.rps, q.rps)}, p99 x{fmt_ratio(p.p99_ms, q.p99_ms)}"
-                )
-    return "\n".join(lines)
 
 
-def summary_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table: one row per scenario; medians per server (proxy / nginx / varnish) and ratios."""
-    head = (
-        "| scenario | rps proxy / nginx / varnish | proxy/nginx rps | proxy/varnish rps "
-        "| p50 ms | p99 ms | proxy/nginx p99 | proxy/varnish p99 | RSS MiB | origin/req | other load % |"
-    )
-    lines = [head, "|" + "---|" * 11]
-    for r in results:
-        s = r["servers"]
-
-        def three(key: str, fmt: str, s: dict[str, Any] = s) -> str:
-            return " / ".join(format(s[n][key], fmt) if n in s else "-" for n in SERVERS)
-
-        ratios = r["ratios"]
-        other = max((v.get("other_cpu_pct", 0.0) for v in s.values()), default=0.0)
-        lines.append(
-            f"| {r['name']} | {three('rps', '.0f')} | {ratios.get('proxy/nginx rps', '-')} "
-            f"| {ratios.get('proxy/varnish rps', '-')} | {three('p50_ms', '.2f')} | {three('p99_ms', '.1f')} "
-            f"| {ratios.get('proxy/nginx p99', '-')} | {ratios.get('proxy/varnish p99', '-')} "
-            f"| {three('rss_mib', '.0f')} | {three('origin_per_request', '.2f')} | {other:.0f} |"
-        )
-    return "\n".join(lines)
+def _expect(
+    client: Client, sc: Scenario, server: str, path: str, head: dict[str, str], kind: str, attempts: int = 20
+) -> None:
+    """One request for ``path`` must show ``kind`` (retried: an L2 write may still be on its way)."""
+    problem = "not tried"
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(0.1)
+        status, headers, body = client.get(path, head)
+        if status != 200 or len(body) != sc.size:
+            problem = f"status {status}, {len(body)} bytes"
+            continue
+        found = check_response(server, kind, headers)
+        if found is None:
+            return
+        problem = found
+    cookie = " (with a Cookie)" if "Cookie" in head else ""
+    raise RuntimeError(f"{sc.name}: {server} does not behave as expected on {path}{cookie}: {problem}")
 
 
-def ratios(cells: dict[str, Cell]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    p = cells.get("proxy")
-    if p is None:
-        return out
-    for peer in ("nginx", "varnish"):
-        if peer in cells:
-            out[f"proxy/{peer} rps"] = fmt_ratio(p.rps, cells[peer].rps)
-            out[f"proxy/{peer} p99"] = fmt_ratio(p.p99_ms, cells[peer].p99_ms)
-    return out
+def servers_of(sc: Scenario, servers: list[str]) -> list[str]:
+    """The servers measured in ``sc``, in round order: the latency rows ask the origin directly too."""
+    return [ORIGIN, *servers] if sc.concurrency == 1 else list(servers)
 
 
-def estimate_seconds(n_scenarios: int, n_servers: int, rounds: int, duration: float) -> float:
-    startup_and_warm = 15.0
-    return startup_and_warm + n_scenarios * n_servers * rounds * (duration + RUN_OVERHEAD_S)
+def estimate_seconds(scenarios: list[Scenario], servers: list[str], rounds: int, duration: float) -> float:
+    startup = 15.0
+    warm = sum(len(servers) * (2.0 if s.keys > 100 else 0.2) for s in scenarios)  # http.client, 2,000 keys
+    cells = sum(len(servers_of(s, servers)) for s in scenarios)
+    return startup + warm + cells * rounds * (duration + RUN_OVERHEAD_S)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -746,8 +919,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--short", action="store_true", help="a quick check: 1 round of 2 s per cell")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per cell (default 5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--connections", type=int, default=64, help="wrk connections (default 64; the c1 rows use 1)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1; the c1 rows use 1)")
     parser.add_argument(
         "--workers",
         default="1",
@@ -756,10 +931,36 @@ def build_parser() -> argparse.ArgumentParser:
         "whole comparison once per number, one after the other (JSON: one file per number)",
     )
     parser.add_argument(
-        "--scenarios", default="", help=f"comma-separated subset of: {', '.join(s.name for s in SCENARIOS)}"
+        "--scenarios",
+        default="",
+        help="comma-separated names, globs (mk-l1-*) or groups (multi-key, one-url) of: "
+        + ", ".join(s.name for s in SCENARIOS),
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of servers")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated subset of {', '.join(SERVERS)} (--baseline-root adds {BASELINE})",
+    )
     parser.add_argument("--origin", choices=("auto", "nginx", "stub"), default="auto", help="origin server")
+    parser.add_argument(
+        "--proxy-root",
+        type=Path,
+        default=ROOT,
+        metavar="DIR",
+        help="the checkout whose `python -m proxy` is measured (run with cwd=DIR, PYTHONPATH=DIR "
+        "and this interpreter; default: the repository this script is in)",
+    )
+    parser.add_argument(
+        "--baseline-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"another checkout, measured as a fourth server, {BASELINE!r}, in the same alternating "
+        "rounds (a before/after comparison from one run)",
+    )
+    parser.add_argument(
+        "--label", default="", help="a name for this run, kept in the JSON (default: the proxy's commit)"
+    )
     parser.add_argument(
         "--no-pin",
         action="store_true",
@@ -813,12 +1014,11 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     if args.json is None and not args.short:
         args.json = str(ROOT / "bench" / "compare.json")
 
-    chosen = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = set(chosen) - {s.name for s in SCENARIOS}
-    if unknown:
-        print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
+    try:
+        scenarios = select_scenarios(args.scenarios)
+    except ValueError as exc:
+        print(f"{exc}; the scenarios: {', '.join(s.name for s in SCENARIOS)}", file=sys.stderr)
         return 2
-    scenarios = [s for s in SCENARIOS if not chosen or s.name in chosen]
 
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk): nothing can be measured", file=sys.stderr)
@@ -826,21 +1026,34 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     have_nginx = shutil.which("nginx") is not None
     have_varnish = shutil.which("varnishd") is not None
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        print(f"unknown servers: {', '.join(sorted(unknown))} (of {', '.join(SERVERS)})", file=sys.stderr)
+        return 2
     if "nginx" in servers and not have_nginx:
         print("nginx is not installed (apt-get install nginx): skipping the nginx peer", flush=True)
         servers.remove("nginx")
     if "varnish" in servers and not have_varnish:
         print("varnishd is not installed (apt-get install varnish): skipping the Varnish peer", flush=True)
         servers.remove("varnish")
+    roots = {"proxy": args.proxy_root.resolve()}
+    if args.baseline_root is not None:
+        roots[BASELINE] = args.baseline_root.resolve()
+        servers.append(BASELINE)
+    roots = {name: root for name, root in roots.items() if name in servers}
+    for name, root in roots.items():
+        if not (root / "proxy" / "__main__.py").is_file():
+            print(f"{name}: {root} has no proxy/__main__.py (not a minicdn checkout)", file=sys.stderr)
+            return 2
     origin_kind = args.origin if args.origin != "auto" else ("nginx" if have_nginx else "stub")
     if origin_kind == "nginx" and not have_nginx:
         print("--origin nginx needs nginx", file=sys.stderr)
         return 1
 
     workers = max(1, args.workers)
-    proxy_workers = proxy_supports_workers() if "proxy" in servers else False
-    if not proxy_workers and workers != 1:
-        print("python -m proxy has no --workers option: 1 process for the edge and for nginx", flush=True)
+    proxy_workers = {name: proxy_supports_workers(root) for name, root in roots.items()}
+    if workers != 1 and not all(proxy_workers.values()):
+        print("a python -m proxy has no --workers option: 1 process for the edges and for nginx", flush=True)
         workers = 1
 
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -851,14 +1064,17 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     client_cpus = set(cpus[1:]) if pin else None
     as_root = hasattr(os, "geteuid") and os.geteuid() == 0
 
-    code_version = git_version()
-    total = estimate_seconds(len(scenarios), len(servers), args.rounds, args.duration)
+    versions = {name: git_version(root) for name, root in roots.items()}
+    label = args.label or versions.get("proxy", "")
+    total = estimate_seconds(scenarios, servers, args.rounds, args.duration)
     print(
         f"{len(scenarios)} scenarios x {len(servers)} servers ({', '.join(servers)}) x {args.rounds} rounds "
         f"x {args.duration:g} s (wrk -t{args.threads} -c{args.connections}); origin: {origin_kind}; "
         f"about {total:.0f} s ({total / 60:.1f} min) in all",
         flush=True,
     )
+    for name, root in roots.items():
+        print(f"{name}: python -m proxy from {root} ({versions[name]})", flush=True)
     if pin:
         print(f"servers pinned to CPU {cpus[0]}, wrk and the origin to CPU(s) {cpus[1:]}", flush=True)
 
@@ -869,10 +1085,11 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     tmp.chmod(0o755)  # the Varnish child runs as its own user
     started = time.monotonic()
     try:
-        results = run(
-            args, scenarios, servers, origin_kind, workers, proxy_workers, procs, tmp,
+        setup = Setup(
+            servers, origin_kind, workers, roots, proxy_workers, versions, procs, tmp,
             server_cpus, client_cpus, as_root,
         )  # fmt: skip
+        results = run(args, scenarios, setup)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
@@ -889,16 +1106,22 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
         signal.signal(signal.SIGINT, old_int)
 
     elapsed = time.monotonic() - started
+    proxy_desc = {
+        name: f"{workers} process" + ("" if proxy_workers[name] else " (no --workers option)")
+        for name in roots
+    }
     meta = {
+        "label": label,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "command": " ".join(["python", "bench/compare.py", *sys.argv[1:]]),
         "rounds": args.rounds,
         "duration_s": args.duration,
         "wrk": f"wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s --latency",
         "origin": origin_kind,
         "pinned": pin,
         "workers": {
-            "proxy": f"{workers} process" + ("" if proxy_workers else " (no --workers option)"),
+            **proxy_desc,
             "nginx": f"worker_processes {workers}",
             "varnish": "default thread pools",
         },
@@ -908,23 +1131,30 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
             "varnish": tool_version(["varnishd", "-V"]) if have_varnish else None,
             "wrk": tool_version(["wrk", "-v"]),
         },
-        "proxy_code": code_version,
+        "proxy_root": str(roots["proxy"]) if "proxy" in roots else None,
+        "proxy_code": versions.get("proxy"),
+        "baseline_root": str(roots[BASELINE]) if BASELINE in roots else None,
+        "baseline_code": versions.get(BASELINE),
         "elapsed_s": round(elapsed),
     }
+    code = ", ".join(f"{name} code {v}" for name, v in versions.items())
     print(
-        f"\nmedians of {args.rounds} round(s) of {args.duration:g} s; {meta['wrk']}; origin: {origin_kind}; "
-        f"proxy code {code_version}"
+        f"\n{label + ': ' if label else ''}medians of {args.rounds} round(s) of {args.duration:g} s; "
+        f"{meta['wrk']}; origin: {origin_kind}; {code}"
     )
     print(
-        f"proxy: {meta['workers']['proxy']}; nginx: {meta['workers']['nginx']}; "
-        f"varnish: {meta['workers']['varnish']}"
+        "; ".join(f"{name}: {desc}" for name, desc in proxy_desc.items())
+        + f"; nginx: worker_processes {workers}; varnish: default thread pools"
         + ("; servers pinned to 1 CPU, wrk to the other" if pin else "")
     )
     print()
-    print(summary_table(results))
+    final = final_summary(results)
+    print(final)
     if summaries is not None:
-        who = f"proxy: {meta['workers']['proxy']}; nginx: {meta['workers']['nginx']}"
-        summaries.append(f"{workers} worker process(es) ({who})\n\n{summary_table(results)}")
+        who = "; ".join(f"{name}: {desc}" for name, desc in proxy_desc.items())
+        summaries.append(
+            f"{workers} worker process(es) ({who}; nginx: worker_processes {workers})\n\n{final}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "scenarios": results}, indent=2) + "\n")
         print(f"\nJSON written to {args.json}")
@@ -932,22 +1162,36 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     return 0
 
 
-def run(
-    args: argparse.Namespace,
-    scenarios: list[Scenario],
-    servers: list[str],
-    origin_kind: str,
-    workers: int,
-    proxy_workers: bool,
-    procs: Processes,
-    tmp: Path,
-    server_cpus: set[int] | None,
-    client_cpus: set[int] | None,
-    as_root: bool,
-) -> list[dict[str, Any]]:
-    # the origin
+@dataclass
+class Setup:
+    """What one comparison runs against, decided before anything starts."""
+
+    servers: list[str]
+    origin_kind: str
+    workers: int
+    roots: dict[str, Path]  # proxy (and proxy-before) -> its checkout
+    proxy_workers: dict[str, bool]  # whether that checkout's python -m proxy has --workers
+    versions: dict[str, str]
+    procs: Processes
+    tmp: Path
+    server_cpus: set[int] | None
+    client_cpus: set[int] | None
+    as_root: bool
+
+
+@dataclass(frozen=True)
+class Instance:
+    port: int
+    pid: int
+    admin_port: int | None = None  # the edges' admin API
+
+
+def start_servers(setup: Setup, tiers: set[str]) -> tuple[Origin, dict[str, Instance], dict[str, str]]:
+    """The origin, then every server (the edges: one instance per tier); instances are named
+    origin, proxy-l1, proxy-l2, proxy-before-l1, ..., nginx, varnish."""
+    procs, tmp, as_root = setup.procs, setup.tmp, setup.as_root
     origin_port = free_port()
-    if origin_kind == "nginx":
+    if setup.origin_kind == "nginx":
         for rel, size in origin_files().items():
             f = tmp / "www" / rel
             f.parent.mkdir(parents=True, exist_ok=True)
@@ -958,43 +1202,45 @@ def run(
     else:
         cmd = [sys.executable, "-m", "origin_stub", "--listen", f"127.0.0.1:{origin_port}"]
     log = tmp / "origin.log"
-    proc = procs.start("origin", cmd, log, client_cpus)
-    ready_path = "/__status" if origin_kind == "nginx" else "/__hits"  # never cached
+    proc = procs.start("origin", cmd, log, setup.client_cpus)
+    ready_path = "/__status" if setup.origin_kind == "nginx" else "/__hits"  # never cached
     wait_http("origin", origin_port, proc, log, ready_path)
-    origin = Origin(origin_kind, origin_port, tmp)
-    print(f"origin ({origin_kind}) on 127.0.0.1:{origin_port}", flush=True)
+    origin = Origin(setup.origin_kind, origin_port, tmp)
+    print(f"origin ({setup.origin_kind}) on 127.0.0.1:{origin_port}", flush=True)
 
-    # the servers: name -> (port, pid); the edge has one instance per tier
-    instances: dict[str, tuple[int, int]] = {}
+    instances: dict[str, Instance] = {ORIGIN: Instance(origin_port, proc.pid)}
     notes: dict[str, str] = {}
     origin_url = f"http://127.0.0.1:{origin_port}"
-    if "proxy" in servers:
-        for tier in sorted({s.tier for s in scenarios}):
-            port = free_port()
-            cfg = tmp / f"proxy-{tier}.yaml"
+    for server, root in setup.roots.items():
+        for tier in sorted(tiers):
+            name = f"{server}-{tier}"
+            port, admin_port = free_port(), free_port()
+            cfg = tmp / f"{name}.yaml"
             cfg.write_text(json.dumps(proxy_config(l1=tier == "l1"), indent=2))
             cmd = [
                 sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}", "--origin", origin_url,
-                "--cache-dir", str(tmp / f"proxy-{tier}-cache"), "--config", str(cfg),
+                "--cache-dir", str(tmp / f"{name}-cache"), "--config", str(cfg),
+                "--admin-listen", f"127.0.0.1:{admin_port}",
             ]  # fmt: skip
-            if proxy_workers:
-                cmd += ["--workers", str(workers)]
-            log = tmp / f"proxy-{tier}.log"
-            proc = procs.start(f"proxy-{tier}", cmd, log, server_cpus)
-            wait_http(f"proxy ({tier})", port, proc, log, ready_path)
-            instances[f"proxy-{tier}"] = (port, proc.pid)
-        notes["proxy"] = f"{workers} process(es)"
-    if "nginx" in servers:
+            if setup.proxy_workers[server]:
+                cmd += ["--workers", str(setup.workers)]
+            log = tmp / f"{name}.log"
+            proc = procs.start(name, cmd, log, setup.server_cpus, cwd=root, env=proxy_env(root))
+            wait_http(f"{server} ({tier})", port, proc, log, ready_path)
+            wait_http(f"{server} ({tier}) admin API", admin_port, proc, log, "/stats")
+            instances[name] = Instance(port, proc.pid, admin_port)
+        notes[server] = f"{setup.workers} process(es), {setup.versions[server]}"
+    if "nginx" in setup.servers:
         port = free_port()
         conf = tmp / "nginx.conf"
-        conf.write_text(nginx_peer_conf(tmp, port, origin_port, workers=workers, as_root=as_root))
+        conf.write_text(nginx_peer_conf(tmp, port, origin_port, workers=setup.workers, as_root=as_root))
         cmd = ["nginx", "-p", str(tmp), "-e", str(tmp / "nginx-error.log"), "-c", str(conf)]
         log = tmp / "nginx.log"
-        proc = procs.start("nginx", cmd, log, server_cpus)
+        proc = procs.start("nginx", cmd, log, setup.server_cpus)
         wait_http("nginx", port, proc, log, ready_path)
-        instances["nginx"] = (port, proc.pid)
-        notes["nginx"] = f"worker_processes {workers}"
-    if "varnish" in servers:
+        instances["nginx"] = Instance(port, proc.pid)
+        notes["nginx"] = f"worker_processes {setup.workers}"
+    if "varnish" in setup.servers:
         port = free_port()
         vcl = tmp / "bench.vcl"
         vcl.write_text(varnish_vcl(origin_port))
@@ -1004,39 +1250,80 @@ def run(
             "-n", str(tmp / "varnish"), "-T", "none",
         ]  # fmt: skip
         log = tmp / "varnish.log"
-        proc = procs.start("varnish", cmd, log, server_cpus)
+        proc = procs.start("varnish", cmd, log, setup.server_cpus)
         wait_http("varnish", port, proc, log, ready_path)
-        instances["varnish"] = (port, proc.pid)
+        instances["varnish"] = Instance(port, proc.pid)
         notes["varnish"] = "default threads"
-    print("started: " + ", ".join(f"{k} on 127.0.0.1:{p}" for k, (p, _) in instances.items()), flush=True)
+    notes[ORIGIN] = "asked directly"
+    print(
+        "started: " + ", ".join(f"{k} on 127.0.0.1:{i.port}" for k, i in instances.items() if k != ORIGIN),
+        flush=True,
+    )
+    return origin, instances, notes
 
-    def instance(server: str, sc: Scenario) -> tuple[int, int]:
-        return instances[f"proxy-{sc.tier}" if server == "proxy" else server]
 
-    # warm every cache and check each server with one request per key
+def run(args: argparse.Namespace, scenarios: list[Scenario], setup: Setup) -> list[dict[str, Any]]:
+    origin, instances, notes = start_servers(setup, {s.tier for s in scenarios})
+    origin_kind, tmp, client_cpus = setup.origin_kind, setup.tmp, setup.client_cpus
+
+    def instance(server: str, sc: Scenario) -> Instance:
+        return instances[f"{server}-{sc.tier}" if server in PROXIES else server]
+
+    # warm every cache and check each server with one request per key (and head); rows that share
+    # their keys and behaviour (mk-miss-1k and mk-c1-miss-1k) are checked once
+    # (the servers of a row in parallel threads, all joined before wrk starts)
+    checked: set[tuple[Any, ...]] = set()
     for sc in scenarios:
-        for server in servers:
-            warm_and_check(sc, server, instance(server, sc)[0], origin, origin_kind)
+        todo = []
+        for server in servers_of(sc, setup.servers):
+            what = (instance(server, sc), sc.kind, key_prefix(sc, origin_kind), sc.keys, sc.browser)
+            if server == ORIGIN or (sc.kind != "fill" and what in checked):
+                continue
+            todo.append(server)
+            checked.add(what)
+        stop = threading.Event()  # set on Ctrl-C / SIGTERM: the threads give up at their next request
+        pool = ThreadPoolExecutor(max_workers=max(1, len(todo)))
+        try:
+            futures = [
+                pool.submit(warm_and_check, sc, server, instance(server, sc).port, origin, origin_kind, stop)
+                for server in todo
+            ]
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for server in todo:
+            check_origin_answers(sc, server, instance(server, sc).port, origin, origin_kind)
         print(f"warm and checked: {sc.name}", flush=True)
 
     results: list[dict[str, Any]] = []
-    runs_total = len(scenarios) * len(servers) * args.rounds
+    runs_total = sum(len(servers_of(sc, setup.servers)) for sc in scenarios) * args.rounds
     run_no = 0
     for sc in scenarios:
+        servers = servers_of(sc, setup.servers)
         path = scenario_path(sc, origin_kind)
         script: Path | None = None
-        if sc.keys > 1:
+        text = wrk_script(sc, origin_kind)
+        if text is not None:
             script = tmp / f"{sc.name}.lua"
-            script.write_text(wrk_script(sc, origin_kind))
+            script.write_text(text)
+        connections, threads = (1, 1) if sc.concurrency == 1 else (args.connections, args.threads)
+        fill_before: dict[str, dict[str, int | None]] = {}
+        if sc.kind == "fill":
+            fill_before = {s: proxy_stats(_admin(instance(s, sc))) for s in servers if s in PROXIES}
         cells = {server: Cell() for server in servers}
         for rnd in range(1, args.rounds + 1):
             for server in servers:
                 run_no += 1
-                port, _ = instance(server, sc)
-                url = f"http://127.0.0.1:{port}{path}"
+                inst = instance(server, sc)
+                url = f"http://127.0.0.1:{inst.port}{path}"
                 before = origin.requests()
-                load = OtherLoad([proc.pid for _name, proc, _log in procs.procs])
-                cmd = wrk_command(url, args.duration, args.connections, args.threads, script)
+                load = OtherLoad([proc.pid for _name, proc, _log in setup.procs.procs])
+                tag = [f"r{rnd}"] if sc.kind == "fill" else None  # new keys in every run
+                cmd = wrk_command(url, args.duration, connections, threads, script, tag)
                 out = subprocess.run(
                     cmd,
                     capture_output=True,
@@ -1063,8 +1350,8 @@ def run(
                     }
                 )
                 print(
-                    f"[{run_no}/{runs_total}] {sc.name} round {rnd}/{args.rounds} {server:<8}"
-                    f"{res.rps:>10.0f} rps  p50 {res.p50_ms:7.2f} ms  p99 {res.p99_ms:7.2f} ms"
+                    f"[{run_no}/{runs_total}] {sc.name} round {rnd}/{args.rounds} {server:<12}"
+                    f"{res.rps:>10.0f} rps  p50 {res.p50_ms:7.3f} ms  p99 {res.p99_ms:7.3f} ms"
                     f"  origin/req {per_req:.2f}  other load {other:3.0f}%"
                     + (f"  errors {res.errors}" if res.errors else ""),
                     flush=True,
@@ -1078,20 +1365,73 @@ def run(
             c.other_cpu_pct = median([r["other_cpu_pct"] for r in c.rounds])
             reqs = sum(r["requests"] for r in c.rounds)
             c.origin_per_request = sum(r["origin_requests"] for r in c.rounds) / reqs if reqs else 0.0
-            c.rss_mib = rss_bytes(instance(server, sc)[1]) / MIB
-        print()
-        print(scenario_table(sc, cells, notes))
-        print(flush=True)
-        results.append(
-            {
-                "name": sc.name,
-                "title": sc.title,
-                "path": path,
-                "servers": {k: asdict(v) for k, v in cells.items()},
-                "ratios": ratios(cells),
+            c.rss_mib = rss_bytes(instance(server, sc).pid) / MIB
+        result: dict[str, Any] = {
+            "name": sc.name,
+            "title": sc.title,
+            "group": "multi-key" if sc.multi_key else "one-url",
+            "kind": sc.kind,
+            "keys": sc.keys,
+            "popularity": sc.popularity,
+            "concurrency": sc.concurrency or connections,
+            "path": path,
+            "servers": {k: asdict(v) for k, v in cells.items()},
+            "ratios": ratios(cells),
+        }
+        if sc.target:
+            result["target"] = sc.target
+        if sc.against:
+            result["against"] = sc.against
+        if sc.concurrency == 1:
+            result["adds"] = latency_adds(cells)
+        if fill_before:
+            result["fill"] = {
+                server: fill_stored(before, settled_proxy_stats(_admin(instance(server, sc))), cells[server])
+                for server, before in fill_before.items()
             }
-        )
+        print()
+        print(scenario_table(sc.name, sc.title, cells, notes))
+        for line in scenario_notes(result, results):
+            print(line)
+        print(flush=True)
+        results.append(result)
     return results
+
+
+def _admin(inst: Instance) -> int:
+    if inst.admin_port is None:
+        raise RuntimeError("an edge without an admin port")
+    return inst.admin_port
+
+
+def fill_stored(before: dict[str, int | None], after: dict[str, int | None], cell: Cell) -> dict[str, Any]:
+    """What L2 kept of a cold fill: entries added and writes dropped between the two /stats reads,
+    against the responses the edge fetched from the origin in its rounds."""
+
+    def delta(key: str) -> int | None:
+        a, b = after.get(key), before.get(key)
+        return a - b if a is not None and b is not None else None
+
+    return {
+        "l2_stored": delta("l2_entries"),
+        "write_dropped": delta("write_dropped"),
+        "origin_fetches": int(sum(r["origin_requests"] for r in cell.rounds)),
+        "before": before,
+        "after": after,
+    }
+
+
+def scenario_notes(result: dict[str, Any], earlier: list[dict[str, Any]]) -> list[str]:
+    """Lines under a scenario's table: what each cache adds (c=1 rows); the cold-fill judgement."""
+    lines: list[str] = []
+    for server, adds in result.get("adds", {}).items():
+        lines.append(
+            f"{server} adds p50 {adds['p50_ms'] * 1000:.0f} µs, p99 {adds['p99_ms'] * 1000:.0f} µs "
+            "to the origin's own latency"
+        )
+    if result.get("kind") == "fill":
+        lines += fill_notes([*earlier, result])
+    return lines
 
 
 if __name__ == "__main__":
