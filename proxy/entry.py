@@ -62,11 +62,12 @@ class StoredResponse:
     # purge with a later epoch covering this key makes it invalid, whatever
     # tier or worker holds a copy (see proxy/purge.py).
     fetch_epoch: int = 0
-    # Derived at construction, never stored by the codec: the status line and
-    # header block as sent on a plain hit (minus Age, Cache-Status and Via,
-    # which change per response), and the Cache-Status members of the tiers
-    # below to which this node appends its own. The hit path writes these
-    # bytes as they are instead of serialising headers per request.
+    # Derived at construction, never stored by the codec: the header block as
+    # sent on a plain hit (minus Age, Cache-Status and Via, which change per
+    # response), the Cache-Status members of the tiers below to which this
+    # node appends its own, and whether Accept-Ranges must be added. The hit
+    # writer (proxy.h1.delivery_head) sends these bytes as they are instead of
+    # serialising headers per request.
     hit_fields: bytes = field(default=b"", init=False, compare=False, repr=False)
     cache_status_prefix: bytes = field(default=b"", init=False, compare=False, repr=False)
     add_accept_ranges: bool = field(default=False, init=False, compare=False, repr=False)
@@ -102,16 +103,6 @@ class StoredResponse:
             slot.__set__(other, slot.__get__(self))
         _BODY_SLOT.__set__(other, body)
         return other
-
-    @property
-    def wire_head(self) -> bytes:
-        """Status line, stored fields, Accept-Ranges and Content-Length, as a plain hit sends them."""
-        parts = [wire.cached_status_line(self.status, self.reason), self.hit_fields]
-        if self.add_accept_ranges:
-            parts.append(b"Accept-Ranges: bytes\r\n")
-        if self.status not in (204, 304):
-            parts.append(b"Content-Length: %d\r\n" % len(self.body))
-        return b"".join(parts)
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""

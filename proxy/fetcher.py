@@ -33,6 +33,9 @@ log = logging.getLogger("proxy.fetcher")
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
 # Error pages larger than this are streamed to the leader alone instead of shared.
 ERROR_BODY_LIMIT = 64 * 1024
+# Keys of short targets are memoised (a client could vary long ones endlessly), this many at most.
+KEY_MEMO_TARGET = 512
+KEY_MEMO_SIZE = 65536
 
 
 @dataclass(slots=True)
@@ -106,6 +109,7 @@ class Fetcher:
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
+        self._keys: dict[tuple[str, str, str, str], str] = {}
         # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
         targeted = cfg.policy.stripped_targeted_fields(cfg.name)
         self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
@@ -149,7 +153,16 @@ class Fetcher:
         return key_host(client_host, self.cfg.origin.host_header, self.origin_authority)
 
     def key_for(self, req: ClientRequest) -> str:
-        return primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)
+        """The request's primary key (RFC 9111 §2), memoised: the same URLs are keyed over and over."""
+        memo_key = (req.scheme, req.host, req.path, req.query)
+        key = self._keys.get(memo_key)
+        if key is None:
+            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)
+            if len(req.path) + len(req.query) + len(req.host) <= KEY_MEMO_TARGET:
+                if len(self._keys) >= KEY_MEMO_SIZE:
+                    self._keys.clear()  # cheaper than LRU bookkeeping on every hit; refills at once
+                self._keys[memo_key] = key
+        return key
 
     # ------------------------------------------------------------- fetch
 

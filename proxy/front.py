@@ -9,7 +9,7 @@ anything about caching: each request goes
 
 Request heads are parsed by httptools (llhttp, in C). The header fields stay
 the bytes they arrived as; the few a lookup reads are picked out in one pass
-(proxy.messages.pick_fields), and the multidict of all of them is built only
+(proxy.messages.ClientRequest.read), and the multidict of all of them is built only
 when something needs it. A lookup that delivers a stored response is written
 at once, without a task or an await; anything else runs as one task per
 connection, and later pipelined requests wait (parsed, bounded) behind it.
@@ -38,7 +38,7 @@ from proxy import admission
 from proxy.config import Config
 from proxy.h1 import LAST_CHUNK, Framing, HeaderInjection, chunk, delivery_head, reply_head, via_line
 from proxy.log_output import log_access
-from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply, pick_fields
+from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
 from proxy.origin import UpstreamError
 
@@ -64,7 +64,10 @@ _INTERNAL_ERROR = (
     b"Cache-Control: no-store\r\nContent-Length: 15\r\nConnection: close\r\n\r\ninternal error\n"
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# httptools raises HttpParserUpgrade (not an HttpParserError) after the head of an upgrade request.
+_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _ABSOLUTE = (b"http://", b"https://")
+_KIND_STATUS = {"not-modified": 304, "partial": 206, "unsatisfiable": 416}
 
 
 @dataclass(slots=True)
@@ -266,6 +269,16 @@ class Connection(asyncio.Protocol):
 
     def _feed(self, data: bytes) -> None:
         """Parse data, a slice at a time, while the queue of unanswered requests is short."""
+        if len(data) <= FEED_SLICE and not self.head_started and not self.body_paused and not self.queue:
+            # The common case, a read of whole request heads: one call, no slicing.
+            try:
+                self.parser.feed_data(data)
+            except _PARSE_ERRORS as exc:
+                self._parse_failed(exc)
+                return
+            if not self.stopped:
+                self._answer_queued()
+            return
         view = memoryview(data) if len(data) > FEED_SLICE else None
         offset = 0
         while offset < len(data):
@@ -282,18 +295,21 @@ class Connection(asyncio.Protocol):
                     return
             try:
                 self.parser.feed_data(piece)
-            except httptools.HttpParserUpgrade:
-                # RFC 9110 §7.8: the upgrade is ignored; the request is answered as it is and
-                # the connection closed, since what follows its head is another protocol.
-                self._stop(None)
-                return
-            except httptools.HttpParserError as exc:
-                error = exc.__context__ if isinstance(exc.__context__, _BadRequest) else None
-                self._stop(error or _BadRequest(400, f"malformed request ({_parser_reason(exc)})"))
+            except _PARSE_ERRORS as exc:
+                self._parse_failed(exc)
                 return
             if self.stopped:
                 return
         self._answer_queued()
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            # RFC 9110 §7.8: the upgrade is ignored; the request is answered as it is and
+            # the connection closed, since what follows its head is another protocol.
+            self._stop(None)
+            return
+        error = exc.__context__ if isinstance(exc.__context__, _BadRequest) else None
+        self._stop(error or _BadRequest(400, f"malformed request ({_parser_reason(exc)})"))
 
     def _stop(self, error: _BadRequest | None) -> None:
         """Read no more requests; answer what is queued (then the error, if any) and close."""
@@ -365,66 +381,48 @@ class Connection(asyncio.Protocol):
 
     def _request(self) -> ClientRequest:
         """The ClientRequest for the head just parsed; _BadRequest when it is not one we serve."""
-        version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        parser = self.parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            http10 = False
+        elif version == "1.0":
+            http10 = True
+        else:
             raise _BadRequest(505, f"HTTP/{version} is not supported")
         raw = self.raw
         if len(raw) > MAX_FIELDS:
             raise _BadRequest(431, "too many header fields")
-        for name, value in raw:
-            if len(name) + len(value) > MAX_FIELD:
-                raise _BadRequest(431, "header field too large")
-        http10 = version == "1.0"
-        picked = pick_fields(raw)
-        if picked.hosts > 1:
-            raise _BadRequest(400, "more than one Host header")
+        if self.head_bytes:  # a head longer than one read: its fields may be too
+            for name, value in raw:
+                if len(name) + len(value) > MAX_FIELD:
+                    raise _BadRequest(431, "header field too large")
         url = self.url
-        host = picked.host or ""
-        scheme = "http"
-        if url.startswith(b"/"):
-            target = url
+        if url[:1] == b"/":
+            if not url.isascii() or b"#" in url:
+                raise _BadRequest(400, "invalid request target")
+            path, _, query = url.decode("ascii").partition("?")
+            absolute = None
         elif url.startswith(_ABSOLUTE):
-            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise _BadRequest(400, "invalid request target") from None
-            scheme = (parsed.schema or b"http").decode("ascii").lower()
-            authority = parsed.host or b""
-            if parsed.port is not None:
-                authority += b":%d" % parsed.port
-            host = authority.decode("ascii", "replace")
-            target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            absolute = _absolute_target(url)
+            path, query = absolute[2], absolute[3]
         else:
             raise _BadRequest(400, "invalid request target")
-        if not target.isascii() or b"#" in target:
-            raise _BadRequest(400, "invalid request target")
-        path, _, query = target.decode("ascii").partition("?")
-        method = self.parser.get_method().decode("ascii")
-        body: RequestBody | None = None
+        request = ClientRequest.read(
+            parser.get_method().decode("ascii"), path, query, raw, self.remote, http10
+        )
+        if request.hosts > 1:
+            raise _BadRequest(400, "more than one Host header")
+        if absolute is not None:
+            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+            request.scheme, request.host = absolute[0], absolute[1]
         self.body = None
-        if picked.body_follows:
-            if method in ("GET", "HEAD"):
+        if request.body_follows:
+            if request.method in ("GET", "HEAD"):
                 self.discard_body = True  # read and dropped, with its framing fields (see Fetcher)
             else:
-                body = self.body = RequestBody(self, picked.expect_continue)
-        return ClientRequest(
-            method,
-            scheme,
-            host,
-            path,
-            query,
-            raw,
-            remote=self.remote,
-            body=body.chunks() if body is not None else None,
-            http10=http10,
-            keep_alive=picked.keep_alive(http10) and self.parser.should_keep_alive(),
-            cache_control=picked.cache_control,
-            pragma=picked.pragma,
-            accept_encoding=picked.accept_encoding,
-            conditional=picked.conditional,
-            hop=picked.hop,
-        )
+                body = self.body = RequestBody(self, request.expect_continue)
+                request.body = body.chunks()
+        return request
 
     # -------------------------------------------------------------- answering
 
@@ -514,7 +512,8 @@ class Connection(asyncio.Protocol):
                 transport.writelines((head, body))  # one writev, no copy of a large body
             else:
                 transport.write(head + body if body else head)
-            status = {"whole": answer.entry.status, "not-modified": 304, "partial": 206}.get(answer.kind, 416)
+            kind = answer.kind
+            status = answer.entry.status if kind == "whole" else _KIND_STATUS[kind]
         else:
             if not isinstance(answer.body, bytes):
                 raise TypeError("a streamed reply is written by _write_reply")
@@ -630,7 +629,24 @@ def date_line() -> str:
     return _date_cache[1]
 
 
-def _parser_reason(exc: httptools.HttpParserError) -> str:
+def _absolute_target(url: bytes) -> tuple[str, str, str, str]:
+    """(scheme, authority, path, query) of an absolute-form request target (RFC 9112 §3.2.2)."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        raise _BadRequest(400, "invalid request target") from None
+    scheme = (parsed.schema or b"http").decode("ascii").lower()
+    authority = parsed.host or b""
+    if parsed.port is not None:
+        authority += b":%d" % parsed.port
+    target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+    if not target.isascii() or b"#" in target:
+        raise _BadRequest(400, "invalid request target")
+    path, _, query = target.decode("ascii").partition("?")
+    return scheme, authority.decode("ascii", "replace"), path, query
+
+
+def _parser_reason(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text[:80]
 

@@ -5,7 +5,7 @@ an answer in, bytes and a framing decision out (RFC 9112 §6).
 
 - `delivery_head` writes a stored response (a hit, a stale answer, the
   snapshot a fetch just stored): the status line and stored fields come from
-  the bytes built once per stored response (`StoredResponse.wire_head`),
+  the header block built once per stored response (`StoredResponse.hit_fields`),
   followed by Age, this node's Cache-Status member, Via and Connection.
 - `reply_head` frames any other answer: no body for HEAD, 1xx, 204 and 304;
   Content-Length for a complete body; the origin's Content-Length, else
@@ -30,6 +30,7 @@ _FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "keep
 _NOT_IN_416 = frozenset(("content-type", "content-encoding"))
 
 CLOSE_LINE = b"Connection: close\r\n"
+ACCEPT_RANGES_LINE = b"Accept-Ranges: bytes\r\n"
 KEEP_ALIVE_LINE = b"Connection: keep-alive\r\n"
 
 
@@ -60,16 +61,43 @@ def delivery_head(
 ) -> tuple[bytes, bytes]:
     """(head, body) for a stored response; `member` is this node's Cache-Status member."""
     entry = d.entry
-    tail = [b"Age: %d\r\n" % int(d.age)]
-    for name, value in d.extra:
-        tail.append(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape"))
-    tail += (b"Cache-Status: ", entry.cache_status_prefix, member, b"\r\n", via)
-    tail.append(connection_line(http10, keep_alive))
-    tail.append(b"\r\n")
     kind = d.kind
+    age = int(d.age)
+    extra = (
+        b"".join(f"{n}: {v}\r\n".encode("utf-8", "surrogateescape") for n, v in d.extra) if d.extra else b""
+    )
     if kind == "whole":
-        body = entry.body if method != "HEAD" else b""
-        return entry.wire_head + b"".join(tail), body
+        # The hit path: one join of the parts built at store time and this response's lines.
+        head = b"".join(
+            (
+                cached_status_line(entry.status, entry.reason),
+                entry.hit_fields,
+                ACCEPT_RANGES_LINE if entry.add_accept_ranges else b"",
+                b"Content-Length: %d\r\nAge: %d\r\n" % (len(entry.body), age)
+                if entry.status not in (204, 304)
+                else b"Age: %d\r\n" % age,
+                extra,
+                b"Cache-Status: ",
+                entry.cache_status_prefix,
+                member,
+                b"\r\n",
+                via,
+                connection_line(http10, keep_alive),
+                b"\r\n",
+            )
+        )
+        return head, entry.body if method != "HEAD" else b""
+    tail = (
+        b"Age: %d\r\n" % age,
+        extra,
+        b"Cache-Status: ",
+        entry.cache_status_prefix,
+        member,
+        b"\r\n",
+        via,
+        connection_line(http10, keep_alive),
+        b"\r\n",
+    )
     if kind == "partial":
         length = d.last - d.first + 1
         lines = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (

@@ -47,16 +47,23 @@ def _text(raw: bytes) -> str:
 
 
 class ClientRequest:
-    """A client request as the front read it; immutable after construction."""
+    """A client request as the front read it; immutable after construction.
+
+    Built by `ClientRequest.read` (the front's one pass over the fields) or,
+    from text, by `ClientRequest.of`.
+    """
 
     __slots__ = (
         "_headers",
         "accept_encoding",
         "body",
+        "body_follows",
         "cache_control",
         "conditional",
+        "expect_continue",
         "hop",
         "host",
+        "hosts",
         "http10",
         "keep_alive",
         "method",
@@ -68,42 +75,93 @@ class ClientRequest:
         "scheme",
     )
 
-    def __init__(
-        self,
-        method: str,
-        scheme: str,
-        host: str,
-        path: str,
-        query: str,
-        raw_fields: RawFields,
-        *,
-        remote: str | None = None,
-        body: AsyncIterator[bytes] | None = None,
-        http10: bool = False,
-        keep_alive: bool = True,
-        cache_control: str | None = None,
-        pragma: str | None = None,
-        accept_encoding: str | None = None,
-        conditional: bool = False,
-        hop: str | None = None,
-    ) -> None:
+    method: str
+    scheme: str
+    host: str  # the Host field (or the absolute-form target's authority)
+    path: str  # raw, percent-encoded
+    query: str  # raw, without "?"
+    raw_fields: RawFields  # (name, value) as received
+    remote: str | None
+    body: AsyncIterator[bytes] | None
+    http10: bool
+    keep_alive: bool  # RFC 9112 §9.3, from the version and Connection
+    # The fields a lookup reads, picked out of raw_fields (repeated lines joined with ", ").
+    cache_control: str | None
+    pragma: str | None
+    accept_encoding: str | None
+    conditional: bool  # any of CONDITIONAL_FIELDS present
+    hop: str | None  # routing.HOP_HEADER: the peer edge that sent it
+    # Framing facts for the front: Host lines seen, a body follows the head (Content-Length
+    # other than 0, or Transfer-Encoding), the client waits for "100 Continue".
+    hosts: int
+    body_follows: bool
+    expect_continue: bool
+    _headers: CIMultiDictProxy[str] | None
+
+    @classmethod
+    def read(
+        cls, method: str, path: str, query: str, raw: RawFields, remote: str | None, http10: bool
+    ) -> ClientRequest:
+        """A request from its parsed head, picking out the looked-up fields in one pass (RFC 9110 §5.3)."""
+        self = object.__new__(cls)
+        host = cache_control = pragma = accept_encoding = connection = hop = None
+        hosts = 0
+        conditional = body_follows = expect_continue = False
+        pick = _PICK.get
+        for name, value in raw:
+            kind = pick(name)
+            if kind is None:
+                if name in _SKIP:
+                    continue  # a common field in its common spelling: nothing to pick
+                kind = pick(name.lower())
+                if kind is None:
+                    continue
+            if kind == _HOST:
+                hosts += 1
+                host = _text(value).strip(" \t")
+            elif kind == _ACCEPT_ENCODING:
+                accept_encoding = _joined(accept_encoding, _text(value))
+            elif kind == _CACHE_CONTROL:
+                cache_control = _joined(cache_control, _text(value))
+            elif kind == _CONDITIONAL:
+                conditional = True
+            elif kind == _CONNECTION:
+                connection = _joined(connection, _text(value))
+            elif kind == _PRAGMA:
+                pragma = _joined(pragma, _text(value))
+            elif kind == _CONTENT_LENGTH:
+                body_follows = body_follows or value.strip(b" \t") != b"0"
+            elif kind == _TRANSFER_ENCODING:
+                body_follows = True
+            elif kind == _EXPECT:
+                expect_continue = value.strip(b" \t").lower() == b"100-continue"
+            else:  # _HOP
+                hop = _text(value).strip(" \t")
         self.method = method
-        self.scheme = scheme
-        self.host = host  # the Host field (or the absolute-form target's authority)
-        self.path = path  # raw, percent-encoded
-        self.query = query  # raw, without "?"
-        self.raw_fields = raw_fields  # (name, value) as received
+        self.scheme = "http"
+        self.host = host or ""
+        self.path = path
+        self.query = query
+        self.raw_fields = raw
         self.remote = remote
-        self.body = body
+        self.body = None
         self.http10 = http10
-        self.keep_alive = keep_alive
-        # Picked out of raw_fields by whoever built the request (repeated lines joined with ", ").
+        # RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive".
+        if connection is None:
+            self.keep_alive = not http10
+        else:
+            lowered = connection.lower()
+            self.keep_alive = "keep-alive" in lowered if http10 else "close" not in lowered
         self.cache_control = cache_control
         self.pragma = pragma
         self.accept_encoding = accept_encoding
-        self.conditional = conditional  # any of CONDITIONAL_FIELDS present
-        self.hop = hop  # routing.HOP_HEADER: the peer edge that sent it
-        self._headers: CIMultiDictProxy[str] | None = None
+        self.conditional = conditional
+        self.hop = hop
+        self.hosts = hosts
+        self.body_follows = body_follows
+        self.expect_continue = expect_continue
+        self._headers = None
+        return self
 
     @classmethod
     def of(
@@ -120,24 +178,10 @@ class ClientRequest:
         """A request from text fields, with the looked-up fields picked out as the front does."""
         raw = [(n.encode("ascii"), v.encode("utf-8", "surrogateescape")) for n, v in fields]
         path, _, query = target.partition("?")
-        picked = pick_fields(raw)
-        return cls(
-            method,
-            scheme,
-            picked.host or "",
-            path or "/",
-            query,
-            raw,
-            remote=remote,
-            body=body,
-            http10=http10,
-            keep_alive=picked.keep_alive(http10),
-            cache_control=picked.cache_control,
-            pragma=picked.pragma,
-            accept_encoding=picked.accept_encoding,
-            conditional=picked.conditional,
-            hop=picked.hop,
-        )
+        self = cls.read(method, path or "/", query, raw, remote, http10)
+        self.scheme = scheme
+        self.body = body
+        return self
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:
@@ -156,60 +200,70 @@ class ClientRequest:
         return f"ClientRequest({self.method} {self.path_qs} host={self.host!r})"
 
 
-@dataclass(slots=True)
-class PickedFields:
-    """The fields a lookup reads, picked out of a request's fields in one pass."""
-
-    host: str | None = None
-    hosts: int = 0
-    cache_control: str | None = None
-    pragma: str | None = None
-    accept_encoding: str | None = None
-    connection: str | None = None
-    conditional: bool = False
-    hop: str | None = None
-    # Framing the front needs: a body follows the head (Content-Length other than 0, or
-    # Transfer-Encoding), and the client waits for "100 Continue" before sending it.
-    body_follows: bool = False
-    expect_continue: bool = False
-
-    def keep_alive(self, http10: bool) -> bool:
-        """RFC 9112 §9.3: HTTP/1.1 persists unless "close"; HTTP/1.0 only with "keep-alive"."""
-        connection = (self.connection or "").lower()
-        return "keep-alive" in connection if http10 else "close" not in connection
-
-
 def _joined(prior: str | None, value: str) -> str:
     return value if prior is None else f"{prior}, {value}"
 
 
-def pick_fields(raw: RawFields) -> PickedFields:
-    """One pass over the raw fields (RFC 9110 §5.3: repeated lines combine with ", ")."""
-    out = PickedFields()
-    for name, value in raw:
-        lower = name.lower()
-        if lower == b"host":
-            out.hosts += 1
-            out.host = _text(value).strip(" \t")
-        elif lower == b"accept-encoding":
-            out.accept_encoding = _joined(out.accept_encoding, _text(value))
-        elif lower == b"cache-control":
-            out.cache_control = _joined(out.cache_control, _text(value))
-        elif lower == b"pragma":
-            out.pragma = _joined(out.pragma, _text(value))
-        elif lower == b"connection":
-            out.connection = _joined(out.connection, _text(value))
-        elif lower in CONDITIONAL_FIELDS:
-            out.conditional = True
-        elif lower == b"x-minicdn-hop":
-            out.hop = _text(value).strip(" \t")
-        elif lower == b"content-length":
-            out.body_follows = out.body_follows or value.strip(b" \t") != b"0"
-        elif lower == b"transfer-encoding":
-            out.body_follows = True
-        elif lower == b"expect":
-            out.expect_continue = value.strip(b" \t").lower() == b"100-continue"
-    return out
+# What ClientRequest.read picks out, by lower-case field name (and the usual spellings, which
+# saves lowering them); _SKIP: common fields in their usual spelling that it leaves alone.
+(
+    _HOST,
+    _ACCEPT_ENCODING,
+    _CACHE_CONTROL,
+    _PRAGMA,
+    _CONNECTION,
+    _CONDITIONAL,
+    _CONTENT_LENGTH,
+    _TRANSFER_ENCODING,
+    _EXPECT,
+    _HOP,
+) = range(10)
+_PICK: dict[bytes, int] = {}
+for _names, _kind in (
+    (("Host",), _HOST),
+    (("Accept-Encoding",), _ACCEPT_ENCODING),
+    (("Cache-Control",), _CACHE_CONTROL),
+    (("Pragma",), _PRAGMA),
+    (("Connection",), _CONNECTION),
+    (
+        ("If-None-Match", "If-Modified-Since", "If-Range", "Range", "If-Match", "If-Unmodified-Since"),
+        _CONDITIONAL,
+    ),
+    (("Content-Length",), _CONTENT_LENGTH),
+    (("Transfer-Encoding",), _TRANSFER_ENCODING),
+    (("Expect",), _EXPECT),
+    (("X-Minicdn-Hop",), _HOP),
+):
+    for _name in _names:
+        for _spelling in (_name, _name.lower()):
+            _PICK[_spelling.encode("ascii")] = _kind
+del _names, _kind, _name, _spelling
+_SKIP = frozenset(
+    n.encode("ascii")
+    for name in (
+        "User-Agent",
+        "Accept",
+        "Accept-Language",
+        "Cookie",
+        "Referer",
+        "Origin",
+        "Authorization",
+        "Upgrade-Insecure-Requests",
+        "Sec-Fetch-Dest",
+        "Sec-Fetch-Mode",
+        "Sec-Fetch-Site",
+        "Sec-Fetch-User",
+        "Sec-Ch-Ua",
+        "Sec-Ch-Ua-Mobile",
+        "Sec-Ch-Ua-Platform",
+        "Priority",
+        "DNT",
+        "X-Requested-With",
+        "X-Forwarded-For",
+        "Content-Type",
+    )
+    for n in (name, name.lower())
+)
 
 
 @dataclass(slots=True)

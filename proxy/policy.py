@@ -345,8 +345,11 @@ def _tags(headers: Headers, fields: tuple[str, ...]) -> tuple[str, ...]:
 
 # --------------------------------------------------------------- reuse (§4, §5.2.1)
 
+# The decisions are values: never changed once made. They are not frozen dataclasses only
+# because one is made per request, and a frozen dataclass costs several times more to build.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Deliver:
     """Serve the stored response (fresh, or stale where allowed)."""
 
@@ -358,7 +361,7 @@ class Deliver:
     revalidate_in_background: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Revalidate:
     """Ask the origin whether the stored response is still good (§4.3.1)."""
 
@@ -366,21 +369,21 @@ class Revalidate:
     reason: str  # "stale" | "no-cache" | "request"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fetch:
     """Nothing usable is stored: fetch from the origin and maybe store (§4)."""
 
     reason: str  # "uri-miss" | "vary-miss"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pass:
     """Forward without lookup or storage (a method this cache does not store)."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GatewayTimeout:
     """only-if-cached and nothing suitable is stored (§5.2.1.7): answer 504."""
 

@@ -243,3 +243,36 @@ async def test_pipelined_repeats_of_one_head_are_each_decided_afresh(proxy: Prox
     assert all(b"fwd=uri-miss" in r for r in responses[3:-1])
     assert b";hit;" in responses[-1]
     assert await origin.hits("/bytes/11") == 2 + 10
+
+
+async def test_an_upgrade_request_is_answered_without_the_upgrade_and_the_connection_closed(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # RFC 9110 §7.8: a server may ignore Upgrade. What follows the head would be another
+    # protocol, so the connection ends after the answer; the origin never sees Upgrade.
+    request = get("/echo?max_age=60", "Connection: Upgrade", "Upgrade: websocket") + b"\x81\x05hello"
+    out = await exchange(proxy, request, until_close=True)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n"), out[:200]
+    assert b"Connection: close\r\n" in out and out.count(b"HTTP/1.1 ") == 1
+    [record] = await origin.requests("/echo")
+    names = {name.lower() for name, _ in record["headers"]}
+    assert "upgrade" not in names
+
+
+async def test_expect_100_continue_gets_a_continue_before_the_body_is_forwarded(
+    proxy: Proxy, origin: Origin
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: cdn.example\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()
+    [record] = await origin.requests("/echo")
+    assert record["body_length"] == 5
