@@ -15,6 +15,7 @@ bounded in time and stops what it started.
 
     python bench/hot_key_expiry.py            # about 40 s
     python bench/hot_key_expiry.py --short    # about 12 s
+    python bench/hot_key_expiry.py --workers 2  # the edge with two worker processes: still one per box
 """
 
 from __future__ import annotations
@@ -136,7 +137,8 @@ async def run_scenario(sc: Scenario, args: argparse.Namespace, workdir: Path) ->
         json.dumps(
             {
                 "name": "bench",
-                "workers": 1,  # coalescing is per worker process: one process shows it exactly
+                # With several workers the box coalesces across them too (proxy/box.py).
+                "workers": args.workers,
                 "log": {"access_log": False, "level": "WARNING"},
                 "fetch": sc.fetch,
             }
@@ -214,6 +216,7 @@ async def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--short", action="store_true", help="a quick check (3 s per scenario)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes of the edge (1)")
     parser.add_argument("--seconds", type=float, default=8.0, help="load duration per scenario")
     parser.add_argument("--clients", type=int, default=50, help="concurrent client loops")
     parser.add_argument("--max-age", type=int, default=2, help="freshness lifetime of the hot key (s)")
@@ -240,7 +243,7 @@ async def main() -> int:
     print()
     print(
         f"hot key /max-age/{args.max_age}, origin {args.origin_ms} ms, {args.clients} clients, "
-        f"{args.seconds:.0f} s per scenario"
+        f"{args.seconds:.0f} s per scenario, {args.workers} worker process(es)"
     )
     print(table(results))
     Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")

@@ -374,21 +374,27 @@ class Engine:
             self.pass_unstored.discard(f.key)
         return True
 
-    async def _flight(self, f: FetchRequest, *, background: bool = False) -> FetchOutcome:
+    async def _flight(self, f: FetchRequest) -> FetchOutcome:
         """This worker's one fetch of a key, coordinated with the other workers of the box.
 
         With other workers sharing the box, the first to ask leads and the
-        rest wait for it, then read its copy from the shared L2; a background
-        fetch (stale-while-revalidate, refresh-ahead) that finds another
-        worker at it is skipped. Alone in the box, it just fetches.
+        rest wait for it (a background fetch too: nobody waits on it), then
+        read its copy from the shared L2. A leader that holds a copy of its
+        own (stale, or it would not fetch) first looks in L2, where another
+        worker may have stored a newer one. Alone in the box, it just fetches.
         """
         box = self.box
         if box is None or not box.shared:
             return await self._fetch_and_mark(f)
-        lock = await box.lock(f.key, wait=not background, timeout=self.cfg.fetch.coalesce_timeout)
+        lock = await box.lock(f.key, wait=True, timeout=self.cfg.fetch.coalesce_timeout)
         if lock.kind == "lead":
             released: Outcome = "error"
             try:
+                if f.resource is not None:
+                    newer = await self._stored_by_the_box(f, fresh=True)
+                    if newer is not None:
+                        released = "stored"
+                        return newer
                 outcome = await self._fetch_and_mark(f)
                 if outcome.shared is not None and outcome.status.stored and await self.storage.settle(f.key):
                     released = "stored"  # the others read it from L2
@@ -397,27 +403,34 @@ class Engine:
                 return outcome
             finally:
                 box.release(f.key, released, self.cfg.fetch.hit_for_pass_ttl)
-        if lock.kind == "busy":
-            return FetchOutcome(CacheStatus(fwd=f.why, detail="fetched by another worker"))
         if lock.kind == "pass" or lock.outcome == "unshareable":
             self.stats.box_passes += 1
             self._mark_pass(f)
             return await self.fetcher.fetch(f)
         if lock.outcome == "stored":
             self.stats.box_waits += 1
-            found = await self._stored_by_the_box(f)
+            found = await self._stored_by_the_box(f, fresh=False)
             if found is not None:
                 return found
         # timeout, a leader that died or failed, a variant it did not store: fetch alone.
         return await self.fetcher.fetch(f)
 
-    async def _stored_by_the_box(self, f: FetchRequest) -> FetchOutcome | None:
-        """What another worker of the box just stored for f's key, if it answers f (RFC 9111 §4.1)."""
-        resource, _ = await self.storage.aget(f.key)
+    async def _stored_by_the_box(self, f: FetchRequest, *, fresh: bool) -> FetchOutcome | None:
+        """A copy of f's key in L2 that answers f (RFC 9111 §4.1), stored by another worker.
+
+        fresh: it must be fresh (a leader deciding whether to fetch at all); else it
+        must only be newer than the copy f revalidates: what the origin just answered
+        the leader is the answer, even when its headers make it stale on arrival.
+        """
+        resource = await self.storage.aget_l2(f.key)
         if resource is None:
             return None
         entry = select_variant(resource, f.headers)
-        if entry is None or policy.remaining_ttl(entry, self.clock()) <= 0:
+        if entry is None:
+            return None
+        if fresh and policy.remaining_ttl(entry, self.clock()) <= 0:
+            return None
+        if not fresh and f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
         return FetchOutcome(CacheStatus(fwd=f.why, collapsed=True, detail="l2"), shared=entry)
 
@@ -508,7 +521,7 @@ class Engine:
         if self.flights.in_flight(f.key):
             return
         self.stats.background_revalidations += 1
-        task, _ = self.flights.start(f.key, lambda: self._flight(f, background=True))
+        task, _ = self.flights.start(f.key, lambda: self._flight(f))
         task.add_done_callback(self._background_done)
 
     def _refresh_ahead(self, f: FetchRequest) -> None:
@@ -520,7 +533,7 @@ class Engine:
             return
         self.stats.refresh_ahead += 1
         self._refreshing += 1
-        task, _ = self.flights.start(f.key, lambda: self._flight(f, background=True))
+        task, _ = self.flights.start(f.key, lambda: self._flight(f))
         task.add_done_callback(self._refresh_done)
 
     def _refresh_done(self, task: asyncio.Task[FetchOutcome]) -> None:

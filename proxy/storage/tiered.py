@@ -288,6 +288,27 @@ class TieredStorage:
             return resource, tier
         return await self.aget_rest(key)
 
+    async def aget_l2(self, key: str) -> CachedResource | None:
+        """The L2 copy of key (a queued write of this process first), promoted into L1.
+
+        For when L1 may hold an older copy than L2: another worker of the box
+        has just stored the key (proxy/box.py).
+        """
+        if self.l2 is None:
+            return None
+        queued = self._writes.pending(key)
+        if queued is not None:
+            return queued
+        reader = self._loop_reader
+        if reader is not None and key not in self._l2_deletes:
+            answered, resource = reader.read_now(key, self._loop_read_max, count_miss=False)
+            if answered:
+                if resource is not None:
+                    self._promote(resource)
+                return resource
+        resource, _ = await self.aget_rest(key)
+        return resource
+
     async def aget_rest(self, key: str) -> tuple[CachedResource | None, TierName | None]:
         """The L2 read that get_now() could not answer, on the I/O pool; counted here."""
         l2 = self.l2
