@@ -418,9 +418,10 @@ class Engine:
     async def _stored_by_the_box(self, f: FetchRequest, *, fresh: bool) -> FetchOutcome | None:
         """A copy of f's key in L2 that answers f (RFC 9111 §4.1), stored by another worker.
 
-        fresh: it must be fresh (a leader deciding whether to fetch at all); else it
-        must only be newer than the copy f revalidates: what the origin just answered
-        the leader is the answer, even when its headers make it stale on arrival.
+        It must be newer than the copy f revalidates or refreshes; and, with `fresh`
+        (a leader deciding whether to fetch at all), fresh. A waiter takes it fresh or
+        not: what the origin just answered the leader is the answer, even when its
+        headers make it stale on arrival.
         """
         resource = await self.storage.aget_l2(f.key)
         if resource is None:
@@ -428,9 +429,9 @@ class Engine:
         entry = select_variant(resource, f.headers)
         if entry is None:
             return None
-        if fresh and policy.remaining_ttl(entry, self.clock()) <= 0:
+        if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
-        if not fresh and f.stale is not None and entry.response_time <= f.stale.response_time:
+        if fresh and policy.remaining_ttl(entry, self.clock()) <= 0:
             return None
         return FetchOutcome(CacheStatus(fwd=f.why, collapsed=True, detail="l2"), shared=entry)
 
