@@ -16,6 +16,7 @@ from edge.cluster import add_cluster_arguments, run_cluster
 from edge.config import cluster_config
 from edge.node import open_edge
 from proxy import cli as proxy_cli
+from proxy import cliargs
 from proxy.config import Config
 from proxy.node import Node
 
@@ -51,5 +52,9 @@ def edge_main(argv: Sequence[str] | None = None) -> int:
     """`python -m edge [--listen ...]`: `minicdn serve` with the cluster enabled."""
     import os
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = cliargs.check_usage("python -m edge", proxy_cli.serve_arguments, args)  # --help as itself
+    if code is not None:
+        return code
     os.environ.setdefault("MINICDN_CLUSTER", "1")
-    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    return main(["serve", *args])
