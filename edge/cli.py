@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from edge.cluster import add_cluster_arguments, run_cluster
 from edge.config import cluster_config
 from edge.node import open_edge
+from edge.warm import run as run_warm
 from proxy import cli as proxy_cli
-from proxy import cliargs
+from proxy import cliargs, warm
 from proxy.config import Config
 from proxy.node import Node
 
@@ -25,7 +26,12 @@ COMMANDS = {
         help="run the stub origin, Redis and N edges (optionally behind a shield) on this machine",
         add_arguments=add_cluster_arguments,
         run=run_cluster,
-    )
+    ),
+    "warm": proxy_cli.ExtraCommand(
+        help="warm the cache from URLs, a sitemap or origin paths (in a cluster: through each key's owner)",
+        add_arguments=warm.add_arguments,
+        run=run_warm,
+    ),
 }
 
 
