@@ -36,6 +36,7 @@ from yarl import URL
 from proxy import __version__
 from proxy.cliargs import count, positive_seconds
 from proxy.config import Config, ConfigError, load_config
+from proxy.routing import HEALTH_PATH
 
 Outcome = Literal["stored", "fresh", "not storable", "failed"]
 OUTCOMES: tuple[Outcome, ...] = ("stored", "fresh", "not storable", "failed")
@@ -174,6 +175,8 @@ async def _run(
         if not targets:
             raise WarmError("nothing to warm: the sources hold no URLs")
         router = await router_factory(cfg, args) if router_factory is not None and not args.edge else None
+        if router is None:
+            await _check_reachable(session, edge)
         through = router.description if router is not None else edge
         print(
             f"warming {_plural(len(targets), 'URL')} through {through}, {args.concurrency} at a time",
@@ -203,6 +206,15 @@ async def _run(
             )
     print_summary(summary, time.monotonic() - started, sys.stdout)
     return 1 if summary.counts["failed"] else 0
+
+
+async def _check_reachable(session: aiohttp.ClientSession, edge: str) -> None:
+    """One edge that does not answer at all is one error, not one failure per URL."""
+    try:
+        async with session.get(edge + HEALTH_PATH) as resp:
+            await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise WarmError(f"cannot reach the edge at {edge}: {exc or type(exc).__name__}") from None
 
 
 def parse_headers(values: Sequence[str]) -> dict[str, str]:

@@ -190,8 +190,8 @@ def test_usage_and_source_errors(
     assert code == 1 and "bad.txt:2: 'ftp://x/y' is neither" in err
     good = tmp_path / "good.txt"
     good.write_text("/a\n")
-    code, out, _ = run("--urls", str(good), *edge)
-    assert code == 1 and counts(out)["failed"] == 1 and "/a  http://127.0.0.1:9: " in out
+    code, out, err = run("--urls", str(good), *edge)
+    assert code == 1 and out == "" and "cannot reach the edge at http://127.0.0.1:9: " in err
 
 
 # ----------------------------------------------------------------------------- pure parts
