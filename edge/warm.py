@@ -2,7 +2,7 @@
 object once (at its owner, where every other edge asks for it) and the origin is asked once.
 
 The members are the ones the configured edge would see (its static peers, and those registered
-in Redis); the key is computed as the edges compute it (proxy.keys), so run it with an edge's
+in Redis); the key is computed as the edges compute it (proxy.warm.cache_key), so run it with an edge's
 configuration: on an edge (its environment), or with --config of one of `minicdn cluster`'s
 edge files. Without the cluster enabled, or with --edge, the proxy's plain warm runs.
 """
@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 
 import redis.asyncio as aioredis
-from yarl import URL
 
 from edge.config import cluster_config
 from edge.hashing import owner
 from edge.membership import Membership
 from proxy import warm
 from proxy.config import Config
-from proxy.keys import key_host, primary_key
 
 
 class OwnerRouter:
@@ -28,20 +26,13 @@ class OwnerRouter:
     def __init__(self, cfg: Config, membership: Membership) -> None:
         self.cfg = cfg
         self.membership = membership
-        self.origin_authority = URL(cfg.origin.url).raw_authority
         members = membership.members()
         self.description = (
             f"{len(members)} edges (each key's owner: {', '.join(sorted(n for n, _ in members))})"
         )
 
-    def key(self, target: warm.Target, scheme: str = "http") -> str:
-        """The primary cache key an edge computes for this request (Fetcher.key_for)."""
-        path, _, query = target.path.partition("?")
-        host = key_host(target.host or "", self.cfg.origin.host_header, self.origin_authority)
-        return primary_key(scheme, host, path, query, self.cfg.keys)
-
     def edge_for(self, target: warm.Target) -> str:
-        name = owner(self.key(target), self.membership.members())
+        name = owner(warm.cache_key(self.cfg, target), self.membership.members())
         url = self.membership.url_of(name) if name is not None else None
         if url is None:
             raise warm.WarmError("no edge in the cluster")
