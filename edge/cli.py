@@ -62,5 +62,6 @@ def edge_main(argv: Sequence[str] | None = None) -> int:
     code = cliargs.check_usage("python -m edge", proxy_cli.serve_arguments, args)  # --help as itself
     if code is not None:
         return code
-    os.environ.setdefault("MINICDN_CLUSTER", "1")
+    if not os.environ.get("MINICDN_CLUSTER") and not os.environ.get("MINICDN_CLUSTER__ENABLED"):
+        os.environ["MINICDN_CLUSTER"] = "1"
     return main(["serve", *args])

@@ -536,7 +536,6 @@ def env_overlay(environ: Mapping[str, str]) -> tuple[dict[str, object], dict[str
     known = dict(settings())
     values: dict[str, object] = {}
     names: dict[str, str] = {}
-    texts: dict[str, str] = {}
     for var in sorted(environ):
         text = environ[var]
         if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE or text == "":
@@ -547,13 +546,13 @@ def env_overlay(environ: Mapping[str, str]) -> tuple[dict[str, object], dict[str
         section = key.split(".", 1)[0]
         if key not in known and not (section in OPAQUE_SECTIONS and key.count(".") == 1):
             raise ConfigError(f"environment: {var}: {_unknown(var)}")
-        if key in texts and texts[key] != text:
+        value = env_value(var, text, known[key]) if key in known else text
+        if key in values and values[key] != value:  # an alias and its rule name
             raise ConfigError(
                 f"environment: {names[key]} and {var} both set {key}, to different values; keep one"
             )
-        texts[key] = text
         names[key] = var
-        values[key] = env_value(var, text, known[key]) if key in known else text
+        values[key] = value
     return values, names
 
 

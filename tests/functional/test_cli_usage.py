@@ -87,3 +87,11 @@ def test_a_bad_environment_variable_is_an_environment_error_not_a_usage_error() 
         done.stderr.strip()
         == "minicdn: config error: environment: MINICDN_LISTEN (listen): 'abc' is not HOST:PORT"
     )
+
+
+@pytest.mark.parametrize("value", ["true", "1"])
+def test_python_m_edge_with_the_cluster_enabled_by_its_rule_name(value: str) -> None:
+    """`python -m edge` turns the cluster on itself, without clashing with MINICDN_CLUSTER__ENABLED."""
+    done = run("-m", "edge", env={"MINICDN_CLUSTER__ENABLED": value, "MINICDN_LISTEN": "abc"})
+    assert done.returncode == 2
+    assert "environment: MINICDN_LISTEN (listen)" in done.stderr and "both set" not in done.stderr
