@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from edge.cluster import add_cluster_arguments, run_cluster
 from edge.config import cluster_config
 from edge.node import open_edge
+from edge.warm import run as run_warm
 from proxy import cli as proxy_cli
+from proxy import cliargs, warm
 from proxy.box import BoxClient
 from proxy.config import Config
 from proxy.node import Node
@@ -25,7 +27,12 @@ COMMANDS = {
         help="run the stub origin, Redis and N edges (optionally behind a shield) on this machine",
         add_arguments=add_cluster_arguments,
         run=run_cluster,
-    )
+    ),
+    "warm": proxy_cli.ExtraCommand(
+        help="warm the cache from URLs, a sitemap or origin paths (in a cluster: through each key's owner)",
+        add_arguments=warm.add_arguments,
+        run=run_warm,
+    ),
 }
 
 
@@ -54,5 +61,10 @@ def edge_main(argv: Sequence[str] | None = None) -> int:
     """`python -m edge [--listen ...]`: `minicdn serve` with the cluster enabled."""
     import os
 
-    os.environ.setdefault("MINICDN_CLUSTER", "1")
-    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = cliargs.check_usage("python -m edge", proxy_cli.serve_arguments, args)  # --help as itself
+    if code is not None:
+        return code
+    if not os.environ.get("MINICDN_CLUSTER") and not os.environ.get("MINICDN_CLUSTER__ENABLED"):
+        os.environ["MINICDN_CLUSTER"] = "1"
+    return main(["serve", *args])

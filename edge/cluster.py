@@ -2,7 +2,9 @@
 
 Each process gets a generated config file in the cluster directory (readable,
 and the same shape a deployment would use), edges listen on consecutive
-ports, and Ctrl-C (or SIGTERM) stops everything that was started.
+ports (their admin APIs too), and Ctrl-C (or SIGTERM) stops everything that was
+started. A temporary cluster directory is removed on exit; one given with
+--dir is kept.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy.cliargs import count, port
 from proxy.routing import HEALTH_PATH
 
 
@@ -35,17 +38,64 @@ class Member:
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--edges", type=int, default=3, help="number of edges (default 3)")
+    parser.add_argument("--edges", type=count(1, 32), default=3, help="number of edges, 1-32 (default 3)")
     parser.add_argument("--shield", action="store_true", help="put a shield between the edges and the origin")
     parser.add_argument("--host", default="127.0.0.1", help="address every process listens on")
     parser.add_argument(
-        "--port", type=int, default=8082, help="first edge port (default 8082; edges are consecutive)"
+        "--port", type=port, default=8082, help="first edge port (default 8082; edges are consecutive)"
     )
-    parser.add_argument("--origin-port", type=int, default=8081, help="stub origin port (default 8081)")
-    parser.add_argument("--shield-port", type=int, default=8090, help="shield port (default 8090)")
+    parser.add_argument(
+        "--admin-port",
+        type=port,
+        help="first admin API port (default --port + 1000; consecutive, the shield's after the edges')",
+    )
+    parser.add_argument("--origin-port", type=port, default=8081, help="stub origin port (default 8081)")
+    parser.add_argument(
+        "--shield-port", type=port, help="shield port (default: the port after the last edge's)"
+    )
     parser.add_argument("--redis-url", help="use this Redis instead of starting redis-server")
-    parser.add_argument("--redis-port", type=int, default=6390, help="port for the started redis-server")
-    parser.add_argument("--dir", help="cluster directory (configs, caches, logs); default a temporary one")
+    parser.add_argument("--redis-port", type=port, default=6390, help="port for the started redis-server")
+    parser.add_argument(
+        "--dir", help="cluster directory (configs, caches, logs), kept; default a temporary one, removed"
+    )
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every port a cluster listens on."""
+
+    origin: int
+    edges: list[int]
+    admins: list[int]
+    shield: int | None
+    shield_admin: int | None
+    redis: int | None
+
+    def all(self) -> list[int]:
+        extra = [p for p in (self.shield, self.shield_admin, self.redis) if p is not None]
+        return [self.origin, *self.edges, *self.admins, *extra]
+
+
+def plan_ports(args: argparse.Namespace) -> Ports:
+    """The ports of `args`; ValueError when they overlap or run past 65535."""
+    n = args.edges
+    admin = args.admin_port if args.admin_port is not None else args.port + 1000
+    shield = (args.shield_port if args.shield_port is not None else args.port + n) if args.shield else None
+    ports = Ports(
+        origin=args.origin_port,
+        edges=[args.port + i for i in range(n)],
+        admins=[admin + i for i in range(n)],
+        shield=shield,
+        shield_admin=admin + n if args.shield else None,
+        redis=None if args.redis_url else args.redis_port,
+    )
+    every = ports.all()
+    if max(every) > 65535:
+        raise ValueError(f"port {max(every)} is past 65535 (choose lower ones with --port / --admin-port)")
+    clashes = sorted({p for p in every if every.count(p) > 1})
+    if clashes:
+        raise ValueError(f"port(s) {clashes} would be used twice (see --port, --admin-port, --shield-port)")
+    return ports
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -93,17 +143,13 @@ def _node_config(
 
 
 def run_cluster(args: argparse.Namespace) -> int:
-    if not 1 <= args.edges <= 32:
-        print("minicdn cluster: --edges must be between 1 and 32", file=sys.stderr)
-        return 2
     host = args.host
-    edge_ports = [args.port + i for i in range(args.edges)]
-    wanted = [args.origin_port, *edge_ports, *(p + 1000 for p in edge_ports)]
-    if args.shield:
-        wanted += [args.shield_port, args.shield_port + 1000]
-    if not args.redis_url:
-        wanted.append(args.redis_port)
-    busy = [p for p in wanted if not _port_free(host, p)]
+    try:
+        ports = plan_ports(args)
+    except ValueError as exc:
+        print(f"minicdn cluster: {exc}", file=sys.stderr)
+        return 2
+    busy = [p for p in ports.all() if not _port_free(host, p)]
     if busy:
         print(
             f"minicdn cluster: ports already in use: {busy} (choose others with --port etc.)", file=sys.stderr
@@ -114,6 +160,7 @@ def run_cluster(args: argparse.Namespace) -> int:
         print("minicdn cluster: redis-server not found; install it or pass --redis-url", file=sys.stderr)
         return 1
 
+    temporary = not args.dir
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="minicdn-cluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -155,14 +202,12 @@ def run_cluster(args: argparse.Namespace) -> int:
             redis_url = f"redis://{host}:{args.redis_port}/0"
         deadline = time.monotonic() + 20
         if not _wait_http(origin_url + "/__hits", deadline):
-            raise RuntimeError("the stub origin did not start (see origin.log)")
+            raise RuntimeError(f"the stub origin did not start:\n{_tail(workdir / 'origin.log')}")
 
         upstream = origin_url
         members: list[Member] = []
-        if args.shield:
-            shield = Member(
-                "shield", f"http://{host}:{args.shield_port}", f"{host}:{args.shield_port + 1000}"
-            )
+        if ports.shield is not None:
+            shield = Member("shield", f"http://{host}:{ports.shield}", f"{host}:{ports.shield_admin}")
             conf = workdir / "shield.json"
             # The shield hands tags on to the edges (they purge by them), and follows the purge
             # stream so a purge reaches it too; it owns no keys (its own membership prefix, so the
@@ -176,7 +221,7 @@ def run_cluster(args: argparse.Namespace) -> int:
             }
             shield_conf = _node_config(
                 "shield",
-                f"{host}:{args.shield_port}",
+                f"{host}:{ports.shield}",
                 shield.admin,
                 origin_url,
                 workdir / "cache-shield",
@@ -188,8 +233,8 @@ def run_cluster(args: argparse.Namespace) -> int:
             members.append(shield)
             upstream = shield.url
         edges = [
-            Member(f"edge-{i + 1}", f"http://{host}:{p}", f"{host}:{p + 1000}")
-            for i, p in enumerate(edge_ports)
+            Member(f"edge-{i + 1}", f"http://{host}:{p}", f"{host}:{a}")
+            for i, (p, a) in enumerate(zip(ports.edges, ports.admins, strict=True))
         ]
         peers = [{"name": e.name, "url": e.url} for e in edges]
         for edge in edges:
@@ -208,9 +253,10 @@ def run_cluster(args: argparse.Namespace) -> int:
             members.append(edge)
         for member in members:
             if not _wait_http(member.url + HEALTH_PATH, deadline):
-                raise RuntimeError(f"{member.name} did not start (see {workdir / (member.name + '.log')})")
+                raise RuntimeError(f"{member.name} did not start:\n{_tail(workdir / (member.name + '.log'))}")
 
-        print(f"cluster directory: {workdir} (configs, caches, logs)")
+        removed = " (temporary: removed on exit; --dir keeps one)" if temporary else ""
+        print(f"cluster directory: {workdir} (configs, caches, logs){removed}")
         print(f"origin stub   {origin_url}")
         print(f"redis         {redis_url}")
         for member in members:
@@ -245,4 +291,15 @@ def run_cluster(args: argparse.Namespace) -> int:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
         print("cluster stopped", flush=True)
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    """The end of a process's log (it is about to be removed with a temporary directory)."""
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"  (no log: {exc})"
+    return "\n".join(f"  {line}" for line in text) or "  (empty log)"

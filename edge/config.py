@@ -1,20 +1,22 @@
 """The `cluster:` section of config.yaml, validated (the proxy hands it over unread).
 
-Environment overrides for containers: MINICDN_CLUSTER=1, MINICDN_REDIS_URL,
-MINICDN_SELF_URL, MINICDN_PEERS ("edge-1=http://h1:8080,edge-2=http://h2:8080").
+Its keys follow the proxy's environment rule (MINICDN_CLUSTER__REDIS_URL for
+cluster.redis_url; the proxy hands the variables' text over with the section),
+and the short aliases MINICDN_CLUSTER=1, MINICDN_REDIS_URL, MINICDN_SELF_URL and
+MINICDN_PEERS ("edge-1=http://h1:8080,edge-2=http://h2:8080") work too.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 from yarl import URL
 
-from proxy.config import Config, ConfigError
+from proxy.config import Config, ConfigError, env_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +48,34 @@ class ClusterConfig:
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
+def settings() -> Iterator[tuple[str, Any]]:
+    """The keys of the cluster section, dotted, with their types (as proxy.config.settings)."""
+    hints = typing.get_type_hints(ClusterConfig)
+    for f in fields(ClusterConfig):
+        yield f"cluster.{f.name}", hints[f.name]
+
+
 def cluster_config(cfg: Config) -> ClusterConfig:
-    """Validate cfg.cluster (plus environment overrides); errors name the key and the file."""
-    raw: Mapping[str, Any] = dict(cfg.cluster)
-    source = cfg.source
+    """Validate cfg.cluster (the file's section, the environment over it); errors name the key and
+    the file, or the variable."""
+    raw: dict[str, Any] = dict(cfg.cluster)
     allowed = set(ClusterConfig.__dataclass_fields__)
+
+    def where(key: str) -> str:
+        return cfg.where(f"cluster.{key}")
+
     for k in raw:
         if k not in allowed:
-            raise ConfigError(
-                f"{source}: cluster.{k}: unknown key (expected one of: {', '.join(sorted(allowed))})"
-            )
+            raise ConfigError(f"{where(k)}: unknown key (expected one of: {', '.join(sorted(allowed))})")
+    hints = dict(settings())
+    for k, v in list(raw.items()):
+        var = cfg.env.get(f"cluster.{k}")
+        if var and isinstance(v, str):  # a variable's text: read it as the file's value would be
+            raw[k] = _peers_from_env(v, var) if k == "peers" else env_value(var, v, hints[f"cluster.{k}"])
     d = ClusterConfig()
 
     def err(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{source}: cluster.{key}: {problem}")
+        return ConfigError(f"{where(key)}: {problem}")
 
     def boolean(key: str, default: bool) -> bool:
         v = raw.get(key, default)
@@ -79,19 +95,16 @@ def cluster_config(cfg: Config) -> ClusterConfig:
             raise err(key, "must be a string")
         return v
 
-    enabled = boolean("enabled", d.enabled) or os.environ.get("MINICDN_CLUSTER", "") in ("1", "true", "yes")
+    enabled = boolean("enabled", d.enabled)
     host, port = cfg.listen_host_port
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    self_url = os.environ.get("MINICDN_SELF_URL") or text("self_url", None) or f"http://{host}:{port}"
-    _check_url(self_url, "self_url", source)
-    redis_url = os.environ.get("MINICDN_REDIS_URL") or text("redis_url", d.redis_url)
+    self_url = text("self_url", None) or f"http://{host}:{port}"
+    _check_url(self_url, where("self_url"))
+    redis_url = text("redis_url", d.redis_url)
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise err("redis_url", f"{redis_url!r} must be a redis:// URL")
-    peers = _peers(raw.get("peers", []), source)
-    env_peers = os.environ.get("MINICDN_PEERS")
-    if env_peers:
-        peers = _peers_from_env(env_peers)
+    peers = _peers(raw.get("peers", []), where("peers"))
     weight = number("weight", d.weight)
     if cfg.name not in {p.name for p in peers}:
         peers = (*peers, Peer(cfg.name, self_url.rstrip("/"), weight))
@@ -112,21 +125,22 @@ def cluster_config(cfg: Config) -> ClusterConfig:
     )
 
 
-def _check_url(value: str, key: str, source: str) -> None:
+def _check_url(value: str, where: str) -> None:
     try:
         url = URL(value)
     except ValueError:
-        raise ConfigError(f"{source}: cluster.{key}: {value!r} is not a URL") from None
+        raise ConfigError(f"{where}: {value!r} is not a URL") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{source}: cluster.{key}: {value!r} must be an http:// URL")
+        raise ConfigError(f"{where}: {value!r} must be an http:// URL")
 
 
-def _peers(raw: object, source: str) -> tuple[Peer, ...]:
+def _peers(raw: object, section: str) -> tuple[Peer, ...]:
+    """`section` names the list for messages ("FILE: cluster.peers" or "environment: VAR (...)")."""
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}: cluster.peers: must be a list of {{name, url, weight}}")
+        raise ConfigError(f"{section}: must be a list of {{name, url, weight}}")
     out: list[Peer] = []
     for i, item in enumerate(raw):
-        where = f"{source}: cluster.peers[{i}]"
+        where = f"{section}[{i}]"
         if (
             not isinstance(item, dict)
             or not isinstance(item.get("name"), str)
@@ -135,7 +149,7 @@ def _peers(raw: object, source: str) -> tuple[Peer, ...]:
             raise ConfigError(f"{where}: needs a name and a url")
         if not _NAME.fullmatch(item["name"]):
             raise ConfigError(f"{where}.name: {item['name']!r} is not a valid node name")
-        _check_url(item["url"], f"peers[{i}].url", source)
+        _check_url(item["url"], f"{where}.url")
         weight = item.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
             raise ConfigError(f"{where}.weight: must be a number greater than 0")
@@ -143,12 +157,15 @@ def _peers(raw: object, source: str) -> tuple[Peer, ...]:
     return tuple(out)
 
 
-def _peers_from_env(value: str) -> tuple[Peer, ...]:
-    out: list[Peer] = []
+def _peers_from_env(value: str, var: str) -> list[dict[str, str]]:
+    """ "edge-1=http://h1:8080,edge-2=http://h2:8080" as the file's list of {name, url}."""
+    out: list[dict[str, str]] = []
     for part in value.split(","):
+        if not part.strip():
+            continue
         name, sep, url = part.strip().partition("=")
         if not sep or not _NAME.fullmatch(name):
-            raise ConfigError(f"environment: MINICDN_PEERS: {part!r} is not name=url")
-        _check_url(url, "MINICDN_PEERS", "environment")
-        out.append(Peer(name, url.rstrip("/")))
-    return tuple(out)
+            raise ConfigError(f"environment: {var}: {part.strip()!r} is not name=url")
+        _check_url(url, f"environment: {var}")
+        out.append({"name": name, "url": url})
+    return out

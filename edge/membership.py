@@ -98,6 +98,11 @@ class Membership:
 
     # ------------------------------------------------------- Redis membership
 
+    async def refresh(self) -> None:
+        """Read the members registered in Redis now (no heartbeat of our own): `minicdn warm`."""
+        if self.redis is not None:
+            await self._refresh_from_redis()
+
     async def _heartbeat_once(self) -> None:
         me = self.states[self.name].peer
         value = json.dumps({"name": me.name, "url": me.url, "weight": me.weight})

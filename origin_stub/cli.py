@@ -1,4 +1,8 @@
-"""Command line: ``python -m origin_stub --listen HOST:PORT [--config FILE]`` (also ``minicdn origin``)."""
+"""Command line: ``python -m origin_stub --listen HOST:PORT [--config FILE]`` (also ``minicdn origin``).
+
+The address comes from --listen, else MINICDN_ORIGIN_STUB__LISTEN, else the
+config file's ``origin_stub.listen`` (--config or MINICDN_CONFIG), else 127.0.0.1:8081.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -40,9 +45,9 @@ def listen_from_config(path: str) -> str | None:
     return None if flat is None else str(flat)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m origin_stub") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m origin_stub",
+        prog=prog,
         description="Origin server with routes named after HTTP caching behaviours.",
     )
     parser.add_argument(
@@ -93,14 +98,15 @@ async def serve(host: str, port: int, *, access_log: bool = False) -> None:
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m origin_stub") -> int:
     """Entry point; returns the process exit status."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
-    listen = args.listen
-    if listen is None and args.config:
+    listen = args.listen or os.environ.get("MINICDN_ORIGIN_STUB__LISTEN") or None
+    config = args.config or os.environ.get("MINICDN_CONFIG") or None
+    if listen is None and config:
         try:
-            listen = listen_from_config(args.config)
+            listen = listen_from_config(config)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             parser.error(f"cannot read --config: {exc}")
     try:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import log_output
+from proxy import cliargs, log_output
 from proxy.admin import MAX_LIMIT
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
 from proxy.config import Config, ConfigError, check_admin, load_config
@@ -29,25 +29,32 @@ from proxy.supervisor import supervise
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file (default: the project's config.yaml)")
+    parser.add_argument("--config", help="config file (default: $MINICDN_CONFIG, else the built-in defaults)")
     parser.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
     parser.add_argument("--origin", help="origin URL, e.g. http://127.0.0.1:8081 (overrides the config)")
     parser.add_argument("--cache-dir", help="directory of the L2 disk tier (overrides the config)")
     parser.add_argument("--admin-listen", help="HOST:PORT of the admin API (overrides the config)")
     parser.add_argument(
         "--workers",
-        type=int,
+        type=cliargs.count(0, 256),
         help="worker processes sharing the port (overrides the config; 0: one per core)",
     )
 
 
+serve_arguments = _serve_args  # `python -m edge` parses the same arguments
+
+
 def _admin_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="config file to find the admin API in (default: config.yaml)")
+    parser.add_argument(
+        "--config", help="config file to find the admin API in (default: $MINICDN_CONFIG, else the defaults)"
+    )
     parser.add_argument("--admin", metavar="URL", help="admin API URL (default: http:// + admin.listen)")
     parser.add_argument(
         "--token", help="admin bearer token (default: $MINICDN_ADMIN_TOKEN, then admin.token of the config)"
     )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the API (10)")
+    parser.add_argument(
+        "--timeout", type=cliargs.positive_seconds, default=10.0, help="seconds to wait for the API (10)"
+    )
 
 
 def _admin_commands(sub: Any) -> None:
@@ -64,7 +71,12 @@ def _admin_commands(sub: Any) -> None:
     which = inspect.add_mutually_exclusive_group()
     which.add_argument("--prefix", help="URL or /path prefix")
     which.add_argument("--tag", help="surrogate key / tag")
-    inspect.add_argument("--limit", type=int, default=100, help=f"at most this many (1-{MAX_LIMIT}, 100)")
+    inspect.add_argument(
+        "--limit",
+        type=cliargs.count(1, MAX_LIMIT),
+        default=100,
+        help=f"at most this many (1-{MAX_LIMIT}, 100)",
+    )
     inspect.add_argument("--json", action="store_true", help="print the API's JSON")
     _admin_args(inspect)
 
@@ -89,6 +101,7 @@ class ExtraCommand:
 
 def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minicdn", description="HTTP caching reverse proxy and mini-CDN")
+    cliargs.add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in (extra or {}).items():
         command.add_arguments(sub.add_parser(name, help=command.help))
@@ -98,7 +111,7 @@ def build_parser(extra: Mapping[str, ExtraCommand] | None = None) -> argparse.Ar
     up.add_argument("--origin-listen", default="127.0.0.1:8081", help="HOST:PORT of the stub origin")
     origin = sub.add_parser("origin", help="run the stub origin")
     origin.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8081)")
-    origin.add_argument("--config", help="config file")
+    origin.add_argument("--config", help="config file (its origin_stub.listen)")
     _admin_commands(sub)
     return parser
 
@@ -135,7 +148,7 @@ def main(
             forwarded += ["--listen", args.listen]
         if args.config:
             forwarded += ["--config", args.config]
-        return origin_main(forwarded)
+        return origin_main(forwarded, prog="minicdn origin")
     try:
         cfg = load(args)
     except ConfigError as exc:
@@ -172,7 +185,9 @@ def main(
 
 def proxy_main(argv: Sequence[str] | None = None) -> int:
     """`python -m proxy [--listen ...]`: the same as `minicdn serve`."""
-    return main(["serve", *(sys.argv[1:] if argv is None else argv)])
+    args = list(sys.argv[1:] if argv is None else argv)
+    code = cliargs.check_usage("python -m proxy", _serve_args, args)  # --help under its own name
+    return code if code is not None else main(["serve", *args])
 
 
 # --------------------------------------------------------------------------- admin commands
@@ -208,8 +223,6 @@ def admin_main(args: argparse.Namespace) -> int:
 
 
 def _admin_client(args: argparse.Namespace) -> AdminClient:
-    if args.timeout <= 0:
-        raise _UsageError("--timeout must be greater than 0")
     token: str | None = args.token if args.token is not None else os.environ.get("MINICDN_ADMIN_TOKEN")
     cfg: Config | None = None
     if args.config is not None or args.admin is None or token is None:
@@ -259,8 +272,6 @@ def _purge(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _inspect(client: AdminClient, args: argparse.Namespace) -> int:
-    if not 1 <= args.limit <= MAX_LIMIT:
-        raise _UsageError(f"--limit must be from 1 to {MAX_LIMIT}")
     for name in ("prefix", "tag"):
         value = getattr(args, name)
         if value is not None:

@@ -1,16 +1,28 @@
-"""Typed configuration: frozen dataclasses, loaded from YAML and validated once.
+"""Typed configuration: frozen dataclasses, loaded from YAML and the environment, validated once.
 
-Every key of `config.yaml` is described here and checked at start; an error
-names the offending key and the file. The configuration object is passed
-explicitly to whoever needs it; there is no module-level global.
+The dataclasses' defaults are the built-in configuration: an edge needs no
+file (`config.yaml` documents every key with exactly these values, and a test
+keeps the two equal). `--config` or MINICDN_CONFIG picks a file; then every
+key can be set from the environment by one rule, derived from the dataclasses:
+MINICDN_ + the key's path in capitals with "__" between levels
+(`cache.l1.budget` is MINICDN_CACHE__L1__BUDGET), lists comma separated,
+mappings as `k=v,k=v`; a few short aliases are kept (ENV_ALIASES). The
+environment is validated like the file, and an error names the variable
+(or the key and the file). The configuration object is passed explicitly to
+whoever needs it; there is no module-level global.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -19,7 +31,27 @@ import yaml
 
 from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy
 
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+# Where settings come from when no file is given (no file: the dataclasses' defaults).
+DEFAULTS_SOURCE = "built-in defaults"
+
+ENV_PREFIX = "MINICDN_"
+ENV_SEPARATOR = "__"  # between the levels of a key's path: MINICDN_CACHE__L1__BUDGET
+ENV_CONFIG_FILE = "MINICDN_CONFIG"  # the config file to read, like --config
+# Short names kept from before the rule (the rule's own name works too, and agreeing
+# values of both are fine). MINICDN_NAME, MINICDN_LISTEN and MINICDN_WORKERS follow the rule.
+ENV_ALIASES: Mapping[str, str] = {
+    "MINICDN_ORIGIN": "origin.url",
+    "MINICDN_CACHE_DIR": "cache.dir",
+    "MINICDN_ADMIN_TOKEN": "admin.token",
+    "MINICDN_ADMIN_LISTEN": "admin.listen",
+    "MINICDN_CLUSTER": "cluster.enabled",
+    "MINICDN_SELF_URL": "cluster.self_url",
+    "MINICDN_PEERS": "cluster.peers",
+    "MINICDN_REDIS_URL": "cluster.redis_url",
+}
+# Sections validated elsewhere: `cluster` by the edge layer (edge/config.py, which the proxy never
+# imports), `origin_stub` by the stub origin. Their variables are handed over as text.
+OPAQUE_SECTIONS = ("cluster", "origin_stub")
 
 # Request headers that would change a response without being part of the key
 # (classic cache-poisoning vectors); never forwarded to the origin.
@@ -174,7 +206,15 @@ class Config:
     log: LogConfig = LogConfig()
     # The `cluster:` section, validated by the edge layer (edge/config.py), which the proxy never imports.
     cluster: Mapping[str, Any] = field(default_factory=dict)
-    source: str = "<defaults>"  # the file this came from, for messages
+    source: str = DEFAULTS_SOURCE  # the file this came from, for messages
+    # Keys set from the environment ("cache.l1.budget" -> "MINICDN_CACHE__L1__BUDGET"), for messages;
+    # for the opaque sections, the values of these keys are still the variables' text.
+    env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, key: str) -> str:
+        """Where `key` was set, for a message: 'environment: VAR (key)' or 'FILE: key'."""
+        var = self.env.get(key)
+        return f"environment: {var} ({key})" if var else f"{self.source}: {key}"
 
     def with_overrides(
         self,
@@ -186,24 +226,30 @@ class Config:
     ) -> Config:
         """A copy with command-line overrides applied (validated like the file)."""
         cfg = self
+        env = dict(self.env)
         if listen is not None:
-            _parse_listen(listen, "--listen", "command line")
+            _parse_listen(listen, "command line: --listen")
             cfg = replace(cfg, listen=listen)
+            env.pop("listen", None)
         if admin_listen is not None:
-            _parse_listen(admin_listen, "--admin-listen", "command line")
+            _parse_listen(admin_listen, "command line: --admin-listen")
             cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
+            env.pop("admin.listen", None)
         if origin is not None:
             # The normalised URL (no trailing "/"): Upstream appends the request path to it.
-            url = _check_origin_url(origin, "--origin", "command line")
+            url = _check_origin_url(origin, "command line: --origin")
             cfg = replace(cfg, origin=replace(cfg.origin, url=url))
+            env.pop("origin.url", None)
         if cache_dir is not None:
             cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
+            env.pop("cache.dir", None)
+        cfg = replace(cfg, env=env)
         check_admin(cfg)
         return cfg
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        return _parse_listen(self.listen, "listen", self.source)
+        return _parse_listen(self.listen, self.where("listen"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -231,9 +277,15 @@ _SIZE_UNITS = {
 }
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Read and validate a YAML config file; None means the project's config.yaml."""
-    file = Path(path) if path is not None else DEFAULT_CONFIG_FILE
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration: a YAML file (`path`, else $MINICDN_CONFIG, else none: the built-in
+    defaults) with the environment's MINICDN_* variables over it, validated."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get(ENV_CONFIG_FILE):
+        path = env[ENV_CONFIG_FILE]
+    if path is None:
+        return config_from_mapping({}, DEFAULTS_SOURCE, env)
+    file = Path(path)
     source = str(file)
     try:
         text = file.read_text(encoding="utf-8")
@@ -245,12 +297,22 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if raw is None:
         raw = {}
-    return config_from_mapping(raw, source)
+    return config_from_mapping(raw, source, env)
 
 
-def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
-    """Validate a parsed mapping (the YAML document) into a Config."""
-    r = _Reader(source)
+def config_from_mapping(
+    raw: object, source: str = "<mapping>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed mapping (the YAML document), with the environment over it, into a Config."""
+    overlay, env_keys = env_overlay(os.environ if environ is None else environ)
+    if overlay:
+        if raw is None:
+            raw = {}
+        if isinstance(raw, dict):  # else the file's own error is reported
+            raw = copy.deepcopy(raw)
+            for key, value in overlay.items():
+                _set_path(raw, key.split("."), value)
+    r = _Reader(source, env_keys)
     top = r.mapping(raw, "")
     r.only(
         top,
@@ -276,7 +338,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
         raise r.error("name", "must start with a letter and use only letters, digits, '.', '_' and '-'")
     listen = r.string(top, "listen", d.listen)
-    _parse_listen(listen, "listen", source)
+    _parse_listen(listen, r.where("listen"))
     workers = top.get("workers", d.workers)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
         raise r.error("workers", "must be a whole number from 0 (one per core) to 256")
@@ -286,7 +348,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
     r.only(o, "origin", set(OriginConfig.__dataclass_fields__))
     od = OriginConfig()
     origin = OriginConfig(
-        url=_check_origin_url(r.string(o, "url", od.url, "origin"), "origin.url", source),
+        url=_check_origin_url(r.string(o, "url", od.url, "origin"), r.where("origin.url")),
         host_header=r.choice(o, "host_header", od.host_header, ("origin", "client"), "origin"),
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
@@ -379,7 +441,7 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         purge_method=r.boolean(a, "purge_method", ad.purge_method, "admin"),
         purge_networks=networks,
     )
-    _parse_listen(admin.listen, "admin.listen", source)
+    _parse_listen(admin.listen, r.where("admin.listen"))
 
     lg = r.mapping(top.get("log", {}), "log")
     r.only(lg, "log", set(LogConfig.__dataclass_fields__))
@@ -403,33 +465,133 @@ def config_from_mapping(raw: object, source: str = "<mapping>") -> Config:
         log=log,
         cluster=r.mapping(top.get("cluster", {}), "cluster"),
         source=source,
+        env=env_keys,
     )
-    return _apply_env(cfg)
+    check_admin(cfg)
+    return cfg
 
 
-def _apply_env(cfg: Config) -> Config:
-    """MINICDN_NAME / _LISTEN / _ORIGIN / _CACHE_DIR / _ADMIN_TOKEN / _ADMIN_LISTEN override the file."""
-    name = os.environ.get("MINICDN_NAME")
-    if name:
-        # Validated like the file's `name`: it becomes a Cache-Status member and a Via pseudonym.
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
+# --------------------------------------------------------------------------- the environment
+
+
+def env_name(key: str) -> str:
+    """The variable of a dotted key: "cache.l1.budget" -> "MINICDN_CACHE__L1__BUDGET"."""
+    return ENV_PREFIX + ENV_SEPARATOR.join(part.upper() for part in key.split("."))
+
+
+def settings(cls: type[Any] = Config, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every key of the configuration dataclasses, dotted, with its type (sections recursed).
+
+    The opaque sections (`cluster`, `origin_stub`) are not included: their owners list theirs.
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in ("source", "env") or f.name in OPAQUE_SECTIONS:
+            continue
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            yield from settings(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", hint
+
+
+def env_value(var: str, text: str, hint: Any) -> object:
+    """A variable's text as the value a YAML file would give for a key of type `hint`.
+
+    Numbers stay text when they do not parse (then the file's check reports it,
+    naming the variable); lists are comma separated; mappings are `k=v,k=v`.
+    """
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        word = text.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"environment: {var}: {text!r} must be true or false (or 1 / 0)")
+    if hint is int or hint is float:
+        return _number(text)
+    if hint is str or origin is typing.Literal:
+        return text
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(options) == 1:
+            return env_value(var, text, options[0])
+    if origin is tuple:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if origin in (Mapping, dict):
+        out: dict[str, object] = {}
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            k, sep, v = part.partition("=")
+            if not sep or not k.strip():
+                raise ConfigError(f"environment: {var}: {part.strip()!r} is not key=value")
+            out[k.strip()] = _number(v.strip())
+        return out
+    raise TypeError(f"{var}: no environment form for a key of type {hint!r}")
+
+
+def env_overlay(environ: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
+    """The MINICDN_* variables as {dotted key: value} and {dotted key: variable}.
+
+    Empty variables are ignored (as if unset). An unknown variable, or an alias and
+    its rule name disagreeing, is an error naming the variable.
+    """
+    known = dict(settings())
+    values: dict[str, object] = {}
+    names: dict[str, str] = {}
+    for var in sorted(environ):
+        text = environ[var]
+        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG_FILE or text == "":
+            continue
+        key = ENV_ALIASES.get(var) or ".".join(
+            part.lower() for part in var[len(ENV_PREFIX) :].split(ENV_SEPARATOR)
+        )
+        section = key.split(".", 1)[0]
+        if key not in known and not (section in OPAQUE_SECTIONS and key.count(".") == 1):
+            raise ConfigError(f"environment: {var}: {_unknown(var)}")
+        value = env_value(var, text, known[key]) if key in known else text
+        if key in values and values[key] != value:  # an alias and its rule name
             raise ConfigError(
-                f"environment: MINICDN_NAME: {name!r} must start with a letter and use only letters, "
-                "digits, '.', '_' and '-'"
+                f"environment: {names[key]} and {var} both set {key}, to different values; keep one"
             )
-        cfg = replace(cfg, name=name)
-    token = os.environ.get("MINICDN_ADMIN_TOKEN")
-    if token:
-        cfg = replace(cfg, admin=replace(cfg.admin, token=token))
-    admin_listen = os.environ.get("MINICDN_ADMIN_LISTEN")
-    if admin_listen:
-        _parse_listen(admin_listen, "MINICDN_ADMIN_LISTEN", "environment")
-        cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
-    return cfg.with_overrides(
-        listen=os.environ.get("MINICDN_LISTEN") or None,
-        origin=os.environ.get("MINICDN_ORIGIN") or None,
-        cache_dir=os.environ.get("MINICDN_CACHE_DIR") or None,
+        names[key] = var
+        values[key] = value
+    return values, names
+
+
+def _unknown(var: str) -> str:
+    candidates = [env_name(key) for key, _ in settings()] + [*ENV_ALIASES, ENV_CONFIG_FILE]
+    close = difflib.get_close_matches(var, candidates, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return (
+        f"not a setting{hint} (the rule: MINICDN_ + the key's path in capitals, "
+        "'__' between levels, e.g. MINICDN_CACHE__L1__BUDGET for cache.l1.budget)"
     )
+
+
+def _number(text: str) -> object:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _set_path(raw: dict[str, Any], path: list[str], value: object) -> None:
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            return  # the file's own error ("must be a mapping") is reported
+        node = child
+    node[path[-1]] = value
 
 
 def check_admin(cfg: Config) -> None:
@@ -441,16 +603,16 @@ def check_admin(cfg: Config) -> None:
     admin = cfg.admin
     if not admin.enabled:
         return
-    host, port = _parse_listen(admin.listen, "admin.listen", cfg.source)
+    where = cfg.where("admin.listen")
+    host, port = _parse_listen(admin.listen, where)
     if not admin.token and not is_loopback(host):
         raise ConfigError(
-            f"{cfg.source}: admin.listen: {admin.listen!r} is not a loopback address and no admin.token "
+            f"{where}: {admin.listen!r} is not a loopback address and no admin.token "
             "is set; set admin.token (or MINICDN_ADMIN_TOKEN), or listen on 127.0.0.1"
         )
-    if port != 0 and (host, port) == _parse_listen(cfg.listen, "listen", cfg.source):
+    if port != 0 and (host, port) == cfg.listen_host_port:
         raise ConfigError(
-            f"{cfg.source}: admin.listen: {admin.listen!r} is the public listen address; "
-            "the admin API needs a port of its own"
+            f"{where}: {admin.listen!r} is the public listen address; the admin API needs a port of its own"
         )
 
 
@@ -485,22 +647,23 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size (use bytes, or e.g. '64MiB', '10MB')")
 
 
-def _parse_listen(value: str, key: str, source: str) -> tuple[str, int]:
+def _parse_listen(value: str, where: str) -> tuple[str, int]:
+    """HOST:PORT; `where` names the key for the message ("FILE: listen", "command line: --listen")."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{source}: {key}: {value!r} is not HOST:PORT")
+        raise ConfigError(f"{where}: {value!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
 
-def _check_origin_url(value: str, key: str, source: str) -> str:
+def _check_origin_url(value: str, where: str) -> str:
     from yarl import URL
 
     try:
         url = URL(value)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {key}: {value!r} is not a URL") from exc
+        raise ConfigError(f"{where}: {value!r} is not a URL") from exc
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{source}: {key}: {value!r} must be an http:// or https:// URL with a host")
+        raise ConfigError(f"{where}: {value!r} must be an http:// or https:// URL with a host")
     return value.rstrip("/")
 
 
@@ -547,11 +710,21 @@ def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:
 class _Reader:
     """Typed access to a YAML mapping that reports errors as 'file: key: problem'."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, env: Mapping[str, str] | None = None) -> None:
         self.source = source
+        self.env = env or {}
+
+    def where(self, key: str) -> str:
+        """'environment: VAR (key)' when the key (or the mapping holding it) came from a variable."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            var = self.env.get(".".join(parts[:n]))
+            if var:
+                return f"environment: {var} ({key})"
+        return f"{self.source}: {key}"
 
     def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {problem}")
+        return ConfigError(f"{self.where(key)}: {problem}")
 
     def mapping(self, raw: object, key: str) -> dict[str, Any]:
         if raw is None:

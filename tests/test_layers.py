@@ -58,11 +58,13 @@ IO_MODULES = {
 PROXY_EXPORTS_TO_EDGE = {
     "proxy.box",
     "proxy.cli",
+    "proxy.cliargs",  # argument types of the command lines (edge adds `cluster` and `python -m edge`)
     "proxy.config",
     "proxy.node",
     "proxy.purge",
     "proxy.purger",
     "proxy.routing",
+    "proxy.warm",  # `minicdn warm` and its Router hook (edge sends each URL to the key's owner)
 }
 FRONT_MUST_NOT_IMPORT = {"proxy.policy", "proxy.keys", "proxy.storage", "proxy.fetcher", "proxy.origin.lean"}
 

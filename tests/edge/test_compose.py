@@ -1,8 +1,10 @@
-"""docker-compose.yml describes the cluster topology with commands the CLI accepts (issue: edges)."""
+"""docker-compose.yml describes the cluster topology with commands and variables the CLI accepts (issue:
+edges); tests/containers/test_compose.py runs it for real."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,22 +12,10 @@ import pytest
 import yaml
 
 from edge.cli import build_parser
-from edge.config import cluster_config
+from edge.config import ClusterConfig, cluster_config
 from proxy.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-KNOWN_ENV = {
-    "MINICDN_NAME",
-    "MINICDN_LISTEN",
-    "MINICDN_ORIGIN",
-    "MINICDN_CACHE_DIR",
-    "MINICDN_ADMIN_TOKEN",
-    "MINICDN_ADMIN_LISTEN",
-    "MINICDN_CLUSTER",
-    "MINICDN_REDIS_URL",
-    "MINICDN_SELF_URL",
-    "MINICDN_PEERS",
-}
 
 
 def compose(*names: str) -> dict[str, Any]:
@@ -64,21 +54,39 @@ def test_every_service_has_an_accepted_command_and_a_healthcheck(files: tuple[st
         parser.parse_args(command[1:])  # exits (fails the test) on anything the CLI rejects
 
 
-def test_edge_environments_give_valid_configs(monkeypatch: pytest.MonkeyPatch) -> None:
-    services = compose("docker-compose.yml")
+@pytest.mark.parametrize(
+    "files", [("docker-compose.yml",), ("docker-compose.yml", "docker-compose.shield.yml")]
+)
+def test_environments_give_valid_configs(files: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every MINICDN_* variable of the compose files is one the config accepts (no file in the image)."""
+    services = compose(*files)
     ports = []
-    for name in ("edge1", "edge2", "edge3"):
-        env = services[name]["environment"]
-        assert set(env) <= KNOWN_ENV, set(env) - KNOWN_ENV
+    for name, spec in services.items():
+        if spec.get("command", [None, None])[:2] != ["minicdn", "serve"]:
+            continue
         for key in list(os.environ):
             if key.startswith("MINICDN_"):
                 monkeypatch.delenv(key)
-        for key, value in env.items():
-            monkeypatch.setenv(key, str(value).replace("${MINICDN_ADMIN_TOKEN:-change-me}", "change-me"))
+        for key, value in spec["environment"].items():
+            monkeypatch.setenv(key, re.sub(r"\$\{MINICDN_ADMIN_TOKEN:\?[^}]*\}", "a-token", str(value)))
         cfg = load_config().with_overrides(listen="0.0.0.0:8080", admin_listen="0.0.0.0:9080")
         cluster = cluster_config(cfg)
         assert cfg.name == name and cluster.enabled and cluster.redis_url == "redis://redis:6379/0"
+        if name == "shield":
+            assert not cluster.owner_routing and cluster.member_prefix != ClusterConfig().member_prefix
+            assert not cfg.admin.enabled and not cfg.policy.strip_tag_fields
+            continue
+        assert cfg.admin.token == "a-token"
         assert {p.name for p in cluster.peers} == {"edge1", "edge2", "edge3"}
         assert cluster.self_url == f"http://{name}:8080"
         ports += services[name]["ports"]
+        # Admin APIs are published on the host's loopback only.
+        assert next(p for p in services[name]["ports"] if p.endswith(":9080")).startswith("127.0.0.1:")
     assert len(ports) == len(set(ports))
+
+
+def test_the_admin_token_is_required() -> None:
+    """No default token: compose refuses to start without MINICDN_ADMIN_TOKEN (${VAR:?message})."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(r"MINICDN_ADMIN_TOKEN: \$\{MINICDN_ADMIN_TOKEN:\?.+\}", text)
+    assert "change-me" not in text

@@ -2,22 +2,82 @@
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge.config import ClusterConfig, Peer, cluster_config
-from proxy.config import ConfigError, load_config
+from edge.config import ClusterConfig, Peer, cluster_config, settings
+from proxy.config import Config, ConfigError, env_name, load_config
+
+CONFIG_YAML = Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("MINICDN_"):
+            monkeypatch.delenv(name)
 
 
 def test_config_yaml_documents_the_defaults() -> None:
-    cfg = load_config()
-    got = cluster_config(cfg)
+    got = cluster_config(load_config(CONFIG_YAML))
     expected = replace(
         ClusterConfig(), self_url="http://127.0.0.1:8080", peers=(Peer("edge-1", "http://127.0.0.1:8080"),)
     )
     assert got == expected
+    assert cluster_config(Config()) == expected  # the built-in defaults (no file at all)
+    text = CONFIG_YAML.read_text()
+    for key, _ in settings():
+        name = key.split(".")[1]
+        assert re.search(rf"^  #? ?{name}:", text, re.MULTILINE), f"{key} is not in config.yaml"
+
+
+# A value other than the default for each key of the cluster section, as a variable's text.
+CLUSTER_EXAMPLES = {
+    "enabled": ("true", True),
+    "self_url": ("http://me.example:8080", "http://me.example:8080"),
+    "weight": ("2.5", 2.5),
+    "peers": ("a=http://a:1", (Peer("a", "http://a:1"), Peer("edge-1", "http://127.0.0.1:8080"))),
+    "redis_url": ("redis://r:6379/1", "redis://r:6379/1"),
+    "owner_routing": ("0", False),
+    "breaker_seconds": ("7", 7.0),
+    "peer_timeout": ("0.5", 0.5),
+    "health_interval": ("3", 3.0),
+    "heartbeat_seconds": ("4", 4.0),
+    "purge_stream": ("s", "s"),
+    "stream_maxlen": ("99", 99),
+    "member_prefix": ("p:", "p:"),
+}
+
+
+@pytest.mark.parametrize("key", [key for key, _ in settings()])
+def test_every_cluster_key_follows_the_environment_rule(key: str) -> None:
+    name = key.split(".")[1]
+    text, expected = CLUSTER_EXAMPLES[name]
+    got = cluster_config(load_config(environ={env_name(key): text}))
+    assert getattr(got, name) == expected != getattr(ClusterConfig(), name)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("MINICDN_CLUSTER__PEER_TIMEOUT", "soon"),
+        ("MINICDN_CLUSTER__BREAKER_SECONDS", "0"),
+        ("MINICDN_CLUSTER__OWNER_ROUTING", "perhaps"),
+        ("MINICDN_CLUSTER__REDIS_URL", "http://x"),
+        ("MINICDN_CLUSTER__SELF_URL", "ftp://x"),
+        ("MINICDN_CLUSTER__PEERS", "a=ftp://x"),
+        ("MINICDN_CLUSTER__BOGUS", "1"),
+        ("MINICDN_REDIS_URL", "http://x"),
+        ("MINICDN_CLUSTER", "perhaps"),
+    ],
+)
+def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^environment: {var}"):
+        cluster_config(load_config(environ={var: value}))
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,8 @@ USAGE_ERRORS: dict[str, tuple[list[str], str]] = {
     "bad-url": (["purge", "--url", "a b"], "whitespace"),
     "relative-url": (["purge", "--url", "api/x"], "start with /"),
     "bad-limit": (["inspect", "--limit", "0"], "--limit"),
-    "limit-text": (["inspect", "--limit", "x"], "invalid int value"),
+    "limit-text": (["inspect", "--limit", "x"], "argument --limit: 'x' is not a whole number"),
+    "bad-timeout": (["stats", "--timeout", "0"], "argument --timeout: must be greater than 0"),
     "bad-admin-url": (["stats", "--admin", "localhost"], "--admin"),
     "no-command": ([], "required"),
 }

@@ -1,15 +1,18 @@
-"""proxy.config: the project's config.yaml gives the defaults, and every error names its key and its file."""
+"""proxy.config: built-in defaults equal to config.yaml's, and every error names its key and its file."""
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from proxy.config import (
-    DEFAULT_CONFIG_FILE,
+    DEFAULTS_SOURCE,
     CacheConfig,
     Config,
     ConfigError,
@@ -17,16 +20,18 @@ from proxy.config import (
     config_from_mapping,
     load_config,
     parse_size,
+    settings,
 )
 
-ENV = ("MINICDN_NAME", "MINICDN_LISTEN", "MINICDN_ORIGIN", "MINICDN_CACHE_DIR")
+CONFIG_YAML = Path(__file__).resolve().parents[2] / "config.yaml"
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The developer's or CI's MINICDN_* variables must not leak into these tests."""
-    for name in ENV:
-        monkeypatch.delenv(name, raising=False)
+    for name in list(os.environ):
+        if name.startswith("MINICDN_"):
+            monkeypatch.delenv(name)
     yield
 
 
@@ -36,11 +41,40 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_project_config_yaml_holds_the_defaults() -> None:
-    cfg = load_config()
-    assert cfg.source == str(DEFAULT_CONFIG_FILE)
+def test_project_config_yaml_holds_the_built_in_defaults() -> None:
+    """config.yaml documents the defaults; the code carries them (an installed edge has no file)."""
+    cfg = load_config(CONFIG_YAML)
+    assert cfg.source == str(CONFIG_YAML)
     # The cluster section is the edge layer's (checked in tests/edge/test_edge_config.py).
     assert replace(cfg, source=Config().source, cluster={}) == Config()
+
+
+def test_config_yaml_documents_every_key() -> None:
+    """Each key of the dataclasses is in config.yaml: set, or shown commented out (`# token:`)."""
+    text = CONFIG_YAML.read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    for key, _ in settings():
+        *sections, last = key.split(".")
+        node = doc
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            assert re.search(rf"^\s*# {last}:", text, re.MULTILINE), f"{key} is not in config.yaml"
+
+
+def test_no_file_gives_the_built_in_defaults() -> None:
+    cfg = load_config()
+    assert cfg == Config() and cfg.source == DEFAULTS_SOURCE
+
+
+def test_minicdn_config_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "name: from-file\n")
+    monkeypatch.setenv("MINICDN_CONFIG", str(path))
+    assert load_config().name == "from-file"
+    assert load_config(CONFIG_YAML).name == "edge-1"  # --config wins over the variable
+    monkeypatch.setenv("MINICDN_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read"):
+        load_config()
 
 
 def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:

@@ -1,0 +1,64 @@
+"""`minicdn warm` in a cluster: each URL goes to its key's owner edge, so the cluster stores each
+object once (at its owner, where every other edge asks for it) and the origin is asked once.
+
+The members are the ones the configured edge would see (its static peers, and those registered
+in Redis); the key is computed as the edges compute it (proxy.warm.cache_key), so run it with an edge's
+configuration: on an edge (its environment), or with --config of one of `minicdn cluster`'s
+edge files. Without the cluster enabled, or with --edge, the proxy's plain warm runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import redis.asyncio as aioredis
+
+from edge.config import cluster_config
+from edge.hashing import owner
+from edge.membership import Membership
+from proxy import warm
+from proxy.config import Config
+
+
+class OwnerRouter:
+    """Implements proxy.warm.Router: the owner edge of each target's cache key."""
+
+    def __init__(self, cfg: Config, membership: Membership) -> None:
+        self.cfg = cfg
+        self.membership = membership
+        members = membership.members()
+        self.description = (
+            f"{len(members)} edges (each key's owner: {', '.join(sorted(n for n, _ in members))})"
+        )
+
+    def edge_for(self, target: warm.Target) -> str:
+        name = owner(warm.cache_key(self.cfg, target), self.membership.members())
+        url = self.membership.url_of(name) if name is not None else None
+        if url is None:
+            raise warm.WarmError("no edge in the cluster")
+        return url
+
+
+async def owner_router(cfg: Config, args: argparse.Namespace) -> OwnerRouter | None:
+    """The cluster's owner router when the configuration enables the cluster, else None."""
+    cluster = cluster_config(cfg)
+    if not cluster.enabled:
+        return None
+    redis = None
+    if cluster.redis_url:
+        redis = aioredis.from_url(
+            cluster.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+    membership = Membership(cluster, cfg.name, redis)
+    try:
+        await membership.refresh()
+    finally:
+        if redis is not None:
+            await redis.aclose()
+    if membership.redis_errors:
+        raise warm.WarmError(f"cannot read the cluster's members from {cluster.redis_url}")
+    return OwnerRouter(cfg, membership)
+
+
+def run(args: argparse.Namespace) -> int:
+    return warm.run(args, router_factory=owner_router)
