@@ -12,7 +12,6 @@ when Redis returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from edge import tasks
 from edge.config import ClusterConfig
 from proxy.purge import PurgeRequest, parse_purge_request
 from proxy.purger import Purger
@@ -110,14 +110,12 @@ class PurgeFanout:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await tasks.stop(self._task)
             self._task = None
 
     async def _consume_loop(self) -> None:
         backoff = 0.2
-        while True:
+        while not tasks.stop_requested():
             try:
                 if self.outbox:
                     await self._flush_outbox()

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from edge import tasks
 from edge.config import ClusterConfig, Peer
 from proxy.routing import HEALTH_PATH
 
@@ -84,11 +85,7 @@ class Membership:
         self._tasks.append(asyncio.create_task(self._health_loop(), name="edge health checks"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(tasks.stop(task) for task in self._tasks))
         self._tasks.clear()
         if self.redis is not None:
             with contextlib.suppress(Exception):
@@ -141,7 +138,7 @@ class Membership:
                 del self.states[name]
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not tasks.stop_requested():
             await asyncio.sleep(self.cfg.heartbeat_seconds)
             await self._heartbeat_once()
             await self._refresh_from_redis()
@@ -149,7 +146,7 @@ class Membership:
     # ----------------------------------------------------------- health checks
 
     async def _health_loop(self) -> None:
-        while True:
+        while not tasks.stop_requested():
             await asyncio.gather(
                 *(self._check(s) for s in list(self.states.values()) if s.peer.name != self.name)
             )

@@ -12,12 +12,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from bench.cluster import free_block, stop_cluster, wait_ready
 from edge.hashing import owner
+from proxy.purge import PurgeRequest
 from tests.edge.conftest import RedisServer
 from tests.functional.conftest import free_port
 
@@ -130,3 +132,50 @@ async def test_processes_killing_the_owner_does_not_fail_requests(cluster: Clust
         for path in paths[:10]:
             async with s.get(cluster.edges[0] + path) as r:
                 assert r.status == 200
+
+
+async def test_a_purge_from_the_stream_is_applied_once_per_box(
+    start_edges: Any, redis_url: str, origin: Any, tmp_path: Path
+) -> None:
+    """An edge with two workers applies a purge from the stream once (one consumer per box)."""
+    port, admin, other_port = free_port(), free_port(), free_port()
+    peers = f"edge-a=http://127.0.0.1:{port},edge-b=http://127.0.0.1:{other_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINICDN_")}
+    env.update(MINICDN_NAME="edge-a", MINICDN_REDIS_URL=redis_url, MINICDN_PEERS=peers)
+    cmd = [
+        sys.executable, "-m", "edge", "--workers", "2", "--listen", f"127.0.0.1:{port}",
+        "--admin-listen", f"127.0.0.1:{admin}", "--origin", origin.url, "--cache-dir", str(tmp_path / "a"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as s:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"http://127.0.0.1:{admin}/stats") as r:
+                        if r.status == 200 and (await r.json()).get("workers") == 2:
+                            break
+                assert time.monotonic() < deadline and proc.poll() is None, "edge-a did not start"
+                await asyncio.sleep(0.2)
+            (edge_b,) = await start_edges(
+                1, redis_url=redis_url, names=["edge-b"], ports=[other_port], peers=[
+                    {"name": "edge-a", "url": f"http://127.0.0.1:{port}"},
+                    {"name": "edge-b", "url": f"http://127.0.0.1:{other_port}"},
+                ],
+            )  # fmt: skip
+            await edge_b.purger.purge(PurgeRequest("url", ("/max-age/600",)))
+            applied = 0
+            while time.monotonic() < deadline + 15:
+                async with s.get(f"http://127.0.0.1:{admin}/stats") as r:
+                    stream = (await r.json())["edge"].get("purge_stream", {})
+                applied = stream.get("applied_from_stream", 0)
+                if applied:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # time for a second worker to apply it too, if it would
+            async with s.get(f"http://127.0.0.1:{admin}/stats") as r:
+                stream = (await r.json())["edge"]["purge_stream"]
+            assert stream["applied_from_stream"] == 1, stream
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
