@@ -330,8 +330,14 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade):
-            # Includes bytes after the end of the body in the same read: the Content-Length
-            # (or chunking) did not describe what the origin sent, so the body is suspect too.
+            if self.done and self.error is None:
+                # RFC 9112 §6.3: the response ended where its Content-Length (or last chunk)
+                # said; the bytes after it in the same read are no part of it. The response
+                # stands, and the connection, whose framing is now in doubt, is never reused.
+                self.keep_alive = False
+                self.close()
+                self._wake()
+                return
             self.fail(failure(INVALID))
             return
         if not self.hc:

@@ -426,8 +426,6 @@ async def test_connection_close_response_is_not_reused(raw_origin: StartOrigin, 
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
             id="length-and-chunked",
         ),
-        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", id="body-longer-than-length"),
-        pytest.param(OK + OK, id="a-second-response-in-the-same-read"),
         pytest.param(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", id="101"
         ),
@@ -449,6 +447,57 @@ async def test_invalid_response_is_502_and_the_connection_is_never_reused(
     c = client(origin.url)
     await expect_error(get(c), 502, "origin sent an invalid response")
     assert (await get(c))[1] == b"hi"
+    assert origin.accepts == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "body"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"0123456789" + b"x" * 36,
+            b"0123456789",
+            id="9112-6.3-36-bytes-past-content-length",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", b"hi", id="9112-6.3-garbage"),
+        pytest.param(OK + OK, b"hi", id="9112-6.3-a-second-response-in-the-same-read"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nEXTRA",
+            b"hi",
+            id="9112-6.3-after-the-last-chunk",
+        ),
+    ],
+)
+async def test_rfc9112_s6_3_message_ends_at_its_framing_and_the_connection_is_never_reused(
+    raw_origin: StartOrigin, client: MakeClient, response: bytes, body: bytes
+) -> None:
+    origin = await raw_origin(answer(response, OK))
+    c = client(origin.url)
+    resp = await c.send("GET", "/", CIMultiDict())
+    assert await resp.read_up_to(1 << 20) == (body, True)
+    assert (await get(c))[1] == b"hi"
+    assert origin.accepts == 2  # the first connection was not reused
+
+
+async def test_rfc9112_s6_3_bytes_past_the_length_in_a_later_read_also_stop_reuse(
+    raw_origin: StartOrigin, client: MakeClient
+) -> None:
+    async def handler(
+        origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, index: int
+    ) -> None:
+        while await origin.request(reader):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")
+            await w.drain()
+            if index == 0:
+                await asyncio.sleep(0.02)
+                w.write(b"x" * 36)
+                await w.drain()
+
+    origin = await raw_origin(handler)
+    c = client(origin.url)
+    resp = await c.send("GET", "/", CIMultiDict())
+    await asyncio.sleep(0.05)  # the stray bytes arrive before the body is read
+    assert await resp.read_up_to(1 << 20) == (b"0123456789", True)
+    assert (await get(c))[1] == b"0123456789"
     assert origin.accepts == 2
 
 
