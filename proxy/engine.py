@@ -314,14 +314,18 @@ class Engine:
         return screened
 
     def _deliver_stale_on_error(
-        self, f: FetchRequest, stale: StoredResponse, fwd_status: int | None, collapsed: bool = False
+        self,
+        f: FetchRequest,
+        stale: StoredResponse,
+        fwd_status: int | None,
+        rule: str,
+        now: float,
+        collapsed: bool = False,
     ) -> Delivery:
+        """The stored response instead of an origin failure; `rule` (policy.stale_for_failure) is the detail."""
         self.stats.stale_served += 1
-        now = self.clock()
         ttl = policy.remaining_ttl(stale, now)
-        status = CacheStatus(
-            fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail="stale-if-error"
-        )
+        status = CacheStatus(fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail=rule)
         return self._deliver_fetched(f, stale, policy.current_age(stale, now), status)
 
     def _deliver_fetched(
@@ -481,10 +485,18 @@ class Engine:
                 return self._deliver_fetched(f, shared, policy.current_age(shared, now), status, cookies)
             return await self._fetch_alone(f)  # another variant: this request fetches its own
         stale = outcome.stale
-        if stale is not None and policy.within_stale_if_error(stale, f.directives, now, self.cfg.policy):
+        # An origin 5xx is an answer, not a disconnect: only stale-if-error may hide it (RFC 5861 §4).
+        rule = (
+            policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=False)
+            if stale is not None
+            else None
+        )
+        if stale is not None and rule is not None:
             if leader:
                 outcome.discard()
-            return self._deliver_stale_on_error(f, stale, outcome.status.fwd_status, collapsed=not leader)
+            return self._deliver_stale_on_error(
+                f, stale, outcome.status.fwd_status, rule, now, collapsed=not leader
+            )
         error = outcome.error
         if error is not None:
             # The origin's error, shared with every coalesced request (never stored).
@@ -506,13 +518,15 @@ class Engine:
         return await self._fetch_alone(f)
 
     def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
-        """RFC 5861 §4: stale-if-error for an unreachable or timed-out origin, else 502/504."""
+        """No usable answer from the origin: a stored response where RFC 9111 §4.2.4 or RFC 5861 §4
+        allow one (stale on disconnect, stale-if-error), else 502/504."""
         self.stats.origin_errors += 1
         stale = f.stale
-        if stale is not None and policy.within_stale_if_error(
-            stale, f.directives, self.clock(), self.cfg.policy
-        ):
-            return self._deliver_stale_on_error(f, stale, None, collapsed)
+        if stale is not None:
+            now = self.clock()
+            rule = policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=True)
+            if rule is not None:
+                return self._deliver_stale_on_error(f, stale, None, rule, now, collapsed)
         return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=f.why, detail=exc.reason))
 
     # ------------------------------------------------------------- background

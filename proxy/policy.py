@@ -642,6 +642,36 @@ def within_stale_if_error(
     return staleness < 0 or (window > 0 and staleness <= window)
 
 
+# Cache-Status detail of a stored response served instead of an origin failure.
+STALE_IF_ERROR = "stale-if-error"
+STALE_ON_DISCONNECT = "stale-on-disconnect"
+
+
+def stale_for_failure(
+    entry: StoredResponse, req_directives: Directives, now: float, opts: PolicyConfig, *, disconnected: bool
+) -> str | None:
+    """May `entry` answer instead of an origin failure, and under which rule (None: it may not).
+
+    RFC 5861 §4: within a stale-if-error window (the response's, the request's or the
+    operator's default), for an origin error status or no usable response at all.
+    RFC 9111 §4.2.4: a cache that cannot reach the origin (`disconnected`: unreachable,
+    connection closed or broken, timed out, unparsable response) may serve stale; here
+    within `opts.stale_on_disconnect` seconds, and never against a client's max-stale=N
+    below the staleness (§5.2.1.2), nor when a directive forbids stale (may_serve_stale).
+    """
+    if within_stale_if_error(entry, req_directives, now, opts):
+        return STALE_IF_ERROR
+    if not disconnected or not may_serve_stale(entry, opts):
+        return None
+    staleness = current_age(entry, now) - entry.freshness_lifetime
+    if req_directives.get("max-stale") is not None:
+        bound = req_directives.seconds("max-stale")
+        if bound is None or staleness > bound:
+            return None
+    window = opts.stale_on_disconnect
+    return STALE_ON_DISCONNECT if window > 0 and staleness <= window else None
+
+
 def refresh_ahead_due(entry: StoredResponse, ttl: float, fraction: float) -> bool:
     """Refresh-ahead: a fresh entry in the last `fraction` of its lifetime (0 disables)."""
     return fraction > 0 and 0 < ttl <= entry.freshness_lifetime * fraction
