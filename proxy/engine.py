@@ -41,7 +41,7 @@ from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
-from proxy.origin import OriginResponse, Upstream, UpstreamError
+from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.routing import FetchRouter
 from proxy.storage.tiered import TieredStorage, TierName
@@ -245,13 +245,22 @@ class Engine:
             extra = ((self._peer_tags, " ".join(entry.tags)), *extra)
         return plan_delivery(req.method, conditional, entry, age, status, extra)
 
-    def _fetch_request(self, lk: Lookup, stale: StoredResponse | None, why: str) -> FetchRequest:
-        return FetchRequest(lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives)
+    def _fetch_request(
+        self, lk: Lookup, stale: StoredResponse | None, why: str, interim: InterimSink | None = None
+    ) -> FetchRequest:
+        return FetchRequest(
+            lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives, interim
+        )
 
     # --------------------------------------------------------------- complete
 
-    async def complete(self, lk: Lookup) -> Answer:
-        """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass."""
+    async def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Answer:
+        """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass.
+
+        `interim` is told of the 1xx responses the origin sends before the final one to
+        this request's own fetch (RFC 9110 §15.2); a request answered from another
+        request's fetch (coalesced) gets none.
+        """
         if lk.answer is not None:
             return lk.answer
         if lk.pending is not None:
@@ -267,20 +276,24 @@ class Engine:
             case policy.Revalidate(entry=stale, reason=why):
                 self.stats.misses += 1
                 return await self._fetch(
-                    self._fetch_request(lk, stale, "request" if why == "request" else "stale")
+                    self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
                 )
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
-                    return await self._pass(req, self.normalised(lk), why, invalidate=False)
-                return await self._fetch(self._fetch_request(lk, None, why))
+                    return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
+                return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
                 if why == "method":
                     return await self._pass(
-                        req, req.headers, "bypass", invalidate=req.method not in policy.SAFE_METHODS
+                        req,
+                        req.headers,
+                        "bypass",
+                        invalidate=req.method not in policy.SAFE_METHODS,
+                        interim=interim,
                     )
-                return await self._pass(req, self.normalised(lk), "bypass", invalidate=False)
+                return await self._pass(req, self.normalised(lk), "bypass", invalidate=False, interim=interim)
             case policy.GatewayTimeout():
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
@@ -322,7 +335,7 @@ class Engine:
         now: float,
         collapsed: bool = False,
     ) -> Delivery:
-        """The stored response instead of an origin failure; `rule` (policy.stale_for_failure) is the detail."""
+        """The stored response instead of an origin failure; `rule` (policy.stale_for_failure): the detail."""
         self.stats.stale_served += 1
         ttl = policy.remaining_ttl(stale, now)
         status = CacheStatus(fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail=rule)
@@ -568,11 +581,19 @@ class Engine:
 
     # ------------------------------------------------------------------- pass
 
-    async def _pass(self, req: ClientRequest, headers: Headers, fwd: str, *, invalidate: bool) -> Reply:
+    async def _pass(
+        self,
+        req: ClientRequest,
+        headers: Headers,
+        fwd: str,
+        *,
+        invalidate: bool,
+        interim: InterimSink | None = None,
+    ) -> Reply:
         """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)."""
         self.stats.passes += 1
         try:
-            resp = await self.fetcher.forward(req, headers)
+            resp = await self.fetcher.forward(req, headers, interim)
         except UpstreamError as exc:
             self.stats.origin_errors += 1
             return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))

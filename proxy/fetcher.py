@@ -22,7 +22,7 @@ from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
 from proxy.messages import ClientRequest
-from proxy.origin import OriginResponse, Upstream, UpstreamError
+from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.tiered import TieredStorage
@@ -58,6 +58,9 @@ class FetchRequest:
     stale: StoredResponse | None  # the entry being revalidated, if any
     why: str  # Cache-Status fwd reason: uri-miss / vary-miss / stale / request
     directives: Directives
+    # Told of each 1xx the origin sends before its final response (RFC 9110 §15.2): the
+    # client's connection, for a request answered in the foreground; None in the background.
+    interim: InterimSink | None = None
 
 
 @dataclass(slots=True)
@@ -210,7 +213,12 @@ class Fetcher:
             peer_headers[HOP_HEADER] = self.cfg.name
             try:
                 resp = await self.upstream.send(
-                    "GET", f.client.path_qs, peer_headers, origin=route.base_url, timeout=route.timeout
+                    "GET",
+                    f.client.path_qs,
+                    peer_headers,
+                    origin=route.base_url,
+                    timeout=route.timeout,
+                    interim=f.interim,
                 )
             except UpstreamError as exc:
                 log.warning("owner %s failed (%s); asking the origin", route.peer, exc.reason)
@@ -220,7 +228,7 @@ class Fetcher:
                 router.succeeded(route)
                 self.stats.forwarded_to_owner += 1
                 return resp
-        return await self.upstream.send("GET", f.client.path_qs, out_headers)
+        return await self.upstream.send("GET", f.client.path_qs, out_headers, interim=f.interim)
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus
@@ -293,8 +301,7 @@ class Fetcher:
         selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
             # The 304 matches nothing we hold: fetch the representation whole.
-            refetch = FetchRequest(f.client, f.headers, f.key, f.resource, None, f.why, f.directives)
-            return await self.fetch(refetch)
+            return await self.fetch(replace(f, stale=None))
         updated: dict[int, StoredResponse] = {}
         for old in selected:
             plan = policy.freshen(
@@ -318,10 +325,12 @@ class Fetcher:
 
     # -------------------------------------------------------------- pass
 
-    async def forward(self, req: ClientRequest, headers: Headers) -> OriginResponse:
+    async def forward(
+        self, req: ClientRequest, headers: Headers, interim: InterimSink | None = None
+    ) -> OriginResponse:
         """Forward a request as it is (streamed body), for a pass-through."""
         out_headers = self.origin_request_headers(req, headers, for_cache=False)
-        return await self.upstream.send(req.method, req.path_qs, out_headers, req.body)
+        return await self.upstream.send(req.method, req.path_qs, out_headers, req.body, interim=interim)
 
     async def invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
         """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""

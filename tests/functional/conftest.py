@@ -235,9 +235,9 @@ def logged_header(record: dict[str, Any], name: str) -> list[str]:
 
 
 # What a ScriptedOrigin does for one request: write these bytes; write the pieces in order,
-# sleeping for each number (seconds) between them; close the connection without a byte; or
-# read the request and never answer.
-Script = bytes | Sequence[bytes | float] | Literal["close", "hang"]
+# sleeping for each number (seconds) and waiting for each event between them; close the
+# connection without a byte; or read the request and never answer.
+Script = bytes | Sequence[bytes | float | asyncio.Event] | Literal["close", "hang"]
 
 
 class ScriptedOrigin:
@@ -281,6 +281,8 @@ class ScriptedOrigin:
                     if isinstance(piece, bytes):
                         writer.write(piece)
                         await writer.drain()
+                    elif isinstance(piece, asyncio.Event):
+                        await piece.wait()
                     else:
                         await asyncio.sleep(float(piece))
         except (ConnectionError, asyncio.CancelledError):
