@@ -35,7 +35,7 @@ from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
-from proxy.delivery import plan_delivery
+from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers
@@ -208,8 +208,13 @@ class Engine:
         """policy.decide on a finished lookup; a Deliver becomes the answer at once."""
         req = lk.request
         entry = self._select(lk)
+        covered = True
+        if entry is not None and entry.parts:
+            # An incomplete stored response answers only a range it holds (RFC 9111 §3.3).
+            conditional = self.normalised(lk) if req.conditional else None
+            covered = covered_range(req.method, conditional, entry) is not None
         decision = lk.decision = policy.decide(
-            req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy
+            req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy, covered
         )
         if not isinstance(decision, policy.Deliver):
             return
@@ -238,12 +243,13 @@ class Engine:
         age: float,
         status: CacheStatus,
         extra: tuple[tuple[str, str], ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> Delivery:
         """A stored response for `req`; `conditional` holds its fields when it has conditionals or a Range."""
         if self._peer_tags is not None and entry.tags and req.hop is not None:
             # A peer edge stores this too: it needs the tags that clients never see.
             extra = ((self._peer_tags, " ".join(entry.tags)), *extra)
-        return plan_delivery(req.method, conditional, entry, age, status, extra)
+        return plan_delivery(req.method, conditional, entry, age, status, extra, part)
 
     def _fetch_request(
         self, lk: Lookup, stale: StoredResponse | None, why: str, interim: InterimSink | None = None
@@ -348,8 +354,17 @@ class Engine:
         age: float,
         status: CacheStatus,
         extra: tuple[tuple[str, str], ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> Delivery:
-        return self._deliver(f.client, f.headers if f.client.conditional else None, entry, age, status, extra)
+        conditional = f.headers if f.client.conditional else None
+        return self._deliver(f.client, conditional, entry, age, status, extra, part)
+
+    @staticmethod
+    def _covers(entry: StoredResponse, f: FetchRequest) -> bool:
+        """Whether `entry` may answer f: complete, or holding the range f asks for (RFC 9111 §3.3)."""
+        if not entry.parts:
+            return True
+        return covered_range(f.client.method, f.headers if f.client.conditional else None, entry) is not None
 
     # ------------------------------------------------------------------ fetch
 
@@ -444,7 +459,7 @@ class Engine:
         if resource is None:
             return None
         entry = select_variant(resource, f.headers)
-        if entry is None:
+        if entry is None or not self._covers(entry, f):
             return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
@@ -490,13 +505,17 @@ class Engine:
         now = self.clock()
         shared = outcome.shared
         if shared is not None:
-            if leader or variant_matches(shared, f.headers):
+            # Another variant, or parts that lack this request's range: it fetches its own.
+            # The leader is answered the part the origin sent it, whatever it asked for.
+            part = outcome.part if leader else None
+            if (leader or variant_matches(shared, f.headers)) and (part or self._covers(shared, f)):
                 status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
                 if not leader:
                     self.stats.coalesced += 1
                 cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
-                return self._deliver_fetched(f, shared, policy.current_age(shared, now), status, cookies)
-            return await self._fetch_alone(f)  # another variant: this request fetches its own
+                age = policy.current_age(shared, now)
+                return self._deliver_fetched(f, shared, age, status, cookies, part)
+            return await self._fetch_alone(f)
         stale = outcome.stale
         # An origin 5xx is an answer, not a disconnect: only stale-if-error may hide it (RFC 5861 §4).
         rule = (

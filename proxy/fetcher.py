@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import policy
+from proxy import policy, ranges
 from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
@@ -23,8 +23,10 @@ from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
+from proxy.origin.errors import INVALID, failure
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
+from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 
 log = logging.getLogger("proxy.fetcher")
@@ -84,6 +86,8 @@ class FetchOutcome:
     not_shareable: bool = False  # the response itself forbids sharing (for hit-for-pass)
     # Set-Cookie of a stored response: for the client that fetched it, never stored nor shared.
     leader_cookies: tuple[str, ...] = ()
+    # The range of the 206 the origin sent (first, last): what the leader is answered.
+    part: tuple[int, int] | None = None
 
     def discard(self) -> None:
         """Drop an unread leader-only response nobody will stream."""
@@ -180,6 +184,9 @@ class Fetcher:
         if f.stale is not None:
             conditional = policy.conditional_headers(f.stale, variants)
             out_headers.extend(conditional)
+        ranged = self._range_to_forward(f)
+        if ranged is not None:
+            out_headers["Range"] = ranged
         request_time = self.clock()
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
@@ -189,7 +196,29 @@ class Fetcher:
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
+        if (ranged is None and resp.status == 206) or (ranged is not None and resp.status not in (200, 206)):
+            # The answer to a Range depends on it, and the key does not: a 206 we did not
+            # ask for, or a 416 (or any other status) to the range we asked, is not stored.
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="range response")
+            if resp.status >= 500:
+                return await self._error(f, resp, request_time, status)
+            return FetchOutcome(status, leader_only=resp)
         return await self._store(f, resp, request_time, epoch)
+
+    @staticmethod
+    def _range_to_forward(f: FetchRequest) -> str | None:
+        """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
+
+        Only a single byte range of a GET without If-Range (which the cache answers
+        from what it stores), and only for a miss or an incomplete stored response:
+        a complete one is revalidated whole. Anything else fetches the whole
+        representation, which then answers the range.
+        """
+        if f.client.method != "GET" or not f.client.conditional or "if-range" in f.headers:
+            return None
+        if f.stale is not None and not f.stale.parts:
+            return None
+        return ranges.forwardable_range(f.headers.get("Range"))
 
     async def _send_to_owner_or_origin(
         self, f: FetchRequest, out_headers: CIMultiDict[str]
@@ -272,7 +301,10 @@ class Fetcher:
                 return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
         limit = self.cfg.cache.max_object_size
-        if resp.content_length is not None and resp.content_length > limit:
+        template = plan.template
+        # A part is stored only if the whole representation could be (it may be completed).
+        too_large = template.length > limit if template.parts else False
+        if too_large or (resp.content_length is not None and resp.content_length > limit):
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
             return FetchOutcome(status, leader_only=resp, not_shareable=True)
         body, complete = await resp.read_up_to(limit)
@@ -281,14 +313,36 @@ class Fetcher:
             return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
         if resp.content_length is not None and len(body) != resp.content_length:
             raise UpstreamError(502, "origin response body incomplete")
+        part = template.parts[0] if template.parts else None
+        if part is not None and len(body) != part[1] - part[0] + 1:
+            raise failure(INVALID)  # Content-Range and the body disagree
         entry = plan.build(body, fetch_epoch=epoch)
-        resource = with_variant(f.resource, f.key, entry, self.cfg.policy.max_variants)
+        base = f.resource
+        if part is not None:
+            # RFC 9111 §3.4: combined with the stored parts of the same representation, as
+            # this worker holds them now: parallel range requests each store a part while
+            # the others are in flight, and none should undo another's.
+            l1 = self.storage.l1
+            latest = l1.peek(f.key) if isinstance(l1, MemoryStorage) else None
+            base = latest if latest is not None else base
+            entry = ranges.combine(self._same_variant(base, entry), entry)
+        resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource)
         if stored:
             await self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
-        return FetchOutcome(status, shared=entry, leader_cookies=cookies)
+        return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+
+    @staticmethod
+    def _same_variant(resource: CachedResource | None, entry: StoredResponse) -> StoredResponse | None:
+        """The stored variant `entry` would replace (keys.with_variant: the same Vary values)."""
+        if resource is None:
+            return None
+        for variant in resource.variants:
+            if variant.vary_names == entry.vary_names and variant.vary_values == entry.vary_values:
+                return variant
+        return None
 
     async def _freshen(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, sent: Headers

@@ -106,11 +106,11 @@ def delivery_head(
         lines = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (
             d.first,
             d.last,
-            len(entry.body),
+            entry.length,
             length,
         )
         head = b"".join((cached_status_line(206, ""), entry.hit_fields, lines, *tail))
-        return head, entry.body[d.first : d.last + 1]
+        return head, entry.bytes_of(d.first, d.last) if method != "HEAD" else b""
     if kind == "not-modified":
         kept = policy.not_modified_header_list(entry)
         fields = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
@@ -122,7 +122,7 @@ def delivery_head(
         for n, v in entry.headers
         if n.lower() not in _NOT_IN_416 and n.lower() != "cache-status"
     )
-    lines = b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % len(entry.body)
+    lines = b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % entry.length
     head = b"".join((cached_status_line(416, ""), fields.encode("utf-8", "surrogateescape"), lines, *tail))
     return head, b""
 

@@ -31,15 +31,16 @@ from proxy.headers import (
     weak_match,
 )
 from proxy.keys import request_vary_values, vary_names
+from proxy.ranges import parse_content_range
 
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 # RFC 9111 §5.2.2.3: the status codes whose caching requirements this cache implements, so
 # that must-understand lets it store them despite no-store: the final codes of RFC 9110 §15,
-# except 206 (no range bookkeeping here) and 304 (it only updates stored responses).
+# except 304 (it only updates stored responses).
 UNDERSTOOD_STATUSES = frozenset(
-    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308}
+    {200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 305, 307, 308}
     | set(range(400, 418))
     | {421, 422, 426, 500, 501, 502, 503, 504, 505}
 )
@@ -49,8 +50,8 @@ CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 # Fields never stored with a response: recomputed per delivery (Age,
-# Content-Length) or meaningless for another client.
-_NOT_STORED = frozenset({"age", "content-length"})
+# Content-Length, Content-Range) or meaningless for another client.
+_NOT_STORED = frozenset({"age", "content-length", "content-range"})
 
 # RFC 9111 §3.2: fields a 304 must not change in the stored response (the body
 # they describe is the stored one), plus fields that are never stored. Age is
@@ -237,9 +238,13 @@ def plan_store(
     # HEAD response never creates an entry (it may only freshen one, §4.3.5).
     if method != "GET":
         return DontStore("method")
-    # §3: a final response, and not a partial or 304 (no range bookkeeping here).
-    if status < 200 or status in (206, 304):
+    # §3: a final response, and not a 304 (it only updates stored responses, §4.3.4).
+    if status < 200 or status == 304:
         return DontStore(f"status {status}")
+    # §3.3: a 206 only with its bookkeeping: one byte range of a representation of known length.
+    part = parse_content_range(response_headers.get("Content-Range")) if status == 206 else None
+    if status == 206 and part is None:
+        return DontStore("206 without a single byte range of known length")
     # §5.2.1.5: request no-store.
     if "no-store" in req_directives:
         return DontStore("request no-store")
@@ -321,6 +326,8 @@ def plan_store(
         last_modified=stored.get("Last-Modified"),
         date=stored.get("Date"),
         tags=_tags(response_headers, opts.tag_fields),
+        parts=() if part is None else ((part[0], part[1]),),
+        complete_length=-1 if part is None else part[2],
     )
     return StorePlan(template, freshness)
 
@@ -373,7 +380,7 @@ class Revalidate:
 class Fetch:
     """Nothing usable is stored: fetch from the origin and maybe store (§4)."""
 
-    reason: str  # "uri-miss" | "vary-miss"
+    reason: str  # "uri-miss" | "vary-miss" | "partial" (stored parts lack what is asked, §3.3)
 
 
 @dataclass(slots=True)
@@ -400,11 +407,14 @@ def decide(
     any_stored: bool,
     now: float,
     opts: PolicyConfig,
+    covered: bool = True,
 ) -> Decision:
     """RFC 9111 §4: may a stored response answer this request?
 
     `entry` is the variant selected for the request (None if none matched);
     `any_stored` says whether the URL had stored variants at all (vary-miss).
+    `covered` is False when `entry` is incomplete (a stored 206) and the request
+    is not for a range it holds (ranges.wanted_range and StoredResponse.holds).
     """
     if method not in CACHEABLE_METHODS:
         return Pass("method")
@@ -413,6 +423,9 @@ def decide(
         if only_if_cached:
             return GatewayTimeout()
         return Fetch("vary-miss" if any_stored else "uri-miss")
+    if not covered:
+        # §3.3: an incomplete response answers only a request for a range wholly within it.
+        return GatewayTimeout() if only_if_cached else Fetch("partial")
 
     age = current_age(entry, now)
     ttl = entry.freshness_lifetime - age
@@ -553,6 +566,10 @@ def freshen(
     for name in set(update.keys()):
         merged.popall(name, None)
     merged.extend(update)
+    if entry.parts:
+        # An incomplete response keeps its parts (§3.3); plan_store files a 206 by its range.
+        first, last = entry.parts[0]
+        merged["Content-Range"] = f"bytes {first}-{last}/{entry.complete_length}"
     # Keep the variant's own Vary values: the 304 may answer another variant's request.
     plan = plan_store(
         "GET",
@@ -573,6 +590,8 @@ def freshen(
         vary_names=entry.vary_names,
         vary_values=entry.vary_values,
         tags=plan.template.tags or entry.tags,
+        parts=entry.parts,
+        complete_length=entry.complete_length,
     )
     return StorePlan(template, plan.freshness)
 

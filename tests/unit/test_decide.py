@@ -491,3 +491,21 @@ def test_rfc9111_s4_2_4_stale_for_failure(
 
 def test_rfc9111_s4_2_4_default_window_is_bounded() -> None:
     assert 0 < DEFAULTS.stale_on_disconnect <= 3600
+
+
+@pytest.mark.parametrize(
+    ("request_cc", "elapsed", "covered", "expected"),
+    [
+        pytest.param(None, 10, True, "deliver", id="9111-3.3-a-held-range-fresh"),
+        pytest.param(None, 70, True, "revalidate:stale", id="9111-3.3-a-held-range-stale"),
+        pytest.param(None, 10, False, "fetch:partial", id="9111-3.3-not-held"),
+        pytest.param(None, 70, False, "fetch:partial", id="9111-3.3-not-held-stale"),
+        pytest.param("only-if-cached", 10, False, "504", id="9111-5.2.1.7-not-held-only-if-cached"),
+    ],
+)
+def test_rfc9111_s3_3_an_incomplete_response_answers_only_what_it_holds(
+    request_cc: str | None, elapsed: float, covered: bool, expected: str
+) -> None:
+    stored = replace(cached("max-age=60"), status=206, parts=((0, 4),), complete_length=10)
+    decision = decide("GET", req_directives(request_cc), stored, True, NOW + elapsed, DEFAULTS, covered)
+    assert summary(decision) == expected
