@@ -48,6 +48,8 @@ def plan_delivery(
     range of the partial response the origin just sent for this request.
     """
     if entry.parts:
+        if headers is not None and policy.client_not_modified(headers, entry):
+            return Delivery(entry, age, status, "not-modified", extra=extra)
         held = covered_range(method, headers, entry)
         first, last = (held.first, held.last) if held is not None else (part or entry.parts[0])
         return Delivery(entry, age, status, "partial", first, last, extra)

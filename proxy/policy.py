@@ -600,9 +600,10 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
     """RFC 9111 §4.3.2 / RFC 9110 §13.2.2: does the client's conditional GET/HEAD get a 304?
 
     If-None-Match (weak comparison, "*" matches any) takes precedence; otherwise
-    If-Modified-Since against Last-Modified (or Date).
+    If-Modified-Since against Last-Modified (or Date). A stored 206 answers for the
+    representation its parts belong to (RFC 9110 §13.2.2: before Range).
     """
-    if entry.status != 200:
+    if entry.status not in (200, 206):
         return False
     inm = request_headers.get("If-None-Match")
     if inm is not None:

@@ -289,3 +289,13 @@ async def test_rfc9111_s3_4_parallel_ranges_all_end_up_combined(range_proxy: Sta
     resp, body = await proxy.get("/video")
     assert (resp.status, body) == (200, BODY) and is_hit(cache_status(resp))
     assert sorted(r for r in origin.ranges if r) == sorted(f"bytes={a}-{b}" for a, b in ranges)
+
+
+async def test_rfc9110_s13_2_2_if_none_match_comes_before_the_range(range_proxy: StartRange) -> None:
+    proxy, origin = await range_proxy()
+    await ranged(proxy, "bytes=0-9")
+    status, _, body, member = await ranged(proxy, "bytes=0-3", **{"If-None-Match": '"v1"'})
+    assert (status, body) == (304, b"") and is_hit(member)
+    status, _, body, member = await ranged(proxy, "bytes=0-3", **{"If-None-Match": '"v0"'})
+    assert (status, body) == (206, BODY[:4]) and is_hit(member)
+    assert len(origin.ranges) == 1
