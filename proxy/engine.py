@@ -281,12 +281,17 @@ class Engine:
                 raise AssertionError("a Deliver is answered by _decide")
             case policy.Revalidate(entry=stale, reason=why):
                 self.stats.misses += 1
-                return await self._fetch(
-                    self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
-                )
+                f = self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
+                if req.method == "HEAD":
+                    return await self._head(f)
+                return await self._fetch(f)
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
+                    if (
+                        why == "partial"
+                    ):  # the stored parts cannot answer a HEAD; the origin's may update them
+                        return await self._head(self._fetch_request(lk, None, why, interim))
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
                     return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
                 return await self._fetch(self._fetch_request(lk, None, why, interim))
@@ -389,6 +394,17 @@ class Engine:
         except UpstreamError as exc:
             return self._origin_failed(f, exc, collapsed=not leader)
         return await self._answer(f, outcome, leader)
+
+    async def _head(self, f: FetchRequest) -> Answer:
+        """A HEAD asked of the origin as HEAD, whose answer updates the stored GET responses (§4.3.5).
+
+        Not coalesced: it is cheap, and a GET waiting on it could not be answered from it.
+        """
+        try:
+            outcome = await self.fetcher.head(f)
+        except UpstreamError as exc:
+            return self._origin_failed(f, exc)
+        return await self._answer(f, outcome, leader=True)
 
     def _may_coalesce(self, f: FetchRequest) -> bool:
         if not self.cfg.fetch.coalesce:

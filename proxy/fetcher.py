@@ -20,7 +20,14 @@ from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
+from proxy.keys import (
+    key_host,
+    normalise_accept_language,
+    primary_key,
+    select_variant,
+    variant_matches,
+    with_variant,
+)
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
@@ -220,8 +227,79 @@ class Fetcher:
             return None
         return ranges.forwardable_range(f.headers.get("Range"))
 
+    async def head(self, f: FetchRequest) -> FetchOutcome:
+        """A HEAD the stored responses cannot answer, asked of the origin as HEAD (RFC 9111 §4.3.5).
+
+        A revalidation (`f.stale` set) carries the stored validators: a 304 freshens as
+        for GET (§4.3.4). A 200 updates each stored GET response that could have been
+        chosen for the request when it describes the same representation
+        (policy.head_may_update), and makes the others stale. The request is answered
+        from the updated entry when there is one that may answer it, else with the
+        origin's header section. Raises UpstreamError when the origin gives no answer.
+        """
+        out_headers = self.origin_request_headers(f.client, f.headers, for_cache=True)
+        conditional: CIMultiDict[str] = CIMultiDict()
+        if f.stale is not None:
+            variants = f.resource.variants if f.resource is not None else ()
+            conditional = policy.conditional_headers(f.stale, variants)
+            out_headers.extend(conditional)
+        request_time = self.clock()
+        epoch = self.purger.current_epoch()
+        resp = await self._send_to_owner_or_origin(f, out_headers, "HEAD")
+        resp.release()  # a HEAD response has no body
+        if resp.status == 304 and f.stale is not None:
+            return await self._freshen(f, resp, request_time, epoch, conditional)
+        if f.stale is not None and resp.status in policy.ERROR_STATUSES:
+            return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status)
+        if resp.status != 200 or f.resource is None:
+            return FetchOutcome(status, leader_only=resp)
+        updated = await self._update_from_head(f, f.resource, resp.headers, request_time, epoch)
+        status = status._replace(stored=updated is not None)
+        if updated is not None:
+            serve = select_variant(updated, f.headers)
+            if serve is not None and not serve.parts and policy.remaining_ttl(serve, self.clock()) > 0:
+                return FetchOutcome(status, shared=serve)
+        return FetchOutcome(status, leader_only=resp)
+
+    async def _update_from_head(
+        self,
+        f: FetchRequest,
+        resource: CachedResource,
+        head_headers: Headers,
+        request_time: float,
+        epoch: int,
+    ) -> CachedResource | None:
+        """RFC 9111 §4.3.5 on each variant that could have been chosen; the resource written, if any."""
+        response_time = self.clock()
+        changed = False
+        variants: list[StoredResponse] = []
+        for variant in resource.variants:
+            if not variant_matches(variant, f.headers):
+                variants.append(variant)  # could not have been chosen: untouched
+                continue
+            changed = True
+            if not policy.head_may_update(variant, head_headers):
+                variants.append(policy.soft_purged(variant, response_time))  # "consider it stale"
+                continue
+            plan = policy.freshen(
+                variant, head_headers, f.headers, request_time, response_time, self.policy_config
+            )
+            if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
+                variants.append(replace(plan.template, fetch_epoch=epoch))
+        if not changed:
+            return None
+        if not variants:
+            await self.storage.adelete(f.key)
+            return None
+        updated = CachedResource(f.key, tuple(variants))
+        await self.storage.aset(updated)
+        if _tags(updated) != _tags(resource):
+            await self.purger.record(updated)
+        return updated
+
     async def _send_to_owner_or_origin(
-        self, f: FetchRequest, out_headers: CIMultiDict[str]
+        self, f: FetchRequest, out_headers: CIMultiDict[str], method: str = "GET"
     ) -> OriginResponse:
         """Ask the peer that owns the key when there is one (edge clusters), else the origin.
 
@@ -242,7 +320,7 @@ class Fetcher:
             peer_headers[HOP_HEADER] = self.cfg.name
             try:
                 resp = await self.upstream.send(
-                    "GET",
+                    method,
                     f.client.path_qs,
                     peer_headers,
                     origin=route.base_url,
@@ -257,7 +335,7 @@ class Fetcher:
                 router.succeeded(route)
                 self.stats.forwarded_to_owner += 1
                 return resp
-        return await self.upstream.send("GET", f.client.path_qs, out_headers, interim=f.interim)
+        return await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus

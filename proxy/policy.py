@@ -596,6 +596,33 @@ def freshen(
     return StorePlan(template, plan.freshness)
 
 
+def head_may_update(entry: StoredResponse, head_headers: Headers) -> bool:
+    """RFC 9111 §4.3.5: may a 200 answer to HEAD update this stored GET response (else it goes stale)?
+
+    Only when it describes the same representation: each validator it carries
+    (ETag, Last-Modified) equals the stored one, at least one does (without any,
+    nothing says it is the same), and its Content-Length, if any, is the stored
+    representation's length.
+    """
+    etag = head_headers.get("ETag")
+    last_modified = head_headers.get("Last-Modified")
+    if etag is None and last_modified is None:
+        return False
+    if etag is not None and (entry.etag is None or etag.strip() != entry.etag.strip()):
+        return False
+    if last_modified is not None:
+        when = entry.response_time
+        received = parse_http_date(last_modified, now=when)
+        if received is None or received != parse_http_date(entry.last_modified, now=when):
+            return False
+    length = head_headers.get("Content-Length")
+    if length is not None:
+        length = length.strip()
+        if not (length.isascii() and length.isdigit()) or int(length) != entry.length:
+            return False
+    return True
+
+
 def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
     """RFC 9111 §4.3.2 / RFC 9110 §13.2.2: does the client's conditional GET/HEAD get a 304?
 

@@ -299,3 +299,18 @@ async def test_rfc9110_s13_2_2_if_none_match_comes_before_the_range(range_proxy:
     status, _, body, member = await ranged(proxy, "bytes=0-3", **{"If-None-Match": '"v0"'})
     assert (status, body) == (206, BODY[:4]) and is_hit(member)
     assert len(origin.ranges) == 1
+
+
+async def test_rfc9111_s4_3_5_a_head_response_updates_stored_parts(
+    range_proxy: StartRange, clock: FakeClock
+) -> None:
+    proxy, origin = await range_proxy(cache_control="max-age=10")
+    await ranged(proxy, "bytes=0-9")
+    origin.cache_control = "max-age=100"
+    async with proxy.request("HEAD", "/video") as head:  # the parts cannot answer it; the origin's answer
+        assert head.status == 200 and head.headers["Content-Length"] == "36"
+        assert "fwd=partial" in cache_status(head) and "stored" in cache_status(head)
+    clock.advance(50)  # stale by the part's own max-age=10, fresh by the HEAD's max-age=100
+    status, _, body, member = await ranged(proxy, "bytes=0-4")
+    assert (status, body) == (206, BODY[:5]) and is_hit(member), member
+    assert origin.methods == ["GET", "HEAD"]

@@ -284,3 +284,58 @@ async def test_rfc9112_s6_3_bytes_past_content_length_are_not_part_of_the_respon
     assert (again.status, body) == (200, b"0123456789")
     assert len(origin.requests) == 2
     assert origin.accepts == 2  # the connection the extra bytes came on was never reused
+
+
+# ------------------------------ RFC 9111 §4.3.5: a HEAD response updates the stored GET response
+
+STORED_GET = (
+    b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: "v1"\r\nX-Version: 1\r\n'
+    b"Content-Length: 5\r\n\r\nhello"
+)
+
+
+def head_200(fields: str) -> bytes:
+    return f"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nX-Version: 2\r\n{fields}\r\n".encode()
+
+
+HEAD_ANSWERS = [
+    # (the origin's answer to the HEAD, does it update the stored response?)
+    pytest.param(
+        b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=100\r\nX-Version: 2\r\n\r\n",
+        True,
+        id="9111-4.3.4-304",
+    ),
+    pytest.param(head_200('ETag: "v1"\r\nContent-Length: 5\r\n'), True, id="9111-4.3.5-same-etag-and-length"),
+    pytest.param(head_200('ETag: "v1"\r\n'), True, id="9111-4.3.5-same-etag-no-length"),
+    pytest.param(head_200('ETag: "v2"\r\nContent-Length: 5\r\n'), False, id="9111-4.3.5-other-etag"),
+    pytest.param(head_200('ETag: "v1"\r\nContent-Length: 6\r\n'), False, id="9111-4.3.5-other-length"),
+    pytest.param(head_200("Content-Length: 5\r\n"), False, id="9111-4.3.5-no-validator"),
+]
+
+
+@pytest.mark.parametrize(("answer", "updates"), HEAD_ANSWERS)
+async def test_rfc9111_s4_3_5_a_head_response_updates_the_stored_get_response(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock, answer: bytes, updates: bool
+) -> None:
+    again = b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: "v3"\r\nContent-Length: 5\r\n\r\nnewer'
+    origin = await scripted_origin([STORED_GET, answer, again])
+    proxy = await start_proxy(origin_url=origin.url)
+    await proxy.get("/doc")
+    clock.advance(30)  # stale: the HEAD goes to the origin, as a HEAD, with the stored validator
+    async with proxy.request("HEAD", "/doc") as head:
+        assert head.status == 200 and await head.read() == b""
+        assert head.headers["X-Version"] == "2" and head.headers["Content-Length"] in ("5", "6")
+        assert "fwd=stale" in cache_status(head)
+        assert ("stored" in cache_status(head)) is True  # updated, or marked stale: written either way
+    assert origin.method(1) == "HEAD" and origin.sent(1, "If-None-Match") == ['"v1"']
+    clock.advance(50)  # 80 s after the first response, 50 s after the HEAD
+    resp, body = await proxy.get("/doc")
+    if updates:
+        # Fresh again for the HEAD's max-age=100, with its fields and the stored body.
+        assert "hit" in cache_status(resp).split(";"), cache_status(resp)
+        assert (body, resp.headers["X-Version"], resp.headers["Age"]) == (b"hello", "2", "50")
+        assert len(origin.requests) == 2
+    else:
+        # Another representation, or no telling: the stored response is stale and is fetched again.
+        assert "fwd=stale" in cache_status(resp) and body == b"newer"
+        assert origin.method(2) == "GET" and len(origin.requests) == 3
