@@ -498,7 +498,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.interim_open is not req:
             return  # the final head went out already, or the client is gone
-        if status == 100 and any(name.lower() == b"expect" for name, _ in req.raw_fields):
+        if status == 100 and req.expect_continue:
             return  # the front answers Expect: 100-continue itself (RequestBody)
         try:
             transport.write(interim_head(status, reason, headers, self.ctx.via))
