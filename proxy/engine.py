@@ -288,9 +288,8 @@ class Engine:
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
-                    if (
-                        why == "partial"
-                    ):  # the stored parts cannot answer a HEAD; the origin's may update them
+                    if why == "partial":
+                        # The stored parts cannot answer a HEAD; the origin's answer may update them.
                         return await self._head(self._fetch_request(lk, None, why, interim))
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
                     return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
@@ -533,18 +532,14 @@ class Engine:
                 return self._deliver_fetched(f, shared, age, status, cookies, part)
             return await self._fetch_alone(f)
         stale = outcome.stale
-        # An origin 5xx is an answer, not a disconnect: only stale-if-error may hide it (RFC 5861 §4).
-        rule = (
-            policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=False)
-            if stale is not None
-            else None
-        )
-        if stale is not None and rule is not None:
-            if leader:
-                outcome.discard()
-            return self._deliver_stale_on_error(
-                f, stale, outcome.status.fwd_status, rule, now, collapsed=not leader
-            )
+        if stale is not None:
+            # An origin 5xx is an answer, not a disconnect: only stale-if-error may hide it (RFC 5861 §4).
+            rule = policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=False)
+            if rule is not None:
+                if leader:
+                    outcome.discard()
+                fwd_status = outcome.status.fwd_status
+                return self._deliver_stale_on_error(f, stale, fwd_status, rule, now, collapsed=not leader)
         error = outcome.error
         if error is not None:
             # The origin's error, shared with every coalesced request (never stored).
