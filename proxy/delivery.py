@@ -61,7 +61,7 @@ def plan_delivery(
     # Step 2 (§14.2): a single byte range of a whole 200 GET, if If-Range allows it.
     ranged = method == "GET" and entry.status == 200 and "range" in headers
     if ranged and if_range_allows(headers.get("If-Range"), entry):
-        wanted = parse_range(headers.get("Range"), entry.length)
+        wanted = parse_range(headers.get("Range"), len(entry.body))  # complete: its body is all of it
         if isinstance(wanted, ByteRange):
             return Delivery(entry, age, status, "partial", wanted.first, wanted.last, extra)
         if isinstance(wanted, Unsatisfiable):

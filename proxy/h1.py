@@ -103,14 +103,18 @@ def delivery_head(
     )
     if kind == "partial":
         length = d.last - d.first + 1
+        # A complete response's body is the representation; an incomplete one holds parts of it.
+        incomplete = bool(entry.parts)
         lines = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (
             d.first,
             d.last,
-            entry.length,
+            entry.complete_length if incomplete else len(entry.body),
             length,
         )
         head = b"".join((cached_status_line(206, ""), entry.hit_fields, lines, *tail))
-        return head, entry.bytes_of(d.first, d.last) if method != "HEAD" else b""
+        if method == "HEAD":
+            return head, b""
+        return head, entry.bytes_of(d.first, d.last) if incomplete else entry.body[d.first : d.last + 1]
     if kind == "not-modified":
         kept = policy.not_modified_header_list(entry)
         fields = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
