@@ -7,7 +7,8 @@ cache directory can at worst cause a miss.
 Layout (all integers big-endian)::
 
     b"MCDN"  magic
-    u8       format version (3: header fields stored as wire bytes)
+    u8       format version (4: stored parts of incomplete (206) responses; 3: header
+             fields as wire bytes)
     u32      length N of the metadata block
     N bytes  JSON metadata, ASCII (ensure_ascii keeps lone surrogates intact)
     ...      per variant, in order: its header block, then its body
@@ -33,7 +34,7 @@ from proxy.entry import CachedResource, StoredResponse
 from proxy.wire import HeaderBlock
 
 MAGIC = b"MCDN"
-VERSION = 3
+VERSION = 4
 _PREFIX = MAGIC + bytes((VERSION,))
 _LEN = struct.Struct(">I")
 _HEADER_LEN = len(_PREFIX) + _LEN.size
@@ -62,6 +63,8 @@ _VARIANT_FIELDS = (
     "date",
     "tags",
     "fetch_epoch",
+    "parts",
+    "complete_length",
 )
 _N_FIELDS = len(_VARIANT_FIELDS)
 
@@ -108,6 +111,8 @@ def encode(resource: CachedResource) -> bytes:
                 v.date,
                 v.tags,
                 v.fetch_epoch,
+                v.parts,
+                v.complete_length,
             ]
         )
         bodies += (block, v.body)
@@ -170,6 +175,8 @@ def decode(data: bytes) -> CachedResource:
             date,
             tags,
             fetch_epoch,
+            parts,
+            complete_length,
         ) = mv
         # bool is a subclass of int, hence the exact type checks.
         if type(status) is not int or type(reason) is not str or type(body_len) is not int:
@@ -209,6 +216,11 @@ def decode(data: bytes) -> CachedResource:
         body_end = body_start + body_len
         if body_len < 0 or body_end > end:
             raise CodecError("body lengths exceed the data (truncated?)")
+        stored_parts = _parts(parts, complete_length, body_len) if parts else ()
+        if type(complete_length) is not int or (not parts and complete_length != -1):
+            raise CodecError("bad complete length")
+        if bool(stored_parts) != (status == 206):
+            raise CodecError("a 206 without parts, or parts of another status")
         try:
             headers = HeaderBlock.from_wire(data[offset:body_start])
         except ValueError as exc:
@@ -237,6 +249,8 @@ def decode(data: bytes) -> CachedResource:
                     date,
                     tuple(tags),
                     fetch_epoch,
+                    stored_parts,
+                    complete_length,
                 )
             )
         except OverflowError as exc:  # an integer too large for a float
@@ -246,6 +260,27 @@ def decode(data: bytes) -> CachedResource:
     if offset != end:
         raise CodecError(f"{end - offset} trailing bytes after the bodies")
     return CachedResource(key=key, variants=tuple(variants))
+
+
+def _parts(parts: object, complete_length: object, body_len: int) -> tuple[tuple[int, int], ...]:
+    """The stored parts of an incomplete response, checked as StoredResponse.parts describes them."""
+    if type(parts) is not list or type(complete_length) is not int:
+        raise CodecError("bad parts")
+    out: list[tuple[int, int]] = []
+    previous_last = -2
+    total = 0
+    for part in parts:
+        if type(part) is not list or len(part) != 2 or type(part[0]) is not int or type(part[1]) is not int:
+            raise CodecError("bad part")
+        first, last = part
+        if not previous_last + 1 < first <= last < complete_length:
+            raise CodecError("parts out of order, overlapping or beyond the complete length")
+        out.append((first, last))
+        total += last - first + 1
+        previous_last = last
+    if total != body_len:
+        raise CodecError("parts do not add up to the body")
+    return tuple(out)
 
 
 class DecodeMemo:

@@ -110,6 +110,9 @@ class PolicyConfig:
     serve_stale_despite_prohibitions: bool = False
     default_stale_if_error: float = 0.0  # operator default window when the origin sends none
     default_stale_while_revalidate: float = 0.0
+    # §4.2.4: seconds past expiry a stored response may answer when the origin cannot be
+    # reached, closes the connection or times out (not for its 5xx answers); 0: never.
+    stale_on_disconnect: float = 300.0
     max_variants: int = 16  # per URL; the oldest variant goes first
     # Response fields carrying purge tags (Surrogate-Key: space separated; Cache-Tag: comma separated).
     tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
@@ -404,6 +407,7 @@ def config_from_mapping(
         default_stale_while_revalidate=r.non_negative(
             p, "default_stale_while_revalidate", pd.default_stale_while_revalidate, "policy"
         ),
+        stale_on_disconnect=r.non_negative(p, "stale_on_disconnect", pd.stale_on_disconnect, "policy"),
         max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
         tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
         strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),

@@ -35,13 +35,13 @@ from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
-from proxy.delivery import plan_delivery
+from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
-from proxy.origin import OriginResponse, Upstream, UpstreamError
+from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.routing import FetchRouter
 from proxy.storage.tiered import TieredStorage, TierName
@@ -208,8 +208,13 @@ class Engine:
         """policy.decide on a finished lookup; a Deliver becomes the answer at once."""
         req = lk.request
         entry = self._select(lk)
+        covered = True
+        if entry is not None and entry.parts:
+            # An incomplete stored response answers only a range it holds (RFC 9111 §3.3).
+            conditional = self.normalised(lk) if req.conditional else None
+            covered = covered_range(req.method, conditional, entry) is not None
         decision = lk.decision = policy.decide(
-            req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy
+            req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy, covered
         )
         if not isinstance(decision, policy.Deliver):
             return
@@ -238,20 +243,30 @@ class Engine:
         age: float,
         status: CacheStatus,
         extra: tuple[tuple[str, str], ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> Delivery:
         """A stored response for `req`; `conditional` holds its fields when it has conditionals or a Range."""
         if self._peer_tags is not None and entry.tags and req.hop is not None:
             # A peer edge stores this too: it needs the tags that clients never see.
             extra = ((self._peer_tags, " ".join(entry.tags)), *extra)
-        return plan_delivery(req.method, conditional, entry, age, status, extra)
+        return plan_delivery(req.method, conditional, entry, age, status, extra, part)
 
-    def _fetch_request(self, lk: Lookup, stale: StoredResponse | None, why: str) -> FetchRequest:
-        return FetchRequest(lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives)
+    def _fetch_request(
+        self, lk: Lookup, stale: StoredResponse | None, why: str, interim: InterimSink | None = None
+    ) -> FetchRequest:
+        return FetchRequest(
+            lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives, interim
+        )
 
     # --------------------------------------------------------------- complete
 
-    async def complete(self, lk: Lookup) -> Answer:
-        """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass."""
+    async def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Answer:
+        """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass.
+
+        `interim` is told of the 1xx responses the origin sends before the final one to
+        this request's own fetch (RFC 9110 §15.2); a request answered from another
+        request's fetch (coalesced) gets none.
+        """
         if lk.answer is not None:
             return lk.answer
         if lk.pending is not None:
@@ -266,21 +281,29 @@ class Engine:
                 raise AssertionError("a Deliver is answered by _decide")
             case policy.Revalidate(entry=stale, reason=why):
                 self.stats.misses += 1
-                return await self._fetch(
-                    self._fetch_request(lk, stale, "request" if why == "request" else "stale")
-                )
+                f = self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
+                if req.method == "HEAD":
+                    return await self._head(f)
+                return await self._fetch(f)
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
+                    if why == "partial":
+                        # The stored parts cannot answer a HEAD; the origin's answer may update them.
+                        return await self._head(self._fetch_request(lk, None, why, interim))
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
-                    return await self._pass(req, self.normalised(lk), why, invalidate=False)
-                return await self._fetch(self._fetch_request(lk, None, why))
+                    return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
+                return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
                 if why == "method":
                     return await self._pass(
-                        req, req.headers, "bypass", invalidate=req.method not in policy.SAFE_METHODS
+                        req,
+                        req.headers,
+                        "bypass",
+                        invalidate=req.method not in policy.SAFE_METHODS,
+                        interim=interim,
                     )
-                return await self._pass(req, self.normalised(lk), "bypass", invalidate=False)
+                return await self._pass(req, self.normalised(lk), "bypass", invalidate=False, interim=interim)
             case policy.GatewayTimeout():
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
@@ -314,14 +337,18 @@ class Engine:
         return screened
 
     def _deliver_stale_on_error(
-        self, f: FetchRequest, stale: StoredResponse, fwd_status: int | None, collapsed: bool = False
+        self,
+        f: FetchRequest,
+        stale: StoredResponse,
+        fwd_status: int | None,
+        rule: str,
+        now: float,
+        collapsed: bool = False,
     ) -> Delivery:
+        """The stored response instead of an origin failure; `rule` (policy.stale_for_failure): the detail."""
         self.stats.stale_served += 1
-        now = self.clock()
         ttl = policy.remaining_ttl(stale, now)
-        status = CacheStatus(
-            fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail="stale-if-error"
-        )
+        status = CacheStatus(fwd=f.why, fwd_status=fwd_status, ttl=int(ttl), collapsed=collapsed, detail=rule)
         return self._deliver_fetched(f, stale, policy.current_age(stale, now), status)
 
     def _deliver_fetched(
@@ -331,8 +358,17 @@ class Engine:
         age: float,
         status: CacheStatus,
         extra: tuple[tuple[str, str], ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> Delivery:
-        return self._deliver(f.client, f.headers if f.client.conditional else None, entry, age, status, extra)
+        conditional = f.headers if f.client.conditional else None
+        return self._deliver(f.client, conditional, entry, age, status, extra, part)
+
+    @staticmethod
+    def _covers(entry: StoredResponse, f: FetchRequest) -> bool:
+        """Whether `entry` may answer f: complete, or holding the range f asks for (RFC 9111 §3.3)."""
+        if not entry.parts:
+            return True
+        return covered_range(f.client.method, f.headers if f.client.conditional else None, entry) is not None
 
     # ------------------------------------------------------------------ fetch
 
@@ -357,6 +393,17 @@ class Engine:
         except UpstreamError as exc:
             return self._origin_failed(f, exc, collapsed=not leader)
         return await self._answer(f, outcome, leader)
+
+    async def _head(self, f: FetchRequest) -> Answer:
+        """A HEAD asked of the origin as HEAD, whose answer updates the stored GET responses (§4.3.5).
+
+        Not coalesced: it is cheap, and a GET waiting on it could not be answered from it.
+        """
+        try:
+            outcome = await self.fetcher.head(f)
+        except UpstreamError as exc:
+            return self._origin_failed(f, exc)
+        return await self._answer(f, outcome, leader=True)
 
     def _may_coalesce(self, f: FetchRequest) -> bool:
         if not self.cfg.fetch.coalesce:
@@ -427,7 +474,7 @@ class Engine:
         if resource is None:
             return None
         entry = select_variant(resource, f.headers)
-        if entry is None:
+        if entry is None or not self._covers(entry, f):
             return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
@@ -473,18 +520,26 @@ class Engine:
         now = self.clock()
         shared = outcome.shared
         if shared is not None:
-            if leader or variant_matches(shared, f.headers):
+            # Another variant, or parts that lack this request's range: it fetches its own.
+            # The leader is answered the part the origin sent it, whatever it asked for.
+            part = outcome.part if leader else None
+            if (leader or variant_matches(shared, f.headers)) and (part or self._covers(shared, f)):
                 status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
                 if not leader:
                     self.stats.coalesced += 1
                 cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
-                return self._deliver_fetched(f, shared, policy.current_age(shared, now), status, cookies)
-            return await self._fetch_alone(f)  # another variant: this request fetches its own
+                age = policy.current_age(shared, now)
+                return self._deliver_fetched(f, shared, age, status, cookies, part)
+            return await self._fetch_alone(f)
         stale = outcome.stale
-        if stale is not None and policy.within_stale_if_error(stale, f.directives, now, self.cfg.policy):
-            if leader:
-                outcome.discard()
-            return self._deliver_stale_on_error(f, stale, outcome.status.fwd_status, collapsed=not leader)
+        if stale is not None:
+            # An origin 5xx is an answer, not a disconnect: only stale-if-error may hide it (RFC 5861 §4).
+            rule = policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=False)
+            if rule is not None:
+                if leader:
+                    outcome.discard()
+                fwd_status = outcome.status.fwd_status
+                return self._deliver_stale_on_error(f, stale, fwd_status, rule, now, collapsed=not leader)
         error = outcome.error
         if error is not None:
             # The origin's error, shared with every coalesced request (never stored).
@@ -506,13 +561,15 @@ class Engine:
         return await self._fetch_alone(f)
 
     def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
-        """RFC 5861 §4: stale-if-error for an unreachable or timed-out origin, else 502/504."""
+        """No usable answer from the origin: a stored response where RFC 9111 §4.2.4 or RFC 5861 §4
+        allow one (stale on disconnect, stale-if-error), else 502/504."""
         self.stats.origin_errors += 1
         stale = f.stale
-        if stale is not None and policy.within_stale_if_error(
-            stale, f.directives, self.clock(), self.cfg.policy
-        ):
-            return self._deliver_stale_on_error(f, stale, None, collapsed)
+        if stale is not None:
+            now = self.clock()
+            rule = policy.stale_for_failure(stale, f.directives, now, self.cfg.policy, disconnected=True)
+            if rule is not None:
+                return self._deliver_stale_on_error(f, stale, None, rule, now, collapsed)
         return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=f.why, detail=exc.reason))
 
     # ------------------------------------------------------------- background
@@ -554,11 +611,19 @@ class Engine:
 
     # ------------------------------------------------------------------- pass
 
-    async def _pass(self, req: ClientRequest, headers: Headers, fwd: str, *, invalidate: bool) -> Reply:
+    async def _pass(
+        self,
+        req: ClientRequest,
+        headers: Headers,
+        fwd: str,
+        *,
+        invalidate: bool,
+        interim: InterimSink | None = None,
+    ) -> Reply:
         """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)."""
         self.stats.passes += 1
         try:
-            resp = await self.fetcher.forward(req, headers)
+            resp = await self.fetcher.forward(req, headers, interim)
         except UpstreamError as exc:
             self.stats.origin_errors += 1
             return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))

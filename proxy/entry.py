@@ -62,6 +62,12 @@ class StoredResponse:
     # purge with a later epoch covering this key makes it invalid, whatever
     # tier or worker holds a copy (see proxy/purge.py).
     fetch_epoch: int = 0
+    # RFC 9111 §3.3: a stored 206 is an incomplete response. `parts` are the byte ranges of
+    # the representation it holds (inclusive, ascending, never overlapping nor adjacent),
+    # `body` their bytes in that order, and `complete_length` the representation's length.
+    # A complete response has no parts (and complete_length -1).
+    parts: tuple[tuple[int, int], ...] = ()
+    complete_length: int = -1
     # Derived at construction, never stored by the codec: the header block as
     # sent on a plain hit (minus Age, Cache-Status and Via, which change per
     # response), the Cache-Status members of the tiers below to which this
@@ -103,6 +109,29 @@ class StoredResponse:
             slot.__set__(other, slot.__get__(self))
         _BODY_SLOT.__set__(other, body)
         return other
+
+    @property
+    def length(self) -> int:
+        """The length of the whole representation (RFC 9110 §14.4: the complete-length)."""
+        return self.complete_length if self.parts else len(self.body)
+
+    def holds(self, first: int, last: int) -> bool:
+        """Whether the bytes first..last (inclusive) of the representation are stored."""
+        if not self.parts:
+            return 0 <= first <= last < len(self.body)
+        return any(a <= first and last <= b for a, b in self.parts)
+
+    def bytes_of(self, first: int, last: int) -> bytes:
+        """The bytes first..last of the representation; they must be stored (`holds`)."""
+        if not self.parts:
+            return self.body[first : last + 1]
+        offset = 0
+        for a, b in self.parts:
+            if a <= first and last <= b:
+                start = offset + first - a
+                return self.body[start : start + last - first + 1]
+            offset += b - a + 1
+        raise ValueError(f"bytes {first}-{last} are not stored")
 
     def size(self) -> int:
         """Approximate bytes this variant occupies (body + headers + overhead)."""

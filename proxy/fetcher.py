@@ -15,16 +15,25 @@ from dataclasses import dataclass, replace
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import policy
+from proxy import policy, ranges
 from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
-from proxy.keys import key_host, normalise_accept_language, primary_key, with_variant
+from proxy.keys import (
+    key_host,
+    normalise_accept_language,
+    primary_key,
+    select_variant,
+    variant_matches,
+    with_variant,
+)
 from proxy.messages import ClientRequest
-from proxy.origin import OriginResponse, Upstream, UpstreamError
+from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
+from proxy.origin.errors import INVALID, failure
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
+from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 
 log = logging.getLogger("proxy.fetcher")
@@ -58,6 +67,9 @@ class FetchRequest:
     stale: StoredResponse | None  # the entry being revalidated, if any
     why: str  # Cache-Status fwd reason: uri-miss / vary-miss / stale / request
     directives: Directives
+    # Told of each 1xx the origin sends before its final response (RFC 9110 §15.2): the
+    # client's connection, for a request answered in the foreground; None in the background.
+    interim: InterimSink | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +93,8 @@ class FetchOutcome:
     not_shareable: bool = False  # the response itself forbids sharing (for hit-for-pass)
     # Set-Cookie of a stored response: for the client that fetched it, never stored nor shared.
     leader_cookies: tuple[str, ...] = ()
+    # The range of the 206 the origin sent (first, last): what the leader is answered.
+    part: tuple[int, int] | None = None
 
     def discard(self) -> None:
         """Drop an unread leader-only response nobody will stream."""
@@ -177,6 +191,9 @@ class Fetcher:
         if f.stale is not None:
             conditional = policy.conditional_headers(f.stale, variants)
             out_headers.extend(conditional)
+        ranged = self._range_to_forward(f)
+        if ranged is not None:
+            out_headers["Range"] = ranged
         request_time = self.clock()
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
@@ -186,10 +203,103 @@ class Fetcher:
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
+        if (ranged is None and resp.status == 206) or (ranged is not None and resp.status not in (200, 206)):
+            # The answer to a Range depends on it, and the key does not: a 206 we did not
+            # ask for, or a 416 (or any other status) to the range we asked, is not stored.
+            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="range response")
+            if resp.status >= 500:
+                return await self._error(f, resp, request_time, status)
+            return FetchOutcome(status, leader_only=resp)
         return await self._store(f, resp, request_time, epoch)
 
+    @staticmethod
+    def _range_to_forward(f: FetchRequest) -> str | None:
+        """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
+
+        Only a single byte range of a GET without If-Range (which the cache answers
+        from what it stores), and only for a miss or an incomplete stored response:
+        a complete one is revalidated whole. Anything else fetches the whole
+        representation, which then answers the range.
+        """
+        if f.client.method != "GET" or not f.client.conditional or "if-range" in f.headers:
+            return None
+        if f.stale is not None and not f.stale.parts:
+            return None
+        return ranges.forwardable_range(f.headers.get("Range"))
+
+    async def head(self, f: FetchRequest) -> FetchOutcome:
+        """A HEAD the stored responses cannot answer, asked of the origin as HEAD (RFC 9111 §4.3.5).
+
+        A revalidation (`f.stale` set) carries the stored validators: a 304 freshens as
+        for GET (§4.3.4). A 200 updates each stored GET response that could have been
+        chosen for the request when it describes the same representation
+        (policy.head_may_update), and makes the others stale. The request is answered
+        from the updated entry when there is one that may answer it, else with the
+        origin's header section. Raises UpstreamError when the origin gives no answer.
+        """
+        out_headers = self.origin_request_headers(f.client, f.headers, for_cache=True)
+        conditional: CIMultiDict[str] = CIMultiDict()
+        if f.stale is not None:
+            variants = f.resource.variants if f.resource is not None else ()
+            conditional = policy.conditional_headers(f.stale, variants)
+            out_headers.extend(conditional)
+        request_time = self.clock()
+        epoch = self.purger.current_epoch()
+        resp = await self._send_to_owner_or_origin(f, out_headers, "HEAD")
+        resp.release()  # a HEAD response has no body
+        if resp.status == 304 and f.stale is not None:
+            return await self._freshen(f, resp, request_time, epoch, conditional)
+        if f.stale is not None and resp.status in policy.ERROR_STATUSES:
+            return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status)
+        if resp.status != 200 or f.resource is None:
+            return FetchOutcome(status, leader_only=resp)
+        updated = await self._update_from_head(f, f.resource, resp.headers, request_time, epoch)
+        status = status._replace(stored=updated is not None)
+        if updated is not None:
+            serve = select_variant(updated, f.headers)
+            if serve is not None and not serve.parts and policy.remaining_ttl(serve, self.clock()) > 0:
+                return FetchOutcome(status, shared=serve)
+        return FetchOutcome(status, leader_only=resp)
+
+    async def _update_from_head(
+        self,
+        f: FetchRequest,
+        resource: CachedResource,
+        head_headers: Headers,
+        request_time: float,
+        epoch: int,
+    ) -> CachedResource | None:
+        """RFC 9111 §4.3.5 on each variant that could have been chosen; the resource written, if any."""
+        response_time = self.clock()
+        changed = False
+        variants: list[StoredResponse] = []
+        for variant in resource.variants:
+            if not variant_matches(variant, f.headers):
+                variants.append(variant)  # could not have been chosen: untouched
+                continue
+            changed = True
+            if not policy.head_may_update(variant, head_headers):
+                variants.append(policy.soft_purged(variant, response_time))  # "consider it stale"
+                continue
+            plan = policy.freshen(
+                variant, head_headers, f.headers, request_time, response_time, self.policy_config
+            )
+            if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
+                variants.append(replace(plan.template, fetch_epoch=epoch))
+        if not changed:
+            return None
+        if not variants:
+            await self.storage.adelete(f.key)
+            return None
+        updated = CachedResource(f.key, tuple(variants))
+        await self.storage.aset(updated)
+        if _tags(updated) != _tags(resource):
+            await self.purger.record(updated)
+        return updated
+
     async def _send_to_owner_or_origin(
-        self, f: FetchRequest, out_headers: CIMultiDict[str]
+        self, f: FetchRequest, out_headers: CIMultiDict[str], method: str = "GET"
     ) -> OriginResponse:
         """Ask the peer that owns the key when there is one (edge clusters), else the origin.
 
@@ -210,7 +320,12 @@ class Fetcher:
             peer_headers[HOP_HEADER] = self.cfg.name
             try:
                 resp = await self.upstream.send(
-                    "GET", f.client.path_qs, peer_headers, origin=route.base_url, timeout=route.timeout
+                    method,
+                    f.client.path_qs,
+                    peer_headers,
+                    origin=route.base_url,
+                    timeout=route.timeout,
+                    interim=f.interim,
                 )
             except UpstreamError as exc:
                 log.warning("owner %s failed (%s); asking the origin", route.peer, exc.reason)
@@ -220,7 +335,7 @@ class Fetcher:
                 router.succeeded(route)
                 self.stats.forwarded_to_owner += 1
                 return resp
-        return await self.upstream.send("GET", f.client.path_qs, out_headers)
+        return await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus
@@ -264,7 +379,10 @@ class Fetcher:
                 return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
         limit = self.cfg.cache.max_object_size
-        if resp.content_length is not None and resp.content_length > limit:
+        template = plan.template
+        # A part is stored only if the whole representation could be (it may be completed).
+        too_large = template.length > limit if template.parts else False
+        if too_large or (resp.content_length is not None and resp.content_length > limit):
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
             return FetchOutcome(status, leader_only=resp, not_shareable=True)
         body, complete = await resp.read_up_to(limit)
@@ -273,14 +391,36 @@ class Fetcher:
             return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
         if resp.content_length is not None and len(body) != resp.content_length:
             raise UpstreamError(502, "origin response body incomplete")
+        part = template.parts[0] if template.parts else None
+        if part is not None and len(body) != part[1] - part[0] + 1:
+            raise failure(INVALID)  # Content-Range and the body disagree
         entry = plan.build(body, fetch_epoch=epoch)
-        resource = with_variant(f.resource, f.key, entry, self.cfg.policy.max_variants)
+        base = f.resource
+        if part is not None:
+            # RFC 9111 §3.4: combined with the stored parts of the same representation, as
+            # this worker holds them now: parallel range requests each store a part while
+            # the others are in flight, and none should undo another's.
+            l1 = self.storage.l1
+            latest = l1.peek(f.key) if isinstance(l1, MemoryStorage) else None
+            base = latest if latest is not None else base
+            entry = ranges.combine(self._same_variant(base, entry), entry)
+        resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource)
         if stored:
             await self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
-        return FetchOutcome(status, shared=entry, leader_cookies=cookies)
+        return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+
+    @staticmethod
+    def _same_variant(resource: CachedResource | None, entry: StoredResponse) -> StoredResponse | None:
+        """The stored variant `entry` would replace (keys.with_variant: the same Vary values)."""
+        if resource is None:
+            return None
+        for variant in resource.variants:
+            if variant.vary_names == entry.vary_names and variant.vary_values == entry.vary_values:
+                return variant
+        return None
 
     async def _freshen(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, sent: Headers
@@ -293,8 +433,7 @@ class Fetcher:
         selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
             # The 304 matches nothing we hold: fetch the representation whole.
-            refetch = FetchRequest(f.client, f.headers, f.key, f.resource, None, f.why, f.directives)
-            return await self.fetch(refetch)
+            return await self.fetch(replace(f, stale=None))
         updated: dict[int, StoredResponse] = {}
         for old in selected:
             plan = policy.freshen(
@@ -318,10 +457,12 @@ class Fetcher:
 
     # -------------------------------------------------------------- pass
 
-    async def forward(self, req: ClientRequest, headers: Headers) -> OriginResponse:
+    async def forward(
+        self, req: ClientRequest, headers: Headers, interim: InterimSink | None = None
+    ) -> OriginResponse:
         """Forward a request as it is (streamed body), for a pass-through."""
         out_headers = self.origin_request_headers(req, headers, for_cache=False)
-        return await self.upstream.send(req.method, req.path_qs, out_headers, req.body)
+        return await self.upstream.send(req.method, req.path_qs, out_headers, req.body, interim=interim)
 
     async def invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
         """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""

@@ -33,14 +33,24 @@ from email.utils import formatdate
 from typing import cast
 
 import httptools
+from multidict import CIMultiDictProxy
 
 from proxy import admission
 from proxy.config import Config
-from proxy.h1 import LAST_CHUNK, Framing, HeaderInjection, chunk, delivery_head, reply_head, via_line
+from proxy.h1 import (
+    LAST_CHUNK,
+    Framing,
+    HeaderInjection,
+    chunk,
+    delivery_head,
+    interim_head,
+    reply_head,
+    via_line,
+)
 from proxy.log_output import log_access
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
-from proxy.origin import UpstreamError
+from proxy.origin import InterimSink, UpstreamError
 
 log = logging.getLogger("proxy.front")
 
@@ -197,6 +207,9 @@ class Connection(asyncio.Protocol):
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.started = 0.0  # perf_counter() of the request being answered (access log)
+        # The request being answered whose final head is not written yet: the origin's 1xx
+        # responses to its fetch go out ahead of it (RFC 9110 §15.2).
+        self.interim_open: ClientRequest | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -465,8 +478,32 @@ class Connection(asyncio.Protocol):
             return self._write_answer(req, error_reply(500, "internal error"))
         if lookup.answer is not None:
             return self._write_answer(req, lookup.answer)
-        self._start(req, engine.complete(lookup))
+        self.interim_open = req
+        self._start(req, engine.complete(lookup, self._interim_sink(req)))
         return False
+
+    def _interim_sink(self, req: ClientRequest) -> InterimSink | None:
+        """Where the origin's 1xx responses for req go: this connection; never HTTP/1.0 (RFC 9110 §15.2)."""
+        if req.http10:
+            return None
+
+        def forward(status: int, reason: str, headers: CIMultiDictProxy[str]) -> None:
+            self._write_interim(req, status, reason, headers)
+
+        return forward
+
+    def _write_interim(
+        self, req: ClientRequest, status: int, reason: str, headers: CIMultiDictProxy[str]
+    ) -> None:
+        transport = self.transport
+        if transport is None or self.interim_open is not req:
+            return  # the final head went out already, or the client is gone
+        if status == 100 and req.expect_continue:
+            return  # the front answers Expect: 100-continue itself (RequestBody)
+        try:
+            transport.write(interim_head(status, reason, headers, self.ctx.via))
+        except HeaderInjection:
+            log.warning("dropping a %d interim response with CR or LF in a field", status)
 
     def _start(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
         task = self.task = self.loop.create_task(self._complete(req, work))
@@ -489,6 +526,7 @@ class Connection(asyncio.Protocol):
                 await self._write_reply(req, answer)
         finally:
             self.task = None
+            self.interim_open = None
         if self.transport is not None:
             self.last_activity = self.loop.time()
             self._answer_queued()
@@ -500,6 +538,7 @@ class Connection(asyncio.Protocol):
 
     def _write_answer(self, req: ClientRequest, answer: Answer) -> bool:
         """Write a delivery or a complete reply at once; whether the connection goes on."""
+        self.interim_open = None
         transport = self.transport
         if transport is None:
             return False
@@ -543,6 +582,7 @@ class Connection(asyncio.Protocol):
         if isinstance(reply.body, bytes):
             self._write_answer(req, reply)
             return
+        self.interim_open = None
         transport = self.transport
         if transport is None:
             return

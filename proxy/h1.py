@@ -7,6 +7,8 @@ an answer in, bytes and a framing decision out (RFC 9112 §6).
   snapshot a fetch just stored): the status line and stored fields come from
   the header block built once per stored response (`StoredResponse.hit_fields`),
   followed by Age, this node's Cache-Status member, Via and Connection.
+- `interim_head` writes a 1xx response the origin sent ahead of its final one
+  (RFC 9110 §15.2), for HTTP/1.1 clients only.
 - `reply_head` frames any other answer: no body for HEAD, 1xx, 204 and 304;
   Content-Length for a complete body; the origin's Content-Length, else
   chunked (HTTP/1.1) or close-delimited (HTTP/1.0), for a streamed one; Date
@@ -21,8 +23,9 @@ from __future__ import annotations
 from enum import Enum
 
 from proxy import policy
+from proxy.headers import Headers, end_to_end
 from proxy.messages import Delivery, Reply
-from proxy.wire import cached_status_line
+from proxy.wire import cached_status_line, status_line
 
 # Framing fields are decided here, never copied from the reply.
 _FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
@@ -100,14 +103,18 @@ def delivery_head(
     )
     if kind == "partial":
         length = d.last - d.first + 1
+        # A complete response's body is the representation; an incomplete one holds parts of it.
+        incomplete = bool(entry.parts)
         lines = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n" % (
             d.first,
             d.last,
-            len(entry.body),
+            entry.complete_length if incomplete else len(entry.body),
             length,
         )
         head = b"".join((cached_status_line(206, ""), entry.hit_fields, lines, *tail))
-        return head, entry.body[d.first : d.last + 1]
+        if method == "HEAD":
+            return head, b""
+        return head, entry.bytes_of(d.first, d.last) if incomplete else entry.body[d.first : d.last + 1]
     if kind == "not-modified":
         kept = policy.not_modified_header_list(entry)
         fields = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
@@ -119,9 +126,18 @@ def delivery_head(
         for n, v in entry.headers
         if n.lower() not in _NOT_IN_416 and n.lower() != "cache-status"
     )
-    lines = b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % len(entry.body)
+    lines = b"Content-Range: bytes */%d\r\nContent-Length: 0\r\n" % entry.length
     head = b"".join((cached_status_line(416, ""), fields.encode("utf-8", "surrogateescape"), lines, *tail))
     return head, b""
+
+
+def interim_head(status: int, reason: str, headers: Headers, via: bytes) -> bytes:
+    """A 1xx response as forwarded (RFC 9110 §15.2): its end-to-end fields and Via; it has no content."""
+    fields = end_to_end(headers, ("content-length",))
+    text = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+    if text.count("\n") != len(fields) or text.count("\r") != len(fields):
+        raise HeaderInjection("CR or LF inside a header field")
+    return b"".join((status_line(status, reason), text.encode("utf-8", "surrogateescape"), via, b"\r\n"))
 
 
 def reply_head(

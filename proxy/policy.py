@@ -31,15 +31,16 @@ from proxy.headers import (
     weak_match,
 )
 from proxy.keys import request_vary_values, vary_names
+from proxy.ranges import parse_content_range
 
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 # RFC 9111 §5.2.2.3: the status codes whose caching requirements this cache implements, so
 # that must-understand lets it store them despite no-store: the final codes of RFC 9110 §15,
-# except 206 (no range bookkeeping here) and 304 (it only updates stored responses).
+# except 304 (it only updates stored responses).
 UNDERSTOOD_STATUSES = frozenset(
-    {200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308}
+    {200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 305, 307, 308}
     | set(range(400, 418))
     | {421, 422, 426, 500, 501, 502, 503, 504, 505}
 )
@@ -49,8 +50,8 @@ CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 # Fields never stored with a response: recomputed per delivery (Age,
-# Content-Length) or meaningless for another client.
-_NOT_STORED = frozenset({"age", "content-length"})
+# Content-Length, Content-Range) or meaningless for another client.
+_NOT_STORED = frozenset({"age", "content-length", "content-range"})
 
 # RFC 9111 §3.2: fields a 304 must not change in the stored response (the body
 # they describe is the stored one), plus fields that are never stored. Age is
@@ -237,9 +238,13 @@ def plan_store(
     # HEAD response never creates an entry (it may only freshen one, §4.3.5).
     if method != "GET":
         return DontStore("method")
-    # §3: a final response, and not a partial or 304 (no range bookkeeping here).
-    if status < 200 or status in (206, 304):
+    # §3: a final response, and not a 304 (it only updates stored responses, §4.3.4).
+    if status < 200 or status == 304:
         return DontStore(f"status {status}")
+    # §3.3: a 206 only with its bookkeeping: one byte range of a representation of known length.
+    part = parse_content_range(response_headers.get("Content-Range")) if status == 206 else None
+    if status == 206 and part is None:
+        return DontStore("206 without a single byte range of known length")
     # §5.2.1.5: request no-store.
     if "no-store" in req_directives:
         return DontStore("request no-store")
@@ -321,6 +326,8 @@ def plan_store(
         last_modified=stored.get("Last-Modified"),
         date=stored.get("Date"),
         tags=_tags(response_headers, opts.tag_fields),
+        parts=() if part is None else ((part[0], part[1]),),
+        complete_length=-1 if part is None else part[2],
     )
     return StorePlan(template, freshness)
 
@@ -373,7 +380,7 @@ class Revalidate:
 class Fetch:
     """Nothing usable is stored: fetch from the origin and maybe store (§4)."""
 
-    reason: str  # "uri-miss" | "vary-miss"
+    reason: str  # "uri-miss" | "vary-miss" | "partial" (stored parts lack what is asked, §3.3)
 
 
 @dataclass(slots=True)
@@ -400,11 +407,14 @@ def decide(
     any_stored: bool,
     now: float,
     opts: PolicyConfig,
+    covered: bool = True,
 ) -> Decision:
     """RFC 9111 §4: may a stored response answer this request?
 
     `entry` is the variant selected for the request (None if none matched);
     `any_stored` says whether the URL had stored variants at all (vary-miss).
+    `covered` is False when `entry` is incomplete (a stored 206) and the request
+    is not for a range it holds (ranges.wanted_range and StoredResponse.holds).
     """
     if method not in CACHEABLE_METHODS:
         return Pass("method")
@@ -413,6 +423,9 @@ def decide(
         if only_if_cached:
             return GatewayTimeout()
         return Fetch("vary-miss" if any_stored else "uri-miss")
+    if not covered:
+        # §3.3: an incomplete response answers only a request for a range wholly within it.
+        return GatewayTimeout() if only_if_cached else Fetch("partial")
 
     age = current_age(entry, now)
     ttl = entry.freshness_lifetime - age
@@ -553,6 +566,10 @@ def freshen(
     for name in set(update.keys()):
         merged.popall(name, None)
     merged.extend(update)
+    if entry.parts:
+        # An incomplete response keeps its parts (§3.3); plan_store files a 206 by its range.
+        first, last = entry.parts[0]
+        merged["Content-Range"] = f"bytes {first}-{last}/{entry.complete_length}"
     # Keep the variant's own Vary values: the 304 may answer another variant's request.
     plan = plan_store(
         "GET",
@@ -573,17 +590,47 @@ def freshen(
         vary_names=entry.vary_names,
         vary_values=entry.vary_values,
         tags=plan.template.tags or entry.tags,
+        parts=entry.parts,
+        complete_length=entry.complete_length,
     )
     return StorePlan(template, plan.freshness)
+
+
+def head_may_update(entry: StoredResponse, head_headers: Headers) -> bool:
+    """RFC 9111 §4.3.5: may a 200 answer to HEAD update this stored GET response (else it goes stale)?
+
+    Only when it describes the same representation: each validator it carries
+    (ETag, Last-Modified) equals the stored one, at least one does (without any,
+    nothing says it is the same), and its Content-Length, if any, is the stored
+    representation's length.
+    """
+    etag = head_headers.get("ETag")
+    last_modified = head_headers.get("Last-Modified")
+    if etag is None and last_modified is None:
+        return False
+    if etag is not None and (entry.etag is None or etag.strip() != entry.etag.strip()):
+        return False
+    if last_modified is not None:
+        when = entry.response_time
+        received = parse_http_date(last_modified, now=when)
+        if received is None or received != parse_http_date(entry.last_modified, now=when):
+            return False
+    length = head_headers.get("Content-Length")
+    if length is not None:
+        length = length.strip()
+        if not (length.isascii() and length.isdigit()) or int(length) != entry.length:
+            return False
+    return True
 
 
 def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
     """RFC 9111 §4.3.2 / RFC 9110 §13.2.2: does the client's conditional GET/HEAD get a 304?
 
     If-None-Match (weak comparison, "*" matches any) takes precedence; otherwise
-    If-Modified-Since against Last-Modified (or Date).
+    If-Modified-Since against Last-Modified (or Date). A stored 206 answers for the
+    representation its parts belong to (RFC 9110 §13.2.2: before Range).
     """
-    if entry.status != 200:
+    if entry.status not in (200, 206):
         return False
     inm = request_headers.get("If-None-Match")
     if inm is not None:
@@ -640,6 +687,36 @@ def within_stale_if_error(
         window = max(window, float(requested))
     staleness = current_age(entry, now) - entry.freshness_lifetime
     return staleness < 0 or (window > 0 and staleness <= window)
+
+
+# Cache-Status detail of a stored response served instead of an origin failure.
+STALE_IF_ERROR = "stale-if-error"
+STALE_ON_DISCONNECT = "stale-on-disconnect"
+
+
+def stale_for_failure(
+    entry: StoredResponse, req_directives: Directives, now: float, opts: PolicyConfig, *, disconnected: bool
+) -> str | None:
+    """May `entry` answer instead of an origin failure, and under which rule (None: it may not).
+
+    RFC 5861 §4: within a stale-if-error window (the response's, the request's or the
+    operator's default), for an origin error status or no usable response at all.
+    RFC 9111 §4.2.4: a cache that cannot reach the origin (`disconnected`: unreachable,
+    connection closed or broken, timed out, unparsable response) may serve stale; here
+    within `opts.stale_on_disconnect` seconds, and never against a client's max-stale=N
+    below the staleness (§5.2.1.2), nor when a directive forbids stale (may_serve_stale).
+    """
+    if within_stale_if_error(entry, req_directives, now, opts):
+        return STALE_IF_ERROR
+    if not disconnected or not may_serve_stale(entry, opts):
+        return None
+    staleness = current_age(entry, now) - entry.freshness_lifetime
+    if req_directives.get("max-stale") is not None:
+        bound = req_directives.seconds("max-stale")
+        if bound is None or staleness > bound:
+            return None
+    window = opts.stale_on_disconnect
+    return STALE_ON_DISCONNECT if window > 0 and staleness <= window else None
 
 
 def refresh_ahead_due(entry: StoredResponse, ttl: float, fraction: float) -> bool:

@@ -1,20 +1,29 @@
-"""Pure handling of byte Range requests answered from a complete stored response.
+"""Pure handling of byte ranges: Range requests answered from a stored response, and the
+bookkeeping of incomplete (206) stored responses.
 
-Reference: RFC 9110 §14 (Range, Content-Range, 416) and §13.1.5 (If-Range).
-Only single byte ranges are served as 206; a multi-range request gets the
-whole 200 (RFC 9110 §14.2 lets a server ignore Range), which keeps this file
-free of multipart/byteranges framing.
+Reference: RFC 9110 §14 (Range, Content-Range, 416) and §13.1.5 (If-Range);
+RFC 9111 §3.3 (storing incomplete responses) and §3.4 (combining partial
+content). Only single byte ranges are served as 206, forwarded to the origin
+or stored; a multi-range request gets the whole 200 (RFC 9110 §14.2 lets a
+server ignore Range), which keeps this file free of multipart/byteranges
+framing.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.entry import StoredResponse
 from proxy.headers import parse_http_date, strong_match
 
 _BYTES_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# RFC 9110 §14.4: Content-Range of a single part, with a known complete length.
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes[ ]+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
+
+# Parts one incomplete stored response may hold; past it the smallest others go (RFC 9111
+# §3.3 leaves the bookkeeping to the cache; this bounds its metadata and merging work).
+MAX_PARTS = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +93,120 @@ def if_range_allows(value: str | None, entry: StoredResponse) -> bool:
     when = parse_http_date(value, now=entry.response_time)
     last_modified = parse_http_date(entry.last_modified, now=entry.response_time)
     return when is not None and last_modified is not None and when == last_modified
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
+    """(first, last, complete length) of a single-part Content-Range (RFC 9110 §14.4), or None.
+
+    None for anything a cache cannot file: an absent or malformed field, an unknown
+    complete length ("*"), or a range that does not fit inside the representation.
+    """
+    if value is None:
+        return None
+    m = _CONTENT_RANGE_RE.match(value)
+    if not m:
+        return None
+    first, last, length = (int(g) for g in m.groups())
+    if not first <= last < length:
+        return None
+    return first, last, length
+
+
+def forwardable_range(value: str | None) -> str | None:
+    """The Range to ask the origin for on a client's behalf: one byte range, written plainly.
+
+    None for no Range, several ranges, another unit or an invalid one (those
+    fetch the whole representation, which then answers them).
+    """
+    if value is None:
+        return None
+    m = _BYTES_RANGE_RE.match(value)
+    if not m:
+        return None
+    first, last = m.groups()
+    if not first and not last:
+        return None
+    if first and last and int(last) < int(first):
+        return None
+    if not first and int(last) == 0:
+        return None  # bytes=-0: unsatisfiable whatever the length
+    return f"bytes={int(first) if first else ''}-{int(last) if last else ''}"
+
+
+def wanted_range(value: str | None, if_range: str | None, entry: StoredResponse) -> ByteRange | None:
+    """The single byte range a request asks of `entry`, if If-Range lets it apply (else None)."""
+    if value is None or not if_range_allows(if_range, entry):
+        return None
+    wanted = parse_range(value, entry.length)
+    return wanted if isinstance(wanted, ByteRange) else None
+
+
+def strong_validator(entry: StoredResponse) -> str | None:
+    """The entity-tag of `entry` when it is strong (RFC 9110 §8.8.1), else None."""
+    etag = entry.etag
+    if etag is None or etag.lstrip().startswith("W/"):
+        return None
+    return etag
+
+
+def combine(stored: StoredResponse | None, new: StoredResponse, max_parts: int = MAX_PARTS) -> StoredResponse:
+    """RFC 9111 §3.4: a newly received part combined with what is stored of the same representation.
+
+    `new` is an incomplete response (one part) or a complete one. They combine only
+    when both carry the same strong entity-tag and describe a representation of
+    the same length; otherwise `new` replaces what was stored. The result takes
+    its header fields and freshness from `new` (the most recent response, §3.2).
+    Bytes `new` holds win where parts overlap (a strong validator means they are
+    equal anyway). When the parts cover the whole representation it becomes a
+    complete 200; past `max_parts` the smallest older parts are dropped.
+    """
+    if not new.parts:
+        return new
+    pieces: list[tuple[int, int, bytes]] = []
+    tag = strong_validator(new)
+    if stored is not None and tag is not None:
+        old_tag = strong_validator(stored)
+        if old_tag is not None and strong_match(old_tag, tag) and stored.length == new.length:
+            pieces = _pieces(stored)
+    first, last = new.parts[0]
+    data = new.body
+    kept: list[tuple[int, int, bytes]] = []
+    for a, b, bytes_ in pieces:
+        if b < first - 1 or a > last + 1:
+            kept.append((a, b, bytes_))  # neither overlapping nor adjacent
+            continue
+        if a < first:  # a piece reaching in from the left keeps its head
+            data = bytes_[: first - a] + data
+            first = a
+        if b > last:  # ... and one reaching out to the right its tail
+            data = data + bytes_[len(bytes_) - (b - last) :]
+            last = b
+    merged = (first, last, data)
+    kept.append(merged)
+    if len(kept) > max_parts:
+        others = sorted((p for p in kept if p is not merged), key=lambda p: p[1] - p[0], reverse=True)
+        kept = [merged, *others[: max_parts - 1]]
+    kept.sort()
+    length = new.length
+    if len(kept) == 1 and kept[0][0] == 0 and kept[0][1] == length - 1:
+        # Complete: from now on a plain 200 (RFC 9111 §3.3 "made complete").
+        return replace(new, status=200, reason="OK", body=kept[0][2], parts=(), complete_length=-1)
+    return replace(
+        new,
+        body=b"".join(p[2] for p in kept),
+        parts=tuple((a, b) for a, b, _ in kept),
+        complete_length=length,
+    )
+
+
+def _pieces(entry: StoredResponse) -> list[tuple[int, int, bytes]]:
+    """(first, last, bytes) of each stored part; a complete response is one part."""
+    if not entry.parts:
+        return [(0, len(entry.body) - 1, entry.body)] if entry.body else []
+    out = []
+    offset = 0
+    for a, b in entry.parts:
+        size = b - a + 1
+        out.append((a, b, entry.body[offset : offset + size]))
+        offset += size
+    return out

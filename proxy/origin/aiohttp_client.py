@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -26,6 +28,7 @@ from proxy.origin.errors import (
     UpstreamError,
     failure,
 )
+from proxy.origin.interim import InterimSink, report
 
 log = logging.getLogger("proxy.origin")
 
@@ -51,6 +54,37 @@ def translate(exc: BaseException) -> UpstreamError:
     # Anything else is a bug of ours or aiohttp's; the client still gets a 502, never a traceback.
     log.error("unexpected error talking to the origin", exc_info=exc)
     return failure(REQUEST_FAILED)
+
+
+# The sink of the request being sent in this task (aiohttp has no per-request hook for 1xx).
+_interim_sink: ContextVar[InterimSink | None] = ContextVar("interim_sink", default=None)
+
+
+class _ReportingResponse(aiohttp.ClientResponse):
+    """aiohttp's response, telling the request's InterimSink of each 1xx it skips (RFC 9110 §15.2).
+
+    ClientResponse.start reads messages off the connection's protocol until a final
+    one; while it runs, the protocol's read is wrapped to report the interim ones.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        sink = _interim_sink.get()
+        protocol = connection.protocol
+        if sink is None or protocol is None:
+            return await super().start(connection)
+        read = protocol.read
+
+        async def read_reporting() -> Any:
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                report(sink, message.code, message.reason or "", message.headers)
+            return message, payload
+
+        protocol.read = read_reporting
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read  # the class's own again, for the connection's next request
 
 
 @dataclass(slots=True)
@@ -117,6 +151,7 @@ class AiohttpOrigin:
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
             raise_for_status=False,
+            response_class=_ReportingResponse,
         )
 
     async def close(self) -> None:
@@ -131,13 +166,17 @@ class AiohttpOrigin:
         *,
         origin: str | None = None,
         timeout: float | None = None,
+        interim: InterimSink | None = None,
     ) -> AiohttpResponse:
-        """Send a request; returns once the response header section has arrived."""
+        """Send a request; returns once the response header section has arrived.
+
+        `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
         # encoded=True: forward the request-target byte for byte, never re-quoted.
         url = URL((origin or self.base_url) + path_qs, encoded=True)
         client_timeout = self._timeout
         if timeout is not None:  # a peer edge: tighter than the origin's timeouts
             client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        token = _interim_sink.set(interim)
         try:
             raw = await self._session.request(
                 method,
@@ -151,6 +190,8 @@ class AiohttpOrigin:
             )
         except Exception as exc:
             raise translate(exc) from exc
+        finally:
+            _interim_sink.reset(token)
         return AiohttpResponse(
             status=raw.status,
             reason=raw.reason or "",

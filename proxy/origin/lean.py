@@ -42,6 +42,7 @@ from proxy.origin.errors import (
     UpstreamError,
     failure,
 )
+from proxy.origin.interim import InterimSink, report
 
 __all__ = ["LeanOrigin", "LeanResponse"]
 
@@ -258,6 +259,7 @@ class _Conn(asyncio.Protocol):
         "interim",
         "keep_alive",
         "loop",
+        "on_interim",
         "parser",
         "parser_dirty",
         "paused",
@@ -289,6 +291,7 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[None] | None = None
         self.wait_since = 0.0
         self.timeout = 0.0
+        self.on_interim: InterimSink | None = None
         self._reset(False)
 
     def _reset(self, head: bool) -> None:
@@ -330,8 +333,14 @@ class _Conn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade):
-            # Includes bytes after the end of the body in the same read: the Content-Length
-            # (or chunking) did not describe what the origin sent, so the body is suspect too.
+            if self.done and self.error is None:
+                # RFC 9112 §6.3: the response ended where its Content-Length (or last chunk)
+                # said; the bytes after it in the same read are no part of it. The response
+                # stands, and the connection, whose framing is now in doubt, is never reused.
+                self.keep_alive = False
+                self.close()
+                self._wake()
+                return
             self.fail(failure(INVALID))
             return
         if not self.hc:
@@ -405,6 +414,12 @@ class _Conn(asyncio.Protocol):
             if status == 101 or status < 100:  # no upgrade was asked for; llhttp takes "099"
                 raise _Invalid(f"status {status}")
             self.interim = True  # 100 Continue, 103 Early Hints: the real response follows
+            sink = self.on_interim
+            if sink is not None:
+                # RFC 9110 §15.2: passed on as it arrives; its fields end here (on_message_begin
+                # of the final response starts an empty list).
+                reason = self.reason.decode("utf-8", "surrogateescape")
+                report(sink, status, reason, CIMultiDictProxy(CIMultiDict(self.hdrs)))
             return
         if len(self.hdrs) > MAX_HEADER_FIELDS:
             raise _Invalid("too many header fields")
@@ -561,9 +576,12 @@ class _Conn(asyncio.Protocol):
         else:
             self.close()
 
-    async def exchange(self, request: bytes, head: bool, timeout: float) -> LeanResponse | None:
+    async def exchange(
+        self, request: bytes, head: bool, timeout: float, interim: InterimSink | None = None
+    ) -> LeanResponse | None:
         """Send one request and wait for its header section. None: the reused connection was
-        found closed before any response byte, so the request may be sent again elsewhere."""
+        found closed before any response byte, so the request may be sent again elsewhere.
+        `interim` is told of each 1xx response that comes before it."""
         if self.state != _BUSY:  # lost while being handed over
             self.close()
             return None
@@ -571,6 +589,7 @@ class _Conn(asyncio.Protocol):
             self.parser = HttpResponseParser(self)
             self.parser_dirty = False
         self._reset(head)
+        self.on_interim = interim
         self.timeout = timeout
         self.uses += 1
         transport = self.transport
@@ -586,6 +605,8 @@ class _Conn(asyncio.Protocol):
         except BaseException:
             self.close()  # cancelled mid-request: the connection's state is unknown
             raise
+        finally:
+            self.on_interim = None  # the final head is in (or the exchange failed)
         error = self.error
         if error is not None:
             if self.retryable:
@@ -739,8 +760,11 @@ class LeanOrigin:
         headers: Mapping[str, str] | CIMultiDict[str] | CIMultiDictProxy[str],
         timeout: float | None = None,
         origin: str | None = None,
+        interim: InterimSink | None = None,
     ) -> LeanResponse:
-        """Send a request without a body; returns once the response header section has arrived."""
+        """Send a request without a body; returns once the response header section has arrived.
+
+        `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
         pool = self._pool(origin)
         target = pool.origin
         line = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n"
@@ -764,13 +788,13 @@ class LeanOrigin:
         conn = pool.pop_idle()
         if conn is None:
             conn = await pool.acquire(connect_timeout)
-        resp = await conn.exchange(request, head, read_timeout)
+        resp = await conn.exchange(request, head, read_timeout, interim)
         if resp is None:
             # The keep-alive race: the origin closed a reused connection as we wrote to it.
             if method not in IDEMPOTENT:
                 raise failure(CLOSED)
             conn = await pool.acquire(connect_timeout, fresh=True)
-            resp = await conn.exchange(request, head, read_timeout)
+            resp = await conn.exchange(request, head, read_timeout, interim)
             if resp is None:
                 raise failure(CLOSED)
         return resp

@@ -20,6 +20,7 @@ from yarl import URL
 from proxy.config import OriginConfig
 from proxy.origin.aiohttp_client import AiohttpOrigin
 from proxy.origin.errors import REQUEST_FAILED, failure
+from proxy.origin.interim import InterimSink
 from proxy.origin.lean import LeanOrigin
 
 log = logging.getLogger("proxy.origin")
@@ -80,14 +81,21 @@ class Upstream:
         body: AsyncIterator[bytes] | bytes | None = None,
         origin: str | None = None,
         timeout: float | None = None,
+        interim: InterimSink | None = None,
     ) -> OriginResponse:
-        """Send a request; returns once the response header section has arrived."""
+        """Send a request; returns once the response header section has arrived.
+
+        `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
         lean = self._lean
         if lean is not None and body is None and (origin is None or origin.startswith("http://")):
             try:
-                return await lean.send(method, path_qs, headers, timeout=timeout, origin=origin)
+                return await lean.send(
+                    method, path_qs, headers, timeout=timeout, origin=origin, interim=interim
+                )
             except ValueError as exc:  # a field our own code let through with CR/LF in it: a bug
                 log.error("refusing to send %s %s to the origin: %s", method, path_qs, exc)
                 raise failure(REQUEST_FAILED) from exc
         assert self._aiohttp is not None, "Upstream.start() was not awaited"
-        return await self._aiohttp.send(method, path_qs, headers, body, origin=origin, timeout=timeout)
+        return await self._aiohttp.send(
+            method, path_qs, headers, body, origin=origin, timeout=timeout, interim=interim
+        )

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -232,3 +232,96 @@ def raw_status(response: bytes) -> int:
 def logged_header(record: dict[str, Any], name: str) -> list[str]:
     """Values of one header (case-insensitive) in an origin request-log record."""
     return [v for k, v in record["headers"] if k.lower() == name.lower()]
+
+
+# What a ScriptedOrigin does for one request: write these bytes; write the pieces in order,
+# sleeping for each number (seconds) and waiting for each event between them; close the
+# connection without a byte; or read the request and never answer.
+Script = bytes | Sequence[bytes | float | asyncio.Event] | Literal["close", "hang"]
+
+
+class ScriptedOrigin:
+    """A raw-socket origin: the n-th request gets scripts[n] (the last one repeats), byte for byte.
+
+    Counts accepted connections, so a test can tell whether the proxy reused one.
+    """
+
+    def __init__(self, scripts: Sequence[Script]) -> None:
+        self.scripts = scripts
+        self.requests: list[str] = []
+        self.accepts = 0
+        self.server: asyncio.Server | None = None
+        self.url = ""
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> ScriptedOrigin:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.accepts += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.requests.append(head.decode("latin-1"))
+                script = self.scripts[min(len(self.requests), len(self.scripts)) - 1]
+                if script == "close":
+                    return
+                if script == "hang":
+                    await asyncio.sleep(3600)
+                pieces = [script] if isinstance(script, bytes) else script
+                for piece in pieces:
+                    if isinstance(piece, bytes):
+                        writer.write(piece)
+                        await writer.drain()
+                    elif isinstance(piece, asyncio.Event):
+                        await piece.wait()
+                    else:
+                        await asyncio.sleep(float(piece))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self.tasks.discard(task)
+
+    def sent(self, index: int, name: str) -> list[str]:
+        """Values of header `name` in request `index`."""
+        lines = self.requests[index].split("\r\n")[1:]
+        return [
+            line.split(":", 1)[1].strip() for line in lines if line.lower().startswith(name.lower() + ":")
+        ]
+
+    def method(self, index: int) -> str:
+        return self.requests[index].split(" ", 1)[0]
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.server.wait_closed()
+
+
+StartScripted = Callable[[Sequence[Script]], Awaitable[ScriptedOrigin]]
+
+
+@pytest.fixture
+async def scripted_origin() -> AsyncIterator[StartScripted]:
+    started: list[ScriptedOrigin] = []
+
+    async def start(scripts: Sequence[Script]) -> ScriptedOrigin:
+        started.append(await ScriptedOrigin(scripts).start())
+        return started[-1]
+
+    yield start
+    for origin in started:
+        await origin.close()

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 import uvloop
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from origin_stub.behaviours import pattern
+from proxy.origin.aiohttp_client import AiohttpOrigin
 from proxy.origin.errors import UpstreamError
 from proxy.origin.lean import HIGH_WATER, LeanOrigin, LeanResponse
 from tests.functional.conftest import Origin, free_port
@@ -374,6 +375,74 @@ async def test_interim_response_in_its_own_packet_is_skipped(
     assert (resp.status, body) == (200, b"hi")
 
 
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+PROCESSING = b"HTTP/1.1 102 Processing\r\nX-Progress: 50\r\n\r\n"
+FINAL = b"HTTP/1.1 201 Created\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok"
+Interims = list[tuple[int, str, list[tuple[str, str]]]]
+
+
+def recorder() -> tuple[Interims, Callable[[int, str, CIMultiDictProxy[str]], None]]:
+    seen: Interims = []
+
+    def sink(status: int, reason: str, headers: CIMultiDictProxy[str]) -> None:
+        seen.append((status, reason, list(headers.items())))
+
+    return seen, sink
+
+
+EXPECTED_INTERIMS = [
+    (103, "Early Hints", [("Link", "</style.css>; rel=preload")]),
+    (102, "Processing", [("X-Progress", "50")]),
+    (100, "Continue", []),
+]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "one-read-each"])
+async def test_rfc9110_s15_2_interim_responses_are_reported_in_order_and_never_leak_into_the_final(
+    raw_origin: StartOrigin, client: MakeClient, split: bool
+) -> None:
+    pieces = [EARLY_HINTS, PROCESSING, b"HTTP/1.1 100 Continue\r\n\r\n", FINAL]
+
+    async def handler(
+        origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, _: int
+    ) -> None:
+        while await origin.request(reader):
+            for piece in pieces if split else [b"".join(pieces)]:
+                w.write(piece)
+                await w.drain()
+                await asyncio.sleep(0.01)
+
+    origin = await raw_origin(handler)
+    seen, sink = recorder()
+    c = client(origin.url)
+    resp = await c.send("GET", "/", CIMultiDict(), interim=sink)
+    assert seen == EXPECTED_INTERIMS
+    assert (resp.status, dict(resp.headers)) == (201, {"X-Final": "yes", "Content-Length": "2"})
+    assert await resp.read_up_to(100) == (b"ok", True)
+    resp, body = await get(c)  # the connection is reused, and nobody else is told of interims
+    assert body == b"ok" and len(seen) == 3
+    assert origin.accepts == 1
+
+
+async def test_rfc9110_s15_2_the_aiohttp_client_reports_interim_responses_too(
+    raw_origin: StartOrigin,
+) -> None:
+    origin = await raw_origin(answer(EARLY_HINTS + PROCESSING + FINAL))
+    c = AiohttpOrigin(origin.url, 4, 2.0, 2.0)
+    try:
+        seen, sink = recorder()
+        resp = await c.send("POST", "/", CIMultiDict(), b"body", interim=sink)
+        assert seen == EXPECTED_INTERIMS[:2]
+        assert resp.status == 201 and "Link" not in resp.headers and "X-Progress" not in resp.headers
+        assert await resp.read_up_to(100) == (b"ok", True)
+        # Without a sink (and on the reused connection), interims are skipped as before.
+        resp = await c.send("POST", "/", CIMultiDict(), b"body")
+        assert resp.status == 201 and await resp.read_up_to(100) == (b"ok", True)
+        assert len(seen) == 2 and origin.accepts == 1
+    finally:
+        await c.close()
+
+
 async def test_missing_reason_phrase_is_empty_and_non_ascii_header_bytes_round_trip(
     raw_origin: StartOrigin, client: MakeClient
 ) -> None:
@@ -426,8 +495,6 @@ async def test_connection_close_response_is_not_reused(raw_origin: StartOrigin, 
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
             id="length-and-chunked",
         ),
-        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", id="body-longer-than-length"),
-        pytest.param(OK + OK, id="a-second-response-in-the-same-read"),
         pytest.param(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", id="101"
         ),
@@ -449,6 +516,57 @@ async def test_invalid_response_is_502_and_the_connection_is_never_reused(
     c = client(origin.url)
     await expect_error(get(c), 502, "origin sent an invalid response")
     assert (await get(c))[1] == b"hi"
+    assert origin.accepts == 2
+
+
+@pytest.mark.parametrize(
+    ("response", "body"),
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b"0123456789" + b"x" * 36,
+            b"0123456789",
+            id="9112-6.3-36-bytes-past-content-length",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiEXTRA", b"hi", id="9112-6.3-garbage"),
+        pytest.param(OK + OK, b"hi", id="9112-6.3-a-second-response-in-the-same-read"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nEXTRA",
+            b"hi",
+            id="9112-6.3-after-the-last-chunk",
+        ),
+    ],
+)
+async def test_rfc9112_s6_3_message_ends_at_its_framing_and_the_connection_is_never_reused(
+    raw_origin: StartOrigin, client: MakeClient, response: bytes, body: bytes
+) -> None:
+    origin = await raw_origin(answer(response, OK))
+    c = client(origin.url)
+    resp = await c.send("GET", "/", CIMultiDict())
+    assert await resp.read_up_to(1 << 20) == (body, True)
+    assert (await get(c))[1] == b"hi"
+    assert origin.accepts == 2  # the first connection was not reused
+
+
+async def test_rfc9112_s6_3_bytes_past_the_length_in_a_later_read_also_stop_reuse(
+    raw_origin: StartOrigin, client: MakeClient
+) -> None:
+    async def handler(
+        origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, index: int
+    ) -> None:
+        while await origin.request(reader):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789")
+            await w.drain()
+            if index == 0:
+                await asyncio.sleep(0.02)
+                w.write(b"x" * 36)
+                await w.drain()
+
+    origin = await raw_origin(handler)
+    c = client(origin.url)
+    resp = await c.send("GET", "/", CIMultiDict())
+    await asyncio.sleep(0.05)  # the stray bytes arrive before the body is read
+    assert await resp.read_up_to(1 << 20) == (b"0123456789", True)
+    assert (await get(c))[1] == b"0123456789"
     assert origin.accepts == 2
 
 

@@ -4,16 +4,20 @@ proxy in front of it. Each test names the RFC section it proves and counts what 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import email.utils
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from proxy.config import PolicyConfig
-from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+from tests.functional.conftest import (
+    FakeClock,
+    Origin,
+    Proxy,
+    ProxyFactory,
+    StartScripted,
+    cache_status,
+)
 
 # ---------------------------------------------------------------- RFC 9111 §5.3: invalid Expires
 
@@ -116,60 +120,6 @@ async def test_rfc9213_s1_only_fields_aimed_at_this_cache_are_removed(
 # ------------------------------------- RFC 9111 §4.3.4: a 304 without a validator (raw origin)
 
 
-class ScriptedOrigin:
-    """A raw-socket origin: the n-th request gets responses[n] (the last one repeats), byte for byte."""
-
-    def __init__(self, responses: list[bytes]) -> None:
-        self.responses = responses
-        self.requests: list[str] = []
-        self.server: asyncio.Server | None = None
-        self.url = ""
-
-    async def start(self) -> ScriptedOrigin:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                self.requests.append(head.decode("latin-1"))
-                writer.write(self.responses[min(len(self.requests), len(self.responses)) - 1])
-                await writer.drain()
-        finally:
-            writer.close()
-
-    def sent(self, index: int, name: str) -> list[str]:
-        """Values of header `name` in request `index`."""
-        lines = self.requests[index].split("\r\n")[1:]
-        return [
-            line.split(":", 1)[1].strip() for line in lines if line.lower().startswith(name.lower() + ":")
-        ]
-
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        with contextlib.suppress(Exception):
-            await self.server.wait_closed()
-
-
-@pytest.fixture
-async def scripted_origin() -> AsyncIterator[Callable[[list[bytes]], Awaitable[ScriptedOrigin]]]:
-    started: list[ScriptedOrigin] = []
-
-    async def start(responses: list[bytes]) -> ScriptedOrigin:
-        started.append(await ScriptedOrigin(responses).start())
-        return started[-1]
-
-    yield start
-    for origin in started:
-        await origin.close()
-
-
 LAST_MODIFIED = "Sat, 01 Jan 2027 00:00:00 GMT"
 ORIGIN_DATE = "Fri, 15 Jan 2027 08:00:00 GMT"  # the fake clock's start
 
@@ -203,7 +153,7 @@ NOT_MODIFIED = [
 @pytest.mark.parametrize(("validator", "not_modified", "conditional", "fresh_for"), NOT_MODIFIED)
 async def test_rfc9111_s4_3_4_304_without_validator_freshens_without_a_second_request(
     start_proxy: ProxyFactory,
-    scripted_origin: Callable[[list[bytes]], Awaitable[ScriptedOrigin]],
+    scripted_origin: StartScripted,
     clock: FakeClock,
     validator: str,
     not_modified: str,
@@ -309,3 +259,83 @@ async def test_rfc9111_s4_3_2_if_modified_since_compared_with_date(
     if status == 304:
         assert body == b"" and resp.headers["Date"] == first.headers["Date"]
     assert await origin.hits("/max-age/60") == 1
+
+
+# --------------------------- RFC 9112 §6.3: a body ends at Content-Length, whatever follows (raw origin)
+
+TEN_AND_MORE = (
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nCache-Control: max-age=10\r\n\r\n0123456789" + b"x" * 36
+)
+
+
+async def test_rfc9112_s6_3_bytes_past_content_length_are_not_part_of_the_response(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock
+) -> None:
+    origin = await scripted_origin([TEN_AND_MORE])
+    proxy = await start_proxy(origin_url=origin.url)
+    first, body = await proxy.get("/ten")
+    assert (first.status, body) == (200, b"0123456789")
+    assert first.headers["Content-Length"] == "10"
+    assert "stored" in cache_status(first)
+    hit, body = await proxy.get("/ten")
+    assert body == b"0123456789" and "hit" in cache_status(hit).split(";")
+    clock.advance(20)
+    again, body = await proxy.get("/ten")  # stale: asked again, on a new connection
+    assert (again.status, body) == (200, b"0123456789")
+    assert len(origin.requests) == 2
+    assert origin.accepts == 2  # the connection the extra bytes came on was never reused
+
+
+# ------------------------------ RFC 9111 §4.3.5: a HEAD response updates the stored GET response
+
+STORED_GET = (
+    b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: "v1"\r\nX-Version: 1\r\n'
+    b"Content-Length: 5\r\n\r\nhello"
+)
+
+
+def head_200(fields: str) -> bytes:
+    return f"HTTP/1.1 200 OK\r\nCache-Control: max-age=100\r\nX-Version: 2\r\n{fields}\r\n".encode()
+
+
+HEAD_ANSWERS = [
+    # (the origin's answer to the HEAD, does it update the stored response?)
+    pytest.param(
+        b"HTTP/1.1 304 Not Modified\r\nCache-Control: max-age=100\r\nX-Version: 2\r\n\r\n",
+        True,
+        id="9111-4.3.4-304",
+    ),
+    pytest.param(head_200('ETag: "v1"\r\nContent-Length: 5\r\n'), True, id="9111-4.3.5-same-etag-and-length"),
+    pytest.param(head_200('ETag: "v1"\r\n'), True, id="9111-4.3.5-same-etag-no-length"),
+    pytest.param(head_200('ETag: "v2"\r\nContent-Length: 5\r\n'), False, id="9111-4.3.5-other-etag"),
+    pytest.param(head_200('ETag: "v1"\r\nContent-Length: 6\r\n'), False, id="9111-4.3.5-other-length"),
+    pytest.param(head_200("Content-Length: 5\r\n"), False, id="9111-4.3.5-no-validator"),
+]
+
+
+@pytest.mark.parametrize(("answer", "updates"), HEAD_ANSWERS)
+async def test_rfc9111_s4_3_5_a_head_response_updates_the_stored_get_response(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock, answer: bytes, updates: bool
+) -> None:
+    again = b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: "v3"\r\nContent-Length: 5\r\n\r\nnewer'
+    origin = await scripted_origin([STORED_GET, answer, again])
+    proxy = await start_proxy(origin_url=origin.url)
+    await proxy.get("/doc")
+    clock.advance(30)  # stale: the HEAD goes to the origin, as a HEAD, with the stored validator
+    async with proxy.request("HEAD", "/doc") as head:
+        assert head.status == 200 and await head.read() == b""
+        assert head.headers["X-Version"] == "2" and head.headers["Content-Length"] in ("5", "6")
+        assert "fwd=stale" in cache_status(head)
+        assert ("stored" in cache_status(head)) is True  # updated, or marked stale: written either way
+    assert origin.method(1) == "HEAD" and origin.sent(1, "If-None-Match") == ['"v1"']
+    clock.advance(50)  # 80 s after the first response, 50 s after the HEAD
+    resp, body = await proxy.get("/doc")
+    if updates:
+        # Fresh again for the HEAD's max-age=100, with its fields and the stored body.
+        assert "hit" in cache_status(resp).split(";"), cache_status(resp)
+        assert (body, resp.headers["X-Version"], resp.headers["Age"]) == (b"hello", "2", "50")
+        assert len(origin.requests) == 2
+    else:
+        # Another representation, or no telling: the stored response is stale and is fetched again.
+        assert "fwd=stale" in cache_status(resp) and body == b"newer"
+        assert origin.method(2) == "GET" and len(origin.requests) == 3

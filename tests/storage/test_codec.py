@@ -67,7 +67,7 @@ def test_decode_accepts_bytearray_and_memoryview(resource: Callable[..., CachedR
 
 def test_format_prefix(resource: Callable[..., CachedResource]) -> None:
     data = encode(resource())
-    assert data[:5] == b"MCDN\x03"
+    assert data[:5] == b"MCDN\x04"
     (meta_len,) = struct.unpack(">I", data[5:9])
     json.loads(data[HEADER : HEADER + meta_len])  # the metadata block is plain JSON
 
@@ -82,7 +82,7 @@ def _split(data: bytes) -> tuple[Any, bytes]:
 
 def _join(meta: Any, bodies: bytes, raw_meta: bytes | None = None) -> bytes:
     m = raw_meta if raw_meta is not None else json.dumps(meta).encode()
-    return b"MCDN\x03" + struct.pack(">I", len(m)) + m + bodies
+    return b"MCDN\x04" + struct.pack(">I", len(m)) + m + bodies
 
 
 def _with_meta(edit: Callable[[Any], None]) -> Callable[[bytes], bytes]:
@@ -164,6 +164,9 @@ CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("header line without a colon", lambda d: _damage_header_block(d, b": ", b"  ")),
     ("header value with a NUL", lambda d: _damage_header_block(d, b"e", b"\x00")),
     ("old format version 2", lambda d: d[:4] + b"\x02" + d[5:]),
+    ("old format version 3", lambda d: d[:4] + b"\x03" + d[5:]),
+    ("parts on a 200", _set_field("parts", [[0, 4]])),
+    ("complete length on a complete response", _set_field("complete_length", 5)),
     ("request_time a string", _set_field("request_time", "now")),
     ("response_time null", _set_field("response_time", None)),
     ("freshness a bool", _set_field("freshness_lifetime", True)),
@@ -292,3 +295,56 @@ def test_memo_rereads_only_the_body_of_the_same_source(resource: Callable[..., C
     assert memo.reuse("k", "ab/cd.val", b"BODY") == resource(key="k", body=b"BODY")
     assert memo.reuse("k", "ab/cd.val", b"BOD") is None  # short: damaged, never served
     assert memo.reuse("k", "other.val", b"BODY") is None
+
+
+# -- incomplete (206) responses: RFC 9111 §3.3 bookkeeping ---------------------------------
+
+
+def _partial(resource: Callable[..., CachedResource]) -> CachedResource:
+    # Bytes 0-1 and 5-7 of a 10-byte representation.
+    return resource(
+        status=206, reason="Partial Content", body=b"ab" + b"fgh", parts=((0, 1), (5, 7)), complete_length=10
+    )
+
+
+def test_round_trip_partial(resource: Callable[..., CachedResource]) -> None:
+    res = _partial(resource)
+    back = decode(encode(res))
+    assert back == res
+    variant = back.variants[0]
+    assert variant.parts == ((0, 1), (5, 7)) and type(variant.parts[0]) is tuple
+    assert variant.length == 10 and variant.bytes_of(6, 7) == b"gh" and not variant.holds(1, 5)
+
+
+PART_CORRUPTIONS: list[tuple[str, Any]] = [
+    ("parts not a list", "x"),
+    ("a part not a pair", [[0, 1, 2], [5, 7]]),
+    ("a part of floats", [[0.0, 1.0], [5, 7]]),
+    ("parts out of order", [[5, 7], [0, 1]]),
+    ("parts overlapping", [[0, 5], [5, 7]]),
+    ("parts adjacent", [[0, 1], [2, 4]]),
+    ("a part beyond the complete length", [[0, 1], [8, 10]]),
+    ("a part backwards", [[1, 0], [5, 7]]),
+    ("negative first byte", [[-1, 0], [5, 7]]),
+    ("parts not adding up to the body", [[0, 1], [5, 8]]),
+]
+
+
+@pytest.mark.parametrize("parts", [c[1] for c in PART_CORRUPTIONS], ids=[c[0] for c in PART_CORRUPTIONS])
+def test_corrupt_parts_raise_codec_error(parts: Any, resource: Callable[..., CachedResource]) -> None:
+    data = _set_field("parts", parts)(encode(_partial(resource)))
+    with pytest.raises(CodecError):
+        decode(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("status", 200), ("complete_length", "10"), ("complete_length", -1)],
+    ids=["parts-on-a-200", "length-a-string", "no-length"],
+)
+def test_partial_with_bad_fields_raises_codec_error(
+    field: str, value: Any, resource: Callable[..., CachedResource]
+) -> None:
+    data = _set_field(field, value)(encode(_partial(resource)))
+    with pytest.raises(CodecError):
+        decode(data)

@@ -10,6 +10,7 @@ plain arithmetic.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,7 @@ from proxy.policy import (
     decide,
     may_serve_stale,
     request_directives,
+    stale_for_failure,
     within_stale_if_error,
     within_stale_while_revalidate,
 )
@@ -433,3 +435,77 @@ def test_rfc5861_s3_swr_respects_the_clients_max_stale(
     else:
         # max-stale=N below the staleness: neither max-stale nor SWR may answer stale.
         assert isinstance(decision, Revalidate)
+
+
+STALE_FOR_FAILURE = [
+    # (Cache-Control, request Cache-Control, seconds since stored, disconnected, options, rule)
+    pytest.param("max-age=60", None, 61, True, {}, "stale-on-disconnect", id="9111-4.2.4-just-stale"),
+    pytest.param("max-age=60", None, 360, True, {}, "stale-on-disconnect", id="9111-4.2.4-end-of-window"),
+    pytest.param("max-age=60", None, 361, True, {}, None, id="9111-4.2.4-past-the-window"),
+    pytest.param("max-age=60", None, 61, False, {}, None, id="5861-4-a-5xx-is-no-disconnect"),
+    pytest.param("max-age=60", None, 61, True, {"stale_on_disconnect": 0}, None, id="9111-4.2.4-off"),
+    pytest.param(
+        "max-age=60", None, 1000, True, {"stale_on_disconnect": 3600}, "stale-on-disconnect", id="wider"
+    ),
+    pytest.param("max-age=60, must-revalidate", None, 61, True, {}, None, id="9111-4.2.4-must-revalidate"),
+    pytest.param("max-age=60, proxy-revalidate", None, 61, True, {}, None, id="9111-4.2.4-proxy-revalidate"),
+    pytest.param("s-maxage=60", None, 61, True, {}, None, id="9111-4.2.4-s-maxage"),
+    pytest.param("max-age=60, no-cache", None, 61, True, {}, None, id="9111-4.2.4-no-cache"),
+    pytest.param(
+        "max-age=60, must-revalidate",
+        None,
+        61,
+        True,
+        {"serve_stale_despite_prohibitions": True},
+        "stale-on-disconnect",
+        id="operator-override",
+    ),
+    pytest.param("max-age=60", "max-stale=5", 70, True, {}, None, id="9111-5.2.1.2-max-stale-below"),
+    pytest.param("max-age=60", "max-stale=10", 70, True, {}, "stale-on-disconnect", id="9111-5.2.1.2-covers"),
+    pytest.param("max-age=60", "max-stale", 70, True, {}, "stale-on-disconnect", id="9111-5.2.1.2-any"),
+    pytest.param("max-age=60, stale-if-error=30", None, 80, True, {}, "stale-if-error", id="5861-4-wins"),
+    pytest.param("max-age=60, stale-if-error=30", None, 80, False, {}, "stale-if-error", id="5861-4-5xx"),
+    pytest.param(
+        "max-age=60, stale-if-error=30", None, 100, False, {}, None, id="5861-4-5xx-past-its-window"
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "request_cc", "elapsed", "disconnected", "options", "rule"), STALE_FOR_FAILURE
+)
+def test_rfc9111_s4_2_4_stale_for_failure(
+    cache_control: str,
+    request_cc: str | None,
+    elapsed: float,
+    disconnected: bool,
+    options: dict[str, Any],
+    rule: str | None,
+) -> None:
+    opts = replace(DEFAULTS, **options)
+    found = stale_for_failure(
+        cached(cache_control), req_directives(request_cc), NOW + elapsed, opts, disconnected=disconnected
+    )
+    assert found == rule
+
+
+def test_rfc9111_s4_2_4_default_window_is_bounded() -> None:
+    assert 0 < DEFAULTS.stale_on_disconnect <= 3600
+
+
+@pytest.mark.parametrize(
+    ("request_cc", "elapsed", "covered", "expected"),
+    [
+        pytest.param(None, 10, True, "deliver", id="9111-3.3-a-held-range-fresh"),
+        pytest.param(None, 70, True, "revalidate:stale", id="9111-3.3-a-held-range-stale"),
+        pytest.param(None, 10, False, "fetch:partial", id="9111-3.3-not-held"),
+        pytest.param(None, 70, False, "fetch:partial", id="9111-3.3-not-held-stale"),
+        pytest.param("only-if-cached", 10, False, "504", id="9111-5.2.1.7-not-held-only-if-cached"),
+    ],
+)
+def test_rfc9111_s3_3_an_incomplete_response_answers_only_what_it_holds(
+    request_cc: str | None, elapsed: float, covered: bool, expected: str
+) -> None:
+    stored = replace(cached("max-age=60"), status=206, parts=((0, 4),), complete_length=10)
+    decision = decide("GET", req_directives(request_cc), stored, True, NOW + elapsed, DEFAULTS, covered)
+    assert summary(decision) == expected

@@ -43,7 +43,14 @@ STORE_CASES = [
         "GET", 103, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-1xx-not-final"
     ),
     pytest.param(
-        "GET", 206, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3.3-206-not-stored"
+        "GET",
+        206,
+        [],
+        None,
+        [("Cache-Control", "max-age=60")],
+        DEFAULTS,
+        False,
+        id="9111-3.3-206-without-content-range",
     ),
     pytest.param("GET", 304, [], None, [("Cache-Control", "max-age=60")], DEFAULTS, False, id="9111-3-304"),
     pytest.param(
@@ -425,10 +432,17 @@ MUST_UNDERSTAND = [
     ),
     pytest.param(
         206,
+        [("Cache-Control", "must-understand, no-store, max-age=60"), ("Content-Range", "bytes 0-4/10")],
+        None,
+        None,
+        id="206-understood-with-its-range",
+    ),
+    pytest.param(
+        206,
         [("Cache-Control", "must-understand, no-store, max-age=60")],
         None,
-        DontStore("status 206"),
-        id="206",
+        DontStore("206 without a single byte range of known length"),
+        id="206-without-a-range",
     ),
     pytest.param(
         200,
@@ -623,3 +637,34 @@ def test_header_names_are_case_insensitive() -> None:
     lower = stored(CIMultiDict([("cache-control", "max-age=60"), ("etag", '"e"')]))
     upper = stored(CIMultiDict([("CACHE-CONTROL", "max-age=60"), ("ETAG", '"e"')]))
     assert (lower.freshness_lifetime, lower.etag) == (upper.freshness_lifetime, upper.etag) == (60, '"e"')
+
+
+PARTIAL = [
+    # (Content-Range of a 206, (parts, complete length) stored, or None: not stored)
+    pytest.param("bytes 0-4/10", (((0, 4),), 10), id="9111-3.3-first-bytes"),
+    pytest.param("bytes 5-9/10", (((5, 9),), 10), id="9111-3.3-last-bytes"),
+    pytest.param("BYTES  2-2/3", (((2, 2),), 3), id="9110-14.4-case-and-spaces"),
+    pytest.param("bytes 0-4/*", None, id="9111-3.3-unknown-complete-length"),
+    pytest.param("bytes */10", None, id="9110-14.4-unsatisfied-range"),
+    pytest.param("bytes 5-4/10", None, id="9110-14.4-backwards"),
+    pytest.param("bytes 0-10/10", None, id="9110-14.4-beyond-the-length"),
+    pytest.param("items 0-4/10", None, id="9110-14.4-another-unit"),
+    pytest.param(None, None, id="9110-15.3.7.2-multipart-has-no-content-range"),
+]
+
+
+@pytest.mark.parametrize(("content_range", "expected"), PARTIAL)
+def test_rfc9111_s3_3_a_206_is_stored_with_its_range(
+    content_range: str | None, expected: tuple[tuple[tuple[int, int], ...], int] | None
+) -> None:
+    pairs = [("Cache-Control", "max-age=60"), ("ETag", '"v1"')]
+    if content_range is not None:
+        pairs.append(("Content-Range", content_range))
+    result = plan(hdrs(*pairs), status=206)
+    if expected is None:
+        assert isinstance(result, DontStore)
+        return
+    assert isinstance(result, StorePlan)
+    template = result.template
+    assert (template.parts, template.complete_length) == expected
+    assert "Content-Range" not in dict(template.headers)  # per delivery, never stored

@@ -13,6 +13,7 @@ from proxy.policy import (
     current_age,
     freshen,
     has_precondition_for_origin,
+    head_may_update,
     not_modified_header_list,
     select_for_update,
 )
@@ -358,3 +359,37 @@ def test_rfc9110_s15_4_5_not_modified_header_list() -> None:
 )
 def test_rfc9110_s13_2_1_preconditions_left_to_the_origin(name: str, expected: bool) -> None:
     assert has_precondition_for_origin(hdrs((name, '"x"'))) is expected
+
+
+HEAD_UPDATES = [
+    # (fields of the 200 answering HEAD, may it update the stored response (ETag "v1", LM, 5 bytes)?)
+    pytest.param([("ETag", '"v1"')], True, id="9111-4.3.5-etag"),
+    pytest.param([("ETag", '"v1"'), ("Content-Length", "5")], True, id="9111-4.3.5-etag-and-length"),
+    pytest.param([("Last-Modified", "Tue, 14 Nov 2023 12:00:00 GMT")], True, id="9111-4.3.5-last-modified"),
+    pytest.param(
+        [("Last-Modified", "Tuesday, 14-Nov-23 12:00:00 GMT")], True, id="9110-5.6.7-same-date-other-format"
+    ),
+    pytest.param([("ETag", '"v2"')], False, id="9111-4.3.5-other-etag"),
+    pytest.param([("ETag", 'W/"v1"')], False, id="9111-4.3.5-weak-is-another-value"),
+    pytest.param(
+        [("ETag", '"v1"'), ("Last-Modified", "Wed, 15 Nov 2023 12:00:00 GMT")],
+        False,
+        id="9111-4.3.5-one-differs",
+    ),
+    pytest.param([("ETag", '"v1"'), ("Content-Length", "6")], False, id="9111-4.3.5-other-length"),
+    pytest.param([("ETag", '"v1"'), ("Content-Length", "five")], False, id="9111-4.3.5-bad-length"),
+    pytest.param([("Content-Length", "5")], False, id="9111-4.3.5-no-validator"),
+    pytest.param([], False, id="9111-4.3.5-nothing"),
+]
+
+
+@pytest.mark.parametrize(("fields", "expected"), HEAD_UPDATES)
+def test_rfc9111_s4_3_5_head_may_update(fields: list[tuple[str, str]], expected: bool) -> None:
+    stored = entry(etag='"v1"', last_modified="Tue, 14 Nov 2023 12:00:00 GMT", body=b"hello")
+    assert head_may_update(stored, hdrs(*fields)) is expected
+
+
+def test_rfc9111_s4_3_5_the_length_of_an_incomplete_response_is_its_representations() -> None:
+    stored = entry(etag='"v1"', status=206, body=b"he", parts=((0, 1),), complete_length=5)
+    assert head_may_update(stored, hdrs(("ETag", '"v1"'), ("Content-Length", "5"))) is True
+    assert head_may_update(stored, hdrs(("ETag", '"v1"'), ("Content-Length", "2"))) is False
