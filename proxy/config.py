@@ -167,6 +167,9 @@ class FetchConfig:
     hit_for_pass_ttl: float = 30.0  # a key whose response could not be shared is not coalesced
     refresh_ahead_fraction: float = 0.1  # refresh hit keys in the last 10% of their lifetime; 0: off
     refresh_ahead_max_concurrent: int = 8  # refresh-ahead fetches running at once (extra are skipped)
+    # A range miss is answered from the range asked of the origin; then the whole object (within
+    # cache.max_object_size) is fetched behind it. False: store only the ranges clients ask for.
+    complete_ranges: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,6 +427,7 @@ def config_from_mapping(
         refresh_ahead_max_concurrent=int(
             r.positive(f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, "fetch")
         ),
+        complete_ranges=r.boolean(f, "complete_ranges", fd.complete_ranges, "fetch"),
     )
 
     a = r.mapping(top.get("admin", {}), "admin")

@@ -75,6 +75,7 @@ class EngineStats:
     refresh_ahead: int = 0
     refresh_ahead_skipped: int = 0
     origin_errors: int = 0
+    partial_completions: int = 0  # whole objects fetched behind an answer from a stored part
     box_waits: int = 0  # fetches left to another worker of the box, then read from L2
     box_passes: int = 0  # keys another worker found unshareable (hit-for-pass for the box)
 
@@ -529,6 +530,8 @@ class Engine:
                     self.stats.coalesced += 1
                 cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
                 age = policy.current_age(shared, now)
+                if leader and shared.parts:
+                    self._complete_partial(f, shared)
                 return self._deliver_fetched(f, shared, age, status, cookies, part)
             return await self._fetch_alone(f)
         stale = outcome.stale
@@ -592,6 +595,31 @@ class Engine:
         self.stats.refresh_ahead += 1
         self._refreshing += 1
         task, _ = self.flights.start(f.key, lambda: self._flight(f))
+        task.add_done_callback(self._refresh_done)
+
+    def _complete_partial(self, f: FetchRequest, entry: StoredResponse) -> None:
+        """Fetch the whole of an object of which only parts are stored, behind the answer.
+
+        A range miss asks the origin for the range (the client gets its bytes at
+        once, RFC 9111 §3.3); when the object is within cache.max_object_size, the
+        whole representation is then fetched in the background, as a cache that
+        fetched the whole object on a range miss would have, so that later ranges
+        and whole GETs are hits. Bounded like refresh-ahead.
+        """
+        if not self.cfg.fetch.complete_ranges:
+            return
+        if entry.complete_length > self.cfg.cache.max_object_size or self.flights.in_flight(f.key):
+            return
+        if self._refreshing >= self.cfg.fetch.refresh_ahead_max_concurrent:
+            self.stats.refresh_ahead_skipped += 1
+            return
+        headers = f.headers.copy()
+        headers.popall("Range", None)
+        headers.popall("If-Range", None)
+        whole = FetchRequest(f.client, headers, f.key, f.resource, None, "partial", f.directives)
+        self.stats.partial_completions += 1
+        self._refreshing += 1
+        task, _ = self.flights.start(f.key, lambda: self._flight(whole))
         task.add_done_callback(self._refresh_done)
 
     def _refresh_done(self, task: asyncio.Task[FetchOutcome]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import CacheConfig, TierConfig
+from proxy.config import CacheConfig, FetchConfig, TierConfig
 from tests.functional.conftest import FakeClock, Proxy, ProxyFactory, cache_status
 
 BODY = b"0123456789abcdefghijklmnopqrstuvwxyz"  # 36 bytes
@@ -98,12 +98,16 @@ async def range_proxy(start_proxy: ProxyFactory) -> AsyncIterator[StartRange]:
 
     async def start(**origin_options: object) -> tuple[Proxy, RangeOrigin]:
         cache_overrides = origin_options.pop("cache", None)
+        complete_ranges = bool(origin_options.pop("complete_ranges", False))
         origin = await RangeOrigin(**origin_options).start()  # type: ignore[arg-type]
         origins.append(origin)
+        # These tests follow the stored parts as clients' ranges make them: the whole object is
+        # not fetched behind a range (fetch.complete_ranges; its own test is below).
+        fetch = FetchConfig(complete_ranges=complete_ranges)
         if cache_overrides is not None:
-            proxy = await start_proxy(origin_url=origin.url, cache=cache_overrides)
+            proxy = await start_proxy(origin_url=origin.url, cache=cache_overrides, fetch=fetch)
         else:
-            proxy = await start_proxy(origin_url=origin.url)
+            proxy = await start_proxy(origin_url=origin.url, fetch=fetch)
         return proxy, origin
 
     yield start
@@ -314,3 +318,21 @@ async def test_rfc9111_s4_3_5_a_head_response_updates_stored_parts(
     status, _, body, member = await ranged(proxy, "bytes=0-4")
     assert (status, body) == (206, BODY[:5]) and is_hit(member), member
     assert origin.methods == ["GET", "HEAD"]
+
+
+async def test_requirements_s11_a_range_miss_gets_its_range_then_the_whole_object_is_fetched_behind_it(
+    range_proxy: StartRange,
+) -> None:
+    proxy, origin = await range_proxy(complete_ranges=True)
+    status, content_range, body, member = await ranged(proxy, "bytes=4-9")
+    assert (status, content_range, body) == (206, "bytes 4-9/36", BODY[4:10])
+    assert "fwd=uri-miss" in member
+    await proxy.server.node.engine.flights.settle()  # the whole object, fetched in the background
+    assert origin.ranges == ["bytes=4-9", None]
+    resp, whole = await proxy.get("/video")
+    assert resp.status == 200 and whole == BODY and ";hit;" in cache_status(resp)
+    status, content_range, body, member = await ranged(proxy, "bytes=30-")
+    assert (status, content_range, body) == (206, "bytes 30-35/36", BODY[30:])
+    assert ";hit;" in member
+    assert len(origin.ranges) == 2
+    assert proxy.server.node.engine.stats.partial_completions == 1
