@@ -156,6 +156,9 @@ class OriginConfig:
     read_timeout: float = 30.0
     max_connections: int = 256
     unkeyed_request_headers: tuple[str, ...] = DEFAULT_UNKEYED_REQUEST_HEADERS
+    # Forward request fields whose name has "_" (nginx: underscores_in_headers). Off: CGI and WSGI
+    # origins map X_Forwarded_Host onto X-Forwarded-Host, an unkeyed input.
+    underscores_in_headers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +363,7 @@ def config_from_mapping(
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
         max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
         unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
+        underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
     )
 
     c = r.mapping(top.get("cache", {}), "cache")

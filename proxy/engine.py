@@ -38,7 +38,7 @@ from proxy.config import Config
 from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
-from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers
+from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, end_to_end
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
@@ -186,10 +186,18 @@ class Engine:
         return purger.screen(resource) is not resource
 
     def normalised(self, lk: Lookup) -> CIMultiDict[str]:
-        """The request's fields with Accept-Encoding reduced, as the origin will see them."""
+        """The request's fields as the origin will see them: Vary is keyed on these (RFC 9111 §4.1).
+
+        Hop-by-hop fields, those Connection lists, unkeyed inputs (and with them
+        underscored names) never reach the origin, so a variant must not be keyed
+        on them either; Accept-Encoding is reduced.
+        """
         headers = lk.normalised
         if headers is None:
-            headers = CIMultiDict(lk.request.headers)
+            origin = self.cfg.origin
+            headers = end_to_end(
+                lk.request.headers, origin.unkeyed_request_headers, underscores=origin.underscores_in_headers
+            )
             headers["Accept-Encoding"] = normalise_accept_encoding(
                 lk.request.accept_encoding, self._encodings
             )

@@ -143,7 +143,7 @@ class Fetcher:
             # No body goes with this request (a GET's or HEAD's is read and dropped by the
             # front): its framing goes too, or the origin would wait for the body.
             drop += ("Content-Length",)
-        out = end_to_end(headers, drop)
+        out = end_to_end(headers, drop, underscores=self.cfg.origin.underscores_in_headers)
         if for_cache and "accept-language" in out:
             # The origin answers the value variants are keyed on (keys.normalise_accept_language),
             # as it does the reduced Accept-Encoding: requests keyed alike are asked alike.

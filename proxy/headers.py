@@ -316,11 +316,18 @@ def connection_listed(headers: Headers) -> frozenset[str]:
     return frozenset(names)
 
 
-def end_to_end(headers: Headers, drop: Iterable[str] = ()) -> CIMultiDict[str]:
-    """A copy without hop-by-hop fields, the fields Connection names, and `drop`."""
+def end_to_end(headers: Headers, drop: Iterable[str] = (), *, underscores: bool = True) -> CIMultiDict[str]:
+    """A copy without hop-by-hop fields, the fields Connection names, and `drop`.
+
+    underscores=False also drops every field whose name has "_" (nginx's
+    `underscores_in_headers off`): CGI and WSGI origins read `X_Forwarded_Host`
+    as `X-Forwarded-Host`, an unkeyed input the drop list would miss.
+    """
     remove = _removed(tuple(drop))
     if "connection" in headers:
         remove = remove | connection_listed(headers)
+    if not underscores:
+        remove = remove | {name.lower() for name in headers if "_" in name}
     out = CIMultiDict(headers)
     # A handful of case-insensitive lookups in C beat lower-casing every field name.
     for name in remove:

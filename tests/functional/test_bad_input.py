@@ -318,3 +318,31 @@ async def test_duplicate_host_header_is_400(proxy: Proxy, origin: Origin) -> Non
     assert raw_status(answer) == 400, answer[:300]
     assert await origin.hits() == 0
     await _still_serves(proxy, origin)
+
+
+async def test_a_vary_key_is_what_the_origin_saw_not_a_field_connection_removed(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # Issue 12 row 3: "Connection: Accept-Language" makes Accept-Language hop-by-hop, so the origin
+    # never sees it and answers its default language. Keyed on "fr", that answer would then be
+    # served to every later request for French (RFC 9111 §4.1: the nominated fields of the
+    # request the stored response answered).
+    resp, body = await proxy.get(
+        "/vary/accept-language", headers={"Accept-Language": "fr", "Connection": "Accept-Language"}
+    )
+    assert resp.status == 200 and body == b"accept-language=-"
+    resp, body = await proxy.get("/vary/accept-language", headers={"Accept-Language": "fr"})
+    assert body == b"accept-language=fr", cache_status(resp)
+    assert await origin.hits("/vary/accept-language") == 2
+
+
+async def test_fields_with_underscores_never_reach_the_origin(proxy: Proxy, origin: Origin) -> None:
+    # Issue 12 row 13 (nginx: underscores_in_headers off): CGI/WSGI origins read X_Forwarded_Host
+    # as X-Forwarded-Host, an unkeyed input the drop list names only with dashes.
+    headers = {"X_Forwarded_Host": "evil.example", "X_Original_URL": "/admin", "X-Fine": "yes"}
+    resp, body = await proxy.get("/echo?max_age=60", headers=headers)
+    assert resp.status == 200
+    [record] = await origin.requests("/echo")
+    names = {name.lower() for name, _ in record["headers"]}
+    assert "x_forwarded_host" not in names and "x_original_url" not in names
+    assert "x-fine" in names
