@@ -340,7 +340,7 @@ async def test_fields_with_underscores_never_reach_the_origin(proxy: Proxy, orig
     # Issue 12 row 13 (nginx: underscores_in_headers off): CGI/WSGI origins read X_Forwarded_Host
     # as X-Forwarded-Host, an unkeyed input the drop list names only with dashes.
     headers = {"X_Forwarded_Host": "evil.example", "X_Original_URL": "/admin", "X-Fine": "yes"}
-    resp, body = await proxy.get("/echo?max_age=60", headers=headers)
+    resp, _ = await proxy.get("/echo?max_age=60", headers=headers)
     assert resp.status == 200
     [record] = await origin.requests("/echo")
     names = {name.lower() for name, _ in record["headers"]}
