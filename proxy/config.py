@@ -189,6 +189,16 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The public front: connection limits and timeouts towards clients."""
+
+    max_connections: int = 10_000  # open client connections per worker; more are refused (503)
+    max_connections_per_ip: int = 0  # per client address and worker; 0: no limit
+    header_timeout: float = 60.0  # seconds to send a request head once begun (408 after)
+    keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """Access and error logging."""
 
@@ -212,6 +222,7 @@ class Config:
     policy: PolicyConfig = PolicyConfig()
     fetch: FetchConfig = FetchConfig()
     admin: AdminConfig = AdminConfig()
+    server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
     # The `cluster:` section, validated by the edge layer (edge/config.py), which the proxy never imports.
     cluster: Mapping[str, Any] = field(default_factory=dict)
@@ -337,6 +348,7 @@ def config_from_mapping(
             "policy",
             "fetch",
             "admin",
+            "server",
             "log",
             "cluster",
             "origin_stub",
@@ -455,6 +467,18 @@ def config_from_mapping(
     )
     _parse_listen(admin.listen, r.where("admin.listen"))
 
+    sv = r.mapping(top.get("server", {}), "server")
+    r.only(sv, "server", set(ServerConfig.__dataclass_fields__))
+    sd = ServerConfig()
+    server = ServerConfig(
+        max_connections=int(r.positive(sv, "max_connections", sd.max_connections, "server")),
+        max_connections_per_ip=int(
+            r.non_negative(sv, "max_connections_per_ip", sd.max_connections_per_ip, "server")
+        ),
+        header_timeout=r.positive(sv, "header_timeout", sd.header_timeout, "server"),
+        keepalive_timeout=r.positive(sv, "keepalive_timeout", sd.keepalive_timeout, "server"),
+    )
+
     lg = r.mapping(top.get("log", {}), "log")
     r.only(lg, "log", set(LogConfig.__dataclass_fields__))
     ld = LogConfig()
@@ -474,6 +498,7 @@ def config_from_mapping(
         policy=policy,
         fetch=fetch,
         admin=admin,
+        server=server,
         log=log,
         cluster=r.mapping(top.get("cluster", {}), "cluster"),
         source=source,

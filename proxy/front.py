@@ -59,8 +59,6 @@ log = logging.getLogger("proxy.front")
 MAX_HEAD = 64 * 1024
 MAX_FIELD = 16 * 1024
 MAX_FIELDS = 128
-IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle (aiohttp's default)
-HEAD_TIMEOUT = 60.0  # seconds to send a request head once begun (nginx's client_header_timeout)
 # Bytes fed to the parser at once: between two slices the front can stop parsing when the
 # queue of parsed, unanswered requests is long, so a pipelining client cannot queue more
 # than about a slice's worth of requests.
@@ -74,6 +72,11 @@ _INTERNAL_ERROR = (
     b"Cache-Control: no-store\r\nContent-Length: 15\r\nConnection: close\r\n\r\ninternal error\n"
 )
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\nRetry-After: 1\r\nContent-Length: 21\r\nConnection: close\r\n\r\n"
+    b"too many connections\n"
+)
 # httptools raises HttpParserUpgrade (not an HttpParserError) after the head of an upgrade request.
 _PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _ABSOLUTE = (b"http://", b"https://")
@@ -92,6 +95,27 @@ class FrontContext:
     # a draining connection closes after the answer in progress.
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
+    per_ip: dict[str, int] = field(default_factory=dict)  # open connections per client address
+
+    def admit(self, conn: Connection) -> bool:
+        """Count a new connection in; False when a limit (server.max_connections*) refuses it."""
+        server = self.cfg.server
+        if len(self.connections) >= server.max_connections:
+            return False
+        if server.max_connections_per_ip and self.per_ip.get(conn.remote, 0) >= server.max_connections_per_ip:
+            return False
+        self.connections.add(conn)
+        self.per_ip[conn.remote] = self.per_ip.get(conn.remote, 0) + 1
+        return True
+
+    def release(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            left = self.per_ip.get(conn.remote, 1) - 1
+            if left > 0:
+                self.per_ip[conn.remote] = left
+            else:
+                self.per_ip.pop(conn.remote, None)
 
     async def shutdown(self, timeout: float) -> None:
         """Close idle connections now; give those mid-request up to timeout seconds to finish."""
@@ -218,16 +242,25 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if peer else ""
+        if not self.ctx.admit(self):
+            # RFC 9110 §15.6.4: overloaded; as nginx's limit_conn answers.
+            self.stopped = True
+            self.transport.write(_TOO_MANY)
+            self.transport.close()
+            self.transport = None
+            return
         self.last_activity = self.loop.time()
-        self.timer = self.loop.call_later(min(IDLE_TIMEOUT, HEAD_TIMEOUT), self._check_timeouts)
-        self.ctx.connections.add(self)
+        server = self.ctx.cfg.server
+        self.timer = self.loop.call_later(
+            min(server.keepalive_timeout, server.header_timeout), self._check_timeouts
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.transport = None
-        self.ctx.connections.discard(self)
+        self.ctx.release(self)
         self._wake_writer()
         if self.body is not None:
             self.body.abort(ConnectionResetError("client closed the connection"))
@@ -257,17 +290,17 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         now = self.loop.time()
-        if self.head_started and now - self.head_started >= HEAD_TIMEOUT and self.task is None:
+        server = self.ctx.cfg.server
+        if self.head_started and now - self.head_started >= server.header_timeout and self.task is None:
             # RFC 9110 §15.5.9: the client took too long to send its request head.
             self._write_final(error_reply(408, "request head timeout"))
             return
         idle_for = now - self.last_activity
-        if idle_for >= IDLE_TIMEOUT and not self.busy():
+        if idle_for >= server.keepalive_timeout and not self.busy():
             transport.close()
             return
-        self.timer = self.loop.call_later(
-            max(min(IDLE_TIMEOUT - idle_for, HEAD_TIMEOUT), 1.0), self._check_timeouts
-        )
+        wait = min(server.keepalive_timeout - idle_for, server.header_timeout)
+        self.timer = self.loop.call_later(max(wait, 0.05), self._check_timeouts)
 
     # ---------------------------------------------------------------- reading
 

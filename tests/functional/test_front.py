@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from proxy.config import TierConfig
+from proxy.config import ServerConfig, TierConfig
 from proxy.messages import ClientRequest
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, make_config
 
@@ -276,3 +276,38 @@ async def test_expect_100_continue_gets_a_continue_before_the_body_is_forwarded(
         writer.close()
     [record] = await origin.requests("/echo")
     assert record["body_length"] == 5
+
+
+async def test_a_slow_request_head_gets_a_408_after_the_header_timeout(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    # Issue 12 row 5: one header line every while must not hold a connection for minutes
+    # (nginx: client_header_timeout). The front's timers run on the event loop's clock.
+    proxy = await start_proxy(server=ServerConfig(header_timeout=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(b"GET /max-age/60 HTTP/1.1\r\nHost: cdn.example\r\n")
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+        answer = await asyncio.wait_for(reader.read(), 5)  # until the proxy closes
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert 0.2 < elapsed < 3, elapsed
+    assert await origin.hits() == 0
+
+
+async def test_connections_beyond_the_limits_are_refused_with_503(start_proxy: ProxyFactory) -> None:
+    proxy = await start_proxy(server=ServerConfig(max_connections=50, max_connections_per_ip=3))
+    held = [await asyncio.open_connection("127.0.0.1", proxy.server.port) for _ in range(3)]
+    try:
+        refused = await exchange(proxy, get("/max-age/60"), until_close=True)
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"too many connections" in refused
+        held[0][1].close()  # one fewer open: the next one is served
+        await asyncio.sleep(0.05)
+        served = await exchange(proxy, get("/max-age/60"))
+        assert served.startswith(b"HTTP/1.1 200 "), served[:100]
+    finally:
+        for _, writer in held:
+            writer.close()
