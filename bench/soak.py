@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import random
 import socket
 import statistics
@@ -39,6 +38,11 @@ from pathlib import Path
 
 import aiohttp
 
+if str(Path(__file__).resolve().parent.parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.procs import rss_and_fds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,30 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def family(pid: int) -> list[int]:
-    """pid and its children (the supervisor and its workers)."""
-    out = [pid]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-    return out
-
-
-def sample(pid: int) -> tuple[int, int]:
-    """(RSS bytes, open fds) summed over the supervisor and its workers."""
-    rss = fds = 0
-    for p in family(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss += int(line.split()[1]) * 1024
-            fds += len(os.listdir(f"/proc/{p}/fd"))
-    return rss, fds
 
 
 @dataclass
@@ -268,7 +248,7 @@ async def soak(args: argparse.Namespace) -> int:
             )
             while time.monotonic() < end:
                 await asyncio.sleep(args.interval)
-                rss, fds = sample(edge.pid)
+                rss, fds = rss_and_fds(edge.pid)
                 t = time.monotonic() - started
                 samples.append((t, rss, fds))
                 print(

@@ -69,6 +69,17 @@ def delivery_head(
     extra = (
         b"".join(f"{n}: {v}\r\n".encode("utf-8", "surrogateescape") for n, v in d.extra) if d.extra else b""
     )
+    # What every stored response ends with: this response's fields after Age.
+    after = (
+        extra,
+        b"Cache-Status: ",
+        entry.cache_status_prefix,
+        member,
+        b"\r\n",
+        via,
+        connection_line(http10, keep_alive),
+        b"\r\n",
+    )
     if kind == "whole":
         # The hit path: one join of the parts built at store time and this response's lines.
         head = b"".join(
@@ -79,28 +90,11 @@ def delivery_head(
                 b"Content-Length: %d\r\nAge: %d\r\n" % (len(entry.body), age)
                 if entry.status not in (204, 304)
                 else b"Age: %d\r\n" % age,
-                extra,
-                b"Cache-Status: ",
-                entry.cache_status_prefix,
-                member,
-                b"\r\n",
-                via,
-                connection_line(http10, keep_alive),
-                b"\r\n",
+                *after,
             )
         )
         return head, entry.body if method != "HEAD" else b""
-    tail = (
-        b"Age: %d\r\n" % age,
-        extra,
-        b"Cache-Status: ",
-        entry.cache_status_prefix,
-        member,
-        b"\r\n",
-        via,
-        connection_line(http10, keep_alive),
-        b"\r\n",
-    )
+    tail = (b"Age: %d\r\n" % age, *after)
     if kind == "partial":
         length = d.last - d.first + 1
         # A complete response's body is the representation; an incomplete one holds parts of it.

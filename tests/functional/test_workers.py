@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.procs import children
 from tests.functional.conftest import Origin, free_port
 from tests.functional.test_cli import MINICDN, Process, Spawn, run_to_exit, spawn, wait_listening
 
@@ -100,20 +101,6 @@ async def burst(url: str, n: int) -> list[tuple[int, str]]:
                 return r.status, r.headers.get("Cache-Status", "")
 
         return await asyncio.gather(*(one() for _ in range(n)))
-
-
-def children(pid: int) -> list[int]:
-    """The pids whose parent is pid (the supervisor's workers)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def connected_to(pid: int, port: int) -> bool:
