@@ -2,18 +2,42 @@
 
 One pooled aiohttp ClientSession; every aiohttp or asyncio failure is
 translated once, here, into an `UpstreamError` from `proxy.origin.errors`.
+It follows the rules in `proxy.origin.rules` as the lean client does (one
+contract, tests/functional/test_origin_contract.py); where aiohttp's own
+behaviour differs, this module brings it in line:
+
+- aiohttp's keep-alive retry (any idempotent request whose connection failed
+  before the head, fresh or reused, whatever arrived) is off; a request is
+  retried here only in the keep-alive race, which `_Handler` recognises.
+- a connection reset that ends a close-delimited body makes it incomplete
+  (aiohttp takes it for the body's end), and a reset is "closed", not "failed".
+- a 101 or a status outside 200..599, a head over the size limits, control
+  characters in a field value: an invalid response (aiohttp returns them).
+- the pool limit is per origin, and waiting for a free connection counts
+  against the connect timeout; no Accept field is added, repeated fields
+  spelled differently are all sent.
+
+What it cannot do (aiohttp's parser is lenient for responses outside dev mode,
+and its header writer encodes str): reject a bare LF, an obs-fold or a space
+after a chunk size; keep a response whose Content-Length is followed by more
+bytes in the same read (the whole read fails); send header bytes that are not
+UTF-8. The contract tests mark these as expected failures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -29,10 +53,27 @@ from proxy.origin.errors import (
     failure,
 )
 from proxy.origin.interim import InterimSink, report
+from proxy.origin.rules import (
+    IDEMPOTENT,
+    IDLE_TIMEOUT,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
+    check_lines,
+    check_request_line,
+    final_status_ok,
+    section_size,
+)
 
 log = logging.getLogger("proxy.origin")
 
 READ_CHUNK = 64 * 1024
+
+# What a reset, an aborted connection or a write to a closed one looks like: the origin
+# closed the connection (as the lean client says), not a failure of ours.
+_CLOSED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+# Control characters other than HTAB in a field value (RFC 9110 §5.5): llhttp's strict mode,
+# which the lean client uses, rejects them; aiohttp's lenient response parser passes them on.
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def translate(exc: BaseException) -> UpstreamError:
@@ -45,6 +86,8 @@ def translate(exc: BaseException) -> UpstreamError:
         return failure(UNREACHABLE)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return failure(CLOSED)
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno in _CLOSED_ERRNOS:
+        return failure(CLOSED)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return failure(INCOMPLETE)
     if isinstance(exc, aiohttp.ClientResponseError):
@@ -56,8 +99,71 @@ def translate(exc: BaseException) -> UpstreamError:
     return failure(REQUEST_FAILED)
 
 
-# The sink of the request being sent in this task (aiohttp has no per-request hook for 1xx).
-_interim_sink: ContextVar[InterimSink | None] = ContextVar("interim_sink", default=None)
+class _Handler(ResponseHandler):
+    """aiohttp's connection protocol, with what the rules need to know about one connection.
+
+    `exchanges` and `answered` tell the keep-alive race (a reused connection closed
+    before any byte of a response) from a failure; a reset while a body is still
+    being read makes it incomplete, also when the body is delimited by the close; a
+    body that does not parse is invalid, rather than a read that never returns.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.exchanges = 0  # requests sent on this connection, this one included
+        self.answered = False  # a byte of a response to the current request arrived
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        # Called for each request, in the requesting task, before the request is written.
+        self.exchanges += 1
+        self.answered = False
+        exchange = _exchange.get()
+        if exchange is not None:
+            exchange.handler = self
+        super().set_response_params(**kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        if data:
+            self.answered = True
+        payload = self._payload
+        super().data_received(data)
+        if (
+            payload is not None
+            and self.exception() is not None
+            and payload.exception() is None
+            and not payload.is_eof()
+        ):
+            # The parser failed in the body (a malformed chunk): aiohttp sets the error on
+            # the connection alone, and the body's reader would wait for ever.
+            payload.set_exception(failure(INVALID))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        payload = self._payload
+        if exc is not None and payload is not None and not payload.is_eof():
+            # RFC 9112 §8: a body cut by a connection error is incomplete, whatever its framing
+            # (aiohttp's parser ends a close-delimited body at any close).
+            payload.set_exception(aiohttp.ClientPayloadError(f"connection lost: {exc!r}"))
+        super().connection_lost(exc)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """A TCPConnector whose connections are `_Handler`s."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        handler: Callable[..., ResponseHandler] = _Handler
+        self._factory = functools.partial(handler, loop=self._loop)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """The request being sent in this task (aiohttp has no per-request hooks for these)."""
+
+    sink: InterimSink | None
+    handler: _Handler | None = None  # the connection of the latest attempt
+
+
+_exchange: ContextVar[_Exchange | None] = ContextVar("origin_exchange", default=None)
 
 
 class _ReportingResponse(aiohttp.ClientResponse):
@@ -68,7 +174,8 @@ class _ReportingResponse(aiohttp.ClientResponse):
     """
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
-        sink = _interim_sink.get()
+        exchange = _exchange.get()
+        sink = exchange.sink if exchange is not None else None
         protocol = connection.protocol
         if sink is None or protocol is None:
             return await super().start(connection)
@@ -106,9 +213,14 @@ class AiohttpResponse:
                 if not chunk:
                     return bytes(buf), True
                 buf += chunk
-        except Exception as exc:
+        except UpstreamError:
             self.close()
-            raise translate(exc) from exc
+            raise
+        except BaseException as exc:  # a cancelled read too: the connection's state is unknown
+            self.close()
+            if isinstance(exc, Exception):
+                raise translate(exc) from exc
+            raise
         return bytes(buf), False
 
     async def iter_rest(self) -> AsyncIterator[bytes]:
@@ -119,11 +231,15 @@ class AiohttpResponse:
                 if not chunk:
                     break
                 yield chunk
-        except Exception as exc:
+        except UpstreamError:
             self.close()
-            raise translate(exc) from exc
-        finally:
-            self._raw.release()
+            raise
+        except BaseException as exc:  # includes GeneratorExit: the consumer stopped early
+            self.close()
+            if isinstance(exc, Exception):
+                raise translate(exc) from exc
+            raise
+        self._raw.release()
 
     def close(self) -> None:
         """Drop the connection (used when the body is not read to the end)."""
@@ -133,26 +249,66 @@ class AiohttpResponse:
         self._raw.release()
 
 
+def _invalid_head(raw: aiohttp.ClientResponse) -> str | None:
+    """Why a response aiohttp accepted breaks a rule the lean client's parser enforces, if it does."""
+    if not final_status_ok(raw.status):
+        return f"status {raw.status}"
+    fields = list(raw.headers.items())
+    if section_size(fields) > MAX_HEADER_BYTES:
+        return "header section too large"
+    for _, value in fields:
+        if _CTL.search(value) is not None:
+            return "a control character in a field value"
+    return None
+
+
+def _outgoing(method: str, path_qs: str, headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """The fields to hand to aiohttp, checked as the lean client checks them (ValueError).
+
+    aiohttp keeps a repeated field only when each repetition is spelled as the first
+    (its merge is case-sensitive over a case-insensitive dict), so later ones take
+    the first spelling; field names are case-insensitive (RFC 9110 §5.1).
+    """
+    line = f"{method} {path_qs} HTTP/1.1\r\n"
+    check_request_line(line)
+    text = line + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    check_lines(text, len(headers) + 1)
+    spelling: dict[str, str] = {}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        out.add(spelling.setdefault(name.lower(), name), value)
+    return out
+
+
 class AiohttpOrigin:
-    """One pooled aiohttp session towards the origin (or a peer edge)."""
+    """One pooled aiohttp session towards the origin (and peer edges)."""
 
     def __init__(
         self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
     ) -> None:
         self.base_url = base_url
-        connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=60)
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        # As the lean client: at most max_connections to each origin (a slow peer edge must
+        # not take the origin's), idle ones kept IDLE_TIMEOUT.
+        connector = _Connector(
+            limit=0, limit_per_host=max_connections, keepalive_timeout=IDLE_TIMEOUT, ttl_dns_cache=60
         )
+        self._timeout = _timeouts(connect_timeout, read_timeout)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             auto_decompress=False,  # bodies pass through byte for byte
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            # Only the caller's fields (and Host) go out, as from the lean client.
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),  # never keep one user's cookies for another
             raise_for_status=False,
             response_class=_ReportingResponse,
+            max_line_size=MAX_HEADER_BYTES,
+            max_field_size=MAX_HEADER_BYTES,
+            max_headers=MAX_HEADER_FIELDS,
         )
+        # aiohttp retries any idempotent request once when its connection fails before the
+        # head; the rule here is narrower (proxy.origin.rules.IDEMPOTENT), applied in send().
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         await self._session.close()
@@ -170,28 +326,48 @@ class AiohttpOrigin:
     ) -> AiohttpResponse:
         """Send a request; returns once the response header section has arrived.
 
-        `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
+        Raises ValueError for CR, LF or NUL in a field or the request line (nothing is
+        sent), UpstreamError when the origin gives no usable response. `interim` is told
+        of each 1xx response that arrives before it (RFC 9110 §15.2)."""
+        out = _outgoing(method, path_qs, headers)
+        if self._session.closed:
+            raise failure(FAILED)
         # encoded=True: forward the request-target byte for byte, never re-quoted.
         url = URL((origin or self.base_url) + path_qs, encoded=True)
         client_timeout = self._timeout
         if timeout is not None:  # a peer edge: tighter than the origin's timeouts
-            client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
-        token = _interim_sink.set(interim)
+            client_timeout = _timeouts(timeout, timeout)
+        exchange = _Exchange(interim)
+        token = _exchange.set(exchange)
         try:
-            raw = await self._session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-                timeout=client_timeout,
-            )
+            try:
+                raw = await self._request(method, url, out, body, client_timeout)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                handler = exchange.handler
+                if (
+                    method not in IDEMPOTENT
+                    or not (body is None or isinstance(body, bytes))  # a stream is sent once
+                    or handler is None
+                    or handler.exchanges < 2
+                    or handler.answered
+                ):
+                    raise
+                # The keep-alive race: the origin closed a reused connection as we wrote to it.
+                exchange.handler = None
+                raw = await self._request(method, url, out, body, client_timeout)
         except Exception as exc:
             raise translate(exc) from exc
         finally:
-            _interim_sink.reset(token)
+            _exchange.reset(token)
+        why = _invalid_head(raw)
+        if why is not None:
+            log.debug("invalid response from the origin: %s", why)
+            raw.close()
+            if exchange.handler is not None:
+                # A response whose body had arrived with its head went back to the pool as
+                # start() returned: the connection goes, not only the response.
+                exchange.handler.close()
+            raise failure(INVALID)
         return AiohttpResponse(
             status=raw.status,
             reason=raw.reason or "",
@@ -199,3 +375,29 @@ class AiohttpOrigin:
             content_length=raw.content_length,
             _raw=raw,
         )
+
+    async def _request(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | bytes | None,
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        return await self._session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            compress=None,
+            chunked=None,
+            timeout=timeout,
+        )
+
+
+def _timeouts(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """As the lean client: `connect` bounds waiting for a free connection and opening one
+    (`sock_connect` alone leaves the wait for a pool slot unbounded), `read` each wait for
+    bytes of the response; nothing bounds the whole exchange."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)

@@ -43,20 +43,22 @@ from proxy.origin.errors import (
     failure,
 )
 from proxy.origin.interim import InterimSink, report
+from proxy.origin.rules import (
+    IDEMPOTENT,
+    IDLE_TIMEOUT,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_FIELDS,
+    check_lines,
+    check_request_line,
+    final_status_ok,
+    section_size,
+)
 
 __all__ = ["LeanOrigin", "LeanResponse"]
 
-# The methods whose request may be sent twice (RFC 9110 §9.2.2): only these are retried
-# when a reused keep-alive connection turns out to have been closed by the origin.
-IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-MAX_HEADER_BYTES: Final = 64 * 1024
-MAX_HEADER_FIELDS: Final = 200
 # Body bytes buffered before the socket stops being read: a slow consumer holds at most this
 # (plus one socket read) per connection, however large the body.
 HIGH_WATER: Final = 256 * 1024
-# An idle keep-alive connection older than this is closed rather than reused (aiohttp's
-# default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
-IDLE_TIMEOUT: Final = 15.0
 
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
@@ -95,13 +97,7 @@ class _Origin:
         if port != 80:
             authority = f"{authority}:{port}"
         self.host_line = f"Host: {authority}\r\n"
-        _check_line(self.host_line, 1)
-
-
-def _check_line(block: str, lines: int) -> None:
-    """`block` holds exactly `lines` CRLF-terminated lines and no NUL (else: request splitting)."""
-    if block.count("\r") != lines or block.count("\n") != lines or "\0" in block:
-        raise ValueError("CR, LF or NUL in a request line or header field")
+        check_lines(self.host_line, 1)
 
 
 class _Pool:
@@ -421,9 +417,11 @@ class _Conn(asyncio.Protocol):
                 reason = self.reason.decode("utf-8", "surrogateescape")
                 report(sink, status, reason, CIMultiDictProxy(CIMultiDict(self.hdrs)))
             return
+        if not final_status_ok(status):
+            raise _Invalid(f"status {status}")
         if len(self.hdrs) > MAX_HEADER_FIELDS:
             raise _Invalid("too many header fields")
-        if self.hbytes > MAX_HEADER_BYTES and _section_size(self.hdrs) > MAX_HEADER_BYTES:
+        if self.hbytes > MAX_HEADER_BYTES and section_size(self.hdrs) > MAX_HEADER_BYTES:
             raise _Invalid("header section too large")
         self.status = status
         self.hc = True
@@ -626,10 +624,6 @@ class _Conn(asyncio.Protocol):
         return resp
 
 
-def _section_size(hdrs: list[tuple[str, str]]) -> int:
-    return sum(len(name) + len(value) + 4 for name, value in hdrs)
-
-
 class LeanResponse:
     """An origin response whose header section has arrived; the body is read on demand.
 
@@ -768,8 +762,7 @@ class LeanOrigin:
         pool = self._pool(origin)
         target = pool.origin
         line = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n"
-        if line.count(" ") != 2:
-            raise ValueError("a space in the method or request-target")
+        check_request_line(line)
         fields = [f"{name}: {value}\r\n" for name, value in headers.items()]
         if isinstance(headers, _CI_TYPES):
             has_host = "Host" in headers
@@ -779,7 +772,7 @@ class LeanOrigin:
             fields.append(target.host_line)
         text = f"{line}{''.join(fields)}\r\n"
         # Counting CRs and LFs once over the whole head is cheaper than checking each field.
-        _check_line(text, len(fields) + 2)
+        check_lines(text, len(fields) + 2)
         request = text.encode("utf-8", "surrogateescape")
 
         connect_timeout = self.connect_timeout if timeout is None else timeout

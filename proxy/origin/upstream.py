@@ -5,7 +5,9 @@ cache fetch and most pass-throughs, go through `proxy.origin.lean`: pooled
 keep-alive connections and httptools parsing, several times cheaper per
 request than aiohttp's client. Requests with a body, and https origins, go
 through `proxy.origin.aiohttp_client`. Both raise `UpstreamError` with a
-reason from `proxy.origin.errors`, and both answer with an `OriginResponse`.
+reason from `proxy.origin.errors`, both answer with an `OriginResponse`, and
+both follow `proxy.origin.rules` (tests/functional/test_origin_contract.py runs
+every case against each); a request they refuse to write is a ValueError.
 """
 
 from __future__ import annotations
@@ -87,15 +89,15 @@ class Upstream:
 
         `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
         lean = self._lean
-        if lean is not None and body is None and (origin is None or origin.startswith("http://")):
-            try:
+        try:
+            if lean is not None and body is None and (origin is None or origin.startswith("http://")):
                 return await lean.send(
                     method, path_qs, headers, timeout=timeout, origin=origin, interim=interim
                 )
-            except ValueError as exc:  # a field our own code let through with CR/LF in it: a bug
-                log.error("refusing to send %s %s to the origin: %s", method, path_qs, exc)
-                raise failure(REQUEST_FAILED) from exc
-        assert self._aiohttp is not None, "Upstream.start() was not awaited"
-        return await self._aiohttp.send(
-            method, path_qs, headers, body, origin=origin, timeout=timeout, interim=interim
-        )
+            assert self._aiohttp is not None, "Upstream.start() was not awaited"
+            return await self._aiohttp.send(
+                method, path_qs, headers, body, origin=origin, timeout=timeout, interim=interim
+            )
+        except ValueError as exc:  # a field our own code let through with CR/LF in it: a bug
+            log.error("refusing to send %s %s to the origin: %s", method, path_qs, exc)
+            raise failure(REQUEST_FAILED) from exc

@@ -1,0 +1,51 @@
+"""The rules both origin clients follow, in one place (tests/functional/test_origin_contract.py runs both).
+
+`proxy.origin.lean` and `proxy.origin.aiohttp_client` implement them each in
+their own way; what a response may be, how big its head may get, which
+requests are sent twice and how long an idle connection is kept are decided
+here, so that a caller cannot tell the clients apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# The methods whose request may be sent twice (RFC 9110 §9.2.2). A request is retried once,
+# on another connection, only when a reused keep-alive connection turns out to have been
+# closed by the origin before any byte of a response arrived (the keep-alive race, RFC 9112
+# §9.3.1), and only when its body, if any, can be sent again. A fresh connection that fails,
+# a response that breaks off, a timeout: never retried (the origin did fail; asking twice
+# doubles its load and the client's wait).
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+# The largest response header section accepted (name, ": ", value and CRLF per field),
+# and the most fields in it; beyond either, the response is invalid (502).
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_HEADER_FIELDS: Final = 200
+
+# An idle keep-alive connection older than this is closed rather than reused (aiohttp's
+# default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
+IDLE_TIMEOUT: Final = 15.0
+
+
+def section_size(fields: list[tuple[str, str]]) -> int:
+    """The size of a header section as MAX_HEADER_BYTES counts it."""
+    return sum(len(name) + len(value) + 4 for name, value in fields)
+
+
+def final_status_ok(status: int) -> bool:
+    """A final response's status: 2xx to 5xx (RFC 9110 §15: values outside 100..599 are
+    invalid). A 1xx is interim, and 101 (an upgrade nobody asked for) is invalid too."""
+    return 200 <= status <= 599
+
+
+def check_lines(block: str, lines: int) -> None:
+    """`block` holds exactly `lines` CRLF-terminated lines and no NUL (else: request splitting)."""
+    if block.count("\r") != lines or block.count("\n") != lines or "\0" in block:
+        raise ValueError("CR, LF or NUL in a request line or header field")
+
+
+def check_request_line(line: str) -> None:
+    """`line` ("METHOD target HTTP/1.1\\r\\n") has no space but its two separators."""
+    if line.count(" ") != 2:
+        raise ValueError("a space in the method or request-target")
