@@ -181,7 +181,7 @@ class Engine:
 
     def _covered_by_purge(self, resource: CachedResource) -> bool:
         purger = self.purger
-        if not purger.bans and purger.ban_all is None:
+        if not purger.bans:
             return False  # the common case: no purge in the last BAN_SECONDS
         return purger.screen(resource) is not resource
 
@@ -329,7 +329,7 @@ class Engine:
         else:
             resource, tier = lk.resource, lk.tier  # looked up already; only the screen is left
         lk.pending = None
-        if resource is not None and (purger.bans or purger.ban_all is not None):
+        if resource is not None and purger.bans:
             resource = await self._screen(resource)
         lk.resource, lk.tier = resource, tier
         self._decide(lk)

@@ -295,7 +295,7 @@ class Fetcher:
         updated = CachedResource(f.key, tuple(variants))
         await self.storage.aset(updated)
         if _tags(updated) != _tags(resource):
-            await self.purger.record(updated)
+            self.purger.record(updated)  # queued; written behind the response
         return updated
 
     async def _send_to_owner_or_origin(
@@ -405,9 +405,7 @@ class Fetcher:
             base = latest if latest is not None else base
             entry = ranges.combine(self._same_variant(base, entry), entry)
         resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
-        stored = await self.storage.aset(resource)
-        if stored:
-            await self.purger.record(resource)
+        stored = await self.storage.aset(resource) and self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
@@ -450,7 +448,7 @@ class Fetcher:
             if stored and _tags(resource) != _tags(f.resource):
                 # The catalogue already lists this key with these tags (it was stored
                 # before); only new tags need a catalogue write.
-                await self.purger.record(resource)
+                stored = self.purger.record(resource)
         else:
             await self.storage.adelete(f.key)
         return FetchOutcome(CacheStatus(fwd=f.why, fwd_status=304, stored=stored), shared=serve)

@@ -51,7 +51,13 @@ def open_storage(cfg: Config) -> TieredStorage:
     if cfg.cache.l2.enabled:
         Path(cfg.cache.dir).mkdir(parents=True, exist_ok=True)
         l2 = DiskStorage(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction)
-    return TieredStorage(l1, l2, loop_read_max=cfg.cache.l2_read_on_loop_max)
+    return TieredStorage(
+        l1,
+        l2,
+        loop_read_max=cfg.cache.l2_read_on_loop_max,
+        write_queue=cfg.cache.l2_write_queue,
+        write_batch=cfg.cache.l2_write_batch,
+    )
 
 
 def open_purger(cfg: Config, storage: TieredStorage, clock: Clock) -> Purger:
@@ -135,10 +141,13 @@ class Node:
         if upstream is not None:
             await upstream.close()
         storage = self._storage
+        purger, self._purger = self._purger, None
         if storage is not None:
             await storage.drain()  # queued L2 writes reach disk before exit (SIGTERM runs this)
+        if purger is not None:
+            await purger.close()  # and the catalogue rows (a failed L2 write forgets its row)
+        if storage is not None:
             storage.close()
-        purger, self._purger = self._purger, None
         if purger is not None:
             purger.catalog.close()
             purger.epoch.close()

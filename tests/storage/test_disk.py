@@ -153,7 +153,7 @@ def test_write_failure_is_refused_not_raised(
 
     monkeypatch.setattr(disk._cache, "set", fail)
     assert disk.set(resource("k")) is False
-    assert disk.stats.rejected == 1
+    assert (disk.stats.failed, disk.stats.rejected) == (1, 0)  # an I/O failure, not a refusal
 
 
 def test_random_policy_is_rejected(tmp_path: Path) -> None:
