@@ -444,7 +444,11 @@ class Fetcher:
         if updated:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
             resource = CachedResource(f.key, new_variants)
-            stored = await self.storage.aset(resource)
+            # L1 always; L2 only when the freshened copy gives it something (policy.freshened_for_disk).
+            to_disk = self.storage.l1 is None or any(
+                policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated
+            )
+            stored = await (self.storage.aset(resource) if to_disk else self.storage.aset_memory(resource))
             if stored and _tags(resource) != _tags(f.resource):
                 # The catalogue already lists this key with these tags (it was stored
                 # before); only new tags need a catalogue write.

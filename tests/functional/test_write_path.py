@@ -1,0 +1,246 @@
+"""The write path end to end: what a store, a revalidation and a purge leave in L1, L2 and the catalogue.
+
+Real origin stub, real proxies on loopback, real diskcache and SQLite in a temporary directory,
+one fake clock. Two proxies sharing one cache directory stand for two workers of one box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from proxy.purge import PurgeRequest
+from proxy.purger import BAN_SECONDS, Purger
+from proxy.storage.catalog import Catalog
+from proxy.storage.disk import DiskStorage
+from proxy.storage.tiered import TieredStorage
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+from tests.functional.test_cli import Spawn, spawn
+from tests.functional.test_workers import fresh_get, start, stats
+
+__all__ = ["spawn"]
+
+HOST = {"Host": "cdn.example"}
+WAIT = 10.0  # seconds a wait on the outside world may take before the test fails
+
+
+def key(path: str) -> str:
+    return f"|http://cdn.example{path}"
+
+
+def storage_of(proxy: Proxy) -> TieredStorage:
+    return proxy.server.node.storage
+
+
+def purger_of(proxy: Proxy) -> Purger:
+    return proxy.server.node.purger
+
+
+async def status_of(proxy: Proxy, path: str, **headers: str) -> str:
+    resp, body = await proxy.get(path, headers={**HOST, **headers})
+    assert resp.status in (200, 504), body
+    return cache_status(resp) if resp.status == 200 else "504"
+
+
+async def only_if_cached(proxy: Proxy, path: str) -> int:
+    resp, _ = await proxy.get(path, headers={**HOST, "Cache-Control": "only-if-cached"})
+    return resp.status
+
+
+# -- a 304 rewrites L2 only when L2 gains something -------------------------------------------
+
+
+async def test_a_304_for_a_response_stale_at_once_freshens_l1_and_leaves_l2_alone(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
+    storage = storage_of(proxy)
+    assert storage.l1 is not None and storage.l2 is not None
+    path = "/etag?nohits=1"  # max-age=0 + ETag; every 304 repeats the stored fields but Date
+    assert "stored" in await status_of(proxy, path)
+    await storage.drain()
+    on_disk = storage.l2.get(key(path))
+    sets = storage.l2.stats.sets
+    for _ in range(3):
+        clock.advance(5)
+        status = await status_of(proxy, path)
+        assert "fwd=stale" in status and "fwd-status=304" in status and "stored" in status
+    await storage.drain()
+    assert storage.l2.stats.sets == sets  # not one L2 write for the three 304s
+    assert storage.l2.get(key(path)) == on_disk
+    in_memory = storage.l1.peek(key(path))
+    assert in_memory is not None and in_memory.variants[0].response_time == clock.now  # L1 was freshened
+    # A 304 whose fields changed (the stub's hit counter) does rewrite L2.
+    assert "fwd=uri-miss" in await status_of(proxy, "/etag")
+    await storage.drain()
+    sets = storage.l2.stats.sets
+    clock.advance(5)
+    assert "fwd-status=304" in await status_of(proxy, "/etag")
+    await storage.drain()
+    assert storage.l2.stats.sets == sets + 1
+
+
+async def test_a_304_that_makes_the_response_fresh_rewrites_l2(
+    proxy: Proxy, origin: Origin, clock: FakeClock
+) -> None:
+    storage = storage_of(proxy)
+    assert storage.l2 is not None
+    path = "/etag?max_age=60"
+    await status_of(proxy, path)
+    await storage.drain()
+    sets = storage.l2.stats.sets
+    clock.advance(120)
+    assert "fwd-status=304" in await status_of(proxy, path)
+    await storage.drain()
+    assert storage.l2.stats.sets == sets + 1
+    on_disk = storage.l2.get(key(path))
+    assert on_disk is not None and on_disk.variants[0].response_time == clock.now
+
+
+# -- a purge by tag reaches copies the catalogue did not list yet -------------------------------
+
+
+async def until(what: str, check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
+    """Poll a condition of the outside world (a request reaching the origin), never a timing."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def expire_bans(proxy: Proxy, clock: FakeClock) -> None:
+    """Move past BAN_SECONDS and log an unrelated purge, which lets the older bans go."""
+    clock.advance(BAN_SECONDS + 1)
+    await purger_of(proxy).purge(PurgeRequest("url", ("/unrelated",)))
+    assert not purger_of(proxy).bans.by["tags"]
+
+
+async def test_a_tag_purge_during_the_fetch_leaves_no_worker_serving_the_late_copy(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock
+) -> None:
+    one, two = await start_proxy(), await start_proxy()  # two workers sharing one L2 and catalogue
+    path = "/tags?keys=t1&ms=300"
+    fetch = asyncio.create_task(status_of(two, path))
+    await until("the fetch to reach the origin", lambda: _hits(origin, "/tags", 1))
+    result = await purger_of(one).purge(PurgeRequest("tag", ("t1",)))
+    assert result.keys == 0  # nothing to find yet: the object is still being fetched
+    assert "stored" in await fetch  # the client that asked before the purge gets its answer
+    for proxy in (one, two):
+        assert await only_if_cached(proxy, path) == 504  # the tag ban screens the late copy
+    await purger_of(two).flush_rows()  # its row's batch sees the purge: the copy is purged through the log
+    await storage_of(two).drain()
+    assert purger_of(two).stats.late_copies == 1
+    assert storage_of(two).l2 is not None and key(path) not in storage_of(two).l2
+    await expire_bans(one, clock)
+    await expire_bans(two, clock)
+    for proxy in (one, two):
+        assert await only_if_cached(proxy, path) == 504  # nothing comes back once the bans are gone
+    assert "fwd=uri-miss" in await status_of(one, path)
+
+
+async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await start_proxy(), await start_proxy()
+    catalog = purger_of(two).catalog
+    release = threading.Event()
+    write_rows = catalog.write_rows
+
+    def held_back(*args: Any) -> Any:
+        assert release.wait(WAIT), "never released"
+        return write_rows(*args)  # the real batch, once released
+
+    monkeypatch.setattr(catalog, "write_rows", held_back)
+    try:
+        path = "/tags?keys=t2"
+        assert "stored" in await status_of(two, path)  # answered with its row not written
+        assert "hit" in await status_of(two, path)
+        await storage_of(two).drain()  # L2 holds it
+        result = await purger_of(one).purge(PurgeRequest("tag", ("t2",)))
+        assert result.keys == 0  # the catalogue does not list it yet
+        assert await only_if_cached(two, path) == 504  # two applies the logged tag ban to its L1 copy
+        assert await only_if_cached(one, path) == 504  # one reads the L2 copy: screened as well
+    finally:
+        release.set()
+    await purger_of(two).flush_rows()
+    assert purger_of(two).stats.late_copies == 1
+    assert catalog.keys_for_tags(["t2"]) == []
+    await expire_bans(one, clock)
+    await expire_bans(two, clock)
+    for proxy in (one, two):
+        assert await only_if_cached(proxy, path) == 504
+
+
+async def test_a_purge_sees_the_rows_its_own_worker_has_not_written(
+    proxy: Proxy, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    purger = purger_of(proxy)
+    release = threading.Event()
+    write_rows = purger.catalog.write_rows
+
+    def held_back(*args: Any) -> Any:
+        assert release.wait(WAIT), "never released"
+        return write_rows(*args)
+
+    monkeypatch.setattr(purger.catalog, "write_rows", held_back)
+    try:
+        await status_of(proxy, "/tags?keys=first")  # its batch is held back in a thread
+        for path in ("/tags?keys=mine", "/tags?keys=mine,other", "/api/items/1"):
+            await status_of(proxy, path)  # queued behind it
+        # The purge waits for the batch in flight (released from a thread meanwhile), and finds the rest
+        # among the rows still queued.
+        threading.Timer(0.05, release.set).start()
+        tagged = await purger.purge(PurgeRequest("tag", ("mine", "first")))
+        assert tagged.keys == 3
+        assert (await purger.purge(PurgeRequest("prefix", ("/api/",)))).keys == 1
+    finally:
+        release.set()
+    for path in ("/tags?keys=mine", "/tags?keys=first", "/api/items/1"):
+        assert await only_if_cached(proxy, path) == 504
+    await purger.flush_rows()
+    assert purger.catalog.all_keys() == []
+
+
+async def _hits(origin: Origin, path: str, n: int) -> bool:
+    return await origin.hits(path) >= n
+
+
+async def test_workers_of_a_box_serve_no_late_copy_after_a_tag_purge(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """Real processes: a tag purge at worker 0 while some worker fetches the tagged object."""
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    url = f"http://127.0.0.1:{port}/tags?keys=box&ms=500"
+    fetch = asyncio.create_task(fresh_get(url))
+    await until("the fetch to reach the origin", lambda: _hits(origin, "/tags", 1))
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{admin}/purge", json={"tag": "box"}) as r,
+    ):
+        assert r.status == 200, await r.text()
+        assert (await r.json())["purged"] == 0
+    status, member = await fetch
+    assert status == 200 and "stored" in member
+    after = [await fresh_get(url, {"Cache-Control": "only-if-cached"}) for _ in range(20)]
+    assert all(code == 504 for code, _ in after), after  # no worker serves it, from L1 or L2
+
+    async def late_copy_purged() -> bool:
+        purge = (await stats(admin)).get("purge")
+        return isinstance(purge, dict) and purge.get("late_copies") == 1
+
+    await until("the late copy to be purged through the log", late_copy_purged)
+    assert proc.stop() == 0
+    disk = DiskStorage(tmp_path / "cache", 1024 * 1024 * 1024)
+    try:
+        stored = list(disk.keys())  # a Storage, not a dict: keys() is the API
+        assert not any("/tags?keys=box" in k for k in stored), stored  # gone, not only screened
+    finally:
+        disk.close()
+    assert Catalog(tmp_path / "cache").keys_for_tags(["box"]) == []
