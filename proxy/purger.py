@@ -24,6 +24,7 @@ whatever copy a purge covers instead of listing it (proxy.storage.catalog).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -270,16 +271,19 @@ class Purger:
             self._warn("catalogue: %d rows waiting to be written; not storing %r", len(self._rows), key)
             self.storage.unstore(key)
             return False
+        variants = resource.variants
+        if len(variants) == 1:  # the common case, without the generic loops
+            v = variants[0]
+            tags = tuple(sorted(set(v.tags))) if v.tags else ()
+            epochs: tuple[tuple[int, tuple[str, ...]], ...] = ((v.fetch_epoch, v.tags),)
+        else:
+            tags = tuple(sorted({t for v in variants for t in v.tags}))
+            epochs = tuple((v.fetch_epoch, v.tags) for v in variants)
         self._rows.pop(key, None)  # the newest row of a key is the youngest entry
-        self._rows[key] = CatalogRow(
-            key,
-            tuple(sorted({t for v in resource.variants for t in v.tags})),
-            resource.size(),
-            self.clock(),
-            tuple((v.fetch_epoch, v.tags) for v in resource.variants),
-        )
+        self._rows[key] = CatalogRow(key, tags, resource.size(), self.clock(), epochs)
         self._records += 1
-        self._wake_writer()
+        if self._writer is None or self._writer.done():
+            self._wake_writer()
         return True
 
     def forget(self, keys: list[str]) -> None:
@@ -317,7 +321,7 @@ class Purger:
     async def _write_rows(self) -> None:
         """Write queued rows in batches, each screened against the purges it may have missed."""
         while self._rows:
-            keys = list(self._rows)[:ROW_BATCH]
+            keys = list(itertools.islice(self._rows, ROW_BATCH))
             batch = {k: self._rows.pop(k) for k in keys}
             done = self._batch = asyncio.get_running_loop().create_future()
             self.stats.catalog_pending = len(self._rows)

@@ -354,8 +354,9 @@ class TieredStorage:
         True if L1 accepted or the L2 write was queued. When the queue is full
         nothing is stored (stats.write_dropped), and this does not raise.
         """
-        self._invalidate(resource.key)
-        if self.l2 is not None and not self._writes.fits(resource):
+        if self._flights:
+            self._invalidate(resource.key)
+        if self.l2 is not None and not self._writes.put(resource):  # first: a drop stores nothing
             self.stats.write_dropped += 1
             self._warn(
                 "L2 write queue full (%d writes, %d bytes): %r not stored",
@@ -364,9 +365,7 @@ class TieredStorage:
                 resource.key,
             )
             return self._count_set(False)
-        stored = self._set_l1(resource)
-        if self.l2 is not None:
-            stored = self._writes.put(resource) or stored
+        stored = self._set_l1(resource) or self.l2 is not None
         return self._count_set(stored)
 
     async def aset_memory(self, resource: CachedResource) -> bool:

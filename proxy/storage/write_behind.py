@@ -107,31 +107,27 @@ class WriteBehind:
 
     # -- called on the loop thread ---------------------------------------------------
 
-    def fits(self, resource: CachedResource) -> bool:
-        """Would put(resource) be accepted?"""
-        old = self._queue.get(resource.key)
-        size = resource.size()
-        if old is not None:
-            size -= old.size
-        # An empty queue takes anything, however big: the bound is on what waits.
-        return not self or self.bytes + size <= self.capacity
-
     def put(self, resource: CachedResource) -> bool:
         """Queue resource (replacing a queued write of its key); False when the queue is full.
 
+        An empty queue takes a value of any size: the bound is on what waits.
         Needs a running event loop (starts the drainer on it). Never waits.
         """
-        if not self.fits(resource):
-            return False
         key = resource.key
+        size = resource.size()
         old = self._queue.get(key)
-        if old is not None:
+        if old is None:
+            if self.bytes + size > self.capacity and (self._queue or self._inflight):
+                return False
+        else:
             old.cancelled = True
             old.finish()
             self.bytes -= old.size
-        write = self._queue[key] = PendingWrite(resource, resource.size())  # a queued key keeps its place
-        self.bytes += write.size
-        self._ensure_task()
+        self._queue[key] = PendingWrite(resource, size)  # a queued key keeps its place
+        self.bytes += size
+        task = self._task
+        if task is None or task.done():
+            self._ensure_task()
         return True
 
     def pending(self, key: str) -> CachedResource | None:
