@@ -214,6 +214,7 @@ class DiskStorage:
         self._open_files = OpenFiles()
         self._warn_write = RateLimitedWarning(log)
         self._warn_read = RateLimitedWarning(log)
+        self._note_outdated = RateLimitedWarning(log, level=logging.INFO)
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -238,6 +239,9 @@ class DiskStorage:
             resource = codec.decode(value)
             if resource.key != key:
                 raise codec.CodecError(f"stored key {resource.key!r} does not match")
+        except codec.CodecVersionError:
+            self._drop_outdated(key)
+            return None
         except codec.CodecError as exc:
             self._drop_corrupt(key, str(exc))
             return None
@@ -388,11 +392,23 @@ class DiskStorage:
     def _drop_corrupt(self, key: str, why: str) -> None:
         self.stats.corrupt += 1
         self.stats.misses += 1
-        log.warning("disk cache %s: dropping corrupt entry %r: %s", self.directory, key, why)
+        self._warn_read("disk cache %s: dropping corrupt entry %r: %s", self.directory, key, why)
+        self._delete_unreadable(key)
+
+    def _drop_outdated(self, key: str) -> None:
+        """A record of an older codec version (written before an upgrade): a miss, removed."""
+        self.stats.outdated += 1
+        self.stats.misses += 1
+        self._note_outdated(
+            "disk cache %s: removing entries of an older format (e.g. %r)", self.directory, key
+        )
+        self._delete_unreadable(key)
+
+    def _delete_unreadable(self, key: str) -> None:
         try:
             self._cache.delete(key)
         except Exception as exc:  # best effort: the read is already a miss
-            log.warning("disk cache %s: could not delete corrupt entry %r: %r", self.directory, key, exc)
+            self._warn_read("disk cache %s: could not delete entry %r: %r", self.directory, key, exc)
 
     # -- writes ----------------------------------------------------------------
 
