@@ -169,8 +169,17 @@ class Purger:
         return result
 
     async def invalidate(self, keys: list[str]) -> None:
-        """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys."""
-        await self._purge_keys(keys, soft=False)
+        """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys.
+
+        It runs on a client's request: if the purge cannot be logged (a full
+        disk), this worker's copies are still removed and the client still
+        gets the origin's answer; the other workers' memory keeps theirs.
+        """
+        try:
+            await self._purge_keys(keys, soft=False)
+        except Exception as exc:
+            self._warn("invalidating %d keys could not be logged (%r); removed here only", len(keys), exc)
+            await self.storage.adelete_many(keys)
 
     async def _purge_keys(
         self, keys: list[str] | None, soft: bool, match: PurgeMatch | None = None

@@ -224,7 +224,15 @@ class DiskStorage:
         try:
             value = self._read(key)
         except diskcache.Timeout:
-            log.warning("disk cache %s: lock timeout reading %r; treated as a miss", self.directory, key)
+            self._warn_read("disk cache %s: lock timeout reading %r; treated as a miss", self.directory, key)
+            self.stats.misses += 1
+            return None
+        except sqlite3.OperationalError as exc:
+            # Not the entry's fault: a full disk (lru/lfu record the access in the same
+            # transaction), an I/O error. A miss; the entry stays.
+            self._warn_read(
+                "disk cache %s: reading %r failed: %r; treated as a miss", self.directory, key, exc
+            )
             self.stats.misses += 1
             return None
         except Exception as exc:  # any read failure must be a miss, never a 500
@@ -355,7 +363,9 @@ class DiskStorage:
                 # stray access, which only nudges eviction order.
                 self._cache._con.executemany(self._record_access, rows)
         except Exception as exc:  # eviction order is a hint: never fail a caller over it
-            log.warning("disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc)
+            self._warn_write(
+                "disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc
+            )
 
     def _reader_connection(self) -> sqlite3.Connection | None:
         """This process's read-only connection (None if it cannot be opened)."""

@@ -7,15 +7,20 @@ one fake clock. Two proxies sharing one cache directory stand for two workers of
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from proxy.config import CacheConfig, TierConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import BAN_SECONDS, Purger
 from proxy.storage.catalog import Catalog
@@ -244,3 +249,66 @@ async def test_workers_of_a_box_serve_no_late_copy_after_a_tag_purge(
     finally:
         disk.close()
     assert Catalog(tmp_path / "cache").keys_for_tags(["box"]) == []
+
+
+# -- a full disk only stops storing (issue 12 row 2) ----------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs: a real filesystem that fills up (needs root, as on this project's machines)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_full_disk_only_stops_storing(
+    start_proxy: ProxyFactory, origin: Origin, tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ballast = tiny_disk / "ballast"
+    ballast.write_bytes(bytes(1024 * 1024))  # 1 MiB taken by someone else
+    proxy = await start_proxy(cache=replace(proxy_cache(tiny_disk / "cache"), max_object_size=1024 * 1024))
+    storage, purger = storage_of(proxy), purger_of(proxy)
+    assert storage.l1 is not None and storage.l2 is not None
+    caplog.set_level(logging.WARNING)
+    n = 30  # 30 x 200 KB: three times what fits
+    for i in range(n):
+        resp, body = await proxy.get(f"/bytes/200000?i={i}", headers=HOST)
+        assert resp.status == 200 and len(body) == 200_000  # the origin's answer, whatever the disk says
+        await storage.drain()  # each write has its outcome before the next request
+        await purger.flush_rows()
+    failed = storage.stats.write_failed
+    assert failed > 0 and storage.l2.stats.failed >= failed
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert 0 < len(warnings) <= 6, [r.getMessage() for r in warnings]  # rate-limited, not one per failure
+    assert all(r.levelno < logging.ERROR or "purging" in r.getMessage() for r in warnings)
+    # What was not stored is stored nowhere: every L1 entry is on disk, every disk entry catalogued.
+    on_disk = set(storage.l2.keys())
+    assert set(storage.l1.keys()) <= on_disk
+    assert on_disk <= set(purger.catalog.all_keys())
+    # Room again: nothing half-written is served, and storing resumes.
+    ballast.unlink()
+    for key_ in on_disk:
+        found = storage.l2.get(key_)
+        assert found is not None and len(found.variants[0].body) == 200_000
+    resp, _ = await proxy.get("/bytes/200000?i=again", headers=HOST)
+    assert "stored" in cache_status(resp)
+    await storage.drain()
+    assert key("/bytes/200000?i=again") in storage.l2
+    assert storage.stats.write_failed == failed
+
+
+def proxy_cache(directory: Path) -> CacheConfig:
+    return CacheConfig(
+        dir=str(directory),
+        l1=TierConfig(budget=8 * 1024 * 1024),
+        l2=TierConfig(budget=64 * 1024 * 1024),  # the budget is not what stops it: the disk is
+    )
