@@ -47,6 +47,13 @@ async def snapshot(node: Node) -> dict[str, Any]:
         },
         "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
         "catalog": {"entries": catalogued},
+        # How the on-disk parts opened: a disk tier that failed, a catalogue elsewhere, files moved aside.
+        "health": dataclasses.asdict(node.health),
+        "write_queue": {
+            "queued": len(storage.write_queue),
+            "bytes": storage.write_queue.bytes,
+            "batches": storage.write_queue.batches,
+        },
     }
     for extra in node.extra_stats:
         # More sections from the layer above the proxy (the edge cluster); never replacing ours.
