@@ -312,3 +312,28 @@ def proxy_cache(directory: Path) -> CacheConfig:
         l1=TierConfig(budget=8 * 1024 * 1024),
         l2=TierConfig(budget=64 * 1024 * 1024),  # the budget is not what stops it: the disk is
     )
+
+
+# -- a full write queue stores nothing: tiers and catalogue agree (issue 12 row 18) ---------------
+
+
+async def test_stores_the_write_queue_cannot_take_are_made_nowhere(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    proxy = await start_proxy(cache=replace(proxy_cache(tmp_path / "l2"), l2_write_queue=1))
+    storage, purger = storage_of(proxy), purger_of(proxy)
+    assert storage.l1 is not None and storage.l2 is not None
+    storage.write_queue.lock.acquire()  # the disk is busy: the first batch waits for it in its thread
+    try:
+        statuses = [await status_of(proxy, f"/max-age/60?i={i}") for i in range(4)]
+    finally:
+        storage.write_queue.lock.release()
+    assert "stored" in statuses[0] and not any("stored" in s for s in statuses[1:]), statuses
+    assert storage.stats.write_dropped == 3
+    await storage.drain()
+    await purger.flush_rows()
+    # The one store that was made is in both tiers and catalogued; the others nowhere.
+    assert set(storage.l2.keys()) == set(purger.catalog.all_keys()) == {key("/max-age/60?i=0")}
+    assert set(storage.l1.keys()) == {key("/max-age/60?i=0")}
+    assert "hit" in await status_of(proxy, "/max-age/60?i=0")
+    assert "fwd=uri-miss" in await status_of(proxy, "/max-age/60?i=1")  # fetched again, and stored now
