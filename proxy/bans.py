@@ -26,7 +26,6 @@ from proxy.entry import CachedResource, StoredResponse
 BanKind = Literal["keys", "tags", "urls", "prefixes"]
 # At most this many bans of each kind are held; a prefix costs a lookup per distinct length.
 LIMITS: dict[BanKind, int] = {"keys": 200_000, "tags": 100_000, "urls": 100_000, "prefixes": 1_000}
-Verdict = Literal["hard", "soft"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +54,8 @@ class PurgeLike(Protocol):
     def urls(self) -> tuple[str, ...]: ...
     @property
     def prefixes(self) -> tuple[str, ...]: ...
+    @property
+    def ban_epoch(self) -> int: ...
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -99,8 +100,8 @@ class Bans:
         return sum(len(d) for d in self.by.values()) + (self.everything is not None)
 
     def add(self, record: PurgeLike) -> None:
-        """Hold the bans of one purge."""
-        ban = Ban(record.epoch, record.at, record.soft)
+        """Hold the bans of one purge (covering copies fetched before its ban_epoch, or its epoch)."""
+        ban = Ban(record.ban_epoch or record.epoch, record.at, record.soft)
         if record.everything:
             if self.everything is None or ban.epoch >= self.everything.epoch:
                 self.everything = ban
@@ -211,17 +212,17 @@ class Bans:
             return resource
         return replace(resource, variants=tuple(kept)) if kept else None
 
-    def covers_row(self, key: str, variants: tuple[tuple[int, tuple[str, ...]], ...]) -> Verdict | None:
-        """For a catalogue row ((fetch epoch, tags) per variant): "hard" if a hard ban covers
-        any variant, else "soft" if a soft one does, else None."""
+    def covers_row(self, key: str, variants: tuple[tuple[int, tuple[str, ...]], ...]) -> Ban | None:
+        """For a catalogue row ((fetch epoch, tags) per variant): the ban that decides it, a hard one
+        covering any variant first, else a soft one; None when no ban covers it."""
         if all(epoch >= self.newest for epoch, _ in variants):
             return None
         resource_bans = self._resource_bans(key)
-        verdict: Verdict | None = None
+        found: Ban | None = None
         for epoch, tags in variants:
             ban = self.verdict(resource_bans, epoch, tags)
             if ban is not None:
                 if not ban.soft:
-                    return "hard"
-                verdict = "soft"
-        return verdict
+                    return ban
+                found = ban
+        return found

@@ -38,7 +38,7 @@ from proxy.config import KeyConfig
 from proxy.entry import CachedResource
 from proxy.keys import primary_key
 from proxy.purge import PurgeRequest
-from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, split_key
+from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
 from proxy.storage.epoch import EpochCounter
 from proxy.storage.tiered import TieredStorage
 from proxy.storage.warn import RateLimitedWarning
@@ -182,7 +182,7 @@ class Purger:
             await self.storage.adelete_many(keys)
 
     async def _purge_keys(
-        self, keys: list[str] | None, soft: bool, match: PurgeMatch | None = None
+        self, keys: list[str] | None, soft: bool, match: PurgeMatch | None = None, ban_epoch: int = 0
     ) -> PurgeResult:
         """Log a purge of keys (None: everything) and what `match` finds, then apply it here."""
         if keys is not None and match is not None:
@@ -191,12 +191,14 @@ class Purger:
             await self._batch_written()
             keys = keys + [k for k, row in self._rows.items() if row is not None and _row_matches(row, match)]
         now = self.clock()
-        epoch, found = await asyncio.to_thread(self.catalog.log_purge, keys, match, soft, now)
+        epoch, found = await asyncio.to_thread(self.catalog.log_purge, keys, match, soft, now, ban_epoch)
         everything = keys is None
-        record = PurgeRecord(epoch, now, soft, everything, tuple(found), *_match_fields(match))
+        record = PurgeRecord(epoch, now, soft, everything, tuple(found), *_match_fields(match), ban_epoch)
         self._ban(record)
         if everything:
             await self._purge_everything(soft, now)
+        elif ban_epoch:
+            await self._drop_older_copies(found, record)
         elif soft:
             await self._soften(found, now)
         else:
@@ -336,13 +338,13 @@ class Purger:
             self.stats.catalog_pending = len(self._rows)
             rows = [row for row in batch.values() if row is not None]
             forget = [k for k, row in batch.items() if row is None]
-            covered: dict[str, str] = {}
+            covered: dict[str, RowVerdict] = {}
             if self.bans:  # purges this worker already knows of
                 for row in rows:
-                    verdict = self.bans.covers_row(row.key, row.variants)
-                    if verdict is not None:
-                        covered[row.key] = verdict
-            writing = [row for row in rows if covered.get(row.key) != "hard"]
+                    ban = self.bans.covers_row(row.key, row.variants)
+                    if ban is not None:
+                        covered[row.key] = ban
+            writing = [row for row in rows if row.key not in covered or covered[row.key].soft]
             try:
                 records, more = await asyncio.to_thread(
                     self.catalog.write_rows, writing, forget, self.applied, _screen_row
@@ -354,7 +356,7 @@ class Purger:
                 self._batch = None
                 done.set_result(None)
             self.stats.catalog_batches += 1
-            self.stats.catalog_rows += len(writing) - sum(v == "hard" for v in more.values())
+            self.stats.catalog_rows += len(writing) - sum(not v.soft for v in more.values())
             for record in records:
                 self._ban(record)  # sync() applies them to L1 as well
             covered.update(more)
@@ -364,16 +366,41 @@ class Purger:
                 await asyncio.to_thread(self.catalog.prune, self._exists)
         self.stats.catalog_pending = 0
 
-    async def _purge_late_copies(self, covered: dict[str, str]) -> None:
-        """Copies a purge covers that it could not find: purged through the log, for every worker."""
-        for soft in (False, True):
-            keys = [k for k, verdict in covered.items() if (verdict == "soft") is soft]
-            if keys:
-                self.stats.late_copies += len(keys)
-                try:
-                    await self._purge_keys(keys, soft)
-                except Exception as exc:
-                    log.error("purging %d late copies failed: %r", len(keys), exc)
+    async def _purge_late_copies(self, covered: dict[str, RowVerdict]) -> None:
+        """Copies a purge covers that it could not find: purged through the log, for every worker.
+
+        Each such purge covers what the purge that caught it covered (copies
+        fetched before that purge), not the copies fetched since, which are
+        current: a hot key is not purged over and over.
+        """
+        groups: dict[tuple[bool, int], list[str]] = {}
+        for key, ban in covered.items():
+            groups.setdefault((ban.soft, ban.epoch), []).append(key)
+        for (soft, ban_epoch), keys in groups.items():
+            self.stats.late_copies += len(keys)
+            try:
+                await self._purge_keys(keys, soft, ban_epoch=ban_epoch)
+            except Exception as exc:
+                log.error("purging %d late copies failed: %r", len(keys), exc)
+
+    async def _drop_older_copies(self, keys: list[str], record: PurgeRecord) -> None:
+        """A purge of late copies: only what it covers goes (or, soft, is marked stale), in both tiers."""
+        bans = Bans()
+        bans.add(record)
+        gone = []
+        for key in keys:
+            resource, _ = await self.storage.aget(key)
+            if resource is None:
+                continue
+            screened = bans.screen(resource)
+            if screened is None:
+                gone.append(key)
+            elif screened is not resource:
+                await self.storage.aset(screened)
+        for key in gone:
+            self._rows.pop(key, None)
+        await self.storage.adelete_many(gone)
+        await asyncio.to_thread(self.catalog.forget, gone)
 
     async def _rows_failed(self, rows: list[CatalogRow], exc: Exception) -> None:
         self.stats.catalog_failed += len(rows)
@@ -389,12 +416,22 @@ class Purger:
 
     async def inspect(self, *, prefix: str | None, tag: str | None, limit: int) -> list[dict[str, Any]]:
         """Stored entries by URL/path prefix or tag, with per-variant size, age, ttl and tier."""
+        await self._batch_written()
         if tag is not None:
+            match: PurgeMatch | None = PurgeMatch(tags=(tag,))
             keys = await asyncio.to_thread(self.catalog.keys_for_tags, [tag])
         elif prefix is not None:
+            match = PurgeMatch(prefixes=(self._normalise_prefix(prefix),))
             keys = await asyncio.to_thread(self.catalog.keys_for_prefix, self._normalise_prefix(prefix))
         else:
+            match = None
             keys = await asyncio.to_thread(self.catalog.all_keys)
+        listed = set(keys)  # and the rows not written yet
+        keys += [
+            k
+            for k, row in self._rows.items()
+            if row is not None and k not in listed and (match is None or _row_matches(row, match))
+        ]
         now = self.clock()
         out: list[dict[str, Any]] = []
         for key in keys:
@@ -448,7 +485,7 @@ def _row_matches(row: CatalogRow, match: PurgeMatch) -> bool:
     return matches(row.key, row.tags, want_tags=match.tags, urls=match.urls, prefixes=match.prefixes)
 
 
-def _screen_row(records: list[PurgeRecord]) -> Callable[[CatalogRow], str | None]:
+def _screen_row(records: list[PurgeRecord]) -> Callable[[CatalogRow], RowVerdict | None]:
     """Catalog.write_rows' screen: is a row covered by one of the purges it missed? (any thread)"""
     bans = Bans()
     for record in records:
@@ -460,6 +497,19 @@ def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:
     """Apply another worker's purge to this worker's L1 (L2 was handled by the purger)."""
     if record.everything and not record.soft:
         l1.clear()
+        return
+    if record.ban_epoch:
+        # Late copies: only those fetched before the purge that caught them go.
+        bans = Bans()
+        bans.add(record)
+        for key in record.keys:
+            resource = l1.peek(key)
+            if resource is not None:
+                screened = bans.screen(resource)
+                if screened is None:
+                    l1.delete(key)
+                elif screened is not resource:
+                    l1.set(screened)
         return
     keys = list(l1.keys()) if record.everything else record.keys
     for key in keys:

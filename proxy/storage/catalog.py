@@ -20,8 +20,8 @@ never written for a copy that a purge missed. A purge log record carries what
 the purge named (tags, URLs, prefixes), not only the keys it found, so every
 worker can screen copies the catalogue did not list yet.
 
-Schema: version 2 added the purge log's `tags`, `urls` and `prefixes`
-columns; an older file is migrated in place when it is opened (its records
+Schema: version 2 added the purge log's `tags`, `urls`, `prefixes` and
+`ban_epoch` columns; an older file is migrated in place when it is opened (its records
 read as naming keys only).
 """
 
@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from proxy.bans import split_key
 
@@ -68,7 +69,8 @@ CREATE TABLE IF NOT EXISTS purges (
     keys TEXT NOT NULL,
     tags TEXT NOT NULL DEFAULT '[]',
     urls TEXT NOT NULL DEFAULT '[]',
-    prefixes TEXT NOT NULL DEFAULT '[]'
+    prefixes TEXT NOT NULL DEFAULT '[]',
+    ban_epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -78,8 +80,9 @@ _PURGE_COLUMNS_V2 = {
     "tags": "TEXT NOT NULL DEFAULT '[]'",
     "urls": "TEXT NOT NULL DEFAULT '[]'",
     "prefixes": "TEXT NOT NULL DEFAULT '[]'",
+    "ban_epoch": "INTEGER NOT NULL DEFAULT 0",
 }
-_PURGE_COLUMNS = "epoch, at, soft, everything, keys, tags, urls, prefixes"
+_PURGE_COLUMNS = "epoch, at, soft, everything, keys, tags, urls, prefixes, ban_epoch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,12 @@ class PurgeMatch:
 
 @dataclass(frozen=True, slots=True)
 class PurgeRecord:
-    """One purge in the log: the keys it covered (or everything), what it named, hard or soft, and when."""
+    """One purge in the log: the keys it covered (or everything), what it named, hard or soft, and when.
+
+    `ban_epoch`, when set, is the epoch before which a copy is covered (a purge of
+    late copies covers what an earlier purge covered, not what was fetched since);
+    0 means the record's own epoch.
+    """
 
     epoch: int
     at: float
@@ -107,6 +115,7 @@ class PurgeRecord:
     tags: tuple[str, ...] = ()
     urls: tuple[str, ...] = ()
     prefixes: tuple[str, ...] = ()
+    ban_epoch: int = 0
 
     @property
     def match(self) -> PurgeMatch:
@@ -128,13 +137,22 @@ class CatalogRow:
     variants: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
-# Given the purges logged since the writer last looked, judges a row: None (write it),
-# "soft" (write it; its copies must be marked stale) or "hard" (do not; its copies must go).
-RowScreen = Callable[[list[PurgeRecord]], Callable[[CatalogRow], str | None]]
+class RowVerdict(Protocol):
+    """A row covered by a purge (proxy.bans.Ban): soft (write it; its copies are marked stale) or hard
+    (do not; its copies must go), and the epoch before which copies are covered."""
+
+    @property
+    def soft(self) -> bool: ...
+    @property
+    def epoch(self) -> int: ...
+
+
+# Given the purges logged since the writer last looked, judges a row: None (write it) or its verdict.
+RowScreen = Callable[[list[PurgeRecord]], Callable[[CatalogRow], RowVerdict | None]]
 
 
 def _record(row: tuple[object, ...]) -> PurgeRecord:
-    e, a, s, ev, k, t, u, p = row
+    e, a, s, ev, k, t, u, p, b = row
     return PurgeRecord(
         int(e),  # type: ignore[call-overload]
         float(a),  # type: ignore[arg-type]
@@ -144,6 +162,7 @@ def _record(row: tuple[object, ...]) -> PurgeRecord:
         tuple(json.loads(str(t))),
         tuple(json.loads(str(u))),
         tuple(json.loads(str(p))),
+        int(b),  # type: ignore[call-overload]
     )
 
 
@@ -221,14 +240,14 @@ class Catalog:
 
     def write_rows(
         self, rows: list[CatalogRow], forget: Iterable[str], since: int, screen: RowScreen
-    ) -> tuple[list[PurgeRecord], dict[str, str]]:
+    ) -> tuple[list[PurgeRecord], dict[str, RowVerdict]]:
         """Write a batch of rows and forget keys, in one transaction, screened against new purges.
 
         Reads the purges logged after epoch `since` in the same transaction, and
-        writes no row that `screen` judges "hard"-covered by them. Returns those
-        purges and the covered keys with their verdict ("soft" / "hard").
+        writes no row that `screen` judges covered by a hard one. Returns those
+        purges and the covered keys with their verdicts.
         """
-        covered: dict[str, str] = {}
+        covered: dict[str, RowVerdict] = {}
         with self._tx() as db:
             records = [_record(r) for r in db.execute(_SELECT_SINCE, (since,))] if rows else []
             kept: list[CatalogRow] = []
@@ -237,7 +256,7 @@ class Catalog:
                 verdict = judge(row) if judge is not None else None
                 if verdict is not None:
                     covered[row.key] = verdict
-                if verdict != "hard":
+                if verdict is None or verdict.soft:
                     kept.append(row)
             gone = [(k,) for k in forget]
             db.executemany("DELETE FROM entries WHERE key = ?", gone)
@@ -302,7 +321,7 @@ class Catalog:
         return epoch
 
     def log_purge(
-        self, keys: list[str] | None, match: PurgeMatch | None, soft: bool, at: float
+        self, keys: list[str] | None, match: PurgeMatch | None, soft: bool, at: float, ban_epoch: int = 0
     ) -> tuple[int, list[str]]:
         """Resolve `match` to keys and log the purge, in one transaction: (epoch, keys covered).
 
@@ -320,8 +339,8 @@ class Catalog:
                 for prefix in match.prefixes:
                     found.update(dict.fromkeys(_keys_for_prefix(db, prefix)))
             cur = db.execute(
-                "INSERT INTO purges(at, soft, everything, keys, tags, urls, prefixes)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO purges(at, soft, everything, keys, tags, urls, prefixes, ban_epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     at,
                     int(soft),
@@ -330,6 +349,7 @@ class Catalog:
                     json.dumps(list(match.tags)),
                     json.dumps(list(match.urls)),
                     json.dumps(list(match.prefixes)),
+                    ban_epoch,
                 ),
             )
             epoch = int(cur.lastrowid or 0)

@@ -148,6 +148,9 @@ async def test_a_tag_purge_during_the_fetch_leaves_no_worker_serving_the_late_co
     for proxy in (one, two):
         assert await only_if_cached(proxy, path) == 504  # nothing comes back once the bans are gone
     assert "fwd=uri-miss" in await status_of(one, path)
+    await purger_of(one).flush_rows()
+    assert "hit" in await status_of(one, path)  # fetched after the purge: current, kept
+    assert (purger_of(one).stats.late_copies, purger_of(two).stats.late_copies) == (0, 1)
 
 
 async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it(
@@ -181,6 +184,36 @@ async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it
     await expire_bans(two, clock)
     for proxy in (one, two):
         assert await only_if_cached(proxy, path) == 504
+
+
+async def test_purging_a_late_copy_leaves_the_copy_fetched_since_alone(
+    proxy: Proxy, origin: Origin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The purge of a late copy covers what the purge that caught it covered, so a hot key is not
+    purged again and again (each refetch would otherwise be older than the last late-copy purge)."""
+    purger = purger_of(proxy)
+    release = threading.Event()
+    write_rows = purger.catalog.write_rows
+
+    def held_back(*args: Any) -> Any:
+        assert release.wait(WAIT), "never released"
+        return write_rows(*args)
+
+    monkeypatch.setattr(purger.catalog, "write_rows", held_back)
+    path = "/tags?keys=hot&ms=200"
+    try:
+        late = asyncio.create_task(status_of(proxy, path))
+        await until("the fetch to reach the origin", lambda: _hits(origin, "/tags", 1))
+        assert (await purger.purge(PurgeRequest("tag", ("hot",)))).keys == 0
+        assert "stored" in await late  # fetched before the purge; its row's batch is held back
+        status = await status_of(proxy, path)
+        assert "fwd=uri-miss" in status and "stored" in status  # the late copy is screened: fetched anew
+    finally:
+        release.set()
+    await purger.flush_rows()
+    assert purger.stats.late_copies == 1  # the first copy, purged through the log...
+    assert "hit" in await status_of(proxy, path)  # ...and the one fetched since kept
+    assert purger.catalog.keys_for_tags(["hot"]) == [key(path)]
 
 
 async def test_a_purge_sees_the_rows_its_own_worker_has_not_written(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,20 +115,27 @@ def test_a_version_1_catalogue_is_migrated_in_place(tmp_path: Path) -> None:
     epoch, keys = c.log_purge([], PurgeMatch(tags=("t",), prefixes=("/b",)), soft=True, at=6.0)
     assert (epoch, keys) == (2, ["|http://h/a"])
     assert c.recent_purges(6.0) == [PurgeRecord(2, 6.0, True, False, ("|http://h/a",), ("t",), (), ("/b",))]
+    epoch, _ = c.log_purge(["|http://h/late"], None, soft=False, at=7.0, ban_epoch=2)
+    assert c.recent_purges(7.0) == [PurgeRecord(epoch, 7.0, False, False, ("|http://h/late",), ban_epoch=2)]
     (version,) = c._db.execute("PRAGMA user_version").fetchone()
     assert version == SCHEMA_VERSION
     c.close()
 
 
-def _judge_by_key(records: list[PurgeRecord]) -> Callable[[CatalogRow], str | None]:
+@dataclass(frozen=True)
+class Verdict:
+    soft: bool
+    epoch: int
+
+
+def _judge_by_key(records: list[PurgeRecord]) -> Callable[[CatalogRow], Verdict | None]:
     purged = {k: r for r in records for k in (*r.keys, *r.tags)}
-    return lambda row: (
-        None
-        if (r := purged.get(row.key) or next((purged[t] for t in row.tags if t in purged), None)) is None
-        else "soft"
-        if r.soft
-        else "hard"
-    )
+
+    def judge(row: CatalogRow) -> Verdict | None:
+        r = purged.get(row.key) or next((purged[t] for t in row.tags if t in purged), None)
+        return None if r is None else Verdict(r.soft, r.epoch)
+
+    return judge
 
 
 def test_a_batch_of_rows_is_screened_against_the_purges_it_missed(tmp_path: Path) -> None:
@@ -142,7 +150,7 @@ def test_a_batch_of_rows_is_screened_against_the_purges_it_missed(tmp_path: Path
     ]
     records, covered = c.write_rows(rows, [], seen, _judge_by_key)
     assert [r.epoch for r in records] == [seen + 1, seen + 2]
-    assert covered == {"|http://h/hard": "hard", "|http://h/soft": "soft"}
+    assert covered == {"|http://h/hard": Verdict(False, seen + 1), "|http://h/soft": Verdict(True, seen + 2)}
     assert sorted(c.all_keys()) == ["|http://h/seen", "|http://h/soft"]  # the hard-covered row is not listed
     # Forgetting in the same kind of batch.
     c.write_rows([], ["|http://h/soft"], seen + 2, _judge_by_key)

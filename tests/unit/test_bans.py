@@ -25,6 +25,7 @@ class Purge:
     tags: tuple[str, ...] = ()
     urls: tuple[str, ...] = ()
     prefixes: tuple[str, ...] = ()
+    ban_epoch: int = 0
 
 
 def resource(*epochs_and_tags: tuple[int, tuple[str, ...]], key: str = KEY) -> CachedResource:
@@ -55,7 +56,8 @@ def test_a_purge_covers_copies_fetched_before_it_that_it_names(purge: Purge, cov
     bans.add(purge)
     r = resource((4, ("item", "api")))
     assert (bans.screen(r) is None) is covered
-    assert (bans.covers_row(r.key, ((4, ("item", "api")),)) == "hard") is covered
+    ban = bans.covers_row(r.key, ((4, ("item", "api")),))
+    assert (ban is not None and not ban.soft) is covered
     if not purge.keys and not purge.everything and purge.epoch > 4:
         # What a purge consults among the rows not written yet: the names alone, no epochs.
         named = matches(
@@ -80,10 +82,12 @@ def test_a_soft_purge_marks_stale_and_a_later_hard_one_wins() -> None:
     soft = bans.screen(r)
     assert soft is not None and soft is not r
     assert soft.variants[0].freshness_lifetime == pytest.approx(10)  # stale from the purge on
-    assert bans.covers_row(r.key, ((4, ("item",)),)) == "soft"
+    ban = bans.covers_row(r.key, ((4, ("item",)),))
+    assert ban is not None and (ban.soft, ban.epoch) == (True, 5)
     bans.add(Purge(6, prefixes=("/api/",)))
     assert bans.screen(r) is None
-    assert bans.covers_row(r.key, ((4, ("item",)),)) == "hard"
+    ban = bans.covers_row(r.key, ((4, ("item",)),))
+    assert ban is not None and (ban.soft, ban.epoch) == (False, 6)
 
 
 def test_a_copy_fetched_after_every_ban_is_returned_as_is() -> None:
@@ -125,3 +129,13 @@ def test_prefix_bans_of_many_lengths() -> None:
     ]:
         r = replace(resource((1, ())), key=f"|http://cdn.example{path}")
         assert (bans.screen(r) is None) is covered, path
+
+
+def test_a_purge_of_late_copies_covers_what_the_purge_that_caught_them_covered() -> None:
+    """Logged at epoch 9 for copies a purge at epoch 5 covered: a copy fetched at 7 is current."""
+    bans = Bans()
+    bans.add(Purge(9, keys=(KEY,), ban_epoch=5))
+    assert bans.screen(resource((4, ()))) is None
+    current = resource((7, ()))
+    assert bans.screen(current) is current
+    assert bans.covers_row(KEY, ((7, ()),)) is None
