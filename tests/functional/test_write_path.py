@@ -232,10 +232,12 @@ async def test_a_purge_sees_the_rows_its_own_worker_has_not_written(
         await status_of(proxy, "/tags?keys=first")  # its batch is held back in a thread
         for path in ("/tags?keys=mine", "/tags?keys=mine,other", "/api/items/1"):
             await status_of(proxy, path)  # queued behind it
-        # The purge waits for the batch in flight (released from a thread meanwhile), and finds the rest
-        # among the rows still queued.
-        threading.Timer(0.05, release.set).start()
-        tagged = await purger.purge(PurgeRequest("tag", ("mine", "first")))
+        # The purge waits for the batch in flight, and finds the rest among the rows still queued.
+        purge = asyncio.create_task(purger.purge(PurgeRequest("tag", ("mine", "first"))))
+        await asyncio.sleep(0)  # one loop turn: the purge is now waiting for that batch
+        assert not purge.done()
+        release.set()
+        tagged = await purge
         assert tagged.keys == 3
         assert (await purger.purge(PurgeRequest("prefix", ("/api/",)))).keys == 1
     finally:
