@@ -106,6 +106,7 @@ class Purger:
         self._batch: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._warn = RateLimitedWarning(log)
+        self._ban_timer: asyncio.TimerHandle | None = None
         storage.write_failed_listeners.append(self.forget)
         # Called with each purge this node accepted (not with purges received from peers).
         self.listeners: list[Callable[[PurgeRequest], Awaitable[None]]] = []
@@ -319,6 +320,9 @@ class Purger:
 
     async def close(self) -> None:
         """Write the rows still queued, then stop the writer (at shutdown, before the catalogue closes)."""
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+            self._ban_timer = None
         try:
             await self.flush_rows()
         finally:
@@ -363,7 +367,10 @@ class Purger:
             await self._purge_late_copies(covered)
             if self._records >= PRUNE_EVERY:
                 self._records = 0
-                await asyncio.to_thread(self.catalog.prune, self._exists)
+                try:
+                    await asyncio.to_thread(self.catalog.prune, self._exists)
+                except Exception as exc:  # rows of evicted entries stay a while longer: harmless
+                    self._warn("catalogue: pruning failed (%r)", exc)
         self.stats.catalog_pending = 0
 
     async def _purge_late_copies(self, covered: dict[str, RowVerdict]) -> None:
@@ -468,9 +475,24 @@ class Purger:
 
     def _ban(self, record: PurgeRecord) -> None:
         self.bans.add(record)
-        self.bans.expire(record.at - BAN_SECONDS)
+        self._expire_bans(record.at)
+
+    def _expire_bans(self, now: float) -> None:
+        """Let go of bans older than BAN_SECONDS; while some are held, look again after that long."""
+        self.bans.expire(now - BAN_SECONDS)
         self.stats.bans = len(self.bans)
         self.stats.bans_dropped = self.bans.dropped
+        if self.bans and self._ban_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # at construction: the first purge on the loop schedules it
+            # Hits on copies older than a ban are screened while it is held: do not hold it for ever.
+            self._ban_timer = loop.call_later(BAN_SECONDS, self._ban_timer_fired)
+
+    def _ban_timer_fired(self) -> None:
+        self._ban_timer = None
+        self._expire_bans(self.clock())
 
     def _load_recent_bans(self) -> None:
         for record in self.catalog.recent_purges(self.clock() - BAN_SECONDS):

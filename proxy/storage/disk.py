@@ -214,6 +214,7 @@ class DiskStorage:
         self._open_files = OpenFiles()
         self._warn_write = RateLimitedWarning(log)
         self._warn_read = RateLimitedWarning(log)
+        self._last_write_timed_out = False
         self._note_outdated = RateLimitedWarning(log, level=logging.INFO)
         self.refresh_stats()
 
@@ -455,8 +456,9 @@ class DiskStorage:
             items.append((i, key, data))
         if items:
             outcome = self._write_batch(items)
-            if outcome is None and len(items) > 1:
-                # One bad entry must not sink the others: each alone.
+            if outcome is None and len(items) > 1 and not self._last_write_timed_out:
+                # One bad entry must not sink the others: each alone (not after a lock
+                # timeout, which each would wait out again).
                 outcome = [r for item in items for r in (self._write_batch([item]) or [None])]
             for (i, _, _), ok in zip(items, outcome or [None] * len(items), strict=True):
                 results[i] = ok
@@ -478,6 +480,7 @@ class DiskStorage:
         disk: _SafeDisk = cache._disk
         written = disk.track()
         results: list[bool | None] = []
+        self._last_write_timed_out = False
         try:
             with cache.transact():
                 volume = cache.volume() if self.policy == "noeviction" else 0
@@ -490,6 +493,7 @@ class DiskStorage:
                     cache.set(key, data)
                     results.append(True)
         except Exception as exc:  # disk full, SQLite errors, lock timeouts: nothing of the batch is stored
+            self._last_write_timed_out = isinstance(exc, diskcache.Timeout)
             for filename in written:
                 disk.remove(filename)  # value files of rows that were rolled back
             keys = ", ".join(repr(key) for _, key, _ in items[:3])
