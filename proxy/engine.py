@@ -23,6 +23,7 @@ the front's job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -442,6 +443,7 @@ class Engine:
         box = self.box
         if box is None or not box.shared:
             return await self._fetch_and_mark(f)
+        f = dataclasses.replace(f, box_reads_l2=True)  # what it stores is read from L2 by the others
         lock = await box.lock(f.key, wait=True, timeout=self.cfg.fetch.coalesce_timeout)
         if lock.kind == "lead":
             released: Outcome = "error"

@@ -70,6 +70,8 @@ class FetchRequest:
     # Told of each 1xx the origin sends before its final response (RFC 9110 §15.2): the
     # client's connection, for a request answered in the foreground; None in the background.
     interim: InterimSink | None = None
+    # Other workers of the box read what this fetch stores from L2 (proxy/box.py).
+    box_reads_l2: bool = False
 
 
 @dataclass(slots=True)
@@ -444,9 +446,12 @@ class Fetcher:
         if updated:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
             resource = CachedResource(f.key, new_variants)
-            # L1 always; L2 only when the freshened copy gives it something (policy.freshened_for_disk).
-            to_disk = self.storage.l1 is None or any(
-                policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated
+            # L1 always; L2 when the other workers of the box read it there, or when the freshened
+            # copy gives it something (policy.freshened_for_disk).
+            to_disk = (
+                f.box_reads_l2
+                or self.storage.l1 is None
+                or any(policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated)
             )
             stored = await (self.storage.aset(resource) if to_disk else self.storage.aset_memory(resource))
             if stored and _tags(resource) != _tags(f.resource):

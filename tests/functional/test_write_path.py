@@ -28,7 +28,7 @@ from proxy.storage.disk import DiskStorage
 from proxy.storage.tiered import TieredStorage
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
 from tests.functional.test_cli import Spawn, spawn
-from tests.functional.test_workers import fresh_get, start, stats
+from tests.functional.test_workers import burst, fresh_get, start, stats
 
 __all__ = ["spawn"]
 
@@ -372,3 +372,18 @@ async def test_stores_the_write_queue_cannot_take_are_made_nowhere(
     assert set(storage.l1.keys()) == {key("/max-age/60?i=0")}
     assert "hit" in await status_of(proxy, "/max-age/60?i=0")
     assert "fwd=uri-miss" in await status_of(proxy, "/max-age/60?i=1")  # fetched again, and stored now
+
+
+async def test_a_304_for_the_box_reaches_its_other_workers_through_l2(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """With several workers the L2 is also how a revalidation reaches the workers that waited for it:
+    there a 304 is written to L2 even when it is stale at once, so the box revalidates once."""
+    proc, port, _ = await start(spawn, 2, origin, tmp_path)
+    path = "/etag?nohits=1&ms=500"  # max-age=0 + ETag; each 304 takes half a second
+    status, member = await fresh_get(f"http://127.0.0.1:{port}{path}")
+    assert status == 200 and "stored" in member, member
+    answers = await burst(f"http://127.0.0.1:{port}{path}", 20)  # on new connections: both workers
+    assert all(status == 200 for status, _ in answers), answers
+    assert await origin.hits("/etag") == 2, answers  # the first fetch and one revalidation for the box
+    assert proc.stop() == 0
