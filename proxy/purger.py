@@ -223,7 +223,8 @@ class Purger:
     async def _purge_everything(self, soft: bool, now: float) -> None:
         if soft:
             keys = await asyncio.to_thread(self.catalog.all_keys)
-            keys += [k for k, row in self._rows.items() if row is not None and k not in set(keys)]
+            listed = set(keys)  # and the rows not written yet
+            keys += [k for k, row in self._rows.items() if row is not None and k not in listed]
             await self._soften(keys, now)
             return
         self._rows.clear()
