@@ -72,12 +72,14 @@ async def purge_time(n: int, repeats: int, soft: bool) -> list[float]:
             for i in range(n):
                 resource = entry(i, ("t", f"own-{i}"))
                 await storage.aset(resource)
-                await purger.record(resource)
+                purger.record(resource)
             await storage.drain()
+            await purger.flush_rows()
             started = time.perf_counter()
             result = await purger.purge(PurgeRequest("tag", ("t",), soft=soft))
             times.append(time.perf_counter() - started)
             assert result.keys == n, result
+            await purger.close()
             storage.close()
             purger.catalog.close()
             purger.epoch.close()

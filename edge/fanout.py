@@ -52,6 +52,9 @@ class PurgeFanout:
         self.outbox: deque[PurgeRequest] = deque(maxlen=100_000)
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
+        # One publisher at a time: publish() and the consume loop both flush the outbox, and two
+        # flushes awaiting the same XADD would publish the head twice (then pop an empty deque).
+        self._flushing = asyncio.Lock()
 
     # -------------------------------------------------------------- publish
 
@@ -61,6 +64,10 @@ class PurgeFanout:
         await self._flush_outbox()
 
     async def _flush_outbox(self) -> None:
+        async with self._flushing:
+            await self._flush_outbox_locked()
+
+    async def _flush_outbox_locked(self) -> None:
         while self.outbox:
             request = self.outbox[0]
             fields = {

@@ -82,11 +82,12 @@ async def origin_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Last touch on every response's headers: Date from the app clock, hit count, no-store on ``/__``."""
+    """Last touch on every response's headers: Date from the app clock, hit count (not with
+    ``?nohits=1``: then a 304 repeats the stored fields exactly), no-store on ``/__``."""
     headers = response.headers
     if request.path.startswith(ADMIN_PREFIX):
         headers[hdrs.CACHE_CONTROL] = "no-store"
-    if HITS in request:
+    if HITS in request and not flag(request.query, "nohits"):
         headers["X-Origin-Hits"] = str(request[HITS])
     if request.get(KEEP_DATE):
         return

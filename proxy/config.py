@@ -144,6 +144,11 @@ class CacheConfig:
     # the page cache); larger ones on the I/O threads. 0: every read on a thread
     # (for a disk slow enough that a small read could stall the loop).
     l2_read_on_loop_max: int = 256 * 1024
+    # L2 writes happen behind the response: at most this many bytes of values wait
+    # for the disk (a store beyond it is dropped and counted), written up to
+    # l2_write_batch entries per disk transaction.
+    l2_write_queue: int = 64 * 1024 * 1024
+    l2_write_batch: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +392,11 @@ def config_from_mapping(
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
+        l2_write_queue=r.size(c, "l2_write_queue", cd.l2_write_queue, "cache"),
+        l2_write_batch=int(r.positive(c, "l2_write_batch", cd.l2_write_batch, "cache")),
     )
+    if cache.l2_write_queue < 1:
+        raise r.error("cache.l2_write_queue", "must be at least 1 byte")
 
     k = r.mapping(top.get("keys", {}), "keys")
     r.only(k, "keys", set(KeyConfig.__dataclass_fields__))

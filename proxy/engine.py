@@ -23,6 +23,7 @@ the front's job.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -181,7 +182,7 @@ class Engine:
 
     def _covered_by_purge(self, resource: CachedResource) -> bool:
         purger = self.purger
-        if not purger.bans and purger.ban_all is None:
+        if not purger.bans:
             return False  # the common case: no purge in the last BAN_SECONDS
         return purger.screen(resource) is not resource
 
@@ -329,7 +330,7 @@ class Engine:
         else:
             resource, tier = lk.resource, lk.tier  # looked up already; only the screen is left
         lk.pending = None
-        if resource is not None and (purger.bans or purger.ban_all is not None):
+        if resource is not None and purger.bans:
             resource = await self._screen(resource)
         lk.resource, lk.tier = resource, tier
         self._decide(lk)
@@ -442,6 +443,7 @@ class Engine:
         box = self.box
         if box is None or not box.shared:
             return await self._fetch_and_mark(f)
+        f = dataclasses.replace(f, box_reads_l2=True)  # what it stores is read from L2 by the others
         lock = await box.lock(f.key, wait=True, timeout=self.cfg.fetch.coalesce_timeout)
         if lock.kind == "lead":
             released: Outcome = "error"

@@ -70,6 +70,8 @@ class FetchRequest:
     # Told of each 1xx the origin sends before its final response (RFC 9110 §15.2): the
     # client's connection, for a request answered in the foreground; None in the background.
     interim: InterimSink | None = None
+    # Other workers of the box read what this fetch stores from L2 (proxy/box.py).
+    box_reads_l2: bool = False
 
 
 @dataclass(slots=True)
@@ -295,7 +297,7 @@ class Fetcher:
         updated = CachedResource(f.key, tuple(variants))
         await self.storage.aset(updated)
         if _tags(updated) != _tags(resource):
-            await self.purger.record(updated)
+            self.purger.record(updated)  # queued; written behind the response
         return updated
 
     async def _send_to_owner_or_origin(
@@ -405,9 +407,7 @@ class Fetcher:
             base = latest if latest is not None else base
             entry = ranges.combine(self._same_variant(base, entry), entry)
         resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
-        stored = await self.storage.aset(resource)
-        if stored:
-            await self.purger.record(resource)
+        stored = await self.storage.aset(resource) and self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
@@ -446,11 +446,18 @@ class Fetcher:
         if updated:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
             resource = CachedResource(f.key, new_variants)
-            stored = await self.storage.aset(resource)
+            # L1 always; L2 when the other workers of the box read it there, or when the freshened
+            # copy gives it something (policy.freshened_for_disk).
+            to_disk = (
+                f.box_reads_l2
+                or self.storage.l1 is None
+                or any(policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated)
+            )
+            stored = await (self.storage.aset(resource) if to_disk else self.storage.aset_memory(resource))
             if stored and _tags(resource) != _tags(f.resource):
                 # The catalogue already lists this key with these tags (it was stored
                 # before); only new tags need a catalogue write.
-                await self.purger.record(resource)
+                stored = self.purger.record(resource)
         else:
             await self.storage.adelete(f.key)
         return FetchOutcome(CacheStatus(fwd=f.why, fwd_status=304, stored=stored), shared=serve)

@@ -19,7 +19,6 @@ import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -33,10 +32,8 @@ from proxy.keys import key_host
 from proxy.origin import Upstream
 from proxy.purger import Purger
 from proxy.routing import FetchRouter
-from proxy.storage.catalog import Catalog
-from proxy.storage.disk import DiskStorage
-from proxy.storage.epoch import EpochCounter
 from proxy.storage.memory import MemoryStorage
+from proxy.storage.opening import StorageHealth, open_catalog, open_disk
 from proxy.storage.tiered import TieredStorage
 
 Clock = Callable[[], float]
@@ -44,23 +41,34 @@ Clock = Callable[[], float]
 ExtraStats = Callable[[], dict[str, Any]]
 
 
-def open_storage(cfg: Config) -> TieredStorage:
-    """The L1 memory tier and the L2 disk tier the config asks for."""
+def open_storage(cfg: Config, health: StorageHealth | None = None) -> TieredStorage:
+    """The L1 memory tier and the L2 disk tier the config asks for (without L2 if it cannot be opened)."""
+    health = health if health is not None else StorageHealth()
     l1 = MemoryStorage(cfg.cache.l1.budget, cfg.cache.l1.eviction) if cfg.cache.l1.enabled else None
     l2 = None
     if cfg.cache.l2.enabled:
-        Path(cfg.cache.dir).mkdir(parents=True, exist_ok=True)
-        l2 = DiskStorage(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction)
-    return TieredStorage(l1, l2, loop_read_max=cfg.cache.l2_read_on_loop_max)
+        l2 = open_disk(cfg.cache.dir, cfg.cache.l2.budget, cfg.cache.l2.eviction, health)
+    else:
+        health.l2 = "disabled"
+    return TieredStorage(
+        l1,
+        l2,
+        loop_read_max=cfg.cache.l2_read_on_loop_max,
+        write_queue=cfg.cache.l2_write_queue,
+        write_batch=cfg.cache.l2_write_batch,
+    )
 
 
-def open_purger(cfg: Config, storage: TieredStorage, clock: Clock) -> Purger:
+def open_purger(
+    cfg: Config, storage: TieredStorage, clock: Clock, health: StorageHealth | None = None
+) -> Purger:
     """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
     directory = cfg.cache.dir if cfg.cache.l2.enabled else None
     host_for = functools.partial(
         key_host, host_header=cfg.origin.host_header, origin_authority=URL(cfg.origin.url).raw_authority
     )
-    return Purger(storage, Catalog(directory), EpochCounter(directory), cfg.keys, clock, host_for)
+    catalog, epoch = open_catalog(directory, health if health is not None else StorageHealth())
+    return Purger(storage, catalog, epoch, cfg.keys, clock, host_for)
 
 
 class Node:
@@ -80,6 +88,7 @@ class Node:
         self.box = box  # the supervisor's link when this is one worker of several (proxy/box.py)
         self.members = Members(cfg.name)  # this node's Cache-Status members, memoised
         self.extra_stats: list[ExtraStats] = []
+        self.health = StorageHealth()  # how the on-disk parts opened (shown in /stats)
         self._storage: TieredStorage | None = None
         self._upstream: Upstream | None = None
         self._purger: Purger | None = None
@@ -111,11 +120,12 @@ class Node:
 
     async def __aenter__(self) -> Node:
         cfg = self.cfg
-        self._storage = storage = open_storage(cfg)
+        self.health = StorageHealth()
+        self._storage = storage = open_storage(cfg, self.health)
         try:
             self._upstream = upstream = Upstream(cfg.origin)
             await upstream.start()
-            self._purger = purger = open_purger(cfg, storage, self.clock)
+            self._purger = purger = open_purger(cfg, storage, self.clock, self.health)
             self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router, self.box)
         except BaseException:
             await self._close()
@@ -135,10 +145,13 @@ class Node:
         if upstream is not None:
             await upstream.close()
         storage = self._storage
+        purger, self._purger = self._purger, None
         if storage is not None:
             await storage.drain()  # queued L2 writes reach disk before exit (SIGTERM runs this)
+        if purger is not None:
+            await purger.close()  # and the catalogue rows (a failed L2 write forgets its row)
+        if storage is not None:
             storage.close()
-        purger, self._purger = self._purger, None
         if purger is not None:
             purger.catalog.close()
             purger.epoch.close()

@@ -623,6 +623,30 @@ def head_may_update(entry: StoredResponse, head_headers: Headers) -> bool:
     return True
 
 
+def freshened_for_disk(old: StoredResponse, new: StoredResponse) -> bool:
+    """Does a response freshened by a 304 (RFC 9111 §4.3.4) give a lasting copy anything new?
+
+    The memory tier always takes the freshened response. A copy kept for later
+    (on disk: after a restart or an eviction from memory) gains something only
+    if the stored header fields changed, Date aside, or if the freshened
+    response can be used for a while without the origin: a freshness lifetime,
+    or a stale-while-revalidate or stale-if-error window (RFC 5861). Otherwise
+    the old copy, stale as well, is revalidated the same way.
+    """
+    if new.freshness_lifetime > 0 or new.stale_while_revalidate > 0 or new.stale_if_error > 0:
+        return True
+    if new.status != old.status or new.tags != old.tags:  # tags come from fields not stored
+        return True
+    return _fields_but_date(new.headers) != _fields_but_date(old.headers)
+
+
+def _fields_but_date(headers: HeaderList) -> list[tuple[str, str]]:
+    """The fields without Date, by name (a 304's fields are moved to the end; values of one name keep
+    their order)."""
+    fields = [(name.lower(), value) for name, value in headers if name.lower() != "date"]
+    return sorted(fields, key=lambda field: field[0])
+
+
 def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
     """RFC 9111 §4.3.2 / RFC 9110 §13.2.2: does the client's conditional GET/HEAD get a 304?
 

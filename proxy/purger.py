@@ -7,15 +7,24 @@ that counter with the epoch it last applied on every request and, when behind,
 applies the log to its own L1.
 
 Copies can still exist that the eager pass could not reach: a fetch that was
-in flight, a queued L2 write, another worker's L2 read. Every stored response
-carries the epoch current when it was fetched, so for a while after a purge
-(`BAN_SECONDS`) a copy older than the purge covering its key is treated as
-purged wherever it turns up ("bans", after Varnish).
+in flight, a queued L2 write, another worker's L2 read, a catalogue row not
+written yet. Every stored response carries the epoch current when it was
+fetched, so for a while after a purge (`BAN_SECONDS`) a copy older than a purge
+covering it (by key, URL, prefix, tag or everything: proxy.bans) is treated as
+purged wherever it turns up ("bans", after Varnish). The log carries what each
+purge named, so every worker of the box screens the same way.
+
+Catalogue rows are queued by `record` (never awaited by a request) and written
+in batches by a background task (`_write_rows`), one transaction per batch. A
+purge consults the rows not written yet; a batch reads, in its transaction,
+the purges logged since its worker last looked, and purges through the log
+whatever copy a purge covers instead of listing it (proxy.storage.catalog).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -24,13 +33,15 @@ from typing import Any
 from yarl import URL
 
 from proxy import policy
+from proxy.bans import Bans, matches
 from proxy.config import KeyConfig
 from proxy.entry import CachedResource
 from proxy.keys import primary_key
 from proxy.purge import PurgeRequest
-from proxy.storage.catalog import Catalog, PurgeRecord, split_key
+from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
 from proxy.storage.epoch import EpochCounter
 from proxy.storage.tiered import TieredStorage
+from proxy.storage.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.purge")
 
@@ -38,13 +49,9 @@ log = logging.getLogger("proxy.purge")
 BAN_SECONDS = 600.0
 # Prune catalogue rows of evicted entries after this many records.
 PRUNE_EVERY = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Ban:
-    epoch: int
-    at: float
-    soft: bool
+# Catalogue rows written per transaction, and queued at most (beyond it a store is undone).
+ROW_BATCH = 1_000
+ROW_QUEUE_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,14 @@ class PurgeStats:
     keys_purged: int = 0
     applied_from_log: int = 0  # other workers' purges applied to this worker's L1
     screened: int = 0  # late copies caught by a ban
+    late_copies: int = 0  # keys a batch of catalogue rows found covered by a purge, purged through the log
+    bans: int = 0  # bans held now (keys, tags, URLs, prefixes, everything)
+    bans_dropped: int = 0  # bans let go early because their kind was at its bound
+    catalog_batches: int = 0  # transactions of the catalogue writer
+    catalog_rows: int = 0  # rows it wrote
+    catalog_pending: int = 0  # rows queued, not written yet
+    catalog_failed: int = 0  # rows a failed batch could not write (their entries were removed)
+    catalog_dropped: int = 0  # stores undone because the row queue was full
 
 
 class Purger:
@@ -81,12 +96,18 @@ class Purger:
         self.key_host = key_host
         self.clock = clock
         self.stats = PurgeStats()
-        self.bans: dict[str, Ban] = {}
-        self.ban_all: Ban | None = None
+        self.bans = Bans()
         self.applied = catalog.last_epoch()
         epoch.advance_to(self.applied)
         self._records = 0
         self._sync_lock = asyncio.Lock()
+        # Catalogue rows not written yet (None: forget the key), oldest first, and the batch in flight.
+        self._rows: dict[str, CatalogRow | None] = {}
+        self._batch: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._warn = RateLimitedWarning(log)
+        self._ban_timer: asyncio.TimerHandle | None = None
+        storage.write_failed_listeners.append(self.forget)
         # Called with each purge this node accepted (not with purges received from peers).
         self.listeners: list[Callable[[PurgeRequest], Awaitable[None]]] = []
         self._load_recent_bans()
@@ -102,26 +123,10 @@ class Purger:
 
     def screen(self, resource: CachedResource) -> CachedResource | None:
         """The resource without variants a purge made invalid (soft: made stale)."""
-        ban = self.bans.get(resource.key)
-        if self.ban_all is not None and (ban is None or self.ban_all.epoch > ban.epoch):
-            ban = self.ban_all
-        if ban is None:
-            return resource
-        kept = []
-        changed = False
-        for v in resource.variants:
-            if v.fetch_epoch >= ban.epoch:
-                kept.append(v)
-            elif ban.soft:
-                soft = policy.soft_purged(v, ban.at)
-                changed |= soft is not v
-                kept.append(soft)
-            else:
-                changed = True
-        if not changed:
-            return resource
-        self.stats.screened += 1
-        return replace(resource, variants=tuple(kept)) if kept else None
+        screened = self.bans.screen(resource)
+        if screened is not resource:
+            self.stats.screened += 1
+        return screened
 
     async def sync(self) -> None:
         """Apply purges other workers logged since this worker last looked, to its L1."""
@@ -154,8 +159,8 @@ class Purger:
         local purge.
         """
         await self.sync()
-        keys = await asyncio.to_thread(self._resolve, request)
-        result = await self._purge_keys(keys, request.soft)
+        match = self._match(request)
+        result = await self._purge_keys(None if match is None else [], request.soft, match)
         if propagate:
             for listener in self.listeners:
                 try:
@@ -165,30 +170,52 @@ class Purger:
         return result
 
     async def invalidate(self, keys: list[str]) -> None:
-        """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys."""
-        await self._purge_keys(keys, soft=False)
+        """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys.
 
-    async def _purge_keys(self, keys: list[str] | None, soft: bool) -> PurgeResult:
-        now = self.clock()
-        epoch = await asyncio.to_thread(self.catalog.append_purge, keys, soft, now)
-        record = PurgeRecord(epoch, now, soft, keys is None, tuple(keys or ()))
-        self._ban(record)
-        if keys is None:
-            await self._purge_everything(soft, now)
-        elif soft:
-            await self._soften(keys, now)
-        else:
+        It runs on a client's request: if the purge cannot be logged (a full
+        disk), this worker's copies are still removed and the client still
+        gets the origin's answer; the other workers' memory keeps theirs.
+        """
+        try:
+            await self._purge_keys(keys, soft=False)
+        except Exception as exc:
+            self._warn("invalidating %d keys could not be logged (%r); removed here only", len(keys), exc)
             await self.storage.adelete_many(keys)
-            await asyncio.to_thread(self.catalog.forget, keys)
+
+    async def _purge_keys(
+        self, keys: list[str] | None, soft: bool, match: PurgeMatch | None = None, ban_epoch: int = 0
+    ) -> PurgeResult:
+        """Log a purge of keys (None: everything) and what `match` finds, then apply it here."""
+        if keys is not None and match is not None:
+            # The rows of the batch being written are in the catalogue once it is over;
+            # the rows still queued are looked at here.
+            await self._batch_written()
+            keys = keys + [k for k, row in self._rows.items() if row is not None and _row_matches(row, match)]
+        now = self.clock()
+        epoch, found = await asyncio.to_thread(self.catalog.log_purge, keys, match, soft, now, ban_epoch)
+        everything = keys is None
+        record = PurgeRecord(epoch, now, soft, everything, tuple(found), *_match_fields(match), ban_epoch)
+        self._ban(record)
+        if everything:
+            await self._purge_everything(soft, now)
+        elif ban_epoch:
+            await self._drop_older_copies(found, record)
+        elif soft:
+            await self._soften(found, now)
+        else:
+            for key in found:
+                self._rows.pop(key, None)
+            await self.storage.adelete_many(found)
+            await asyncio.to_thread(self.catalog.forget, found)
         self.epoch.advance_to(epoch)
         self.applied = max(self.applied, epoch)
         self.stats.purges += 1
-        count = len(keys) if keys is not None else -1
+        count = len(found) if not everything else -1
         self.stats.keys_purged += max(count, 0)
         log.info(
             "purge %s: %s keys (epoch %d)",
             "soft" if soft else "hard",
-            "all" if keys is None else count,
+            "all" if everything else count,
             epoch,
         )
         return PurgeResult(count, epoch)
@@ -196,8 +223,11 @@ class Purger:
     async def _purge_everything(self, soft: bool, now: float) -> None:
         if soft:
             keys = await asyncio.to_thread(self.catalog.all_keys)
+            listed = set(keys)  # and the rows not written yet
+            keys += [k for k, row in self._rows.items() if row is not None and k not in listed]
             await self._soften(keys, now)
             return
+        self._rows.clear()
         await self.storage.aclear()
         await asyncio.to_thread(self.catalog.forget_all)
 
@@ -210,19 +240,15 @@ class Purger:
             softened = tuple(policy.soft_purged(v, now) for v in resource.variants)
             await self.storage.aset(replace(resource, variants=softened))
 
-    def _resolve(self, request: PurgeRequest) -> list[str] | None:
+    def _match(self, request: PurgeRequest) -> PurgeMatch | None:
+        """What the purge names, spelled as the catalogue's columns (None: everything)."""
         if request.kind == "all":
             return None
-        keys: dict[str, None] = {}
-        for value in request.values:
-            if request.kind == "tag":
-                found = self.catalog.keys_for_tags([value])
-            elif request.kind == "url":
-                found = self.catalog.keys_for_url(self._normalise(value))
-            else:
-                found = self.catalog.keys_for_prefix(self._normalise_prefix(value))
-            keys.update(dict.fromkeys(found))
-        return list(keys)
+        if request.kind == "tag":
+            return PurgeMatch(tags=tuple(dict.fromkeys(request.values)))
+        if request.kind == "url":
+            return PurgeMatch(urls=tuple(dict.fromkeys(self._normalise(v) for v in request.values)))
+        return PurgeMatch(prefixes=tuple(dict.fromkeys(self._normalise_prefix(v) for v in request.values)))
 
     def _normalise(self, value: str) -> str:
         """An absolute URL as the catalogue spells it (host lower-cased, default port dropped)."""
@@ -245,28 +271,175 @@ class Purger:
 
     # -------------------------------------------------------------- catalogue
 
-    async def record(self, resource: CachedResource) -> None:
-        """Catalogue a stored resource (its URL and tags) for later purges."""
-        tags = sorted({t for v in resource.variants for t in v.tags})
-        await asyncio.to_thread(self.catalog.record, resource.key, tags, resource.size(), self.clock())
+    def record(self, resource: CachedResource) -> bool:
+        """Queue the catalogue row of a stored resource (its URL and tags); never waits.
+
+        The row is written by the background writer, in a batch. When the queue
+        is full (the catalogue's disk is stalled) the store is undone instead:
+        an entry no purge could find must not be served. False then.
+        """
+        key = resource.key
+        if len(self._rows) >= ROW_QUEUE_LIMIT and key not in self._rows:
+            self.stats.catalog_dropped += 1
+            self._warn("catalogue: %d rows waiting to be written; not storing %r", len(self._rows), key)
+            self.storage.unstore(key)
+            return False
+        variants = resource.variants
+        if len(variants) == 1:  # the common case, without the generic loops
+            v = variants[0]
+            tags = tuple(sorted(set(v.tags))) if v.tags else ()
+            epochs: tuple[tuple[int, tuple[str, ...]], ...] = ((v.fetch_epoch, v.tags),)
+        else:
+            tags = tuple(sorted({t for v in variants for t in v.tags}))
+            epochs = tuple((v.fetch_epoch, v.tags) for v in variants)
+        self._rows.pop(key, None)  # the newest row of a key is the youngest entry
+        self._rows[key] = CatalogRow(key, tags, resource.size(), self.clock(), epochs)
         self._records += 1
-        if self._records % PRUNE_EVERY == 0:
-            await asyncio.to_thread(self.catalog.prune, self._exists)
+        if self._writer is None or self._writer.done():
+            self._wake_writer()
+        return True
+
+    def forget(self, keys: list[str]) -> None:
+        """Queue the removal of keys' rows (their entries are gone, e.g. an L2 write failed)."""
+        for key in keys:
+            self._rows.pop(key, None)
+            self._rows[key] = None
+        if keys:
+            self._wake_writer()
+
+    async def flush_rows(self) -> None:
+        """Return once every row queued so far (and meanwhile) is written (or failed)."""
+        while self._rows or self._batch is not None:
+            self._wake_writer()
+            assert self._writer is not None
+            await asyncio.wait([self._writer])
+
+    async def _batch_written(self) -> None:
+        """Return once the batch being written, if any, is over."""
+        if self._batch is not None:
+            await asyncio.shield(self._batch)
+
+    async def close(self) -> None:
+        """Write the rows still queued, then stop the writer (at shutdown, before the catalogue closes)."""
+        if self._ban_timer is not None:
+            self._ban_timer.cancel()
+            self._ban_timer = None
+        try:
+            await self.flush_rows()
+        finally:
+            if self._writer is not None and not self._writer.done():
+                self._writer.cancel()
+
+    def _wake_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_rows(), name="catalogue-writer")
+
+    async def _write_rows(self) -> None:
+        """Write queued rows in batches, each screened against the purges it may have missed."""
+        while self._rows:
+            keys = list(itertools.islice(self._rows, ROW_BATCH))
+            batch = {k: self._rows.pop(k) for k in keys}
+            done = self._batch = asyncio.get_running_loop().create_future()
+            self.stats.catalog_pending = len(self._rows)
+            rows = [row for row in batch.values() if row is not None]
+            forget = [k for k, row in batch.items() if row is None]
+            covered: dict[str, RowVerdict] = {}
+            if self.bans:  # purges this worker already knows of
+                for row in rows:
+                    ban = self.bans.covers_row(row.key, row.variants)
+                    if ban is not None:
+                        covered[row.key] = ban
+            writing = [row for row in rows if row.key not in covered or covered[row.key].soft]
+            try:
+                records, more = await asyncio.to_thread(
+                    self.catalog.write_rows, writing, forget, self.applied, _screen_row
+                )
+            except Exception as exc:  # a full disk, an I/O error: those entries cannot be stored
+                await self._rows_failed(rows, exc)
+                continue
+            finally:
+                self._batch = None
+                done.set_result(None)
+            self.stats.catalog_batches += 1
+            self.stats.catalog_rows += len(writing) - sum(not v.soft for v in more.values())
+            for record in records:
+                self._ban(record)  # sync() applies them to L1 as well
+            covered.update(more)
+            await self._purge_late_copies(covered)
+            if self._records >= PRUNE_EVERY:
+                self._records = 0
+                try:
+                    await asyncio.to_thread(self.catalog.prune, self._exists)
+                except Exception as exc:  # rows of evicted entries stay a while longer: harmless
+                    self._warn("catalogue: pruning failed (%r)", exc)
+        self.stats.catalog_pending = 0
+
+    async def _purge_late_copies(self, covered: dict[str, RowVerdict]) -> None:
+        """Copies a purge covers that it could not find: purged through the log, for every worker.
+
+        Each such purge covers what the purge that caught it covered (copies
+        fetched before that purge), not the copies fetched since, which are
+        current: a hot key is not purged over and over.
+        """
+        groups: dict[tuple[bool, int], list[str]] = {}
+        for key, ban in covered.items():
+            groups.setdefault((ban.soft, ban.epoch), []).append(key)
+        for (soft, ban_epoch), keys in groups.items():
+            self.stats.late_copies += len(keys)
+            try:
+                await self._purge_keys(keys, soft, ban_epoch=ban_epoch)
+            except Exception as exc:
+                log.error("purging %d late copies failed: %r", len(keys), exc)
+
+    async def _drop_older_copies(self, keys: list[str], record: PurgeRecord) -> None:
+        """A purge of late copies: only what it covers goes (or, soft, is marked stale), in both tiers."""
+        bans = Bans()
+        bans.add(record)
+        gone = []
+        for key in keys:
+            resource, _ = await self.storage.aget(key)
+            if resource is None:
+                continue
+            screened = bans.screen(resource)
+            if screened is None:
+                gone.append(key)
+            elif screened is not resource:
+                await self.storage.aset(screened)
+        for key in gone:
+            self._rows.pop(key, None)
+        await self.storage.adelete_many(gone)
+        await asyncio.to_thread(self.catalog.forget, gone)
+
+    async def _rows_failed(self, rows: list[CatalogRow], exc: Exception) -> None:
+        self.stats.catalog_failed += len(rows)
+        self._warn("catalogue: writing %d rows failed (%r); their entries are not kept", len(rows), exc)
+        if rows:
+            await self.storage.adelete_many([row.key for row in rows])
 
     def _exists(self, key: str) -> bool:
         # Any tier, the write-behind queue included: an entry whose L2 copy is still
         # queued must keep its row, or a purge by tag would miss it. (Called from a
         # worker thread; membership reads of L1's dict and the queue are safe there.)
-        return key in self.storage
+        return key in self.storage or key in self._rows
 
     async def inspect(self, *, prefix: str | None, tag: str | None, limit: int) -> list[dict[str, Any]]:
         """Stored entries by URL/path prefix or tag, with per-variant size, age, ttl and tier."""
+        await self._batch_written()
         if tag is not None:
+            match: PurgeMatch | None = PurgeMatch(tags=(tag,))
             keys = await asyncio.to_thread(self.catalog.keys_for_tags, [tag])
         elif prefix is not None:
+            match = PurgeMatch(prefixes=(self._normalise_prefix(prefix),))
             keys = await asyncio.to_thread(self.catalog.keys_for_prefix, self._normalise_prefix(prefix))
         else:
+            match = None
             keys = await asyncio.to_thread(self.catalog.all_keys)
+        listed = set(keys)  # and the rows not written yet
+        keys += [
+            k
+            for k, row in self._rows.items()
+            if row is not None and k not in listed and (match is None or _row_matches(row, match))
+        ]
         now = self.clock()
         out: list[dict[str, Any]] = []
         for key in keys:
@@ -302,30 +475,64 @@ class Purger:
     # ------------------------------------------------------------------ bans
 
     def _ban(self, record: PurgeRecord) -> None:
-        ban = Ban(record.epoch, record.at, record.soft)
-        if record.everything:
-            self.ban_all = ban
-        else:
-            for key in record.keys:
-                self.bans[key] = ban
+        self.bans.add(record)
         self._expire_bans(record.at)
 
     def _expire_bans(self, now: float) -> None:
-        horizon = now - BAN_SECONDS
-        if self.ban_all is not None and self.ban_all.at < horizon:
-            self.ban_all = None
-        if self.bans and len(self.bans) % 1024 == 0:
-            self.bans = {k: b for k, b in self.bans.items() if b.at >= horizon}
+        """Let go of bans older than BAN_SECONDS; while some are held, look again after that long."""
+        self.bans.expire(now - BAN_SECONDS)
+        self.stats.bans = len(self.bans)
+        self.stats.bans_dropped = self.bans.dropped
+        if self.bans and self._ban_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # at construction: the first purge on the loop schedules it
+            # Hits on copies older than a ban are screened while it is held: do not hold it for ever.
+            self._ban_timer = loop.call_later(BAN_SECONDS, self._ban_timer_fired)
+
+    def _ban_timer_fired(self) -> None:
+        self._ban_timer = None
+        self._expire_bans(self.clock())
 
     def _load_recent_bans(self) -> None:
         for record in self.catalog.recent_purges(self.clock() - BAN_SECONDS):
             self._ban(record)
 
 
+def _match_fields(match: PurgeMatch | None) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    return ((), (), ()) if match is None else (match.tags, match.urls, match.prefixes)
+
+
+def _row_matches(row: CatalogRow, match: PurgeMatch) -> bool:
+    return matches(row.key, row.tags, want_tags=match.tags, urls=match.urls, prefixes=match.prefixes)
+
+
+def _screen_row(records: list[PurgeRecord]) -> Callable[[CatalogRow], RowVerdict | None]:
+    """Catalog.write_rows' screen: is a row covered by one of the purges it missed? (any thread)"""
+    bans = Bans()
+    for record in records:
+        bans.add(record)
+    return lambda row: bans.covers_row(row.key, row.variants)
+
+
 def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:
     """Apply another worker's purge to this worker's L1 (L2 was handled by the purger)."""
     if record.everything and not record.soft:
         l1.clear()
+        return
+    if record.ban_epoch:
+        # Late copies: only those fetched before the purge that caught them go.
+        bans = Bans()
+        bans.add(record)
+        for key in record.keys:
+            resource = l1.peek(key)
+            if resource is not None:
+                screened = bans.screen(resource)
+                if screened is None:
+                    l1.delete(key)
+                elif screened is not resource:
+                    l1.set(screened)
         return
     keys = list(l1.keys()) if record.everything else record.keys
     for key in keys:

@@ -43,10 +43,16 @@ async def snapshot(node: Node) -> dict[str, Any]:
         # Lookups as seen through both tiers (a hit in either is one hit) and dropped L2 writes;
         # entries and bytes are per tier, above.
         "storage": {
-            k: v for k, v in dataclasses.asdict(storage.stats).items() if k not in ("entries", "bytes")
+            **{k: v for k, v in dataclasses.asdict(storage.stats).items() if k not in ("entries", "bytes")},
+            # The L2 write-behind queue now: writes waiting (or being written), their bytes; batches so far.
+            "write_queued": len(storage.write_queue),
+            "write_queued_bytes": storage.write_queue.bytes,
+            "write_batches": storage.write_queue.batches,
         },
         "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
         "catalog": {"entries": catalogued},
+        # How the on-disk parts opened: a disk tier that failed, a catalogue elsewhere, files moved aside.
+        "health": dataclasses.asdict(node.health),
     }
     for extra in node.extra_stats:
         # More sections from the layer above the proxy (the edge cluster); never replacing ours.

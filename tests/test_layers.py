@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 PURE = {
+    "proxy.bans",
     "proxy.cache_status",
     "proxy.codec",
     "proxy.delivery",

@@ -30,9 +30,13 @@ class TierStats:
     corrupt: int = 0  # entries that did not decode and were dropped
     entries: int = 0
     bytes: int = 0
-    # TieredStorage only: L2 writes dropped because the write-behind queue was
-    # full (L1 still took the value; L2 keeps whatever it had for the key).
+    failed: int = 0  # writes that failed with an I/O error (a full disk, a lock timeout)
+    outdated: int = 0  # entries of an older codec version, read as misses and removed
+    # TieredStorage only: stores dropped because the L2 write-behind queue was
+    # full (neither tier took the value; both keep whatever they had for the key).
     write_dropped: int = 0
+    # TieredStorage only: queued L2 writes that failed (their stores undone in L1 as well).
+    write_failed: int = 0
 
 
 class Storage(Protocol):

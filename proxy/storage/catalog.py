@@ -10,6 +10,19 @@ it is an in-memory database.
 Rows can outlive their entry when a tier evicts it; `prune` removes rows whose
 key no tier holds any more, and every purge forgets the keys it covered, so
 the index stays bounded by what is stored.
+
+Rows are written in batches (`write_rows`, one transaction for many rows) by
+each worker's background writer, never on a request's path. A purge resolves
+its keys and logs itself in one transaction (`log_purge`), and a batch reads
+the purges logged since its worker last looked in the same transaction as it
+writes its rows: whichever commits first, the other sees it, so a row is
+never written for a copy that a purge missed. A purge log record carries what
+the purge named (tags, URLs, prefixes), not only the keys it found, so every
+worker can screen copies the catalogue did not list yet.
+
+Schema: version 2 added the purge log's `tags`, `urls`, `prefixes` and
+`ban_epoch` columns; an older file is migrated in place when it is opened (its records
+read as naming keys only).
 """
 
 from __future__ import annotations
@@ -22,6 +35,11 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from proxy.bans import split_key
+
+__all__ = ["Catalog", "CatalogRow", "PurgeMatch", "PurgeRecord", "RowScreen", "split_key"]
 
 CATALOG_FILE = "catalog.sqlite3"
 # Purge log records kept; a worker further behind clears its whole L1 instead.
@@ -48,30 +66,104 @@ CREATE TABLE IF NOT EXISTS purges (
     at REAL NOT NULL,
     soft INTEGER NOT NULL,
     everything INTEGER NOT NULL,
-    keys TEXT NOT NULL
+    keys TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    urls TEXT NOT NULL DEFAULT '[]',
+    prefixes TEXT NOT NULL DEFAULT '[]',
+    ban_epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+SCHEMA_VERSION = 2
+# Columns added to the purge log after version 1, with their definitions (see _migrate).
+_PURGE_COLUMNS_V2 = {
+    "tags": "TEXT NOT NULL DEFAULT '[]'",
+    "urls": "TEXT NOT NULL DEFAULT '[]'",
+    "prefixes": "TEXT NOT NULL DEFAULT '[]'",
+    "ban_epoch": "INTEGER NOT NULL DEFAULT 0",
+}
+_PURGE_COLUMNS = "epoch, at, soft, everything, keys, tags, urls, prefixes, ban_epoch"
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeMatch:
+    """What a purge names, besides keys: exact tags, exact URLs and URL prefixes.
+
+    URLs and prefixes are spelled as the catalogue's columns: "/..." is a path
+    (on any host), anything else an absolute URL.
+    """
+
+    tags: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PurgeRecord:
-    """One purge in the log: the keys it covered (or everything), hard or soft, and when."""
+    """One purge in the log: the keys it covered (or everything), what it named, hard or soft, and when.
+
+    `ban_epoch`, when set, is the epoch before which a copy is covered (a purge of
+    late copies covers what an earlier purge covered, not what was fetched since);
+    0 means the record's own epoch.
+    """
 
     epoch: int
     at: float
     soft: bool
     everything: bool
     keys: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+    ban_epoch: int = 0
+
+    @property
+    def match(self) -> PurgeMatch:
+        return PurgeMatch(self.tags, self.urls, self.prefixes)
 
 
-def split_key(key: str) -> tuple[str, str]:
-    """(url, path) of a primary key "<namespace>|<scheme>://<host><path?query>"."""
-    _, _, url = key.partition("|")
-    _, _, rest = url.partition("://")
-    slash = rest.find("/")
-    path = rest[slash:] if slash >= 0 else "/"
-    return url, path
+@dataclass(frozen=True, slots=True)
+class CatalogRow:
+    """One stored resource as the catalogue lists it, and what a purge screen needs of it.
+
+    `variants` holds each variant's (fetch epoch, tags): a purge logged after
+    a variant was fetched does not cover it.
+    """
+
+    key: str
+    tags: tuple[str, ...]
+    size: int
+    stored_at: float
+    variants: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+
+class RowVerdict(Protocol):
+    """A row covered by a purge (proxy.bans.Ban): soft (write it; its copies are marked stale) or hard
+    (do not; its copies must go), and the epoch before which copies are covered."""
+
+    @property
+    def soft(self) -> bool: ...
+    @property
+    def epoch(self) -> int: ...
+
+
+# Given the purges logged since the writer last looked, judges a row: None (write it) or its verdict.
+RowScreen = Callable[[list[PurgeRecord]], Callable[[CatalogRow], RowVerdict | None]]
+
+
+def _record(row: tuple[object, ...]) -> PurgeRecord:
+    e, a, s, ev, k, t, u, p, b = row
+    return PurgeRecord(
+        int(e),  # type: ignore[call-overload]
+        float(a),  # type: ignore[arg-type]
+        bool(s),
+        bool(ev),
+        tuple(json.loads(str(k))),
+        tuple(json.loads(str(t))),
+        tuple(json.loads(str(u))),
+        tuple(json.loads(str(p))),
+        int(b),  # type: ignore[call-overload]
+    )
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -94,11 +186,29 @@ class Catalog:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
                 break
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        """Bring a catalogue written by an older version up to SCHEMA_VERSION (idempotent, race-safe)."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version >= SCHEMA_VERSION:
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # one worker migrates; the others then see it done
+        try:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(purges)")}
+            for name, definition in _PURGE_COLUMNS_V2.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE purges ADD COLUMN {name} {definition}")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -128,6 +238,39 @@ class Catalog:
             db.execute("DELETE FROM tags WHERE key = ?", (key,))
             db.executemany("INSERT OR IGNORE INTO tags(tag, key) VALUES (?, ?)", ((t, key) for t in tags))
 
+    def write_rows(
+        self, rows: list[CatalogRow], forget: Iterable[str], since: int, screen: RowScreen
+    ) -> tuple[list[PurgeRecord], dict[str, RowVerdict]]:
+        """Write a batch of rows and forget keys, in one transaction, screened against new purges.
+
+        Reads the purges logged after epoch `since` in the same transaction, and
+        writes no row that `screen` judges covered by a hard one. Returns those
+        purges and the covered keys with their verdicts.
+        """
+        covered: dict[str, RowVerdict] = {}
+        with self._tx() as db:
+            records = [_record(r) for r in db.execute(_SELECT_SINCE, (since,))] if rows else []
+            kept: list[CatalogRow] = []
+            judge = screen(records) if records else None
+            for row in rows:
+                verdict = judge(row) if judge is not None else None
+                if verdict is not None:
+                    covered[row.key] = verdict
+                if verdict is None or verdict.soft:
+                    kept.append(row)
+            gone = [(k,) for k in forget]
+            db.executemany("DELETE FROM entries WHERE key = ?", gone)
+            db.executemany("DELETE FROM tags WHERE key = ?", gone + [(row.key,) for row in kept])
+            db.executemany(
+                "INSERT OR REPLACE INTO entries(key, url, path, size, stored_at) VALUES (?, ?, ?, ?, ?)",
+                [(row.key, *split_key(row.key), row.size, row.stored_at) for row in kept],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO tags(tag, key) VALUES (?, ?)",
+                [(tag, row.key) for row in kept for tag in row.tags],
+            )
+        return records, covered
+
     def forget(self, keys: Iterable[str]) -> None:
         batch = [(k,) for k in keys]
         with self._tx() as db:
@@ -139,31 +282,24 @@ class Catalog:
             db.execute("DELETE FROM entries")
             db.execute("DELETE FROM tags")
 
-    def _select(self, sql: str, args: tuple[object, ...]) -> list[str]:
-        with self._lock:
-            return [row[0] for row in self._db.execute(sql, args)]
-
     def keys_for_url(self, url_or_path: str) -> list[str]:
         """Keys of one URL (absolute: exact; "/path?query": on any host)."""
-        column = "path" if url_or_path.startswith("/") else "url"
-        return self._select(f"SELECT key FROM entries WHERE {column} = ?", (url_or_path,))
+        with self._lock:
+            return _keys_for_url(self._db, url_or_path)
 
     def keys_for_prefix(self, prefix: str) -> list[str]:
         """Keys whose URL (absolute prefix) or path ("/..." prefix) starts with prefix."""
-        column = "path" if prefix.startswith("/") else "url"
-        low, high = _prefix_bounds(prefix)
-        return self._select(f"SELECT key FROM entries WHERE {column} >= ? AND {column} < ?", (low, high))
+        with self._lock:
+            return _keys_for_prefix(self._db, prefix)
 
     def keys_for_tags(self, tags: Iterable[str]) -> list[str]:
         """Keys carrying any of the tags (exact match: "a" never matches "ab")."""
-        wanted = list(dict.fromkeys(tags))
-        if not wanted:
-            return []
-        marks = ",".join("?" * len(wanted))
-        return self._select(f"SELECT DISTINCT key FROM tags WHERE tag IN ({marks})", tuple(wanted))
+        with self._lock:
+            return _keys_for_tags(self._db, tags)
 
     def all_keys(self) -> list[str]:
-        return self._select("SELECT key FROM entries", ())
+        with self._lock:
+            return _keys(self._db, "SELECT key FROM entries", ())
 
     def count(self) -> int:
         with self._lock:
@@ -180,17 +316,45 @@ class Catalog:
     # --------------------------------------------------------------- purge log
 
     def append_purge(self, keys: Iterable[str] | None, soft: bool, at: float) -> int:
-        """Log a purge (keys, or None for everything); returns its epoch."""
+        """Log a purge of keys (or None: everything); returns its epoch."""
+        epoch, _ = self.log_purge(None if keys is None else list(keys), None, soft, at)
+        return epoch
+
+    def log_purge(
+        self, keys: list[str] | None, match: PurgeMatch | None, soft: bool, at: float, ban_epoch: int = 0
+    ) -> tuple[int, list[str]]:
+        """Resolve `match` to keys and log the purge, in one transaction: (epoch, keys covered).
+
+        keys=None is a purge of everything. The keys found for `match` are
+        added to `keys`; the record keeps `match` too (see the module docstring).
+        """
         everything = keys is None
-        payload = json.dumps([] if keys is None else list(keys))
+        found: dict[str, None] = dict.fromkeys(keys or ())
+        match = match or PurgeMatch()
         with self._tx() as db:
+            if not everything:
+                found.update(dict.fromkeys(_keys_for_tags(db, match.tags)))
+                for url in match.urls:
+                    found.update(dict.fromkeys(_keys_for_url(db, url)))
+                for prefix in match.prefixes:
+                    found.update(dict.fromkeys(_keys_for_prefix(db, prefix)))
             cur = db.execute(
-                "INSERT INTO purges(at, soft, everything, keys) VALUES (?, ?, ?, ?)",
-                (at, int(soft), int(everything), payload),
+                "INSERT INTO purges(at, soft, everything, keys, tags, urls, prefixes, ban_epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    at,
+                    int(soft),
+                    int(everything),
+                    json.dumps(list(found)),
+                    json.dumps(list(match.tags)),
+                    json.dumps(list(match.urls)),
+                    json.dumps(list(match.prefixes)),
+                    ban_epoch,
+                ),
             )
             epoch = int(cur.lastrowid or 0)
             db.execute("DELETE FROM purges WHERE epoch <= ?", (epoch - PURGE_LOG_KEEP,))
-        return epoch
+        return epoch, list(found)
 
     def last_epoch(self) -> int:
         with self._lock:
@@ -201,25 +365,18 @@ class Catalog:
         """Purges after `epoch`, oldest first; None if the log no longer reaches back that far."""
         with self._lock:
             (oldest,) = self._db.execute("SELECT MIN(epoch) FROM purges").fetchone()
-            rows = self._db.execute(
-                "SELECT epoch, at, soft, everything, keys FROM purges WHERE epoch > ? ORDER BY epoch",
-                (epoch,),
-            ).fetchall()
+            rows = self._db.execute(_SELECT_SINCE, (epoch,)).fetchall()
         if oldest is not None and epoch > 0 and oldest > epoch + 1 and rows:
             return None
-        return [
-            PurgeRecord(int(e), float(a), bool(s), bool(ev), tuple(json.loads(k))) for e, a, s, ev, k in rows
-        ]
+        return [_record(r) for r in rows]
 
     def recent_purges(self, since: float) -> list[PurgeRecord]:
         """Purges logged at or after `since` (clock time), oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT epoch, at, soft, everything, keys FROM purges WHERE at >= ? ORDER BY epoch", (since,)
+                f"SELECT {_PURGE_COLUMNS} FROM purges WHERE at >= ? ORDER BY epoch", (since,)
             ).fetchall()
-        return [
-            PurgeRecord(int(e), float(a), bool(s), bool(ev), tuple(json.loads(k))) for e, a, s, ev, k in rows
-        ]
+        return [_record(r) for r in rows]
 
     # ------------------------------------------------------------------- meta
 
@@ -231,3 +388,29 @@ class Catalog:
     def set_meta(self, name: str, value: str) -> None:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
+
+
+_SELECT_SINCE = f"SELECT {_PURGE_COLUMNS} FROM purges WHERE epoch > ? ORDER BY epoch"
+
+
+def _keys(db: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[str]:
+    return [row[0] for row in db.execute(sql, args)]
+
+
+def _keys_for_url(db: sqlite3.Connection, url_or_path: str) -> list[str]:
+    column = "path" if url_or_path.startswith("/") else "url"
+    return _keys(db, f"SELECT key FROM entries WHERE {column} = ?", (url_or_path,))
+
+
+def _keys_for_prefix(db: sqlite3.Connection, prefix: str) -> list[str]:
+    column = "path" if prefix.startswith("/") else "url"
+    low, high = _prefix_bounds(prefix)
+    return _keys(db, f"SELECT key FROM entries WHERE {column} >= ? AND {column} < ?", (low, high))
+
+
+def _keys_for_tags(db: sqlite3.Connection, tags: Iterable[str]) -> list[str]:
+    wanted = list(dict.fromkeys(tags))
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    return _keys(db, f"SELECT DISTINCT key FROM tags WHERE tag IN ({marks})", tuple(wanted))

@@ -29,6 +29,7 @@ from proxy import codec
 from proxy.entry import CachedResource
 from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy, TierStats
 from proxy.storage.open_files import OpenFiles
+from proxy.storage.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.storage")
 
@@ -89,7 +90,32 @@ class _SafeDisk(diskcache.Disk):  # type: ignore[misc]
     This tier only ever writes str keys and bytes values, which diskcache
     stores raw. A pickled key or value in the directory was not written by us;
     loading it could execute code, so it is refused instead.
+
+    It also notes the value files a batch writes (see DiskStorage._write_batch):
+    diskcache writes a value file before its row, and a transaction rolled
+    back would otherwise leave the files behind.
     """
+
+    def __init__(self, directory: str, **kwargs: Any) -> None:
+        super().__init__(directory, **kwargs)
+        self._written = threading.local()
+
+    def track(self) -> list[str]:
+        """Start noting the value files this thread writes; returns the list they go to."""
+        files: list[str] = []
+        self._written.files = files
+        return files
+
+    def untrack(self) -> None:
+        self._written.files = None
+
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> Any:
+        # Every value file is named here first, so a file left half-written by a full disk is noted too.
+        name, full_path = super().filename(key, value)
+        files = getattr(self._written, "files", None)
+        if files is not None:
+            files.append(name)
+        return name, full_path
 
     def get(self, key: Any, raw: bool) -> Any:
         if not raw:
@@ -186,6 +212,10 @@ class DiskStorage:
         # Metadata of records read on the loop, reused while their bytes stay the same.
         self._decoded = codec.DecodeMemo()
         self._open_files = OpenFiles()
+        self._warn_write = RateLimitedWarning(log)
+        self._warn_read = RateLimitedWarning(log)
+        self._last_write_timed_out = False
+        self._note_outdated = RateLimitedWarning(log, level=logging.INFO)
         self.refresh_stats()
 
     # -- reads -----------------------------------------------------------------
@@ -195,7 +225,15 @@ class DiskStorage:
         try:
             value = self._read(key)
         except diskcache.Timeout:
-            log.warning("disk cache %s: lock timeout reading %r; treated as a miss", self.directory, key)
+            self._warn_read("disk cache %s: lock timeout reading %r; treated as a miss", self.directory, key)
+            self.stats.misses += 1
+            return None
+        except sqlite3.OperationalError as exc:
+            # Not the entry's fault: a full disk (lru/lfu record the access in the same
+            # transaction), an I/O error. A miss; the entry stays.
+            self._warn_read(
+                "disk cache %s: reading %r failed: %r; treated as a miss", self.directory, key, exc
+            )
             self.stats.misses += 1
             return None
         except Exception as exc:  # any read failure must be a miss, never a 500
@@ -210,6 +248,9 @@ class DiskStorage:
             resource = codec.decode(value)
             if resource.key != key:
                 raise codec.CodecError(f"stored key {resource.key!r} does not match")
+        except codec.CodecVersionError:
+            self._drop_outdated(key)
+            return None
         except codec.CodecError as exc:
             self._drop_corrupt(key, str(exc))
             return None
@@ -323,7 +364,9 @@ class DiskStorage:
                 # stray access, which only nudges eviction order.
                 self._cache._con.executemany(self._record_access, rows)
         except Exception as exc:  # eviction order is a hint: never fail a caller over it
-            log.warning("disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc)
+            self._warn_write(
+                "disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc
+            )
 
     def _reader_connection(self) -> sqlite3.Connection | None:
         """This process's read-only connection (None if it cannot be opened)."""
@@ -360,58 +403,142 @@ class DiskStorage:
     def _drop_corrupt(self, key: str, why: str) -> None:
         self.stats.corrupt += 1
         self.stats.misses += 1
-        log.warning("disk cache %s: dropping corrupt entry %r: %s", self.directory, key, why)
+        self._warn_read("disk cache %s: dropping corrupt entry %r: %s", self.directory, key, why)
+        self._delete_unreadable(key)
+
+    def _drop_outdated(self, key: str) -> None:
+        """A record of an older codec version (written before an upgrade): a miss, removed."""
+        self.stats.outdated += 1
+        self.stats.misses += 1
+        self._note_outdated(
+            "disk cache %s: removing entries of an older format (e.g. %r)", self.directory, key
+        )
+        self._delete_unreadable(key)
+
+    def _delete_unreadable(self, key: str) -> None:
         try:
             self._cache.delete(key)
         except Exception as exc:  # best effort: the read is already a miss
-            log.warning("disk cache %s: could not delete corrupt entry %r: %r", self.directory, key, exc)
+            self._warn_read("disk cache %s: could not delete entry %r: %r", self.directory, key, exc)
 
     # -- writes ----------------------------------------------------------------
 
     def set(self, resource: CachedResource) -> bool:
         """Store resource; False when refused (too big, noeviction and full, or an I/O error)."""
-        stats = self.stats
-        key = resource.key
-        try:
-            data = codec.encode(resource)
-        except codec.CodecError as exc:
-            log.warning("disk cache %s: cannot encode %r: %s", self.directory, key, exc)
-            stats.rejected += 1
-            return False
-        budget = self.budget_bytes
-        # Either measure over the budget refuses, so that "too big" means the
-        # same thing as in the memory tier.
-        if len(data) > budget or resource.size() > budget:
-            stats.rejected += 1
-            return False
-        cache = self._cache
-        try:
-            if self.policy == "noeviction" and not self._fits(key, len(data)):
-                stats.rejected += 1
-                return False
-            cache.set(key, data)
-            volume = cache.volume()
-            if volume > budget:
-                self.flush_access()  # evict by what was really read, not by what was last written
-                stats.evictions += cache.cull()
-                volume = cache.volume()
-                # cull() works in batches and can take the new entry too.
-                if key not in cache:
-                    stats.rejected += 1
-                    self._refresh(volume)
-                    return False
-            stats.sets += 1
-            self._refresh(volume)
-            return True
-        except Exception as exc:  # disk full, SQLite errors, lock timeouts: refuse, never raise
-            log.warning("disk cache %s: storing %r failed: %r", self.directory, key, exc)
-            stats.rejected += 1
-            return False
+        return self.set_many([resource])[0] is True
 
-    def _fits(self, key: str, new_len: int) -> bool:
+    def set_many(self, resources: list[CachedResource]) -> list[bool | None]:
+        """Store several resources in one SQLite transaction, checking the budget once.
+
+        Per resource: True stored, False refused (too big, noeviction and full,
+        or culled at once), None failed (an I/O error: a full disk, a lock
+        timeout). A refused or failed key's older value is removed (best
+        effort) so that it cannot be served instead. Never raises.
+        """
+        stats = self.stats
+        budget = self.budget_bytes
+        results: list[bool | None] = [False] * len(resources)
+        items: list[tuple[int, str, bytes]] = []
+        refused: list[str] = []
+        for i, resource in enumerate(resources):
+            key = resource.key
+            try:
+                data = codec.encode(resource)
+            except codec.CodecError as exc:
+                log.warning("disk cache %s: cannot encode %r: %s", self.directory, key, exc)
+                refused.append(key)
+                continue
+            # Either measure over the budget refuses, so that "too big" means the
+            # same thing as in the memory tier.
+            if len(data) > budget or resource.size() > budget:
+                refused.append(key)
+                continue
+            items.append((i, key, data))
+        if items:
+            outcome = self._write_batch(items)
+            if outcome is None and len(items) > 1 and not self._last_write_timed_out:
+                # One bad entry must not sink the others: each alone (not after a lock
+                # timeout, which each would wait out again).
+                outcome = [r for item in items for r in (self._write_batch([item]) or [None])]
+            for (i, _, _), ok in zip(items, outcome or [None] * len(items), strict=True):
+                results[i] = ok
+        for result in results:
+            if result is True:
+                stats.sets += 1
+            elif result is False:
+                stats.rejected += 1
+            else:
+                stats.failed += 1
+        refused += [resources[i].key for i, ok in enumerate(results) if ok is not True]
+        if refused:
+            self._drop_older(refused)
+        return results
+
+    def _write_batch(self, items: list[tuple[int, str, bytes]]) -> list[bool | None] | None:
+        """One transaction for items; per item True / False (noeviction, culled), None if it failed."""
+        cache = self._cache
+        disk: _SafeDisk = cache._disk
+        written = disk.track()
+        results: list[bool | None] = []
+        self._last_write_timed_out = False
+        try:
+            with cache.transact():
+                volume = cache.volume() if self.policy == "noeviction" else 0
+                for _, key, data in items:
+                    if self.policy == "noeviction":
+                        if not self._fits(key, len(data), volume):
+                            results.append(False)
+                            continue
+                        volume += len(data)
+                    cache.set(key, data)
+                    results.append(True)
+        except Exception as exc:  # disk full, SQLite errors, lock timeouts: nothing of the batch is stored
+            self._last_write_timed_out = isinstance(exc, diskcache.Timeout)
+            for filename in written:
+                disk.remove(filename)  # value files of rows that were rolled back
+            keys = ", ".join(repr(key) for _, key, _ in items[:3])
+            self._warn_write(
+                "disk cache %s: storing %d entries (%s%s) failed: %r",
+                self.directory,
+                len(items),
+                keys,
+                ", ..." if len(items) > 3 else "",
+                exc,
+            )
+            return None
+        finally:
+            disk.untrack()
+        try:
+            volume = cache.volume()
+            if volume > self.budget_bytes:
+                self.flush_access()  # evict by what was really read, not by what was last written
+                culled = cache.cull()
+                self.stats.evictions += culled
+                volume = cache.volume()
+                if culled:
+                    # cull() works in batches and can take new entries too.
+                    for n, (_, key, _) in enumerate(items):
+                        if results[n] and key not in cache:
+                            results[n] = False
+            self._refresh(volume)
+        except Exception as exc:  # the entries are stored; only the budget check failed
+            self._warn_write("disk cache %s: keeping the budget failed: %r", self.directory, exc)
+        return results
+
+    def _drop_older(self, keys: list[str]) -> None:
+        """Remove the older values of keys whose new value was not stored (best effort)."""
+        try:
+            with self._cache.transact():
+                for key in keys:
+                    self._cache.delete(key)
+        except Exception as exc:
+            self._warn_write(
+                "disk cache %s: removing %d older values failed: %r", self.directory, len(keys), exc
+            )
+
+    def _fits(self, key: str, new_len: int, volume: int) -> bool:
         """noeviction: would volume stay within the budget with this value stored?"""
         cache = self._cache
-        volume: int = cache.volume()
         if volume + new_len <= self.budget_bytes:
             return True
         # Only now is it worth reading the old value to credit its length.

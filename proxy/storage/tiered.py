@@ -13,11 +13,13 @@ default executor, means close() can join the threads, which also closes the
 per-thread SQLite connections diskcache opened in them.
 
 aset() writes L2 behind the request (proxy.storage.write_behind): the L2 copy
-is queued and written by a background task, and dropped (counted in
-stats.write_dropped) when the queue is full. Reads answer from the queue
-first, so a queued write is never hidden by an older L2 value; deletes and
-clear withdraw queued writes before touching L2. At shutdown, await drain()
-before close().
+is queued and written, in batches, by a background task. When the queue is
+full, nothing is stored (counted in stats.write_dropped): the tiers and the
+catalogue keep agreeing. A queued write the disk then fails (a full disk) is
+undone in L1 too, and the `write_failed_listeners` hear of its key (the
+catalogue forgets it). Reads answer from the queue first, so a queued write is
+never hidden by an older L2 value; deletes and clear withdraw queued writes
+before touching L2. At shutdown, await drain() before close().
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Literal, TypeVar
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
 from proxy.storage.disk import DiskStorage
-from proxy.storage.write_behind import DEFAULT_WRITE_QUEUE, WriteBehind
+from proxy.storage.warn import RateLimitedWarning
+from proxy.storage.write_behind import DEFAULT_WRITE_BATCH, DEFAULT_WRITE_QUEUE, WriteBehind
 
 TierName = Literal["l1", "l2"]
 
@@ -76,10 +79,11 @@ class TieredStorage:
       its old value for the key removed, so the tiers never disagree about
       what is current.
     - aset: write L1 inline and queue the L2 write (write-behind, at most
-      write_queue keys queued); True if L1 accepted or the write was queued.
-      A full queue drops the L2 write (stats.write_dropped): L2 then keeps
-      whatever it had for the key, exactly as after a crash before the
-      write; the caller never waits. drain() waits for the queue.
+      write_queue bytes queued, written write_batch at a time); True if L1
+      accepted or the write was queued. A full queue stores nothing
+      (stats.write_dropped): both tiers keep whatever they had for the key;
+      the caller never waits. drain() waits for the queue.
+    - aset_memory: L1 only (a revalidation that gives L2 nothing new).
     - delete/adelete: withdraw any queued write, then remove from both
       (adelete awaits L2); True if any tier, or the queue, had the key.
     - keys: the union (a snapshot, queued keys included); clear: both, and
@@ -97,6 +101,7 @@ class TieredStorage:
         *,
         l2_threads: int = DEFAULT_L2_THREADS,
         write_queue: int = DEFAULT_WRITE_QUEUE,
+        write_batch: int = DEFAULT_WRITE_BATCH,
         loop_read_max: int = DEFAULT_LOOP_READ_MAX,
     ) -> None:
         self.name = "tiered"
@@ -110,7 +115,12 @@ class TieredStorage:
         self._flights: dict[str, _Flight] = {}
         self._l2_deletes: dict[str, int] = {}
         # L2 writes of aset(); every L2 mutation holds self._writes.lock.
-        self._writes = WriteBehind(self._write_l2, self._in_thread, write_queue)
+        self._writes = WriteBehind(
+            self._write_l2_many, self._in_thread, write_queue, write_batch, self._write_failed
+        )
+        # Told the keys whose queued L2 write failed (their stores undone), on the loop.
+        self.write_failed_listeners: list[Callable[[list[str]], None]] = []
+        self._warn = RateLimitedWarning(log)
         # The disk tier read on the loop (None: every L2 read goes to the pool).
         self._loop_reader = l2 if isinstance(l2, DiskStorage) and loop_read_max > 0 else None
         self._loop_read_max = loop_read_max
@@ -341,17 +351,34 @@ class TieredStorage:
     async def aset(self, resource: CachedResource) -> bool:
         """Write L1 inline and queue the L2 write; never waits for L2.
 
-        True if L1 accepted or the L2 write was queued. A full queue drops
-        the L2 write (stats.write_dropped) and does not raise.
+        True if L1 accepted or the L2 write was queued. When the queue is full
+        nothing is stored (stats.write_dropped), and this does not raise.
         """
-        self._invalidate(resource.key)
-        stored = self._set_l1(resource)
-        if self.l2 is not None:
-            if self._writes.put(resource):
-                stored = True
-            else:
-                self.stats.write_dropped += 1
+        if self._flights:
+            self._invalidate(resource.key)
+        if self.l2 is not None and not self._writes.put(resource):  # first: a drop stores nothing
+            self.stats.write_dropped += 1
+            self._warn(
+                "L2 write queue full (%d writes, %d bytes): %r not stored",
+                len(self._writes),
+                self._writes.bytes,
+                resource.key,
+            )
+            return self._count_set(False)
+        stored = self._set_l1(resource) or self.l2 is not None
         return self._count_set(stored)
+
+    async def aset_memory(self, resource: CachedResource) -> bool:
+        """Write L1 only; L2 keeps what it holds for the key (True if L1 took it)."""
+        self._invalidate(resource.key)
+        return self._count_set(self._set_l1(resource))
+
+    def unstore(self, key: str) -> None:
+        """Undo an aset() of this loop iteration: drop key from L1 and withdraw its queued L2 write."""
+        self._invalidate(key)
+        if self.l1 is not None:
+            self.l1.delete(key)
+        self._writes.cancel(key)
 
     async def adelete(self, key: str) -> bool:
         """Remove key from L1 inline, withdraw its queued L2 write and await the L2 delete.
@@ -451,9 +478,42 @@ class TieredStorage:
     def _set_l1(self, resource: CachedResource) -> bool:
         return self.l1 is not None and _set_or_drop(self.l1, resource)
 
-    def _write_l2(self, resource: CachedResource) -> bool:
-        # The write-behind queue's tier write (in a pool thread, under its lock).
-        return self.l2 is not None and _set_or_drop(self.l2, resource)
+    def _write_l2_many(self, resources: list[CachedResource]) -> list[CachedResource]:
+        """The write-behind queue's tier writes (in a pool thread, under its lock); the failed ones.
+
+        A refusal (over the budget) drops the key's older value, as in set();
+        only I/O failures are returned.
+        """
+        l2 = self.l2
+        if l2 is None:
+            return []
+        if isinstance(l2, DiskStorage):
+            results = l2.set_many(resources)
+            return [r for r, ok in zip(resources, results, strict=True) if ok is None]
+        failed = []
+        for resource in resources:
+            try:
+                _set_or_drop(l2, resource)
+            except Exception as exc:
+                log.warning("storing %r in %s failed: %r", resource.key, l2.name, exc)
+                failed.append(resource)
+        return failed
+
+    def _write_failed(self, resources: list[CachedResource]) -> None:
+        """Queued L2 writes the disk failed: the stores are undone in L1 too (on the loop)."""
+        self.stats.write_failed += len(resources)
+        l1 = self.l1
+        keys = []
+        for resource in resources:
+            key = resource.key
+            if self._writes.pending(key) is not None:
+                continue  # a newer value is queued: its own write decides
+            keys.append(key)
+            if l1 is not None and getattr(l1, "peek", l1.get)(key) is resource:
+                self._invalidate(key)
+                l1.delete(key)
+        for listener in self.write_failed_listeners:
+            listener(keys)
 
     def _delete_l2(self, key: str) -> bool:
         # Any thread. The caller has withdrawn the key's queued write; the
@@ -480,6 +540,11 @@ class TieredStorage:
         else:
             self.stats.rejected += 1
         return stored
+
+    @property
+    def write_queue(self) -> WriteBehind:
+        """The L2 write-behind queue (for its counters)."""
+        return self._writes
 
     async def _in_thread(self, fn: Callable[[_A], _T], arg: _A) -> _T:
         executor = self._executor

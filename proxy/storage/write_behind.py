@@ -1,19 +1,25 @@
-"""Write-behind for the L2 tier: a bounded, keyed queue of writes drained by one asyncio task.
+"""Write-behind for the L2 tier: a bounded, keyed queue of writes drained in batches by one asyncio task.
 
 TieredStorage.aset() puts the L2 copy here and returns at once; a drainer task
-(started lazily on the running loop) takes the writes oldest first and applies
-them one at a time on the storage's thread pool. The queue holds at most one
-write per key: a newer value for a key already queued replaces the queued one
-in place (same position, no duplicate disk work). When `capacity` keys are
-queued, put() refuses and the caller counts the drop: the response never
-waits for the disk.
+(started lazily on the running loop) takes the oldest writes, up to `batch` of
+them (and `BATCH_BYTES`), and applies them together on the storage's thread
+pool: one thread hop and one disk transaction for the batch. The longer the
+queue, the bigger the batches, so a burst is written with fewer commits. The
+queue holds at most one write per key: a newer value for a key already queued
+replaces the queued one in place (same position, no duplicate disk work). It
+is bounded in bytes (`capacity`, the values' sizes, the batch being written
+included); put() refuses a write that would exceed it, and the caller stores
+nothing (it counts the drop): the response never waits for the disk.
 
-Every write to the tier goes through `lock`, and a write checks under it that
-it was not cancelled. A caller that must not be overtaken by a queued write
-(delete, clear, a synchronous set) first cancel()s the key and then touches
-the tier while holding the same lock: a write that already started has then
-finished, and one that had not will not start. That is what keeps a purged
-entry from coming back.
+Every write to the tier goes through `lock`, and a batch checks under it, for
+each of its writes, that it was not cancelled. A caller that must not be
+overtaken by a queued write (delete, clear, a synchronous set) first
+cancel()s the key and then touches the tier while holding the same lock: a
+batch that already started has then finished, and a write that had not
+started will not. That is what keeps a purged entry from coming back.
+
+A write the tier failed (an I/O error, a full disk; not a refusal by its
+budget) is reported to `on_failed` on the loop, after its batch.
 
 Everything except the tier write itself runs on the event-loop thread, like
 the rest of TieredStorage.
@@ -32,7 +38,11 @@ from proxy.entry import CachedResource
 
 log = logging.getLogger("proxy.storage")
 
-DEFAULT_WRITE_QUEUE = 1024
+# Bytes of values queued or being written (CachedResource.size()), and writes per batch.
+DEFAULT_WRITE_QUEUE = 64 * 1024 * 1024
+DEFAULT_WRITE_BATCH = 256
+# A batch also stops growing at this many bytes, so that the tier's lock is never held for long.
+BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True, eq=False)
@@ -40,6 +50,7 @@ class PendingWrite:
     """One queued L2 write; the flags are set at most once each."""
 
     resource: CachedResource
+    size: int
     started: bool = False  # the tier write began (set under the lock)
     cancelled: bool = False  # superseded or purged: must not reach the tier
     # Resolved when the write is over (applied, failed, superseded or withdrawn); made on demand.
@@ -51,60 +62,80 @@ class PendingWrite:
             future.set_result(None)
 
 
+# Writes resources to the tier (in a pool thread, under the lock); returns those that failed.
+WriteMany = Callable[[list[CachedResource]], list[CachedResource]]
 # Runs a function with one argument on the I/O pool and awaits it.
-RunInThread = Callable[[Callable[[PendingWrite], None], PendingWrite], Awaitable[None]]
+ApplyBatch = Callable[[list[PendingWrite]], list[CachedResource]]
+RunInThread = Callable[[ApplyBatch, list[PendingWrite]], Awaitable[list[CachedResource]]]
 
 
 class WriteBehind:
     """Bounded queue of writes to one tier; see the module docstring.
 
-    write(resource) performs the tier write (it may return anything; its
-    result is ignored); run_in_thread runs the blocking part off the loop.
+    write_many(resources) performs the tier writes of one batch and returns
+    the resources it failed to write; run_in_thread runs it off the loop.
     """
 
     def __init__(
-        self, write: Callable[[CachedResource], object], run_in_thread: RunInThread, capacity: int
+        self,
+        write_many: WriteMany,
+        run_in_thread: RunInThread,
+        capacity: int,
+        batch: int = DEFAULT_WRITE_BATCH,
+        on_failed: Callable[[list[CachedResource]], None] | None = None,
     ) -> None:
         if capacity < 1:
-            raise ValueError(f"write queue capacity must be >= 1, got {capacity}")
+            raise ValueError(f"write queue capacity must be >= 1 byte, got {capacity}")
+        if batch < 1:
+            raise ValueError(f"write batch must be >= 1, got {batch}")
         self.capacity = capacity
+        self.batch = batch
         self.lock = threading.Lock()
-        self._write = write
+        self._write_many = write_many
         self._run = run_in_thread
+        self._on_failed = on_failed
         self._queue: OrderedDict[str, PendingWrite] = OrderedDict()
-        # The write the drainer handed to the pool (still readable by pending()).
-        self._inflight: PendingWrite | None = None
+        # The batch the drainer handed to the pool (still readable by pending()).
+        self._inflight: dict[str, PendingWrite] = {}
+        self.bytes = 0  # sizes of the queued writes and of the batch in flight
+        self.batches = 0  # batches written
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
-        """Writes not yet known to be on the tier: the queued ones plus the one in flight."""
-        return len(self._queue) + (self._inflight is not None)
+        """Writes not yet known to be on the tier: the queued ones plus the batch in flight."""
+        return len(self._queue) + len(self._inflight)
 
     # -- called on the loop thread ---------------------------------------------------
 
     def put(self, resource: CachedResource) -> bool:
         """Queue resource (replacing a queued write of its key); False when the queue is full.
 
+        An empty queue takes a value of any size: the bound is on what waits.
         Needs a running event loop (starts the drainer on it). Never waits.
         """
         key = resource.key
-        queue = self._queue
-        old = queue.get(key)
-        if old is not None:
+        size = resource.size()
+        old = self._queue.get(key)
+        if old is None:
+            if self.bytes + size > self.capacity and (self._queue or self._inflight):
+                return False
+        else:
             old.cancelled = True
             old.finish()
-        elif len(queue) >= self.capacity:
-            return False
-        queue[key] = PendingWrite(resource)  # an existing key keeps its position
-        self._ensure_task()
+            self.bytes -= old.size
+        self._queue[key] = PendingWrite(resource, size)  # a queued key keeps its place
+        self.bytes += size
+        task = self._task
+        if task is None or task.done():
+            self._ensure_task()
         return True
 
     def pending(self, key: str) -> CachedResource | None:
         """The newest value queued or being written for key, if any (read-your-writes)."""
         write = self._queue.get(key)
         if write is None:
-            write = self._inflight
-            if write is None or write.cancelled or write.resource.key != key:
+            write = self._inflight.get(key)
+            if write is None or write.cancelled:
                 return None
         return write.resource
 
@@ -118,9 +149,10 @@ class WriteBehind:
         write = self._queue.pop(key, None)
         if write is not None:
             write.cancelled = found = True
+            self.bytes -= write.size
             write.finish()
-        write = self._inflight
-        if write is not None and not write.cancelled and write.resource.key == key:
+        write = self._inflight.get(key)
+        if write is not None and not write.cancelled:
             write.cancelled = found = True
         return found
 
@@ -128,28 +160,24 @@ class WriteBehind:
         """Withdraw every queued and in-flight write (take `lock` before touching the tier)."""
         for write in self._queue.values():
             write.cancelled = True
+            self.bytes -= write.size
             write.finish()
         self._queue.clear()
-        if self._inflight is not None:
-            self._inflight.cancelled = True
+        for write in self._inflight.values():
+            write.cancelled = True
 
     def queued_keys(self) -> list[str]:
         """Keys with a write queued or in flight."""
         out = list(self._queue)
-        write = self._inflight
-        if write is not None and not write.cancelled and write.resource.key not in self._queue:
-            out.append(write.resource.key)
+        out += [k for k, w in self._inflight.items() if not w.cancelled and k not in self._queue]
         return out
 
     async def settled(self, key: str) -> None:
         """Return once no write of key is queued or in flight (whether it was applied or not)."""
         while True:
-            write = self._queue.get(key)
+            write = self._queue.get(key) or self._inflight.get(key)
             if write is None:
-                inflight = self._inflight
-                if inflight is None or inflight.resource.key != key:
-                    return
-                write = inflight
+                return
             if write.finished is None:
                 write.finished = asyncio.get_running_loop().create_future()
             await asyncio.shield(write.finished)
@@ -159,7 +187,7 @@ class WriteBehind:
 
         Cancelling drain() does not stop the drainer.
         """
-        while self._queue or self._inflight is not None:
+        while self._queue or self._inflight:
             await asyncio.wait([self._ensure_task()])
 
     def flush(self) -> None:
@@ -169,27 +197,38 @@ class WriteBehind:
         the pool threads, so that no write is left half-way in a thread.
         """
         self._requeue_inflight()
-        queue = self._queue
-        while queue:
-            _, write = queue.popitem(last=False)
-            self._apply_logged(write)
-            write.finish()
+        while self._queue:
+            batch = self._take_batch()
+            try:
+                self._apply(batch)
+            except Exception:
+                log.exception("write-behind: storing %d entries in L2 failed", len(batch))
+            for write in batch:
+                self.bytes -= write.size
+                write.finish()
 
     # -- internals ---------------------------------------------------------------------
 
-    def _apply(self, write: PendingWrite) -> None:
-        """The tier write, unless cancelled or already done (runs in a pool thread)."""
-        with self.lock:
-            if write.started or write.cancelled:
-                return
-            write.started = True
-            self._write(write.resource)
+    def _take_batch(self) -> list[PendingWrite]:
+        """The oldest queued writes, up to `batch` of them and BATCH_BYTES (at least one)."""
+        queue = self._queue
+        batch: list[PendingWrite] = []
+        size = 0
+        while queue and len(batch) < self.batch and (not batch or size < BATCH_BYTES):
+            _, write = queue.popitem(last=False)
+            batch.append(write)
+            size += write.size
+        return batch
 
-    def _apply_logged(self, write: PendingWrite) -> None:
-        try:
-            self._apply(write)
-        except Exception:  # one bad write must not stop the others
-            log.exception("write-behind: storing %r in L2 failed", write.resource.key)
+    def _apply(self, batch: list[PendingWrite]) -> list[CachedResource]:
+        """The tier writes of a batch, except those cancelled or already done (runs in a pool thread)."""
+        with self.lock:
+            todo = [w for w in batch if not (w.started or w.cancelled)]
+            for write in todo:
+                write.started = True
+            if not todo:
+                return []
+            return self._write_many([w.resource for w in todo])
 
     def _ensure_task(self) -> asyncio.Task[None]:
         loop = asyncio.get_running_loop()
@@ -200,33 +239,43 @@ class WriteBehind:
         return task
 
     def _requeue_inflight(self) -> None:
-        """Put back the write of a drainer that was cancelled or lost its loop.
+        """Put back the batch of a drainer that was cancelled or lost its loop.
 
-        Unless it already started (its thread finishes it) or a newer write of
-        its key is queued. If its thread only starts later, `started` makes
-        the second attempt a no-op.
+        Except the writes that already started (their thread finishes them) or
+        whose key has a newer write queued. If the thread only starts a batch
+        later, `started` makes the second attempt of each write a no-op.
         """
-        write, self._inflight = self._inflight, None
-        if write is None or write.started or write.cancelled:
-            return
-        key = write.resource.key
-        if key in self._queue:
-            write.cancelled = True
-            return
-        self._queue[key] = write
-        self._queue.move_to_end(key, last=False)
+        inflight, self._inflight = self._inflight, {}
+        back: list[PendingWrite] = []
+        for key, write in inflight.items():
+            if write.started or write.cancelled or key in self._queue:
+                if not write.started:
+                    write.cancelled = True
+                self.bytes -= write.size
+                write.finish()
+                continue
+            back.append(write)
+        for write in reversed(back):
+            self._queue[write.resource.key] = write
+            self._queue.move_to_end(write.resource.key, last=False)
 
     async def _drain_queue(self) -> None:
-        queue = self._queue
-        while queue:
-            _, write = queue.popitem(last=False)
-            self._inflight = write
+        while self._queue:
+            batch = self._take_batch()
+            self._inflight = inflight = {w.resource.key: w for w in batch}
+            failed: list[CachedResource] = []
             try:
-                await self._run(self._apply, write)
-            except Exception:  # one bad write must not stop the others
-                log.exception("write-behind: storing %r in L2 failed", write.resource.key)
-            # On cancellation (CancelledError is not an Exception) the write
+                failed = await self._run(self._apply, batch)
+            except Exception:  # one bad batch must not stop the others
+                log.exception("write-behind: storing %d entries in L2 failed", len(batch))
+            # On cancellation (CancelledError is not an Exception) the batch
             # stays in _inflight for _requeue_inflight().
-            if self._inflight is write:
-                self._inflight = None
-            write.finish()
+            if self._inflight is inflight:  # else _requeue_inflight() accounted for it
+                self._inflight = {}
+                for write in batch:
+                    self.bytes -= write.size
+            for write in batch:
+                write.finish()
+            self.batches += 1
+            if failed and self._on_failed is not None:
+                self._on_failed(failed)

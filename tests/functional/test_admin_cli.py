@@ -209,7 +209,10 @@ async def test_stats_prints_grouped_counters(node: Node, capsys: pytest.CaptureF
     code, out, err = await run(capsys, *node.args("stats"))
     assert code == 0, err
     groups = {line.split()[0]: line for line in out.splitlines()}
-    assert set(groups) == {"node", "workers", "engine", "l1", "l2", "storage", "purge", "catalog", "worker"}
+    assert set(groups) == {
+        *("node", "workers", "engine", "l1", "l2", "storage", "purge", "catalog", "health", "worker"),
+    }
+    assert groups["health"].startswith("health   l2 ok ")
     assert groups["workers"].startswith("workers  1 ")
     assert groups["node"].split() == ["node", "edge-test"]
     engine = groups["engine"]

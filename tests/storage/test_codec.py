@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from xxhash import xxh3_64_intdigest
 
 from proxy import codec
-from proxy.codec import CodecError, decode, encode
+from proxy.codec import CodecError, CodecVersionError, decode, encode
 from proxy.entry import CachedResource, StoredResponse
 from proxy.wire import HeaderBlock
 
-HEADER = 9  # magic (4) + version (1) + metadata length (4)
+HEADER = 17  # magic (4) + version (1) + metadata length (4) + checksum (8)
 
 
 def test_round_trip_multi_variant(multi_variant: Callable[..., CachedResource]) -> None:
@@ -67,7 +68,7 @@ def test_decode_accepts_bytearray_and_memoryview(resource: Callable[..., CachedR
 
 def test_format_prefix(resource: Callable[..., CachedResource]) -> None:
     data = encode(resource())
-    assert data[:5] == b"MCDN\x04"
+    assert data[:5] == b"MCDN\x05"
     (meta_len,) = struct.unpack(">I", data[5:9])
     json.loads(data[HEADER : HEADER + meta_len])  # the metadata block is plain JSON
 
@@ -81,8 +82,16 @@ def _split(data: bytes) -> tuple[Any, bytes]:
 
 
 def _join(meta: Any, bodies: bytes, raw_meta: bytes | None = None) -> bytes:
+    """A record with this metadata and these bodies, and the checksum that holds for them (so that
+    decode's other checks are what a damaged field meets)."""
     m = raw_meta if raw_meta is not None else json.dumps(meta).encode()
-    return b"MCDN\x04" + struct.pack(">I", len(m)) + m + bodies
+    return (
+        b"MCDN\x05"
+        + struct.pack(">I", len(m))
+        + struct.pack(">Q", xxh3_64_intdigest(m + bodies))
+        + m
+        + bodies
+    )
 
 
 def _with_meta(edit: Callable[[Any], None]) -> Callable[[bytes], bytes]:
@@ -116,14 +125,15 @@ def _damage_header_block(data: bytes, old: bytes, new: bytes) -> bytes:
     block = rest[:n]
     assert old in block
     damaged = block.replace(old, new, 1)
-    (meta_len,) = struct.unpack(">I", data[5:9])
-    return data[: HEADER + meta_len] + damaged + rest[n:]
+    meta, _ = _split(data)
+    return _join(meta, damaged + rest[n:])
 
 
 def _flip_json_byte(data: bytes) -> bytes:
-    out = bytearray(data)
-    out[HEADER] ^= 0xFF  # the opening "[" of the metadata
-    return bytes(out)
+    meta, bodies = _split(data)
+    raw = bytearray(json.dumps(meta).encode())
+    raw[0] ^= 0xFF  # the opening "[" of the metadata
+    return _join(None, bodies, raw_meta=bytes(raw))
 
 
 CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes]]] = [
@@ -135,6 +145,10 @@ CORRUPTIONS: list[tuple[str, Callable[[bytes], bytes]]] = [
     ("trailing garbage", lambda d: d + b"x"),
     ("metadata length too big", lambda d: d[:5] + struct.pack(">I", len(d)) + d[9:]),
     ("metadata length too small", lambda d: d[:5] + struct.pack(">I", 3) + d[9:]),
+    ("checksum changed", lambda d: d[:9] + bytes(8) + d[17:]),
+    ("a body byte changed", lambda d: d[:-1] + bytes([d[-1] ^ 1])),
+    ("a header byte changed, same shape", lambda d: d.replace(b"text/html", b"text/xtml", 1)),
+    ("a metadata digit changed", lambda d: d.replace(b"60.0", b"90.0", 1)),
     ("flipped JSON byte", _flip_json_byte),
     ("not JSON", lambda d: _join(None, b"", raw_meta=b"{not json")),
     ("invalid utf-8 in JSON", lambda d: _join(None, b"", raw_meta=b'["\xff\xfe", []]')),
@@ -274,7 +288,7 @@ def test_memo_keeps_no_bodies_and_stays_bounded(resource: Callable[..., CachedRe
     for i in range(25):
         memo.decode(f"k{i}", encode(resource(key=f"k{i}", body=b"x" * 1000)))
     assert len(memo._records) <= 10
-    assert all(template.body == b"" for _, _, template, _ in memo._records.values())
+    assert all(template.body == b"" for _, _, template, _, _ in memo._records.values())
 
 
 def test_memo_skips_multi_variant_records(multi_variant: Callable[..., CachedResource]) -> None:
@@ -292,8 +306,9 @@ def test_memo_rereads_only_the_body_of_the_same_source(resource: Callable[..., C
     body_start = memo.known_source("k", "ab/cd.val")
     assert body_start == len(data) - 4
     assert memo.known_source("k", "other.val") is None  # a new write is a new file
-    assert memo.reuse("k", "ab/cd.val", b"BODY") == resource(key="k", body=b"BODY")
+    assert memo.reuse("k", "ab/cd.val", b"body") == res
     assert memo.reuse("k", "ab/cd.val", b"BOD") is None  # short: damaged, never served
+    assert memo.reuse("k", "ab/cd.val", b"BODY") is None  # same length, other bytes: the checksum says so
     assert memo.reuse("k", "other.val", b"BODY") is None
 
 
@@ -348,3 +363,22 @@ def test_partial_with_bad_fields_raises_codec_error(
     data = _set_field(field, value)(encode(_partial(resource)))
     with pytest.raises(CodecError):
         decode(data)
+
+
+def test_older_format_versions_are_a_version_error(resource: Callable[..., CachedResource]) -> None:
+    data = encode(resource())
+    for version in (1, 2, 3, 4):
+        with pytest.raises(CodecVersionError):
+            decode(data[:4] + bytes((version,)) + data[5:])
+    for version in (0, 6, 32):  # not a version this cache ever wrote: damage
+        with pytest.raises(CodecError) as raised:
+            decode(data[:4] + bytes((version,)) + data[5:])
+        assert not isinstance(raised.value, CodecVersionError)
+
+
+def test_memo_checks_the_body_of_a_reused_record(resource: Callable[..., CachedResource]) -> None:
+    memo = codec.DecodeMemo()
+    data = encode(resource(key="k", body=b"original"))
+    memo.decode("k", data)
+    with pytest.raises(CodecError, match="checksum"):
+        memo.decode("k", data[:-8] + b"ORIGINAL")  # same prefix, same length, other body

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from proxy import codec
 from proxy.entry import CachedResource
-from proxy.storage import DiskStorage, EvictionPolicy
+from proxy.storage import DiskStorage, EvictionPolicy, TieredStorage
 
 Make = Callable[..., CachedResource]
 MiB = 1024 * 1024
@@ -153,7 +155,7 @@ def test_write_failure_is_refused_not_raised(
 
     monkeypatch.setattr(disk._cache, "set", fail)
     assert disk.set(resource("k")) is False
-    assert disk.stats.rejected == 1
+    assert (disk.stats.failed, disk.stats.rejected) == (1, 0)  # an I/O failure, not a refusal
 
 
 def test_random_policy_is_rejected(tmp_path: Path) -> None:
@@ -217,3 +219,52 @@ def test_delete_many_removes_the_listed_keys_in_one_transaction(disk: DiskStorag
     assert sorted(removed) == sorted(f"k{i}" for i in range(0, 50, 2))
     assert sorted(disk.keys()) == sorted(f"k{i}" for i in range(1, 50, 2))
     assert disk.stats.entries == 25
+
+
+# -- integrity: a checksum per record (issue 12 row 8) -------------------------------------------
+
+
+def _overwrite_100_bytes(disk: DiskStorage, key: str) -> None:
+    """Change 100 bytes in the middle of key's stored record, keeping its length, behind diskcache's back."""
+    db = sqlite3.connect(disk.directory / "cache.db")
+    try:
+        ((filename, value),) = db.execute("SELECT filename, value FROM Cache WHERE key = ?", (key,))
+        if filename is not None:  # a value file: overwritten in place, as a bad disk or a stray write would
+            with open(disk.directory / filename, "r+b") as f:
+                size = f.seek(0, 2)
+                f.seek(size // 2)
+                f.write(bytes(100))
+        else:  # a record inline in SQLite
+            damaged = bytearray(value)
+            damaged[len(damaged) // 2 : len(damaged) // 2 + 100] = bytes(100)
+            db.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes(damaged), key))
+            db.commit()
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("body_size", [1_000, 200_000], ids=["inline in SQLite", "value file"])
+async def test_bytes_changed_on_disk_are_a_miss_and_the_entry_is_removed(
+    tmp_path: Path, resource: Make, body_size: int
+) -> None:
+    disk = DiskStorage(tmp_path / "l2", 10 * MiB)
+    tiers = TieredStorage(None, disk)  # no L1: every read is a disk read, on the loop where it can be
+    try:
+        stored = resource("k", body_size=body_size)
+        assert disk.set(stored)
+        assert await tiers.aget("k") == (stored, "l2")  # read once: the loop reader keeps its metadata
+        _overwrite_100_bytes(disk, "k")
+        await asyncio.sleep(0)  # one loop turn: the loop reader's read transaction of that turn ends
+        assert await tiers.aget("k") == (None, None)  # never the damaged bytes
+        assert (disk.stats.corrupt, "k" in disk) == (1, False)
+        assert await tiers.aget("k") == (None, None)
+    finally:
+        tiers.close()
+
+
+def test_records_of_an_older_format_read_as_misses_and_are_removed(disk: DiskStorage, resource: Make) -> None:
+    data = codec.encode(resource("k"))
+    version_4 = data[:4] + b"\x04" + data[5:9] + data[17:]  # no checksum: what version 4 wrote
+    disk._cache.set("k", version_4)
+    assert disk.get("k") is None
+    assert (disk.stats.outdated, disk.stats.corrupt, "k" in disk) == (1, 0, False)

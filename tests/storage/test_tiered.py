@@ -72,9 +72,9 @@ async def test_l2_runs_off_the_event_loop_thread_when_loop_reads_are_off(
             calls.append(("get", threading.get_ident()))
             return super().get(key)
 
-        def set(self, resource: CachedResource) -> bool:
+        def set_many(self, resources: list[CachedResource]) -> list[bool | None]:
             calls.append(("set", threading.get_ident()))
-            return super().set(resource)
+            return super().set_many(resources)
 
     t = TieredStorage(MemoryStorage(MiB), Spy(tmp_path / "l2", 10 * MiB), loop_read_max=0)
     try:

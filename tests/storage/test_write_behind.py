@@ -50,15 +50,18 @@ class Gate:
 
 
 class GatedDisk(DiskStorage):
-    """The real disk tier, whose set() waits at a Gate first."""
+    """The real disk tier, whose writes (set(), and each entry of set_many()) wait at a Gate first."""
 
     def __init__(self, directory: Path, gate: Gate) -> None:
         super().__init__(directory, 10 * MiB)
         self.gate = gate
+        self.batches: list[list[str]] = []
 
-    def set(self, resource: CachedResource) -> bool:
-        self.gate.pass_through(resource)
-        return super().set(resource)
+    def set_many(self, resources: list[CachedResource]) -> list[bool | None]:
+        self.batches.append([r.key for r in resources])
+        for resource in resources:
+            self.gate.pass_through(resource)
+        return super().set_many(resources)
 
 
 class StubTier:
@@ -130,29 +133,37 @@ async def test_aset_returns_before_the_disk_write(gate: Gate, resource: Make) ->
         t.close()
 
 
-async def test_full_queue_drops_the_l2_write_not_the_response(
-    tmp_path: Path, gate: Gate, resource: Make
-) -> None:
+async def test_full_queue_stores_nothing_and_counts_it(tmp_path: Path, gate: Gate, resource: Make) -> None:
+    """The queue is bounded in bytes; a store that does not fit is made in neither tier (L1, L2 and the
+    catalogue keep agreeing), and the response never waits."""
     l1 = MemoryStorage(MiB)
     l2 = GatedDisk(tmp_path / "l2", gate)
-    t = TieredStorage(l1, l2, write_queue=2)
+    a, b = resource("a", body=b"first"), resource("b", body=b"first")
+    old_c, new_c = resource("c", body=b"old"), resource("c", body=b"new")
+    t = TieredStorage(l1, l2, write_queue=a.size() + b.size())
     try:
+        gate.release.set()
+        assert t.set(old_c) is True  # write-through, before the queue fills
+        gate.release.clear()
         # aset never yields to the loop, so the drainer has not taken "a" yet:
         # "a" and "b" fill the queue and "c" finds it full.
-        a, b, c = (resource(k) for k in "abc")
         assert await t.aset(a) is True
         assert await t.aset(b) is True
-        assert await t.aset(c) is True  # L1 took it
-        assert t.stats.write_dropped == 1
-        assert l1.peek("c") == c
-        assert await t.aset(resource("a", body=b"a2")) is True  # a queued key is replaced, not dropped
+        assert await t.aset(new_c) is False
+        assert (t.stats.write_dropped, t.write_queue.bytes) == (1, a.size() + b.size())
+        assert l1.peek("c") == old_c  # both tiers keep what they had
+        assert await t.aset(resource("a", body=b"again")) is True  # a queued key is replaced in place
         assert t.stats.write_dropped == 1
         gate.release.set()
         await t.drain()
-        assert sorted(l2.keys()) == ["a", "b"]
-        assert gate.keys_written() == ["a", "b"]
-        assert body(l2.get("a")) == b"a2"
-        # Without L1 a dropped write makes aset report False.
+        assert t.write_queue.bytes == 0
+        assert sorted(l2.keys()) == ["a", "b", "c"]
+        assert gate.keys_written() == ["c", "a", "b"]
+        assert body(l2.get("a")) == b"again" and body(l2.get("c")) == b"old"
+        assert await t.aset(new_c) is True  # room again
+        await t.drain()
+        assert body(l2.get("c")) == b"new"
+        # An empty queue takes a value bigger than its bound; without L1 a drop makes aset False.
         only_l2 = TieredStorage(None, DiskStorage(tmp_path / "only", 10 * MiB), write_queue=1)
         try:
             assert await only_l2.aset(resource("x")) is True
@@ -162,6 +173,30 @@ async def test_full_queue_drops_the_l2_write_not_the_response(
             assert list(only_l2.keys()) == ["x"]
         finally:
             only_l2.close()
+    finally:
+        gate.release.set()
+        t.close()
+
+
+async def test_queued_writes_go_to_disk_in_batches(tmp_path: Path, gate: Gate, resource: Make) -> None:
+    """While one batch is written the queue fills; the next batch takes up to write_batch entries at once."""
+    l2 = GatedDisk(tmp_path / "l2", gate)
+    t = TieredStorage(MemoryStorage(MiB), l2, write_batch=4)
+    try:
+        await t.aset(resource("first"))
+        await gate.wait_entered()  # the drainer is inside the first batch
+        for i in range(10):
+            await t.aset(resource(f"k{i}"))
+        gate.release.set()
+        await t.drain()
+        assert l2.batches == [
+            ["first"],
+            ["k0", "k1", "k2", "k3"],
+            ["k4", "k5", "k6", "k7"],
+            ["k8", "k9"],
+        ]
+        assert t.write_queue.batches == 4
+        assert sorted(l2.keys()) == sorted(["first", *(f"k{i}" for i in range(10))])
     finally:
         gate.release.set()
         t.close()
@@ -316,8 +351,8 @@ async def test_drain_survives_a_cancelled_drainer(
 ) -> None:
     t, _, l2 = gated
     await t.aset(resource("a"))
-    await t.aset(resource("b"))
-    await gate.wait_entered()
+    await gate.wait_entered()  # the batch of "a" has started in a pool thread
+    await t.aset(resource("b"))  # queued behind it
     drainer = t._writes._task
     assert drainer is not None
     drainer.cancel()  # as when the loop shuts down under it

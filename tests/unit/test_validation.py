@@ -12,6 +12,7 @@ from proxy.policy import (
     conditional_headers,
     current_age,
     freshen,
+    freshened_for_disk,
     has_precondition_for_origin,
     head_may_update,
     not_modified_header_list,
@@ -393,3 +394,37 @@ def test_rfc9111_s4_3_5_the_length_of_an_incomplete_response_is_its_representati
     stored = entry(etag='"v1"', status=206, body=b"he", parts=((0, 1),), complete_length=5)
     assert head_may_update(stored, hdrs(("ETag", '"v1"'), ("Content-Length", "5"))) is True
     assert head_may_update(stored, hdrs(("ETag", '"v1"'), ("Content-Length", "2"))) is False
+
+
+# -- does a 304 give the disk copy anything? (policy.freshened_for_disk) -------------------------
+
+REVALIDATED = (("Cache-Control", "max-age=0"), ("ETag", '"v1"'), ("X-Version", "1"))
+
+
+@pytest.mark.parametrize(
+    ("stored_fields", "not_modified", "expected"),
+    [
+        # Stale at once and nothing but Date changed: the old copy is revalidated just the same.
+        (REVALIDATED, [("Date", http_date(LATER)), ("ETag", '"v1"')], False),
+        (REVALIDATED, [("ETag", '"v1"')], False),  # no Date: dated on receipt, still only Date
+        (REVALIDATED, [("Date", http_date(LATER)), ("X-Version", "1")], False),  # repeated, same value
+        # A field changed: a restart would otherwise serve the old one.
+        (REVALIDATED, [("Date", http_date(LATER)), ("X-Version", "2")], True),
+        (REVALIDATED, [("Date", http_date(LATER)), ("X-New", "n")], True),
+        (REVALIDATED, [("Date", http_date(LATER)), ("ETag", '"v2"')], True),
+        (REVALIDATED, [("Date", http_date(LATER)), ("Surrogate-Key", "t9")], True),
+        # Fresh for a while: an L1 eviction or a restart would use the new lifetime.
+        (REVALIDATED, [("Date", http_date(LATER)), ("Cache-Control", "max-age=60")], True),
+        ((("Cache-Control", "max-age=60"), ("ETag", '"v1"')), [("Date", http_date(LATER))], True),
+        # Usable without the origin for a while (RFC 5861 windows count from the new response).
+        ((("Cache-Control", "max-age=0, stale-while-revalidate=30"), ("ETag", '"v1"')), [], True),
+        ((("Cache-Control", "max-age=0, stale-if-error=60"), ("ETag", '"v1"')), [], True),
+    ],
+)
+def test_a_304_rewrites_the_disk_copy_only_when_it_gains_something(
+    stored_fields: tuple[tuple[str, str], ...], not_modified: list[tuple[str, str]], expected: bool
+) -> None:
+    old = stored(hdrs(("Date", http_date(NOW)), *stored_fields), request_time=NOW, response_time=NOW)
+    plan = freshen(old, hdrs(*not_modified), hdrs(), LATER - 1, LATER, DEFAULTS)
+    assert isinstance(plan, StorePlan), plan
+    assert freshened_for_disk(old, plan.template) is expected
