@@ -491,6 +491,7 @@ class Engine:
             return None
         if fresh and policy.remaining_ttl(entry, self.clock()) <= 0:
             return None
+        self.storage.promote(resource)  # newer than this worker's copy: L1 answers from it now
         return FetchOutcome(CacheStatus(fwd=f.why, collapsed=True, detail="l2"), shared=entry)
 
     async def _fetch_and_mark(self, f: FetchRequest) -> FetchOutcome:

@@ -53,6 +53,7 @@ class RoutingStats:
 
     forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
     owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
+    owner_copies_refused: int = 0  # the owner's copy predated a purge here (the stream was down)
     served_for_peers: int = 0  # requests other edges sent here as the owner (hits included)
 
 
@@ -335,9 +336,32 @@ class Fetcher:
                 self.stats.owner_fallbacks += 1
             else:
                 router.succeeded(route)
-                self.stats.forwarded_to_owner += 1
-                return resp
+                if not self._purged_since_owner_fetched(f.key, resp):
+                    self.stats.forwarded_to_owner += 1
+                    return resp
+                # A purge here that the owner has not heard of yet (the purge stream is
+                # down, issue 12 row 11): its copy left the origin before it, so ask the origin.
+                resp.close()
+                self.stats.owner_copies_refused += 1
+                log.warning(
+                    "owner %s answered with a copy older than a purge here; asking the origin", route.peer
+                )
         return await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
+
+    def _purged_since_owner_fetched(self, key: str, resp: OriginResponse) -> bool:
+        """Whether a hard purge here is newer than the owner's copy (now - its Age, rounded down)."""
+        bans = self.purger.bans
+        if not bans or resp.status != 200:
+            return False
+        tags = [
+            t
+            for name in self.cfg.policy.tag_fields
+            for line in resp.headers.getall(name, ())
+            for t in line.replace(",", " ").split()
+        ]
+        ban = bans.latest_hard(key, tags)
+        # Age counts whole seconds: the copy may be up to a second older than it says.
+        return ban is not None and ban.at > self.clock() - policy.age_value(resp.headers) - 1
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus

@@ -299,10 +299,11 @@ class TieredStorage:
         return await self.aget_rest(key)
 
     async def aget_l2(self, key: str) -> CachedResource | None:
-        """The L2 copy of key (a queued write of this process first), promoted into L1.
+        """The L2 copy of key (a queued write of this process first), not promoted into L1.
 
         For when L1 may hold an older copy than L2: another worker of the box
-        has just stored the key (proxy/box.py).
+        has just stored the key (proxy/box.py). The caller decides whether the
+        copy is newer than L1's and then `promote`s it.
         """
         if self.l2 is None:
             return None
@@ -313,13 +314,17 @@ class TieredStorage:
         if reader is not None and key not in self._l2_deletes:
             answered, resource = reader.read_now(key, self._loop_read_max, count_miss=False)
             if answered:
-                if resource is not None:
-                    self._promote(resource)
                 return resource
-        resource, _ = await self.aget_rest(key)
+        resource, _ = await self.aget_rest(key, promote=False)
         return resource
 
-    async def aget_rest(self, key: str) -> tuple[CachedResource | None, TierName | None]:
+    def promote(self, resource: CachedResource) -> None:
+        """Put an L2 copy into L1 (an L1 that refuses it keeps missing)."""
+        self._promote(resource)
+
+    async def aget_rest(
+        self, key: str, *, promote: bool = True
+    ) -> tuple[CachedResource | None, TierName | None]:
         """The L2 read that get_now() could not answer, on the I/O pool; counted here."""
         l2 = self.l2
         if l2 is not None:
@@ -341,7 +346,7 @@ class TieredStorage:
                 # delete of this key overlapping the L2 read may make the result
                 # outdated: return it (the read began first) but do not let it
                 # overwrite L1 or resurrect a purged entry there.
-                if not flight.dirty:
+                if promote and not flight.dirty:
                     self._promote(resource)
                 self.stats.hits += 1
                 return resource, "l2"

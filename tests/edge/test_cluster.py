@@ -267,3 +267,25 @@ async def test_a_purge_at_an_edge_reaches_the_shield(
     resp, _ = await edge.get(path)
     assert resp.headers["Cache-Status"].startswith("shield;fwd=uri-miss")
     assert await origin.hits("/tags") == 2
+
+
+async def test_an_edge_refuses_an_owner_copy_older_than_a_purge_the_owner_has_not_heard_of(
+    start_edges: StartEdges, origin: Origin, redis_url: str, redis_server: RedisServer
+) -> None:
+    # Issue 12 row 11: Redis down, a purge at edge-1 of an object edge-3 owns stays local; edge-1
+    # must not refill from edge-3's pre-purge copy. When Redis is back, edge-3 drops its copy too.
+    edges = await start_edges(3, redis_url=redis_url)
+    path = path_owned_by("edge-3", edges)
+    resp, _ = await edges[0].get(path)
+    assert resp.status == 200 and await origin.hits("/max-age/600") == 1
+    redis_server.stop()
+    await edges[0].purger.purge(PurgeRequest("url", (path,)))
+    resp, _ = await edges[0].get(path)
+    assert resp.status == 200
+    assert await origin.hits("/max-age/600") == 2, resp.headers.get("Cache-Status")  # not edge-3's copy
+    assert edges[0].server.node.engine.fetcher.stats.owner_copies_refused == 1
+    redis_server.start()
+    deadline = time.monotonic() + 15
+    while key_for(edges[2], path) in edges[2].storage and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert key_for(edges[2], path) not in edges[2].storage  # the queued purge reached the owner
