@@ -22,9 +22,19 @@ async def test_warm_goes_through_each_keys_owner(
     start_edges: StartEdges, origin: Origin, redis_url: str, tmp_path: Path
 ) -> None:
     edges = await start_edges(3, redis_url=redis_url)
-    paths = [f"/max-age/600?warm={i}" for i in range(12)]
-    owners = {p: owner(key_for(edges[0], p), members(edges[0])) for p in paths}
-    assert len(set(owners.values())) == 3  # the sample spreads over every edge
+    # The key holds the origin's port, so which edge owns a path changes from run to run: pick
+    # four paths per edge from a larger pool so that the sample always spreads over every edge.
+    ring = members(edges[0])
+    per_edge: dict[str, list[str]] = {}
+    for i in range(400):
+        candidate = f"/max-age/600?warm={i}"
+        picked = per_edge.setdefault(owner(key_for(edges[0], candidate), ring), [])
+        if len(picked) < 4:
+            picked.append(candidate)
+    assert sorted(per_edge) == ["edge-1", "edge-2", "edge-3"]
+    assert all(len(picked) == 4 for picked in per_edge.values())
+    paths = sorted(p for picked in per_edge.values() for p in picked)
+    owners = {p: owner(key_for(edges[0], p), ring) for p in paths}
 
     # The configuration of one of the edges (as `minicdn cluster` writes them), static peers only:
     # the others are found through Redis.
