@@ -360,8 +360,16 @@ class Fetcher:
             for t in line.replace(",", " ").split()
         ]
         ban = bans.latest_hard(key, tags)
-        # Age counts whole seconds: the copy may be up to a second older than it says.
-        return ban is not None and ban.at > self.clock() - policy.age_value(resp.headers) - 1
+        if ban is None:
+            return False
+        # The owner adds its Cache-Status member last. A forward there means the owner asked the
+        # origin for this request, which was sent after the purge: the copy is newer than it.
+        owner_member = resp.headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
+        if ";hit" not in owner_member:
+            return False
+        # A stored copy: Age counts whole seconds, so it may be up to a second older than it says
+        # (a copy stored within a second after the purge is refused too: one more origin fetch).
+        return ban.at > self.clock() - policy.age_value(resp.headers) - 1
 
     async def _error(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, status: CacheStatus

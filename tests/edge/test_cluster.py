@@ -289,3 +289,22 @@ async def test_an_edge_refuses_an_owner_copy_older_than_a_purge_the_owner_has_no
     while key_for(edges[2], path) in edges[2].storage and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert key_for(edges[2], path) not in edges[2].storage  # the queued purge reached the owner
+
+
+async def test_an_owner_copy_fetched_after_a_purge_is_taken_at_once(
+    start_edges: StartEdges, origin: Origin, redis_url: str
+) -> None:
+    # The other side of row 11: with the stream up, the owner hears the purge and fetches anew;
+    # the edge that purged takes that copy (its Cache-Status member is a forward), even within
+    # the second of the purge, which Age alone cannot tell apart from an older copy.
+    edges = await start_edges(3, redis_url=redis_url)
+    path = path_owned_by("edge-3", edges)
+    await edges[0].get(path)
+    await edges[0].purger.purge(PurgeRequest("url", (path,)))
+    deadline = time.monotonic() + 5
+    while key_for(edges[2], path) in edges[2].storage and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    resp, _ = await edges[0].get(path)
+    assert resp.headers["Cache-Status"].startswith("edge-3;fwd=uri-miss"), resp.headers["Cache-Status"]
+    assert await origin.hits("/max-age/600") == 2
+    assert edges[0].server.node.engine.fetcher.stats.owner_copies_refused == 0
