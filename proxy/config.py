@@ -72,6 +72,9 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
 )
 
 
+# The smallest slice (cache.slice_size): every slice is one entry, and a catalogue row.
+MIN_SLICE_SIZE = 16 * 1024
+
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
 # RFC 9110 §5.1: a field name is a token.
@@ -144,6 +147,10 @@ class CacheConfig:
     # the page cache); larger ones on the I/O threads. 0: every read on a thread
     # (for a disk slow enough that a small read could stall the loop).
     l2_read_on_loop_max: int = 256 * 1024
+    # Objects longer than slice_threshold are fetched (by Range) and stored in slices of
+    # slice_size bytes, each its own entry (proxy/slices.py); 0 turns slicing off.
+    slice_size: int = 1024 * 1024
+    slice_threshold: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,7 +394,17 @@ def config_from_mapping(
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
+        slice_size=r.size(c, "slice_size", cd.slice_size, "cache"),
+        slice_threshold=r.size(c, "slice_threshold", cd.slice_threshold, "cache"),
     )
+    if cache.slice_size and not MIN_SLICE_SIZE <= cache.slice_size <= cache.max_object_size:
+        raise r.error(
+            "cache.slice_size",
+            f"must be 0 (no slicing) or from {MIN_SLICE_SIZE // 1024}KiB to cache.max_object_size"
+            f" ({cache.max_object_size} bytes): each slice is stored as one object",
+        )
+    if cache.slice_size and cache.slice_threshold < cache.slice_size:
+        raise r.error("cache.slice_threshold", "must be at least cache.slice_size (2 slices or more)")
 
     k = r.mapping(top.get("keys", {}), "keys")
     r.only(k, "keys", set(KeyConfig.__dataclass_fields__))
