@@ -10,6 +10,7 @@ from the wrong offset or version never compares equal.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,104 @@ async def test_purge_by_url_prefix_or_tag_removes_every_slice(sliced: StartSlice
         assert status == 206 and body == origin.body[40000000:40000010]
         assert origin.ranges_seen() == [slice_range(38 * MiB, 39 * MiB - 1)]
         await purger.purge(PurgeRequest(kind="all", values=()))
+
+
+# Smaller objects for the rest: 4 MiB in 256 KiB slices, sliced above 1 MiB (max_object_size).
+SMALL = 4 * MiB
+PIECE = 256 * 1024
+SMALL_SLICES = {"slice_size": PIECE, "slice_threshold": MiB}
+
+
+def piece_range(index: int) -> str:
+    return slice_range(index * PIECE, (index + 1) * PIECE - 1)
+
+
+async def test_an_origin_without_ranges_is_passed_through_as_before(sliced: StartSliced) -> None:
+    proxy, origin = await sliced(SMALL, SMALL_SLICES, ranges=False, accept_ranges=False)
+    for _ in range(2):
+        status, _, body = await get(proxy)
+        assert status == 200 and body == origin.body
+        status, _, body = await get(proxy, "bytes=1000-1999")
+        assert status == 200 and body == origin.body  # its 200 (RFC 9110 §14.2), as before slices
+    assert origin.ranges_seen() == [None, piece_range(0)] * 2
+    assert stored_slices(proxy, SMALL, PIECE) == []
+
+
+@pytest.mark.parametrize("etag", ["weak", None])
+async def test_an_origin_without_a_strong_etag_is_passed_through_as_before(
+    sliced: StartSliced, etag: str | None
+) -> None:
+    proxy, origin = await sliced(SMALL, SMALL_SLICES, etag=etag)
+    for _ in range(2):
+        # The whole slice is asked; the 206 is no slice (no strong validator): the client gets its range.
+        status, resp, body = await get(proxy, "bytes=1000-1999")
+        assert (status, resp.headers["Content-Range"]) == (206, f"bytes 1000-1999/{SMALL}")
+        assert body == origin.body[1000:2000]
+        status, resp, body = await get(proxy)
+        assert status == 200 and body == origin.body
+    assert origin.ranges_seen() == [piece_range(0), None] * 2
+    assert stored_slices(proxy, SMALL, PIECE) == []
+
+
+async def test_an_origin_that_stops_answering_ranges_ends_slicing_of_that_object(sliced: StartSliced) -> None:
+    # It says Accept-Ranges: bytes, but answers every Range with its whole 200.
+    proxy, origin = await sliced(SMALL, SMALL_SLICES, ranges=False)
+    status, _, body = await get(proxy)
+    assert status == 200 and body == origin.body  # complete: the rest came from a plain GET
+    # The first 200 gave slices 0 and 1; slice 2's Range got a 200; the rest from one more GET.
+    assert origin.ranges_seen() == [None, piece_range(2), None]
+    assert stored_slices(proxy, SMALL, PIECE) == []  # dropped: the object is not sliced
+    assert proxy.server.node.engine.slicer is not None
+    assert proxy.server.node.engine.slicer.stats.unsliced == 1
+    origin.seen.clear()
+    status, _, body = await get(proxy)
+    assert status == 200 and body == origin.body
+    assert origin.ranges_seen() == [None]  # passed through, not sliced again for a while
+    assert stored_slices(proxy, SMALL, PIECE) == []
+
+
+async def test_head_conditionals_416_and_only_if_cached_are_answered_from_the_slices(
+    sliced: StartSliced,
+) -> None:
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    await get(proxy, "bytes=0-9")
+    origin.seen.clear()
+    async with proxy.request("HEAD", "/video.mp4", headers=HOST) as head:
+        assert head.status == 200 and head.headers["Content-Length"] == str(SMALL)
+        assert head.headers["ETag"] == '"v1"' and is_hit(head)
+    status, resp, _ = await get(proxy, "bytes=0-9", **{"If-None-Match": '"v1"'})
+    assert status == 304 and is_hit(resp)
+    status, resp, _ = await get(proxy, f"bytes={SMALL}-")
+    assert (status, resp.headers["Content-Range"]) == (416, f"bytes */{SMALL}")
+    status, resp, _ = await get(proxy, "bytes=2000000-2000009", **{"Cache-Control": "only-if-cached"})
+    assert status == 504
+    assert origin.seen == []
+    # If-Range of another representation: the whole 200, streamed from the slices.
+    status, resp, body = await get(proxy, "bytes=0-9", **{"If-Range": '"v0"'})
+    assert status == 200 and body == origin.body
+    assert origin.ranges_seen() == [piece_range(i) for i in range(1, 16)]
+
+
+async def test_stale_slices_are_revalidated_each_with_its_range(sliced: StartSliced, clock: Any) -> None:
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    await get(proxy, "bytes=0-9")
+    await get(proxy, "bytes=2000000-2000009")  # slice 7
+    clock.advance(61)
+    origin.seen.clear()
+    status, resp, body = await get(proxy, "bytes=2000000-2000009")
+    assert status == 206 and body == origin.body[2000000:2000010]
+    assert "fwd=stale" in cache_status(resp) and "fwd-status=304" in cache_status(resp)
+    assert [(s.range, s.if_none_match) for s in origin.seen] == [(piece_range(7), '"v1"')]
+    status, resp, _ = await get(proxy, "bytes=2000000-2000009")
+    assert is_hit(resp) and len(origin.seen) == 1  # freshened by the 304
+    assert stored_slices(proxy, SMALL, PIECE) == [0, 7]
+
+
+async def test_concurrent_whole_gets_fetch_each_slice_once(sliced: StartSliced) -> None:
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    results = await asyncio.gather(*(get(proxy) for _ in range(3)))
+    for status, _, body in results:
+        assert status == 200 and body == origin.body
+    assert sorted(origin.ranges_seen(), key=str) == sorted(
+        [None] + [piece_range(i) for i in range(2, 16)], key=str
+    )
