@@ -72,6 +72,9 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
 )
 
 
+# The smallest slice (cache.slice_size): every slice is one entry, and a catalogue row.
+MIN_SLICE_SIZE = 16 * 1024
+
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
 # RFC 9110 §5.1: a field name is a token.
@@ -149,6 +152,10 @@ class CacheConfig:
     # l2_write_batch entries per disk transaction.
     l2_write_queue: int = 64 * 1024 * 1024
     l2_write_batch: int = 256
+    # Objects longer than slice_threshold are fetched (by Range) and stored in slices of
+    # slice_size bytes, each its own entry (proxy/slices.py); 0 turns slicing off.
+    slice_size: int = 1024 * 1024
+    slice_threshold: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,9 +401,19 @@ def config_from_mapping(
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
         l2_write_queue=r.size(c, "l2_write_queue", cd.l2_write_queue, "cache"),
         l2_write_batch=int(r.positive(c, "l2_write_batch", cd.l2_write_batch, "cache")),
+        slice_size=r.size(c, "slice_size", cd.slice_size, "cache"),
+        slice_threshold=r.size(c, "slice_threshold", cd.slice_threshold, "cache"),
     )
     if cache.l2_write_queue < 1:
         raise r.error("cache.l2_write_queue", "must be at least 1 byte")
+    if cache.slice_size and not MIN_SLICE_SIZE <= cache.slice_size <= cache.max_object_size:
+        raise r.error(
+            "cache.slice_size",
+            f"must be 0 (no slicing) or from {MIN_SLICE_SIZE // 1024}KiB to cache.max_object_size"
+            f" ({cache.max_object_size} bytes): each slice is stored as one object",
+        )
+    if cache.slice_size and cache.slice_threshold < cache.slice_size:
+        raise r.error("cache.slice_threshold", "must be at least cache.slice_size (2 slices or more)")
 
     k = r.mapping(top.get("keys", {}), "keys")
     r.only(k, "keys", set(KeyConfig.__dataclass_fields__))

@@ -31,7 +31,7 @@ from typing import assert_never
 
 from multidict import CIMultiDict
 
-from proxy import policy
+from proxy import policy, slices
 from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
@@ -44,7 +44,10 @@ from proxy.keys import normalise_accept_encoding, select_variant, variant_matche
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
+from proxy.ranges import ByteRange
 from proxy.routing import FetchRouter
+from proxy.slicer import Slicer
+from proxy.slices import SliceSpec
 from proxy.storage.tiered import TieredStorage, TierName
 
 __all__ = ["Engine", "EngineStats", "Lookup"]
@@ -127,6 +130,9 @@ class Engine:
         self.purger = purger
         self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
         self.fetcher.router = router
+        # Large objects by slices (proxy/slicer.py); None: cache.slice_size is 0.
+        spec = SliceSpec.of(cfg.cache)
+        self.slicer = Slicer(cfg, spec, storage, self.fetcher, purger, clock) if spec is not None else None
         self._peer_tags = (
             cfg.policy.tag_fields[0] if cfg.policy.strip_tag_fields and cfg.policy.tag_fields else None
         )
@@ -143,6 +149,8 @@ class Engine:
     async def close(self) -> None:
         """Stop background fetches (at shutdown)."""
         await self.flights.close()
+        if self.slicer is not None:
+            await self.slicer.close()
 
     # ----------------------------------------------------------------- lookup
 
@@ -286,6 +294,10 @@ class Engine:
         req = lk.request
         decision = lk.decision
         assert decision is not None
+        if self.slicer is not None and not isinstance(decision, policy.Pass):
+            sliced = await self._sliced(lk, decision, interim)
+            if sliced is not None:
+                return sliced
         match decision:
             case policy.Deliver():
                 raise AssertionError("a Deliver is answered by _decide")
@@ -318,6 +330,41 @@ class Engine:
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
                 assert_never(decision)
+
+    async def _sliced(
+        self, lk: Lookup, decision: policy.Decision, interim: InterimSink | None
+    ) -> Answer | None:
+        """The answer from a sliced object's slices (proxy/slicer.py), when the request is for one.
+
+        The object's key holds a slice (slice 0) that the lookup could not answer
+        from alone; or it holds nothing for the request and the request is for a
+        range whose first slice is stored under its own key. None: not sliced.
+        """
+        slicer = self.slicer
+        req = lk.request
+        if slicer is None or req.method not in ("GET", "HEAD") or "no-store" in lk.directives:
+            return None
+        entry = decision.entry if isinstance(decision, policy.Revalidate) else self._select(lk)
+        tier = lk.tier
+        if entry is not None and slicer.is_slice(entry):
+            f = self._fetch_request(lk, None, "partial", interim)
+        elif entry is None and req.method == "GET" and req.conditional:
+            f = self._fetch_request(lk, None, "partial", interim)
+            found = await slicer.find(f)
+            if found is None:
+                return None
+            entry, tier = found
+        else:
+            return None
+        result = await slicer.answer(f, entry, tier)
+        if result is None:
+            return None
+        answer, hit = result
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
+        return answer
 
     async def _finish_lookup(self, lk: Lookup) -> None:
         """The part of lookup() that needs awaiting: other workers' purges, the L2 pool, a purge screen."""
@@ -485,7 +532,8 @@ class Engine:
         if resource is None:
             return None
         entry = select_variant(resource, f.headers)
-        if entry is None or not self._covers(entry, f):
+        sliced = entry is not None and self.slicer is not None and self.slicer.is_slice(entry)
+        if entry is None or not (sliced or self._covers(entry, f)):
             return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
@@ -531,6 +579,18 @@ class Engine:
             self.pass_unstored.discard(f.key)  # there is something to look up now
         now = self.clock()
         shared = outcome.shared
+        if shared is not None and self.slicer is not None and self.slicer.is_slice(shared):
+            # The first slice of a large object (Fetcher._store_first_slice): the rest from slices.
+            if leader or variant_matches(shared, f.headers):
+                status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
+                result = await self.slicer.answer(f, shared, None, status)
+                if result is not None:
+                    if not leader:
+                        self.stats.coalesced += 1
+                    return result[0]
+                if leader:
+                    return error_reply(502, "origin stopped answering slices", status)
+            return await self._fetch_alone(f)
         if shared is not None:
             # Another variant, or parts that lack this request's range: it fetches its own.
             # The leader is answered the part the origin sent it, whatever it asked for.
@@ -570,6 +630,12 @@ class Engine:
                     b"",
                     outcome.status,
                 )
+            if resp.status == 206 and self.slicer is not None:
+                # The slice-aligned range asked for the client (Fetcher._range_to_forward) holds more than
+                # it asked for, and could not be stored: the client gets its own range of it.
+                trim = slices.trim(resp.headers.get("Content-Range"), f.headers.get("Range"))
+                if trim is not None:
+                    return self._trimmed(resp, outcome.status, outcome.prefix, *trim)
             return await self._stream(resp, outcome.status, outcome.prefix)
         # Not shareable, and this request did not start the fetch: go alone.
         return await self._fetch_alone(f)
@@ -698,6 +764,41 @@ class Engine:
                 yield chunk
 
         return Reply(resp.status, resp.reason, out, body(), status)
+
+    def _trimmed(
+        self, resp: OriginResponse, status: CacheStatus, prefix: bytes, skip: int, wanted: ByteRange
+    ) -> Reply:
+        """Bytes `wanted` of an origin 206 that starts `skip` bytes before them, as a 206 of their own."""
+        out = self.fetcher.client_response_headers(resp.headers)
+        out["Content-Range"] = wanted.content_range
+        count = wanted.last - wanted.first + 1
+        out["Content-Length"] = str(count)
+
+        async def body() -> AsyncIterator[bytes]:
+            to_skip, left = skip, count
+            try:
+                if prefix:
+                    yield_from = prefix[to_skip:][:left]
+                    to_skip = max(0, to_skip - len(prefix))
+                    left -= len(yield_from)
+                    if yield_from:
+                        yield yield_from
+                async for chunk in resp.iter_rest():
+                    if left <= 0:
+                        break
+                    if to_skip:
+                        dropped = min(to_skip, len(chunk))
+                        chunk, to_skip = chunk[dropped:], to_skip - dropped
+                    if chunk:
+                        chunk = chunk[:left]
+                        left -= len(chunk)
+                        yield chunk
+            finally:
+                resp.close()  # whatever follows the client's range is not read
+            if left > 0:
+                raise UpstreamError(502, "origin response body incomplete")
+
+        return Reply(206, "Partial Content", out, body(), status)
 
 
 def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:

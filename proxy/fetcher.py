@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import policy, ranges
+from proxy import policy, ranges, slices
 from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
@@ -132,6 +132,10 @@ class Fetcher:
         self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
         tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
         self._drop_response = (*targeted, *tags)
+        # Large objects by slices (proxy/slices.py); None: off. `unsliced`: keys whose origin
+        # stopped answering slices (proxy/slicer.py), not sliced again until the clock time given.
+        self.slices = slices.SliceSpec.of(cfg.cache)
+        self.unsliced: dict[str, float] = {}
 
     # ------------------------------------------------------------ headers
 
@@ -213,22 +217,28 @@ class Fetcher:
             if resp.status >= 500:
                 return await self._error(f, resp, request_time, status)
             return FetchOutcome(status, leader_only=resp)
-        return await self._store(f, resp, request_time, epoch)
+        return await self._store(f, resp, request_time, epoch, asked_range=ranged is not None)
 
-    @staticmethod
-    def _range_to_forward(f: FetchRequest) -> str | None:
+    def _range_to_forward(self, f: FetchRequest) -> str | None:
         """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
 
         Only a single byte range of a GET without If-Range (which the cache answers
         from what it stores), and only for a miss or an incomplete stored response:
         a complete one is revalidated whole. Anything else fetches the whole
-        representation, which then answers the range.
+        representation, which then answers the range. With slicing on, whole
+        slices are asked (slices.cover_range): the answer either reveals a sliced
+        object or holds all the client asked of a smaller one.
         """
         if f.client.method != "GET" or not f.client.conditional or "if-range" in f.headers:
             return None
         if f.stale is not None and not f.stale.parts:
             return None
-        return ranges.forwardable_range(f.headers.get("Range"))
+        value = f.headers.get("Range")
+        if self.slices is not None:
+            cover = slices.cover_range(value, self.slices.size)
+            if cover is not None:
+                return cover
+        return ranges.forwardable_range(value)
 
     async def head(self, f: FetchRequest) -> FetchOutcome:
         """A HEAD the stored responses cannot answer, asked of the origin as HEAD (RFC 9111 §4.3.5).
@@ -389,9 +399,12 @@ class Fetcher:
         return FetchOutcome(status, error=snapshot, stale=f.stale)
 
     async def _store(
-        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, *, asked_range: bool
     ) -> FetchOutcome:
-        """RFC 9111 §3: store within the object limit, or hand the response to the leader alone."""
+        """RFC 9111 §3: store within the object limit, or hand the response to the leader alone.
+
+        A response that reveals a sliced object stores the slice it starts with instead.
+        """
         response_time = self.clock()
         plan = policy.plan_store(
             "GET",
@@ -412,6 +425,18 @@ class Fetcher:
             if resp.status >= 500:
                 return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
+        if self.slices is not None and self.clock() >= self.unsliced.get(f.key, 0.0):
+            found = slices.slice_in_response(
+                resp.status,
+                resp.headers.get("Content-Range"),
+                resp.content_length,
+                resp.headers.get("ETag"),
+                resp.headers.get("Accept-Ranges"),
+                asked_range,
+                self.slices,
+            )
+            if found is not None:
+                return await self._store_first_slice(f, resp, plan, found, epoch)
         limit = self.cfg.cache.max_object_size
         template = plan.template
         # A part is stored only if the whole representation could be (it may be completed).
@@ -443,6 +468,71 @@ class Fetcher:
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+
+    async def _store_first_slice(
+        self,
+        f: FetchRequest,
+        resp: OriginResponse,
+        plan: policy.StorePlan,
+        found: tuple[int, int, int],
+        epoch: int,
+    ) -> FetchOutcome:
+        """Store the slices a response starts with (at most two: slices.slices_held); the rest is dropped.
+
+        A whole 200 or a 206 of more slices is read only that far, then closed
+        with its connection: the other slices are asked for by Range as they
+        are needed (proxy/slicer.py), each its own entry. The outcome shares the
+        first slice.
+        """
+        spec = self.slices
+        assert spec is not None
+        first, _, length = found
+        part = ranges.parse_content_range(resp.headers.get("Content-Range"))
+        held = slices.slices_held(first, part[1] if part is not None else length - 1, length, spec.size)
+        size = held[-1][1] - first + 1
+        data, complete = await resp.read_up_to(size)
+        if len(data) < size:
+            raise UpstreamError(502, "origin response body incomplete")
+        if not complete or len(data) > size:
+            resp.close()
+        template = plan.build(b"", fetch_epoch=epoch)
+        entries = [
+            replace(
+                template,
+                status=206,
+                reason="Partial Content",
+                body=data[a - first : b - first + 1],
+                parts=((a, b),),
+                complete_length=length,
+            )
+            for a, b in held
+        ]
+        stored = False
+        for entry in entries:
+            key = slices.slice_key(f.key, entry.parts[0][0] // spec.size)
+            base = f.resource if key == f.key else None
+            l1 = self.storage.l1
+            latest = l1.peek(key) if isinstance(l1, MemoryStorage) else None
+            resource = with_variant(latest or base, key, entry, self.cfg.policy.max_variants)
+            if await self.storage.aset(resource):
+                stored = True
+                await self.purger.record(resource)
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
+        cookies = tuple(resp.headers.getall("Set-Cookie", []))
+        return FetchOutcome(status, shared=entries[0], leader_cookies=cookies)
+
+    def stop_slicing(self, key: str) -> None:
+        """The origin stopped answering slices of `key`: its responses are not sliced for a while."""
+        if len(self.unsliced) >= KEY_MEMO_SIZE:
+            now = self.clock()
+            self.unsliced = {k: until for k, until in self.unsliced.items() if until > now}
+            if len(self.unsliced) >= KEY_MEMO_SIZE:
+                self.unsliced.clear()
+        self.unsliced[key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
+
+    async def send_for_cache(self, f: FetchRequest, out_headers: CIMultiDict[str]) -> OriginResponse:
+        """A GET for the cache (a slice: proxy/slicer.py), to the key's owner edge or the origin."""
+        return await self._send_to_owner_or_origin(f, out_headers)
 
     @staticmethod
     def _same_variant(resource: CachedResource | None, entry: StoredResponse) -> StoredResponse | None:

@@ -31,6 +31,7 @@ PURE = {
     "proxy.purge",
     "proxy.ranges",
     "proxy.routing",
+    "proxy.slices",
     "proxy.wire",
 }
 # Besides the pure modules, what a pure module may import from the project: the config's types.
