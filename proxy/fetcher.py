@@ -514,9 +514,9 @@ class Fetcher:
             l1 = self.storage.l1
             latest = l1.peek(key) if isinstance(l1, MemoryStorage) else None
             resource = with_variant(latest or base, key, entry, self.cfg.policy.max_variants)
-            if await self.storage.aset(resource):
+            # Catalogued for purges (queued; a full row queue undoes the store: record is False).
+            if await self.storage.aset(resource) and self.purger.record(resource):
                 stored = True
-                await self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entries[0], leader_cookies=cookies)

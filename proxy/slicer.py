@@ -402,7 +402,7 @@ class Slicer:
         if purger.behind():
             await purger.sync()
         resource, tier = await self.storage.aget(key)
-        if resource is not None and (purger.bans or purger.ban_all is not None):
+        if resource is not None and purger.bans:
             screened = purger.screen(resource)
             if screened is None:
                 await self.storage.adelete(key)
@@ -537,10 +537,8 @@ class Slicer:
         latest = l1.peek(key) if isinstance(l1, MemoryStorage) else None
         base = latest if latest is not None else resource
         updated = with_variant(base, key, entry, self.cfg.policy.max_variants)
-        stored = await self.storage.aset(updated)
-        if stored:
-            await self.purger.record(updated)
-        return stored
+        # The catalogue row is queued, written behind the response; a full row queue undoes the store.
+        return await self.storage.aset(updated) and self.purger.record(updated)
 
     async def _invalidate(
         self, f: FetchRequest, old: StoredResponse, new: StoredResponse, index: int
