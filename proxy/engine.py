@@ -132,7 +132,9 @@ class Engine:
         self.fetcher.router = router
         # Large objects by slices (proxy/slicer.py); None: cache.slice_size is 0.
         spec = SliceSpec.of(cfg.cache)
-        self.slicer = Slicer(cfg, spec, storage, self.fetcher, purger, clock) if spec is not None else None
+        self.slicer = (
+            Slicer(cfg, spec, storage, self.fetcher, purger, clock, box) if spec is not None else None
+        )
         self._peer_tags = (
             cfg.policy.tag_fields[0] if cfg.policy.strip_tag_fields and cfg.policy.tag_fields else None
         )

@@ -43,6 +43,7 @@ from typing import NoReturn
 from multidict import CIMultiDict
 
 from proxy import policy, slices
+from proxy.box import FetchLocks
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
 from proxy.config import Config
@@ -117,6 +118,7 @@ class Slicer:
         fetcher: Fetcher,
         purger: Purger,
         clock: Callable[[], float],
+        box: FetchLocks | None = None,
     ) -> None:
         self.cfg = cfg
         self.spec = spec
@@ -124,6 +126,7 @@ class Slicer:
         self.fetcher = fetcher
         self.purger = purger
         self.clock = clock
+        self.box = box  # the supervisor's link when this worker is one of several (proxy/box.py)
         self.flights: SingleFlight[_Got] = SingleFlight()
         self.stats = SliceStats()
         self._peer_tags = (
@@ -477,7 +480,15 @@ class Slicer:
             if isinstance(plan, policy.DontStore):
                 await self._unslice(f, stale, f"the origin no longer lets it be stored ({plan.reason})")
             entry = replace(plan.template, fetch_epoch=epoch)
-            stored = await self._store(key, entry, resource)
+            # L1 always; L2 when the box's other workers read slices there, or when the freshened
+            # slice gives it something (policy.freshened_for_disk), as for any 304 (Fetcher).
+            box = self.box
+            to_disk = (
+                self.storage.l1 is None
+                or (box is not None and box.shared)
+                or policy.freshened_for_disk(stale, entry)
+            )
+            stored = await self._store(key, entry, resource, to_disk=to_disk)
             self.stats.revalidated += 1
             return _Got(entry, None, CacheStatus(fwd=why, fwd_status=304, stored=stored))
         if status == 200:
@@ -531,14 +542,21 @@ class Slicer:
         self.stats.fetched += 1
         return _Got(entry, None, CacheStatus(fwd=why, fwd_status=206, stored=stored))
 
-    async def _store(self, key: str, entry: StoredResponse, resource: CachedResource | None) -> bool:
-        """Store a slice under its key (beside the other variants of that key), catalogued for purges."""
-        l1 = self.storage.l1
+    async def _store(
+        self, key: str, entry: StoredResponse, resource: CachedResource | None, *, to_disk: bool = True
+    ) -> bool:
+        """Store a slice under its key (beside the other variants of that key), catalogued for purges.
+
+        Without `to_disk` only L1 is written (L2 keeps what it holds for the key).
+        """
+        storage = self.storage
+        l1 = storage.l1
         latest = l1.peek(key) if isinstance(l1, MemoryStorage) else None
         base = latest if latest is not None else resource
         updated = with_variant(base, key, entry, self.cfg.policy.max_variants)
+        stored = await (storage.aset(updated) if to_disk else storage.aset_memory(updated))
         # The catalogue row is queued, written behind the response; a full row queue undoes the store.
-        return await self.storage.aset(updated) and self.purger.record(updated)
+        return stored and self.purger.record(updated)
 
     async def _invalidate(
         self, f: FetchRequest, old: StoredResponse, new: StoredResponse, index: int

@@ -302,6 +302,32 @@ async def test_stale_slices_are_revalidated_each_with_its_range(sliced: StartSli
     assert stored_slices(proxy, SMALL, PIECE) == [0, 7]
 
 
+async def test_a_304_for_a_slice_stale_at_once_freshens_l1_and_leaves_l2_alone(
+    sliced: StartSliced, clock: Any
+) -> None:
+    """As for any 304 (tests/functional/test_write_path.py): L2 is rewritten only when it gains something."""
+    proxy, origin = await sliced(SMALL, SMALL_SLICES, cache_control="max-age=0")
+    storage = proxy.server.node.storage
+    assert storage.l1 is not None and storage.l2 is not None
+    await get(proxy, "bytes=2000000-2000009")  # slice 7
+    await storage.drain()
+    on_disk = storage.l2.get(slice_key(KEY, 7))
+    assert on_disk is not None
+    sets = storage.l2.stats.sets
+    for _ in range(2):
+        clock.advance(5)
+        origin.seen.clear()
+        status, resp, body = await get(proxy, "bytes=2000000-2000009")
+        assert status == 206 and body == origin.body[2000000:2000010]
+        assert "fwd=stale" in cache_status(resp) and "fwd-status=304" in cache_status(resp)
+        assert [(s.range, s.if_none_match) for s in origin.seen] == [(piece_range(7), '"v1"')]
+    await storage.drain()
+    assert storage.l2.stats.sets == sets  # not one L2 write for the 304s
+    assert storage.l2.get(slice_key(KEY, 7)) == on_disk
+    in_memory = storage.l1.peek(slice_key(KEY, 7))
+    assert in_memory is not None and in_memory.variants[0].response_time == clock.now  # L1 was freshened
+
+
 async def test_concurrent_whole_gets_fetch_each_slice_once(sliced: StartSliced) -> None:
     proxy, origin = await sliced(SMALL, SMALL_SLICES)
     results = await asyncio.gather(*(get(proxy) for _ in range(3)))
