@@ -93,7 +93,7 @@ def _normalised_accept_encoding(value: str, preferred: tuple[str, ...]) -> str:
 
 
 def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
-    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+    """Reduce Accept-Encoding to the preferred coding the client wants most, else "identity".
 
     Memoised: a few browser spellings make up nearly all requests.
     """
@@ -105,10 +105,15 @@ def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> st
 
 
 def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
-    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+    """Reduce Accept-Encoding to the preferred coding the client wants most, else "identity".
 
     RFC 9110 §12.5.3: a coding with q=0 is not acceptable; "*" accepts any
-    coding not listed.
+    coding not listed (identity included); of the acceptable ones, the highest
+    q-value wins, and `preferred` (this cache's order) breaks ties. "identity"
+    competes only when listed (itself or through "*"): unlisted, it is what is
+    left when no preferred coding is acceptable. When nothing is acceptable, not
+    even identity (`identity;q=0`), the answer is still "identity": §12.5.3 says to
+    send a response without a content coding rather than fail the request.
     """
     if not value:
         return "identity"
@@ -127,11 +132,16 @@ def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
                 except ValueError:
                     q = 0.0
         accepted[coding] = q
+    star = accepted.get("*")
+    best, best_q = "identity", 0.0
     for coding in preferred:
-        q = accepted[coding] if coding in accepted else accepted.get("*", 0.0)
-        if q > 0:
-            return coding
-    return "identity"
+        q = accepted.get(coding, star or 0.0)
+        if q > best_q:
+            best, best_q = coding, q
+    identity_q = accepted.get("identity", star)
+    if identity_q is not None and identity_q > best_q:
+        return "identity"
+    return best
 
 
 # RFC 4647 §2.1: a basic language range; RFC 9110 §12.4.2: a weight.
