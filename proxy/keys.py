@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import parse_qsl, urlencode
 
@@ -74,12 +74,14 @@ def _primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig)
 
 
 def normalise_query(query: str, opts: KeyConfig) -> str:
-    """Apply the configured query handling: drop listed parameters, optionally sort."""
-    if not query or (not opts.sort_query and not opts.ignore_query_params):
+    """Apply the configured query handling: keep / drop listed parameters, optionally sort."""
+    if not query or not (opts.sort_query or opts.ignore_query_params or opts.keep_query_params):
         return query
     # surrogateescape: bytes that are not UTF-8 (%FF) survive the round trip instead of
     # all becoming U+FFFD, which would give distinct URLs one key.
     pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+    if opts.keep_query_params:
+        pairs = [(k, v) for k, v in pairs if any(fnmatchcase(k, pat) for pat in opts.keep_query_params)]
     if opts.ignore_query_params:
         pairs = [(k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)]
     if opts.sort_query:
@@ -243,16 +245,38 @@ def normalise_field_value(lines: list[str]) -> str | None:
     return _WS_RE.sub(" ", joined)
 
 
+# A secondary-key name that stands for one cookie's value (rules' key.cookies): "cookie:NAME".
+# ":" is no token character, so it never collides with a field name a Vary can nominate.
+COOKIE_KEY = "cookie:"
+
+
+def cookie_key(name: str) -> str:
+    """The secondary-key name of a cookie (its name keeps its case: RFC 6265 §5.3 compares exactly)."""
+    return COOKIE_KEY + name
+
+
 def request_vary_values(names: tuple[str, ...], request_headers: Headers) -> tuple[str | None, ...]:
-    """The normalised values of the nominated request fields, in `names` order."""
-    return tuple(_vary_value(name, request_headers.getall(name, [])) for name in names)
+    """The normalised values of the nominated request fields (and cookies), in `names` order."""
+    return tuple(_vary_value(name, request_headers) for name in names)
 
 
-def _vary_value(name: str, lines: list[str]) -> str | None:
-    value = normalise_field_value(lines)
+def _vary_value(name: str, headers: Headers) -> str | None:
+    if name.startswith(COOKIE_KEY):
+        return cookie_value(headers.getall("Cookie", []), name[len(COOKIE_KEY) :])
+    value = normalise_field_value(headers.getall(name, []))
     if name == "accept-language" and value is not None:
         return normalise_accept_language(value) or value
     return value
+
+
+def cookie_value(lines: list[str], name: str) -> str | None:
+    """The value of cookie `name` in the Cookie field's lines (RFC 6265 §4.2.1), the first if repeated."""
+    for line in lines:
+        for pair in line.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip(" \t") == name:
+                return value.strip(" \t")
+    return None
 
 
 def variant_matches(variant: StoredResponse, request_headers: Headers) -> bool:
@@ -289,13 +313,20 @@ def with_variant(
 
     At most `limit` variants are kept; the oldest (by response time) go first.
     """
+    return with_variants(resource, key, (variant,), limit)
+
+
+def with_variants(
+    resource: CachedResource | None, key: str, added: Sequence[StoredResponse], limit: int
+) -> CachedResource:
+    """with_variant for several variants of one response (its encodings), added together."""
     kept = [
         v
         for v in (resource.variants if resource is not None else ())
-        if not (v.vary_names == variant.vary_names and v.vary_values == variant.vary_values)
+        if not any(v.vary_names == a.vary_names and v.vary_values == a.vary_values for a in added)
     ]
-    kept.append(variant)
+    kept.extend(added)
     if len(kept) > limit:
-        kept.sort(key=lambda v: v.response_time)
+        kept.sort(key=lambda v: v.response_time)  # stable: the ones added last stay last
         kept = kept[-limit:]
     return CachedResource(key=key, variants=tuple(kept))

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PURE = {
     "proxy.cache_status",
     "proxy.codec",
+    "proxy.compression",
     "proxy.delivery",
     "proxy.entry",
     "proxy.h1",
@@ -30,6 +31,7 @@ PURE = {
     "proxy.purge",
     "proxy.ranges",
     "proxy.routing",
+    "proxy.rules",
     "proxy.wire",
 }
 # Besides the pure modules, what a pure module may import from the project: the config's types.
