@@ -12,11 +12,13 @@ request for the storing of that response. Rules compile to values the pure
 functions take: `policy.Overrides` for storing, a `KeyConfig` for the key, a
 bypass flag, and the names Cache-Status reports.
 
-The hot path: `RuleSet.match` looks the request's path up in a memo of the
-rules whose path (or lack of one) fits it; a path no rule fits costs one dict
-lookup and allocates nothing. On a memo miss one combined regular expression
-over every path pattern says whether any rule could match before each is tried.
-The memo is bounded like the key memo (cleared when full). Keys stay a function
+The hot path: the engine first asks whether the request's path is one no rule
+can concern (`RuleSet.unmatched`, a set of such paths: one membership test, no
+call, no allocation); else `RuleSet.match` looks the path up in a memo of the
+rules whose path (or lack of one) fits it, and checks their other conditions.
+On a miss of both, one combined regular expression over every path pattern says
+whether any rule could match before each is tried. Both memos are bounded like
+the key memo (cleared when full). Keys stay a function
 of the URL alone: a rule that changes the key matches on hosts and path only
 (config validation), so `Fetcher.key_for`'s memo per (scheme, host, path,
 query) stays right.
@@ -240,6 +242,8 @@ class RuleSet:
         # Rules with no path condition are candidates for every path.
         self._pathless = tuple(c for c in self.compiled if c.path is None)
         self._prefilter = _prefilter(c for c in self.compiled if c.path is not None)
+        # Paths no rule can match (none has a fitting path condition, and every rule has one).
+        self.unmatched: set[str] = set()
         # path -> the rules whose path condition fits it (and their Match when nothing else decides).
         self._by_path: dict[str, tuple[tuple[_Compiled, ...], Match | None]] = {}
         self._matches: dict[tuple[int, ...], Match] = {}
@@ -257,10 +261,16 @@ class RuleSet:
     # ----------------------------------------------------------------- requests
 
     def match(self, req: ClientRequest) -> Match | None:
-        """The rules this request matches (None: none). No allocation when none could."""
-        found = self._by_path.get(req.path)
+        """The rules this request matches (None: none). No allocation when none could.
+
+        Callers on the hot path test `req.path in self.unmatched` first, which saves the call.
+        """
+        path = req.path
+        if path in self.unmatched:
+            return None
+        found = self._by_path.get(path)
         if found is None:
-            found = self._remember(req.path)
+            found = self._remember(path)
         candidates, decided = found
         if decided is not None or not candidates:
             return decided
@@ -269,8 +279,13 @@ class RuleSet:
 
     def _remember(self, path: str) -> tuple[tuple[_Compiled, ...], Match | None]:
         candidates = self._candidates(path)
+        if not candidates:
+            if len(self.unmatched) >= MEMO_SIZE:
+                self.unmatched.clear()
+            self.unmatched.add(path)
+            return candidates, None
         decided = None
-        if candidates and all(c.request_only_path for c in candidates):
+        if all(c.request_only_path for c in candidates):
             decided = self._match_of(tuple(c.index for c in candidates))
         if len(self._by_path) >= MEMO_SIZE:
             self._by_path.clear()
