@@ -162,7 +162,7 @@ class _Compiled:
 class Match:
     """The rules one request matched, merged: what they change for it and what Cache-Status calls them."""
 
-    __slots__ = ("_responses", "bypass", "label", "overrides", "responsive", "rules")
+    __slots__ = ("_request", "_responses", "bypass", "label", "overrides", "responsive", "rules")
 
     def __init__(self, rules: tuple[_Compiled, ...]) -> None:
         # In order; the response rules among them still wait for the response.
@@ -171,12 +171,13 @@ class Match:
         self.overrides, self.bypass = _merge(requested)
         self.label = " ".join(c.name for c in requested) or None
         self.responsive = any(c.on_response for c in rules)
+        self._request = (self.overrides, self.label)  # the answer when no rule waits for the response
         self._responses: dict[tuple[int, str], tuple[Overrides, str | None]] = {}
 
     def for_response(self, status: int, content_type: str | None) -> tuple[Overrides, str | None]:
         """The overrides for storing a response with this status and Content-Type, and the rules' names."""
         if not self.responsive:
-            return self.overrides, self.label
+            return self._request
         media = media_type(content_type)
         found = self._responses.get((status, media))
         if found is None:
@@ -191,7 +192,7 @@ class Match:
     def for_stored(self, status: int, headers: Iterable[tuple[str, str]]) -> tuple[Overrides, str | None]:
         """for_response for a stored response (its fields as pairs)."""
         if not self.responsive:
-            return self.overrides, self.label
+            return self._request
         content_type = next((v for n, v in headers if n.lower() == "content-type"), None)
         return self.for_response(status, content_type)
 
