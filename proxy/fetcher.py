@@ -445,8 +445,10 @@ class Fetcher:
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         stripped = "set-cookie" in overrides.strip  # a rule stripped it: nobody gets it
         cookies = () if stripped else tuple(resp.headers.getall("Set-Cookie", []))
-        serve = next((v for v in made if variant_matches(v, f.headers)), made[0])
-        siblings = tuple(v for v in made if v is not serve)
+        serve, siblings = made[0], made[1:]
+        if siblings:  # encodings: the leader is answered the one its request is keyed with
+            serve = next((v for v in made if variant_matches(v, f.headers)), serve)
+            siblings = tuple(v for v in made if v is not serve)
         return FetchOutcome(status, shared=serve, leader_cookies=cookies, part=part, siblings=siblings)
 
     async def _encodings(self, f: FetchRequest, entry: StoredResponse) -> tuple[StoredResponse, ...]:
