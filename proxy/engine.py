@@ -25,9 +25,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Any, assert_never
 
 from multidict import CIMultiDict
 
@@ -46,6 +46,7 @@ from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.ranges import ByteRange
 from proxy.routing import FetchRouter
+from proxy.rules import Match
 from proxy.slicer import Slicer
 from proxy.slices import SliceSpec
 from proxy.storage.tiered import TieredStorage, TierName
@@ -60,6 +61,8 @@ Clock = Callable[[], float]
 HIT_FOR_PASS_LIMIT = 100_000
 # Pass-through bodies of known length up to this size are read whole before answering.
 SMALL_PASS_BODY = 64 * 1024
+# The Vary names of a response that varies on Accept-Encoding alone (its encodings, most often).
+ACCEPT_ENCODING_ONLY = ("accept-encoding",)
 
 
 @dataclass(slots=True)
@@ -107,6 +110,7 @@ class Lookup:
     # The request fields with Accept-Encoding reduced (keys.normalise_accept_encoding),
     # built when something needs more than the fields the front picked out.
     normalised: CIMultiDict[str] | None = None
+    rules: Match | None = None  # the rules the request matched (proxy/rules.py)
 
 
 class Engine:
@@ -139,6 +143,9 @@ class Engine:
             cfg.policy.tag_fields[0] if cfg.policy.strip_tag_fields and cfg.policy.tag_fields else None
         )
         self._encodings = cfg.policy.accept_encodings
+        self.rules = self.fetcher.rules
+        # With compression, ranges are answered from the identity variant (proxy/compression.py).
+        self._ranges_identity = self.fetcher.compression is not None
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
         # key -> clock time until which the key is forwarded without coalescing.
@@ -164,6 +171,12 @@ class Engine:
         if method not in policy.CACHEABLE_METHODS:
             lk.decision = policy.Pass("method")
             return lk
+        rules = self.rules
+        if rules is not None and req.path not in rules.unmatched:  # a path no rule concerns: no call
+            matched = lk.rules = rules.match(req)
+            if matched is not None and matched.bypass:
+                lk.decision = policy.Pass("rule")  # never looked up, never stored
+                return lk
         if req.conditional and policy.has_precondition_for_origin(req.headers):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
@@ -209,19 +222,39 @@ class Engine:
             headers = end_to_end(
                 lk.request.headers, origin.unkeyed_request_headers, underscores=origin.underscores_in_headers
             )
-            headers["Accept-Encoding"] = normalise_accept_encoding(
-                lk.request.accept_encoding, self._encodings
-            )
+            headers["Accept-Encoding"] = self._accept_encoding(lk.request)
             lk.normalised = headers
         return headers
 
+    def _accept_encoding(self, req: ClientRequest) -> str:
+        """The request's Accept-Encoding reduced to one coding: the variant it is keyed with.
+
+        A range is keyed with identity when this cache compresses: ranges are answered
+        from the identity variant.
+        """
+        if self._ranges_identity and req.conditional and "range" in req.headers:
+            return "identity"
+        return normalise_accept_encoding(req.accept_encoding, self._encodings)
+
     def _select(self, lk: Lookup) -> StoredResponse | None:
         resource = lk.resource
-        if resource is None:
+        if resource is None or not resource.variants:
             return None
         variants = resource.variants
-        if len(variants) == 1 and not variants[0].vary_names:
-            return variants[0]  # no Vary: any request matches
+        first = variants[0]
+        if not first.vary_names and len(variants) == 1:
+            return first  # no Vary: any request matches
+        if first.vary_names == ACCEPT_ENCODING_ONLY:
+            # Encodings of one response (or Vary: Accept-Encoding alone): the reduced value picks one,
+            # without building the request's multidict.
+            wanted = self._accept_encoding(lk.request)
+            for variant in variants:
+                if variant.vary_names != ACCEPT_ENCODING_ONLY:
+                    break  # other Vary names too: the general way
+                if variant.vary_values[0] == wanted:
+                    return variant
+            else:
+                return None
         return select_variant(resource, self.normalised(lk))
 
     def _decide(self, lk: Lookup) -> None:
@@ -239,11 +272,13 @@ class Engine:
         if not isinstance(decision, policy.Deliver):
             return
         found, age, ttl = decision.entry, decision.age, decision.ttl
+        # Cache-Status names the rules that matched the request and the stored response.
+        rule = None if lk.rules is None else lk.rules.for_stored(found.status, found.headers)[1]
         if decision.revalidate_in_background:
             # RFC 5861 §3: the stale answer now, one revalidation behind it.
             self.stats.stale_served += 1
             self._revalidate_in_background(self._fetch_request(lk, found, "stale"))
-            status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate")
+            status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate", rule=rule)
         else:
             self.stats.hits += 1
             if decision.stale:
@@ -251,7 +286,7 @@ class Engine:
             if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
                 self._refresh_ahead(self._fetch_request(lk, found, "stale"))
             # detail says which tier answered (l1 / l2).
-            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier)
+            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier, rule=rule)
         conditional = self.normalised(lk) if req.conditional else None
         lk.answer = self._deliver(req, conditional, found, age, status)
 
@@ -275,18 +310,37 @@ class Engine:
         self, lk: Lookup, stale: StoredResponse | None, why: str, interim: InterimSink | None = None
     ) -> FetchRequest:
         return FetchRequest(
-            lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives, interim
+            lk.request,
+            self.normalised(lk),
+            lk.key,
+            lk.resource,
+            stale,
+            why,
+            lk.directives,
+            interim,
+            rules=lk.rules,
         )
 
     # --------------------------------------------------------------- complete
 
-    async def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Answer:
+    def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Coroutine[Any, Any, Answer]:
         """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass.
 
         `interim` is told of the 1xx responses the origin sends before the final one to
         this request's own fetch (RFC 9110 §15.2); a request answered from another
-        request's fetch (coalesced) gets none.
+        request's fetch (coalesced) gets none. The answer's Cache-Status names the rules
+        that matched the request and the response it gets.
         """
+        if lk.rules is None:
+            return self._complete(lk, interim)
+        return self._complete_naming_rules(lk, lk.rules, interim)
+
+    async def _complete_naming_rules(self, lk: Lookup, rules: Match, interim: InterimSink | None) -> Answer:
+        answer = await self._complete(lk, interim)
+        _name_rules(answer, rules)
+        return answer
+
+    async def _complete(self, lk: Lookup, interim: InterimSink | None) -> Answer:
         if lk.answer is not None:
             return lk.answer
         if lk.pending is not None:
@@ -319,6 +373,9 @@ class Engine:
                     return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
                 return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
+                if why == "rule":
+                    # A rule's bypass: forwarded as the client sent it, never looked up nor stored.
+                    return await self._pass(req, req.headers, "bypass", invalidate=False, interim=interim)
                 if why == "method":
                     return await self._pass(
                         req,
@@ -593,6 +650,9 @@ class Engine:
                 if leader:
                     return error_reply(502, "origin stopped answering slices", status)
             return await self._fetch_alone(f)
+        if shared is not None and not leader and outcome.siblings and not variant_matches(shared, f.headers):
+            # The leader's encoding is not this request's; another stored from the same response may be.
+            shared = next((v for v in outcome.siblings if variant_matches(v, f.headers)), shared)
         if shared is not None:
             # Another variant, or parts that lack this request's range: it fetches its own.
             # The leader is answered the part the origin sent it, whatever it asked for.
@@ -695,7 +755,9 @@ class Engine:
         headers = f.headers.copy()
         headers.popall("Range", None)
         headers.popall("If-Range", None)
-        whole = FetchRequest(f.client, headers, f.key, f.resource, None, "partial", f.directives)
+        whole = FetchRequest(
+            f.client, headers, f.key, f.resource, None, "partial", f.directives, rules=f.rules
+        )
         self.stats.partial_completions += 1
         self._refreshing += 1
         task, _ = self.flights.start(f.key, lambda: self._flight(whole))
@@ -801,6 +863,17 @@ class Engine:
                 raise UpstreamError(502, "origin response body incomplete")
 
         return Reply(206, "Partial Content", out, body(), status)
+
+
+def _name_rules(answer: Answer, rules: Match) -> None:
+    """Cache-Status names the rules that matched the request and the response it is answered with."""
+    if isinstance(answer, Delivery):
+        entry = answer.entry
+        _, label = rules.for_stored(entry.status, entry.headers)
+    else:
+        _, label = rules.for_response(answer.status, answer.headers.get("Content-Type"))
+    if label is not None:
+        answer.cache_status = answer.cache_status._replace(rule=label)
 
 
 def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:

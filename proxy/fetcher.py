@@ -8,6 +8,7 @@ Storing decisions come from `policy`; this file does the I/O around them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -15,9 +16,9 @@ from dataclasses import dataclass, replace
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import policy, ranges, slices
+from proxy import compression, policy, ranges, slices
 from proxy.cache_status import CacheStatus
-from proxy.config import Config
+from proxy.config import Config, KeyConfig
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import (
@@ -27,12 +28,14 @@ from proxy.keys import (
     select_variant,
     variant_matches,
     with_variant,
+    with_variants,
 )
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
+from proxy.rules import Match, RuleSet
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 
@@ -73,6 +76,17 @@ class FetchRequest:
     interim: InterimSink | None = None
     # Other workers of the box read what this fetch stores from L2 (proxy/box.py).
     box_reads_l2: bool = False
+    rules: Match | None = None  # the rules the request matched (proxy/rules.py)
+
+    def overrides(self, status: int, content_type: str | None) -> policy.Overrides:
+        """What the rules change in storing a response with this status and Content-Type."""
+        rules = self.rules
+        return rules.for_response(status, content_type)[0] if rules is not None else policy.NO_OVERRIDES
+
+    def stored_overrides(self, entry: StoredResponse) -> policy.Overrides:
+        """overrides() for the stored response `entry` (freshened by a 304 or a HEAD)."""
+        rules = self.rules
+        return rules.for_stored(entry.status, entry.headers)[0] if rules is not None else policy.NO_OVERRIDES
 
 
 @dataclass(slots=True)
@@ -98,6 +112,9 @@ class FetchOutcome:
     leader_cookies: tuple[str, ...] = ()
     # The range of the 206 the origin sent (first, last): what the leader is answered.
     part: tuple[int, int] | None = None
+    # The other variants stored from the same response (its encodings, proxy/compression.py):
+    # a coalesced request that `shared` does not match may match one of them.
+    siblings: tuple[StoredResponse, ...] = ()
 
     def discard(self) -> None:
         """Drop an unread leader-only response nobody will stream."""
@@ -127,6 +144,9 @@ class Fetcher:
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
         self._keys: dict[tuple[str, str, str, str], str] = {}
+        # Per-route rules (None: none configured) and compression (None: off).
+        self.rules = RuleSet(cfg.rules, cfg.keys) if cfg.rules else None
+        self.compression = compression.Compression.of(cfg)
         # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
         targeted = cfg.policy.stripped_targeted_fields(cfg.name)
         self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
@@ -178,12 +198,18 @@ class Fetcher:
         memo_key = (req.scheme, req.host, req.path, req.query)
         key = self._keys.get(memo_key)
         if key is None:
-            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)
+            opts = self.key_config(req.host, req.path)
+            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, opts)
             if len(req.path) + len(req.query) + len(req.host) <= KEY_MEMO_TARGET:
                 if len(self._keys) >= KEY_MEMO_SIZE:
                     self._keys.clear()  # cheaper than LRU bookkeeping on every hit; refills at once
                 self._keys[memo_key] = key
         return key
+
+    def key_config(self, host: str, path: str) -> KeyConfig:
+        """keys.* as the rules that match this URL change them (a function of the URL alone)."""
+        rules = self.rules
+        return rules.key_config(host, path) if rules is not None else self.cfg.keys
 
     # ------------------------------------------------------------- fetch
 
@@ -196,7 +222,7 @@ class Fetcher:
         variants = f.resource.variants if f.resource is not None else ()
         conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
-            conditional = policy.conditional_headers(f.stale, variants)
+            conditional = policy.conditional_headers(*compression.origin_view(f.stale, variants))
             out_headers.extend(conditional)
         ranged = self._range_to_forward(f)
         if ranged is not None:
@@ -254,7 +280,7 @@ class Fetcher:
         conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
             variants = f.resource.variants if f.resource is not None else ()
-            conditional = policy.conditional_headers(f.stale, variants)
+            conditional = policy.conditional_headers(*compression.origin_view(f.stale, variants))
             out_headers.extend(conditional)
         request_time = self.clock()
         epoch = self.purger.current_epoch()
@@ -296,7 +322,13 @@ class Fetcher:
                 variants.append(policy.soft_purged(variant, response_time))  # "consider it stale"
                 continue
             plan = policy.freshen(
-                variant, head_headers, f.headers, request_time, response_time, self.policy_config
+                variant,
+                head_headers,
+                f.headers,
+                request_time,
+                response_time,
+                self.policy_config,
+                f.stored_overrides(variant),
             )
             if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
                 variants.append(replace(plan.template, fetch_epoch=epoch))
@@ -406,6 +438,7 @@ class Fetcher:
         A response that reveals a sliced object stores the slice it starts with instead.
         """
         response_time = self.clock()
+        overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
         plan = policy.plan_store(
             "GET",
             f.headers,
@@ -416,6 +449,7 @@ class Fetcher:
             request_time,
             response_time,
             self.policy_config,
+            overrides,
         )
         if isinstance(plan, policy.DontStore):
             if f.stale is not None:
@@ -463,11 +497,34 @@ class Fetcher:
             latest = l1.peek(f.key) if isinstance(l1, MemoryStorage) else None
             base = latest if latest is not None else base
             entry = ranges.combine(self._same_variant(base, entry), entry)
-        resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
+        made = await self._encodings(f, entry) if part is None else (entry,)
+        resource = with_variants(base, f.key, made, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource) and self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
-        cookies = tuple(resp.headers.getall("Set-Cookie", []))
-        return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+        stripped = "set-cookie" in overrides.strip  # a rule stripped it: nobody gets it
+        cookies = () if stripped else tuple(resp.headers.getall("Set-Cookie", []))
+        serve, siblings = made[0], made[1:]
+        if siblings:  # encodings: the leader is answered the one its request is keyed with
+            serve = next((v for v in made if variant_matches(v, f.headers)), serve)
+            siblings = tuple(v for v in made if v is not serve)
+        return FetchOutcome(status, shared=serve, leader_cookies=cookies, part=part, siblings=siblings)
+
+    async def _encodings(self, f: FetchRequest, entry: StoredResponse) -> tuple[StoredResponse, ...]:
+        """`entry`, or its identity variant and encodings when this cache compresses it (compression.py).
+
+        Compressed once, here, on a worker thread when the body is large.
+        """
+        settings = self.compression
+        if settings is None:
+            return (entry,)
+        codings = settings.codings_for(entry, f.headers.get("Accept-Encoding", "identity"))
+        if not codings:
+            return (entry,)
+        if len(entry.body) >= settings.off_loop_min:
+            encoded = await asyncio.to_thread(settings.encode, entry.body, codings)
+        else:
+            encoded = settings.encode(entry.body, codings)
+        return compression.variants(entry, encoded)
 
     async def _store_first_slice(
         self,
@@ -559,10 +616,18 @@ class Fetcher:
         updated: dict[int, StoredResponse] = {}
         for old in selected:
             plan = policy.freshen(
-                old, resp.headers, f.headers, request_time, response_time, self.policy_config
+                old,
+                resp.headers,
+                f.headers,
+                request_time,
+                response_time,
+                self.policy_config,
+                f.stored_overrides(old),
             )
             if isinstance(plan, policy.StorePlan):
                 updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
+        # The encodings this cache made of a freshened response are as fresh as it is.
+        updated = compression.refresh_derived(variants, updated)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])
         stored = False
         if updated:
@@ -608,7 +673,8 @@ class Fetcher:
             if target.raw_authority.lower() != base.raw_authority.lower():
                 continue  # §4.4: never for another host (one origin must not purge another)
             host = self.key_host(target.raw_authority)
-            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, self.cfg.keys))
+            opts = self.key_config(target.raw_authority, target.raw_path)
+            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, opts))
         await self.purger.invalidate(sorted(keys))
 
 
