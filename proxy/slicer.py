@@ -475,7 +475,13 @@ class Slicer:
         if status == 304 and stale is not None:
             resp.release()
             plan = policy.freshen(
-                stale, resp.headers, f.headers, request_time, self.clock(), fetcher.policy_config
+                stale,
+                resp.headers,
+                f.headers,
+                request_time,
+                self.clock(),
+                fetcher.policy_config,
+                f.stored_overrides(stale),  # the route's rules, as for any 304 (Fetcher)
             )
             if isinstance(plan, policy.DontStore):
                 await self._unslice(f, stale, f"the origin no longer lets it be stored ({plan.reason})")
@@ -525,6 +531,8 @@ class Slicer:
             request_time,
             self.clock(),
             fetcher.policy_config,
+            # The route's rules store every slice as they store the first (Fetcher._store).
+            f.overrides(206, resp.headers.get("Content-Type")),
         )
         if isinstance(plan, policy.DontStore):
             resp.close()

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.config import CacheConfig, TierConfig
+from proxy.config import CacheConfig, Rule, TierConfig, config_from_mapping
 from proxy.purge import PurgeRequest
 from proxy.slices import slice_key
 from tests.functional.conftest import Proxy, ProxyFactory, cache_status
@@ -37,7 +37,7 @@ async def sliced(start_proxy: ProxyFactory, tmp_path: Path) -> AsyncIterator[Sta
     origins: list[SliceOrigin] = []
 
     async def start(
-        length: int = BIG, cache: dict[str, Any] | None = None, **options: Any
+        length: int = BIG, cache: dict[str, Any] | None = None, rules: tuple[Rule, ...] = (), **options: Any
     ) -> tuple[Proxy, SliceOrigin]:
         origin = await SliceOrigin(length, **options).start()
         origins.append(origin)
@@ -48,7 +48,7 @@ async def sliced(start_proxy: ProxyFactory, tmp_path: Path) -> AsyncIterator[Sta
             "l2": TierConfig(budget=512 * MiB),
         }
         settings.update(cache or {})
-        proxy = await start_proxy(origin_url=origin.url, cache=CacheConfig(**settings))
+        proxy = await start_proxy(origin_url=origin.url, cache=CacheConfig(**settings), rules=rules)
         return proxy, origin
 
     yield start
@@ -336,3 +336,35 @@ async def test_concurrent_whole_gets_fetch_each_slice_once(sliced: StartSliced) 
     assert sorted(origin.ranges_seen(), key=str) == sorted(
         [None] + [piece_range(i) for i in range(2, 16)], key=str
     )
+
+
+async def test_a_rule_applies_to_every_slice_not_only_the_first(sliced: StartSliced, clock: Any) -> None:
+    """A route's rule (proxy/rules.py) stores each slice as it stores the first: its ttl, its tags, the
+    Set-Cookie it strips (without which the origin's response could not be stored at all)."""
+    rule = {
+        "name": "video",
+        "match": {"path": "/video.mp4"},
+        "ttl": 3600,
+        "tags": ["videos"],
+        "strip_headers": ["Set-Cookie"],
+    }
+    rules = config_from_mapping({"rules": [rule]}, "test", environ={}).rules
+    proxy, origin = await sliced(
+        SMALL, SMALL_SLICES, rules=rules, cache_control="max-age=60", extra_headers="Set-Cookie: s=1\r\n"
+    )
+    for value, first in (("bytes=0-9", 0), ("bytes=2000000-2000009", 2000000)):  # slices 0 and 7
+        status, resp, body = await get(proxy, value)
+        assert status == 206 and body == origin.body[first : first + 10]
+        assert "stored" in cache_status(resp) and 'rule="video"' in cache_status(resp), cache_status(resp)
+        assert "Set-Cookie" not in resp.headers
+    assert stored_slices(proxy, SMALL, PIECE) == [0, 7]
+    clock.advance(120)  # past the origin's max-age, within the rule's ttl
+    origin.seen.clear()
+    for value, first in (("bytes=0-9", 0), ("bytes=2000000-2000009", 2000000)):
+        status, resp, body = await get(proxy, value)
+        assert status == 206 and body == origin.body[first : first + 10]
+        assert is_hit(resp), cache_status(resp)
+    assert origin.seen == []
+    result = await proxy.server.node.purger.purge(PurgeRequest(kind="tag", values=("videos",)))
+    assert result.keys == 2
+    assert stored_slices(proxy, SMALL, PIECE) == []
