@@ -267,6 +267,7 @@ class Coordinator:
         self.reload: Reload | None = None
         self._ids = itertools.count(1)
         self.stats = {"locks": 0, "waits": 0, "gone": 0, "passes": 0}
+        self.started = time.time()  # the box's start (workers come and go with reloads and restarts)
 
     async def attach(self, sock: socket.socket, index: int, pid: int, generation: int) -> WorkerLink:
         reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
@@ -401,7 +402,8 @@ class Coordinator:
 
     async def _answer_stats(self, link: WorkerLink, ident: int) -> None:
         snapshots = await self.gather()
-        link.send({"op": "stats", "id": ident, "workers": snapshots})
+        box = {"started": self.started, **self.stats}
+        link.send({"op": "stats", "id": ident, "workers": snapshots, "box": box})
 
     async def _answer_reload(self, link: WorkerLink, ident: int) -> None:
         if self.reload is None:

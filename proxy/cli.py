@@ -124,7 +124,7 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(cfg: Config) -> None:
-    log_output.install(cfg.log.level)
+    log_output.install(cfg.log.level, cfg.log.format)
 
 
 def main(

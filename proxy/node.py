@@ -30,8 +30,10 @@ from proxy.cache_status import Members
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.keys import key_host
+from proxy.observe import Recorder
 from proxy.origin import Upstream
 from proxy.purger import Purger
+from proxy.readiness import Readiness
 from proxy.routing import FetchRouter
 from proxy.storage.catalog import Catalog
 from proxy.storage.disk import DiskStorage
@@ -80,6 +82,8 @@ class Node:
         self.box = box  # the supervisor's link when this is one worker of several (proxy/box.py)
         self.members = Members(cfg.name)  # this node's Cache-Status members, memoised
         self.extra_stats: list[ExtraStats] = []
+        self.recorder = Recorder()  # what the front and the origin client count (proxy/observe.py)
+        self.readiness = Readiness(cfg.origin)  # /readyz: the origin reachable, and what edge/ adds
         self._storage: TieredStorage | None = None
         self._upstream: Upstream | None = None
         self._purger: Purger | None = None
@@ -113,7 +117,7 @@ class Node:
         cfg = self.cfg
         self._storage = storage = open_storage(cfg)
         try:
-            self._upstream = upstream = Upstream(cfg.origin)
+            self._upstream = upstream = Upstream(cfg.origin, self.recorder)
             await upstream.start()
             self._purger = purger = open_purger(cfg, storage, self.clock)
             self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router, self.box)

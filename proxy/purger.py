@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yarl import URL
@@ -56,6 +56,7 @@ class PurgeResult:
 @dataclass(slots=True)
 class PurgeStats:
     purges: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)  # url, prefix, tag, all; invalidation (§4.4)
     keys_purged: int = 0
     applied_from_log: int = 0  # other workers' purges applied to this worker's L1
     screened: int = 0  # late copies caught by a ban
@@ -145,17 +146,26 @@ class Purger:
 
     # --------------------------------------------------------------- purge
 
-    async def purge(self, request: PurgeRequest, *, propagate: bool = True) -> PurgeResult:
+    async def purge(self, request: PurgeRequest, *, propagate: bool = True, by: str = "?") -> PurgeResult:
         """Carry out a purge; returns how many keys it covered on this node.
 
         With `propagate`, the listeners hear of it afterwards (an edge cluster
         fans it out to the other edges); a purge received from the cluster is
         applied with propagate=False. A listener's failure never fails the
-        local purge.
+        local purge. `by` says who asked, for the log line.
         """
         await self.sync()
         keys = await asyncio.to_thread(self._resolve, request)
         result = await self._purge_keys(keys, request.soft)
+        self._count(request.kind)
+        log.info(
+            "purge %s %s by %s: %s keys (epoch %d)",
+            "soft" if request.soft else "hard",
+            describe(request),
+            by,
+            "all" if result.keys < 0 else result.keys,
+            result.epoch,
+        )
         if propagate:
             for listener in self.listeners:
                 try:
@@ -166,7 +176,17 @@ class Purger:
 
     async def invalidate(self, keys: list[str]) -> None:
         """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys."""
-        await self._purge_keys(keys, soft=False)
+        result = await self._purge_keys(keys, soft=False)
+        self._count("invalidation")
+        log.info(
+            "purge hard keys %s by an unsafe request (RFC 9111 4.4): %d keys (epoch %d)",
+            _listed([split_key(k)[0] for k in keys]),
+            result.keys,
+            result.epoch,
+        )
+
+    def _count(self, kind: str) -> None:
+        self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
 
     async def _purge_keys(self, keys: list[str] | None, soft: bool) -> PurgeResult:
         now = self.clock()
@@ -185,12 +205,6 @@ class Purger:
         self.stats.purges += 1
         count = len(keys) if keys is not None else -1
         self.stats.keys_purged += max(count, 0)
-        log.info(
-            "purge %s: %s keys (epoch %d)",
-            "soft" if soft else "hard",
-            "all" if keys is None else count,
-            epoch,
-        )
         return PurgeResult(count, epoch)
 
     async def _purge_everything(self, soft: bool, now: float) -> None:
@@ -320,6 +334,18 @@ class Purger:
     def _load_recent_bans(self) -> None:
         for record in self.catalog.recent_purges(self.clock() - BAN_SECONDS):
             self._ban(record)
+
+
+def describe(request: PurgeRequest) -> str:
+    """What a purge names, for a log line: `url /a,/b`, `tag x`, `all` (a long list shortened)."""
+    if request.kind == "all":
+        return "all"
+    return f"{request.kind} {_listed(request.values)}"
+
+
+def _listed(values: list[str] | tuple[str, ...], most: int = 5) -> str:
+    shown = ",".join(values[:most])
+    return f"{shown} (+{len(values) - most} more)" if len(values) > most else shown
 
 
 def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:

@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = pickle.loads(base64.b64decode(start["config"]))
     assert isinstance(cfg, Config)
     factory = resolve(str(start["factory"]))
-    log_output.install(cfg.log.level)
+    log_output.install(cfg.log.level, cfg.log.format, worker=int(start["index"]))
     with contextlib.suppress(ImportError):
         import uvloop
 
