@@ -14,6 +14,8 @@ Routes (JSON in and out, `Cache-Control: no-store`):
 - `GET /entries?prefix=/api/|tag=x&limit=100`: what is stored, per entry and variant
 - `GET /stats`: engine, tier, purge, catalogue and traffic counters, summed over the node's workers
 - `GET /metrics`: the same numbers in the Prometheus text format (proxy/metrics.py)
+- `GET /dashboard` (no token needed: a static page): the live dashboard (proxy/dashboard/), which
+  polls `/stats`
 - `POST /reload`: re-read the config and replace the workers (as SIGHUP to the supervisor)
 
 With `admin.token` (or MINICDN_ADMIN_TOKEN) set, every route but `/healthz`
@@ -34,7 +36,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from proxy import metrics, stats
+from proxy import dashboard, metrics, stats
 from proxy.config import is_loopback
 from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
@@ -46,7 +48,8 @@ NODE_KEY = web.AppKey("node", Node)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BODY = 1024 * 1024
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# No token for these: liveness, readiness, and the dashboard's page (static: its data comes from /stats).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/dashboard"})
 _ENTRY_PARAMS = frozenset({"prefix", "tag", "limit"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -60,6 +63,7 @@ def create_admin_app(node: Node) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/dashboard", _dashboard)
     app.router.add_post("/purge", _purge)
     app.router.add_get("/entries", _entries)
     app.router.add_get("/stats", _stats)
@@ -174,6 +178,17 @@ async def _metrics(request: web.Request) -> web.Response:
     body, content_type = metrics.render(numbers, request.headers.get(hdrs.ACCEPT, ""))
     response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
     response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    response = web.Response(body=dashboard.page(), content_type="text/html", charset="utf-8")
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    # The page talks to this API only, and runs only its own inline script.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
     return response
 
 
