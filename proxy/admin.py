@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from proxy import dashboard, metrics, stats
+from proxy import dashboard, stats
 from proxy.config import is_loopback
 from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
@@ -173,6 +173,8 @@ async def _metrics(request: web.Request) -> web.Response:
     node = _running(request)
     if node is None:
         return _not_running()
+    from proxy import metrics  # prometheus_client, imported on the first scrape (not by the CLI)
+
     numbers = await stats.box(node)
     numbers["ready"] = await node.readiness.report()
     body, content_type = metrics.render(numbers, request.headers.get(hdrs.ACCEPT, ""))

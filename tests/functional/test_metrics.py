@@ -8,6 +8,7 @@ purge), and reads the Prometheus exposition with prometheus_client's own parser.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.routing import HEALTH_PATH, READY_PATH
 from tests.functional.conftest import Origin, ProxyFactory, free_port
 from tests.functional.test_admin import AdminFactory, start_admin
-from tests.functional.test_cli import Spawn, spawn
+from tests.functional.test_cli import MINICDN, Spawn, run_to_exit, spawn
 from tests.functional.test_workers import fresh_get, start
 
 __all__ = ["spawn", "start_admin"]  # fixtures
@@ -198,3 +199,35 @@ async def test_readiness_is_checked_at_most_once_a_second(start_proxy: ProxyFact
     answers = await asyncio.gather(*(proxy.get(READY_PATH) for _ in range(20)))
     assert all(resp.status == 200 for resp, _ in answers)
     assert calls == 1
+
+
+# --------------------------------------------------------------------------- minicdn stats / top
+
+
+async def test_minicdn_stats_and_top_show_the_figures(spawn: Spawn, origin: Origin, tmp_path: Path) -> None:
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    for _ in range(5):
+        status, _ = await fresh_get(f"http://127.0.0.1:{port}/max-age/600?top=1")
+        assert status == 200
+    url = f"http://127.0.0.1:{admin}"
+    done = await asyncio.to_thread(run_to_exit, [*MINICDN, "stats", "--admin", url], 60)
+    assert done.returncode == 0, done.stderr
+    assert "answers  hit 4 (l1 " in done.stdout and "miss 1" in done.stdout, done.stdout
+    assert "2xx 5" in done.stdout and "latency  p50 " in done.stdout
+    assert "hot keys " in done.stdout and "/max-age/600?top=1 (5)" in done.stdout
+
+    args = [*MINICDN, "top", "--admin", url, "--count", "2", "--interval", "1"]
+    top = asyncio.ensure_future(asyncio.to_thread(run_to_exit, args, 60))
+    for _ in range(2000):  # requests until top has taken its two samples (bounded)
+        if top.done():
+            break
+        await fresh_get(f"http://127.0.0.1:{port}/max-age/600?top=1")
+    done = await top
+    assert done.returncode == 0, done.stderr
+    first, second = done.stdout.split("minicdn edge-1")[1:]
+    assert "requests/s -" in first and "workers 2" in first and "ready" in first
+    assert "requests by result" in second and "cache tiers" in second and "hottest keys" in second
+    rate = re.search(r"requests/s (\S+)", second)
+    assert rate is not None and float(rate.group(1)) > 0, second
+    assert "/max-age/600?top=1" in second
+    assert proc.stop() == 0
