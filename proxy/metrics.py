@@ -56,8 +56,8 @@ class BoxCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.stats
+        yield from self._traffic(_section(s, "traffic"))  # first: what `curl /metrics | head` shows
         yield from self._node(s)
-        yield from self._traffic(_section(s, "traffic"))
         yield from self._engine(_section(s, "engine"), _section(s, "traffic"))
         yield from self._tiers(s)
         yield from self._purges(_section(s, "purge"), _section(s, "catalog"))
@@ -103,8 +103,8 @@ class BoxCollector(Collector):
             " the tier the body came from (l1, l2, cache: stored but tier not tracked, origin, none).",
             labels=["result", "tier"],
         )
-        for result, tiers in sorted(_section(t, "requests").items()):
-            for tier, count in sorted(_section(tiers).items()):
+        for result, tiers in _section(t, "requests").items():  # in proxy.observe.OUTCOMES's order
+            for tier, count in _section(tiers).items():
                 requests.add_metric([result, tier], count)
         yield requests
         yield _counters(
