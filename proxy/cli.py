@@ -400,7 +400,7 @@ def _traffic_lines(stats: dict[str, Any]) -> list[str]:
     statuses = "  ".join(f"{c} {n}" for c, n in figures.section(traffic, "responses").items())
     served = figures.section(traffic, "served_bytes")
     lines.append(
-        f"         {statuses}  served {figures.size(served.get('cache', 0))} from cache, "
+        f"statuses {statuses}  served {figures.size(served.get('cache', 0))} from cache, "
         f"{figures.size(served.get('origin', 0))} from the origin"
     )
     latency = figures.latency(stats)
@@ -419,7 +419,7 @@ def _traffic_lines(stats: dict[str, Any]) -> list[str]:
     hot = figures.section(traffic, "hot_keys")
     if hot:
         top = sorted(hot.items(), key=lambda kv: -float(kv[1]))[:5]
-        lines.append("hot keys " + "  ".join(f"{key} ({n})" for key, n in top))
+        lines.append("hot      " + "  ".join(f"{key} ({n})" for key, n in top))
     return lines
 
 

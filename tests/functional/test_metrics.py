@@ -214,7 +214,7 @@ async def test_minicdn_stats_and_top_show_the_figures(spawn: Spawn, origin: Orig
     assert done.returncode == 0, done.stderr
     assert "answers  hit 4 (l1 " in done.stdout and "miss 1" in done.stdout, done.stdout
     assert "2xx 5" in done.stdout and "latency  p50 " in done.stdout
-    assert "hot keys " in done.stdout and "/max-age/600?top=1 (5)" in done.stdout
+    assert "\nhot      " in done.stdout and "/max-age/600?top=1 (5)" in done.stdout
 
     args = [*MINICDN, "top", "--admin", url, "--count", "2", "--interval", "1"]
     top = asyncio.ensure_future(asyncio.to_thread(run_to_exit, args, 60))
