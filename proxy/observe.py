@@ -68,7 +68,6 @@ OUTCOMES: Final = (
 ) = range(len(OUTCOMES))
 SOURCES: Final = ("cache", "origin", "node")
 _SOURCE = {"hit": 0, "stale": 0, "revalidated": 0, "miss": 1, "pass": 1, "error": 2, "synth": 2}
-_RESULT_OF: Final = tuple(RESULTS.index(result) for result, _ in OUTCOMES)
 _SOURCE_OF: Final = tuple(_SOURCE[result] for result, _ in OUTCOMES)
 STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -165,9 +164,14 @@ class HotKeys:
 
     def count(self, key: str) -> None:
         current = self.current
-        current[key] = current.get(key, 0) + 1
-        if len(current) > HOT_LIMIT:
+        seen = current.get(key)
+        if seen is not None:
+            current[key] = seen + 1
+        elif len(current) < HOT_LIMIT:  # only a new key can grow the count
+            current[key] = 1
+        else:
             self._trim()
+            self.current[key] = 1
 
     def _trim(self) -> None:
         # Keep the most counted half: a key counted a few times among thousands is not hot.
@@ -190,17 +194,22 @@ class HotKeys:
 
 
 class Recorder:
-    """One worker's traffic counters (see the module docstring); `answered` is on the hit path."""
+    """One worker's traffic counters (see the module docstring); `answered` is on the hit path.
 
-    __slots__ = ("counts", "latency_sum", "origin", "origin_latency", "served", "started")
+    Everything is kept per outcome code (OUTCOMES) and summed by result, tier,
+    status class or source only in `snapshot`: a request bumps one count (its
+    outcome and status class together), one latency bucket, its outcome's bytes
+    and its outcome's latency sum.
+    """
+
+    __slots__ = ("counts", "latency", "origin", "origin_latency", "served", "started", "sums")
 
     def __init__(self) -> None:
         self.started = time.time()
-        # One flat list: outcomes, then status classes (by status // 100), then the request
-        # latency buckets (per result, per bucket): a hit bumps three of them.
-        self.counts = [0] * _COUNTS
-        self.latency_sum = [0.0] * len(RESULTS)
-        self.served = [0] * len(SOURCES)  # bytes written to clients, by where the body came from
+        self.counts = [0] * (len(OUTCOMES) * 10)  # by outcome, then status // 100
+        self.latency = [0] * (len(OUTCOMES) * _WIDTH)  # by outcome, then bucket (the last: +Inf)
+        self.sums = [0.0] * len(OUTCOMES)  # latency, by outcome
+        self.served = [0] * len(OUTCOMES)  # bytes written to clients, by outcome
         # Requests to the origin (or a peer) up to their response heads: (upstream, outcome) -> count,
         # outcome "ok" or an UpstreamError's cause; and how long they took, per upstream.
         self.origin: dict[tuple[str, str], int] = {}
@@ -215,14 +224,12 @@ class Recorder:
                 kind += STALE_L1 - HIT_L1
         else:
             kind = outcome(status, code)
-        counts = self.counts
-        counts[kind] += 1
-        counts[_STATUS_AT + code // 100] += 1
+        self.counts[kind * 10 + code // 100] += 1
         # Most hits take less than the first bound: no bisect for them.
         bucket = 0 if seconds <= _FIRST_BOUND else bisect_left(REQUEST_BUCKETS, seconds)
-        counts[_LATENCY_AT[kind] + bucket] += 1
-        self.served[_SOURCE_OF[kind]] += nbytes
-        self.latency_sum[_RESULT_OF[kind]] += seconds
+        self.latency[kind * _WIDTH + bucket] += 1
+        self.served[kind] += nbytes
+        self.sums[kind] += seconds
         return kind
 
     def origin_request(self, upstream: str, result: str, seconds: float) -> None:
@@ -235,23 +242,27 @@ class Recorder:
         """Plain JSON, shaped so that the box's sum of every worker's snapshot is the box's (stats._sum)."""
         counts = self.counts
         requests: dict[str, dict[str, int]] = {}
-        for (result, tier), count in zip(OUTCOMES, counts, strict=False):
-            requests.setdefault(result, {})[tier] = count
-        latency = {}
-        for index, result in enumerate(RESULTS):
-            histogram = Histogram(REQUEST_BUCKETS)
-            start = _LATENCY_AT[OUTCOMES.index((result, _FIRST_TIER[result]))]
-            histogram.counts = counts[start : start + _WIDTH]
-            histogram.sum = self.latency_sum[index]
-            latency[result] = histogram.snapshot()
+        responses = dict.fromkeys(STATUS_CLASSES, 0)
+        served = dict.fromkeys(SOURCES, 0)
+        latency = {result: Histogram(REQUEST_BUCKETS) for result in RESULTS}
+        for kind, (result, tier) in enumerate(OUTCOMES):
+            row = counts[kind * 10 : kind * 10 + 10]
+            requests.setdefault(result, {})[tier] = sum(row)
+            for index, name in enumerate(STATUS_CLASSES, start=1):
+                responses[name] += row[index]
+            served[SOURCES[_SOURCE_OF[kind]]] += self.served[kind]
+            histogram = latency[result]
+            buckets = self.latency[kind * _WIDTH : (kind + 1) * _WIDTH]
+            histogram.counts = [a + b for a, b in zip(histogram.counts, buckets, strict=True)]
+            histogram.sum += self.sums[kind]
         origin: dict[str, dict[str, int]] = {name: {} for name in UPSTREAMS}
         for (upstream, result), count in self.origin.items():
             origin.setdefault(upstream, {})[result] = count
         out: dict[str, Any] = {
             "requests": requests,
-            "responses": dict(zip(STATUS_CLASSES, counts[_STATUS_AT + 1 : _STATUS_AT + 6], strict=True)),
-            "served_bytes": dict(zip(SOURCES, self.served, strict=True)),
-            "latency": latency,
+            "responses": responses,
+            "served_bytes": served,
+            "latency": {result: histogram.snapshot() for result, histogram in latency.items()},
             "origin_requests": origin,
             "origin_latency": {name: h.snapshot() for name, h in self.origin_latency.items()},
         }
@@ -264,10 +275,4 @@ class Recorder:
 
 bisect_left = bisect.bisect_left
 _FIRST_BOUND = REQUEST_BUCKETS[0]
-# Where each part of Recorder.counts starts (see Recorder.__init__).
 _WIDTH = len(REQUEST_BUCKETS) + 1
-_STATUS_AT = len(OUTCOMES)
-_LATENCY_BASE = _STATUS_AT + 10
-_LATENCY_AT: Final = tuple(_LATENCY_BASE + result * _WIDTH for result in _RESULT_OF)
-_COUNTS = _LATENCY_BASE + len(RESULTS) * _WIDTH
-_FIRST_TIER = {result: tier for result, tier in reversed(OUTCOMES)}
