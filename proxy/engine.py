@@ -160,8 +160,14 @@ class Engine:
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
         lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
-        lk.key = self.fetcher.key_for(req)
-        self.hot.count(lk.key)
+        key = lk.key = self.fetcher.key_for(req)
+        # HotKeys.count, inline (the hit path): a key seen already costs one get and one set.
+        hot = self.hot.current
+        seen = hot.get(key)
+        if seen is None:
+            self.hot.count(key)
+        else:
+            hot[key] = seen + 1
         if req.hop is not None:
             self.fetcher.stats.served_for_peers += 1
         if self.purger.behind():

@@ -299,12 +299,13 @@ class BoxCollector(Collector):
         )
         worker_requests = CounterMetricFamily(
             "minicdn_worker_requests",
-            "Requests looked up, by worker (how the load spreads).",
-            labels=["worker"],
+            "Requests looked up, by live worker (how the load spreads) and its generation (reloads).",
+            labels=["worker", "generation"],
         )
         for row in per_worker:
             if isinstance(row, Mapping):
-                worker_requests.add_metric([str(row.get("worker"))], row.get("requests", 0))
+                labels = [str(row.get("worker")), str(row.get("generation") or 1)]
+                worker_requests.add_metric(labels, row.get("requests", 0))
         yield worker_requests
 
     def _cluster(self, edge: Mapping[str, Any]) -> Iterator[Metric]:

@@ -196,18 +196,17 @@ class HotKeys:
 class Recorder:
     """One worker's traffic counters (see the module docstring); `answered` is on the hit path.
 
-    Everything is kept per outcome code (OUTCOMES) and summed by result, tier,
-    status class or source only in `snapshot`: a request bumps one count (its
-    outcome and status class together), one latency bucket, its outcome's bytes
-    and its outcome's latency sum.
+    One increment per answer: `counts` has a cell for each (outcome, status class,
+    latency bucket), so the outcome, the status class and the latency histogram
+    are bumped together, and summed apart only in `snapshot`; beside it, the
+    outcome's bytes and latency sum.
     """
 
-    __slots__ = ("counts", "latency", "origin", "origin_latency", "served", "started", "sums")
+    __slots__ = ("counts", "origin", "origin_latency", "served", "started", "sums")
 
     def __init__(self) -> None:
         self.started = time.time()
-        self.counts = [0] * (len(OUTCOMES) * 10)  # by outcome, then status // 100
-        self.latency = [0] * (len(OUTCOMES) * _WIDTH)  # by outcome, then bucket (the last: +Inf)
+        self.counts = [0] * (len(OUTCOMES) * 10 * _WIDTH)  # by outcome, status // 100, latency bucket
         self.sums = [0.0] * len(OUTCOMES)  # latency, by outcome
         self.served = [0] * len(OUTCOMES)  # bytes written to clients, by outcome
         # Requests to the origin (or a peer) up to their response heads: (upstream, outcome) -> count,
@@ -217,17 +216,17 @@ class Recorder:
 
     def answered(self, status: CacheStatus, code: int, nbytes: int, seconds: float) -> int:
         """Count one answer written to a client (`code`: its status, 100-999); returns its outcome code."""
-        if status.hit:  # outcome() for the common case, without the call
-            kind = HIT_L2 if status.detail == "l2" else HIT_L1
-            ttl = status.ttl
+        # outcome() for a hit, inline; CacheStatus by index (hit, ttl, detail), as fields cost a lookup.
+        if status[0]:
+            kind = HIT_L2 if status[7] == "l2" else HIT_L1
+            ttl = status[3]
             if ttl is not None and ttl < 0:
                 kind += STALE_L1 - HIT_L1
         else:
             kind = outcome(status, code)
-        self.counts[kind * 10 + code // 100] += 1
         # Most hits take less than the first bound: no bisect for them.
         bucket = 0 if seconds <= _FIRST_BOUND else bisect_left(REQUEST_BUCKETS, seconds)
-        self.latency[kind * _WIDTH + bucket] += 1
+        self.counts[(kind * 10 + code // 100) * _WIDTH + bucket] += 1
         self.served[kind] += nbytes
         self.sums[kind] += seconds
         return kind
@@ -246,15 +245,21 @@ class Recorder:
         served = dict.fromkeys(SOURCES, 0)
         latency = {result: Histogram(REQUEST_BUCKETS) for result in RESULTS}
         for kind, (result, tier) in enumerate(OUTCOMES):
-            row = counts[kind * 10 : kind * 10 + 10]
-            requests.setdefault(result, {})[tier] = sum(row)
-            for index, name in enumerate(STATUS_CLASSES, start=1):
-                responses[name] += row[index]
-            served[SOURCES[_SOURCE_OF[kind]]] += self.served[kind]
+            answers = 0
             histogram = latency[result]
-            buckets = self.latency[kind * _WIDTH : (kind + 1) * _WIDTH]
-            histogram.counts = [a + b for a, b in zip(histogram.counts, buckets, strict=True)]
+            for status_class in range(10):
+                start = (kind * 10 + status_class) * _WIDTH
+                cells = counts[start : start + _WIDTH]
+                n = sum(cells)
+                if not n:
+                    continue
+                answers += n
+                if 1 <= status_class <= 5:
+                    responses[STATUS_CLASSES[status_class - 1]] += n
+                histogram.counts = [a + b for a, b in zip(histogram.counts, cells, strict=True)]
+            requests.setdefault(result, {})[tier] = answers
             histogram.sum += self.sums[kind]
+            served[SOURCES[_SOURCE_OF[kind]]] += self.served[kind]
         origin: dict[str, dict[str, int]] = {name: {} for name in UPSTREAMS}
         for (upstream, result), count in self.origin.items():
             origin.setdefault(upstream, {})[result] = count
@@ -276,3 +281,55 @@ class Recorder:
 bisect_left = bisect.bisect_left
 _FIRST_BOUND = REQUEST_BUCKETS[0]
 _WIDTH = len(REQUEST_BUCKETS) + 1
+
+
+# The counters of a snapshot (proxy/stats.py) that a worker leaves behind when it exits (a reload,
+# a restart): the box keeps adding them, so that what the box has counted never goes down. Gauges
+# (entries, bytes, the epoch, marks held, hot keys, members) are not carried: they are the live
+# workers'. None: every number of the section.
+CARRIED: Final[dict[str, Any]] = {
+    "engine": None,
+    "traffic": ("requests", "responses", "served_bytes", "latency", "origin_requests", "origin_latency"),
+    "purge": ("purges", "by_kind", "keys_purged", "applied_from_log", "screened"),
+    "tiers": {
+        tier: ("hits", "misses", "sets", "rejected", "evictions", "corrupt", "write_dropped")
+        for tier in ("l1", "l2")
+    },
+    "storage": ("hits", "misses", "sets", "rejected", "evictions", "corrupt", "write_dropped"),
+    "edge": {"routing": None, "purge_stream": ("published", "applied_from_stream", "redis_errors")},
+}
+
+
+def carried(snapshot: dict[str, Any], spec: Any = CARRIED) -> dict[str, Any]:
+    """The counters of `snapshot` that CARRIED names (nested dicts of numbers)."""
+    out: dict[str, Any] = {}
+    for key, value in snapshot.items():
+        if isinstance(spec, dict):
+            if key not in spec:
+                continue
+            inner = spec[key]
+        elif isinstance(spec, tuple):
+            if key not in spec:
+                continue
+            inner = None
+        else:
+            inner = None
+        if isinstance(value, dict):
+            part = carried(value, inner)
+            if part:
+                out[key] = part
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
+def add(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """total + part, number by number through nested dicts (a new dict)."""
+    out = dict(total)
+    for key, value in part.items():
+        mine = out.get(key)
+        if isinstance(value, dict):
+            out[key] = add(mine if isinstance(mine, dict) else {}, value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = (mine if isinstance(mine, int | float) and not isinstance(mine, bool) else 0) + value
+    return out

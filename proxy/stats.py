@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any
 
+from proxy import observe
 from proxy.node import Node
 from proxy.storage.disk import DiskStorage
 
@@ -81,6 +82,10 @@ async def box(node: Node) -> dict[str, Any]:
         if answer is not None and isinstance(workers, list) and workers:
             total = combine(workers)
             total["box"] = answer.get("box") or {}
+            retired = answer.get("retired")
+            if isinstance(retired, dict) and retired:
+                # The counters of workers that exited (reloads, restarts): the box's never go down.
+                total = observe.add(total, retired)
         else:
             log.warning("the supervisor did not answer for the box's stats; showing this worker's")
     if total is None:

@@ -110,6 +110,8 @@ async def run(
             await asyncio.gather(*(server.close(cfg.drain_timeout) for server in servers))
             if runner is not None:
                 await runner.cleanup()
+            # What this worker counted, for the box to carry on after it exits (proxy/box.py).
+            box.send({"op": "final", "stats": await stats.snapshot(node)})
     finally:
         await box.close()
         flusher.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +22,7 @@ from proxy.routing import HEALTH_PATH, READY_PATH
 from tests.functional.conftest import Origin, ProxyFactory, free_port
 from tests.functional.test_admin import AdminFactory, start_admin
 from tests.functional.test_cli import MINICDN, Spawn, run_to_exit, spawn
-from tests.functional.test_workers import fresh_get, start
+from tests.functional.test_workers import fresh_get, start, wait_generation
 
 __all__ = ["spawn", "start_admin"]  # fixtures
 
@@ -230,4 +231,31 @@ async def test_minicdn_stats_and_top_show_the_figures(spawn: Spawn, origin: Orig
     rate = re.search(r"requests/s (\S+)", second)
     assert rate is not None and float(rate.group(1)) > 0, second
     assert "/max-age/600?top=1" in second
+    assert proc.stop() == 0
+
+
+async def test_the_box_counts_never_go_down_when_workers_are_replaced(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """A reload replaces every worker: the counters of the old ones are carried on, or rate() would jump."""
+    config = tmp_path / "edge.yaml"
+    config.write_text("drain_timeout: 2\n")
+    proc, port, admin = await start(spawn, 2, origin, tmp_path, "--config", str(config))
+    for _ in range(12):
+        status, _ = await fresh_get(f"http://127.0.0.1:{port}/max-age/600")
+        assert status == 200
+    _, before = await scrape(admin)
+    for _ in range(3):  # after the scrape: only the snapshot a draining worker sends has them
+        await fresh_get(f"http://127.0.0.1:{port}/max-age/600")
+    proc.popen.send_signal(signal.SIGHUP)
+    await wait_generation(admin, 2)  # the old generation drained and exited
+    _, after = await scrape(admin)
+    assert value(after, "minicdn_requests_total") == value(before, "minicdn_requests_total") + 3 == 15
+    assert value(after, "minicdn_request_duration_seconds_count") == 15
+    assert value(after, "minicdn_responses_total", **{"class": "2xx"}) == 15
+    assert value(after, "minicdn_origin_requests_total", outcome="ok") == 1
+    assert value(after, "minicdn_cache_lookups_total", tier="l1") >= value(
+        before, "minicdn_cache_lookups_total", tier="l1"
+    )
+    assert {labels["generation"] for labels, _ in after["minicdn_worker_requests_total"]} == {"2"}
     assert proc.stop() == 0
