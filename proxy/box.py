@@ -308,13 +308,15 @@ class Coordinator:
             pass
         finally:
             self.detach(link)
+            # Every message read (a draining worker's "final" among them, even when the process
+            # was seen to exit first): carry its counters on.
+            last = self.last.pop(link.pid, None)
+            if last:
+                self.retired = observe.add(self.retired, observe.carried(last))
 
     def detach(self, link: WorkerLink) -> None:
         if self.links.pop(link.pid, None) is None:
             return
-        last = self.last.pop(link.pid, None)
-        if last:
-            self.retired = observe.add(self.retired, observe.carried(last))
         for key in list(link.held):
             self.stats["gone"] += 1
             self._release(link, key, "gone", 0.0)
@@ -347,7 +349,7 @@ class Coordinator:
         elif op == "final":
             stats = message.get("stats")
             if isinstance(stats, dict) and stats:
-                self.last[link.pid] = stats  # what it counted, as it exits (detach carries it on)
+                self.last[link.pid] = stats  # what it counted, as it exits (serve carries it on)
         elif op == "stats" and isinstance(ident, int):
             asyncio.get_running_loop().create_task(self._answer_stats(link, ident))
         elif op == "reload" and isinstance(ident, int):
