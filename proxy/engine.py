@@ -42,6 +42,7 @@ from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, end_to_end
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
+from proxy.observe import HotKeys
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
 from proxy.ranges import ByteRange
@@ -85,6 +86,7 @@ class EngineStats:
     partial_completions: int = 0  # whole objects fetched behind an answer from a stored part
     box_waits: int = 0  # fetches left to another worker of the box, then read from L2
     box_passes: int = 0  # keys another worker found unshareable (hit-for-pass for the box)
+    pass_marks: int = 0  # hit-for-pass marks set (this worker's, and those learnt from the box)
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ class Engine:
         self._ranges_identity = self.fetcher.compression is not None
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
+        self.hot = HotKeys()  # the most looked-up keys lately (proxy/observe.py)
         # key -> clock time until which the key is forwarded without coalescing.
         self.hit_for_pass: dict[str, float] = {}
         # The marked keys under which nothing was stored when they were marked: their
@@ -181,7 +184,14 @@ class Engine:
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
         lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
-        lk.key = self.fetcher.key_for(req)
+        key = lk.key = self.fetcher.key_for(req)
+        # HotKeys.count, inline (the hit path): a key seen already costs one get and one set.
+        hot = self.hot.current
+        seen = hot.get(key)
+        if seen is None:
+            self.hot.count(key)
+        else:
+            hot[key] = seen + 1
         if req.hop is not None:
             self.fetcher.stats.served_for_peers += 1
         if self.purger.behind():
@@ -609,6 +619,7 @@ class Engine:
 
     def _mark_pass(self, f: FetchRequest) -> None:
         """Hit-for-pass: don't queue later requests behind fetches that can't be shared."""
+        self.stats.pass_marks += 1
         if len(self.hit_for_pass) >= HIT_FOR_PASS_LIMIT:
             self._forget_marks()
         self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
