@@ -114,8 +114,10 @@ def outcome(status: CacheStatus, code: int) -> int:
         return STALE  # a stored response instead of (or before) the origin's
     fwd_status = status.fwd_status
     if fwd_status is None:
-        # Another worker's fetch, read from L2 (collapsed); else the origin gave no usable answer.
-        return MISS if status.collapsed else ERROR
+        # Another worker's fetch, read from L2 (collapsed), or a stream of a large object's slices
+        # whose head went out before the missing ones were fetched (proxy/slicer.py); else the
+        # origin gave no usable answer.
+        return MISS if status.collapsed or status.detail == "slices" else ERROR
     if fwd == "bypass":
         return PASS
     if fwd_status == 304 and fwd in ("stale", "request"):

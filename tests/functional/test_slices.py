@@ -368,3 +368,22 @@ async def test_a_rule_applies_to_every_slice_not_only_the_first(sliced: StartSli
     result = await proxy.server.node.purger.purge(PurgeRequest(kind="tag", values=("videos",)))
     assert result.keys == 2
     assert stored_slices(proxy, SMALL, PIECE) == []
+
+
+async def test_a_stream_of_slices_fetched_as_it_goes_is_counted_a_miss(sliced: StartSliced) -> None:
+    """Its head goes out before the missing slices are fetched, so its Cache-Status has no fwd-status:
+    /metrics counts it a miss from the origin (proxy/observe.py), not an error."""
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    await get(proxy, "bytes=0-9")  # slice 0 stored
+    recorder = proxy.server.node.recorder
+    before = recorder.snapshot()["requests"]
+    status, resp, body = await get(proxy)
+    assert status == 200 and body == origin.body
+    assert cache_status(resp) == 'edge-test;fwd=partial;detail="slices"'
+    for _ in range(100):  # the front counts the answer once its last byte is written
+        after = recorder.snapshot()["requests"]
+        if after != before:
+            break
+        await asyncio.sleep(0.01)
+    assert after["miss"]["origin"] == before["miss"]["origin"] + 1
+    assert after["error"] == before["error"]

@@ -38,6 +38,12 @@ from proxy.observe import (
         (CacheStatus(fwd="uri-miss", collapsed=True, detail="l2"), 200, ("miss", "origin")),  # a box waiter
         (CacheStatus(fwd="uri-miss", fwd_status=503), 503, ("miss", "origin")),  # the origin's own 503
         (CacheStatus(fwd="bypass", fwd_status=201), 201, ("pass", "origin")),
+        (CacheStatus(fwd="bypass", fwd_status=200, rule="api private"), 200, ("pass", "origin")),  # a rule's
+        # A large object's slices (proxy/slicer.py): one fetched for this answer, a stream of them
+        # with some not stored yet, all of them stored.
+        (CacheStatus(fwd="partial", fwd_status=206, stored=True), 206, ("miss", "origin")),
+        (CacheStatus(fwd="partial", detail="slices"), 200, ("miss", "origin")),
+        (CacheStatus(hit=True, ttl=30, detail="l2"), 206, ("hit", "l2")),
         (CacheStatus(fwd="bypass", detail="origin timed out"), 504, ("error", "none")),
         (CacheStatus(fwd="uri-miss", detail="origin refused the connection"), 502, ("error", "none")),
         (CacheStatus(detail="only-if-cached"), 504, ("error", "none")),
