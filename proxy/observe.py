@@ -285,19 +285,24 @@ _FIRST_BOUND = REQUEST_BUCKETS[0]
 _WIDTH = len(REQUEST_BUCKETS) + 1
 
 
+# A tier's counters (proxy/storage/base.py TierStats), and the tiers' together (TieredStorage).
+_TIER_COUNTERS = (
+    *("hits", "misses", "sets", "rejected", "evictions", "corrupt", "failed", "outdated"),
+    *("write_dropped", "write_failed"),
+)
 # The counters of a snapshot (proxy/stats.py) that a worker leaves behind when it exits (a reload,
 # a restart): the box keeps adding them, so that what the box has counted never goes down. Gauges
-# (entries, bytes, the epoch, marks held, hot keys, members) are not carried: they are the live
-# workers'. None: every number of the section.
+# (entries, bytes, the epoch, marks held, hot keys, members, the L2 write queue now, bans held,
+# catalogue rows waiting) are not carried: they are the live workers'. None: every number of the section.
 CARRIED: Final[dict[str, Any]] = {
     "engine": None,
     "traffic": ("requests", "responses", "served_bytes", "latency", "origin_requests", "origin_latency"),
-    "purge": ("purges", "by_kind", "keys_purged", "applied_from_log", "screened"),
-    "tiers": {
-        tier: ("hits", "misses", "sets", "rejected", "evictions", "corrupt", "write_dropped")
-        for tier in ("l1", "l2")
-    },
-    "storage": ("hits", "misses", "sets", "rejected", "evictions", "corrupt", "write_dropped"),
+    "purge": (
+        *("purges", "by_kind", "keys_purged", "applied_from_log", "screened", "late_copies", "bans_dropped"),
+        *("catalog_batches", "catalog_rows", "catalog_failed", "catalog_dropped"),
+    ),
+    "tiers": {tier: _TIER_COUNTERS for tier in ("l1", "l2")},
+    "storage": (*_TIER_COUNTERS, "write_batches"),
     "edge": {"routing": None, "purge_stream": ("published", "applied_from_stream", "redis_errors")},
 }
 

@@ -12,13 +12,17 @@ from rich.console import Console
 from proxy import figures, stats, top
 from proxy.cache_status import CacheStatus
 from proxy.observe import (
+    CARRIED,
     HOT_LIMIT,
     OUTCOMES,
     REQUEST_BUCKETS,
     HotKeys,
     Recorder,
+    carried,
     outcome,
 )
+from proxy.purger import PurgeStats
+from proxy.storage.base import TierStats
 
 
 @pytest.mark.parametrize(
@@ -184,3 +188,22 @@ def test_top_prints_each_sample_into_a_pipe() -> None:
     first, second = out.getvalue().split("minicdn edge-9")[1:]
     assert "requests/s -" in first
     assert "hit ratio 100.0 %" in second
+
+
+def test_every_counter_a_worker_reports_is_carried_over_when_it_exits() -> None:
+    """The box's counters never go down (observe.CARRIED): every counter of the storage and purge
+    sections is carried, the gauges are not."""
+    gauges = {"entries", "bytes", "bans", "catalog_pending"}
+    tier = {name: 1 for name in TierStats.__dataclass_fields__}
+    purge = {name: 1 for name in PurgeStats.__dataclass_fields__ if name != "by_kind"}
+    snapshot = {
+        "tiers": {"l1": tier, "l2": tier},
+        "storage": {**tier, "write_queued": 1, "write_queued_bytes": 1, "write_batches": 1},
+        "purge": {**purge, "by_kind": {"url": 1}, "epoch": 1},
+    }
+    kept = carried(snapshot)
+    for section in ("l1", "l2"):
+        assert set(kept["tiers"][section]) == set(tier) - gauges
+    assert set(kept["storage"]) == (set(tier) - gauges) | {"write_batches"}
+    assert set(kept["purge"]) == (set(purge) - gauges) | {"by_kind"}
+    assert "health" not in CARRIED
