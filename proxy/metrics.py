@@ -223,7 +223,7 @@ class BoxCollector(Collector):
             ),
             "writes": CounterMetricFamily(
                 "minicdn_cache_writes",
-                "Writes to a tier, by result (stored, rejected).",
+                "Writes to a tier, by result (stored, rejected, failed: an I/O error such as a full disk).",
                 labels=["tier", "result"],
             ),
             "corrupt": CounterMetricFamily(
@@ -244,12 +244,35 @@ class BoxCollector(Collector):
             families["lookups"].add_metric([tier, "miss"], stats.get("misses", 0))
             families["writes"].add_metric([tier, "stored"], stats.get("sets", 0))
             families["writes"].add_metric([tier, "rejected"], stats.get("rejected", 0))
+            families["writes"].add_metric([tier, "failed"], stats.get("failed", 0))
             families["corrupt"].add_metric([tier], stats.get("corrupt", 0))
         yield from families.values()
+        storage = _section(s, "storage")
         yield _counter(
             "minicdn_l2_writes_dropped",
-            "L2 writes dropped because the write-behind queue was full (L1 kept the object).",
-            _section(s, "storage").get("write_dropped", 0),
+            "Stores not made because the L2 write-behind queue was full (cache.l2_write_queue): neither"
+            " tier took the object.",
+            storage.get("write_dropped", 0),
+        )
+        yield _counter(
+            "minicdn_l2_writes_failed",
+            "Queued L2 writes that failed (their stores undone in L1 as well).",
+            storage.get("write_failed", 0),
+        )
+        yield _counter(
+            "minicdn_l2_write_batches",
+            "Disk transactions of the L2 write-behind.",
+            storage.get("write_batches", 0),
+        )
+        yield _gauge(
+            "minicdn_l2_write_queue_bytes",
+            "Bytes of values waiting in the L2 write-behind queue (or being written).",
+            storage.get("write_queued_bytes", 0),
+        )
+        yield _gauge(
+            "minicdn_l2_write_queue_writes",
+            "Writes waiting in the L2 write-behind queue (or being written).",
+            storage.get("write_queued", 0),
         )
 
     def _purges(self, p: Mapping[str, Any], catalog: Mapping[str, Any]) -> Iterator[Metric]:
@@ -272,6 +295,12 @@ class BoxCollector(Collector):
             "minicdn_purge_screened",
             "Late copies of purged objects caught when they turned up (an in-flight fetch, a queued write).",
             p.get("screened", 0),
+        )
+        yield _counter(
+            "minicdn_purge_late_copies",
+            "Copies a purge covered that it could not find at once (catalogued later), purged through the"
+            " log.",
+            p.get("late_copies", 0),
         )
         yield _gauge("minicdn_purge_epoch", "The purge log's epoch (one per purge).", p.get("epoch", 0))
         yield _gauge("minicdn_catalog_entries", "Entries in the purge catalogue.", catalog.get("entries", 0))

@@ -115,6 +115,12 @@ async def test_metrics_count_a_known_sequence_across_two_workers(
     assert value(m, "minicdn_cache_objects", tier="l2") >= 1
     assert value(m, "minicdn_cache_bytes", tier="l1") > 0
     assert value(m, "minicdn_cache_budget_bytes", tier="l2") > 0
+    # Main's write path: the stored responses reached L2 in batches behind the answers.
+    assert value(m, "minicdn_l2_write_batches_total") >= 1
+    assert value(m, "minicdn_l2_writes_dropped_total") == value(m, "minicdn_l2_writes_failed_total") == 0
+    assert value(m, "minicdn_cache_writes_total", tier="l2", result="failed") == 0
+    assert value(m, "minicdn_l2_write_queue_bytes") >= 0 and value(m, "minicdn_l2_write_queue_writes") >= 0
+    assert value(m, "minicdn_purge_late_copies_total") == 0
     assert value(m, "minicdn_coalesced_requests_total") == 0
     assert value(m, "minicdn_hit_for_pass_total") == 0
     assert value(m, "minicdn_ready") == 1
