@@ -138,6 +138,9 @@ class CacheConfig:
 
     dir: str = ".minicdn-cache"
     max_object_size: int = 10 * 1024 * 1024
+    # A body above this size (or of unknown length and longer) is streamed to the client as it
+    # arrives and spooled to a file beside L2, then stored whole: memory per fetch stays bounded.
+    stream_above: int = 1024 * 1024
     l1: TierConfig = TierConfig()
     l2: TierConfig = TierConfig(budget=1024 * 1024 * 1024)
     # L2 values up to this size are read on the event loop (microseconds from
@@ -389,6 +392,7 @@ def config_from_mapping(
     cache = CacheConfig(
         dir=r.string(c, "dir", cd.dir, "cache"),
         max_object_size=r.size(c, "max_object_size", cd.max_object_size, "cache"),
+        stream_above=r.size(c, "stream_above", cd.stream_above, "cache"),
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),

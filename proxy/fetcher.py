@@ -8,6 +8,7 @@ Storing decisions come from `policy`; this file does the I/O around them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,8 +36,12 @@ from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
+from proxy.tee import StoringStream
 
 log = logging.getLogger("proxy.fetcher")
+
+# Streamed bodies held in memory at once while they are stored: each up to cache.max_object_size.
+STORES_AT_ONCE = 2
 
 # Request fields the cache answers itself; never sent on its own fetches.
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
@@ -98,12 +103,16 @@ class FetchOutcome:
     leader_cookies: tuple[str, ...] = ()
     # The range of the 206 the origin sent (first, last): what the leader is answered.
     part: tuple[int, int] | None = None
+    # A large body the leader streams while it is stored; the others wait for `streaming.stored`.
+    streaming: StoringStream | None = None
 
     def discard(self) -> None:
-        """Drop an unread leader-only response nobody will stream."""
+        """Drop an unread leader-only response nobody will stream (a streamed one is still stored)."""
         if self.leader_only is not None:
             self.leader_only.close()
             self.leader_only = None
+        if self.streaming is not None and not self.streaming.taken:
+            self.streaming.finish()
 
 
 class Fetcher:
@@ -121,6 +130,8 @@ class Fetcher:
         self.storage = storage
         self.purger = purger
         self.upstream = upstream
+        # Streamed bodies read back from their spool and stored at once (proxy/tee.py).
+        self._store_gate = asyncio.Semaphore(STORES_AT_ONCE)
         self.clock = clock
         self.origin_authority = URL(cfg.origin.url).raw_authority
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
@@ -419,10 +430,18 @@ class Fetcher:
         if too_large or (resp.content_length is not None and resp.content_length > limit):
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
             return FetchOutcome(status, leader_only=resp, not_shareable=True)
-        body, complete = await resp.read_up_to(limit)
-        if not complete:
-            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
-            return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
+        stream_above = self.cfg.cache.stream_above
+        length = resp.content_length
+        if stream_above < limit and not template.parts and (length is None or length > stream_above):
+            # Large or of unknown length: answered as it arrives, stored at its end (proxy/tee.py).
+            body, complete = await resp.read_up_to(stream_above)
+            if not complete:
+                return self._store_while_streaming(f, resp, plan, body, epoch)
+        else:
+            body, complete = await resp.read_up_to(limit)
+            if not complete:
+                status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
+                return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
         if resp.content_length is not None and len(body) != resp.content_length:
             raise UpstreamError(502, "origin response body incomplete")
         part = template.parts[0] if template.parts else None
@@ -443,6 +462,29 @@ class Fetcher:
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
         return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+
+    def _store_while_streaming(
+        self, f: FetchRequest, resp: OriginResponse, plan: policy.StorePlan, prefix: bytes, epoch: int
+    ) -> FetchOutcome:
+        """A body above cache.stream_above: the leader streams it, the cache stores it at its end."""
+        length = resp.content_length
+
+        async def store(body: bytes) -> StoredResponse | None:
+            if length is not None and len(body) != length:
+                return None  # cut short: never stored (the client saw the break)
+            entry = plan.build(body, fetch_epoch=epoch)
+            # What is stored under the key now, not when the fetch began: the stream took a while.
+            base = self.storage.l1.peek(f.key) if isinstance(self.storage.l1, MemoryStorage) else None
+            resource = with_variant(base or f.resource, f.key, entry, self.cfg.policy.max_variants)
+            if await self.storage.aset(resource):
+                self.purger.record(resource)
+            return entry
+
+        cache = self.cfg.cache
+        spool_dir = cache.dir if self.storage.l2 is not None else None
+        stream = StoringStream(resp, prefix, cache.max_object_size, spool_dir, store, self._store_gate)
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="streamed")
+        return FetchOutcome(status, streaming=stream)
 
     @staticmethod
     def _same_variant(resource: CachedResource | None, entry: StoredResponse) -> StoredResponse | None:
