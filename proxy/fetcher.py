@@ -59,6 +59,7 @@ class RoutingStats:
     forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
     owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
     owner_copies_refused: int = 0  # the owner's copy predated a purge here (the stream was down)
+    upstream_copies_refused: int = 0  # a shield's copy predated a purge here: asked with no-cache
     served_for_peers: int = 0  # requests other edges sent here as the owner (hits included)
 
 
@@ -357,10 +358,20 @@ class Fetcher:
                 log.warning(
                     "owner %s answered with a copy older than a purge here; asking the origin", route.peer
                 )
-        return await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
+        resp = await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
+        if not self._purged_since_owner_fetched(f.key, resp):
+            return resp
+        # The origin is a cache of ours too (a shield) and answered from a copy older than a purge
+        # here that it has not applied yet (the fan-out reaches it on its own time): have it ask
+        # its origin (RFC 9111 §5.2.1.4), or this edge would store the purged copy again.
+        resp.close()
+        self.stats.upstream_copies_refused += 1
+        revalidate = out_headers.copy()
+        revalidate["Cache-Control"] = "no-cache"
+        return await self.upstream.send(method, f.client.path_qs, revalidate, interim=f.interim)
 
     def _purged_since_owner_fetched(self, key: str, resp: OriginResponse) -> bool:
-        """Whether a hard purge here is newer than the owner's copy (now - its Age, rounded down)."""
+        """Whether a hard purge here is newer than an upstream cache's copy (now - its Age, rounded down)."""
         bans = self.purger.bans
         if not bans or resp.status != 200:
             return False
