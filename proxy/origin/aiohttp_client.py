@@ -12,7 +12,8 @@ behaviour differs, this module brings it in line:
 - a connection reset that ends a close-delimited body makes it incomplete
   (aiohttp takes it for the body's end), and a reset is "closed", not "failed".
 - a 101 or a status outside 200..599, a head over the size limits, control
-  characters in a field value: an invalid response (aiohttp returns them).
+  characters in a field value, a body in a transfer coding other than chunked
+  alone: an invalid response (aiohttp returns them).
 - the pool limit is per origin, and waiting for a free connection counts
   against the connect timeout; no Accept field is added, repeated fields
   spelled differently are all sent.
@@ -38,6 +39,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -60,7 +63,9 @@ from proxy.origin.rules import (
     MAX_HEADER_FIELDS,
     check_lines,
     check_request_line,
+    chunked_alone,
     final_status_ok,
+    has_body,
     section_size,
 )
 
@@ -106,17 +111,21 @@ class _Handler(ResponseHandler):
     before any byte of a response) from a failure; a reset while a body is still
     being read makes it incomplete, also when the body is delimited by the close; a
     body that does not parse is invalid, rather than a read that never returns.
+    `chunked` is how the parser framed the final response's body, which its header
+    fields, stripped by aiohttp, cannot tell ("chunked\t" is read as another coding).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.exchanges = 0  # requests sent on this connection, this one included
         self.answered = False  # a byte of a response to the current request arrived
+        self.chunked = False  # the current final response's body is framed as chunked
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called for each request, in the requesting task, before the request is written.
         self.exchanges += 1
         self.answered = False
+        self.chunked = False
         exchange = _exchange.get()
         if exchange is not None:
             exchange.handler = self
@@ -136,6 +145,13 @@ class _Handler(ResponseHandler):
             # The parser failed in the body (a malformed chunk): aiohttp sets the error on
             # the connection alone, and the body's reader would wait for ever.
             payload.set_exception(failure(INVALID))
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        # Each message the parser completes is queued here for the response to read.
+        message = data[0]
+        if message.code >= 200:  # the final response (1xx ones are read past)
+            self.chunked = message.chunked
+        super().feed_data(data, size)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         payload = self._payload
@@ -249,10 +265,19 @@ class AiohttpResponse:
         self._raw.release()
 
 
-def _invalid_head(raw: aiohttp.ClientResponse) -> str | None:
+def _invalid_head(raw: aiohttp.ClientResponse, handler: _Handler | None) -> str | None:
     """Why a response aiohttp accepted breaks a rule the lean client's parser enforces, if it does."""
     if not final_status_ok(raw.status):
         return f"status {raw.status}"
+    codings = raw.headers.getall("Transfer-Encoding", ())
+    # aiohttp strips field values, so "chunked\t", another coding to its parser, would look
+    # like chunked here: the framing the parser read the body by must be chunked too.
+    if (
+        codings
+        and has_body(raw.status, raw.method == "HEAD")
+        and not (chunked_alone(codings) and handler is not None and handler.chunked)
+    ):
+        return "a transfer coding other than chunked alone"
     fields = list(raw.headers.items())
     if section_size(fields) > MAX_HEADER_BYTES:
         return "header section too large"
@@ -359,7 +384,7 @@ class AiohttpOrigin:
             raise translate(exc) from exc
         finally:
             _exchange.reset(token)
-        why = _invalid_head(raw)
+        why = _invalid_head(raw, exchange.handler)
         if why is not None:
             log.debug("invalid response from the origin: %s", why)
             raw.close()

@@ -48,9 +48,12 @@ from proxy.origin.rules import (
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
+    NO_BODY_STATUSES,
     check_lines,
     check_request_line,
+    chunked_alone,
     final_status_ok,
+    has_body,
     section_size,
 )
 
@@ -60,8 +63,6 @@ __all__ = ["LeanOrigin", "LeanResponse"]
 # (plus one socket read) per connection, however large the body.
 HIGH_WATER: Final = 256 * 1024
 
-
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CI_TYPES: Final = (CIMultiDict, CIMultiDictProxy)
 
 # Connection states. A BUSY connection belongs to one request (or is being handed to one).
@@ -244,6 +245,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "body",
         "buffered",
+        "codings",
         "done",
         "error",
         "got_bytes",
@@ -303,6 +305,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.hdrs: list[tuple[str, str]] = []
+        self.codings: list[bytes] | None = None  # Transfer-Encoding values as llhttp read them
         self.body: list[bytes] = []
         self.buffered = 0
         self.paused = False
@@ -383,12 +386,19 @@ class _Conn(asyncio.Protocol):
             raise _Invalid("bytes after the end of the response")
         self.reason = b""
         self.hdrs = []
+        self.codings = None
 
     def on_status(self, status: bytes) -> None:
         self.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.hc:  # trailer fields (after a chunked body) are dropped, as aiohttp does
+            if len(name) == 17 and name.lower() == b"transfer-encoding":
+                # Kept unstripped: llhttp reads "chunked\t" as another coding, and chunked_alone
+                # must judge the bytes the parser framed the body by.
+                if self.codings is None:
+                    self.codings = []
+                self.codings.append(value)
             # UTF-8 with surrogateescape, as aiohttp: any byte round-trips when encoded back.
             # llhttp strips leading whitespace only; aiohttp strips both ends.
             self.hdrs.append(
@@ -423,6 +433,13 @@ class _Conn(asyncio.Protocol):
             raise _Invalid("too many header fields")
         if self.hbytes > MAX_HEADER_BYTES and section_size(self.hdrs) > MAX_HEADER_BYTES:
             raise _Invalid("header section too large")
+        codings = self.codings
+        if (
+            codings is not None
+            and has_body(status, self.head)
+            and not chunked_alone([value.decode("latin-1") for value in codings])
+        ):
+            raise _Invalid("a transfer coding other than chunked alone")
         self.status = status
         self.hc = True
         if self.head:
@@ -471,13 +488,12 @@ class _Conn(asyncio.Protocol):
 
     def _eof_delimited(self) -> bool:
         """Whether the final response's body is read until the connection closes (RFC 9112 §6.3)."""
-        if self.head or self.status in _NO_BODY_STATUSES:
+        if self.head or self.status in NO_BODY_STATUSES:
             return False
+        # A body-bearing response with Transfer-Encoding got here only as chunked alone
+        # (chunked_alone in on_headers_complete): neither field leaves the body to the close.
         md = CIMultiDict(self.hdrs)
-        if "Content-Length" in md:
-            return False
-        codings = ",".join(md.getall("Transfer-Encoding", ()))
-        return codings.rsplit(",", 1)[-1].strip().lower() != "chunked"
+        return "Content-Length" not in md and "Transfer-Encoding" not in md
 
     def _wake(self) -> None:
         waiter = self.waiter

@@ -8,6 +8,7 @@ here, so that a caller cannot tell the clients apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 # The methods whose request may be sent twice (RFC 9110 §9.2.2). A request is retried once,
@@ -27,6 +28,9 @@ MAX_HEADER_FIELDS: Final = 200
 # default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
 IDLE_TIMEOUT: Final = 15.0
 
+# Responses that never have a body, whatever their framing fields say (RFC 9110 §15.3.5, §15.4.5).
+NO_BODY_STATUSES: Final = frozenset({204, 304})
+
 
 def section_size(fields: list[tuple[str, str]]) -> int:
     """The size of a header section as MAX_HEADER_BYTES counts it."""
@@ -37,6 +41,25 @@ def final_status_ok(status: int) -> bool:
     """A final response's status: 2xx to 5xx (RFC 9110 §15: values outside 100..599 are
     invalid). A 1xx is interim, and 101 (an upgrade nobody asked for) is invalid too."""
     return 200 <= status <= 599
+
+
+def has_body(status: int, head: bool) -> bool:
+    """Whether a final response has a body to frame (RFC 9112 §6.3): not a HEAD's, a 204 or a 304."""
+    return not head and status not in NO_BODY_STATUSES
+
+
+def chunked_alone(transfer_encoding: Sequence[str]) -> bool:
+    """Whether a response's Transfer-Encoding field lines name the chunked coding alone.
+
+    Only then may a response with a body be taken (RFC 9112 §6.1): chunked is the final coding
+    and is applied once, and any other coding (gzip, deflate, ...) would be left on the body,
+    which a cache must not forward or store as if it were the representation; neither client
+    decodes one. One field line, "chunked" in any case with trailing spaces: the spaces are all
+    llhttp still reads as chunked ("chunked\t" is another coding to it), and the lean client
+    passes the value as llhttp read it (aiohttp strips it: its client asks its parser too).
+    Without a body (`has_body`) the field only says what a GET would have got: no matter.
+    """
+    return len(transfer_encoding) == 1 and transfer_encoding[0].rstrip(" ").lower() == "chunked"
 
 
 def check_lines(block: str, lines: int) -> None:

@@ -915,6 +915,67 @@ async def test_malformed_chunked_body_is_502_invalid(
         await check_invalid(origin, c)
 
 
+# Issue 12 row 15. RFC 9112 §6.1: chunked is the final transfer coding and is applied once, and
+# neither client decodes any other: a body left in one can be neither forwarded nor stored with
+# the coding silently stripped. The parsers frame some of these as chunked and the rest as read
+# until the close; either way the response is refused at its head, and its connection dropped.
+CHUNKED_HI = b"\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+OTHER_CODINGS = [
+    pytest.param(b"Transfer-Encoding: gzip, chunked" + CHUNKED_HI, id="gzip-then-chunked"),
+    pytest.param(b"Transfer-Encoding: chunked, gzip" + CHUNKED_HI, id="chunked-then-gzip"),
+    pytest.param(b"Transfer-Encoding: gzip\r\n\r\nhi", id="gzip"),
+    pytest.param(b"Transfer-Encoding: identity\r\n\r\nhi", id="identity"),
+    pytest.param(b"Transfer-Encoding: chunked, chunked" + CHUNKED_HI, id="chunked-twice"),
+    pytest.param(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked" + CHUNKED_HI, id="two-lines"),
+    pytest.param(
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked" + CHUNKED_HI, id="chunked-in-two-lines"
+    ),
+    pytest.param(b"Transfer-Encoding: chunked;x=1" + CHUNKED_HI, id="chunked-with-a-parameter"),
+    pytest.param(b"Transfer-Encoding: chunked," + CHUNKED_HI, id="chunked-then-an-empty-element"),
+    # Both parsers take a tab after "chunked" for another coding; a stripped value looks like chunked.
+    pytest.param(b"Transfer-Encoding: chunked\t" + CHUNKED_HI, id="chunked-then-a-tab"),
+    pytest.param(b"Transfer-Encoding: \r\nContent-Length: 2\r\n\r\nhi", id="none-beside-a-length"),
+]
+
+
+@pytest.mark.parametrize("rest", OTHER_CODINGS)
+async def test_rfc9112_s6_1_a_transfer_coding_other_than_chunked_alone_is_502_invalid_and_not_reused(
+    raw_origin: StartOrigin, client: Clients, rest: bytes
+) -> None:
+    origin = await raw_origin(answer(b"HTTP/1.1 200 OK\r\n" + rest, OK))
+    await check_invalid(origin, client(origin.url))
+
+
+@pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"CHUNKED", b"chunked  "])
+async def test_rfc9112_s6_1_chunked_alone_in_any_case_is_taken(
+    raw_origin: StartOrigin, client: Clients, value: bytes
+) -> None:
+    # Issue 12 row 15: the one transfer coding taken (case-insensitive, RFC 9112 §7).
+    origin = await raw_origin(answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + value + CHUNKED_HI))
+    c = client(origin.url)
+    for _ in range(2):
+        assert (await get(c))[1] == b"hi"
+    assert origin.accepts == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "response"),
+    [
+        ("HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+    ],
+    ids=["head", "304"],
+)
+async def test_rfc9112_s6_1_a_coding_named_on_a_response_without_a_body_is_taken(
+    raw_origin: StartOrigin, client: Clients, method: str, response: bytes
+) -> None:
+    # Issue 12 row 15: the field only says what a GET would have got; there is nothing to decode.
+    origin = await raw_origin(answer(response))
+    resp, body = await get(client(origin.url), method=method)
+    assert body == b""
+    assert resp.headers["Transfer-Encoding"] == "gzip, chunked"
+
+
 def head_with(*field_lines: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\n" + b"".join(field_lines) + b"Content-Length: 2\r\n\r\nhi"
 
