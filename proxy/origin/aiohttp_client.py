@@ -14,6 +14,8 @@ behaviour differs, this module brings it in line:
 - a 101 or a status outside 200..599, a head over the size limits, control
   characters in a field value, a body in a transfer coding other than chunked
   alone: an invalid response (aiohttp returns them).
+- a connection that carried a HEAD response is kept only when no body can
+  follow it (`rules.reusable_after_head`; aiohttp keeps any).
 - the pool limit is per origin, and waiting for a free connection counts
   against the connect timeout; no Accept field is added, repeated fields
   spelled differently are all sent.
@@ -66,6 +68,7 @@ from proxy.origin.rules import (
     chunked_alone,
     final_status_ok,
     has_body,
+    reusable_after_head,
     section_size,
 )
 
@@ -119,12 +122,14 @@ class _Handler(ResponseHandler):
         super().__init__(loop)
         self.exchanges = 0  # requests sent on this connection, this one included
         self.answered = False  # a byte of a response to the current request arrived
+        self.head = False  # the current request is a HEAD
         self.chunked = False  # the current final response's body is framed as chunked
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called for each request, in the requesting task, before the request is written.
         self.exchanges += 1
         self.answered = False
+        self.head = bool(kwargs.get("skip_payload"))  # aiohttp skips the body of a HEAD response only
         self.chunked = False
         exchange = _exchange.get()
         if exchange is not None:
@@ -151,6 +156,10 @@ class _Handler(ResponseHandler):
         message = data[0]
         if message.code >= 200:  # the final response (1xx ones are read past)
             self.chunked = message.chunked
+            if self.head and not reusable_after_head(message.code, message.headers.get("Content-Length")):
+                # Before the response is read, so before the connection goes back to the pool:
+                # aiohttp closes a connection that should close when it is released.
+                self.force_close()
         super().feed_data(data, size)
 
     def connection_lost(self, exc: BaseException | None) -> None:

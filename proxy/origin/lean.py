@@ -54,6 +54,7 @@ from proxy.origin.rules import (
     chunked_alone,
     final_status_ok,
     has_body,
+    reusable_after_head,
     section_size,
 )
 
@@ -477,10 +478,17 @@ class _Conn(asyncio.Protocol):
     # ------------------------------------------------------------------ helpers
 
     def _head_keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this response to a HEAD."""
         tokens: set[str] = set()
+        length: str | None = None
         for name, value in self.hdrs:
-            if name.lower() == "connection":
+            lowered = name.lower()
+            if lowered == "connection":
                 tokens.update(t.strip().lower() for t in value.split(","))
+            elif lowered == "content-length":
+                length = value
+        if not reusable_after_head(self.status, length):
+            return False  # a body may follow, now or later (proxy.origin.rules)
         version = self.parser.get_http_version()
         if version == "1.1":
             return "close" not in tokens

@@ -62,6 +62,22 @@ def chunked_alone(transfer_encoding: Sequence[str]) -> bool:
     return len(transfer_encoding) == 1 and transfer_encoding[0].rstrip(" ").lower() == "chunked"
 
 
+def reusable_after_head(status: int, content_length: str | None) -> bool:
+    """Whether a connection may carry another request after this response to a HEAD.
+
+    An origin that answers HEAD as if it were GET (RFC 9110 §9.3.2 forbids it, some do) sends
+    the body after the header section, perhaps much later, and whatever arrives on a reused
+    connection is read as the next request's response: a 502 at best, a body made to look like
+    a response served and stored for another URL at worst. Nothing can tell at reuse time
+    whether such bytes are on their way, so only a response whose GET would have had no body
+    keeps its connection: a 204, a 304 or Content-Length: 0. Any other goes (one more TCP
+    connection per such HEAD; HEADs are few next to the GETs a cache sends).
+    """
+    if status in NO_BODY_STATUSES:
+        return True
+    return content_length is not None and content_length.isdigit() and int(content_length) == 0
+
+
 def check_lines(block: str, lines: int) -> None:
     """`block` holds exactly `lines` CRLF-terminated lines and no NUL (else: request splitting)."""
     if block.count("\r") != lines or block.count("\n") != lines or "\0" in block:
