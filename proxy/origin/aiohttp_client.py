@@ -19,6 +19,8 @@ behaviour differs, this module brings it in line:
 - the pool limit is per origin, and waiting for a free connection counts
   against the connect timeout; no Accept field is added, repeated fields
   spelled differently are all sent.
+- an idle connection is closed when its idle time runs out (aiohttp sweeps
+  once per idle time, which leaves some open for up to twice as long).
 
 What it cannot do (aiohttp's parser is lenient for responses outside dev mode,
 and its header writer encodes str): reject a bare LF, an obs-fold or a space
@@ -34,12 +36,14 @@ import errno
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp import helpers
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
@@ -172,12 +176,31 @@ class _Handler(ResponseHandler):
 
 
 class _Connector(aiohttp.TCPConnector):
-    """A TCPConnector whose connections are `_Handler`s."""
+    """A TCPConnector whose connections are `_Handler`s, and whose idle ones close on time."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         handler: Callable[..., ResponseHandler] = _Handler
         self._factory = functools.partial(handler, loop=self._loop)
+
+    def _cleanup(self) -> None:
+        # aiohttp's one sweep timer: it closes the connections idle for keepalive_timeout, then
+        # waits a whole keepalive_timeout again, so one that went idle just after a sweep stays
+        # open for up to twice that. Set it for when the oldest idle connection's time runs out.
+        super()._cleanup()
+        timeout = self._keepalive_timeout
+        if self._cleanup_handle is None or timeout is None:
+            return  # nothing idle is left (it is set again when a connection is released)
+        oldest = min((used for conns in self._conns.values() for _, used in conns), default=None)
+        if oldest is None:
+            return
+        # aiohttp's idle times are time.monotonic(); 1 ms at least, as a timer never set is
+        # never run (weakref_handle sets none for 0).
+        delay = max(oldest + timeout - time.monotonic(), 0.001)
+        self._cleanup_handle.cancel()
+        self._cleanup_handle = helpers.weakref_handle(
+            self, "_cleanup", delay, self._loop, timeout_ceil_threshold=self._timeout_ceil_threshold
+        )
 
 
 @dataclass(slots=True)
@@ -318,13 +341,21 @@ class AiohttpOrigin:
     """One pooled aiohttp session towards the origin (and peer edges)."""
 
     def __init__(
-        self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
+        self,
+        base_url: str,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be greater than 0")
         self.base_url = base_url
         # As the lean client: at most max_connections to each origin (a slow peer edge must
-        # not take the origin's), idle ones kept IDLE_TIMEOUT.
+        # not take the origin's), idle ones kept idle_timeout.
         connector = _Connector(
-            limit=0, limit_per_host=max_connections, keepalive_timeout=IDLE_TIMEOUT, ttl_dns_cache=60
+            limit=0, limit_per_host=max_connections, keepalive_timeout=idle_timeout, ttl_dns_cache=60
         )
         self._timeout = _timeouts(connect_timeout, read_timeout)
         self._session = aiohttp.ClientSession(

@@ -24,8 +24,10 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADER_FIELDS: Final = 200
 
-# An idle keep-alive connection older than this is closed rather than reused (aiohttp's
-# default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
+# An idle keep-alive connection is closed this long after its last response (aiohttp's default
+# keepalive_timeout; Upstream passes `origin.idle_timeout` from the config instead): the older it
+# is, the likelier the origin is closing it right now, and the origin's connection slots are not
+# ours to hold while we have nothing to ask. Each client closes it on time, not at its next use.
 IDLE_TIMEOUT: Final = 15.0
 
 # Responses that never have a body, whatever their framing fields say (RFC 9110 §15.3.5, §15.4.5).

@@ -27,6 +27,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from origin_stub.behaviours import pattern
+from proxy.config import OriginConfig
 from proxy.origin import InterimSink, OriginResponse
 from proxy.origin.aiohttp_client import AiohttpOrigin
 from proxy.origin.errors import (
@@ -39,7 +40,8 @@ from proxy.origin.errors import (
     UpstreamError,
 )
 from proxy.origin.lean import LeanOrigin
-from proxy.origin.rules import MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from proxy.origin.rules import IDLE_TIMEOUT, MAX_HEADER_BYTES, MAX_HEADER_FIELDS
+from proxy.origin.upstream import Upstream
 from tests.functional.conftest import Origin, free_port
 
 # ------------------------------------------------------------------------------ raw origins
@@ -248,10 +250,15 @@ class Clients:
         self.made: list[Client] = []
 
     def __call__(
-        self, url: str, max_connections: int = 8, connect_timeout: float = 2.0, read_timeout: float = 2.0
+        self,
+        url: str,
+        max_connections: int = 8,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 2.0,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> Client:
         cls = LeanOrigin if self.kind == "lean" else AiohttpOrigin
-        c: Client = cls(url, max_connections, connect_timeout, read_timeout)
+        c: Client = cls(url, max_connections, connect_timeout, read_timeout, idle_timeout=idle_timeout)
         self.made.append(c)
         return c
 
@@ -1100,6 +1107,63 @@ async def test_idle_connection_closed_by_the_origin_is_replaced(
     await origin.wait_closed(1)
     assert (await get(c))[1] == b"hi"
     assert (origin.accepts, len(origin.requests)) == (2, 2)  # dropped, not tried and retried
+
+
+# Issue 12 row 17: idle connections used to stay open past their idle time until the next request
+# found them too old. Real time, kept short: what is measured is when sockets close.
+IDLE = 0.5
+LATE = 0.25  # how much later than IDLE a connection may close (a busy machine's timers run late)
+
+
+async def wait_all_closed(origin: RawOrigin, within: float) -> None:
+    """Until no connection is open on the origin's side; fails after `within` seconds."""
+    async with asyncio.timeout(within):
+        while origin.open:
+            origin._changed.clear()
+            await origin._changed.wait()
+
+
+async def test_idle_connections_close_when_their_idle_time_runs_out_not_at_the_next_request(
+    raw_origin: StartOrigin, client: Clients
+) -> None:
+    loop = asyncio.get_running_loop()
+    answered: dict[int, float] = {}  # connection -> when its last response was written
+    idle_for: dict[int, float] = {}  # connection -> how long after that the client closed it
+
+    async def slow(
+        origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, index: int
+    ) -> None:
+        while await origin.request(reader):
+            await asyncio.sleep(0.005)  # a slow miss: the 100 requests need several connections
+            w.write(OK)
+            await w.drain()
+            answered[index] = loop.time()
+        idle_for[index] = loop.time() - answered[index]
+
+    origin = await raw_origin(slow)
+    c = client(origin.url, idle_timeout=IDLE)
+    results = await asyncio.gather(*(get(c) for _ in range(100)))
+    assert [body for _, body in results] == [b"hi"] * 100
+    assert origin.open > 1
+    await wait_all_closed(origin, IDLE + LATE + 0.1)  # then idle: nobody asks again
+    assert len(idle_for) == origin.accepts
+    # Each closed once its own idle time ran out: not before, and not much later.
+    assert all(IDLE - 0.01 <= seconds <= IDLE + LATE for seconds in idle_for.values()), idle_for
+
+
+async def test_upstream_gives_both_clients_the_configured_idle_timeout(raw_origin: StartOrigin) -> None:
+    assert OriginConfig().idle_timeout == IDLE_TIMEOUT  # the clients' own default is the config's
+    origin = await raw_origin(answer(OK))
+    upstream = Upstream(OriginConfig(url=origin.url, idle_timeout=IDLE))
+    await upstream.start()
+    try:
+        for body in (None, b"x"):  # the lean client, then aiohttp's (it alone sends bodies)
+            resp = await upstream.send("POST" if body else "GET", "/", CIMultiDict(), body)
+            assert await resp.read_up_to(100) == (b"hi", True)
+        assert origin.accepts == 2
+        await wait_all_closed(origin, IDLE + LATE + 0.1)
+    finally:
+        await upstream.close()
 
 
 def closes_second_request_on_first_connection(how: str) -> Handler:
