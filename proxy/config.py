@@ -163,6 +163,9 @@ class OriginConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_connections: int = 256
+    # Seconds a pooled connection to the origin stays open without a request, then it is closed
+    # (proxy.origin.rules.IDLE_TIMEOUT, the clients' own default, is the same 15).
+    idle_timeout: float = 15.0
     unkeyed_request_headers: tuple[str, ...] = DEFAULT_UNKEYED_REQUEST_HEADERS
     # Forward request fields whose name has "_" (nginx: underscores_in_headers). Off: CGI and WSGI
     # origins map X_Forwarded_Host onto X-Forwarded-Host, an unkeyed input.
@@ -382,6 +385,7 @@ def config_from_mapping(
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
         max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
+        idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
         unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
         underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
     )
