@@ -236,6 +236,9 @@ class CacheConfig:
 
     dir: str = ".minicdn-cache"
     max_object_size: int = 10 * 1024 * 1024
+    # A body above this size (or of unknown length and longer) is streamed to the client as it
+    # arrives and spooled to a file beside L2, then stored whole: memory per fetch stays bounded.
+    stream_above: int = 1024 * 1024
     l1: TierConfig = TierConfig()
     l2: TierConfig = TierConfig(budget=1024 * 1024 * 1024)
     # L2 values up to this size are read on the event loop (microseconds from
@@ -262,6 +265,9 @@ class OriginConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_connections: int = 256
+    # Seconds a pooled connection to the origin stays open without a request, then it is closed
+    # (proxy.origin.rules.IDLE_TIMEOUT, the clients' own default, is the same 15).
+    idle_timeout: float = 15.0
     unkeyed_request_headers: tuple[str, ...] = DEFAULT_UNKEYED_REQUEST_HEADERS
     # Forward request fields whose name has "_" (nginx: underscores_in_headers). Off: CGI and WSGI
     # origins map X_Forwarded_Host onto X-Forwarded-Host, an unkeyed input.
@@ -487,6 +493,7 @@ def config_from_mapping(
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
         max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
+        idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
         unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
         underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
     )
@@ -497,6 +504,7 @@ def config_from_mapping(
     cache = CacheConfig(
         dir=r.string(c, "dir", cd.dir, "cache"),
         max_object_size=r.size(c, "max_object_size", cd.max_object_size, "cache"),
+        stream_above=r.size(c, "stream_above", cd.stream_above, "cache"),
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),

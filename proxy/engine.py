@@ -51,6 +51,7 @@ from proxy.rules import Match
 from proxy.slicer import Slicer
 from proxy.slices import SliceSpec
 from proxy.storage.tiered import TieredStorage, TierName
+from proxy.tee import StoringStream
 
 __all__ = ["Engine", "EngineStats", "Lookup"]
 
@@ -157,6 +158,9 @@ class Engine:
         # lookups are skipped until the mark expires or this worker stores the key.
         self.pass_unstored: set[str] = set()
         self._refreshing = 0
+        self._releases: set[asyncio.Task[None]] = set()
+        # Fetches whose body is streaming into the cache, by key: later requests wait for it.
+        self.streams: dict[str, StoringStream] = {}
 
     async def close(self) -> None:
         """Stop background fetches (at shutdown)."""
@@ -502,6 +506,11 @@ class Engine:
         """A miss or a revalidation, coalesced with any fetch of the same key in flight."""
         if not self._may_coalesce(f):
             return await self._fetch_alone(f)
+        stream = self.streams.get(f.key)
+        if stream is not None:
+            # The fetch's head has come and gone; its body is still streaming into the cache.
+            status = CacheStatus(fwd=f.why, fwd_status=stream.resp.status)
+            return await self._answer_when_stored(f, stream, status)
         task, leader = self.flights.start(f.key, lambda: self._flight(f))
         try:
             if leader:
@@ -548,6 +557,21 @@ class Engine:
         return True
 
     async def _flight(self, f: FetchRequest) -> FetchOutcome:
+        """One fetch of a key; a body that streams into the cache is findable until stored."""
+        outcome = await self._flight_in_box(f)
+        stream = outcome.streaming
+        if stream is not None:
+            key = f.key
+            self.streams[key] = stream
+
+            def stored(_: object) -> None:
+                if self.streams.get(key) is stream:
+                    del self.streams[key]
+
+            stream.stored.add_done_callback(stored)
+        return outcome
+
+    async def _flight_in_box(self, f: FetchRequest) -> FetchOutcome:
         """This worker's one fetch of a key, coordinated with the other workers of the box.
 
         With other workers sharing the box, the first to ask leads and the
@@ -562,7 +586,7 @@ class Engine:
         f = dataclasses.replace(f, box_reads_l2=True)  # what it stores is read from L2 by the others
         lock = await box.lock(f.key, wait=True, timeout=self.cfg.fetch.coalesce_timeout)
         if lock.kind == "lead":
-            released: Outcome = "error"
+            released: Outcome | None = "error"
             try:
                 if f.resource is not None:
                     newer = await self._stored_by_the_box(f, fresh=True)
@@ -570,13 +594,19 @@ class Engine:
                         released = "stored"
                         return newer
                 outcome = await self._fetch_and_mark(f)
-                if outcome.shared is not None and outcome.status.stored and await self.storage.settle(f.key):
-                    released = "stored"  # the others read it from L2
+                if outcome.streaming is not None:
+                    # Stored only once the body has streamed through: the lock is held till then.
+                    released = None
+                    self._release_when_stored(f.key, outcome.streaming)
+                elif outcome.shared is not None and outcome.status.stored:
+                    if await self.storage.settle(f.key):
+                        released = "stored"  # the others read it from L2
                 elif outcome.not_shareable:
                     released = "unshareable"
                 return outcome
             finally:
-                box.release(f.key, released, self.cfg.fetch.hit_for_pass_ttl)
+                if released is not None:
+                    box.release(f.key, released, self.cfg.fetch.hit_for_pass_ttl)
         if lock.kind == "pass" or lock.outcome == "unshareable":
             self.stats.box_passes += 1
             self._mark_pass(f)
@@ -588,6 +618,24 @@ class Engine:
                 return found
         # timeout, a leader that died or failed, a variant it did not store: fetch alone.
         return await self.fetcher.fetch(f)
+
+    def _release_when_stored(self, key: str, stream: StoringStream) -> None:
+        """Release the box's lock on key once a streamed body is stored (or is not)."""
+        box = self.box
+        assert box is not None
+
+        async def release() -> None:
+            released: Outcome = "error"
+            try:
+                entry = await asyncio.shield(stream.stored)
+                if entry is not None and await self.storage.settle(key):
+                    released = "stored"
+            finally:
+                box.release(key, released, self.cfg.fetch.hit_for_pass_ttl)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._releases.discard)
 
     async def _stored_by_the_box(self, f: FetchRequest, *, fresh: bool) -> FetchOutcome | None:
         """A copy of f's key in L2 that answers f (RFC 9111 §4.1), stored by another worker.
@@ -692,6 +740,11 @@ class Engine:
             # The origin's error, shared with every coalesced request (never stored).
             status = outcome.status._replace(collapsed=not leader)
             return self._deliver_fetched(f, error, policy.current_age(error, now), status)
+        streaming = outcome.streaming
+        if streaming is not None:
+            if leader and not streaming.taken:
+                return self._stream_while_storing(f, streaming, outcome.status)
+            return await self._answer_when_stored(f, streaming, outcome.status)
         if leader and outcome.leader_only is not None:
             resp, outcome.leader_only = outcome.leader_only, None
             if f.client.method == "HEAD":
@@ -712,6 +765,36 @@ class Engine:
             return await self._stream(resp, outcome.status, outcome.prefix)
         # Not shareable, and this request did not start the fetch: go alone.
         return await self._fetch_alone(f)
+
+    def _stream_while_storing(self, f: FetchRequest, stream: StoringStream, status: CacheStatus) -> Reply:
+        """The leader's answer to a large fetch: the origin's body as it arrives (proxy/tee.py)."""
+        resp = stream.resp
+        out = self.fetcher.client_response_headers(resp.headers)
+        if resp.content_length is not None:
+            out["Content-Length"] = str(resp.content_length)
+        if f.client.method == "HEAD":
+            stream.finish()  # fetched with GET: the cache reads the body, the client gets the head
+            return Reply(resp.status, resp.reason, out, b"", status)
+        return Reply(resp.status, resp.reason, out, stream.body(), status)
+
+    async def _answer_when_stored(
+        self, f: FetchRequest, stream: StoringStream, status: CacheStatus
+    ) -> Answer:
+        """A request coalesced on a streamed fetch: answered from what it stores, when it has.
+
+        It waits as long as a coalesced request waits for any fetch; a body that
+        was not stored (too large, broken off) or takes longer sends it alone.
+        """
+        try:
+            entry = await asyncio.wait_for(asyncio.shield(stream.stored), self.cfg.fetch.coalesce_timeout)
+        except TimeoutError:
+            self.stats.coalesce_timeouts += 1
+            entry = None
+        if entry is None or not variant_matches(entry, f.headers) or not self._covers(entry, f):
+            return await self._fetch_alone(f)
+        self.stats.coalesced += 1
+        status = status._replace(stored=True, collapsed=True, detail=None)
+        return self._deliver_fetched(f, entry, policy.current_age(entry, self.clock()), status)
 
     def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
         """No usable answer from the origin: a stored response where RFC 9111 §4.2.4 or RFC 5861 §4

@@ -38,8 +38,12 @@ from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.rules import Match, RuleSet
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
+from proxy.tee import StoringStream
 
 log = logging.getLogger("proxy.fetcher")
+
+# Streamed bodies held in memory at once while they are stored: each up to cache.max_object_size.
+STORES_AT_ONCE = 2
 
 # Request fields the cache answers itself; never sent on its own fetches.
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
@@ -57,6 +61,7 @@ class RoutingStats:
     forwarded_to_owner: int = 0  # cache fetches answered by the owning peer
     owner_fallbacks: int = 0  # the owner failed; the origin was asked instead
     owner_copies_refused: int = 0  # the owner's copy predated a purge here (the stream was down)
+    upstream_copies_refused: int = 0  # a shield's copy predated a purge here: asked with no-cache
     served_for_peers: int = 0  # requests other edges sent here as the owner (hits included)
 
 
@@ -115,12 +120,16 @@ class FetchOutcome:
     # The other variants stored from the same response (its encodings, proxy/compression.py):
     # a coalesced request that `shared` does not match may match one of them.
     siblings: tuple[StoredResponse, ...] = ()
+    # A large body the leader streams while it is stored; the others wait for `streaming.stored`.
+    streaming: StoringStream | None = None
 
     def discard(self) -> None:
-        """Drop an unread leader-only response nobody will stream."""
+        """Drop an unread leader-only response nobody will stream (a streamed one is still stored)."""
         if self.leader_only is not None:
             self.leader_only.close()
             self.leader_only = None
+        if self.streaming is not None and not self.streaming.taken:
+            self.streaming.finish()
 
 
 class Fetcher:
@@ -138,6 +147,8 @@ class Fetcher:
         self.storage = storage
         self.purger = purger
         self.upstream = upstream
+        # Streamed bodies read back from their spool and stored at once (proxy/tee.py).
+        self._store_gate = asyncio.Semaphore(STORES_AT_ONCE)
         self.clock = clock
         self.origin_authority = URL(cfg.origin.url).raw_authority
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
@@ -388,10 +399,20 @@ class Fetcher:
                 log.warning(
                     "owner %s answered with a copy older than a purge here; asking the origin", route.peer
                 )
-        return await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
+        resp = await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
+        if not self._purged_since_owner_fetched(f.key, resp):
+            return resp
+        # The origin is a cache of ours too (a shield) and answered from a copy older than a purge
+        # here that it has not applied yet (the fan-out reaches it on its own time): have it ask
+        # its origin (RFC 9111 §5.2.1.4), or this edge would store the purged copy again.
+        resp.close()
+        self.stats.upstream_copies_refused += 1
+        revalidate = out_headers.copy()
+        revalidate["Cache-Control"] = "no-cache"
+        return await self.upstream.send(method, f.client.path_qs, revalidate, interim=f.interim)
 
     def _purged_since_owner_fetched(self, key: str, resp: OriginResponse) -> bool:
-        """Whether a hard purge here is newer than the owner's copy (now - its Age, rounded down)."""
+        """Whether a hard purge here is newer than an upstream cache's copy (now - its Age, rounded down)."""
         bans = self.purger.bans
         if not bans or resp.status != 200:
             return False
@@ -478,10 +499,18 @@ class Fetcher:
         if too_large or (resp.content_length is not None and resp.content_length > limit):
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
             return FetchOutcome(status, leader_only=resp, not_shareable=True)
-        body, complete = await resp.read_up_to(limit)
-        if not complete:
-            status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
-            return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
+        stream_above = self.cfg.cache.stream_above
+        length = resp.content_length
+        if stream_above < limit and not template.parts and (length is None or length > stream_above):
+            # Large or of unknown length: answered as it arrives, stored at its end (proxy/tee.py).
+            body, complete = await resp.read_up_to(stream_above)
+            if not complete:
+                return self._store_while_streaming(f, resp, plan, body, epoch)
+        else:
+            body, complete = await resp.read_up_to(limit)
+            if not complete:
+                status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
+                return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
         if resp.content_length is not None and len(body) != resp.content_length:
             raise UpstreamError(502, "origin response body incomplete")
         part = template.parts[0] if template.parts else None
@@ -590,6 +619,29 @@ class Fetcher:
     async def send_for_cache(self, f: FetchRequest, out_headers: CIMultiDict[str]) -> OriginResponse:
         """A GET for the cache (a slice: proxy/slicer.py), to the key's owner edge or the origin."""
         return await self._send_to_owner_or_origin(f, out_headers)
+
+    def _store_while_streaming(
+        self, f: FetchRequest, resp: OriginResponse, plan: policy.StorePlan, prefix: bytes, epoch: int
+    ) -> FetchOutcome:
+        """A body above cache.stream_above: the leader streams it, the cache stores it at its end."""
+        length = resp.content_length
+
+        async def store(body: bytes) -> StoredResponse | None:
+            if length is not None and len(body) != length:
+                return None  # cut short: never stored (the client saw the break)
+            entry = plan.build(body, fetch_epoch=epoch)
+            # What is stored under the key now, not when the fetch began: the stream took a while.
+            base = self.storage.l1.peek(f.key) if isinstance(self.storage.l1, MemoryStorage) else None
+            resource = with_variant(base or f.resource, f.key, entry, self.cfg.policy.max_variants)
+            if await self.storage.aset(resource):
+                self.purger.record(resource)
+            return entry
+
+        cache = self.cfg.cache
+        spool_dir = cache.dir if self.storage.l2 is not None else None
+        stream = StoringStream(resp, prefix, cache.max_object_size, spool_dir, store, self._store_gate)
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="streamed")
+        return FetchOutcome(status, streaming=stream)
 
     @staticmethod
     def _same_variant(resource: CachedResource | None, entry: StoredResponse) -> StoredResponse | None:

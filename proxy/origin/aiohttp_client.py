@@ -12,10 +12,15 @@ behaviour differs, this module brings it in line:
 - a connection reset that ends a close-delimited body makes it incomplete
   (aiohttp takes it for the body's end), and a reset is "closed", not "failed".
 - a 101 or a status outside 200..599, a head over the size limits, control
-  characters in a field value: an invalid response (aiohttp returns them).
+  characters in a field value, a body in a transfer coding other than chunked
+  alone: an invalid response (aiohttp returns them).
+- a connection that carried a HEAD response is kept only when no body can
+  follow it (`rules.reusable_after_head`; aiohttp keeps any).
 - the pool limit is per origin, and waiting for a free connection counts
   against the connect timeout; no Accept field is added, repeated fields
   spelled differently are all sent.
+- an idle connection is closed when its idle time runs out (aiohttp sweeps
+  once per idle time, which leaves some open for up to twice as long).
 
 What it cannot do (aiohttp's parser is lenient for responses outside dev mode,
 and its header writer encodes str): reject a bare LF, an obs-fold or a space
@@ -31,13 +36,17 @@ import errno
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp import helpers
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.streams import StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -62,7 +71,10 @@ from proxy.origin.rules import (
     MAX_HEADER_FIELDS,
     check_lines,
     check_request_line,
+    chunked_alone,
     final_status_ok,
+    has_body,
+    reusable_after_head,
     section_size,
 )
 
@@ -119,17 +131,23 @@ class _Handler(ResponseHandler):
     before any byte of a response) from a failure; a reset while a body is still
     being read makes it incomplete, also when the body is delimited by the close; a
     body that does not parse is invalid, rather than a read that never returns.
+    `chunked` is how the parser framed the final response's body, which its header
+    fields, stripped by aiohttp, cannot tell ("chunked\t" is read as another coding).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.exchanges = 0  # requests sent on this connection, this one included
         self.answered = False  # a byte of a response to the current request arrived
+        self.head = False  # the current request is a HEAD
+        self.chunked = False  # the current final response's body is framed as chunked
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called for each request, in the requesting task, before the request is written.
         self.exchanges += 1
         self.answered = False
+        self.head = bool(kwargs.get("skip_payload"))  # aiohttp skips the body of a HEAD response only
+        self.chunked = False
         exchange = _exchange.get()
         if exchange is not None:
             exchange.handler = self
@@ -150,6 +168,17 @@ class _Handler(ResponseHandler):
             # the connection alone, and the body's reader would wait for ever.
             payload.set_exception(failure(INVALID))
 
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        # Each message the parser completes is queued here for the response to read.
+        message = data[0]
+        if message.code >= 200:  # the final response (1xx ones are read past)
+            self.chunked = message.chunked
+            if self.head and not reusable_after_head(message.code, message.headers.get("Content-Length")):
+                # Before the response is read, so before the connection goes back to the pool:
+                # aiohttp closes a connection that should close when it is released.
+                self.force_close()
+        super().feed_data(data, size)
+
     def connection_lost(self, exc: BaseException | None) -> None:
         payload = self._payload
         if exc is not None and payload is not None and not payload.is_eof():
@@ -160,12 +189,31 @@ class _Handler(ResponseHandler):
 
 
 class _Connector(aiohttp.TCPConnector):
-    """A TCPConnector whose connections are `_Handler`s."""
+    """A TCPConnector whose connections are `_Handler`s, and whose idle ones close on time."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         handler: Callable[..., ResponseHandler] = _Handler
         self._factory = functools.partial(handler, loop=self._loop)
+
+    def _cleanup(self) -> None:
+        # aiohttp's one sweep timer: it closes the connections idle for keepalive_timeout, then
+        # waits a whole keepalive_timeout again, so one that went idle just after a sweep stays
+        # open for up to twice that. Set it for when the oldest idle connection's time runs out.
+        super()._cleanup()
+        timeout = self._keepalive_timeout
+        if self._cleanup_handle is None or timeout is None:
+            return  # nothing idle is left (it is set again when a connection is released)
+        oldest = min((used for conns in self._conns.values() for _, used in conns), default=None)
+        if oldest is None:
+            return
+        # aiohttp's idle times are time.monotonic(); 1 ms at least, as a timer never set is
+        # never run (weakref_handle sets none for 0).
+        delay = max(oldest + timeout - time.monotonic(), 0.001)
+        self._cleanup_handle.cancel()
+        self._cleanup_handle = helpers.weakref_handle(
+            self, "_cleanup", delay, self._loop, timeout_ceil_threshold=self._timeout_ceil_threshold
+        )
 
 
 @dataclass(slots=True)
@@ -262,10 +310,19 @@ class AiohttpResponse:
         self._raw.release()
 
 
-def _invalid_head(raw: aiohttp.ClientResponse) -> str | None:
+def _invalid_head(raw: aiohttp.ClientResponse, handler: _Handler | None) -> str | None:
     """Why a response aiohttp accepted breaks a rule the lean client's parser enforces, if it does."""
     if not final_status_ok(raw.status):
         return f"status {raw.status}"
+    codings = raw.headers.getall("Transfer-Encoding", ())
+    # aiohttp strips field values, so "chunked\t", another coding to its parser, would look
+    # like chunked here: the framing the parser read the body by must be chunked too.
+    if (
+        codings
+        and has_body(raw.status, raw.method == "HEAD")
+        and not (chunked_alone(codings) and handler is not None and handler.chunked)
+    ):
+        return "a transfer coding other than chunked alone"
     fields = list(raw.headers.items())
     if section_size(fields) > MAX_HEADER_BYTES:
         return "header section too large"
@@ -297,13 +354,21 @@ class AiohttpOrigin:
     """One pooled aiohttp session towards the origin (and peer edges)."""
 
     def __init__(
-        self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
+        self,
+        base_url: str,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be greater than 0")
         self.base_url = base_url
         # As the lean client: at most max_connections to each origin (a slow peer edge must
-        # not take the origin's), idle ones kept IDLE_TIMEOUT.
+        # not take the origin's), idle ones kept idle_timeout.
         connector = _Connector(
-            limit=0, limit_per_host=max_connections, keepalive_timeout=IDLE_TIMEOUT, ttl_dns_cache=60
+            limit=0, limit_per_host=max_connections, keepalive_timeout=idle_timeout, ttl_dns_cache=60
         )
         self._timeout = _timeouts(connect_timeout, read_timeout)
         self._session = aiohttp.ClientSession(
@@ -372,7 +437,7 @@ class AiohttpOrigin:
             raise translate(exc) from exc
         finally:
             _exchange.reset(token)
-        why = _invalid_head(raw)
+        why = _invalid_head(raw, exchange.handler)
         if why is not None:
             log.debug("invalid response from the origin: %s", why)
             raw.close()

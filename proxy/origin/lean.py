@@ -50,9 +50,13 @@ from proxy.origin.rules import (
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
+    NO_BODY_STATUSES,
     check_lines,
     check_request_line,
+    chunked_alone,
     final_status_ok,
+    has_body,
+    reusable_after_head,
     section_size,
 )
 
@@ -62,8 +66,6 @@ __all__ = ["LeanOrigin", "LeanResponse"]
 # (plus one socket read) per connection, however large the body.
 HIGH_WATER: Final = 256 * 1024
 
-
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CI_TYPES: Final = (CIMultiDict, CIMultiDictProxy)
 
 # Connection states. A BUSY connection belongs to one request (or is being handed to one).
@@ -103,25 +105,35 @@ class _Origin:
 
 
 class _Pool:
-    """Keep-alive connections to one origin: at most `limit` open, reused newest first."""
+    """Keep-alive connections to one origin: at most `limit` open, reused newest first, each
+    closed once it has been idle for `idle_timeout` seconds."""
 
-    __slots__ = ("closed", "idle", "limit", "loop", "open", "origin", "waiters")
+    __slots__ = ("closed", "idle", "idle_timeout", "limit", "loop", "open", "origin", "sweeper", "waiters")
 
-    def __init__(self, origin: _Origin, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, origin: _Origin, limit: int, loop: asyncio.AbstractEventLoop, idle_timeout: float
+    ) -> None:
         self.origin = origin
         self.limit = limit
         self.loop = loop
+        self.idle_timeout = idle_timeout
         self.open = 0  # connections holding a slot: connecting, busy or idle
-        self.idle: list[_Conn] = []  # LIFO: the most recently used is the likeliest alive
+        # LIFO: the most recently used is the likeliest alive. Appended as they go idle, so
+        # also in the order they went idle: the first is the one whose time runs out first.
+        self.idle: list[_Conn] = []
         # FIFO of requests waiting for a slot; resolved with an idle connection or None (a slot).
         self.waiters: deque[asyncio.Future[_Conn | None]] = deque()
+        # The one timer that closes idle connections when their time runs out: set for the
+        # first of them, re-armed by itself for the next. Per pool, not per request.
+        self.sweeper: asyncio.TimerHandle | None = None
         self.closed = False
 
     def pop_idle(self) -> _Conn | None:
         idle = self.idle
         if not idle:
             return None
-        oldest_ok = self.loop.time() - IDLE_TIMEOUT
+        # The sweeper closes them on time; this covers a loop too busy to run it on time.
+        oldest_ok = self.loop.time() - self.idle_timeout
         while idle:
             conn = idle.pop()
             if conn.idle_since >= oldest_ok:
@@ -201,11 +213,22 @@ class _Pool:
         now = self.loop.time()
         conn.state = _IDLE
         conn.idle_since = now
+        self.idle.append(conn)
+        if self.sweeper is None:  # else it is set for an older connection, and re-arms itself
+            self.sweeper = self.loop.call_at(now + self.idle_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for idle_timeout; set the timer again for the next one."""
+        self.sweeper = None
         idle = self.idle
-        idle.append(conn)
-        # Without a sweeper task: the oldest idle connection is checked whenever one is added.
-        if idle[0].idle_since < now - IDLE_TIMEOUT:
-            idle[0].close()
+        # 1 ms early is on time: a loop with a coarse clock (uvloop's is in ms) may run the
+        # timer that much early, and would otherwise set it again and again until it is not.
+        expired = self.loop.time() - self.idle_timeout + 0.001
+        while idle and idle[0].idle_since <= expired:
+            conn = idle.pop(0)
+            conn.close()  # frees its slot (for a waiter, if any)
+        if idle and not self.closed:
+            self.sweeper = self.loop.call_at(idle[0].idle_since + self.idle_timeout, self._sweep)
 
     def give_back(self, got: _Conn | None) -> None:
         if got is None:
@@ -224,6 +247,9 @@ class _Pool:
 
     def close(self) -> None:
         self.closed = True
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for conn in list(self.idle):
             conn.close()
         while self.waiters:
@@ -250,6 +276,7 @@ class _Conn(asyncio.Protocol):
     __slots__ = (
         "body",
         "buffered",
+        "codings",
         "done",
         "error",
         "got_bytes",
@@ -309,6 +336,7 @@ class _Conn(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.hdrs: list[tuple[str, str]] = []
+        self.codings: list[bytes] | None = None  # Transfer-Encoding values as llhttp read them
         self.body: list[bytes] = []
         self.buffered = 0
         self.paused = False
@@ -392,12 +420,19 @@ class _Conn(asyncio.Protocol):
             raise _Invalid("bytes after the end of the response")
         self.reason = b""
         self.hdrs = []
+        self.codings = None
 
     def on_status(self, status: bytes) -> None:
         self.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.hc:  # trailer fields (after a chunked body) are dropped, as aiohttp does
+            if len(name) == 17 and name.lower() == b"transfer-encoding":
+                # Kept unstripped: llhttp reads "chunked\t" as another coding, and chunked_alone
+                # must judge the bytes the parser framed the body by.
+                if self.codings is None:
+                    self.codings = []
+                self.codings.append(value)
             # UTF-8 with surrogateescape, as aiohttp: any byte round-trips when encoded back.
             # llhttp strips leading whitespace only; aiohttp strips both ends.
             self.hdrs.append(
@@ -432,6 +467,13 @@ class _Conn(asyncio.Protocol):
             raise _Invalid("too many header fields")
         if self.hbytes > MAX_HEADER_BYTES and section_size(self.hdrs) > MAX_HEADER_BYTES:
             raise _Invalid("header section too large")
+        codings = self.codings
+        if (
+            codings is not None
+            and has_body(status, self.head)
+            and not chunked_alone([value.decode("latin-1") for value in codings])
+        ):
+            raise _Invalid("a transfer coding other than chunked alone")
         self.status = status
         self.hc = True
         if self.head:
@@ -469,10 +511,17 @@ class _Conn(asyncio.Protocol):
     # ------------------------------------------------------------------ helpers
 
     def _head_keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this response to a HEAD."""
         tokens: set[str] = set()
+        length: str | None = None
         for name, value in self.hdrs:
-            if name.lower() == "connection":
+            lowered = name.lower()
+            if lowered == "connection":
                 tokens.update(t.strip().lower() for t in value.split(","))
+            elif lowered == "content-length":
+                length = value
+        if not reusable_after_head(self.status, length):
+            return False  # a body may follow, now or later (proxy.origin.rules)
         version = self.parser.get_http_version()
         if version == "1.1":
             return "close" not in tokens
@@ -480,13 +529,12 @@ class _Conn(asyncio.Protocol):
 
     def _eof_delimited(self) -> bool:
         """Whether the final response's body is read until the connection closes (RFC 9112 §6.3)."""
-        if self.head or self.status in _NO_BODY_STATUSES:
+        if self.head or self.status in NO_BODY_STATUSES:
             return False
+        # A body-bearing response with Transfer-Encoding got here only as chunked alone
+        # (chunked_alone in on_headers_complete): neither field leaves the body to the close.
         md = CIMultiDict(self.hdrs)
-        if "Content-Length" in md:
-            return False
-        codings = ",".join(md.getall("Transfer-Encoding", ()))
-        return codings.rsplit(",", 1)[-1].strip().lower() != "chunked"
+        return "Content-Length" not in md and "Transfer-Encoding" not in md
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -734,14 +782,23 @@ class LeanOrigin:
     """Pooled HTTP/1.1 keep-alive connections to the origin (and to peer edges)."""
 
     def __init__(
-        self, base_url: str, max_connections: int, connect_timeout: float, read_timeout: float
+        self,
+        base_url: str,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be greater than 0")
         self.base_url = base_url
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
         self._default = _Origin(base_url)
         self._pools: dict[str, _Pool] = {}
         self._closed = False
@@ -753,7 +810,8 @@ class LeanOrigin:
             if self._closed:
                 raise failure(FAILED)
             target = self._default if origin is None or origin == self.base_url else _Origin(origin)
-            pool = self._pools[key] = _Pool(target, self.max_connections, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            pool = self._pools[key] = _Pool(target, self.max_connections, loop, self.idle_timeout)
         return pool
 
     async def send(

@@ -8,6 +8,7 @@ here, so that a caller cannot tell the clients apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 # The methods whose request may be sent twice (RFC 9110 §9.2.2). A request is retried once,
@@ -23,9 +24,14 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 MAX_HEADER_BYTES: Final = 64 * 1024
 MAX_HEADER_FIELDS: Final = 200
 
-# An idle keep-alive connection older than this is closed rather than reused (aiohttp's
-# default keepalive_timeout): the older it is, the likelier the origin is closing it right now.
+# An idle keep-alive connection is closed this long after its last response (aiohttp's default
+# keepalive_timeout; Upstream passes `origin.idle_timeout` from the config instead): the older it
+# is, the likelier the origin is closing it right now, and the origin's connection slots are not
+# ours to hold while we have nothing to ask. Each client closes it on time, not at its next use.
 IDLE_TIMEOUT: Final = 15.0
+
+# Responses that never have a body, whatever their framing fields say (RFC 9110 §15.3.5, §15.4.5).
+NO_BODY_STATUSES: Final = frozenset({204, 304})
 
 
 def section_size(fields: list[tuple[str, str]]) -> int:
@@ -37,6 +43,41 @@ def final_status_ok(status: int) -> bool:
     """A final response's status: 2xx to 5xx (RFC 9110 §15: values outside 100..599 are
     invalid). A 1xx is interim, and 101 (an upgrade nobody asked for) is invalid too."""
     return 200 <= status <= 599
+
+
+def has_body(status: int, head: bool) -> bool:
+    """Whether a final response has a body to frame (RFC 9112 §6.3): not a HEAD's, a 204 or a 304."""
+    return not head and status not in NO_BODY_STATUSES
+
+
+def chunked_alone(transfer_encoding: Sequence[str]) -> bool:
+    """Whether a response's Transfer-Encoding field lines name the chunked coding alone.
+
+    Only then may a response with a body be taken (RFC 9112 §6.1): chunked is the final coding
+    and is applied once, and any other coding (gzip, deflate, ...) would be left on the body,
+    which a cache must not forward or store as if it were the representation; neither client
+    decodes one. One field line, "chunked" in any case with trailing spaces: the spaces are all
+    llhttp still reads as chunked ("chunked\t" is another coding to it), and the lean client
+    passes the value as llhttp read it (aiohttp strips it: its client asks its parser too).
+    Without a body (`has_body`) the field only says what a GET would have got: no matter.
+    """
+    return len(transfer_encoding) == 1 and transfer_encoding[0].rstrip(" ").lower() == "chunked"
+
+
+def reusable_after_head(status: int, content_length: str | None) -> bool:
+    """Whether a connection may carry another request after this response to a HEAD.
+
+    An origin that answers HEAD as if it were GET (RFC 9110 §9.3.2 forbids it, some do) sends
+    the body after the header section, perhaps much later, and whatever arrives on a reused
+    connection is read as the next request's response: a 502 at best, a body made to look like
+    a response served and stored for another URL at worst. Nothing can tell at reuse time
+    whether such bytes are on their way, so only a response whose GET would have had no body
+    keeps its connection: a 204, a 304 or Content-Length: 0. Any other goes (one more TCP
+    connection per such HEAD; HEADs are few next to the GETs a cache sends).
+    """
+    if status in NO_BODY_STATUSES:
+        return True
+    return content_length is not None and content_length.isdigit() and int(content_length) == 0
 
 
 def check_lines(block: str, lines: int) -> None:

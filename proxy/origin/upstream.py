@@ -76,9 +76,10 @@ class Upstream:
 
     async def start(self) -> None:
         cfg = self.cfg
-        self._aiohttp = AiohttpOrigin(cfg.url, cfg.max_connections, cfg.connect_timeout, cfg.read_timeout)
+        limits = (cfg.max_connections, cfg.connect_timeout, cfg.read_timeout)
+        self._aiohttp = AiohttpOrigin(cfg.url, *limits, idle_timeout=cfg.idle_timeout)
         if URL(cfg.url).scheme == "http":
-            self._lean = LeanOrigin(cfg.url, cfg.max_connections, cfg.connect_timeout, cfg.read_timeout)
+            self._lean = LeanOrigin(cfg.url, *limits, idle_timeout=cfg.idle_timeout)
 
     async def close(self) -> None:
         if self._lean is not None:

@@ -308,3 +308,25 @@ async def test_an_owner_copy_fetched_after_a_purge_is_taken_at_once(
     assert resp.headers["Cache-Status"].startswith("edge-3;fwd=uri-miss"), resp.headers["Cache-Status"]
     assert await origin.hits("/max-age/600") == 2
     assert edges[0].server.node.engine.fetcher.stats.owner_copies_refused == 0
+
+
+async def test_an_edge_has_a_shield_that_missed_a_purge_ask_its_origin(
+    start_edges: StartEdges, origin: Origin
+) -> None:
+    # The fan-out reaches a shield on its own time (here: never, it follows no stream). An edge
+    # that purged must not store the shield's older copy again: it asks with no-cache, and the
+    # shield goes to the origin (RFC 9111 §5.2.1.4).
+    (shield,) = await start_edges(1, names=["shield"], owner_routing=False)
+    (edge,) = await start_edges(1, names=["edge-a"], origin_url=shield.url)
+    path = "/tags?keys=deep"
+    await edge.get(path)
+    assert await origin.hits("/tags") == 1
+    await edge.purger.purge(PurgeRequest("url", (path,)))
+    resp, _ = await edge.get(path)
+    shield_member = resp.headers["Cache-Status"].split(",")[0]
+    assert ";hit" not in shield_member, resp.headers["Cache-Status"]
+    assert await origin.hits("/tags") == 2, resp.headers["Cache-Status"]
+    assert edge.server.node.engine.fetcher.stats.upstream_copies_refused == 1
+    # Once past the purge, the shield's copies are taken as they are.
+    resp, _ = await edge.get(path)
+    assert await origin.hits("/tags") == 2

@@ -2,8 +2,8 @@
 
 What a caller sees of it, it shares with aiohttp's client, and that contract is tested
 against both in test_origin_contract.py (whose raw-socket origins these tests use too).
-Here: the exact request bytes, base URLs, pool slots and their hand-over, the buffering
-high-water mark and uvloop.
+Here: the exact request bytes, base URLs, pool slots and their hand-over, the idle sweeper's
+timer, the buffering high-water mark and uvloop.
 """
 
 from __future__ import annotations
@@ -180,6 +180,39 @@ async def test_response_dropped_unread_gives_its_slot_back(
     assert origin.accepts == 2
 
 
+async def test_idle_connections_are_swept_by_one_timer_per_pool_not_one_per_request(
+    raw_origin: StartOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 12 row 17: the sweeper costs the hot path one attribute test per release.
+    loop = asyncio.get_running_loop()
+    sweeps: list[asyncio.TimerHandle] = []
+    call_at = loop.call_at
+
+    def counting(
+        when: float, callback: Callable[..., object], *args: Any, **kwargs: Any
+    ) -> asyncio.TimerHandle:
+        handle = call_at(when, callback, *args, **kwargs)
+        if getattr(callback, "__name__", "") == "_sweep":
+            sweeps.append(handle)
+        return handle
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    origin = await raw_origin(answer(OK))
+    c = LeanOrigin(origin.url, 4, 1.0, 1.0, idle_timeout=60.0)
+    try:
+        for _ in range(50):
+            await get(c)
+        await asyncio.gather(*(get(c) for _ in range(50)))
+        assert origin.accepts == 4
+        assert len(sweeps) == 1  # set when the first connection went idle, for all of them
+        pool = next(iter(c._pools.values()))
+        assert pool.sweeper is sweeps[0] and not sweeps[0].cancelled()
+    finally:
+        await c.close()
+    assert sweeps[0].cancelled()  # closing the client leaves no timer behind
+    assert pool.sweeper is None
+
+
 async def test_twenty_mib_body_streams_with_bounded_buffering(
     raw_origin: StartOrigin, client: MakeClient
 ) -> None:
@@ -228,7 +261,7 @@ def test_works_on_uvloop() -> None:
             resp, body = await get(c, method="HEAD")
             assert (resp.content_length, body) == (5, b"")
             assert (await get(c))[1] == b"hello"
-            assert origin.accepts == 1
+            assert origin.accepts == 2  # not after a HEAD whose framing says a body may follow
             timed_out = c.send("GET", "/", CIMultiDict(), origin=stalled.url, timeout=TIMEOUT)
             await expect_error(timed_out, 504, "origin timed out")
         finally:

@@ -88,7 +88,7 @@ def test_values_are_loaded(tmp_path: Path) -> None:
         """
 name: edge-7
 listen: "[::1]:9000"
-origin: {url: "https://origin.example/", host_header: client}
+origin: {url: "https://origin.example/", host_header: client, idle_timeout: 0.5}
 cache: {max_object_size: 1MiB, l1: {budget: 64MiB, eviction: random}, l2: {budget: 2GB, eviction: lfu}}
 keys: {namespace: v2, sort_query: true, ignore_query_params: [utm_*, fbclid]}
 policy:
@@ -104,6 +104,7 @@ policy:
     assert cfg.listen_host_port == ("::1", 9000)
     assert cfg.origin.url == "https://origin.example"
     assert cfg.origin.host_header == "client"
+    assert cfg.origin.idle_timeout == 0.5
     assert cfg.cache == CacheConfig(
         max_object_size=1024**2,
         l1=TierConfig(budget=64 * 1024**2, eviction="random"),
@@ -158,6 +159,7 @@ ERRORS = [
     pytest.param("policy: {honour_immutable: 'yes'}\n", "policy.honour_immutable", id="wrong-type-boolean"),
     pytest.param("origin: {read_timeout: soon}\n", "origin.read_timeout", id="wrong-type-number"),
     pytest.param("origin: {connect_timeout: 0}\n", "origin.connect_timeout", id="not-positive"),
+    pytest.param("origin: {idle_timeout: 0}\n", "origin.idle_timeout", id="idle-timeout-not-positive"),
     pytest.param("keys: {ignore_query_params: utm_*}\n", "keys.ignore_query_params", id="wrong-type-list"),
     pytest.param(
         "policy: {heuristic_fraction: 2}\n", "policy.heuristic_fraction", id="fraction-out-of-range"

@@ -1,0 +1,84 @@
+"""An origin that breaks HTTP/1.1 framing, seen through the proxy: a 502 or the right answer,
+never a crashed worker and never a wrong response stored (issue 12 rows 15 and 16).
+
+The clients' side of the same rules, against both origin clients, is in test_origin_contract.py;
+here the origin is a raw socket writing exact bytes and the real proxy stands in front of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+
+from tests.functional.conftest import ProxyFactory, StartScripted, cache_status
+from tests.functional.test_origin_contract import RawOrigin, StartOrigin, raw_origin
+
+__all__ = ["raw_origin"]  # the fixture, for these tests
+
+GOOD = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+# ------------------------------------------ issue 12 row 15: a coding other than chunked alone
+
+# The body really is gzip-coded: taken with only the chunked coding removed, the gzip bytes would
+# be stored and served as the representation, with nothing left to say they are coded.
+CODED = {
+    "gzip-then-chunked": b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked(gzip.compress(b"hello")),
+    "chunked-then-gzip": b"Transfer-Encoding: chunked, gzip\r\n\r\n" + chunked(b"hello"),
+}
+
+
+@pytest.mark.parametrize("coded", CODED)
+async def test_rfc9112_s6_1_a_transfer_coding_other_than_chunked_alone_is_a_502_and_nothing_is_stored(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, coded: str
+) -> None:
+    bad = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n" + CODED[coded]
+    origin = await scripted_origin([bad, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    resp, body = await proxy.get("/doc")
+    assert (resp.status, body) == (502, b"origin sent an invalid response\n")
+    resp, body = await proxy.get("/doc")  # asked again: nothing was stored
+    assert (resp.status, body) == (200, b"hello")
+    assert "stored" in cache_status(resp)
+    assert len(origin.requests) == 2
+    assert origin.accepts == 2  # the connection the bad response came on was not reused
+
+
+# ------------------------------------------ issue 12 row 16: a body after a HEAD response, late
+
+FORGED = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 6\r\n\r\nforged"
+REAL = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 4\r\n\r\nreal"
+
+
+async def lying(origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, _: int) -> None:
+    """Answers a HEAD as a GET, but sends the body only once the next request has arrived on the
+    same connection; that body is itself a response. Answers a GET with REAL."""
+    while request := await origin.request(reader):
+        if request.startswith(b"HEAD "):
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(FORGED))
+            await w.drain()
+            if not await origin.request(reader):  # the proxy closed the connection: nothing follows
+                return
+            w.write(FORGED)
+        w.write(REAL)
+        await w.drain()
+
+
+async def test_a_body_sent_late_after_a_head_response_is_never_served_or_stored_for_another_url(
+    start_proxy: ProxyFactory, raw_origin: StartOrigin
+) -> None:
+    origin = await raw_origin(lying)
+    proxy = await start_proxy(origin_url=origin.url)
+    async with proxy.request("HEAD", "/a") as head:  # a HEAD miss is passed to the origin as HEAD
+        assert head.status == 200 and await head.read() == b""
+    resp, body = await proxy.get("/b")
+    assert (resp.status, body) == (200, b"real")
+    resp, body = await proxy.get("/b")
+    assert body == b"real" and "hit" in cache_status(resp).split(";")
+    assert origin.accepts == 2
