@@ -31,7 +31,7 @@ from typing import Any, assert_never
 
 from multidict import CIMultiDict
 
-from proxy import policy, slices
+from proxy import compression, policy, slices
 from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
@@ -770,6 +770,9 @@ class Engine:
         """The leader's answer to a large fetch: the origin's body as it arrives (proxy/tee.py)."""
         resp = stream.resp
         out = self.fetcher.client_response_headers(resp.headers)
+        # The fields the route's rules strip from what is stored: the leader does not get them either.
+        for name in f.overrides(resp.status, resp.headers.get("Content-Type")).strip:
+            out.popall(name, None)
         if resp.content_length is not None:
             out["Content-Length"] = str(resp.content_length)
         if f.client.method == "HEAD":
@@ -790,11 +793,27 @@ class Engine:
         except TimeoutError:
             self.stats.coalesce_timeouts += 1
             entry = None
-        if entry is None or not variant_matches(entry, f.headers) or not self._covers(entry, f):
+        if entry is not None and not variant_matches(entry, f.headers):
+            entry = await self._stored_encoding(f, entry)
+        if entry is None or not self._covers(entry, f):
             return await self._fetch_alone(f)
         self.stats.coalesced += 1
         status = status._replace(stored=True, collapsed=True, detail=None)
         return self._deliver_fetched(f, entry, policy.current_age(entry, self.clock()), status)
+
+    async def _stored_encoding(self, f: FetchRequest, identity: StoredResponse) -> StoredResponse | None:
+        """The encoding of a streamed body (stored beside it, proxy/compression.py) that f asks for."""
+        resource, _ = await self.storage.aget(f.key)
+        if resource is None:
+            return None
+        return next(
+            (
+                v
+                for v in resource.variants
+                if compression.is_derived(v, identity) and variant_matches(v, f.headers)
+            ),
+            None,
+        )
 
     def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
         """No usable answer from the origin: a stored response where RFC 9111 §4.2.4 or RFC 5861 §4

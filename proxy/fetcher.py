@@ -630,12 +630,14 @@ class Fetcher:
             if length is not None and len(body) != length:
                 return None  # cut short: never stored (the client saw the break)
             entry = plan.build(body, fetch_epoch=epoch)
+            # Its encodings beside it when this cache compresses it (a worker thread: it is large).
+            made = await self._encodings(f, entry)
             # What is stored under the key now, not when the fetch began: the stream took a while.
             base = self.storage.l1.peek(f.key) if isinstance(self.storage.l1, MemoryStorage) else None
-            resource = with_variant(base or f.resource, f.key, entry, self.cfg.policy.max_variants)
+            resource = with_variants(base or f.resource, f.key, made, self.cfg.policy.max_variants)
             if await self.storage.aset(resource):
                 self.purger.record(resource)
-            return entry
+            return made[0]  # the identity variant: the waiters take its encodings from the store
 
         cache = self.cfg.cache
         spool_dir = cache.dir if self.storage.l2 is not None else None
