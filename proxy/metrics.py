@@ -352,13 +352,20 @@ class BoxCollector(Collector):
         yield _counters(
             "minicdn_cluster_owner_requests",
             "Cache fetches for keys another edge owns: forwarded to the owner, or sent to the origin"
-            " after the owner failed (fallback) or while it was unavailable.",
+            " after the owner failed (fallback), while it was unavailable, or because its copy was older"
+            " than a purge made here that it had not heard of (refused).",
             "outcome",
             {
                 "forwarded": routing.get("forwarded_to_owner", 0),
                 "fallback": routing.get("owner_fallbacks", 0),
                 "unavailable": routing.get("owner_unavailable", 0),
+                "refused": routing.get("owner_copies_refused", 0),
             },
+        )
+        yield _counter(
+            "minicdn_cluster_upstream_copies_refused",
+            "Answers of an upstream cache (a shield) older than a purge made here: asked again (no-cache).",
+            routing.get("upstream_copies_refused", 0),
         )
         yield _counter(
             "minicdn_cluster_owned_here",

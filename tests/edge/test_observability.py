@@ -65,6 +65,8 @@ async def test_metrics_show_peers_owner_routing_and_the_purge_stream(
     assert samples[("minicdn_cluster_peer_up", (("peer", "edge-2"),))] == 1
     assert samples[("minicdn_cluster_members", ())] == 2
     assert samples[("minicdn_cluster_owner_requests_total", (("outcome", "forwarded"),))] == 1
+    assert samples[("minicdn_cluster_owner_requests_total", (("outcome", "refused"),))] == 0
+    assert samples[("minicdn_cluster_upstream_copies_refused_total", ())] == 0
     assert samples[("minicdn_cluster_purges_total", (("direction", "applied"),))] == 1
     assert samples[("minicdn_cluster_purge_stream_caught_up", ())] == 1
     assert 0 <= samples[("minicdn_cluster_purge_stream_lag_seconds", ())] < 5
