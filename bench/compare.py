@@ -973,6 +973,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON output (default bench/compare.json; with --short none unless given)",
     )
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    parser.add_argument(
+        "--proxy-rules",
+        type=int,
+        default=0,
+        metavar="N",
+        help="configure N per-route rules that no benchmark URL matches in `proxy` (not in the "
+        "baseline): what rules cost the requests they do not concern",
+    )
     return parser
 
 
@@ -1087,7 +1095,7 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
     try:
         setup = Setup(
             servers, origin_kind, workers, roots, proxy_workers, versions, procs, tmp,
-            server_cpus, client_cpus, as_root,
+            server_cpus, client_cpus, as_root, args.proxy_rules,
         )  # fmt: skip
         results = run(args, scenarios, setup)
     except KeyboardInterrupt:
@@ -1133,6 +1141,7 @@ def compare(args: argparse.Namespace, summaries: list[str] | None = None) -> int
         },
         "proxy_root": str(roots["proxy"]) if "proxy" in roots else None,
         "proxy_code": versions.get("proxy"),
+        "proxy_rules": args.proxy_rules,
         "baseline_root": str(roots[BASELINE]) if BASELINE in roots else None,
         "baseline_code": versions.get(BASELINE),
         "elapsed_s": round(elapsed),
@@ -1177,6 +1186,7 @@ class Setup:
     server_cpus: set[int] | None
     client_cpus: set[int] | None
     as_root: bool
+    proxy_rules: int = 0  # per-route rules in the config of `proxy` (not of the baseline)
 
 
 @dataclass(frozen=True)
@@ -1216,7 +1226,10 @@ def start_servers(setup: Setup, tiers: set[str]) -> tuple[Origin, dict[str, Inst
             name = f"{server}-{tier}"
             port, admin_port = free_port(), free_port()
             cfg = tmp / f"{name}.yaml"
-            cfg.write_text(json.dumps(proxy_config(l1=tier == "l1"), indent=2))
+            config = proxy_config(l1=tier == "l1")
+            if server == "proxy" and setup.proxy_rules:
+                config["rules"] = workload.bench_rules(setup.proxy_rules)
+            cfg.write_text(json.dumps(config, indent=2))
             cmd = [
                 sys.executable, "-m", "proxy", "--listen", f"127.0.0.1:{port}", "--origin", origin_url,
                 "--cache-dir", str(tmp / f"{name}-cache"), "--config", str(cfg),

@@ -241,3 +241,37 @@ request = function()
     return wrk.format(nil, prefix .. (n % keys))
 end
 """
+
+
+def bench_rules(n: int) -> list[dict[str, object]]:
+    """``n`` per-route rules of the kinds an API's config has, none matching the benchmarks' URLs.
+
+    Globs and regular expressions over other paths, some with host, method or header conditions,
+    key adjustments, tags, stale windows, a bypass and a rule on the response's status: what the
+    edge checks for every request and that must cost a request no rule matches nothing measurable.
+    """
+    kinds: list[dict[str, object]] = [
+        {"match": {"path": "/api/v{i}/products/*"}, "ttl": 60, "tags": ["products"]},
+        {"match": {"path": "/api/v{i}/me"}, "bypass": True},
+        {"match": {"path": "/shop{i}/**"}, "key": {"drop_query": ["utm_*", "fbclid"], "sort_query": True}},
+        {"match": {"path_regex": "^/legacy{i}/[0-9]+$"}, "default_ttl": 30},
+        {"match": {"path": "/static{i}/**"}, "stale_while_revalidate": 600, "strip_headers": ["Set-Cookie"]},
+        {"match": {"path": "/v{i}/**", "hosts": ["api.example.com"]}, "ttl": 5},
+        {"match": {"path": "/beta{i}/*", "headers": {"X-Beta": True}}, "bypass": True},
+        {"match": {"path": "/search{i}", "methods": ["GET"]}, "key": {"keep_query": ["q", "page"]}},
+        {"match": {"path": "/api/v{i}/**", "status": [404]}, "ttl": 10},
+        {"match": {"path": "/feeds{i}/*.xml"}, "stale_if_error": 3600, "tags": ["feeds"]},
+    ]
+    rules: list[dict[str, object]] = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        rule: dict[str, object] = {"name": f"rule-{i}"}
+        for key, value in kind.items():
+            if key == "match":
+                assert isinstance(value, dict)
+                value = {k: v.format(i=i) if isinstance(v, str) else v for k, v in value.items()}
+            rule[key] = value
+        if rule.get("key") and isinstance(rule["match"], dict) and "methods" in rule["match"]:
+            del rule["match"]["methods"]  # a rule that changes the key matches on the URL only
+        rules.append(rule)
+    return rules

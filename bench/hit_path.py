@@ -12,10 +12,13 @@ request heads through a transport that only counts bytes, and reports CPU micros
 - a 304 to a conditional request, and a range.
 
 Each case runs in alternating rounds; the table shows the median. Compare two checkouts by running
-it in each (`python bench/hit_path.py`), or use --profile to see where the time goes.
+it in each (`python bench/hit_path.py`), or use --profile to see where the time goes. `--rules N`
+configures N per-route rules (bench/compare_workload.py's bench_rules) that none of these requests
+match: what rules cost a request they do not concern.
 
     python bench/hit_path.py              # about 20 s
     python bench/hit_path.py --rounds 9 --requests 50000
+    python bench/hit_path.py --rules 50
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ if str(ROOT) not in sys.path:
 
 from multidict import CIMultiDict, CIMultiDictProxy  # noqa: E402
 
-from bench.compare_workload import browser_fields  # noqa: E402
-from proxy.config import CacheConfig, Config, LogConfig, TierConfig  # noqa: E402
+from bench.compare_workload import bench_rules, browser_fields  # noqa: E402
+from proxy.config import CacheConfig, Config, LogConfig, TierConfig, config_from_mapping  # noqa: E402
 from proxy.entry import CachedResource  # noqa: E402
 from proxy.front import Connection, FrontContext  # noqa: E402
 from proxy.h1 import via_line  # noqa: E402
@@ -150,9 +153,11 @@ def run_case(ctx: FrontContext, heads: list[bytes], per_read: int, requests: int
 
 async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
+        rules = config_from_mapping({"rules": bench_rules(args.rules)}, "bench", environ={}).rules
         cfg = Config(
             cache=CacheConfig(dir=tmp, l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)),
             log=replace(LogConfig(), access_log=False),
+            rules=rules,
         )
         async with Node(cfg, clock=lambda: NOW + 10) as node:
             store_objects(node)
@@ -171,6 +176,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 for name, (heads, per_read) in table.items():
                     results[name].append(run_case(ctx, heads, per_read, args.requests))
             width = max(map(len, results))
+            print(f"{len(rules)} rules")
             print(f"{'case':<{width}}  µs/request (median of {args.rounds})  min")
             for name, values in results.items():
                 print(f"{name:<{width}}  {statistics.median(values):>10.2f}  {min(values):>17.2f}")
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000, help="per case and round")
     parser.add_argument("--profile", metavar="CASE", help="profile one case with cProfile instead")
+    parser.add_argument("--rules", type=int, default=0, help="per-route rules configured (none match)")
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop

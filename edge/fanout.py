@@ -166,7 +166,7 @@ class PurgeFanout:
         except (KeyError, ValueError, TypeError) as exc:
             log.warning("ignoring malformed purge stream entry %s: %s", entry_id, exc)
             return
-        await self.purger.purge(request, propagate=False)
+        await self.purger.purge(request, propagate=False, by=f"purge stream from {fields.get('from', '?')}")
         self.stats.applied_from_stream += 1
         published_ms = int(entry_id.split("-", 1)[0])
         self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)

@@ -58,6 +58,14 @@ class EdgeNode:
             out["purge_stream"] = dataclasses.asdict(self.fanout.stats)
         return out
 
+    async def redis_reachable(self) -> str | None:
+        """A readiness check (proxy/readiness.py): None when Redis answers a PING."""
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            return f"redis unreachable ({self.cluster.redis_url}): {exc}"
+        return None
+
     @contextlib.asynccontextmanager
     async def joined(self, node: Node) -> AsyncIterator[None]:
         """Membership and purge fan-out for an open node, until the block ends."""
@@ -82,6 +90,8 @@ class EdgeNode:
                 "on" if self.redis is not None else "off (no redis_url)",
             )
             node.extra_stats.append(lambda: {"edge": self.stats(node)})
+            if self.redis is not None:
+                node.readiness.add("redis", self.redis_reachable)  # beside the origin's check
             yield
         finally:
             if self.fanout is not None:

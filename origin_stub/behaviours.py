@@ -245,7 +245,11 @@ async def respond_route(request: web.Request) -> web.Response:
         headers.add(name.strip(), value.strip())
     if hdrs.DATE in headers:
         request[KEEP_DATE] = True
-    body = request.query.get("body", "")
+    # `repeat=N`: the body N times (bodies longer than a request line can carry).
+    repeat = query_int(request, "repeat", 1)
+    if not 1 <= repeat <= 10_000:
+        raise web.HTTPBadRequest(text="repeat must be 1..10000\n")
+    body = request.query.get("body", "") * repeat
     if body:
         headers.setdefault(hdrs.CONTENT_TYPE, TEXT)
     return web.Response(status=status, headers=headers, body=body.encode())

@@ -7,16 +7,22 @@ through the public port (which forwards every path to the origin).
 
 Routes (JSON in and out, `Cache-Control: no-store`):
 
-- `GET /healthz` (no token needed): `{"name": ..., "status": "ok"}`
+- `GET /healthz` (no token needed): `{"name": ..., "status": "ok"}` (liveness: the node runs)
+- `GET /readyz` (no token needed): 200 when the node can serve (its origin, and in a cluster
+  Redis, reachable), else 503 with what is wrong (proxy/readiness.py)
 - `POST /purge` with a body such as `{"url": "/a"}`, `{"tags": ["x"]}`, `{"all": true, "soft": true}`
 - `GET /entries?prefix=/api/|tag=x&limit=100`: what is stored, per entry and variant
-- `GET /stats`: engine, tier, purge and catalogue counters, summed over the node's workers
+- `GET /stats`: engine, tier, purge, catalogue and traffic counters, summed over the node's workers
+- `GET /metrics`: the same numbers in the Prometheus text format (proxy/metrics.py)
+- `GET /dashboard` (no token needed: a static page): the live dashboard (proxy/dashboard/), which
+  polls `/stats`
 - `POST /reload`: re-read the config and replace the workers (as SIGHUP to the supervisor)
 
 With `admin.token` (or MINICDN_ADMIN_TOKEN) set, every route but `/healthz`
-needs `Authorization: Bearer <token>`. Without one the configuration only
-lets the API listen on loopback (`config.check_admin`), and a request from
-anywhere else is refused here as well.
+and `/readyz` needs `Authorization: Bearer <token>`. Without one the
+configuration only lets the API listen on loopback (`config.check_admin`), and
+a request from anywhere else is refused here as well. A refused request is
+logged (who, which route, why; never the token it sent).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from proxy import stats
+from proxy import dashboard, stats
 from proxy.config import is_loopback
 from proxy.node import Node
 from proxy.purge import PurgeRequestError, parse_purge_request
@@ -42,10 +48,12 @@ NODE_KEY = web.AppKey("node", Node)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BODY = 1024 * 1024
-PUBLIC_PATHS = frozenset({"/healthz"})
+# No token for these: liveness, readiness, and the dashboard's page (static: its data comes from /stats).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/dashboard"})
 _ENTRY_PARAMS = frozenset({"prefix", "tag", "limit"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ROUTES = "/healthz, /readyz, /purge, /entries, /stats, /metrics, /dashboard, /reload"
 
 
 def create_admin_app(node: Node) -> web.Application:
@@ -53,6 +61,9 @@ def create_admin_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[_json_errors, _authenticate], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/dashboard", _dashboard)
     app.router.add_post("/purge", _purge)
     app.router.add_get("/entries", _entries)
     app.router.add_get("/stats", _stats)
@@ -96,7 +107,7 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
 
 def _describe(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
-        return f"no admin route {request.path} (routes: /healthz, /purge, /entries, /stats)"
+        return f"no admin route {request.path} (routes: {ROUTES})"
     if exc.status == 405:
         allowed = exc.headers.get(hdrs.ALLOW, "")
         return f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
@@ -113,16 +124,19 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     if not token:
         # Only reachable on loopback by configuration; refuse anything else all the same.
         if request.remote is None or not is_loopback(request.remote):
+            _refused(request, "not from loopback, and no admin token is configured")
             return error_reply(403, "no admin token is configured: the admin API answers loopback only")
         return await handler(request)
     scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
+        _refused(request, "no bearer token")
         return error_reply(
             401,
             "an admin token is required (Authorization: Bearer <token>)",
             {hdrs.WWW_AUTHENTICATE: 'Bearer realm="minicdn-admin"'},
         )
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        _refused(request, "the token is not valid")
         return error_reply(
             401,
             "the admin token is not valid",
@@ -131,12 +145,53 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
+def _refused(request: web.Request, why: str) -> None:
+    """Log a refused admin request: who, what, why; never the token it carried."""
+    log.warning("admin API refused %s %s from %s: %s", request.method, request.path, request.remote, why)
+
+
 # --------------------------------------------------------------------------- routes
 
 
 async def _healthz(request: web.Request) -> web.Response:
     cfg = request.app[NODE_KEY].cfg
     return json_reply({"name": cfg.name, "status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """200 when the node can serve (proxy/readiness.py), else 503 with the checks that failed."""
+    node = request.app[NODE_KEY]
+    if not node.started:
+        return json_reply({"name": node.cfg.name, "status": "starting", "ready": False}, 503)
+    report = await node.readiness.report()
+    status = "ready" if report["ready"] else "not ready"
+    return json_reply({"name": node.cfg.name, "status": status, **report}, 200 if report["ready"] else 503)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """The box's numbers in the Prometheus text format (or OpenMetrics, when the scraper asks for it)."""
+    node = _running(request)
+    if node is None:
+        return _not_running()
+    from proxy import metrics  # prometheus_client, imported on the first scrape (not by the CLI)
+
+    numbers = await stats.box(node)
+    numbers["ready"] = await node.readiness.report()
+    body, content_type = metrics.render(numbers, request.headers.get(hdrs.ACCEPT, ""))
+    response = web.Response(body=body, headers={hdrs.CONTENT_TYPE: content_type})
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    return response
+
+
+async def _dashboard(request: web.Request) -> web.Response:
+    response = web.Response(body=dashboard.page(), content_type="text/html", charset="utf-8")
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    # The page talks to this API only, and runs only its own inline script.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    )
+    return response
 
 
 def _running(request: web.Request) -> Node | None:
@@ -163,7 +218,7 @@ async def _purge(request: web.Request) -> web.Response:
     node = _running(request)
     if node is None:
         return _not_running()
-    result = await node.purger.purge(purge)
+    result = await node.purger.purge(purge, by=f"admin API {request.remote}")
     return json_reply({"purged": result.keys, "epoch": result.epoch, "kind": purge.kind, "soft": purge.soft})
 
 
@@ -212,14 +267,7 @@ async def _stats(request: web.Request) -> web.Response:
     node = _running(request)
     if node is None:
         return _not_running()
-    box = node.box
-    if box is not None:
-        answer = await box.request({"op": "stats"}, timeout=10.0)
-        workers = answer.get("workers") if answer is not None else None
-        if isinstance(workers, list) and workers:
-            return json_reply(stats.combine(workers))
-        log.warning("the supervisor did not answer for the box's stats; showing this worker's")
-    return json_reply(stats.alone(await stats.snapshot(node)))
+    return json_reply(await stats.box(node))
 
 
 async def _reload(request: web.Request) -> web.Response:

@@ -76,10 +76,16 @@ class AdminClient:
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/stats")
 
+    def readiness(self) -> dict[str, Any]:
+        """/readyz's report, ready or not (a 503 is an answer here, not an error)."""
+        return self._call("GET", "/readyz", answers=(503,))
+
     def reload(self) -> dict[str, Any]:
         return self._call("POST", "/reload", {})
 
-    def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, body: Any = None, answers: tuple[int, ...] = ()
+    ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -92,7 +98,10 @@ class AdminClient:
             with self._opener.open(request, timeout=self.timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise AdminClientError(self._http_error(exc)) from None
+            if exc.code not in answers:
+                raise AdminClientError(self._http_error(exc)) from None
+            with exc:
+                raw = exc.read()
         except urllib.error.URLError as exc:
             raise AdminClientError(
                 f"cannot connect to the admin API at {self.base_url}: {exc.reason}"

@@ -2,8 +2,9 @@
 
 What must live here: the rules that turn a request away or answer it without
 the engine, so the front applies each of them in one place: an invalid Host
-(RFC 9112 §3.2: 400), the node's own health path (never forwarded), and
-`PURGE /path` from an allowed network when `admin.purge_method` is on.
+(RFC 9112 §3.2: 400), the node's own health and readiness paths (never
+forwarded), and `PURGE /path` from an allowed network when `admin.purge_method`
+is on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict
 
@@ -20,7 +23,11 @@ from proxy.headers import VALID_HOST
 from proxy.messages import ClientRequest, Reply, error_reply
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
-from proxy.routing import HEALTH_PATH
+from proxy.readiness import Readiness
+from proxy.routing import HEALTH_PATH, READY_PATH
+
+if TYPE_CHECKING:
+    from proxy.node import Node
 
 
 def admit(req: ClientRequest, cfg: Config) -> Reply | None:
@@ -48,8 +55,20 @@ def health(cfg: Config) -> Reply:
     return _json(200, body, CacheStatus(detail="health"))
 
 
-def is_purge(req: ClientRequest, cfg: Config) -> bool:
-    return req.method == "PURGE" and cfg.admin.purge_method
+def deferred(req: ClientRequest, cfg: Config, node: Node) -> Awaitable[Reply] | None:
+    """The node's own answer to req when it needs awaiting (PURGE, readiness), else None."""
+    if req.method == "PURGE" and cfg.admin.purge_method:
+        return purge_method(req, cfg, node.purger)
+    if req.path == READY_PATH:
+        return ready(cfg, node.readiness)
+    return None
+
+
+async def ready(cfg: Config, readiness: Readiness) -> Reply:
+    """This node's readiness (proxy/readiness.py): 200 when it can serve, 503 with what is wrong."""
+    report = await readiness.report()
+    body = json.dumps({"name": cfg.name, "status": "ready" if report["ready"] else "not ready", **report})
+    return _json(200 if report["ready"] else 503, body + "\n", CacheStatus(detail="ready"))
 
 
 async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply:
@@ -63,7 +82,7 @@ async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply
         purge = parse_purge_request({"url": req.path_qs, "soft": mode == "soft"})
     except PurgeRequestError as exc:
         return error_reply(400, str(exc), CacheStatus(detail="purge"))
-    result = await purger.purge(purge)
+    result = await purger.purge(purge, by=f"PURGE from {req.remote}")
     body = json.dumps({"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}) + "\n"
     return _json(200, body, CacheStatus(detail="purge"))
 

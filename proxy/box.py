@@ -14,7 +14,9 @@ connection (a socketpair the supervisor made) and uses it for:
   (private, Set-Cookie, no-store) is never handed over: its key is marked
   hit-for-pass for the whole box instead;
 - **stats**: one worker's request for the box's numbers is answered with a
-  snapshot from every live worker;
+  snapshot from every live worker, and the counters of the workers that are
+  gone (their last snapshot: the one a draining worker sends as it exits, or
+  the last one gathered), so that what the box counted never goes down;
 - **reload**: `POST /reload` on the admin API asks the supervisor to re-read
   its config and replace the workers;
 - **control** from the supervisor: how many workers share the box now (a lone
@@ -35,6 +37,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from proxy import observe
 
 log = logging.getLogger("proxy.box")
 
@@ -267,6 +271,10 @@ class Coordinator:
         self.reload: Reload | None = None
         self._ids = itertools.count(1)
         self.stats = {"locks": 0, "waits": 0, "gone": 0, "passes": 0}
+        self.started = time.time()  # the box's start (workers come and go with reloads and restarts)
+        # Each live worker's last snapshot (by pid), and the counters of the workers that exited.
+        self.last: dict[int, dict[str, Any]] = {}
+        self.retired: dict[str, Any] = {}
 
     async def attach(self, sock: socket.socket, index: int, pid: int, generation: int) -> WorkerLink:
         reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
@@ -300,6 +308,11 @@ class Coordinator:
             pass
         finally:
             self.detach(link)
+            # Every message read (a draining worker's "final" among them, even when the process
+            # was seen to exit first): carry its counters on.
+            last = self.last.pop(link.pid, None)
+            if last:
+                self.retired = observe.add(self.retired, observe.carried(last))
 
     def detach(self, link: WorkerLink) -> None:
         if self.links.pop(link.pid, None) is None:
@@ -333,6 +346,10 @@ class Coordinator:
             if future is not None and not future.done():
                 stats = message.get("stats")
                 future.set_result(stats if isinstance(stats, dict) else {})
+        elif op == "final":
+            stats = message.get("stats")
+            if isinstance(stats, dict) and stats:
+                self.last[link.pid] = stats  # what it counted, as it exits (serve carries it on)
         elif op == "stats" and isinstance(ident, int):
             asyncio.get_running_loop().create_task(self._answer_stats(link, ident))
         elif op == "reload" and isinstance(ident, int):
@@ -396,12 +413,15 @@ class Coordinator:
                 stats = await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 stats = {}
+            if stats and link.pid in self.links:
+                self.last[link.pid] = stats
             out.append({"worker": link.index, "pid": link.pid, "generation": link.generation, **stats})
         return sorted(out, key=lambda s: (s["generation"], s["worker"]))
 
     async def _answer_stats(self, link: WorkerLink, ident: int) -> None:
         snapshots = await self.gather()
-        link.send({"op": "stats", "id": ident, "workers": snapshots})
+        box = {"started": self.started, **self.stats}
+        link.send({"op": "stats", "id": ident, "workers": snapshots, "box": box, "retired": self.retired})
 
     async def _answer_reload(self, link: WorkerLink, ident: int) -> None:
         if self.reload is None:

@@ -32,6 +32,9 @@ class CacheStatus(NamedTuple):
     collapsed: bool = False
     key: str | None = None
     detail: str | None = None
+    # The configured rules that applied (proxy/rules.py), space separated: an extension
+    # parameter (RFC 9211 §2 lets a cache add parameters; recipients ignore unknown ones).
+    rule: str | None = None
 
 
 # A node sees few distinct statuses (ttl varies most), and serialising with
@@ -58,6 +61,8 @@ def member(node: str, status: CacheStatus) -> str:
         params["key"] = _sf_text(status.key)
     if status.detail is not None:
         params["detail"] = _sf_text(status.detail)
+    if status.rule is not None:
+        params["rule"] = _sf_text(status.rule)
     return str(item)
 
 

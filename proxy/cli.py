@@ -15,11 +15,12 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import cliargs, log_output
+from proxy import cliargs, figures, log_output
 from proxy.admin import MAX_LIMIT
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
 from proxy.config import Config, ConfigError, check_admin, load_config
@@ -57,6 +58,15 @@ def _admin_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _watch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--interval", type=cliargs.positive_seconds, default=2.0, help="seconds between samples (2)"
+    )
+    parser.add_argument(
+        "--count", type=cliargs.count(1, 1_000_000), help="stop after this many samples (default: Ctrl-C)"
+    )
+
+
 def _admin_commands(sub: Any) -> None:
     purge = sub.add_parser("purge", help="purge cached entries through the admin API")
     kind = purge.add_mutually_exclusive_group(required=True)
@@ -82,7 +92,16 @@ def _admin_commands(sub: Any) -> None:
 
     stats = sub.add_parser("stats", help="show the node's counters (summed over its workers)")
     stats.add_argument("--json", action="store_true", help="print the API's JSON")
+    stats.add_argument("--watch", action="store_true", help="refresh the figures, as `minicdn top`")
+    _watch_args(stats)
     _admin_args(stats)
+
+    top = sub.add_parser(
+        "top",
+        help="the node's figures in the terminal, refreshed: rates, hit ratio, latency, tiers, hot keys",
+    )
+    _watch_args(top)
+    _admin_args(top)
 
     reload = sub.add_parser(
         "reload", help="re-read the config and replace the workers (like SIGHUP to the node's supervisor)"
@@ -124,7 +143,7 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def setup_logging(cfg: Config) -> None:
-    log_output.install(cfg.log.level)
+    log_output.install(cfg.log.level, cfg.log.format)
 
 
 def main(
@@ -138,7 +157,7 @@ def main(
         return exc.code if isinstance(exc.code, int) else 2
     if extra and args.command in extra:
         return extra[args.command].run(args)
-    if args.command in ("purge", "inspect", "stats", "reload"):
+    if args.command in ("purge", "inspect", "stats", "reload", "top"):
         return admin_main(args)
     if args.command == "origin":
         from origin_stub.cli import main as origin_main
@@ -198,7 +217,7 @@ class _UsageError(Exception):
 
 
 def admin_main(args: argparse.Namespace) -> int:
-    """`minicdn purge / inspect / stats / reload`: one admin API call, printed for a person (or --json)."""
+    """`minicdn purge / inspect / stats / reload / top`: admin API calls, printed for a person (or --json)."""
     try:
         client = _admin_client(args)
         if args.command == "purge":
@@ -207,6 +226,10 @@ def admin_main(args: argparse.Namespace) -> int:
             return _inspect(client, args)
         if args.command == "reload":
             return _reload(client)
+        if args.command == "top" or args.watch:
+            from proxy import top  # rich is imported only for this
+
+            return top.run(client, interval=args.interval, count=args.count)
         return _stats(client, args)
     except _UsageError as exc:
         print(f"minicdn {args.command}: {exc}", file=sys.stderr)
@@ -336,11 +359,14 @@ def _stats(client: AdminClient, args: argparse.Namespace) -> int:
         ("purge", stats.get("purge")),
         ("catalog", stats.get("catalog")),
     ]
-    known = {"name", "tiers", "workers", "per_worker", *(name for name, _ in groups)}
+    # traffic (histograms, hot keys), box and budgets are summed up below, not listed.
+    known = {"name", "tiers", "workers", "per_worker", "traffic", "box", "budgets", *(n for n, _ in groups)}
     groups += [(name, values) for name, values in stats.items() if name not in known]  # e.g. "edge"
     print(f"node     {stats.get('name', '?')}")
     if "workers" in stats:
         print(f"workers  {stats['workers']} (the numbers below are their sum)")
+    for line in _traffic_lines(stats):
+        print(line)
     for name, values in groups:
         if values is None:
             print(f"{name:<8} disabled")
@@ -353,6 +379,51 @@ def _stats(client: AdminClient, args: argparse.Namespace) -> int:
             counts = "  ".join(f"{k} {v}" for k, v in row.items() if k not in ("worker", "pid", "generation"))
             print(f"worker {row.get('worker', '?')}  pid {row.get('pid', '?')}  {counts}")
     return 0
+
+
+def _traffic_lines(stats: dict[str, Any]) -> list[str]:
+    """Answers by result and tier, statuses, bytes, latency and the origin, since the box started."""
+    traffic = figures.section(stats, "traffic")
+    if not traffic:
+        return []
+    started = figures.section(stats, "box").get("started")
+    lines = []
+    if isinstance(started, int | float):
+        lines.append(f"uptime   {figures.duration(time.time() - started)}")
+    answers = [
+        f"{result} {figures.number(figures.total(tiers))}"
+        + (f" ({', '.join(f'{t} {n}' for t, n in tiers.items())})" if len(tiers) > 1 else "")
+        for result, tiers in figures.section(traffic, "requests").items()
+        if isinstance(tiers, dict)
+    ]
+    lines.append("answers  " + "  ".join(answers))
+    statuses = "  ".join(f"{c} {n}" for c, n in figures.section(traffic, "responses").items())
+    served = figures.section(traffic, "served_bytes")
+    lines.append(
+        f"statuses {statuses}  served {figures.size(served.get('cache', 0))} from cache, "
+        f"{figures.size(served.get('origin', 0))} from the origin"
+    )
+    latency = figures.latency(stats)
+    lines.append(
+        "latency  "
+        + "  ".join(f"{q} {figures.seconds(figures.quantile(v, latency))}" for q, v in _QUANTILES)
+        + " (since start)"
+    )
+    origin = figures.section(traffic, "origin_requests").get("origin") or {}
+    outcomes = "  ".join(f"{k} {v}" for k, v in origin.items()) or "none"
+    delay = figures.origin_latency(stats)
+    lines.append(
+        f"origin   {outcomes}  to the response head: "
+        + "  ".join(f"{q} {figures.seconds(figures.quantile(v, delay))}" for q, v in _QUANTILES)
+    )
+    hot = figures.section(traffic, "hot_keys")
+    if hot:
+        top = sorted(hot.items(), key=lambda kv: -float(kv[1]))[:5]
+        lines.append("hot      " + "  ".join(f"{key} ({n})" for key, n in top))
+    return lines
+
+
+_QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 def _counters(group: str, values: dict[str, Any]) -> str:

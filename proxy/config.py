@@ -72,10 +72,19 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
 )
 
 
+# The smallest slice (cache.slice_size): every slice is one entry, and a catalogue row.
+MIN_SLICE_SIZE = 16 * 1024
+
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
 # RFC 9110 §5.1: a field name is a token.
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A media type or a glob of one: text/html, text/*, application/*+json (RFC 9110 §8.3.1).
+_MEDIA_GLOB = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A rule's name: what Cache-Status and the error messages call it.
+_RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# RFC 6265 §4.1.1: a cookie name is a token.
+_COOKIE_NAME = _FIELD_NAME
 
 
 class ConfigError(ValueError):
@@ -89,6 +98,95 @@ class KeyConfig:
     namespace: str = ""  # prefix of every key; change it to bust everything at once
     sort_query: bool = False
     ignore_query_params: tuple[str, ...] = ()  # fnmatch patterns, e.g. "utm_*"
+    keep_query_params: tuple[str, ...] = ()  # fnmatch patterns; when any, only matching parameters stay
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    """When a rule applies (proxy/rules.py): every condition given must hold; none given matches all.
+
+    `path` is a glob over the request's path as received (percent-encoded, no query):
+    `*` any run of characters but "/", `**` any run, `?` one character but "/". `path_regex`
+    is a Python regular expression searched in that path. `headers` maps a request field to
+    True (present), False (absent) or the value it must equal. `status` and `content_type`
+    (media-type globs such as "text/*") are response conditions.
+    """
+
+    path: str | None = None
+    path_regex: str | None = None
+    methods: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # globs, lower case, matched against Host without its port
+    headers: tuple[tuple[str, str | bool], ...] = ()
+    status: tuple[int, ...] = ()
+    content_type: tuple[str, ...] = ()
+
+    @property
+    def on_response(self) -> bool:
+        """Whether the rule can only be decided once the response is known."""
+        return bool(self.status or self.content_type)
+
+    @property
+    def on_url_only(self) -> bool:
+        """Whether only the URL (host and path) decides it: what a rule that changes the key needs."""
+        return not (self.methods or self.headers or self.on_response)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleKey:
+    """How a rule changes the cache key of the URLs it matches."""
+
+    drop_query: tuple[str, ...] = ()  # fnmatch patterns, in addition to keys.ignore_query_params
+    keep_query: tuple[str, ...] = ()  # fnmatch patterns: only these parameters are kept
+    sort_query: bool | None = None  # None: keys.sort_query
+    headers: tuple[str, ...] = ()  # request fields whose values are part of the (secondary) key
+    cookies: tuple[str, ...] = ()  # cookies whose values are part of the (secondary) key
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One entry of `rules`: a name, a match and the actions it takes (None: leaves it alone)."""
+
+    name: str
+    match: RuleMatch = RuleMatch()
+    ttl: float | None = None  # freshness lifetime, whatever the origin says
+    default_ttl: float | None = None  # freshness lifetime when the origin gives none
+    bypass: bool | None = None  # never looked up nor stored
+    cache_private: bool | None = None  # true: store responses marked `private` all the same
+    stale_while_revalidate: float | None = None
+    stale_if_error: float | None = None
+    key: RuleKey | None = None
+    tags: tuple[str, ...] = ()  # purge tags added to what it stores
+    strip_headers: tuple[str, ...] = ()  # response fields removed before storing
+
+
+# Response fields a rule may not strip: the body would no longer be what they describe.
+UNSTRIPPABLE_FIELDS = frozenset({"content-encoding", "content-range", "content-length", "transfer-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """Compression at the edge: encoded variants stored beside the identity one (proxy/compression.py)."""
+
+    enabled: bool = True
+    # Media types (globs) worth compressing.
+    types: tuple[str, ...] = (
+        "text/*",
+        "application/json",
+        "application/*+json",
+        "application/javascript",
+        "application/ecmascript",
+        "application/xml",
+        "application/*+xml",
+        "application/wasm",
+        "image/svg+xml",
+        "image/x-icon",
+        "font/ttf",
+        "font/otf",
+    )
+    min_size: int = 1024  # smaller bodies fit one packet anyway
+    gzip_level: int = 6
+    brotli_quality: int = 5
+    off_loop_min: int = 4096  # bodies at least this long are compressed on a worker thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +250,10 @@ class CacheConfig:
     # l2_write_batch entries per disk transaction.
     l2_write_queue: int = 64 * 1024 * 1024
     l2_write_batch: int = 256
+    # Objects longer than slice_threshold are fetched (by Range) and stored in slices of
+    # slice_size bytes, each its own entry (proxy/slices.py); 0 turns slicing off.
+    slice_size: int = 1024 * 1024
+    slice_threshold: int = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +337,10 @@ class Config:
     admin: AdminConfig = AdminConfig()
     server: ServerConfig = ServerConfig()
     log: LogConfig = LogConfig()
+    compression: CompressionConfig = CompressionConfig()
+    # Per-route rules, in order; every rule that matches applies, a later one's action over an
+    # earlier one's (proxy/rules.py).
+    rules: tuple[Rule, ...] = ()
     # The `cluster:` section, validated by the edge layer (edge/config.py), which the proxy never imports.
     cluster: Mapping[str, Any] = field(default_factory=dict)
     source: str = DEFAULTS_SOURCE  # the file this came from, for messages
@@ -361,6 +467,8 @@ def config_from_mapping(
             "admin",
             "server",
             "log",
+            "compression",
+            "rules",
             "cluster",
             "origin_stub",
         },
@@ -402,9 +510,19 @@ def config_from_mapping(
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
         l2_write_queue=r.size(c, "l2_write_queue", cd.l2_write_queue, "cache"),
         l2_write_batch=int(r.positive(c, "l2_write_batch", cd.l2_write_batch, "cache")),
+        slice_size=r.size(c, "slice_size", cd.slice_size, "cache"),
+        slice_threshold=r.size(c, "slice_threshold", cd.slice_threshold, "cache"),
     )
     if cache.l2_write_queue < 1:
         raise r.error("cache.l2_write_queue", "must be at least 1 byte")
+    if cache.slice_size and not MIN_SLICE_SIZE <= cache.slice_size <= cache.max_object_size:
+        raise r.error(
+            "cache.slice_size",
+            f"must be 0 (no slicing) or from {MIN_SLICE_SIZE // 1024}KiB to cache.max_object_size"
+            f" ({cache.max_object_size} bytes): each slice is stored as one object",
+        )
+    if cache.slice_size and cache.slice_threshold < cache.slice_size:
+        raise r.error("cache.slice_threshold", "must be at least cache.slice_size (2 slices or more)")
 
     k = r.mapping(top.get("keys", {}), "keys")
     r.only(k, "keys", set(KeyConfig.__dataclass_fields__))
@@ -413,6 +531,7 @@ def config_from_mapping(
         namespace=r.string(k, "namespace", kd.namespace, "keys"),
         sort_query=r.boolean(k, "sort_query", kd.sort_query, "keys"),
         ignore_query_params=r.strings(k, "ignore_query_params", kd.ignore_query_params, "keys"),
+        keep_query_params=r.strings(k, "keep_query_params", kd.keep_query_params, "keys"),
     )
 
     p = r.mapping(top.get("policy", {}), "policy")
@@ -504,6 +623,22 @@ def config_from_mapping(
         format=r.choice(lg, "format", ld.format, ("text", "json"), "log"),
         access_log=r.boolean(lg, "access_log", ld.access_log, "log"),
     )
+    z = r.mapping(top.get("compression", {}), "compression")
+    r.only(z, "compression", set(CompressionConfig.__dataclass_fields__))
+    zd = CompressionConfig()
+    types = r.strings(z, "types", zd.types, "compression")
+    for pattern in types:
+        if not _MEDIA_GLOB.fullmatch(pattern):
+            raise r.error("compression.types", f"{pattern!r} is not a media type such as text/html or text/*")
+    compression = CompressionConfig(
+        enabled=r.boolean(z, "enabled", zd.enabled, "compression"),
+        types=tuple(t.lower() for t in types),
+        min_size=r.size(z, "min_size", zd.min_size, "compression"),
+        gzip_level=r.whole(z, "gzip_level", zd.gzip_level, 1, 9, "compression"),
+        brotli_quality=r.whole(z, "brotli_quality", zd.brotli_quality, 0, 11, "compression"),
+        off_loop_min=r.size(z, "off_loop_min", zd.off_loop_min, "compression"),
+    )
+
     cfg = Config(
         name=name,
         listen=listen,
@@ -517,6 +652,8 @@ def config_from_mapping(
         admin=admin,
         server=server,
         log=log,
+        compression=compression,
+        rules=_rules(r, top.get("rules", [])),
         cluster=r.mapping(top.get("cluster", {}), "cluster"),
         source=source,
         env=env_keys,
@@ -572,6 +709,14 @@ def env_value(var: str, text: str, hint: Any) -> object:
         if len(options) == 1:
             return env_value(var, text, options[0])
     if origin is tuple:
+        (item, *_) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item):
+            # A list of mappings (`rules`) has no comma form: the variable holds the YAML (or JSON)
+            # the file would, e.g. MINICDN_RULES='[{name: api, match: {path: /api/*}, ttl: 60}]'.
+            try:
+                return yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"environment: {var}: not valid YAML: {exc}") from None
         return [part.strip() for part in text.split(",") if part.strip()]
     if origin in (Mapping, dict):
         out: dict[str, object] = {}
@@ -761,6 +906,236 @@ def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:
     return out
 
 
+# ------------------------------------------------------------------------------- rules
+
+_MATCH_KEYS = ("path", "path_regex", "methods", "hosts", "headers", "status", "content_type")
+_KEY_KEYS = ("drop_query", "keep_query", "sort_query", "headers", "cookies")
+_RULE_KEYS = (
+    "name",
+    "match",
+    "ttl",
+    "default_ttl",
+    "bypass",
+    "cache_private",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "key",
+    "tags",
+    "strip_headers",
+)
+# The actions that act on a response (and so may follow a match on its status or content type).
+_RESPONSE_ACTIONS = (
+    "ttl",
+    "default_ttl",
+    "cache_private",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "tags",
+    "strip_headers",
+)
+
+
+class _RuleReader:
+    """Reads one entry of `rules`; every error names the rule (index and name) and the field."""
+
+    def __init__(self, r: _Reader, index: int, raw: object) -> None:
+        self.r = r
+        self.index = index
+        self.name = ""
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            self.name = raw["name"]
+
+    def error(self, field: str, problem: str) -> ConfigError:
+        who = f"rules[{self.index}]" + (f" ({self.name})" if self.name else "")
+        var = self.r.env.get("rules")
+        where = f"environment: {var}: {who}" if var else f"{self.r.source}: {who}"
+        return ConfigError(f"{where}: {field}: {problem}" if field else f"{where}: {problem}")
+
+    def mapping(self, raw: object, field: str) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.error(field, "must be a mapping")
+        return raw
+
+    def only(self, m: dict[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+        for k in m:
+            if k not in allowed:
+                raise self.error(f"{prefix}{k}", f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def strings(self, m: dict[str, Any], key: str, field: str) -> tuple[str, ...]:
+        v = m.get(key, [])
+        if isinstance(v, str):
+            v = [v]  # one value needs no list
+        if not isinstance(v, list) or not all(isinstance(s, str) and s.strip() for s in v):
+            raise self.error(field, "must be a list of non-empty strings")
+        return tuple(s.strip() for s in v)
+
+    def seconds(self, m: dict[str, Any], key: str) -> float | None:
+        if key not in m:
+            return None
+        v = m[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise self.error(key, "must be a number of seconds >= 0")
+        return float(v)
+
+    def flag(self, m: dict[str, Any], key: str, field: str) -> bool | None:
+        if key not in m:
+            return None
+        v = m[key]
+        if not isinstance(v, bool):
+            raise self.error(field, "must be true or false")
+        return v
+
+    def field_names(self, m: dict[str, Any], key: str, field: str) -> tuple[str, ...]:
+        names = self.strings(m, key, field)
+        for name in names:
+            if not _FIELD_NAME.fullmatch(name):
+                raise self.error(field, f"{name!r} is not a field name")
+        return names
+
+
+def _rules(r: _Reader, raw: object) -> tuple[Rule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise r.error("rules", "must be a list of rules (each a mapping with a name, a match and actions)")
+    rules: list[Rule] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        rule = _rule(_RuleReader(r, index, item), item)
+        if rule.name in seen:
+            raise _RuleReader(r, index, item).error("name", "another rule has this name; names are unique")
+        seen.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _rule(rr: _RuleReader, raw: object) -> Rule:
+    m = rr.mapping(raw, "")
+    rr.only(m, "", _RULE_KEYS)
+    name = m.get("name")
+    if not isinstance(name, str) or not _RULE_NAME.fullmatch(name):
+        raise rr.error("name", "required: letters, digits, '.', '_' and '-', starting with a letter or digit")
+    match = _rule_match(rr, m.get("match", {}))
+    key = _rule_key(rr, m["key"]) if "key" in m else None
+    tags = rr.strings(m, "tags", "tags")
+    for tag in tags:
+        if any(c.isspace() or c == "," for c in tag):
+            raise rr.error("tags", f"{tag!r}: a tag has no spaces or commas (they separate tags)")
+    strip = rr.field_names(m, "strip_headers", "strip_headers")
+    for field_name in strip:
+        if field_name.lower() in UNSTRIPPABLE_FIELDS:
+            raise rr.error("strip_headers", f"{field_name!r} describes the body; it cannot be stripped")
+    rule = Rule(
+        name=name,
+        match=match,
+        ttl=rr.seconds(m, "ttl"),
+        default_ttl=rr.seconds(m, "default_ttl"),
+        bypass=rr.flag(m, "bypass", "bypass"),
+        cache_private=rr.flag(m, "cache_private", "cache_private"),
+        stale_while_revalidate=rr.seconds(m, "stale_while_revalidate"),
+        stale_if_error=rr.seconds(m, "stale_if_error"),
+        key=key,
+        tags=tags,
+        strip_headers=strip,
+    )
+    actions = [k for k in _RULE_KEYS if k not in ("name", "match") and k in m]
+    if not actions:
+        raise rr.error("", f"has no action (one or more of: {', '.join(_RULE_KEYS[2:])})")
+    if match.on_response:
+        for action in actions:
+            if action not in _RESPONSE_ACTIONS:
+                raise rr.error(
+                    action,
+                    "acts on the request, and this rule matches on the response (match.status / "
+                    "match.content_type); put it in a rule of its own",
+                )
+    if key is not None and not match.on_url_only:
+        raise rr.error(
+            "key",
+            "a rule that changes the key may match only on path, path_regex and hosts "
+            "(the same URL must always have the same key)",
+        )
+    if rule.bypass and len(actions) > 1:
+        others = ", ".join(a for a in actions if a != "bypass")
+        raise rr.error("bypass", f"nothing is stored when bypassing, so {others} would have no effect")
+    return rule
+
+
+def _rule_match(rr: _RuleReader, raw: object) -> RuleMatch:
+    m = rr.mapping(raw, "match")
+    rr.only(m, "match.", _MATCH_KEYS)
+    path = m.get("path")
+    if path is not None and (not isinstance(path, str) or not path.startswith(("/", "*"))):
+        raise rr.error("match.path", 'must be a glob starting with "/" (or "*"), e.g. /api/items/*')
+    path_regex = m.get("path_regex")
+    if path_regex is not None:
+        if path is not None:
+            raise rr.error("match.path_regex", "give path or path_regex, not both")
+        if not isinstance(path_regex, str) or not path_regex:
+            raise rr.error("match.path_regex", "must be a regular expression")
+        try:
+            re.compile(path_regex)
+        except re.error as exc:
+            raise rr.error("match.path_regex", f"not a regular expression: {exc}") from None
+    methods = rr.strings(m, "methods", "match.methods")
+    for method in methods:
+        if not _FIELD_NAME.fullmatch(method):
+            raise rr.error("match.methods", f"{method!r} is not a method")
+    hosts = rr.strings(m, "hosts", "match.hosts")
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9*?._\[\]:-]+", host):
+            raise rr.error("match.hosts", f"{host!r} is not a host name or glob (e.g. *.example.com)")
+    headers: list[tuple[str, str | bool]] = []
+    for name, want in rr.mapping(m.get("headers", {}), "match.headers").items():
+        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+            raise rr.error("match.headers", f"{name!r} is not a field name")
+        if isinstance(want, int | float) and not isinstance(want, bool):
+            want = str(want)  # `X-Api-Version: 2` in YAML is a number
+        if not isinstance(want, bool | str):
+            raise rr.error(f"match.headers.{name}", "must be true (present), false (absent) or a value")
+        headers.append((name, want))
+    statuses = m.get("status", [])
+    if isinstance(statuses, int):
+        statuses = [statuses]
+    if not isinstance(statuses, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+    ):
+        raise rr.error("match.status", "must be a list of status codes (100-599)")
+    content_types = rr.strings(m, "content_type", "match.content_type")
+    for pattern in content_types:
+        if not _MEDIA_GLOB.fullmatch(pattern):
+            raise rr.error("match.content_type", f"{pattern!r} is not a media type such as text/* ")
+    return RuleMatch(
+        path=path,
+        path_regex=path_regex,
+        methods=tuple(x.upper() for x in methods),
+        hosts=tuple(h.lower() for h in hosts),
+        headers=tuple(headers),
+        status=tuple(statuses),
+        content_type=tuple(c.lower() for c in content_types),
+    )
+
+
+def _rule_key(rr: _RuleReader, raw: object) -> RuleKey:
+    m = rr.mapping(raw, "key")
+    rr.only(m, "key.", _KEY_KEYS)
+    if not m:
+        raise rr.error("key", f"is empty (expected one or more of: {', '.join(_KEY_KEYS)})")
+    cookies = rr.strings(m, "cookies", "key.cookies")
+    for cookie in cookies:
+        if not _COOKIE_NAME.fullmatch(cookie):
+            raise rr.error("key.cookies", f"{cookie!r} is not a cookie name")
+    return RuleKey(
+        drop_query=rr.strings(m, "drop_query", "key.drop_query"),
+        keep_query=rr.strings(m, "keep_query", "key.keep_query"),
+        sort_query=rr.flag(m, "sort_query", "key.sort_query"),
+        headers=rr.field_names(m, "headers", "key.headers"),
+        cookies=cookies,
+    )
+
+
 class _Reader:
     """Typed access to a YAML mapping that reports errors as 'file: key: problem'."""
 
@@ -833,6 +1208,12 @@ class _Reader:
         v = self._number(m, key, default, section)
         if v < 0:
             raise self.error(self._full(section, key), "must be 0 or more")
+        return v
+
+    def whole(self, m: dict[str, Any], key: str, default: int, low: int, high: int, section: str = "") -> int:
+        v = m.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise self.error(self._full(section, key), f"must be a whole number from {low} to {high}")
         return v
 
     def fraction(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:

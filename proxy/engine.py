@@ -25,13 +25,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from typing import assert_never
+from typing import Any, assert_never
 
 from multidict import CIMultiDict
 
-from proxy import policy
+from proxy import compression, policy, slices
 from proxy.box import FetchLocks, Outcome
 from proxy.cache_status import CacheStatus
 from proxy.coalescer import SingleFlight
@@ -42,9 +42,14 @@ from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, end_to_end
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
+from proxy.observe import HotKeys
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
+from proxy.ranges import ByteRange
 from proxy.routing import FetchRouter
+from proxy.rules import Match
+from proxy.slicer import Slicer
+from proxy.slices import SliceSpec
 from proxy.storage.tiered import TieredStorage, TierName
 from proxy.tee import StoringStream
 
@@ -58,6 +63,8 @@ Clock = Callable[[], float]
 HIT_FOR_PASS_LIMIT = 100_000
 # Pass-through bodies of known length up to this size are read whole before answering.
 SMALL_PASS_BODY = 64 * 1024
+# The Vary names of a response that varies on Accept-Encoding alone (its encodings, most often).
+ACCEPT_ENCODING_ONLY = ("accept-encoding",)
 
 
 @dataclass(slots=True)
@@ -80,6 +87,7 @@ class EngineStats:
     partial_completions: int = 0  # whole objects fetched behind an answer from a stored part
     box_waits: int = 0  # fetches left to another worker of the box, then read from L2
     box_passes: int = 0  # keys another worker found unshareable (hit-for-pass for the box)
+    pass_marks: int = 0  # hit-for-pass marks set (this worker's, and those learnt from the box)
 
 
 @dataclass(slots=True)
@@ -105,6 +113,7 @@ class Lookup:
     # The request fields with Accept-Encoding reduced (keys.normalise_accept_encoding),
     # built when something needs more than the fields the front picked out.
     normalised: CIMultiDict[str] | None = None
+    rules: Match | None = None  # the rules the request matched (proxy/rules.py)
 
 
 class Engine:
@@ -128,12 +137,21 @@ class Engine:
         self.purger = purger
         self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
         self.fetcher.router = router
+        # Large objects by slices (proxy/slicer.py); None: cache.slice_size is 0.
+        spec = SliceSpec.of(cfg.cache)
+        self.slicer = (
+            Slicer(cfg, spec, storage, self.fetcher, purger, clock, box) if spec is not None else None
+        )
         self._peer_tags = (
             cfg.policy.tag_fields[0] if cfg.policy.strip_tag_fields and cfg.policy.tag_fields else None
         )
         self._encodings = cfg.policy.accept_encodings
+        self.rules = self.fetcher.rules
+        # With compression, ranges are answered from the identity variant (proxy/compression.py).
+        self._ranges_identity = self.fetcher.compression is not None
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
+        self.hot = HotKeys()  # the most looked-up keys lately (proxy/observe.py)
         # key -> clock time until which the key is forwarded without coalescing.
         self.hit_for_pass: dict[str, float] = {}
         # The marked keys under which nothing was stored when they were marked: their
@@ -147,6 +165,8 @@ class Engine:
     async def close(self) -> None:
         """Stop background fetches (at shutdown)."""
         await self.flights.close()
+        if self.slicer is not None:
+            await self.slicer.close()
 
     # ----------------------------------------------------------------- lookup
 
@@ -158,11 +178,24 @@ class Engine:
         if method not in policy.CACHEABLE_METHODS:
             lk.decision = policy.Pass("method")
             return lk
+        rules = self.rules
+        if rules is not None and req.path not in rules.unmatched:  # a path no rule concerns: no call
+            matched = lk.rules = rules.match(req)
+            if matched is not None and matched.bypass:
+                lk.decision = policy.Pass("rule")  # never looked up, never stored
+                return lk
         if req.conditional and policy.has_precondition_for_origin(req.headers):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
         lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
-        lk.key = self.fetcher.key_for(req)
+        key = lk.key = self.fetcher.key_for(req)
+        # HotKeys.count, inline (the hit path): a key seen already costs one get and one set.
+        hot = self.hot.current
+        seen = hot.get(key)
+        if seen is None:
+            self.hot.count(key)
+        else:
+            hot[key] = seen + 1
         if req.hop is not None:
             self.fetcher.stats.served_for_peers += 1
         if self.purger.behind():
@@ -203,19 +236,39 @@ class Engine:
             headers = end_to_end(
                 lk.request.headers, origin.unkeyed_request_headers, underscores=origin.underscores_in_headers
             )
-            headers["Accept-Encoding"] = normalise_accept_encoding(
-                lk.request.accept_encoding, self._encodings
-            )
+            headers["Accept-Encoding"] = self._accept_encoding(lk.request)
             lk.normalised = headers
         return headers
 
+    def _accept_encoding(self, req: ClientRequest) -> str:
+        """The request's Accept-Encoding reduced to one coding: the variant it is keyed with.
+
+        A range is keyed with identity when this cache compresses: ranges are answered
+        from the identity variant.
+        """
+        if self._ranges_identity and req.conditional and "range" in req.headers:
+            return "identity"
+        return normalise_accept_encoding(req.accept_encoding, self._encodings)
+
     def _select(self, lk: Lookup) -> StoredResponse | None:
         resource = lk.resource
-        if resource is None:
+        if resource is None or not resource.variants:
             return None
         variants = resource.variants
-        if len(variants) == 1 and not variants[0].vary_names:
-            return variants[0]  # no Vary: any request matches
+        first = variants[0]
+        if not first.vary_names and len(variants) == 1:
+            return first  # no Vary: any request matches
+        if first.vary_names == ACCEPT_ENCODING_ONLY:
+            # Encodings of one response (or Vary: Accept-Encoding alone): the reduced value picks one,
+            # without building the request's multidict.
+            wanted = self._accept_encoding(lk.request)
+            for variant in variants:
+                if variant.vary_names != ACCEPT_ENCODING_ONLY:
+                    break  # other Vary names too: the general way
+                if variant.vary_values[0] == wanted:
+                    return variant
+            else:
+                return None
         return select_variant(resource, self.normalised(lk))
 
     def _decide(self, lk: Lookup) -> None:
@@ -233,11 +286,13 @@ class Engine:
         if not isinstance(decision, policy.Deliver):
             return
         found, age, ttl = decision.entry, decision.age, decision.ttl
+        # Cache-Status names the rules that matched the request and the stored response.
+        rule = None if lk.rules is None else lk.rules.for_stored(found.status, found.headers)[1]
         if decision.revalidate_in_background:
             # RFC 5861 §3: the stale answer now, one revalidation behind it.
             self.stats.stale_served += 1
             self._revalidate_in_background(self._fetch_request(lk, found, "stale"))
-            status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate")
+            status = CacheStatus(fwd="stale", ttl=int(ttl), detail="stale-while-revalidate", rule=rule)
         else:
             self.stats.hits += 1
             if decision.stale:
@@ -245,7 +300,7 @@ class Engine:
             if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
                 self._refresh_ahead(self._fetch_request(lk, found, "stale"))
             # detail says which tier answered (l1 / l2).
-            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier)
+            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier, rule=rule)
         conditional = self.normalised(lk) if req.conditional else None
         lk.answer = self._deliver(req, conditional, found, age, status)
 
@@ -269,18 +324,37 @@ class Engine:
         self, lk: Lookup, stale: StoredResponse | None, why: str, interim: InterimSink | None = None
     ) -> FetchRequest:
         return FetchRequest(
-            lk.request, self.normalised(lk), lk.key, lk.resource, stale, why, lk.directives, interim
+            lk.request,
+            self.normalised(lk),
+            lk.key,
+            lk.resource,
+            stale,
+            why,
+            lk.directives,
+            interim,
+            rules=lk.rules,
         )
 
     # --------------------------------------------------------------- complete
 
-    async def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Answer:
+    def complete(self, lk: Lookup, interim: InterimSink | None = None) -> Coroutine[Any, Any, Answer]:
         """Everything a lookup did not answer at once: finish it, then fetch, revalidate or pass.
 
         `interim` is told of the 1xx responses the origin sends before the final one to
         this request's own fetch (RFC 9110 §15.2); a request answered from another
-        request's fetch (coalesced) gets none.
+        request's fetch (coalesced) gets none. The answer's Cache-Status names the rules
+        that matched the request and the response it gets.
         """
+        if lk.rules is None:
+            return self._complete(lk, interim)
+        return self._complete_naming_rules(lk, lk.rules, interim)
+
+    async def _complete_naming_rules(self, lk: Lookup, rules: Match, interim: InterimSink | None) -> Answer:
+        answer = await self._complete(lk, interim)
+        _name_rules(answer, rules)
+        return answer
+
+    async def _complete(self, lk: Lookup, interim: InterimSink | None) -> Answer:
         if lk.answer is not None:
             return lk.answer
         if lk.pending is not None:
@@ -290,6 +364,10 @@ class Engine:
         req = lk.request
         decision = lk.decision
         assert decision is not None
+        if self.slicer is not None and not isinstance(decision, policy.Pass):
+            sliced = await self._sliced(lk, decision, interim)
+            if sliced is not None:
+                return sliced
         match decision:
             case policy.Deliver():
                 raise AssertionError("a Deliver is answered by _decide")
@@ -309,6 +387,9 @@ class Engine:
                     return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
                 return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
+                if why == "rule":
+                    # A rule's bypass: forwarded as the client sent it, never looked up nor stored.
+                    return await self._pass(req, req.headers, "bypass", invalidate=False, interim=interim)
                 if why == "method":
                     return await self._pass(
                         req,
@@ -322,6 +403,41 @@ class Engine:
                 return error_reply(504, "not in cache (only-if-cached)", CacheStatus(detail="only-if-cached"))
             case _:
                 assert_never(decision)
+
+    async def _sliced(
+        self, lk: Lookup, decision: policy.Decision, interim: InterimSink | None
+    ) -> Answer | None:
+        """The answer from a sliced object's slices (proxy/slicer.py), when the request is for one.
+
+        The object's key holds a slice (slice 0) that the lookup could not answer
+        from alone; or it holds nothing for the request and the request is for a
+        range whose first slice is stored under its own key. None: not sliced.
+        """
+        slicer = self.slicer
+        req = lk.request
+        if slicer is None or req.method not in ("GET", "HEAD") or "no-store" in lk.directives:
+            return None
+        entry = decision.entry if isinstance(decision, policy.Revalidate) else self._select(lk)
+        tier = lk.tier
+        if entry is not None and slicer.is_slice(entry):
+            f = self._fetch_request(lk, None, "partial", interim)
+        elif entry is None and req.method == "GET" and req.conditional:
+            f = self._fetch_request(lk, None, "partial", interim)
+            found = await slicer.find(f)
+            if found is None:
+                return None
+            entry, tier = found
+        else:
+            return None
+        result = await slicer.answer(f, entry, tier)
+        if result is None:
+            return None
+        answer, hit = result
+        if hit:
+            self.stats.hits += 1
+        else:
+            self.stats.misses += 1
+        return answer
 
     async def _finish_lookup(self, lk: Lookup) -> None:
         """The part of lookup() that needs awaiting: other workers' purges, the L2 pool, a purge screen."""
@@ -533,7 +649,8 @@ class Engine:
         if resource is None:
             return None
         entry = select_variant(resource, f.headers)
-        if entry is None or not self._covers(entry, f):
+        sliced = entry is not None and self.slicer is not None and self.slicer.is_slice(entry)
+        if entry is None or not (sliced or self._covers(entry, f)):
             return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
@@ -550,6 +667,7 @@ class Engine:
 
     def _mark_pass(self, f: FetchRequest) -> None:
         """Hit-for-pass: don't queue later requests behind fetches that can't be shared."""
+        self.stats.pass_marks += 1
         if len(self.hit_for_pass) >= HIT_FOR_PASS_LIMIT:
             self._forget_marks()
         self.hit_for_pass[f.key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
@@ -579,6 +697,21 @@ class Engine:
             self.pass_unstored.discard(f.key)  # there is something to look up now
         now = self.clock()
         shared = outcome.shared
+        if shared is not None and self.slicer is not None and self.slicer.is_slice(shared):
+            # The first slice of a large object (Fetcher._store_first_slice): the rest from slices.
+            if leader or variant_matches(shared, f.headers):
+                status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
+                result = await self.slicer.answer(f, shared, None, status)
+                if result is not None:
+                    if not leader:
+                        self.stats.coalesced += 1
+                    return result[0]
+                if leader:
+                    return error_reply(502, "origin stopped answering slices", status)
+            return await self._fetch_alone(f)
+        if shared is not None and not leader and outcome.siblings and not variant_matches(shared, f.headers):
+            # The leader's encoding is not this request's; another stored from the same response may be.
+            shared = next((v for v in outcome.siblings if variant_matches(v, f.headers)), shared)
         if shared is not None:
             # Another variant, or parts that lack this request's range: it fetches its own.
             # The leader is answered the part the origin sent it, whatever it asked for.
@@ -623,6 +756,12 @@ class Engine:
                     b"",
                     outcome.status,
                 )
+            if resp.status == 206 and self.slicer is not None:
+                # The slice-aligned range asked for the client (Fetcher._range_to_forward) holds more than
+                # it asked for, and could not be stored: the client gets its own range of it.
+                trim = slices.trim(resp.headers.get("Content-Range"), f.headers.get("Range"))
+                if trim is not None:
+                    return self._trimmed(resp, outcome.status, outcome.prefix, *trim)
             return await self._stream(resp, outcome.status, outcome.prefix)
         # Not shareable, and this request did not start the fetch: go alone.
         return await self._fetch_alone(f)
@@ -631,6 +770,9 @@ class Engine:
         """The leader's answer to a large fetch: the origin's body as it arrives (proxy/tee.py)."""
         resp = stream.resp
         out = self.fetcher.client_response_headers(resp.headers)
+        # The fields the route's rules strip from what is stored: the leader does not get them either.
+        for name in f.overrides(resp.status, resp.headers.get("Content-Type")).strip:
+            out.popall(name, None)
         if resp.content_length is not None:
             out["Content-Length"] = str(resp.content_length)
         if f.client.method == "HEAD":
@@ -651,11 +793,27 @@ class Engine:
         except TimeoutError:
             self.stats.coalesce_timeouts += 1
             entry = None
-        if entry is None or not variant_matches(entry, f.headers) or not self._covers(entry, f):
+        if entry is not None and not variant_matches(entry, f.headers):
+            entry = await self._stored_encoding(f, entry)
+        if entry is None or not self._covers(entry, f):
             return await self._fetch_alone(f)
         self.stats.coalesced += 1
         status = status._replace(stored=True, collapsed=True, detail=None)
         return self._deliver_fetched(f, entry, policy.current_age(entry, self.clock()), status)
+
+    async def _stored_encoding(self, f: FetchRequest, identity: StoredResponse) -> StoredResponse | None:
+        """The encoding of a streamed body (stored beside it, proxy/compression.py) that f asks for."""
+        resource, _ = await self.storage.aget(f.key)
+        if resource is None:
+            return None
+        return next(
+            (
+                v
+                for v in resource.variants
+                if compression.is_derived(v, identity) and variant_matches(v, f.headers)
+            ),
+            None,
+        )
 
     def _origin_failed(self, f: FetchRequest, exc: UpstreamError, collapsed: bool = False) -> Answer:
         """No usable answer from the origin: a stored response where RFC 9111 §4.2.4 or RFC 5861 §4
@@ -710,7 +868,9 @@ class Engine:
         headers = f.headers.copy()
         headers.popall("Range", None)
         headers.popall("If-Range", None)
-        whole = FetchRequest(f.client, headers, f.key, f.resource, None, "partial", f.directives)
+        whole = FetchRequest(
+            f.client, headers, f.key, f.resource, None, "partial", f.directives, rules=f.rules
+        )
         self.stats.partial_completions += 1
         self._refreshing += 1
         task, _ = self.flights.start(f.key, lambda: self._flight(whole))
@@ -781,6 +941,52 @@ class Engine:
                 yield chunk
 
         return Reply(resp.status, resp.reason, out, body(), status)
+
+    def _trimmed(
+        self, resp: OriginResponse, status: CacheStatus, prefix: bytes, skip: int, wanted: ByteRange
+    ) -> Reply:
+        """Bytes `wanted` of an origin 206 that starts `skip` bytes before them, as a 206 of their own."""
+        out = self.fetcher.client_response_headers(resp.headers)
+        out["Content-Range"] = wanted.content_range
+        count = wanted.last - wanted.first + 1
+        out["Content-Length"] = str(count)
+
+        async def body() -> AsyncIterator[bytes]:
+            to_skip, left = skip, count
+            try:
+                if prefix:
+                    yield_from = prefix[to_skip:][:left]
+                    to_skip = max(0, to_skip - len(prefix))
+                    left -= len(yield_from)
+                    if yield_from:
+                        yield yield_from
+                async for chunk in resp.iter_rest():
+                    if left <= 0:
+                        break
+                    if to_skip:
+                        dropped = min(to_skip, len(chunk))
+                        chunk, to_skip = chunk[dropped:], to_skip - dropped
+                    if chunk:
+                        chunk = chunk[:left]
+                        left -= len(chunk)
+                        yield chunk
+            finally:
+                resp.close()  # whatever follows the client's range is not read
+            if left > 0:
+                raise UpstreamError(502, "origin response body incomplete")
+
+        return Reply(206, "Partial Content", out, body(), status)
+
+
+def _name_rules(answer: Answer, rules: Match) -> None:
+    """Cache-Status names the rules that matched the request and the response it is answered with."""
+    if isinstance(answer, Delivery):
+        entry = answer.entry
+        _, label = rules.for_stored(entry.status, entry.headers)
+    else:
+        _, label = rules.for_response(answer.status, answer.headers.get("Content-Type"))
+    if label is not None:
+        answer.cache_status = answer.cache_status._replace(rule=label)
 
 
 def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:

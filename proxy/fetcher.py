@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import policy, ranges
+from proxy import compression, policy, ranges, slices
 from proxy.cache_status import CacheStatus
-from proxy.config import Config
+from proxy.config import Config, KeyConfig
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import (
@@ -28,12 +28,14 @@ from proxy.keys import (
     select_variant,
     variant_matches,
     with_variant,
+    with_variants,
 )
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
+from proxy.rules import Match, RuleSet
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 from proxy.tee import StoringStream
@@ -79,6 +81,17 @@ class FetchRequest:
     interim: InterimSink | None = None
     # Other workers of the box read what this fetch stores from L2 (proxy/box.py).
     box_reads_l2: bool = False
+    rules: Match | None = None  # the rules the request matched (proxy/rules.py)
+
+    def overrides(self, status: int, content_type: str | None) -> policy.Overrides:
+        """What the rules change in storing a response with this status and Content-Type."""
+        rules = self.rules
+        return rules.for_response(status, content_type)[0] if rules is not None else policy.NO_OVERRIDES
+
+    def stored_overrides(self, entry: StoredResponse) -> policy.Overrides:
+        """overrides() for the stored response `entry` (freshened by a 304 or a HEAD)."""
+        rules = self.rules
+        return rules.for_stored(entry.status, entry.headers)[0] if rules is not None else policy.NO_OVERRIDES
 
 
 @dataclass(slots=True)
@@ -104,6 +117,9 @@ class FetchOutcome:
     leader_cookies: tuple[str, ...] = ()
     # The range of the 206 the origin sent (first, last): what the leader is answered.
     part: tuple[int, int] | None = None
+    # The other variants stored from the same response (its encodings, proxy/compression.py):
+    # a coalesced request that `shared` does not match may match one of them.
+    siblings: tuple[StoredResponse, ...] = ()
     # A large body the leader streams while it is stored; the others wait for `streaming.stored`.
     streaming: StoringStream | None = None
 
@@ -139,11 +155,18 @@ class Fetcher:
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
         self._keys: dict[tuple[str, str, str, str], str] = {}
+        # Per-route rules (None: none configured) and compression (None: off).
+        self.rules = RuleSet(cfg.rules, cfg.keys) if cfg.rules else None
+        self.compression = compression.Compression.of(cfg)
         # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
         targeted = cfg.policy.stripped_targeted_fields(cfg.name)
         self.policy_config = replace(cfg.policy, strip_targeted_fields=targeted)
         tags = cfg.policy.tag_fields if cfg.policy.strip_tag_fields else ()
         self._drop_response = (*targeted, *tags)
+        # Large objects by slices (proxy/slices.py); None: off. `unsliced`: keys whose origin
+        # stopped answering slices (proxy/slicer.py), not sliced again until the clock time given.
+        self.slices = slices.SliceSpec.of(cfg.cache)
+        self.unsliced: dict[str, float] = {}
 
     # ------------------------------------------------------------ headers
 
@@ -186,12 +209,18 @@ class Fetcher:
         memo_key = (req.scheme, req.host, req.path, req.query)
         key = self._keys.get(memo_key)
         if key is None:
-            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, self.cfg.keys)
+            opts = self.key_config(req.host, req.path)
+            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, opts)
             if len(req.path) + len(req.query) + len(req.host) <= KEY_MEMO_TARGET:
                 if len(self._keys) >= KEY_MEMO_SIZE:
                     self._keys.clear()  # cheaper than LRU bookkeeping on every hit; refills at once
                 self._keys[memo_key] = key
         return key
+
+    def key_config(self, host: str, path: str) -> KeyConfig:
+        """keys.* as the rules that match this URL change them (a function of the URL alone)."""
+        rules = self.rules
+        return rules.key_config(host, path) if rules is not None else self.cfg.keys
 
     # ------------------------------------------------------------- fetch
 
@@ -204,7 +233,7 @@ class Fetcher:
         variants = f.resource.variants if f.resource is not None else ()
         conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
-            conditional = policy.conditional_headers(f.stale, variants)
+            conditional = policy.conditional_headers(*compression.origin_view(f.stale, variants))
             out_headers.extend(conditional)
         ranged = self._range_to_forward(f)
         if ranged is not None:
@@ -225,22 +254,28 @@ class Fetcher:
             if resp.status >= 500:
                 return await self._error(f, resp, request_time, status)
             return FetchOutcome(status, leader_only=resp)
-        return await self._store(f, resp, request_time, epoch)
+        return await self._store(f, resp, request_time, epoch, asked_range=ranged is not None)
 
-    @staticmethod
-    def _range_to_forward(f: FetchRequest) -> str | None:
+    def _range_to_forward(self, f: FetchRequest) -> str | None:
         """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
 
         Only a single byte range of a GET without If-Range (which the cache answers
         from what it stores), and only for a miss or an incomplete stored response:
         a complete one is revalidated whole. Anything else fetches the whole
-        representation, which then answers the range.
+        representation, which then answers the range. With slicing on, whole
+        slices are asked (slices.cover_range): the answer either reveals a sliced
+        object or holds all the client asked of a smaller one.
         """
         if f.client.method != "GET" or not f.client.conditional or "if-range" in f.headers:
             return None
         if f.stale is not None and not f.stale.parts:
             return None
-        return ranges.forwardable_range(f.headers.get("Range"))
+        value = f.headers.get("Range")
+        if self.slices is not None:
+            cover = slices.cover_range(value, self.slices.size)
+            if cover is not None:
+                return cover
+        return ranges.forwardable_range(value)
 
     async def head(self, f: FetchRequest) -> FetchOutcome:
         """A HEAD the stored responses cannot answer, asked of the origin as HEAD (RFC 9111 §4.3.5).
@@ -256,7 +291,7 @@ class Fetcher:
         conditional: CIMultiDict[str] = CIMultiDict()
         if f.stale is not None:
             variants = f.resource.variants if f.resource is not None else ()
-            conditional = policy.conditional_headers(f.stale, variants)
+            conditional = policy.conditional_headers(*compression.origin_view(f.stale, variants))
             out_headers.extend(conditional)
         request_time = self.clock()
         epoch = self.purger.current_epoch()
@@ -298,7 +333,13 @@ class Fetcher:
                 variants.append(policy.soft_purged(variant, response_time))  # "consider it stale"
                 continue
             plan = policy.freshen(
-                variant, head_headers, f.headers, request_time, response_time, self.policy_config
+                variant,
+                head_headers,
+                f.headers,
+                request_time,
+                response_time,
+                self.policy_config,
+                f.stored_overrides(variant),
             )
             if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
                 variants.append(replace(plan.template, fetch_epoch=epoch))
@@ -411,10 +452,14 @@ class Fetcher:
         return FetchOutcome(status, error=snapshot, stale=f.stale)
 
     async def _store(
-        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, *, asked_range: bool
     ) -> FetchOutcome:
-        """RFC 9111 §3: store within the object limit, or hand the response to the leader alone."""
+        """RFC 9111 §3: store within the object limit, or hand the response to the leader alone.
+
+        A response that reveals a sliced object stores the slice it starts with instead.
+        """
         response_time = self.clock()
+        overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
         plan = policy.plan_store(
             "GET",
             f.headers,
@@ -425,6 +470,7 @@ class Fetcher:
             request_time,
             response_time,
             self.policy_config,
+            overrides,
         )
         if isinstance(plan, policy.DontStore):
             if f.stale is not None:
@@ -434,6 +480,18 @@ class Fetcher:
             if resp.status >= 500:
                 return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
+        if self.slices is not None and self.clock() >= self.unsliced.get(f.key, 0.0):
+            found = slices.slice_in_response(
+                resp.status,
+                resp.headers.get("Content-Range"),
+                resp.content_length,
+                resp.headers.get("ETag"),
+                resp.headers.get("Accept-Ranges"),
+                asked_range,
+                self.slices,
+            )
+            if found is not None:
+                return await self._store_first_slice(f, resp, plan, found, epoch)
         limit = self.cfg.cache.max_object_size
         template = plan.template
         # A part is stored only if the whole representation could be (it may be completed).
@@ -468,11 +526,99 @@ class Fetcher:
             latest = l1.peek(f.key) if isinstance(l1, MemoryStorage) else None
             base = latest if latest is not None else base
             entry = ranges.combine(self._same_variant(base, entry), entry)
-        resource = with_variant(base, f.key, entry, self.cfg.policy.max_variants)
+        made = await self._encodings(f, entry) if part is None else (entry,)
+        resource = with_variants(base, f.key, made, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource) and self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
+        stripped = "set-cookie" in overrides.strip  # a rule stripped it: nobody gets it
+        cookies = () if stripped else tuple(resp.headers.getall("Set-Cookie", []))
+        serve, siblings = made[0], made[1:]
+        if siblings:  # encodings: the leader is answered the one its request is keyed with
+            serve = next((v for v in made if variant_matches(v, f.headers)), serve)
+            siblings = tuple(v for v in made if v is not serve)
+        return FetchOutcome(status, shared=serve, leader_cookies=cookies, part=part, siblings=siblings)
+
+    async def _encodings(self, f: FetchRequest, entry: StoredResponse) -> tuple[StoredResponse, ...]:
+        """`entry`, or its identity variant and encodings when this cache compresses it (compression.py).
+
+        Compressed once, here, on a worker thread when the body is large.
+        """
+        settings = self.compression
+        if settings is None:
+            return (entry,)
+        codings = settings.codings_for(entry, f.headers.get("Accept-Encoding", "identity"))
+        if not codings:
+            return (entry,)
+        if len(entry.body) >= settings.off_loop_min:
+            encoded = await asyncio.to_thread(settings.encode, entry.body, codings)
+        else:
+            encoded = settings.encode(entry.body, codings)
+        return compression.variants(entry, encoded)
+
+    async def _store_first_slice(
+        self,
+        f: FetchRequest,
+        resp: OriginResponse,
+        plan: policy.StorePlan,
+        found: tuple[int, int, int],
+        epoch: int,
+    ) -> FetchOutcome:
+        """Store the slices a response starts with (at most two: slices.slices_held); the rest is dropped.
+
+        A whole 200 or a 206 of more slices is read only that far, then closed
+        with its connection: the other slices are asked for by Range as they
+        are needed (proxy/slicer.py), each its own entry. The outcome shares the
+        first slice.
+        """
+        spec = self.slices
+        assert spec is not None
+        first, _, length = found
+        part = ranges.parse_content_range(resp.headers.get("Content-Range"))
+        held = slices.slices_held(first, part[1] if part is not None else length - 1, length, spec.size)
+        size = held[-1][1] - first + 1
+        data, complete = await resp.read_up_to(size)
+        if len(data) < size:
+            raise UpstreamError(502, "origin response body incomplete")
+        if not complete or len(data) > size:
+            resp.close()
+        template = plan.build(b"", fetch_epoch=epoch)
+        entries = [
+            replace(
+                template,
+                status=206,
+                reason="Partial Content",
+                body=data[a - first : b - first + 1],
+                parts=((a, b),),
+                complete_length=length,
+            )
+            for a, b in held
+        ]
+        stored = False
+        for entry in entries:
+            key = slices.slice_key(f.key, entry.parts[0][0] // spec.size)
+            base = f.resource if key == f.key else None
+            l1 = self.storage.l1
+            latest = l1.peek(key) if isinstance(l1, MemoryStorage) else None
+            resource = with_variant(latest or base, key, entry, self.cfg.policy.max_variants)
+            # Catalogued for purges (queued; a full row queue undoes the store: record is False).
+            if await self.storage.aset(resource) and self.purger.record(resource):
+                stored = True
+        status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
         cookies = tuple(resp.headers.getall("Set-Cookie", []))
-        return FetchOutcome(status, shared=entry, leader_cookies=cookies, part=part)
+        return FetchOutcome(status, shared=entries[0], leader_cookies=cookies)
+
+    def stop_slicing(self, key: str) -> None:
+        """The origin stopped answering slices of `key`: its responses are not sliced for a while."""
+        if len(self.unsliced) >= KEY_MEMO_SIZE:
+            now = self.clock()
+            self.unsliced = {k: until for k, until in self.unsliced.items() if until > now}
+            if len(self.unsliced) >= KEY_MEMO_SIZE:
+                self.unsliced.clear()
+        self.unsliced[key] = self.clock() + self.cfg.fetch.hit_for_pass_ttl
+
+    async def send_for_cache(self, f: FetchRequest, out_headers: CIMultiDict[str]) -> OriginResponse:
+        """A GET for the cache (a slice: proxy/slicer.py), to the key's owner edge or the origin."""
+        return await self._send_to_owner_or_origin(f, out_headers)
 
     def _store_while_streaming(
         self, f: FetchRequest, resp: OriginResponse, plan: policy.StorePlan, prefix: bytes, epoch: int
@@ -484,12 +630,14 @@ class Fetcher:
             if length is not None and len(body) != length:
                 return None  # cut short: never stored (the client saw the break)
             entry = plan.build(body, fetch_epoch=epoch)
+            # Its encodings beside it when this cache compresses it (a worker thread: it is large).
+            made = await self._encodings(f, entry)
             # What is stored under the key now, not when the fetch began: the stream took a while.
             base = self.storage.l1.peek(f.key) if isinstance(self.storage.l1, MemoryStorage) else None
-            resource = with_variant(base or f.resource, f.key, entry, self.cfg.policy.max_variants)
+            resource = with_variants(base or f.resource, f.key, made, self.cfg.policy.max_variants)
             if await self.storage.aset(resource):
                 self.purger.record(resource)
-            return entry
+            return made[0]  # the identity variant: the waiters take its encodings from the store
 
         cache = self.cfg.cache
         spool_dir = cache.dir if self.storage.l2 is not None else None
@@ -522,10 +670,18 @@ class Fetcher:
         updated: dict[int, StoredResponse] = {}
         for old in selected:
             plan = policy.freshen(
-                old, resp.headers, f.headers, request_time, response_time, self.policy_config
+                old,
+                resp.headers,
+                f.headers,
+                request_time,
+                response_time,
+                self.policy_config,
+                f.stored_overrides(old),
             )
             if isinstance(plan, policy.StorePlan):
                 updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
+        # The encodings this cache made of a freshened response are as fresh as it is.
+        updated = compression.refresh_derived(variants, updated)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])
         stored = False
         if updated:
@@ -571,7 +727,8 @@ class Fetcher:
             if target.raw_authority.lower() != base.raw_authority.lower():
                 continue  # §4.4: never for another host (one origin must not purge another)
             host = self.key_host(target.raw_authority)
-            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, self.cfg.keys))
+            opts = self.key_config(target.raw_authority, target.raw_path)
+            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, opts))
         await self.purger.invalidate(sorted(keys))
 
 

@@ -23,6 +23,7 @@ with flow control too (writing waits while the client reads slower).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 import time
@@ -30,12 +31,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from time import perf_counter
 from typing import cast
 
 import httptools
 from multidict import CIMultiDictProxy
 
 from proxy import admission
+from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.h1 import (
     LAST_CHUNK,
@@ -50,6 +53,7 @@ from proxy.h1 import (
 from proxy.log_output import log_access
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
+from proxy.observe import OriginTimer, Recorder, origin_timer
 from proxy.origin import InterimSink, UpstreamError
 
 log = logging.getLogger("proxy.front")
@@ -81,6 +85,8 @@ _TOO_MANY = (
 _PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 _ABSOLUTE = (b"http://", b"https://")
 _KIND_STATUS = {"not-modified": 304, "partial": 206, "unsatisfiable": 416}
+_REFUSED = CacheStatus(detail="internal error")
+_REFUSED_CONNECTION = CacheStatus(detail="too many connections")
 
 
 @dataclass(slots=True)
@@ -96,6 +102,10 @@ class FrontContext:
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
     per_ip: dict[str, int] = field(default_factory=dict)  # open connections per client address
+    recorder: Recorder = field(init=False)  # the node's traffic counters (proxy/observe.py)
+
+    def __post_init__(self) -> None:
+        self.recorder = self.node.recorder
 
     def admit(self, conn: Connection) -> bool:
         """Count a new connection in; False when a limit (server.max_connections*) refuses it."""
@@ -230,7 +240,9 @@ class Connection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.started = 0.0  # perf_counter() of the request being answered (access log)
+        self.started = 0.0  # perf_counter() of the request being answered (latency, access log)
+        # The time the request being answered in a task waits for the origin (observe.origin_timer).
+        self.origin_wait: OriginTimer | None = None
         # The request being answered whose final head is not written yet: the origin's 1xx
         # responses to its fetch go out ahead of it (RFC 9110 §15.2).
         self.interim_open: ClientRequest | None = None
@@ -246,6 +258,7 @@ class Connection(asyncio.Protocol):
             # RFC 9110 §15.6.4: overloaded; as nginx's limit_conn answers.
             self.stopped = True
             self.transport.write(_TOO_MANY)
+            self.ctx.recorder.answered(_REFUSED_CONNECTION, 503, len(_TOO_MANY), 0.0)  # no request: 0 s
             self.transport.close()
             self.transport = None
             return
@@ -495,14 +508,14 @@ class Connection(asyncio.Protocol):
         False when the connection cannot go on at once (a task runs, or it closed).
         """
         ctx = self.ctx
-        if ctx.access_log:
-            self.started = time.perf_counter()
+        self.started = perf_counter()
         try:
             own = admission.admit(req, ctx.cfg)
             if own is not None:
                 return self._write_answer(req, own)
-            if admission.is_purge(req, ctx.cfg):
-                self._start(req, admission.purge_method(req, ctx.cfg, ctx.node.purger))
+            later = admission.deferred(req, ctx.cfg, ctx.node)
+            if later is not None:
+                self._start(req, later)
                 return False
             engine = ctx.node.engine
             lookup = engine.lookup(req)
@@ -539,7 +552,11 @@ class Connection(asyncio.Protocol):
             log.warning("dropping a %d interim response with CR or LF in a field", status)
 
     def _start(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
-        task = self.task = self.loop.create_task(self._complete(req, work))
+        # The task's context holds a timer of its own: the origin client adds its waits to it.
+        context = contextvars.copy_context()
+        wait = self.origin_wait = OriginTimer()
+        context.run(origin_timer.set, wait)
+        task = self.task = self.loop.create_task(self._complete(req, work), context=context)
         task.add_done_callback(self._completed)
 
     async def _complete(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
@@ -560,6 +577,7 @@ class Connection(asyncio.Protocol):
         finally:
             self.task = None
             self.interim_open = None
+            self.origin_wait = None  # a later hit on this connection waited for nothing
         if self.transport is not None:
             self.last_activity = self.loop.time()
             self._answer_queued()
@@ -586,6 +604,7 @@ class Connection(asyncio.Protocol):
                 transport.write(head + body if body else head)
             kind = answer.kind
             status = answer.entry.status if kind == "whole" else _KIND_STATUS[kind]
+            written = len(head) + len(body)
         else:
             if not isinstance(answer.body, bytes):
                 raise TypeError("a streamed reply is written by _write_reply")
@@ -601,8 +620,12 @@ class Connection(asyncio.Protocol):
             if len(body) > _COPY_LIMIT:
                 transport.write(body)
             status = answer.status
+            written = len(head) + len(body)
+        # _finished, inline: this is the hit path.
+        seconds = perf_counter() - self.started
+        outcome = ctx.recorder.answered(answer.cache_status, status, written, seconds)
         if ctx.access_log:
-            self._log(req, status, member)
+            self._log(req, status, member, outcome, written, seconds)
         if not keep_alive:
             self.stopped = True
             self.queue.clear()
@@ -629,9 +652,8 @@ class Connection(asyncio.Protocol):
         except HeaderInjection:
             self._refuse(req)
             return
-        if ctx.access_log:
-            self._log(req, reply.status, member)
         transport.write(head)
+        written = len(head)
         try:
             async for data in reply.body:
                 if not data or framing is Framing.NONE:
@@ -639,6 +661,7 @@ class Connection(asyncio.Protocol):
                 if self.transport is None:
                     break
                 transport.write(chunk(data) if framing is Framing.CHUNKED else data)
+                written += len(data)
                 if self.writing_paused:
                     await self._drain()
         except UpstreamError as exc:
@@ -647,6 +670,9 @@ class Connection(asyncio.Protocol):
             log.warning("origin body broke off for %s %s: %s", req.method, req.path_qs, exc.reason)
             transport.abort()
             return
+        finally:
+            # Counted (and logged) once the body is over, however it ended.
+            self._finished(req, reply.status, reply.cache_status, member, written)
         if framing is Framing.CHUNKED and self.transport is not None:
             transport.write(LAST_CHUNK)
         if not keep_alive and self.transport is not None:
@@ -663,6 +689,8 @@ class Connection(asyncio.Protocol):
         head, _, _ = reply_head(reply, member, self.ctx.via, "GET", False, False, date_line())
         assert isinstance(reply.body, bytes)
         transport.write(head + reply.body)
+        # No request to time (a malformed head, a head that never ended): counted with 0 s.
+        self.ctx.recorder.answered(reply.cache_status, reply.status, len(head) + len(reply.body), 0.0)
         self.stopped = True
         self.queue.clear()
         transport.close()
@@ -672,6 +700,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(_INTERNAL_ERROR)
             self.transport.close()
+        self._finished(req, 500, _REFUSED, b"", len(_INTERNAL_ERROR))
         self.stopped = True
         return False
 
@@ -683,11 +712,22 @@ class Connection(asyncio.Protocol):
         self.drain_waiter = waiter
         await waiter
 
-    def _log(self, req: ClientRequest, status: int, member: bytes) -> None:
-        seconds = time.perf_counter() - self.started
-        log_access(
-            self.ctx.cfg, self.remote, req.method, req.path_qs, status, member.decode("ascii"), seconds
-        )
+    def _finished(
+        self, req: ClientRequest, status: int, cache_status: CacheStatus, member: bytes, written: int
+    ) -> None:
+        """An answer is written: count it (proxy/observe.py) and log it (one access line)."""
+        ctx = self.ctx
+        seconds = perf_counter() - self.started
+        outcome = ctx.recorder.answered(cache_status, status, written, seconds)
+        if ctx.access_log:
+            self._log(req, status, member, outcome, written, seconds)
+
+    def _log(
+        self, req: ClientRequest, status: int, member: bytes, outcome: int, written: int, seconds: float
+    ) -> None:
+        wait = self.origin_wait
+        waited = wait.seconds if wait is not None and wait.seconds else None  # None: never asked the origin
+        log_access(self.ctx.cfg, req, status, member, outcome, written, seconds, waited)
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from urllib.parse import parse_qsl, urlencode
 
@@ -74,12 +74,14 @@ def _primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig)
 
 
 def normalise_query(query: str, opts: KeyConfig) -> str:
-    """Apply the configured query handling: drop listed parameters, optionally sort."""
-    if not query or (not opts.sort_query and not opts.ignore_query_params):
+    """Apply the configured query handling: keep / drop listed parameters, optionally sort."""
+    if not query or not (opts.sort_query or opts.ignore_query_params or opts.keep_query_params):
         return query
     # surrogateescape: bytes that are not UTF-8 (%FF) survive the round trip instead of
     # all becoming U+FFFD, which would give distinct URLs one key.
     pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+    if opts.keep_query_params:
+        pairs = [(k, v) for k, v in pairs if any(fnmatchcase(k, pat) for pat in opts.keep_query_params)]
     if opts.ignore_query_params:
         pairs = [(k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)]
     if opts.sort_query:
@@ -93,7 +95,7 @@ def _normalised_accept_encoding(value: str, preferred: tuple[str, ...]) -> str:
 
 
 def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
-    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+    """Reduce Accept-Encoding to the preferred coding the client wants most, else "identity".
 
     Memoised: a few browser spellings make up nearly all requests.
     """
@@ -105,10 +107,15 @@ def normalise_accept_encoding(value: str | None, preferred: Iterable[str]) -> st
 
 
 def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
-    """Reduce Accept-Encoding to the first preferred coding the client accepts, else "identity".
+    """Reduce Accept-Encoding to the preferred coding the client wants most, else "identity".
 
     RFC 9110 §12.5.3: a coding with q=0 is not acceptable; "*" accepts any
-    coding not listed.
+    coding not listed (identity included); of the acceptable ones, the highest
+    q-value wins, and `preferred` (this cache's order) breaks ties. "identity"
+    competes only when listed (itself or through "*"): unlisted, it is what is
+    left when no preferred coding is acceptable. When nothing is acceptable, not
+    even identity (`identity;q=0`), the answer is still "identity": §12.5.3 says to
+    send a response without a content coding rather than fail the request.
     """
     if not value:
         return "identity"
@@ -127,11 +134,16 @@ def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
                 except ValueError:
                     q = 0.0
         accepted[coding] = q
+    star = accepted.get("*")
+    best, best_q = "identity", 0.0
     for coding in preferred:
-        q = accepted[coding] if coding in accepted else accepted.get("*", 0.0)
-        if q > 0:
-            return coding
-    return "identity"
+        q = accepted.get(coding, star or 0.0)
+        if q > best_q:
+            best, best_q = coding, q
+    identity_q = accepted.get("identity", star)
+    if identity_q is not None and identity_q > best_q:
+        return "identity"
+    return best
 
 
 # RFC 4647 §2.1: a basic language range; RFC 9110 §12.4.2: a weight.
@@ -233,16 +245,38 @@ def normalise_field_value(lines: list[str]) -> str | None:
     return _WS_RE.sub(" ", joined)
 
 
+# A secondary-key name that stands for one cookie's value (rules' key.cookies): "cookie:NAME".
+# ":" is no token character, so it never collides with a field name a Vary can nominate.
+COOKIE_KEY = "cookie:"
+
+
+def cookie_key(name: str) -> str:
+    """The secondary-key name of a cookie (its name keeps its case: RFC 6265 §5.3 compares exactly)."""
+    return COOKIE_KEY + name
+
+
 def request_vary_values(names: tuple[str, ...], request_headers: Headers) -> tuple[str | None, ...]:
-    """The normalised values of the nominated request fields, in `names` order."""
-    return tuple(_vary_value(name, request_headers.getall(name, [])) for name in names)
+    """The normalised values of the nominated request fields (and cookies), in `names` order."""
+    return tuple(_vary_value(name, request_headers) for name in names)
 
 
-def _vary_value(name: str, lines: list[str]) -> str | None:
-    value = normalise_field_value(lines)
+def _vary_value(name: str, headers: Headers) -> str | None:
+    if name.startswith(COOKIE_KEY):
+        return cookie_value(headers.getall("Cookie", []), name[len(COOKIE_KEY) :])
+    value = normalise_field_value(headers.getall(name, []))
     if name == "accept-language" and value is not None:
         return normalise_accept_language(value) or value
     return value
+
+
+def cookie_value(lines: list[str], name: str) -> str | None:
+    """The value of cookie `name` in the Cookie field's lines (RFC 6265 §4.2.1), the first if repeated."""
+    for line in lines:
+        for pair in line.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip(" \t") == name:
+                return value.strip(" \t")
+    return None
 
 
 def variant_matches(variant: StoredResponse, request_headers: Headers) -> bool:
@@ -279,13 +313,20 @@ def with_variant(
 
     At most `limit` variants are kept; the oldest (by response time) go first.
     """
+    return with_variants(resource, key, (variant,), limit)
+
+
+def with_variants(
+    resource: CachedResource | None, key: str, added: Sequence[StoredResponse], limit: int
+) -> CachedResource:
+    """with_variant for several variants of one response (its encodings), added together."""
     kept = [
         v
         for v in (resource.variants if resource is not None else ())
-        if not (v.vary_names == variant.vary_names and v.vary_values == variant.vary_values)
+        if not any(v.vary_names == a.vary_names and v.vary_values == a.vary_values for a in added)
     ]
-    kept.append(variant)
+    kept.extend(added)
     if len(kept) > limit:
-        kept.sort(key=lambda v: v.response_time)
+        kept.sort(key=lambda v: v.response_time)  # stable: the ones added last stay last
         kept = kept[-limit:]
     return CachedResource(key=key, variants=tuple(kept))

@@ -1,4 +1,4 @@
-"""Where log lines go: stderr, written in batches so that access logging stays cheap.
+"""Where log lines go and what they look like: text or JSON on stderr, written in batches.
 
 Python's StreamHandler flushes after every record, and sys.stderr is line
 buffered: one system call per access-log line, on the event loop, for every
@@ -7,25 +7,70 @@ a warning or worse, when the last flush is `interval` seconds old, on every
 tick of the event loop's flush timer (`flush_periodically`), and at exit
 (logging.shutdown). The timestamp is formatted once per second, not per line.
 A line therefore reaches stderr at most `interval` seconds after it was logged.
+
+Two formats (`log.format`), for every record alike (access lines, purges,
+warnings, errors, tracebacks):
+
+- text: `2026-11-30 08:00:00,123 INFO proxy.access <message>`; every free-text
+  value of an access line is quoted, with `"`, `\\` and control characters
+  escaped (`\\"`, `\\\\`, `\\xNN`), so a line splits the same way whatever a
+  client sent;
+- json: one JSON object per line, with `timestamp` (ISO 8601, UTC), `level`,
+  `logger`, `worker` (the worker's index in its box; null for the supervisor
+  or a lone process), `pid` and `message`; `exception` with the traceback;
+  access lines add their fields (`access_fields`).
+
+Access lines skip `logging`'s records under the command line's setup: a
+LogRecord costs more than a cache hit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
+import os
+import re
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from proxy.observe import OUTCOMES
 
 if TYPE_CHECKING:
     from proxy.config import Config
+    from proxy.messages import ClientRequest
 
 access_log = logging.getLogger("proxy.access")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 INTERVAL = 0.2
+# Every access line's fields in JSON, in order (the README documents them).
+ACCESS_FIELDS = (
+    "remote",
+    "method",
+    "host",
+    "target",
+    "status",
+    "bytes",
+    "cache",
+    "result",
+    "tier",
+    "total_ms",
+    "origin_ms",
+    "user_agent",
+    "request_id",
+)
+REQUEST_ID_MAX = 128  # characters of a client's X-Request-Id that are kept
+
+# Who is writing: set by install() (a worker passes its index).
+_worker: int | None = None
+_pid = os.getpid()
+# Request ids this process makes up: a random prefix per process, then a counter.
+_id_prefix = os.urandom(4).hex() + "-"
+_ids = itertools.count(1)
 
 
 class CachedTimeFormatter(logging.Formatter):
@@ -42,6 +87,34 @@ class CachedTimeFormatter(logging.Formatter):
         if second != self._second:
             self._second, self._text = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
         return f"{self._text},{int((created - second) * 1000):03d}"
+
+
+class JsonFormatter(CachedTimeFormatter):
+    """One JSON object per record (see the module docstring); never more than one line."""
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._text}.{int((created - second) * 1000):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "timestamp": self.stamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "worker": _worker,
+            "pid": _pid,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "access_fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=True, default=str)
 
 
 class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -72,8 +145,28 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         now = time.time()
         formatter = self.formatter
         assert isinstance(formatter, CachedTimeFormatter)
+        if isinstance(formatter, JsonFormatter):
+            line = (
+                f'{{"timestamp": "{formatter.stamp(now)}", "level": "INFO", "logger": "{name}", '
+                f'"worker": {_json(_worker)}, "pid": {_pid}, "message": {_json(message)}}}'
+            )
+        else:
+            line = f"{formatter.stamp(now)} INFO {name} {message}"
+        self.write_line(line, now)
+
+    def write_json(self, name: str, message: str, fields: str, now: float) -> None:
+        """A JSON line with `fields` (`"key": value, ...` already encoded) after the common ones."""
+        formatter = self.formatter
+        assert isinstance(formatter, JsonFormatter)
+        self.write_line(
+            f'{{"timestamp": "{formatter.stamp(now)}", "level": "INFO", "logger": "{name}", '
+            f'"worker": {_json(_worker)}, "pid": {_pid}, "message": {_json(message)}, {fields}}}',
+            now,
+        )
+
+    def write_line(self, line: str, now: float) -> None:
         try:
-            self.stream.write(f"{formatter.stamp(now)} INFO {name} {message}{self.terminator}")
+            self.stream.write(line + self.terminator)
             if now - self._flushed >= self.interval:
                 self.flush()
         except Exception:  # like logging: a broken stderr must not break requests
@@ -81,15 +174,17 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 # The handler install() put on the root logger, which access lines may reach without a
-# LogRecord (see proxy.respond.log_access); None when logging is set up some other way.
+# LogRecord (see log_access); None when logging is set up some other way.
 direct: BatchedStreamHandler | None = None
 
 
-def install(level: str) -> None:
-    """Log to stderr through a batched handler; access lines may then skip LogRecords."""
-    global direct
-    handler = stderr_handler()
+def install(level: str, fmt: str = "text", worker: int | None = None) -> None:
+    """Log to stderr through a batched handler, as text or JSON; access lines may then skip LogRecords."""
+    global direct, _worker, _pid
+    _worker, _pid = worker, os.getpid()
+    handler = stderr_handler(fmt)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python's warnings become records too (one format for every line)
     direct = handler
 
 
@@ -103,13 +198,32 @@ def direct_writer(logger: logging.Logger) -> BatchedStreamHandler | None:
     return handler
 
 
-def stderr_handler() -> BatchedStreamHandler:
+def stderr_handler(fmt: str = "text") -> BatchedStreamHandler:
     """A batched handler on file descriptor 2, with its own 64 KiB buffer."""
     raw = io.FileIO(sys.stderr.fileno(), "w", closefd=False)
     stream = io.TextIOWrapper(io.BufferedWriter(raw, 64 * 1024), encoding="utf-8", errors="backslashreplace")
     handler = BatchedStreamHandler(stream)
-    handler.setFormatter(CachedTimeFormatter(FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else CachedTimeFormatter(FORMAT))
     return handler
+
+
+def is_json() -> bool:
+    """Whether the command line's logging writes JSON (then a line for people is a record too)."""
+    return direct is not None and isinstance(direct.formatter, JsonFormatter)
+
+
+def announce(logger: logging.Logger, text: str, *, error: bool = False) -> None:
+    """A line for the person who started the node (a banner, why it could not start).
+
+    Printed as it is (stdout, or stderr for an error); with JSON logging it is a
+    record like any other, so that every line of a run is JSON.
+    """
+    if is_json():
+        (logger.error if error else logger.info)("%s", text)
+        if direct is not None:
+            direct.flush()
+    else:
+        print(text, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 async def flush_periodically(interval: float = INTERVAL) -> None:
@@ -120,31 +234,127 @@ async def flush_periodically(interval: float = INTERVAL) -> None:
             handler.flush()
 
 
+# --------------------------------------------------------------------------- access lines
+
+
 def log_access(
-    cfg: Config, remote: str | None, method: str, url: str, status: int, cache: str, seconds: float
+    cfg: Config,
+    req: ClientRequest,
+    status: int,
+    member: bytes,
+    outcome: int,
+    nbytes: int,
+    seconds: float,
+    origin_seconds: float | None,
 ) -> None:
-    """One access-log line (cfg.log.format: text or json); `cache` is this node's Cache-Status member.
+    """One access line (cfg.log.format: text or json); `member` is this node's Cache-Status member.
+
+    `outcome` is the answer's proxy.observe outcome code (result and tier), `nbytes`
+    what was written to the client, `origin_seconds` how long the request waited for
+    the origin's response heads (None: it never went to the origin).
 
     Under the command line's own logging setup the line goes straight to the
-    batched stderr writer, in logging's format but without a LogRecord: a
-    record costs more than a cache hit. Any other setup (tests, an embedding
-    application) gets ordinary records.
+    batched stderr writer, in the handler's format but without a LogRecord. Any
+    other setup (tests, an embedding application) gets ordinary records: the text
+    line as the message, the fields as `record.access_fields`.
     """
-    if cfg.log.format == "json":
-        line = json.dumps(
-            {
-                "method": method,
-                "url": url,
-                "status": status,
-                "cache": cache,
-                "ms": round(seconds * 1000, 2),
-                "remote": remote,
-            }
-        )
-    else:
-        line = f'{remote} "{method} {url}" {status} "{cache}" {seconds * 1000:.1f}ms'
+    result, tier = OUTCOMES[outcome]
+    user_agent, request_id = _picked(req)
+    cache = _member_text(member)
+    total_ms = round(seconds * 1000, 3)
+    origin_ms = None if origin_seconds is None else round(origin_seconds * 1000, 3)
+    target = req.path_qs
     writer = direct_writer(access_log)
+    if writer is not None and cfg.log.format == "json" and isinstance(writer.formatter, JsonFormatter):
+        enc = _json
+        fields = (
+            f'"remote": {enc(req.remote)}, "method": {enc(req.method)}, "host": {enc(req.host)}, '
+            f'"target": {enc(target)}, "status": {status}, "bytes": {nbytes}, "cache": {enc(cache)}, '
+            f'"result": "{result}", "tier": "{tier}", "total_ms": {total_ms}, '
+            f'"origin_ms": {enc(origin_ms)}, "user_agent": {enc(user_agent)}, "request_id": {enc(request_id)}'
+        )
+        writer.write_json("proxy.access", f"{req.method} {target} {status}", fields, time.time())
+        return
+    line = (
+        f'{req.remote or "-"} "{_quoted(req.method)} {_quoted(target)}" {status} {nbytes} {result} {tier} '
+        f"{total_ms:.3f}ms origin={'-' if origin_ms is None else f'{origin_ms:.3f}ms'} "
+        f'"{cache_quoted(cache)}" host="{_quoted(req.host)}" ua="{_quoted(user_agent or "")}" '
+        f'id="{_quoted(request_id)}"'
+    )
     if writer is not None:
         writer.write_info("proxy.access", line)
-    else:
-        access_log.info("%s", line)
+        return
+    values = (req.remote, req.method, req.host, target, status, nbytes, cache, result, tier)
+    record_fields = dict(
+        zip(ACCESS_FIELDS, (*values, total_ms, origin_ms, user_agent, request_id), strict=True)
+    )
+    access_log.info("%s", line, extra={"access_fields": record_fields})
+
+
+def _picked(req: ClientRequest) -> tuple[str | None, str]:
+    """The request's User-Agent, and its X-Request-Id (or one made up here)."""
+    user_agent = request_id = None
+    for name, value in req.raw_fields:
+        size = len(name)
+        if size == 10 and name.lower() == b"user-agent":
+            user_agent = value.decode("utf-8", "surrogateescape")
+        elif size == 12 and name.lower() == b"x-request-id":
+            request_id = value.decode("utf-8", "surrogateescape").strip()[:REQUEST_ID_MAX]
+    return user_agent, request_id or f"{_id_prefix}{next(_ids):x}"
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # the C encoder json.dumps uses for a str
+
+
+def _json(value: object) -> str:
+    """One JSON value (ASCII only: a line never depends on the stream's encoding)."""
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _encode_str(value)
+    return json.dumps(value)
+
+
+_members: dict[bytes, str] = {}
+
+
+def _member_text(member: bytes) -> str:
+    text = _members.get(member)
+    if text is None:
+        if len(_members) > 4096:
+            _members.clear()
+        text = _members[member] = member.decode("ascii", "replace")
+    return text
+
+
+# What text lines escape: the quote, the backslash, C0 and C1 controls, DEL, and the lone
+# surrogates that stand for bytes that were not UTF-8 (surrogateescape).
+_UNSAFE = re.compile('["\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff]')
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in '"\\':
+        return "\\" + char
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _quoted(text: str) -> str:
+    """`text` safe inside double quotes: `"` and `\\` escaped, controls as \\xNN."""
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+_quoted_members: dict[str, str] = {}
+
+
+def cache_quoted(member: str) -> str:
+    """A Cache-Status member inside quotes (its sf-strings carry quotes of their own), memoised."""
+    quoted = _quoted_members.get(member)
+    if quoted is None:
+        if len(_quoted_members) > 4096:
+            _quoted_members.clear()
+        quoted = _quoted_members[member] = _quoted(member)
+    return quoted

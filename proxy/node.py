@@ -29,8 +29,10 @@ from proxy.cache_status import Members
 from proxy.config import Config
 from proxy.engine import Engine
 from proxy.keys import key_host
+from proxy.observe import Recorder
 from proxy.origin import Upstream
 from proxy.purger import Purger
+from proxy.readiness import Readiness
 from proxy.routing import FetchRouter
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.opening import StorageHealth, open_catalog, open_disk
@@ -89,6 +91,8 @@ class Node:
         self.members = Members(cfg.name)  # this node's Cache-Status members, memoised
         self.extra_stats: list[ExtraStats] = []
         self.health = StorageHealth()  # how the on-disk parts opened (shown in /stats)
+        self.recorder = Recorder()  # what the front and the origin client count (proxy/observe.py)
+        self.readiness = Readiness(cfg.origin)  # /readyz: the origin reachable, and what edge/ adds
         self._storage: TieredStorage | None = None
         self._upstream: Upstream | None = None
         self._purger: Purger | None = None
@@ -123,7 +127,7 @@ class Node:
         self.health = StorageHealth()
         self._storage = storage = open_storage(cfg, self.health)
         try:
-            self._upstream = upstream = Upstream(cfg.origin)
+            self._upstream = upstream = Upstream(cfg.origin, self.recorder)
             await upstream.start()
             self._purger = purger = open_purger(cfg, storage, self.clock, self.health)
             self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router, self.box)

@@ -205,6 +205,33 @@ def remaining_ttl(entry: StoredResponse, now: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Overrides:
+    """What the operator changes in the storing of one response (proxy/rules.py makes them from rules).
+
+    Pure values: plan_store and freshen take them as they take PolicyConfig.
+    """
+
+    # The freshness lifetime, whatever the response says (its Cache-Control, targeted field,
+    # Expires or a heuristic); for the statuses of HEURISTICALLY_CACHEABLE unless `ttl_any_status`
+    # (the rule named the statuses it is for).
+    ttl: float | None = None
+    ttl_any_status: bool = False
+    # The freshness lifetime when the response gives none explicitly (ahead of a heuristic).
+    default_ttl: float | None = None
+    default_ttl_any_status: bool = False
+    store_private: bool = False  # store a response marked `private` (as if it were not)
+    stale_while_revalidate: float | None = None  # the window, whatever the response says
+    stale_if_error: float | None = None
+    tags: tuple[str, ...] = ()  # purge tags added to the response's own
+    strip: frozenset[str] = frozenset()  # lower-case response fields removed before anything else
+    # Request fields (and keys.cookie_key names) added to the secondary key, as if Vary named them.
+    vary: tuple[str, ...] = ()
+
+
+NO_OVERRIDES = Overrides()
+
+
+@dataclass(frozen=True, slots=True)
 class StorePlan:
     """The origin response may be stored; `build` adds the body once it has been read."""
 
@@ -232,8 +259,13 @@ def plan_store(
     request_time: float,
     response_time: float,
     opts: PolicyConfig,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> StorePlan | DontStore:
-    """RFC 9111 §3: may this response be stored, and as what."""
+    """RFC 9111 §3: may this response be stored, and as what (with the operator's `overrides`)."""
+    o = overrides
+    if o.strip:
+        kept = ((n, v) for n, v in response_headers.items() if n.lower() not in o.strip)
+        response_headers = CIMultiDict(kept)
     # §3: only responses to a method this cache understands as cacheable; a
     # HEAD response never creates an entry (it may only freshen one, §4.3.5).
     if method != "GET":
@@ -258,7 +290,7 @@ def plan_store(
     if "no-store" in directives and not must_understand:
         return DontStore("no-store")
     # §5.2.2.7: a shared cache never stores an unqualified private response.
-    if "private" in directives and not directives.field_names("private"):
+    if "private" in directives and not directives.field_names("private") and not o.store_private:
         return DontStore("private")
     # §3.5: a request with Authorization only if the response explicitly allows it.
     if "authorization" in request_headers and not (
@@ -271,13 +303,23 @@ def plan_store(
     names = vary_names(response_headers.getall("Vary", []))
     if names == ("*",):
         return DontStore("vary *")  # §4.1: would never match a later request
+    if o.vary:
+        names = tuple(sorted({*names, *o.vary}))
     freshness = freshness_lifetime(
         status, response_headers, directives, targeted_field is not None, response_time, opts
     )
+    if o.ttl is not None and (o.ttl_any_status or status in HEURISTICALLY_CACHEABLE):
+        freshness = Freshness(o.ttl, "rule")
+    elif (
+        o.default_ttl is not None
+        and not freshness.explicit
+        and (o.default_ttl_any_status or status in HEURISTICALLY_CACHEABLE)
+    ):
+        freshness = Freshness(o.default_ttl, "rule")
     has_validator = "etag" in response_headers or "last-modified" in response_headers
     if not (
         freshness.explicit
-        or freshness.source in ("heuristic", "default")
+        or freshness.source in ("heuristic", "default", "rule")
         or "public" in directives
         or (status in HEURISTICALLY_CACHEABLE and has_validator)
     ):
@@ -320,12 +362,16 @@ def plan_store(
         immutable="immutable" in directives,
         stale_while_revalidate=_window(
             directives, "stale-while-revalidate", opts.default_stale_while_revalidate
-        ),
-        stale_if_error=_window(directives, "stale-if-error", opts.default_stale_if_error),
+        )
+        if o.stale_while_revalidate is None
+        else o.stale_while_revalidate,
+        stale_if_error=_window(directives, "stale-if-error", opts.default_stale_if_error)
+        if o.stale_if_error is None
+        else o.stale_if_error,
         etag=stored.get("ETag"),
         last_modified=stored.get("Last-Modified"),
         date=stored.get("Date"),
-        tags=_tags(response_headers, opts.tag_fields),
+        tags=_tags(response_headers, opts.tag_fields, o.tags),
         parts=() if part is None else ((part[0], part[1]),),
         complete_length=-1 if part is None else part[2],
     )
@@ -339,14 +385,17 @@ def _window(directives: Directives, name: str, default: float) -> float:
     return float(seconds)
 
 
-def _tags(headers: Headers, fields: tuple[str, ...]) -> tuple[str, ...]:
-    """Surrogate keys (space separated) and cache tags (comma separated), deduplicated."""
+def _tags(headers: Headers, fields: tuple[str, ...], added: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Surrogate keys (space separated) and cache tags (comma separated), then `added`, deduplicated."""
     tags: list[str] = []
     for name in fields:
         for line in headers.getall(name, []):
             for tag in line.replace(",", " ").split():
                 if tag not in tags:
                     tags.append(tag)
+    for tag in added:
+        if tag not in tags:
+            tags.append(tag)
     return tuple(tags)
 
 
@@ -555,6 +604,7 @@ def freshen(
     request_time: float,
     response_time: float,
     opts: PolicyConfig,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> StorePlan | DontStore:
     """RFC 9111 §3.2, §4.3.4: the stored response updated by a 304's header fields."""
     merged: CIMultiDict[str] = CIMultiDict(entry.headers)
@@ -581,6 +631,7 @@ def freshen(
         request_time,
         response_time,
         opts,
+        overrides,
     )
     if isinstance(plan, DontStore):
         return plan

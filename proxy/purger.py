@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yarl import URL
@@ -63,6 +63,7 @@ class PurgeResult:
 @dataclass(slots=True)
 class PurgeStats:
     purges: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)  # url, prefix, tag, all; invalidation (§4.4)
     keys_purged: int = 0
     applied_from_log: int = 0  # other workers' purges applied to this worker's L1
     screened: int = 0  # late copies caught by a ban
@@ -150,17 +151,26 @@ class Purger:
 
     # --------------------------------------------------------------- purge
 
-    async def purge(self, request: PurgeRequest, *, propagate: bool = True) -> PurgeResult:
+    async def purge(self, request: PurgeRequest, *, propagate: bool = True, by: str = "?") -> PurgeResult:
         """Carry out a purge; returns how many keys it covered on this node.
 
         With `propagate`, the listeners hear of it afterwards (an edge cluster
         fans it out to the other edges); a purge received from the cluster is
         applied with propagate=False. A listener's failure never fails the
-        local purge.
+        local purge. `by` says who asked, for the log line.
         """
         await self.sync()
         match = self._match(request)
         result = await self._purge_keys(None if match is None else [], request.soft, match)
+        self._count(request.kind)
+        log.info(
+            "purge %s %s by %s: %s keys (epoch %d)",
+            "soft" if request.soft else "hard",
+            describe(request),
+            by,
+            "all" if result.keys < 0 else result.keys,
+            result.epoch,
+        )
         if propagate:
             for listener in self.listeners:
                 try:
@@ -176,11 +186,22 @@ class Purger:
         disk), this worker's copies are still removed and the client still
         gets the origin's answer; the other workers' memory keeps theirs.
         """
+        self._count("invalidation")
         try:
-            await self._purge_keys(keys, soft=False)
+            result = await self._purge_keys(keys, soft=False)
         except Exception as exc:
             self._warn("invalidating %d keys could not be logged (%r); removed here only", len(keys), exc)
             await self.storage.adelete_many(keys)
+            return
+        log.info(
+            "purge hard keys %s by an unsafe request (RFC 9111 4.4): %d keys (epoch %d)",
+            _listed([split_key(k)[0] for k in keys]),
+            result.keys,
+            result.epoch,
+        )
+
+    def _count(self, kind: str) -> None:
+        self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
 
     async def _purge_keys(
         self, keys: list[str] | None, soft: bool, match: PurgeMatch | None = None, ban_epoch: int = 0
@@ -212,12 +233,6 @@ class Purger:
         self.stats.purges += 1
         count = len(found) if not everything else -1
         self.stats.keys_purged += max(count, 0)
-        log.info(
-            "purge %s: %s keys (epoch %d)",
-            "soft" if soft else "hard",
-            "all" if everything else count,
-            epoch,
-        )
         return PurgeResult(count, epoch)
 
     async def _purge_everything(self, soft: bool, now: float) -> None:
@@ -387,9 +402,18 @@ class Purger:
         for (soft, ban_epoch), keys in groups.items():
             self.stats.late_copies += len(keys)
             try:
-                await self._purge_keys(keys, soft, ban_epoch=ban_epoch)
+                result = await self._purge_keys(keys, soft, ban_epoch=ban_epoch)
             except Exception as exc:
                 log.error("purging %d late copies failed: %r", len(keys), exc)
+                continue
+            log.info(
+                "purge %s keys %s: late copies of what the purge of epoch %d covered: %d keys (epoch %d)",
+                "soft" if soft else "hard",
+                _listed([split_key(k)[0] for k in keys]),
+                ban_epoch,
+                result.keys,
+                result.epoch,
+            )
 
     async def _drop_older_copies(self, keys: list[str], record: PurgeRecord) -> None:
         """A purge of late copies: only what it covers goes (or, soft, is marked stale), in both tiers."""
@@ -514,6 +538,18 @@ def _screen_row(records: list[PurgeRecord]) -> Callable[[CatalogRow], RowVerdict
     for record in records:
         bans.add(record)
     return lambda row: bans.covers_row(row.key, row.variants)
+
+
+def describe(request: PurgeRequest) -> str:
+    """What a purge names, for a log line: `url /a,/b`, `tag x`, `all` (a long list shortened)."""
+    if request.kind == "all":
+        return "all"
+    return f"{request.kind} {_listed(request.values)}"
+
+
+def _listed(values: list[str] | tuple[str, ...], most: int = 5) -> str:
+    shown = ",".join(values[:most])
+    return f"{shown} (+{len(values) - most} more)" if len(values) > most else shown
 
 
 def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:

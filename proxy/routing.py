@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 HOP_HEADER = "X-Minicdn-Hop"
-# RFC 8615 well-known path each node answers itself (health checks by peers and load balancers).
+# RFC 8615 well-known paths each node answers itself: liveness (health checks by peers and
+# orchestrators) and readiness (load balancers: the origin, and in a cluster Redis, reachable).
 HEALTH_PATH = "/.well-known/minicdn/health"
+READY_PATH = "/.well-known/minicdn/ready"
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,15 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from typing import Any
 
+from proxy import observe
 from proxy.node import Node
 from proxy.storage.disk import DiskStorage
 
+log = logging.getLogger("proxy.stats")
+
 # Paths (section, key) that describe something the workers share: the same value in every
 # snapshot, or the largest when they disagree for a moment (the purge epoch).
-SHARED = {("tiers", "l2", "entries"), ("tiers", "l2", "bytes"), ("catalog", "entries"), ("purge", "epoch")}
+SHARED = {
+    ("tiers", "l2", "entries"),
+    ("tiers", "l2", "bytes"),
+    ("catalog", "entries"),
+    ("purge", "epoch"),
+    # One worker per box follows an edge's purge stream: its lag is the box's.
+    ("edge", "purge_stream", "stream_lag_ms"),
+}
 # Per-worker lines of the breakdown: enough to see how the load spreads.
 BREAKDOWN = ("requests", "hits", "misses", "passes", "coalesced", "box_waits")
 
@@ -53,11 +64,46 @@ async def snapshot(node: Node) -> dict[str, Any]:
         "catalog": {"entries": catalogued},
         # How the on-disk parts opened: a disk tier that failed, a catalogue elsewhere, files moved aside.
         "health": dataclasses.asdict(node.health),
+        # What the front and the origin client counted (proxy/observe.py): results, statuses,
+        # bytes, latency histograms, origin requests, the hottest keys.
+        "traffic": node.recorder.snapshot(node.engine),
     }
     for extra in node.extra_stats:
         # More sections from the layer above the proxy (the edge cluster); never replacing ours.
         stats.update({k: v for k, v in extra().items() if k not in stats})
     return stats
+
+
+async def box(node: Node) -> dict[str, Any]:
+    """The box's numbers, as /stats shows them: every worker's snapshot summed, or this node alone.
+
+    Beside the sums: `box` (the supervisor's own counters and when it started)
+    and `budgets` (the byte budgets of the tiers, for the whole box).
+    """
+    supervisor = node.box
+    total: dict[str, Any] | None = None
+    if supervisor is not None:
+        answer = await supervisor.request({"op": "stats"}, timeout=10.0)
+        workers = answer.get("workers") if answer is not None else None
+        if answer is not None and isinstance(workers, list) and workers:
+            total = combine(workers)
+            total["box"] = answer.get("box") or {}
+            retired = answer.get("retired")
+            if isinstance(retired, dict) and retired:
+                # The counters of workers that exited (reloads, restarts): the box's never go down.
+                total = observe.add(total, retired)
+        else:
+            log.warning("the supervisor did not answer for the box's stats; showing this worker's")
+    if total is None:
+        total = alone(await snapshot(node))
+        total["box"] = {"started": node.recorder.started}
+    cache = node.cfg.cache
+    # A worker's L1 budget is its share of the box's (proxy/supervisor.py); L2 is one for the box.
+    total["budgets"] = {
+        "l1": cache.l1.budget * max(1, int(total.get("workers") or 1)) if cache.l1.enabled else 0,
+        "l2": cache.l2.budget if cache.l2.enabled else 0,
+    }
+    return total
 
 
 def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:

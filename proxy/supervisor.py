@@ -43,6 +43,7 @@ from aiohttp import web
 
 from proxy.box import Coordinator, WorkerLink, encode
 from proxy.config import Config, ConfigError, check_admin
+from proxy.log_output import announce
 from proxy.node import NodeFactory
 from proxy.worker import start_message
 
@@ -166,7 +167,7 @@ class Supervisor:
                 await self._start_origin_stub()
             generation = await self._start_generation(self.cfg)
         except StartError as exc:
-            print(f"minicdn: {exc}", file=sys.stderr, flush=True)
+            announce(log, f"minicdn: {exc}", error=True)
             await self._stop_all()
             return 1
         self._banner(len(generation))
@@ -179,10 +180,10 @@ class Supervisor:
         cfg = self.cfg
         admin = f"; admin API on http://{cfg.admin.listen}" if self.admin is not None else ""
         several = f" ({workers} workers)" if workers > 1 else ""
-        print(
+        announce(
+            log,
             f"edge {cfg.name} listening on http://{cfg.listen}{several} -> origin {cfg.origin.url} "
             f"(L2 in {cfg.cache.dir}){admin}; Ctrl-C stops",
-            flush=True,
         )
 
     async def _start_origin_stub(self) -> None:
@@ -198,7 +199,7 @@ class Supervisor:
             await runner.cleanup()
             raise StartError(f"cannot listen on {self.origin_listen} (stub origin): {exc.strerror}") from exc
         self._origin = runner
-        print(f"origin stub listening on http://{self.origin_listen}", flush=True)
+        announce(log, f"origin stub listening on http://{self.origin_listen}")
 
     def _worker_config(self, cfg: Config, count: int) -> Config:
         """A worker's config: its share of the box's L1 budget (cache.l1.budget is per box)."""
@@ -406,7 +407,7 @@ def supervise(
     try:
         supervisor.bind()
     except StartError as exc:
-        print(f"minicdn: {exc}", file=sys.stderr, flush=True)
+        announce(log, f"minicdn: {exc}", error=True)
         return 1
     with contextlib.suppress(ImportError):
         import uvloop

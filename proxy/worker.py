@@ -110,6 +110,8 @@ async def run(
             await asyncio.gather(*(server.close(cfg.drain_timeout) for server in servers))
             if runner is not None:
                 await runner.cleanup()
+            # What this worker counted, for the box to carry on after it exits (proxy/box.py).
+            box.send({"op": "final", "stats": await stats.snapshot(node)})
     finally:
         await box.close()
         flusher.cancel()
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = pickle.loads(base64.b64decode(start["config"]))
     assert isinstance(cfg, Config)
     factory = resolve(str(start["factory"]))
-    log_output.install(cfg.log.level)
+    log_output.install(cfg.log.level, cfg.log.format, worker=int(start["index"]))
     with contextlib.suppress(ImportError):
         import uvloop
 

@@ -21,6 +21,7 @@ PURE = {
     "proxy.bans",
     "proxy.cache_status",
     "proxy.codec",
+    "proxy.compression",
     "proxy.delivery",
     "proxy.entry",
     "proxy.h1",
@@ -31,6 +32,8 @@ PURE = {
     "proxy.purge",
     "proxy.ranges",
     "proxy.routing",
+    "proxy.rules",
+    "proxy.slices",
     "proxy.wire",
 }
 # Besides the pure modules, what a pure module may import from the project: the config's types.

@@ -40,6 +40,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_carries_the_packages_and_their_types(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"proxy/py.typed", "edge/py.typed", "origin_stub/py.typed", "proxy/warm.py"} <= names
+    assert "proxy/dashboard/index.html" in names  # the admin API's /dashboard
     assert not any(n.endswith("config.yaml") for n in names)  # the defaults are in the code
     assert wheel.name.startswith(f"minicdn-{__version__}-")
 

@@ -52,13 +52,15 @@ from yarl import URL
 
 from proxy.origin.errors import (
     CLOSED,
+    CONNECT_TIMED_OUT,
     FAILED,
     INCOMPLETE,
     INVALID,
     REQUEST_FAILED,
+    RESET,
     TIMED_OUT,
-    UNREACHABLE,
     UpstreamError,
+    connect_failure,
     failure,
 )
 from proxy.origin.interim import InterimSink, report
@@ -79,10 +81,14 @@ from proxy.origin.rules import (
 log = logging.getLogger("proxy.origin")
 
 READ_CHUNK = 64 * 1024
+# aiohttp 3.10+ tells a connect timeout from a read timeout; older ones raise ServerTimeoutError for both.
+_CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
+)
 
-# What a reset, an aborted connection or a write to a closed one looks like: the origin
-# closed the connection (as the lean client says), not a failure of ours.
-_CLOSED_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+# What an aborted connection or a write to a closed one looks like: the origin closed the
+# connection (as the lean client says), not a failure of ours. A reset is told apart (RESET).
+_CLOSED_ERRNOS = frozenset({errno.EPIPE, errno.ECONNABORTED})
 # Control characters other than HTAB in a field value (RFC 9110 §5.5): llhttp's strict mode,
 # which the lean client uses, rejects them; aiohttp's lenient response parser passes them on.
 _CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -92,12 +98,19 @@ def translate(exc: BaseException) -> UpstreamError:
     """Map an aiohttp / asyncio client failure onto UpstreamError (the one place this happens)."""
     if isinstance(exc, UpstreamError):
         return exc
+    if isinstance(exc, _CONNECT_TIMEOUT):
+        return failure(CONNECT_TIMED_OUT)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return failure(TIMED_OUT)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return failure(UNREACHABLE)
+        # The OSError of the connect (gaierror, ConnectionRefusedError, ...), as the lean client sees it.
+        return connect_failure(exc.os_error)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return failure(CLOSED)
+    if isinstance(exc, ConnectionResetError) or (
+        isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET
+    ):
+        return failure(RESET)  # a reset says so (the lean client too)
     if isinstance(exc, aiohttp.ClientOSError) and exc.errno in _CLOSED_ERRNOS:
         return failure(CLOSED)
     if isinstance(exc, aiohttp.ClientPayloadError):

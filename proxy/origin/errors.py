@@ -4,25 +4,44 @@ Both origin clients (proxy/origin/lean.py, proxy/origin/aiohttp_client.py)
 raise `UpstreamError` with a reason from this table, so a client of the
 package cannot tell them apart, and only the front turns an error into a
 response (502 or 504 with the reason as its one-line body).
+
+Each reason names its cause, so that an operator reading a 502, an access
+line or a metric can tell a refused connection from a name that does not
+resolve: `cause` is a short, fixed word (a metric label, a log field) and the
+reason the sentence a client and an operator read. `connect_failure` maps the
+errors of opening a connection (the same for both clients and the readiness
+probe) onto the table.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Final
 
 
 class UpstreamError(Exception):
-    """The origin could not give a usable response; `status_hint` is 502 or 504."""
+    """The origin could not give a usable response; `status_hint` is 502 or 504.
 
-    def __init__(self, status_hint: int, reason: str) -> None:
+    `cause` is one of CAUSES (refused, dns, unreachable, timeout, reset, closed,
+    incomplete, bad_response, failed); given a reason of the table, it need
+    not be passed.
+    """
+
+    def __init__(self, status_hint: int, reason: str, cause: str | None = None) -> None:
         super().__init__(reason)
         self.status_hint = status_hint
         self.reason = reason
+        self.cause = cause if cause is not None else CAUSE.get(reason, "failed")
 
 
-# reason -> the status a client gets for it.
-TIMED_OUT: Final = "origin timed out"
+# reason -> the status a client gets for it, and its cause.
+REFUSED: Final = "origin refused the connection"
+DNS: Final = "origin name does not resolve"
 UNREACHABLE: Final = "origin unreachable"
+CONNECT_TIMED_OUT: Final = "origin timed out connecting"
+TIMED_OUT: Final = "origin timed out"
+RESET: Final = "origin reset the connection"
 CLOSED: Final = "origin closed the connection"
 INCOMPLETE: Final = "origin response body incomplete"
 INVALID: Final = "origin sent an invalid response"
@@ -30,16 +49,60 @@ FAILED: Final = "origin connection failed"
 REQUEST_FAILED: Final = "origin request failed"
 
 STATUS: Final = {
-    TIMED_OUT: 504,
+    REFUSED: 502,
+    DNS: 502,
     UNREACHABLE: 502,
+    CONNECT_TIMED_OUT: 504,
+    TIMED_OUT: 504,
+    RESET: 502,
     CLOSED: 502,
     INCOMPLETE: 502,
     INVALID: 502,
     FAILED: 502,
     REQUEST_FAILED: 502,
 }
+CAUSE: Final = {
+    REFUSED: "refused",
+    DNS: "dns",
+    UNREACHABLE: "unreachable",
+    CONNECT_TIMED_OUT: "timeout",
+    TIMED_OUT: "timeout",
+    RESET: "reset",
+    CLOSED: "closed",
+    INCOMPLETE: "incomplete",
+    INVALID: "bad_response",
+    FAILED: "failed",
+    REQUEST_FAILED: "failed",
+}
+# Every cause, in the order a table of them is shown.
+CAUSES: Final = (
+    "refused",
+    "dns",
+    "unreachable",
+    "timeout",
+    "reset",
+    "closed",
+    "incomplete",
+    "bad_response",
+    "failed",
+)
 
 
 def failure(reason: str) -> UpstreamError:
     """The UpstreamError for one of the reasons above."""
-    return UpstreamError(STATUS[reason], reason)
+    return UpstreamError(STATUS[reason], reason, CAUSE[reason])
+
+
+def connect_failure(exc: BaseException) -> UpstreamError:
+    """The UpstreamError for a failure to open a connection to the origin (or a peer)."""
+    if isinstance(exc, TimeoutError):
+        return failure(CONNECT_TIMED_OUT)
+    if isinstance(exc, socket.gaierror):
+        return failure(DNS)
+    if isinstance(exc, ConnectionRefusedError):
+        return failure(REFUSED)
+    if isinstance(exc, ConnectionResetError):
+        return failure(RESET)
+    if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+        return failure(CONNECT_TIMED_OUT)
+    return failure(UNREACHABLE)

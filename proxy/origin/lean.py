@@ -34,12 +34,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.origin.errors import (
     CLOSED,
+    CONNECT_TIMED_OUT,
     FAILED,
     INCOMPLETE,
     INVALID,
+    RESET,
     TIMED_OUT,
-    UNREACHABLE,
     UpstreamError,
+    connect_failure,
     failure,
 )
 from proxy.origin.interim import InterimSink, report
@@ -186,12 +188,9 @@ class _Pool:
         try:
             async with asyncio.timeout(timeout):
                 await self.loop.create_connection(lambda: conn, origin.host, origin.port)
-        except TimeoutError:
+        except (TimeoutError, OSError) as exc:
             conn.close()
-            raise failure(TIMED_OUT) from None
-        except OSError as exc:
-            conn.close()
-            raise failure(UNREACHABLE) from exc
+            raise connect_failure(exc) from None
         except BaseException:
             conn.close()
             raise
@@ -259,9 +258,16 @@ class _Pool:
                 waiter.set_exception(failure(FAILED))
 
 
+def _lost(conn: _Conn) -> UpstreamError:
+    """Why a connection was lost before any response byte: closed, or reset."""
+    error = conn.error
+    return failure(CLOSED) if error is None else UpstreamError(error.status_hint, error.reason, error.cause)
+
+
 def _expire(waiter: asyncio.Future[_Conn | None]) -> None:
     if not waiter.done():
-        waiter.set_exception(failure(TIMED_OUT))
+        # No connection within the connect timeout: every one busy (as aiohttp's pool says it).
+        waiter.set_exception(failure(CONNECT_TIMED_OUT))
 
 
 class _Conn(asyncio.Protocol):
@@ -386,13 +392,16 @@ class _Conn(asyncio.Protocol):
         if state == _CLOSED:
             return
         if state == _BUSY and self.error is None and not self.done:
+            # Before the body, a reset (RST) says so and a plain close is "closed"; a body cut
+            # short either way is "incomplete" (proxy/origin/rules.py: both clients say the same).
+            reset = isinstance(exc, ConnectionResetError)
             if not self.got_bytes:
-                self.error = failure(CLOSED)
+                self.error = failure(RESET if reset else CLOSED)
                 # Nothing of a response arrived: safe to send again if the connection had
                 # served a request before (the origin closed it while we were reusing it).
                 self.retryable = self.uses > 1
             elif not self.hc:
-                self.error = failure(CLOSED)
+                self.error = failure(RESET if reset else CLOSED)
             elif exc is None and self._eof_delimited():
                 self.done = True  # a close-delimited body ends here
             else:
@@ -597,7 +606,7 @@ class _Conn(asyncio.Protocol):
         """All buffered body bytes, or None if there are none yet. Raises the connection's error."""
         error = self.error
         if error is not None:
-            raise UpstreamError(error.status_hint, error.reason)
+            raise UpstreamError(error.status_hint, error.reason, error.cause)
         body = self.body
         if not body:
             if self.state == _CLOSED and not self.done:  # closed without a recorded reason
@@ -657,7 +666,7 @@ class _Conn(asyncio.Protocol):
         if error is not None:
             if self.retryable:
                 return None
-            raise UpstreamError(error.status_hint, error.reason)
+            raise UpstreamError(error.status_hint, error.reason, error.cause)
         headers = CIMultiDict(self.hdrs)
         length = headers.get("Content-Length")  # llhttp has checked it is one decimal number
         resp = LeanResponse(
@@ -841,13 +850,13 @@ class LeanOrigin:
             conn = await pool.acquire(connect_timeout)
         resp = await conn.exchange(request, head, read_timeout, interim)
         if resp is None:
-            # The keep-alive race: the origin closed a reused connection as we wrote to it.
+            # The keep-alive race: the origin closed (or reset) a reused connection as we wrote to it.
             if method not in IDEMPOTENT:
-                raise failure(CLOSED)
+                raise _lost(conn)
             conn = await pool.acquire(connect_timeout, fresh=True)
             resp = await conn.exchange(request, head, read_timeout, interim)
             if resp is None:
-                raise failure(CLOSED)
+                raise _lost(conn)
         return resp
 
     async def close(self) -> None:

@@ -13,6 +13,7 @@ every case against each); a request they refuse to write is a ValueError.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
@@ -20,12 +21,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import OriginConfig
+from proxy.observe import Recorder, origin_timer
 from proxy.origin.aiohttp_client import AiohttpOrigin
-from proxy.origin.errors import REQUEST_FAILED, failure
+from proxy.origin.errors import REQUEST_FAILED, UpstreamError, failure
 from proxy.origin.interim import InterimSink
 from proxy.origin.lean import LeanOrigin
 
 log = logging.getLogger("proxy.origin")
+
+FAILURE_LOG_SECONDS = 10.0
 
 
 class OriginResponse(Protocol):
@@ -54,12 +58,21 @@ class OriginResponse(Protocol):
 
 
 class Upstream:
-    """The clients towards the configured origin (and peer edges), chosen per request."""
+    """The clients towards the configured origin (and peer edges), chosen per request.
 
-    def __init__(self, cfg: OriginConfig) -> None:
+    Every request is timed up to its response head and counted in `recorder`
+    (proxy/observe.py) by its outcome: "ok" or the cause of its UpstreamError.
+    A failure is logged with its cause, at most once per cause every
+    FAILURE_LOG_SECONDS (an outage must not flood the log), with how many
+    more there were.
+    """
+
+    def __init__(self, cfg: OriginConfig, recorder: Recorder | None = None) -> None:
         self.cfg = cfg
+        self.recorder = recorder if recorder is not None else Recorder()
         self._aiohttp: AiohttpOrigin | None = None
         self._lean: LeanOrigin | None = None
+        self._logged: dict[str, tuple[float, int]] = {}  # cause -> (when last logged, failures since)
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -89,6 +102,45 @@ class Upstream:
         """Send a request; returns once the response header section has arrived.
 
         `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
+        started = time.perf_counter()
+        upstream = "origin" if origin is None else "peer"
+        try:
+            resp = await self._send(method, path_qs, headers, body, origin, timeout, interim)
+        except UpstreamError as exc:
+            self._done(upstream, exc.cause, started)
+            self._log_failure(method, path_qs, origin, exc)
+            raise
+        self._done(upstream, "ok", started)
+        return resp
+
+    def _done(self, upstream: str, result: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.recorder.origin_request(upstream, result, seconds)
+        timer = origin_timer.get()
+        if timer is not None:
+            timer.seconds += seconds
+
+    def _log_failure(self, method: str, path_qs: str, origin: str | None, exc: UpstreamError) -> None:
+        now = time.monotonic()
+        last, since = self._logged.get(exc.cause, (-FAILURE_LOG_SECONDS, 0))
+        if now - last < FAILURE_LOG_SECONDS:
+            self._logged[exc.cause] = (last, since + 1)
+            return
+        self._logged[exc.cause] = (now, 0)
+        more = f" ({since} more {exc.cause} failures since the last line)" if since else ""
+        target = origin or self.cfg.url
+        log.warning("%s %s%s: %s [%s]%s", method, target, path_qs, exc.reason, exc.cause, more)
+
+    async def _send(
+        self,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: AsyncIterator[bytes] | bytes | None,
+        origin: str | None,
+        timeout: float | None,
+        interim: InterimSink | None,
+    ) -> OriginResponse:
         lean = self._lean
         try:
             if lean is not None and body is None and (origin is None or origin.startswith("http://")):

@@ -192,7 +192,7 @@ def image() -> Iterator[None]:
     print(f"image built in {time.monotonic() - started:.1f} s")
     inspect = json.loads(run("podman", "image", "inspect", IMAGE))[0]
     assert inspect["Config"]["User"] == "minicdn"
-    assert "/.well-known/minicdn/health" in " ".join(inspect["Healthcheck"]["Test"])
+    assert "/.well-known/minicdn/ready" in " ".join(inspect["Healthcheck"]["Test"])  # readiness
     yield
 
 

@@ -13,6 +13,7 @@ import aiohttp
 from yarl import URL
 
 from edge.hashing import owner
+from proxy import metrics, stats
 from proxy.config import Config
 from proxy.purge import PurgeRequest
 from tests.edge.conftest import Edge, RedisServer, StartEdges
@@ -284,6 +285,8 @@ async def test_an_edge_refuses_an_owner_copy_older_than_a_purge_the_owner_has_no
     assert resp.status == 200
     assert await origin.hits("/max-age/600") == 2, resp.headers.get("Cache-Status")  # not edge-3's copy
     assert edges[0].server.node.engine.fetcher.stats.owner_copies_refused == 1
+    exposition, _ = metrics.render(await stats.box(edges[0].server.node))  # /metrics counts it too
+    assert 'minicdn_cluster_owner_requests_total{outcome="refused"} 1.0' in exposition.decode()
     redis_server.start()
     deadline = time.monotonic() + 15
     while key_for(edges[2], path) in edges[2].storage and time.monotonic() < deadline:

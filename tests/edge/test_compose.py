@@ -14,6 +14,7 @@ import yaml
 from edge.cli import build_parser
 from edge.config import ClusterConfig, cluster_config
 from proxy.config import load_config
+from proxy.routing import READY_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +48,9 @@ def test_every_service_has_an_accepted_command_and_a_healthcheck(files: tuple[st
     parser = build_parser()
     for name, spec in services.items():
         assert "healthcheck" in spec, name
+        if name.startswith(("edge", "shield")):
+            # Readiness (origin and Redis reachable), not liveness.
+            assert READY_PATH in " ".join(spec["healthcheck"]["test"]), name
         command = spec.get("command")
         if name == "redis":
             continue
@@ -90,3 +94,10 @@ def test_the_admin_token_is_required() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert re.search(r"MINICDN_ADMIN_TOKEN: \$\{MINICDN_ADMIN_TOKEN:\?.+\}", text)
     assert "change-me" not in text
+
+
+def test_the_image_health_check_is_readiness() -> None:
+    """The Dockerfile's HEALTHCHECK probes the readiness path (origin and Redis reachable)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [check] = re.findall(r"^HEALTHCHECK (?:.*\\\n)*.*", dockerfile, re.MULTILINE)
+    assert READY_PATH in check and "/health" not in check

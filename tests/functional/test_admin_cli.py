@@ -210,9 +210,14 @@ async def test_stats_prints_grouped_counters(node: Node, capsys: pytest.CaptureF
     assert code == 0, err
     groups = {line.split()[0]: line for line in out.splitlines()}
     assert set(groups) == {
-        *("node", "workers", "engine", "l1", "l2", "storage", "purge", "catalog", "health", "worker"),
-    }
+        "node", "workers", "engine", "l1", "l2", "storage", "purge", "catalog", "health", "worker",
+        "uptime", "answers", "statuses", "latency", "origin", "hot",
+    }  # fmt: skip
     assert groups["health"].startswith("health   l2 ok ")
+    assert groups["answers"].startswith("answers  hit 1 (l1 1, l2 0)  stale 0 (")
+    assert "miss 1" in groups["answers"] and "2xx 2" in groups["statuses"]
+    assert groups["latency"].startswith("latency  p50 ") and "ok 1" in groups["origin"]
+    assert groups["hot"] == "hot      http://cdn.example/max-age/600 (2)"
     assert groups["workers"].startswith("workers  1 ")
     assert groups["node"].split() == ["node", "edge-test"]
     engine = groups["engine"]

@@ -197,7 +197,7 @@ async def test_unreachable_origin_is_502(start_proxy: ProxyFactory, origin: Orig
     for method in ("GET", "POST"):
         async with proxy.request(method, "/max-age/60") as resp:
             body = await resp.read()
-        _assert_plain_error(resp, body, 502, "origin unreachable")
+        _assert_plain_error(resp, body, 502, "origin refused the connection")
     assert await origin.hits() == 0
 
 

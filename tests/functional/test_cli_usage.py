@@ -43,7 +43,7 @@ def test_python_m_usage_errors_name_the_module(module: str) -> None:
     assert f"python -m {module}: error: argument --workers: must be from 0 to 256, not -1" in done.stderr
 
 
-SUBCOMMANDS = ["serve", "up", "origin", "purge", "inspect", "stats", "reload", *COMMANDS]
+SUBCOMMANDS = ["serve", "up", "origin", "purge", "inspect", "stats", "reload", "top", *COMMANDS]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -31,12 +31,16 @@ from proxy.config import OriginConfig
 from proxy.origin import InterimSink, OriginResponse
 from proxy.origin.aiohttp_client import AiohttpOrigin
 from proxy.origin.errors import (
+    CAUSE,
     CLOSED,
+    CONNECT_TIMED_OUT,
+    DNS,
     FAILED,
     INCOMPLETE,
     INVALID,
+    REFUSED,
+    RESET,
     TIMED_OUT,
-    UNREACHABLE,
     UpstreamError,
 )
 from proxy.origin.lean import LeanOrigin
@@ -302,6 +306,7 @@ async def expect_error(awaitable: Awaitable[Any], status: int, reason: str) -> N
     with pytest.raises(UpstreamError) as info:
         await awaitable
     assert (info.value.status_hint, info.value.reason) == (status, reason)
+    assert info.value.cause == CAUSE[reason]  # the short word a metric label and a log line carry
 
 
 async def drain(resp: OriginResponse, into: bytearray | None = None) -> bytes:
@@ -770,23 +775,23 @@ async def test_interim_sink_that_raises_does_not_break_the_exchange(
 # ------------------------------------------------------------------------------ the failure table
 
 
-async def test_connection_refused_is_502_unreachable(client: Clients) -> None:
+async def test_connection_refused_is_502_refused(client: Clients) -> None:
     c = client(f"http://127.0.0.1:{free_port()}", max_connections=1)
-    await expect_error(c.send("GET", "/", CIMultiDict()), 502, UNREACHABLE)
+    await expect_error(c.send("GET", "/", CIMultiDict()), 502, REFUSED)
     # The failed connect gave its slot back.
-    await expect_error(c.send("GET", "/", CIMultiDict()), 502, UNREACHABLE)
+    await expect_error(c.send("GET", "/", CIMultiDict()), 502, REFUSED)
 
 
-async def test_a_name_that_does_not_resolve_is_502_unreachable(client: Clients) -> None:
+async def test_a_name_that_does_not_resolve_is_502_dns(client: Clients) -> None:
     # RFC 6761 §6.4: names under .invalid never resolve, and resolvers answer so at once.
     c = client("http://origin.invalid:8080", connect_timeout=30.0)
-    await expect_error(c.send("GET", "/", CIMultiDict()), 502, UNREACHABLE)
+    await expect_error(c.send("GET", "/", CIMultiDict()), 502, DNS)
 
 
-async def test_connect_timeout_is_504_timed_out(unaccepting: str, client: Clients) -> None:
+async def test_connect_timeout_is_504_timed_out_connecting(unaccepting: str, client: Clients) -> None:
     c = client(unaccepting, connect_timeout=TIMEOUT, read_timeout=30.0)
     started = time.monotonic()
-    await expect_error(c.send("GET", "/", CIMultiDict()), 504, TIMED_OUT)
+    await expect_error(c.send("GET", "/", CIMultiDict()), 504, CONNECT_TIMED_OUT)
     assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + 1.0
 
 
@@ -831,12 +836,12 @@ async def test_connection_closed_before_the_head_is_502_closed_and_not_retried(
 
 
 @pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
-async def test_connection_closed_in_the_middle_of_the_head_is_502_closed(
+async def test_connection_closed_in_the_middle_of_the_head_is_502_closed_or_reset(
     raw_origin: StartOrigin, client: Clients, rst: bool
 ) -> None:
     cut = b"HTTP/1.1 200 OK\r\nContent-Le"
     origin = await raw_origin(then_reset(cut) if rst else answer(cut, close=True))
-    await expect_error(get(client(origin.url)), 502, CLOSED)
+    await expect_error(get(client(origin.url)), 502, RESET if rst else CLOSED)
     assert len(origin.requests) == 1
 
 
@@ -1208,7 +1213,7 @@ async def test_non_idempotent_request_is_never_retried(
     origin = await raw_origin(closes_second_request_on_first_connection(how))
     c = client(origin.url)
     await get(c)
-    await expect_error(get(c, method=method), 502, CLOSED)
+    await expect_error(get(c, method=method), 502, RESET if how == "rst" else CLOSED)
     assert len(origin.requests) == 2
 
 
@@ -1284,7 +1289,8 @@ async def test_timeout_argument_replaces_the_connect_and_read_timeouts(
     url = unaccepting if stage == "connect" else (await raw_origin(silent)).url
     c = client(url, connect_timeout=30.0, read_timeout=30.0)
     started = time.monotonic()
-    await expect_error(c.send("GET", "/", CIMultiDict(), timeout=TIMEOUT), 504, TIMED_OUT)
+    expected = CONNECT_TIMED_OUT if stage == "connect" else TIMED_OUT
+    await expect_error(c.send("GET", "/", CIMultiDict(), timeout=TIMEOUT), 504, expected)
     assert time.monotonic() - started < TIMEOUT + 1.0
 
 
@@ -1318,7 +1324,7 @@ async def test_waiting_for_a_free_connection_is_bounded_by_the_connect_timeout(
     c = client(origin.url, max_connections=1, connect_timeout=TIMEOUT, read_timeout=30.0)
     holder = await c.send("GET", "/", CIMultiDict())  # holds the only connection
     started = time.monotonic()
-    await expect_error(c.send("GET", "/", CIMultiDict()), 504, TIMED_OUT)
+    await expect_error(c.send("GET", "/", CIMultiDict()), 504, CONNECT_TIMED_OUT)
     assert TIMEOUT * 0.9 <= time.monotonic() - started < TIMEOUT + 1.0
     holder.close()
 

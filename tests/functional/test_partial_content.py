@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from proxy.config import CacheConfig, FetchConfig, TierConfig
-from tests.functional.conftest import FakeClock, Proxy, ProxyFactory, cache_status
+from tests.functional.conftest import FakeClock, Proxy, ProxyFactory, cache_status, make_config
 
 BODY = b"0123456789abcdefghijklmnopqrstuvwxyz"  # 36 bytes
 
@@ -93,7 +94,7 @@ StartRange = Callable[..., Awaitable[tuple[Proxy, RangeOrigin]]]
 
 
 @pytest.fixture
-async def range_proxy(start_proxy: ProxyFactory) -> AsyncIterator[StartRange]:
+async def range_proxy(start_proxy: ProxyFactory, tmp_path: Path) -> AsyncIterator[StartRange]:
     origins: list[RangeOrigin] = []
 
     async def start(**origin_options: object) -> tuple[Proxy, RangeOrigin]:
@@ -102,12 +103,15 @@ async def range_proxy(start_proxy: ProxyFactory) -> AsyncIterator[StartRange]:
         origin = await RangeOrigin(**origin_options).start()  # type: ignore[arg-type]
         origins.append(origin)
         # These tests follow the stored parts as clients' ranges make them: the whole object is
-        # not fetched behind a range (fetch.complete_ranges; its own test is below).
+        # not fetched behind a range (fetch.complete_ranges; its own test is below), and ranges are
+        # asked as the client asked them, not as whole slices (cache.slice_size 0; slices have
+        # their own tests in test_slices.py).
         fetch = FetchConfig(complete_ranges=complete_ranges)
-        if cache_overrides is not None:
-            proxy = await start_proxy(origin_url=origin.url, cache=cache_overrides, fetch=fetch)
-        else:
-            proxy = await start_proxy(origin_url=origin.url, fetch=fetch)
+        cache = (
+            cache_overrides if cache_overrides is not None else make_config(origin.url, tmp_path / "l2").cache
+        )
+        assert isinstance(cache, CacheConfig)
+        proxy = await start_proxy(origin_url=origin.url, cache=replace(cache, slice_size=0), fetch=fetch)
         return proxy, origin
 
     yield start

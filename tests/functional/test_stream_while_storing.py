@@ -21,8 +21,9 @@ import pytest
 from aiohttp import web
 
 from origin_stub.behaviours import pattern
-from proxy.config import CacheConfig, TierConfig
+from proxy.config import CacheConfig, TierConfig, config_from_mapping
 from tests.functional.conftest import FakeClock, Origin, ProxyFactory, cache_status
+from tests.functional.test_compression import TEXT, decoded, fetch, respond_path
 from tests.functional.test_write_path import HOST, key, storage_of, tiny_disk  # noqa: F401
 
 KIB = 1024
@@ -198,3 +199,50 @@ async def test_a_spool_that_cannot_be_written_only_stops_the_storing(
     assert resp.status == 200 and body == pattern(n)
     assert any("cannot spool" in r.getMessage() for r in caplog.records)
     assert key(f"/bytes/{n}?chunked=1") not in storage_of(proxy)
+
+
+# -- with the branches merged beside it: compression and per-route rules ----------------------------
+
+
+async def test_a_streamed_compressible_body_is_stored_with_its_encodings(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    """The store at the end of the stream makes the encodings (proxy/compression.py) as any store
+    does, and the requests coalesced on the fetch get theirs from what it stored: one origin fetch."""
+    proxy = await start_proxy(cache=streaming_cache(tmp_path / "l2"))
+    path = respond_path(TEXT, repeat=100)  # text/html, over stream_above
+    await origin.fault("/respond", mode="delay", ms=300)
+    answers = await asyncio.gather(*(fetch(proxy, path, accept) for accept in ("gzip", "br", None, "gzip")))
+    await origin.clear_faults()
+    assert 'detail="streamed"' in cache_status(answers[0][0])  # the leader: the origin's bytes
+    assert [resp.headers.get("Content-Encoding") for resp, _ in answers[1:]] == ["br", None, "gzip"]
+    assert all(decoded(resp, body) == (TEXT * 100).encode() for resp, body in answers)
+    assert await origin.hits("/respond") == 1
+    await storage_of(proxy).drain()
+    for accept in ("br", "gzip", "identity"):
+        resp, body = await fetch(proxy, path, accept)
+        assert cache_status(resp).startswith("edge-test;hit"), cache_status(resp)
+        assert resp.headers.get("Content-Encoding") == (None if accept == "identity" else accept)
+        assert decoded(resp, body) == (TEXT * 100).encode()
+    assert await origin.hits("/respond") == 1
+
+
+async def test_a_streamed_body_loses_the_fields_a_rule_strips_for_the_leader_too(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    strip = config_from_mapping(
+        {"rules": [{"name": "strip", "match": {"path": "/respond"}, "strip_headers": ["X-Internal"]}]},
+        "test",
+        environ={},
+    ).rules
+    proxy = await start_proxy(cache=streaming_cache(tmp_path / "l2"), rules=strip)
+    path = respond_path(TEXT, "X-Internal:secret", repeat=100)
+    resp, body = await fetch(proxy, path, None)
+    assert 'detail="streamed"' in cache_status(resp) and 'rule="strip"' in cache_status(resp)
+    assert "X-Internal" not in resp.headers and body == (TEXT * 100).encode()
+    # Then from what it stored: a hit, or (while the end of the stream is being stored) collapsed on it.
+    resp, body = await fetch(proxy, path, None)
+    member = cache_status(resp).split(";")
+    assert "hit" in member or "collapsed" in member, member
+    assert "X-Internal" not in resp.headers and body == (TEXT * 100).encode()
+    assert await origin.hits("/respond") == 1

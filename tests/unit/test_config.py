@@ -167,6 +167,9 @@ ERRORS = [
     pytest.param("cache: 5\n", "cache", id="section-not-a-mapping"),
     pytest.param("cache: {max_object_size: lots}\n", "cache.max_object_size", id="bad-size"),
     pytest.param("cache: {l1: {budget: -5}}\n", "cache.l1.budget", id="negative-size"),
+    pytest.param("cache: {slice_size: 1KiB}\n", "cache.slice_size", id="slice-too-small"),
+    pytest.param("cache: {max_object_size: 512KiB}\n", "cache.slice_size", id="slice-larger-than-an-object"),
+    pytest.param("cache: {slice_threshold: 512KiB}\n", "cache.slice_threshold", id="slice-threshold"),
     pytest.param("cache: {l2: {eviction: random}}\n", "cache.l2.eviction", id="random-eviction-on-disk-tier"),
     pytest.param("cache: {l1: {eviction: mru}}\n", "cache.l1.eviction", id="unknown-eviction"),
     pytest.param("listen: localhost\n", "listen", id="listen-without-port"),
@@ -236,6 +239,18 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         "http://origin.example:81",
         "/tmp/c",
     )
+
+
+def test_slicing_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINICDN_CACHE__SLICE_SIZE", "4MiB")
+    monkeypatch.setenv("MINICDN_CACHE__SLICE_THRESHOLD", "64MiB")
+    cfg = config_from_mapping({"cache": {"max_object_size": "16MiB"}})
+    assert (cfg.cache.slice_size, cfg.cache.slice_threshold) == (4 * 1024**2, 64 * 1024**2)
+    monkeypatch.setenv("MINICDN_CACHE__SLICE_SIZE", "0")
+    assert config_from_mapping({"cache": {"max_object_size": "512KiB"}}).cache.slice_size == 0  # off
+    monkeypatch.setenv("MINICDN_CACHE__SLICE_SIZE", "32MiB")
+    with pytest.raises(ConfigError, match="MINICDN_CACHE__SLICE_SIZE"):
+        config_from_mapping({})  # above max_object_size
 
 
 @pytest.mark.parametrize("value", ["1edge", "edge 1", "\u00e9dge", "edge;hit"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,6 +38,11 @@ EXAMPLES: dict[str, object] = {
     "admin.purge_networks": ["10.0.0.0/8", "192.168.0.0/16"],
     "log.level": "DEBUG",
     "log.format": "json",
+    "compression.types": ["text/html", "application/*+json"],
+    "rules": [
+        {"name": "api", "match": {"path": "/api/**", "status": [200, 404]}, "ttl": 60, "tags": ["api"]},
+        {"name": "me", "match": {"path": "/api/me", "headers": {"X-Debug": True}}, "bypass": True},
+    ],
 }
 
 
@@ -64,6 +70,8 @@ def as_text(value: object) -> str:
     """How a person writes the value in a variable: lists comma separated, mappings k=v."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return json.dumps(value)  # a list of mappings (rules): YAML or JSON text
     if isinstance(value, list):
         return ",".join(value)
     if isinstance(value, Mapping):

@@ -135,6 +135,18 @@ AE = [
     pytest.param("*;q=0", "identity", id="9110-12.5.3-star-q0"),
     pytest.param("br;q=0, *", "gzip", id="9110-12.5.3-star-except-listed"),
     pytest.param("deflate, identity", "identity", id="nothing-preferred"),
+    # The highest q-value wins; this cache's order only breaks ties.
+    pytest.param("gzip;q=1.0, br;q=0.5", "gzip", id="9110-12.5.3-highest-q-wins"),
+    pytest.param("deflate, gzip;q=1.0, *;q=0.5", "gzip", id="9110-12.5.3-star-ranks-below-named"),
+    pytest.param("br;q=0.5, gzip;q=0.5", "br", id="equal-q-cache-order"),
+    pytest.param("*;q=0.5, gzip;q=0.4", "br", id="star-q-over-a-lower-named"),
+    # identity competes when the client names it (itself, or through *).
+    pytest.param("gzip;q=0.5, identity", "identity", id="9110-12.5.3-identity-preferred"),
+    pytest.param("gzip;q=0.5, identity;q=0.5", "gzip", id="identity-tie-goes-to-the-coding"),
+    pytest.param("gzip, identity;q=0", "gzip", id="9110-12.5.3-identity-q0-a-coding-instead"),
+    pytest.param("br;q=0, gzip;q=0.1, *;q=0", "gzip", id="9110-12.5.3-star-q0-refuses-identity"),
+    # Nothing acceptable, identity refused too: still no coding (§12.5.3 prefers that to a 406).
+    pytest.param("identity;q=0", "identity", id="9110-12.5.3-nothing-acceptable"),
 ]
 
 
@@ -150,7 +162,7 @@ def test_requirements_s11_browser_spellings_collapse_to_one_variant() -> None:
         "br, gzip",
         "br;q=1.0, gzip;q=0.8, *;q=0.1",
         "BR,GZIP",
-        "deflate, gzip;q=1.0, *;q=0.5",
+        "br;q=1, gzip;q=1",
     ]
     assert {normalise_accept_encoding(s, ("br", "gzip")) for s in spellings} == {"br"}
 

@@ -1,0 +1,97 @@
+"""Readiness: whether this node can do its job now, beside liveness (it runs and answers).
+
+What must live here: the checks behind `/readyz` (admin listener) and
+`/.well-known/minicdn/ready` (public port). A node is ready when its origin
+can be reached, and when every check the layer above adds passes (an edge of a
+cluster adds Redis, and having caught up with the purge stream). Liveness
+(`/healthz`, `/.well-known/minicdn/health`) stays "ok" whatever the origin
+does: a load balancer should stop sending traffic to a node that is not ready,
+but an orchestrator should not restart it for that, and peer edges keep
+asking it for what it owns (it may serve from cache).
+
+The origin check opens a TCP connection to the origin's host and port (the
+same error table as requests: refused, name does not resolve, timed out, ...)
+and closes it. Results are kept for CACHE_SECONDS, and callers that ask
+meanwhile share one round of checks, so a busy prober never becomes load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from proxy.config import OriginConfig
+from proxy.origin.errors import connect_failure
+
+# A check returns None when all is well, else what is wrong (one line).
+Check = Callable[[], Awaitable[str | None]]
+
+CACHE_SECONDS = 1.0
+CHECK_TIMEOUT = 2.0  # at most, for each check (the origin's own connect_timeout when shorter)
+
+
+class Readiness:
+    """The node's readiness checks: the origin's, and those `add` brings."""
+
+    def __init__(self, origin: OriginConfig) -> None:
+        self.origin = origin
+        self.checks: dict[str, Check] = {"origin": self._origin_reachable}
+        self._report: dict[str, Any] | None = None
+        self._at = 0.0
+        self._round: asyncio.Future[dict[str, Any]] | None = None
+
+    def add(self, name: str, check: Check) -> None:
+        """One more check (the edge layer adds "redis" and "purge_stream")."""
+        self.checks[name] = check
+
+    async def report(self) -> dict[str, Any]:
+        """{"ready": bool, "checks": {name: {"ok", "ms", "error"?}}}, at most CACHE_SECONDS old."""
+        if self._report is not None and time.monotonic() - self._at < CACHE_SECONDS:
+            return self._report
+        if self._round is None:
+            self._round = asyncio.ensure_future(self._run())
+            self._round.add_done_callback(self._finished)
+        return await asyncio.shield(self._round)
+
+    def _finished(self, done: asyncio.Future[dict[str, Any]]) -> None:
+        self._round = None
+        if not done.cancelled() and done.exception() is None:
+            self._report, self._at = done.result(), time.monotonic()
+
+    async def _run(self) -> dict[str, Any]:
+        names = list(self.checks)
+        results = await asyncio.gather(*(self._one(self.checks[name]) for name in names))
+        checks = dict(zip(names, results, strict=True))
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+
+    async def _one(self, check: Check) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                error = await check()
+        except TimeoutError:
+            error = f"no answer in {CHECK_TIMEOUT:g} s"
+        except Exception as exc:  # a check that breaks says so; readiness never raises
+            error = f"{type(exc).__name__}: {exc}"
+        out: dict[str, Any] = {"ok": error is None, "ms": round((time.perf_counter() - started) * 1000, 1)}
+        if error is not None:
+            out["error"] = error
+        return out
+
+    async def _origin_reachable(self) -> str | None:
+        parts = urlsplit(self.origin.url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(min(self.origin.connect_timeout, CHECK_TIMEOUT)):
+                _, writer = await asyncio.open_connection(host, port)
+        except (TimeoutError, OSError) as exc:
+            return f"{connect_failure(exc).reason} ({self.origin.url})"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return None

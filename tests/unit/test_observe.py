@@ -1,0 +1,209 @@
+"""proxy.observe (what a worker counts), proxy.figures (what is worked out of it) and the terminal view."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from proxy import figures, stats, top
+from proxy.cache_status import CacheStatus
+from proxy.observe import (
+    CARRIED,
+    HOT_LIMIT,
+    OUTCOMES,
+    REQUEST_BUCKETS,
+    HotKeys,
+    Recorder,
+    carried,
+    outcome,
+)
+from proxy.purger import PurgeStats
+from proxy.storage.base import TierStats
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (CacheStatus(hit=True, ttl=50, detail="l1"), 200, ("hit", "l1")),
+        (CacheStatus(hit=True, ttl=50, detail="l2"), 304, ("hit", "l2")),
+        (CacheStatus(hit=True, ttl=-5, detail="l2"), 200, ("stale", "l2")),  # a client's max-stale
+        (CacheStatus(fwd="stale", ttl=-3, detail="stale-while-revalidate"), 200, ("stale", "cache")),
+        (CacheStatus(fwd="stale", fwd_status=503, ttl=-3, detail="stale-if-error"), 200, ("stale", "cache")),
+        (CacheStatus(fwd="stale", ttl=-9, detail="stale-on-disconnect"), 200, ("stale", "cache")),
+        (CacheStatus(fwd="stale", fwd_status=304, stored=True), 200, ("revalidated", "cache")),
+        (CacheStatus(fwd="request", fwd_status=304, stored=True), 200, ("revalidated", "cache")),
+        (CacheStatus(fwd="stale", fwd_status=200, stored=True), 200, ("miss", "origin")),
+        (CacheStatus(fwd="uri-miss", fwd_status=200, stored=True), 200, ("miss", "origin")),
+        (CacheStatus(fwd="vary-miss", fwd_status=200, collapsed=True), 200, ("miss", "origin")),
+        (CacheStatus(fwd="uri-miss", collapsed=True, detail="l2"), 200, ("miss", "origin")),  # a box waiter
+        (CacheStatus(fwd="uri-miss", fwd_status=503), 503, ("miss", "origin")),  # the origin's own 503
+        (CacheStatus(fwd="bypass", fwd_status=201), 201, ("pass", "origin")),
+        (CacheStatus(fwd="bypass", fwd_status=200, rule="api private"), 200, ("pass", "origin")),  # a rule's
+        # A large object's slices (proxy/slicer.py): one fetched for this answer, a stream of them
+        # with some not stored yet, all of them stored.
+        (CacheStatus(fwd="partial", fwd_status=206, stored=True), 206, ("miss", "origin")),
+        (CacheStatus(fwd="partial", detail="slices"), 200, ("miss", "origin")),
+        (CacheStatus(hit=True, ttl=30, detail="l2"), 206, ("hit", "l2")),
+        (CacheStatus(fwd="bypass", detail="origin timed out"), 504, ("error", "none")),
+        (CacheStatus(fwd="uri-miss", detail="origin refused the connection"), 502, ("error", "none")),
+        (CacheStatus(detail="only-if-cached"), 504, ("error", "none")),
+        (CacheStatus(detail="invalid Host header"), 400, ("error", "none")),
+        (CacheStatus(detail="health"), 200, ("synth", "none")),
+        (CacheStatus(detail="purge"), 200, ("synth", "none")),
+    ],
+)
+def test_every_answer_has_one_result_and_tier(
+    status: CacheStatus, code: int, expected: tuple[str, str]
+) -> None:
+    assert OUTCOMES[outcome(status, code)] == expected
+    # The recorder's inline shortcut for hits agrees with outcome().
+    assert OUTCOMES[Recorder().answered(status, code, 1, 0.001)] == expected
+
+
+def test_a_recorder_counts_results_statuses_bytes_and_latency_buckets() -> None:
+    recorder = Recorder()
+    hit = CacheStatus(hit=True, ttl=9, detail="l1")
+    recorder.answered(hit, 200, 100, 0.00005)  # below the first bound
+    recorder.answered(hit, 200, 100, REQUEST_BUCKETS[3])  # exactly on a bound: le, counted there
+    recorder.answered(CacheStatus(fwd="uri-miss", fwd_status=404), 404, 50, 99.0)  # past the last
+    recorder.origin_request("origin", "ok", 0.01)
+    recorder.origin_request("origin", "refused", 0.001)
+    snap = recorder.snapshot()
+    assert snap["requests"]["hit"] == {"l1": 2, "l2": 0}
+    assert snap["requests"]["miss"] == {"origin": 1}
+    assert snap["responses"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 1, "5xx": 0}
+    assert snap["served_bytes"] == {"cache": 200, "origin": 50, "node": 0}
+    hits = snap["latency"]["hit"]
+    assert hits["count"] == 2 and math.isclose(hits["sum"], 0.00005 + REQUEST_BUCKETS[3])
+    assert hits["buckets"][repr(REQUEST_BUCKETS[0])] == 1
+    assert hits["buckets"][repr(REQUEST_BUCKETS[2])] == 1 and hits["buckets"][repr(REQUEST_BUCKETS[3])] == 2
+    assert snap["latency"]["miss"]["buckets"]["10.0"] == 0 and snap["latency"]["miss"]["buckets"]["+Inf"] == 1
+    assert snap["origin_requests"]["origin"] == {"ok": 1, "refused": 1}
+    assert snap["origin_latency"]["origin"]["count"] == 2
+
+
+def test_the_box_sum_of_two_snapshots_is_their_sum() -> None:
+    one, two = Recorder(), Recorder()
+    one.answered(CacheStatus(hit=True, ttl=1, detail="l1"), 200, 10, 0.001)
+    two.answered(CacheStatus(hit=True, ttl=1, detail="l2"), 200, 20, 0.5)
+    total = stats.combine(
+        [{"engine": {"requests": 1}, "traffic": r.snapshot()} for r in (one, two)]  # as gathered
+    )["traffic"]
+    assert total["requests"]["hit"] == {"l1": 1, "l2": 1}
+    assert total["served_bytes"]["cache"] == 30
+    assert total["latency"]["hit"]["buckets"]["+Inf"] == 2 and total["latency"]["hit"]["count"] == 2
+
+
+def test_hot_keys_stay_bounded_and_keep_the_hottest() -> None:
+    hot = HotKeys()
+    for _ in range(50):
+        hot.count("ns|http://h/hot")
+    for n in range(HOT_LIMIT * 3):
+        hot.count(f"ns|http://h/cold{n}")
+    assert len(hot.current) <= HOT_LIMIT
+    top_keys = hot.top(3)
+    assert next(iter(top_keys)) == "ns|http://h/hot" and top_keys["ns|http://h/hot"] == 50
+
+
+def test_hot_keys_turn_over_with_the_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window turns over when someone looks: the counts are the last one to two windows'."""
+    now = [1000.0]
+    monkeypatch.setattr("proxy.observe.time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+    hot = HotKeys()
+    hot.count("a")
+    now[0] += 31
+    assert hot.top() == {"a": 1}  # the last window
+    hot.count("b")
+    hot.count("b")
+    assert hot.top() == {"b": 2, "a": 1}  # this window and the last
+    now[0] += 31
+    assert hot.top() == {"b": 2}
+    now[0] += 31
+    assert hot.top() == {}
+
+
+@pytest.mark.parametrize(
+    ("q", "cumulative", "expected"),
+    [
+        (0.5, {0.1: 50.0, 0.2: 100.0, math.inf: 100.0}, 0.1),
+        (0.75, {0.1: 50.0, 0.2: 100.0, math.inf: 100.0}, 0.15),
+        (0.5, {0.1: 0.0, 0.2: 0.0, math.inf: 10.0}, 0.2),  # all past the last bound: that bound
+        (0.5, {0.1: 0.0, math.inf: 0.0}, None),
+    ],
+)
+def test_quantiles_interpolate_inside_their_bucket(
+    q: float, cumulative: dict[float, float], expected: float | None
+) -> None:
+    got = figures.quantile(q, cumulative)
+    assert got == expected if expected is None else math.isclose(got or 0, expected)
+
+
+class FakeClient:
+    """An AdminClient that answers from a script of /stats documents."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+
+    def stats(self) -> dict[str, Any]:
+        return self.documents.pop(0)
+
+    def readiness(self) -> dict[str, Any]:
+        return {"ready": True, "checks": {}}
+
+
+def document(hits: int) -> dict[str, Any]:
+    recorder = Recorder()
+    for _ in range(hits):
+        recorder.answered(CacheStatus(hit=True, ttl=1, detail="l1"), 200, 10, 0.0002)
+    return {
+        "name": "edge-9",
+        "workers": 3,
+        "traffic": recorder.snapshot(),
+        "tiers": {"l1": {"bytes": 512, "entries": 2, "evictions": 0}, "l2": None},
+        "budgets": {"l1": 1024, "l2": 0},
+        "edge": {"name": "edge-9", "members": {"edge-9": {"url": "http://a", "available": True}}},
+    }
+
+
+def test_top_redraws_in_place_on_a_terminal() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    client = FakeClient([document(10), document(30)])
+    assert top.run(client, interval=0.5, count=2, console=console, sleep=lambda _: None) == 0  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "\x1b[" in text  # drawn with cursor movements, not printed twice as plain text
+    assert "edge-9" in text and "cache tiers" in text and "cluster" in text and "disabled" in text
+    assert "50.0 %" in text  # L1 fill
+
+
+def test_top_prints_each_sample_into_a_pipe() -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=120)
+    client = FakeClient([document(10), document(30)])
+    top.run(client, interval=1.0, count=2, console=console, sleep=lambda _: None)  # type: ignore[arg-type]
+    first, second = out.getvalue().split("minicdn edge-9")[1:]
+    assert "requests/s -" in first
+    assert "hit ratio 100.0 %" in second
+
+
+def test_every_counter_a_worker_reports_is_carried_over_when_it_exits() -> None:
+    """The box's counters never go down (observe.CARRIED): every counter of the storage and purge
+    sections is carried, the gauges are not."""
+    gauges = {"entries", "bytes", "bans", "catalog_pending"}
+    tier = {name: 1 for name in TierStats.__dataclass_fields__}
+    purge = {name: 1 for name in PurgeStats.__dataclass_fields__ if name != "by_kind"}
+    snapshot = {
+        "tiers": {"l1": tier, "l2": tier},
+        "storage": {**tier, "write_queued": 1, "write_queued_bytes": 1, "write_batches": 1},
+        "purge": {**purge, "by_kind": {"url": 1}, "epoch": 1},
+    }
+    kept = carried(snapshot)
+    for section in ("l1", "l2"):
+        assert set(kept["tiers"][section]) == set(tier) - gauges
+    assert set(kept["storage"]) == (set(tier) - gauges) | {"write_batches"}
+    assert set(kept["purge"]) == (set(purge) - gauges) | {"by_kind"}
+    assert "health" not in CARRIED
