@@ -31,8 +31,10 @@ __all__ = ["spawn"]
 MiB = 1024 * 1024
 BIG = 64 * MiB
 # What the edge may hold beyond its idle RSS while streaming: two 1 MiB slices, a piece in the
-# transport, an L2 read, allocator slack. Reading ahead of the client would be 64 MiB.
-ALLOWED_GROWTH = 16 * MiB
+# transport, an L2 read, allocator slack, and the slices stored but not yet on disk (the L2 write
+# queue: a few when the writer thread gets less CPU than the stream, as on a busy machine, where
+# 16 MiB was seen exceeded once). Reading ahead of the client would be 64 MiB.
+ALLOWED_GROWTH = 24 * MiB
 
 
 @pytest.fixture
