@@ -9,8 +9,6 @@ is on.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -21,6 +19,7 @@ from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.headers import VALID_HOST
 from proxy.messages import ClientRequest, Reply, error_reply
+from proxy.networks import address_in
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.purger import Purger
 from proxy.readiness import Readiness
@@ -73,7 +72,7 @@ async def ready(cfg: Config, readiness: Readiness) -> Reply:
 
 async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply:
     """`PURGE /path?query` from an allowed network: purge that URL on every host (admin.purge_method)."""
-    if not _purge_allowed(req.remote, cfg.admin.purge_networks):
+    if not address_in(req.remote, cfg.admin.purge_networks):
         return error_reply(403, "PURGE is not allowed from this address", CacheStatus(detail="purge denied"))
     mode = req.headers.get("Purge-Mode", "hard").strip().lower()
     if mode not in ("hard", "soft"):
@@ -92,20 +91,3 @@ def _json(status: int, body: str, cache_status: CacheStatus) -> Reply:
     headers["Content-Type"] = "application/json"
     headers["Cache-Control"] = "no-store"
     return Reply(status, "", headers, body.encode(), cache_status)
-
-
-@functools.lru_cache(maxsize=16)
-def _networks(networks: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-
-
-def _purge_allowed(remote: str | None, networks: tuple[str, ...]) -> bool:
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in _networks(networks))

@@ -78,7 +78,9 @@ MIN_SLICE_SIZE = 16 * 1024
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
 # RFC 9110 §5.1: a field name is a token.
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # also a method name (RFC 9110 §9.1)
+# RFC 9110 §9.2.1 (proxy.policy.SAFE_METHODS, which this module cannot import).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # A media type or a glob of one: text/html, text/*, application/*+json (RFC 9110 §8.3.1).
 _MEDIA_GLOB = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A rule's name: what Cache-Status and the error messages call it.
@@ -189,6 +191,25 @@ class CompressionConfig:
     off_loop_min: int = 4096  # bodies at least this long are compressed on a worker thread
 
 
+# policy.invalidate_on_unsafe.methods: every method that is not safe (RFC 9110 §9.2.1).
+EVERY_UNSAFE_METHOD = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidationConfig:
+    """Which requests with an unsafe method invalidate what is stored for their URI (RFC 9111 §4.4).
+
+    The RFC: a non-error response to any unsafe method invalidates the target URI and its
+    same-host Location / Content-Location. That lets anyone who can send `PURGE /x` (or any
+    extension method the origin accepts) through the public port evict `/x`; an operator
+    narrows it to some methods, from some client networks (the TCP peer's address). A request
+    left out is still forwarded: only the invalidation is skipped.
+    """
+
+    methods: tuple[str, ...] = (EVERY_UNSAFE_METHOD,)  # "*": every unsafe method (the RFC's rule)
+    networks: tuple[str, ...] = ("0.0.0.0/0", "::/0")  # client networks; the default: every client
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """Knobs of the pure caching policy (RFC 9111, RFC 5861, RFC 9213)."""
@@ -215,6 +236,7 @@ class PolicyConfig:
     # Response fields carrying purge tags (Surrogate-Key: space separated; Cache-Tag: comma separated).
     tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
     strip_tag_fields: bool = True  # remove them before delivery to clients
+    invalidate_on_unsafe: InvalidationConfig = InvalidationConfig()
 
     def stripped_targeted_fields(self, node_name: str) -> tuple[str, ...]:
         """strip_targeted_fields with "{name}" replaced by this node's name."""
@@ -566,6 +588,7 @@ def config_from_mapping(
         max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
         tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
         strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),
+        invalidate_on_unsafe=_invalidation(r, p.get("invalidate_on_unsafe", {}), pd.invalidate_on_unsafe),
     )
 
     f = r.mapping(top.get("fetch", {}), "fetch")
@@ -588,12 +611,7 @@ def config_from_mapping(
     token = a.get("token", ad.token)
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise r.error("admin.token", "must be a non-empty string (or leave it out)")
-    networks = r.strings(a, "purge_networks", ad.purge_networks, "admin")
-    for net in networks:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise r.error("admin.purge_networks", f"{net!r} is not a network like 10.0.0.0/8") from None
+    networks = _networks(r, a, "purge_networks", ad.purge_networks, "admin")
     admin = AdminConfig(
         enabled=r.boolean(a, "enabled", ad.enabled, "admin"),
         listen=r.string(a, "listen", ad.listen, "admin"),
@@ -876,6 +894,44 @@ def _tier(r: _Reader, raw: object, key: str, d: TierConfig, *, allow_random: boo
         budget=r.size(t, "budget", d.budget, key),
         eviction=cast(EvictionPolicy, eviction),
     )
+
+
+def _networks(
+    r: _Reader, m: dict[str, Any], key: str, default: tuple[str, ...], section: str
+) -> tuple[str, ...]:
+    """A list of IP networks ("10.0.0.0/8", "::1/128"; a bare address is its own /32 or /128)."""
+    networks = r.strings(m, key, default, section)
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise r.error(f"{section}.{key}", f"{net!r} is not a network like 10.0.0.0/8") from None
+    return networks
+
+
+def _invalidation(r: _Reader, raw: object, d: InvalidationConfig) -> InvalidationConfig:
+    key = "policy.invalidate_on_unsafe"
+    m = r.mapping(raw, key)
+    r.only(m, key, set(InvalidationConfig.__dataclass_fields__))
+    methods = r.strings(m, "methods", d.methods, key)
+    for method in methods:
+        if method == EVERY_UNSAFE_METHOD:
+            if len(methods) > 1:
+                raise r.error(
+                    f"{key}.methods", '"*" (every unsafe method) cannot be listed with other methods'
+                )
+        elif not _FIELD_NAME.fullmatch(method):
+            raise r.error(f"{key}.methods", f"{method!r} is not a method name")
+        elif method != method.upper():
+            # RFC 9110 §9.1: methods are case-sensitive; "post" would never match a POST.
+            raise r.error(
+                f"{key}.methods", f"{method!r}: methods are case-sensitive; did you mean {method.upper()!r}?"
+            )
+        elif method in _SAFE_METHODS:
+            raise r.error(
+                f"{key}.methods", f"{method} is a safe method: its responses never invalidate (RFC 9111 §4.4)"
+            )
+    return InvalidationConfig(methods=methods, networks=_networks(r, m, "networks", d.networks, key))
 
 
 def _strip_targeted_fields(r: _Reader, p: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:

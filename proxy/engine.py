@@ -395,7 +395,9 @@ class Engine:
                         req,
                         req.headers,
                         "bypass",
-                        invalidate=req.method not in policy.SAFE_METHODS,
+                        invalidate=policy.invalidates(
+                            req.method, req.remote, self.cfg.policy.invalidate_on_unsafe
+                        ),
                         interim=interim,
                     )
                 return await self._pass(req, self.normalised(lk), "bypass", invalidate=False, interim=interim)

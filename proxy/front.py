@@ -344,7 +344,10 @@ class Connection(asyncio.Protocol):
             if len(self.queue) >= MAX_QUEUED or self.body_paused:
                 self.unparsed = bytes(data[offset:])
                 self._pause_reading()
-                return
+                # Still answer what is queued (issue 12 row 4): returning here left a read of
+                # more than a slice of pipelined requests parsed, unanswered and unread for good.
+                # Answering drains the queue, and _answer_queued resumes reading behind it.
+                break
             piece = view[offset : offset + FEED_SLICE] if view is not None else data
             offset += len(piece)
             if self.head_started:

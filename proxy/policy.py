@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from multidict import CIMultiDict
 
-from proxy.config import PolicyConfig
+from proxy.config import EVERY_UNSAFE_METHOD, InvalidationConfig, PolicyConfig
 from proxy.entry import HeaderList, StoredResponse
 from proxy.headers import (
     EMPTY_DIRECTIVES,
@@ -31,6 +31,7 @@ from proxy.headers import (
     weak_match,
 )
 from proxy.keys import request_vary_values, vary_names
+from proxy.networks import address_in
 from proxy.ranges import parse_content_range
 
 # RFC 9110 §15.1: status codes that are heuristically cacheable.
@@ -739,6 +740,20 @@ def has_precondition_for_origin(request_headers: Headers) -> bool:
 
 # RFC 5861 §4: the origin answers that stale-if-error may hide.
 ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def invalidates(method: str, remote: str | None, rule: InvalidationConfig) -> bool:
+    """§4.4: does a non-error response to this request invalidate its target URI (and Locations)?
+
+    The RFC's answer is "when the method is unsafe"; `policy.invalidate_on_unsafe`
+    narrows it to some methods, from some client networks (by default: every
+    unsafe method, from everywhere). The caller still forwards the request.
+    """
+    if method in SAFE_METHODS:
+        return False
+    if method not in rule.methods and EVERY_UNSAFE_METHOD not in rule.methods:
+        return False
+    return address_in(remote, rule.networks)
 
 
 def within_stale_while_revalidate(entry: StoredResponse, now: float, opts: PolicyConfig) -> bool:

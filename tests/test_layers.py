@@ -28,6 +28,7 @@ PURE = {
     "proxy.headers",
     "proxy.keys",
     "proxy.messages",
+    "proxy.networks",
     "proxy.policy",
     "proxy.purge",
     "proxy.ranges",

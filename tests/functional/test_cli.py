@@ -91,6 +91,37 @@ async def wait_listening(proc: Process, port: int, timeout: float = READY_TIMEOU
         return
 
 
+async def wait_serving(proc: Process, port: int, timeout: float = READY_TIMEOUT) -> None:
+    """Poll until the node says it listens on 127.0.0.1:port: its socket is bound and every worker ready.
+
+    Stricter than wait_listening, for a node restarted on the port it had: the supervisor accepts
+    before its workers are ready, and a port freed by a stopped process can be taken meanwhile by
+    any other (other test sessions share this machine), whose answers would pass for this node's
+    (a node named edge-1 in front of another cache answers "edge-1;fwd=uri-miss"). The banner is
+    printed only once the bind has succeeded; a taken port makes the node exit 1 saying so.
+    """
+    banner = f"listening on http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while banner not in proc.out.read_text(errors="replace"):
+        if proc.popen.poll() is not None:
+            pytest.fail(f"{proc.args} exited with {proc.popen.returncode}:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{proc.args} did not say {banner!r} after {timeout}s:\n{proc.output()}")
+        await asyncio.sleep(0.05)
+
+
+def stop_cleanly(proc: Process) -> None:
+    """SIGTERM; exit 0 with no traceback and no error logged.
+
+    The supervisor exits 0 even when it had to kill a worker that did not drain in time (its
+    write-behind queue lost) or a worker ran without L2; those are logged as errors.
+    """
+    code = proc.stop()
+    output = proc.output()
+    assert code == 0, output
+    assert "Traceback" not in output and " ERROR " not in output, output
+
+
 def two_free_ports() -> tuple[int, int]:
     first = free_port()
     while (second := free_port()) == first:
@@ -145,7 +176,7 @@ async def test_proxy_serves_hits_and_keeps_l2_across_a_restart(
     ]
     proxy = spawn(proxy_args, "proxy")
     await wait_listening(origin, origin_port)
-    await wait_listening(proxy, proxy_port)
+    await wait_serving(proxy, proxy_port)
     url = f"http://127.0.0.1:{proxy_port}/max-age/600"
 
     r1, b1 = await get(http, url)
@@ -156,19 +187,21 @@ async def test_proxy_serves_hits_and_keeps_l2_across_a_restart(
     assert b2 == b1
     assert await origin_hits(http, origin_port, "/max-age/600") == 1
 
-    assert proxy.stop() == 0, proxy.output()
-    assert "Traceback" not in proxy.output()
+    # A clean stop writes the L2 and catalogue writes still queued behind the responses (write-behind).
+    stop_cleanly(proxy)
 
+    # The same port, which the stopped node freed: wait for this node's own banner, not for
+    # whatever accepts there (issue 12, the restart flake: "the GET after the restart was a miss").
     restarted = spawn(proxy_args, "proxy-restarted")
-    await wait_listening(restarted, proxy_port)
+    await wait_serving(restarted, proxy_port)
     r3, b3 = await get(http, url)
     ours = cache_status(r3)
-    assert ours.startswith("edge-1;hit"), r3.headers
+    assert ours.startswith("edge-1;hit"), (r3.headers, proxy.output(), restarted.output())
     assert 'detail="l2"' in ours
     assert b3 == b1
     assert await origin_hits(http, origin_port, "/max-age/600") == 1
 
-    assert restarted.stop() == 0, restarted.output()
+    stop_cleanly(restarted)
     assert origin.stop() == 0, origin.output()
 
 
