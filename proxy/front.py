@@ -67,6 +67,8 @@ MAX_FIELDS = 128
 # queue of parsed, unanswered requests is long, so a pipelining client cannot queue more
 # than about a slice's worth of requests.
 FEED_SLICE = 16 * 1024
+# After an error answer, what the client still sends is read and dropped this long before closing.
+LINGER_SECONDS = 2.0
 MAX_QUEUED = 32  # parsed requests waiting behind the one being answered; then reading pauses
 BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
 _COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
@@ -449,6 +451,10 @@ class Connection(asyncio.Protocol):
             http10 = False
         elif version == "1.0":
             http10 = True
+        elif version == "0.9":
+            # A request line without a version (HTTP/0.9's simple request): not an HTTP/1.x
+            # request line at all, so malformed (RFC 9112 §3), not a version we refuse.
+            raise _BadRequest(400, "malformed request line (no HTTP version)")
         else:
             raise _BadRequest(505, f"HTTP/{version} is not supported")
         raw = self.raw
@@ -696,7 +702,30 @@ class Connection(asyncio.Protocol):
         self.ctx.recorder.answered(reply.cache_status, reply.status, len(head) + len(reply.body), 0.0)
         self.stopped = True
         self.queue.clear()
-        transport.close()
+        self._linger(transport)
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after an error answer without losing it (nginx's lingering_close).
+
+        A client still sending (the rest of an oversized head, a pipelined request)
+        would get a reset from a plain close, and a reset discards the answer unread
+        in its receive buffer. So: end our side, read on and drop what comes for up
+        to LINGER_SECONDS, then close.
+        """
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()  # after what is buffered: the answer goes out, then our FIN
+        except OSError:
+            transport.close()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _refuse(self, req: ClientRequest) -> bool:
         log.error("refusing a reply to %s %s: CR or LF in a header", req.method, req.path_qs)
