@@ -55,6 +55,7 @@ from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
 from proxy.observe import OriginTimer, Recorder, origin_timer
 from proxy.origin import InterimSink, UpstreamError
+from proxy.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.front")
 
@@ -105,9 +106,12 @@ class FrontContext:
     draining: bool = False
     per_ip: dict[str, int] = field(default_factory=dict)  # open connections per client address
     recorder: Recorder = field(init=False)  # the node's traffic counters (proxy/observe.py)
+    # Malformed requests: one concise line now and then, however many arrive (issue 12 row 14).
+    warn_bad_request: RateLimitedWarning = field(init=False)
 
     def __post_init__(self) -> None:
         self.recorder = self.node.recorder
+        self.warn_bad_request = RateLimitedWarning(log)
 
     def admit(self, conn: Connection) -> bool:
         """Count a new connection in; False when a limit (server.max_connections*) refuses it."""
@@ -500,6 +504,7 @@ class Connection(asyncio.Protocol):
         while queue and self.task is None and not self.writing_paused and self.transport is not None:
             item = queue.popleft()
             if isinstance(item, _BadRequest):
+                self.ctx.warn_bad_request("bad request from %s: %d %s", self.remote, item.status, item.reason)
                 self._write_final(error_reply(item.status, item.reason))
                 return
             if not self._answer(item):

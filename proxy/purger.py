@@ -41,7 +41,7 @@ from proxy.purge import PurgeRequest
 from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
 from proxy.storage.epoch import EpochCounter
 from proxy.storage.tiered import TieredStorage
-from proxy.storage.warn import RateLimitedWarning
+from proxy.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.purge")
 

@@ -29,7 +29,7 @@ from proxy import codec
 from proxy.entry import CachedResource
 from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy, TierStats
 from proxy.storage.open_files import OpenFiles
-from proxy.storage.warn import RateLimitedWarning
+from proxy.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.storage")
 

@@ -34,8 +34,8 @@ from typing import Literal, TypeVar
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
 from proxy.storage.disk import DiskStorage
-from proxy.storage.warn import RateLimitedWarning
 from proxy.storage.write_behind import DEFAULT_WRITE_BATCH, DEFAULT_WRITE_QUEUE, WriteBehind
+from proxy.warn import RateLimitedWarning
 
 TierName = Literal["l1", "l2"]
 

@@ -1,4 +1,5 @@
-"""Rate-limited warnings for storage failures that repeat (a full disk fails every write).
+"""Rate-limited warnings for failures that repeat (a full disk fails every write, a bad client
+sends malformed requests in a loop).
 
 One line per `interval` seconds per kind of failure, saying how many were not
 logged since the last one; the counters that count the failures themselves
