@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import yaml
 
+from proxy.networks import ip_of
 from proxy.storage.base import EVICTION_POLICIES, EvictionPolicy
 
 # Where settings come from when no file is given (no file: the dataclasses' defaults).
@@ -838,13 +839,8 @@ def is_loopback(host: str) -> bool:
     host = host.strip("[]")
     if host.lower().rstrip(".") == "localhost":
         return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = ip_of(host)
+    return address is not None and address.is_loopback
 
 
 def parse_size(value: object) -> int:

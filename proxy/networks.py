@@ -22,14 +22,20 @@ def _parsed(networks: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
+def ip_of(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in `text` (as a socket reports it, maybe with a %zone), IPv4-mapped ones as IPv4."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def address_in(remote: str | None, networks: tuple[str, ...]) -> bool:
     """Is `remote` (an IP address as the socket reports it, maybe with a %zone) in one of `networks`?"""
-    if not remote:
-        return False
-    try:
-        address = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in net for net in _parsed(networks))
+    address = ip_of(remote)
+    return address is not None and any(address in net for net in _parsed(networks))
