@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import brotli
@@ -96,26 +96,31 @@ class Compression:
 
         `asked` is the Accept-Encoding the fetching request was keyed with (reduced).
         """
-        if entry.status != 200 or entry.parts or len(entry.body) < self.min_size:
+        if entry.parts or len(entry.body) < self.min_size:
             return ()
         if asked != "identity" and asked not in self.codings:
             return ()
+        return self.codings if self.may_encode(entry.status, entry.headers) else ()
+
+    def may_encode(self, status: int, headers: Iterable[tuple[str, str]]) -> bool:
+        """Whether a response with this status and these fields is one this cache compresses
+        (its size aside): also what a body streamed before it is stored must announce (Vary)."""
+        if status != 200:
+            return False
         content_type = None
         cache_control: list[str] = []
-        for name, value in entry.headers:
+        for name, value in headers:
             lower = name.lower()
             if lower in ("content-encoding", "content-range"):
-                return ()  # the origin encoded it (even "identity": leave what it says alone)
+                return False  # the origin encoded it (even "identity": leave what it says alone)
             if lower == "content-type":
                 content_type = value
             elif lower == "cache-control":
                 cache_control.append(value)
         if "no-transform" in parse_cache_control(cache_control):
-            return ()  # RFC 9110 §7.7: a proxy must not change the content
+            return False  # RFC 9110 §7.7: a proxy must not change the content
         media = (content_type or "").split(";", 1)[0].strip().lower()
-        if not media or self.types.match(media) is None:
-            return ()
-        return self.codings
+        return bool(media) and self.types.match(media) is not None
 
     def encode(self, body: bytes, codings: Sequence[str]) -> dict[str, bytes]:
         return encode(body, codings, self.gzip_level, self.brotli_quality)

@@ -777,6 +777,13 @@ class Engine:
             out.popall(name, None)
         if resp.content_length is not None:
             out["Content-Length"] = str(resp.content_length)
+        settings = self.fetcher.compression
+        if settings is not None and settings.may_encode(resp.status, resp.headers.items()):
+            # Stored, it will vary on Accept-Encoding (its encodings beside it): a cache after this
+            # one must key this identity copy the same way (RFC 9110 §12.5.5).
+            varies = {v.strip().lower() for line in out.getall("Vary", ()) for v in line.split(",")}
+            if "accept-encoding" not in varies and "*" not in varies:
+                out.add("Vary", "Accept-Encoding")
         if f.client.method == "HEAD":
             stream.finish()  # fetched with GET: the cache reads the body, the client gets the head
             return Reply(resp.status, resp.reason, out, b"", status)

@@ -215,6 +215,9 @@ async def test_a_streamed_compressible_body_is_stored_with_its_encodings(
     answers = await asyncio.gather(*(fetch(proxy, path, accept) for accept in ("gzip", "br", None, "gzip")))
     await origin.clear_faults()
     assert 'detail="streamed"' in cache_status(answers[0][0])  # the leader: the origin's bytes
+    # ... which are the identity copy of a response that varies on Accept-Encoding once stored:
+    # a cache after this one must key it so (RFC 9110 §12.5.5), like every later answer says.
+    assert all("Accept-Encoding" in resp.headers.get("Vary", "") for resp, _ in answers)
     assert [resp.headers.get("Content-Encoding") for resp, _ in answers[1:]] == ["br", None, "gzip"]
     assert all(decoded(resp, body) == (TEXT * 100).encode() for resp, body in answers)
     assert await origin.hits("/respond") == 1
