@@ -218,7 +218,7 @@ async def soak(args: argparse.Namespace) -> int:
             [sys.executable, "-m", "proxy", "--workers", str(args.workers), "--config", str(cfg),
              "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
              "--origin", f"http://127.0.0.1:{origin_port}", "--cache-dir", tmp],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(Path(tmp) / "edge.log").open("wb"),
         )  # fmt: skip
         base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
         try:

@@ -7,6 +7,8 @@ a warning or worse, when the last flush is `interval` seconds old, on every
 tick of the event loop's flush timer (`flush_periodically`), and at exit
 (logging.shutdown). The timestamp is formatted once per second, not per line.
 A line therefore reaches stderr at most `interval` seconds after it was logged.
+The buffer is written to fd 2 by a thread (BackgroundWriter), so a stderr that
+nobody reads stops the log, not the requests.
 
 Two formats (`log.format`), for every record alike (access lines, purges,
 warnings, errors, tracebacks):
@@ -27,6 +29,7 @@ LogRecord costs more than a cache hit.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import io
 import itertools
 import json
@@ -34,6 +37,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +51,10 @@ access_log = logging.getLogger("proxy.access")
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 INTERVAL = 0.2
+# Log output waiting for a slow or stuck stderr, at most (then dropped); and how long an exiting
+# process waits for it to be written.
+WRITER_LIMIT = 4 * 1024 * 1024
+EXIT_DRAIN_SECONDS = 2.0
 # Every access line's fields in JSON, in order (the README documents them).
 ACCESS_FIELDS = (
     "remote",
@@ -198,12 +206,77 @@ def direct_writer(logger: logging.Logger) -> BatchedStreamHandler | None:
     return handler
 
 
+class BackgroundWriter(io.RawIOBase):
+    """The log's bytes, written to a file descriptor by a thread of their own.
+
+    A stderr nobody reads (a pipe whose reader stopped, a stuck terminal, a log
+    collector that fell behind) blocks that thread, never the event loop: with a
+    plain write the first full pipe stopped every request of the worker. What
+    waits to be written is bounded by `limit` bytes; beyond it, log output is
+    dropped (and counted in `dropped`) rather than held.
+    """
+
+    def __init__(self, fd: int, limit: int = WRITER_LIMIT) -> None:
+        super().__init__()
+        self.fd = fd
+        self.limit = limit
+        self.dropped = 0  # bytes of log output dropped while the reader was not keeping up
+        self._chunks: list[bytes] = []
+        self._waiting = 0  # bytes queued or being written
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="log-writer", daemon=True).start()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        with self._cond:
+            if self._waiting + len(chunk) > self.limit:
+                self.dropped += len(chunk)
+            else:
+                self._chunks.append(chunk)
+                self._waiting += len(chunk)
+                self._cond.notify_all()
+        return len(chunk)  # taken (written or dropped): the buffer above never waits
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._chunks:
+                    self._cond.wait()
+                data = b"".join(self._chunks)
+                self._chunks.clear()
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                pass  # stderr closed or broken: like logging, a lost line never breaks a request
+            with self._cond:
+                self._waiting -= len(data)
+                self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at exit) up to `timeout` seconds for what is queued to be written."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._waiting == 0, timeout)
+
+
 def stderr_handler(fmt: str = "text") -> BatchedStreamHandler:
-    """A batched handler on file descriptor 2, with its own 64 KiB buffer."""
-    raw = io.FileIO(sys.stderr.fileno(), "w", closefd=False)
+    """A batched handler on file descriptor 2, with its own 64 KiB buffer, written by a thread."""
+    raw = BackgroundWriter(sys.stderr.fileno())
     stream = io.TextIOWrapper(io.BufferedWriter(raw, 64 * 1024), encoding="utf-8", errors="backslashreplace")
     handler = BatchedStreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else CachedTimeFormatter(FORMAT))
+
+    def at_exit() -> None:
+        # Before logging.shutdown (atexit runs the later registration first): the last lines
+        # out of the buffer, then a bounded wait for the thread to write them.
+        handler.flush()
+        raw.drain(EXIT_DRAIN_SECONDS)
+
+    atexit.register(at_exit)
     return handler
 
 
