@@ -192,6 +192,7 @@ def test_lines_wait_in_the_buffer_until_a_flush_or_a_warning() -> None:
         logging.getLogger("proxy.test").info("quiet")
         os.write(2, b"MARK\\n")  # straight to the descriptor: overtakes the buffered line
         logging.getLogger("proxy.test").warning("loud")
+        log_output.direct.stream.buffer.raw.drain(5)  # the writer thread has written what it was given
         os._exit(0)  # no flush at exit: only what was flushed already is there
         """
     )
