@@ -960,25 +960,18 @@ class Engine:
         count = wanted.last - wanted.first + 1
         out["Content-Length"] = str(count)
 
+        async def received() -> AsyncIterator[bytes]:
+            if prefix:
+                yield prefix
+            async for chunk in resp.iter_rest():
+                yield chunk
+
         async def body() -> AsyncIterator[bytes]:
-            to_skip, left = skip, count
+            left = count
             try:
-                if prefix:
-                    yield_from = prefix[to_skip:][:left]
-                    to_skip = max(0, to_skip - len(prefix))
-                    left -= len(yield_from)
-                    if yield_from:
-                        yield yield_from
-                async for chunk in resp.iter_rest():
-                    if left <= 0:
-                        break
-                    if to_skip:
-                        dropped = min(to_skip, len(chunk))
-                        chunk, to_skip = chunk[dropped:], to_skip - dropped
-                    if chunk:
-                        chunk = chunk[:left]
-                        left -= len(chunk)
-                        yield chunk
+                async for chunk in slices.byte_window(received(), skip, count):
+                    left -= len(chunk)
+                    yield chunk
             finally:
                 resp.close()  # whatever follows the client's range is not read
             if left > 0:

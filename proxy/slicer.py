@@ -319,18 +319,12 @@ class Slicer:
             ):
                 self.stats.aborted += 1
                 raise UpstreamError(502, f"slice of {f.client.path_qs}: {why}; the origin's 200 differs")
-            skip, left = offset, last - offset + 1
-            async for chunk in resp.iter_rest():
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                if chunk:
-                    chunk = chunk[:left]
-                    left -= len(chunk)
-                    yield chunk
-                if left <= 0:
-                    return
-            raise UpstreamError(502, "origin response body incomplete")
+            left = last - offset + 1
+            async for chunk in slices.byte_window(resp.iter_rest(), offset, left):
+                left -= len(chunk)
+                yield chunk
+            if left > 0:
+                raise UpstreamError(502, "origin response body incomplete")
         finally:
             resp.close()
 

@@ -24,6 +24,7 @@ Reference: RFC 9110 §14 (ranges), §8.8.3 (strong entity-tags), RFC 9111 §3.3 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from proxy.config import CacheConfig
@@ -278,3 +279,22 @@ def trim(content_range: str | None, asked: str | None) -> tuple[int, ByteRange] 
     if wanted.first < first or wanted.last > last:
         return None
     return wanted.first - first, wanted
+
+
+async def byte_window(chunks: AsyncIterator[bytes], skip: int, count: int) -> AsyncIterator[bytes]:
+    """Bytes skip .. skip+count-1 of a stream of chunks; stops reading once they are out.
+
+    Fewer than `count` when the stream ends early: the caller decides what that means.
+    """
+    if count <= 0:
+        return
+    async for chunk in chunks:
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk, skip = chunk[dropped:], skip - dropped
+        if chunk:
+            chunk = chunk[:count]
+            count -= len(chunk)
+            yield chunk
+            if count <= 0:
+                return

@@ -8,10 +8,12 @@ slices, which may be combined, and what an origin response tells.
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 
+from proxy import slices
 from proxy.config import CacheConfig
 from proxy.entry import StoredResponse
 from proxy.ranges import ByteRange, Unsatisfiable
@@ -272,3 +274,30 @@ def test_a_cover_is_trimmed_to_the_clients_range(
     content_range: str | None, asked: str | None, expected: tuple[int, ByteRange] | None
 ) -> None:
     assert trim(content_range, asked) == expected
+
+
+@pytest.mark.parametrize(
+    ("chunks", "skip", "count", "out"),
+    [
+        ([b"abcdef"], 0, 6, b"abcdef"),
+        ([b"abc", b"def", b"ghi"], 2, 5, b"cdefg"),
+        ([b"ab", b"cd", b"ef"], 4, 10, b"ef"),  # the stream ends early: fewer bytes, no error here
+        ([b"abc"], 1, 0, b""),
+        ([b"a", b"", b"bcd"], 1, 2, b"bc"),
+    ],
+)
+async def test_byte_window_yields_the_bytes_asked_and_stops_reading(
+    chunks: list[bytes], skip: int, count: int, out: bytes
+) -> None:
+    read: list[bytes] = []
+
+    async def source() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            read.append(chunk)
+            yield chunk
+
+    got = [c async for c in slices.byte_window(source(), skip, count)]
+    assert b"".join(got) == out and all(got)
+    if count and len(out) == count:  # nothing read past the chunk that completed the window
+        assert b"".join(read)[: skip + count] == b"".join(chunks)[: skip + count]
+        assert len(b"".join(read[:-1])) < skip + count
