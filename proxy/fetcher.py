@@ -389,7 +389,7 @@ class Fetcher:
                 self.stats.owner_fallbacks += 1
             else:
                 router.succeeded(route)
-                if not self._purged_since_owner_fetched(f.key, resp):
+                if not self._older_than_a_purge_here(f.key, resp):
                     self.stats.forwarded_to_owner += 1
                     return resp
                 # A purge here that the owner has not heard of yet (the purge stream is
@@ -400,7 +400,7 @@ class Fetcher:
                     "owner %s answered with a copy older than a purge here; asking the origin", route.peer
                 )
         resp = await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
-        if not self._purged_since_owner_fetched(f.key, resp):
+        if not self._older_than_a_purge_here(f.key, resp):
             return resp
         # The origin is a cache of ours too (a shield) and answered from a copy older than a purge
         # here that it has not applied yet (the fan-out reaches it on its own time): have it ask
@@ -411,7 +411,7 @@ class Fetcher:
         revalidate["Cache-Control"] = "no-cache"
         return await self.upstream.send(method, f.client.path_qs, revalidate, interim=f.interim)
 
-    def _purged_since_owner_fetched(self, key: str, resp: OriginResponse) -> bool:
+    def _older_than_a_purge_here(self, key: str, resp: OriginResponse) -> bool:
         """Whether a hard purge here is newer than an upstream cache's copy (now - its Age, rounded down)."""
         bans = self.purger.bans
         if not bans or resp.status != 200:
