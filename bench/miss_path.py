@@ -1,0 +1,203 @@
+"""Micro-benchmark: the Python cost of a miss and of a revalidation, with a real origin but no client socket.
+
+bench/hit_path.py measures what a hit costs; this one measures the requests that go to the origin.
+It feeds the real front (proxy/front.py) request heads through a transport that only records what is
+written, so the client side costs nothing, while the engine asks a real origin over loopback with the
+real origin client: nginx serving static files (as in bench/compare.py), in its own process on the
+other CPU, so that its work does not count. The figure is this process's CPU time per request
+(time.process_time: user and system, the origin socket's syscalls included), which moves far less
+with other people's load than a wrk rate does. Cases:
+
+- miss: 2,000 distinct `no-store` 1 KiB URLs, browser-like heads (bench/compare.py's mk-miss-1k);
+- revalidation: 2,000 `max-age=0` + ETag URLs stored first, each request a conditional GET the
+  origin answers 304 (mk-reval-1k);
+- fill: every request a new key, a cacheable 1 KiB object fetched and stored (mk-fill-1k).
+
+Requests run `--concurrency` at a time (default 16, one connection each), in alternating rounds;
+the table shows the median and the minimum.
+
+    python bench/miss_path.py                 # about 30 s
+    python bench/miss_path.py --profile miss  # where the time goes (cProfile)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for _path in (ROOT, ROOT / "bench"):  # bench/compare.py imports its workload module by name
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from bench.compare import free_port, nginx_origin_conf, pattern, wait_http  # noqa: E402
+from bench.compare_workload import browser_fields  # noqa: E402
+from proxy.config import CacheConfig, Config, LogConfig, OriginConfig, TierConfig  # noqa: E402
+from proxy.front import Connection, FrontContext  # noqa: E402
+from proxy.h1 import via_line  # noqa: E402
+from proxy.node import Node  # noqa: E402
+
+KEYS = 2000
+
+
+class RecordingTransport:
+    """Enough of asyncio.Transport for the front: a write of a complete answer wakes the waiter."""
+
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.write(b"")
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def head(path: str, fields: list[tuple[str, str]]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1:8080", *(f"{n}: {v}" for n, v in fields)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def heads_for(path: str, start: int = 0) -> list[bytes]:
+    """KEYS browser-like heads, every fourth with a Cookie (as bench/compare.py's)."""
+    return [head(f"{path}?k={k}", browser_fields(k % 4 == 3)) for k in range(start, start + KEYS)]
+
+
+async def drive(ctx: FrontContext, heads: list[bytes], concurrency: int) -> float:
+    """CPU microseconds per request for answering every head, `concurrency` connections at once."""
+    loop = asyncio.get_running_loop()
+    per_conn = [heads[i::concurrency] for i in range(concurrency)]
+
+    async def one_connection(mine: list[bytes]) -> None:
+        conn = Connection(ctx)
+        transport = RecordingTransport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        for data in mine:
+            transport.waiter = loop.create_future()
+            conn.data_received(data)
+            await transport.waiter
+            while conn.task is not None:  # the task finishes after its last write
+                await asyncio.sleep(0)
+        conn.connection_lost(None)
+
+    started = time.process_time()
+    await asyncio.gather(*(one_connection(mine) for mine in per_conn))
+    return (time.process_time() - started) / len(heads) * 1e6
+
+
+def start_origin(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    for rel in ("nostore/1k", "reval/1k", "static/1k"):
+        f = tmp / "www" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(pattern(1024))
+    conf = tmp / "origin.conf"
+    conf.write_text(nginx_origin_conf(tmp, port, as_root=True))
+    log = tmp / "origin.log"
+    cmd = ["nginx", "-p", str(tmp), "-e", str(tmp / "origin-error.log"), "-c", str(conf)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["taskset", "-c", "1", *cmd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    wait_http("origin", port, proc, log, "/__status")
+    return proc, port
+
+
+async def main_async(args: argparse.Namespace, origin_port: int, tmp: Path) -> int:
+    cfg = Config(
+        origin=replace(OriginConfig(), url=f"http://127.0.0.1:{origin_port}"),
+        cache=CacheConfig(
+            dir=str(tmp / "cache"), l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)
+        ),
+        log=replace(LogConfig(), access_log=False),
+    )
+    async with Node(cfg, clock=time.time) as node:
+        ctx = FrontContext(node=node, cfg=cfg, via=via_line(cfg.name), access_log=False)
+        miss, reval = heads_for("/nostore/1k"), heads_for("/reval/1k")
+        await drive(ctx, miss, args.concurrency)  # warm: every key hit-for-pass, as in wrk's steady state
+        await drive(ctx, reval, args.concurrency)  # stored (stale at once, with its ETag)
+        fill_start = [0]
+
+        def fill() -> list[bytes]:
+            fill_start[0] += KEYS
+            return heads_for("/static/1k", 10_000_000 + fill_start[0])
+
+        table = {"miss (no-store), 2000 keys": lambda: miss, "revalidation (304), 2000 keys": lambda: reval}
+        table["cold fill (stored), new keys"] = fill
+        if args.profile:
+            name = next(n for n in table if n.startswith(args.profile))
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await drive(ctx, table[name](), args.concurrency)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            return 0
+        results: dict[str, list[float]] = {name: [] for name in table}
+        for _ in range(args.rounds):
+            for name, make in table.items():
+                results[name].append(await drive(ctx, make(), args.concurrency))
+        width = max(map(len, results))
+        print(f"concurrency {args.concurrency}, {KEYS} requests per round, Python {sys.version.split()[0]}")
+        print(f"{'case':<{width}}  CPU µs/request (median of {args.rounds})  min")
+        for name, values in results.items():
+            print(f"{name:<{width}}  {statistics.median(values):>12.1f}  {min(values):>24.1f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python bench/miss_path.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--profile", metavar="CASE", help="miss, revalidation or cold: cProfile one case")
+    args = parser.parse_args(argv)
+    if shutil.which("nginx") is None:
+        print("needs nginx (the origin)", file=sys.stderr)
+        return 2
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        proc, port = start_origin(tmp)
+        try:
+            return asyncio.run(main_async(args, port, tmp))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
