@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import brotli
 
@@ -163,7 +163,7 @@ def encoded_variant(identity: StoredResponse, coding: str, body: bytes) -> Store
         coding if name == ACCEPT_ENCODING else value
         for name, value in zip(identity.vary_names, identity.vary_values, strict=True)
     )
-    return replace(identity, headers=tuple(fields), body=body, vary_values=values, etag=etag)
+    return identity.evolve(headers=tuple(fields), body=body, vary_values=values, etag=etag)
 
 
 def _for_encoding(entry: StoredResponse, value: str) -> StoredResponse:
@@ -174,7 +174,7 @@ def _for_encoding(entry: StoredResponse, value: str) -> StoredResponse:
         fields.append(("Vary", "Accept-Encoding"))
     known[ACCEPT_ENCODING] = value
     names = tuple(sorted(known))
-    return replace(entry, headers=tuple(fields), vary_names=names, vary_values=tuple(known[n] for n in names))
+    return entry.evolve(headers=tuple(fields), vary_names=names, vary_values=tuple(known[n] for n in names))
 
 
 def derived_etag(etag: str | None, coding: str) -> str | None:

@@ -110,6 +110,26 @@ class StoredResponse:
         _BODY_SLOT.__set__(other, body)
         return other
 
+    def evolve(self, **changes: object) -> StoredResponse:
+        """A copy with `changes` (stored fields by name): dataclasses.replace without its cost.
+
+        replace() runs the frozen __init__ (every field through object.__setattr__) and
+        derives the hit bytes again; a 304's freshening and every store make two or three
+        copies each. This copies the slots and derives again only when status or headers
+        change, the only inputs of the derived fields.
+        """
+        other = object.__new__(StoredResponse)
+        for slot in _SLOTS:
+            slot.__set__(other, slot.__get__(self))
+        for name, value in changes.items():
+            setter = _STORED_SLOT_SETTERS.get(name)
+            if setter is None:
+                raise TypeError(f"StoredResponse has no stored field {name!r}")
+            setter(other, value)
+        if "headers" in changes or "status" in changes:
+            other.__post_init__()
+        return other
+
     @property
     def length(self) -> int:
         """The length of the whole representation (RFC 9110 §14.4: the complete-length)."""
@@ -144,6 +164,7 @@ STORED_FIELDS = tuple(f.name for f in fields(StoredResponse) if f.init)
 _SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in STORED_FIELDS)
 _SLOTS = tuple(getattr(StoredResponse, f.name) for f in fields(StoredResponse))
 _BODY_SLOT = getattr(StoredResponse, "body")  # noqa: B009  # the slot's descriptor, not a value
+_STORED_SLOT_SETTERS = dict(zip(STORED_FIELDS, _SLOT_SETTERS, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

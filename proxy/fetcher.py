@@ -342,7 +342,7 @@ class Fetcher:
                 f.stored_overrides(variant),
             )
             if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
-                variants.append(replace(plan.template, fetch_epoch=epoch))
+                variants.append(plan.template.evolve(fetch_epoch=epoch))
         if not changed:
             return None
         if not variants:
@@ -583,8 +583,7 @@ class Fetcher:
             resp.close()
         template = plan.build(b"", fetch_epoch=epoch)
         entries = [
-            replace(
-                template,
+            template.evolve(
                 status=206,
                 reason="Partial Content",
                 body=data[a - first : b - first + 1],
@@ -679,7 +678,7 @@ class Fetcher:
                 f.stored_overrides(old),
             )
             if isinstance(plan, policy.StorePlan):
-                updated[id(old)] = replace(plan.template, fetch_epoch=epoch)
+                updated[id(old)] = plan.template.evolve(fetch_epoch=epoch)
         # The encodings this cache made of a freshened response are as fresh as it is.
         updated = compression.refresh_derived(variants, updated)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])

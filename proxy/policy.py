@@ -10,7 +10,7 @@ No I/O, no clock reads: `now`, `request_time` and `response_time` are arguments.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
@@ -240,7 +240,7 @@ class StorePlan:
     freshness: Freshness
 
     def build(self, body: bytes, fetch_epoch: int = 0) -> StoredResponse:
-        return replace(self.template, body=body, fetch_epoch=fetch_epoch)
+        return self.template.evolve(body=body, fetch_epoch=fetch_epoch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,8 +636,7 @@ def freshen(
     )
     if isinstance(plan, DontStore):
         return plan
-    template = replace(
-        plan.template,
+    template = plan.template.evolve(
         body=entry.body,
         vary_names=entry.vary_names,
         vary_values=entry.vary_values,
@@ -868,4 +867,4 @@ def soft_purged(entry: StoredResponse, at: float) -> StoredResponse:
     age_then = current_age(entry, at)
     if entry.freshness_lifetime <= age_then and not entry.immutable:
         return entry
-    return replace(entry, freshness_lifetime=min(entry.freshness_lifetime, age_then), immutable=False)
+    return entry.evolve(freshness_lifetime=min(entry.freshness_lifetime, age_then), immutable=False)

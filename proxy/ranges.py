@@ -12,7 +12,7 @@ framing.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from proxy.entry import StoredResponse
 from proxy.headers import parse_http_date, strong_match
@@ -190,9 +190,8 @@ def combine(stored: StoredResponse | None, new: StoredResponse, max_parts: int =
     length = new.length
     if len(kept) == 1 and kept[0][0] == 0 and kept[0][1] == length - 1:
         # Complete: from now on a plain 200 (RFC 9111 §3.3 "made complete").
-        return replace(new, status=200, reason="OK", body=kept[0][2], parts=(), complete_length=-1)
-    return replace(
-        new,
+        return new.evolve(status=200, reason="OK", body=kept[0][2], parts=(), complete_length=-1)
+    return new.evolve(
         body=b"".join(p[2] for p in kept),
         parts=tuple((a, b) for a, b, _ in kept),
         complete_length=length,
