@@ -39,7 +39,7 @@ from proxy.config import Config
 from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
-from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, end_to_end
+from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_end
 from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.observe import HotKeys
@@ -233,8 +233,12 @@ class Engine:
         headers = lk.normalised
         if headers is None:
             origin = self.cfg.origin
-            headers = end_to_end(
-                lk.request.headers, origin.unkeyed_request_headers, underscores=origin.underscores_in_headers
+            req = lk.request
+            headers = fields_end_to_end(
+                req.raw_fields,
+                req.connection,
+                origin.unkeyed_request_headers,
+                underscores=origin.underscores_in_headers,
             )
             headers["Accept-Encoding"] = self._accept_encoding(lk.request)
             lk.normalised = headers

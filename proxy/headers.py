@@ -336,6 +336,31 @@ def end_to_end(headers: Headers, drop: Iterable[str] = (), *, underscores: bool 
     return out
 
 
+def fields_end_to_end(
+    raw: Iterable[tuple[bytes, bytes]],
+    connection: str | None,
+    drop: Iterable[str] = (),
+    *,
+    underscores: bool = True,
+) -> CIMultiDict[str]:
+    """end_to_end of fields as received (bytes, in order), `connection` their Connection value.
+
+    The same fields as end_to_end(CIMultiDict of them decoded), built in one pass that
+    decodes only what is kept (a request's fields go to the origin this way on every miss).
+    """
+    remove = _removed(tuple(drop))
+    if connection is not None:
+        remove = remove | {n.strip().lower() for n in connection.split(",") if n.strip()}
+    kept = []
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("utf-8", "surrogateescape")
+        if name.lower() in remove or (not underscores and "_" in name):
+            continue
+        # As aiohttp decodes fields: bytes that are not UTF-8 survive the round trip.
+        kept.append((name, raw_value.decode("utf-8", "surrogateescape")))
+    return CIMultiDict(kept)
+
+
 @functools.lru_cache(maxsize=64)
 def _removed(drop: tuple[str, ...]) -> frozenset[str]:
     # Callers pass a few fixed tuples (from the config): lower-case them once.

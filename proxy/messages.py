@@ -60,6 +60,7 @@ class ClientRequest:
         "body_follows",
         "cache_control",
         "conditional",
+        "connection",
         "expect_continue",
         "hop",
         "host",
@@ -90,6 +91,7 @@ class ClientRequest:
     pragma: str | None
     accept_encoding: str | None
     conditional: bool  # any of CONDITIONAL_FIELDS present
+    connection: str | None  # the Connection field (RFC 9110 §7.6.1): the names it lists are hop-by-hop
     hop: str | None  # routing.HOP_HEADER: the peer edge that sent it
     # Framing facts for the front: Host lines seen, a body follows the head (Content-Length
     # other than 0, or Transfer-Encoding), the client waits for "100 Continue".
@@ -156,6 +158,7 @@ class ClientRequest:
         self.pragma = pragma
         self.accept_encoding = accept_encoding
         self.conditional = conditional
+        self.connection = connection
         self.hop = hop
         self.hosts = hosts
         self.body_follows = body_follows

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from multidict import CIMultiDict
 
 from proxy.config import OriginConfig
 from proxy.headers import (
@@ -14,6 +15,7 @@ from proxy.headers import (
     combined_value,
     connection_listed,
     end_to_end,
+    fields_end_to_end,
     format_http_date,
     parse_cache_control,
     parse_etags,
@@ -404,3 +406,30 @@ def test_requirements_s2_unkeyed_inputs_are_dropped_by_default() -> None:
         ("Accept", "*/*"),
     )
     assert list(end_to_end(h, drop=unkeyed).items()) == [("Accept", "*/*")]
+
+
+# The request's fields as received (bytes), straight to end-to-end: what Engine.normalised
+# sends to the origin and keys variants on. It must keep exactly what end_to_end keeps.
+FIELDS_CASES = [
+    pytest.param([(b"Host", b"a"), (b"Accept", b"*/*")], (), True, id="plain"),
+    pytest.param(
+        [(b"Connection", b"x-FOO, close"), (b"X-Foo", b"1"), (b"connection", b"X-Bar"), (b"x-bar", b"2"),
+         (b"Keep-Alive", b"t=5"), (b"Link", b"</a>"), (b"TE", b"trailers"), (b"Link", b"</b>")],
+        (), True, id="9110-7.6.1-connection-named-and-hop-by-hop-dropped-order-and-repeats-kept",
+    ),
+    pytest.param([(b"X-Forwarded-Host", b"evil"), (b"x-forwarded-host", b"e2"), (b"A", b"1")],
+                 ("X-Forwarded-Host",), True, id="drop-list-case-insensitive"),
+    pytest.param([(b"X_Forwarded_Host", b"evil"), (b"Accept", b"*/*")], (), False, id="underscored-names-dropped"),
+    pytest.param([(b"X_Forwarded_Host", b"v"), (b"Accept", b"*/*")], (), True, id="underscored-names-kept"),
+    pytest.param([(b"X-Name", "caf\u00e9".encode()), (b"X-Raw", b"\xff\xfe")], (), True, id="non-ascii-values-round-trip"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "drop", "underscores"), FIELDS_CASES)
+def test_fields_end_to_end_keeps_what_end_to_end_keeps(
+    raw: list[tuple[bytes, bytes]], drop: tuple[str, ...], underscores: bool
+) -> None:
+    decoded = CIMultiDict((n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in raw)
+    connection = ", ".join(decoded.getall("Connection", ())) or None
+    expected = list(end_to_end(decoded, drop, underscores=underscores).items())
+    assert list(fields_end_to_end(raw, connection, drop, underscores=underscores).items()) == expected
