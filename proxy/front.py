@@ -401,6 +401,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         if self.unparsed and not self.body_paused and len(self.queue) < MAX_QUEUED:
             data, self.unparsed = self.unparsed, b""
+            self.last_activity = self.loop.time()  # taken in now: a head in it starts its clock now
             self._feed(data)
 
     def pause_for_body(self) -> None:
@@ -422,7 +423,9 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.raw = []
         self.head_bytes = 0
-        self.head_started = self.loop.time()
+        # The time of the read that brought it (data_received, or _resume_reading for data read
+        # earlier): one clock read per read rather than per request.
+        self.head_started = self.last_activity
 
     def on_url(self, url: bytes) -> None:
         self.url += url
