@@ -23,7 +23,8 @@ BASE = StoredResponse(
 CHANGES = [
     pytest.param({"body": b"other", "fetch_epoch": 7}, id="body-and-epoch"),
     pytest.param({"freshness_lifetime": 0.0, "immutable": False}, id="soft-purge"),
-    pytest.param({"headers": (("Content-Type", "text/html"), ("Accept-Ranges", "none"))}, id="headers-rederive"),
+    pytest.param({"headers": (("Content-Type", "text/html"), ("Accept-Ranges", "none"))},
+                 id="headers-rederive"),
     pytest.param({"status": 206, "reason": "Partial Content", "parts": ((0, 1),), "complete_length": 5,
                   "body": b"he"}, id="status-rederive"),
 ]  # fmt: skip

@@ -419,9 +419,11 @@ FIELDS_CASES = [
     ),
     pytest.param([(b"X-Forwarded-Host", b"evil"), (b"x-forwarded-host", b"e2"), (b"A", b"1")],
                  ("X-Forwarded-Host",), True, id="drop-list-case-insensitive"),
-    pytest.param([(b"X_Forwarded_Host", b"evil"), (b"Accept", b"*/*")], (), False, id="underscored-names-dropped"),
+    pytest.param([(b"X_Forwarded_Host", b"evil"), (b"Accept", b"*/*")], (), False,
+                 id="underscored-names-dropped"),
     pytest.param([(b"X_Forwarded_Host", b"v"), (b"Accept", b"*/*")], (), True, id="underscored-names-kept"),
-    pytest.param([(b"X-Name", "caf\u00e9".encode()), (b"X-Raw", b"\xff\xfe")], (), True, id="non-ascii-values-round-trip"),
+    pytest.param([(b"X-Name", "caf\u00e9".encode()), (b"X-Raw", b"\xff\xfe")], (), True,
+                 id="non-ascii-values-round-trip"),
 ]  # fmt: skip
 
 
@@ -429,7 +431,9 @@ FIELDS_CASES = [
 def test_fields_end_to_end_keeps_what_end_to_end_keeps(
     raw: list[tuple[bytes, bytes]], drop: tuple[str, ...], underscores: bool
 ) -> None:
-    decoded = CIMultiDict((n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in raw)
+    decoded = CIMultiDict(
+        (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape")) for n, v in raw
+    )
     connection = ", ".join(decoded.getall("Connection", ())) or None
     expected = list(end_to_end(decoded, drop, underscores=underscores).items())
     assert list(fields_end_to_end(raw, connection, drop, underscores=underscores).items()) == expected
