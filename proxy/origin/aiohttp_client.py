@@ -65,6 +65,7 @@ from proxy.origin.errors import (
 )
 from proxy.origin.interim import InterimSink, report
 from proxy.origin.rules import (
+    HTTP10_TRANSFER_ENCODING,
     IDEMPOTENT,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
@@ -315,6 +316,8 @@ def _invalid_head(raw: aiohttp.ClientResponse, handler: _Handler | None) -> str 
     if not final_status_ok(raw.status):
         return f"status {raw.status}"
     codings = raw.headers.getall("Transfer-Encoding", ())
+    if codings and raw.version == (1, 0) and has_body(raw.status, raw.method == "HEAD"):
+        return HTTP10_TRANSFER_ENCODING
     # aiohttp strips field values, so "chunked\t", another coding to its parser, would look
     # like chunked here: the framing the parser read the body by must be chunked too.
     if (

@@ -46,6 +46,7 @@ from proxy.origin.errors import (
 )
 from proxy.origin.interim import InterimSink, report
 from proxy.origin.rules import (
+    HTTP10_TRANSFER_ENCODING,
     IDEMPOTENT,
     IDLE_TIMEOUT,
     MAX_HEADER_BYTES,
@@ -468,12 +469,11 @@ class _Conn(asyncio.Protocol):
         if self.hbytes > MAX_HEADER_BYTES and section_size(self.hdrs) > MAX_HEADER_BYTES:
             raise _Invalid("header section too large")
         codings = self.codings
-        if (
-            codings is not None
-            and has_body(status, self.head)
-            and not chunked_alone([value.decode("latin-1") for value in codings])
-        ):
-            raise _Invalid("a transfer coding other than chunked alone")
+        if codings is not None and has_body(status, self.head):
+            if self.parser.get_http_version() == "1.0":
+                raise _Invalid(HTTP10_TRANSFER_ENCODING)
+            if not chunked_alone([value.decode("latin-1") for value in codings]):
+                raise _Invalid("a transfer coding other than chunked alone")
         self.status = status
         self.hc = True
         if self.head:

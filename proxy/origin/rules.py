@@ -64,6 +64,12 @@ def chunked_alone(transfer_encoding: Sequence[str]) -> bool:
     return len(transfer_encoding) == 1 and transfer_encoding[0].rstrip(" ").lower() == "chunked"
 
 
+# RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding is treated as if its framing were
+# faulty, even beside a Content-Length (HTTP/1.0 has no transfer codings; an intermediary that
+# took one may frame the body differently from the next): a response with a body is refused.
+HTTP10_TRANSFER_ENCODING: Final = "Transfer-Encoding in an HTTP/1.0 response"
+
+
 def reusable_after_head(status: int, content_length: str | None) -> bool:
     """Whether a connection may carry another request after this response to a HEAD.
 

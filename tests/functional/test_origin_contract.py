@@ -1012,6 +1012,24 @@ async def test_rfc9112_s6_1_a_transfer_coding_other_than_chunked_alone_is_502_in
     await check_invalid(origin, client(origin.url))
 
 
+@pytest.mark.parametrize(
+    "rest",
+    [
+        pytest.param(b"Transfer-Encoding: chunked" + CHUNKED_HI, id="chunked"),
+        pytest.param(
+            b"Transfer-Encoding: chunked\r\nContent-Length: 2" + CHUNKED_HI, id="chunked-and-length"
+        ),
+    ],
+)
+async def test_rfc9112_s6_1_transfer_encoding_in_an_http_1_0_response_is_502_invalid(
+    raw_origin: StartOrigin, client: Clients, rest: bytes
+) -> None:
+    # RFC 9112 §6.1: a recipient of an HTTP/1.0 message with Transfer-Encoding treats its
+    # framing as faulty, even beside a Content-Length (both clients took it as chunked before).
+    origin = await raw_origin(answer(b"HTTP/1.0 200 OK\r\n" + rest, OK))
+    await check_invalid(origin, client(origin.url))
+
+
 @pytest.mark.parametrize("value", [b"chunked", b"Chunked", b"CHUNKED", b"chunked  "])
 async def test_rfc9112_s6_1_chunked_alone_in_any_case_is_taken(
     raw_origin: StartOrigin, client: Clients, value: bytes
