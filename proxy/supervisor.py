@@ -141,6 +141,9 @@ class Supervisor:
         self.workers: list[Worker] = []
         self.generation = 0
         self.stopping = asyncio.Event()
+        # Workers that did not exit cleanly when drained (killed, or a failing exit status): what
+        # they held in memory (L2 write-behind, catalogue rows) may be lost, and the exit code says so.
+        self.unclean_exits = 0
         self._reloading = asyncio.Lock()
         self._origin: web.AppRunner | None = None
 
@@ -174,6 +177,11 @@ class Supervisor:
         await self.stopping.wait()
         log.info("stopping: draining %d workers", len(self.workers))
         await self._stop_all()
+        if self.unclean_exits:
+            log.error(
+                "%d worker(s) did not stop cleanly; writes they had queued may be lost", self.unclean_exits
+            )
+            return 1
         return 0
 
     def _banner(self, workers: int) -> None:
@@ -373,6 +381,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
             await worker.process.wait()
+        if worker.process.returncode != 0:
+            self.unclean_exits += 1
 
     async def _stop_all(self) -> None:
         self.stopping.set()

@@ -9,6 +9,7 @@ a purge reaches every worker, and SIGHUP replaces the workers under load without
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -341,3 +342,22 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+async def test_a_worker_that_does_not_stop_when_drained_is_killed_and_the_exit_status_says_so(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """What a killed worker had queued (L2 write-behind, catalogue rows) is lost: not an exit 0."""
+    config = tmp_path / "drain.yaml"
+    config.write_text("drain_timeout: 0.2\n")
+    proc, _, _ = await start(spawn, 2, origin, tmp_path, "--config", str(config))
+    stuck, clean = children(proc.popen.pid)
+    os.kill(stuck, signal.SIGSTOP)  # it cannot answer its drain; killed drain_timeout + 5 s later
+    try:
+        code = proc.stop(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+    assert code == 1, proc.output()
+    assert "did not stop cleanly" in proc.output()
+    assert not Path(f"/proc/{clean}").exists() or _state(clean) == "Z"
