@@ -43,6 +43,7 @@ for _path in (ROOT, ROOT / "bench"):  # bench/compare.py imports its workload mo
 
 from bench.compare import free_port, nginx_origin_conf, pattern, wait_http  # noqa: E402
 from bench.compare_workload import browser_fields  # noqa: E402
+from bench.hit_path import CountingTransport, head  # noqa: E402
 from proxy.config import CacheConfig, Config, LogConfig, OriginConfig, TierConfig  # noqa: E402
 from proxy.front import Connection, FrontContext  # noqa: E402
 from proxy.h1 import via_line  # noqa: E402
@@ -51,43 +52,21 @@ from proxy.node import Node  # noqa: E402
 KEYS = 2000
 
 
-class RecordingTransport:
-    """Enough of asyncio.Transport for the front: a write of a complete answer wakes the waiter."""
+class RecordingTransport(CountingTransport):
+    """hit_path's transport, whose write of a complete answer also wakes the waiter."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.waiter: asyncio.Future[None] | None = None
-        self.closed = False
 
     def write(self, data: bytes) -> None:
+        super().write(data)
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def writelines(self, parts: tuple[bytes, ...]) -> None:
-        self.write(b"")
-
-    def get_extra_info(self, name: str) -> object:
-        return ("127.0.0.1", 50000) if name == "peername" else None
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-
-def head(path: str, fields: list[tuple[str, str]]) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1:8080", *(f"{n}: {v}" for n, v in fields)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self.write(b"".join(parts))
 
 
 def heads_for(path: str, start: int = 0) -> list[bytes]:

@@ -245,7 +245,7 @@ def test_varnish_compiles_the_generated_vcl() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("script", ["compare.py", "hot_key_expiry.py"])
+@pytest.mark.parametrize("script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py"])
 def test_help_exits_zero(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--help"],
