@@ -153,11 +153,8 @@ async def test_a_tag_purge_during_the_fetch_leaves_no_worker_serving_the_late_co
     assert (purger_of(one).stats.late_copies, purger_of(two).stats.late_copies) == (0, 1)
 
 
-async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it(
-    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    one, two = await start_proxy(), await start_proxy()
-    catalog = purger_of(two).catalog
+def hold_back_rows(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Hold every catalogue batch in its thread until the returned event is set (then write it)."""
     release = threading.Event()
     write_rows = catalog.write_rows
 
@@ -166,6 +163,15 @@ async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it
         return write_rows(*args)  # the real batch, once released
 
     monkeypatch.setattr(catalog, "write_rows", held_back)
+    return release
+
+
+async def test_a_tag_purge_before_the_row_is_written_leaves_no_worker_serving_it(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, two = await start_proxy(), await start_proxy()
+    catalog = purger_of(two).catalog
+    release = hold_back_rows(catalog, monkeypatch)
     try:
         path = "/tags?keys=t2"
         assert "stored" in await status_of(two, path)  # answered with its row not written
@@ -192,14 +198,7 @@ async def test_purging_a_late_copy_leaves_the_copy_fetched_since_alone(
     """The purge of a late copy covers what the purge that caught it covered, so a hot key is not
     purged again and again (each refetch would otherwise be older than the last late-copy purge)."""
     purger = purger_of(proxy)
-    release = threading.Event()
-    write_rows = purger.catalog.write_rows
-
-    def held_back(*args: Any) -> Any:
-        assert release.wait(WAIT), "never released"
-        return write_rows(*args)
-
-    monkeypatch.setattr(purger.catalog, "write_rows", held_back)
+    release = hold_back_rows(purger.catalog, monkeypatch)
     path = "/tags?keys=hot&ms=200"
     try:
         late = asyncio.create_task(status_of(proxy, path))
@@ -220,14 +219,7 @@ async def test_a_purge_sees_the_rows_its_own_worker_has_not_written(
     proxy: Proxy, origin: Origin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     purger = purger_of(proxy)
-    release = threading.Event()
-    write_rows = purger.catalog.write_rows
-
-    def held_back(*args: Any) -> Any:
-        assert release.wait(WAIT), "never released"
-        return write_rows(*args)
-
-    monkeypatch.setattr(purger.catalog, "write_rows", held_back)
+    release = hold_back_rows(purger.catalog, monkeypatch)
     try:
         await status_of(proxy, "/tags?keys=first")  # its batch is held back in a thread
         for path in ("/tags?keys=mine", "/tags?keys=mine,other", "/api/items/1"):
