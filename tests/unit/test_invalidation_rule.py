@@ -7,22 +7,15 @@ file through `load_config`), so an error here is the error either of them report
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from proxy import config, policy
 from proxy.config import ConfigError, InvalidationConfig, load_config
+from tests.unit.test_config import clean_env
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(os.environ):
-        if name.startswith("MINICDN_"):
-            monkeypatch.delenv(name)
-    yield
+__all__ = ["clean_env"]  # autouse here too: the developer's MINICDN_* variables stay out
 
 
 def test_the_default_is_the_rfc_rule() -> None:
