@@ -71,6 +71,7 @@ from proxy.origin.rules import (
     MAX_HEADER_BYTES,
     MAX_HEADER_FIELDS,
     check_lines,
+    check_pool,
     check_request_line,
     chunked_alone,
     final_status_ok,
@@ -365,8 +366,7 @@ class AiohttpOrigin:
         *,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be greater than 0")
+        check_pool(max_connections, idle_timeout)
         self.base_url = base_url
         # As the lean client: at most max_connections to each origin (a slow peer edge must
         # not take the origin's), idle ones kept idle_timeout.

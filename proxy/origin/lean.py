@@ -53,6 +53,7 @@ from proxy.origin.rules import (
     MAX_HEADER_FIELDS,
     NO_BODY_STATUSES,
     check_lines,
+    check_pool,
     check_request_line,
     chunked_alone,
     final_status_ok,
@@ -790,10 +791,7 @@ class LeanOrigin:
         *,
         idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be greater than 0")
+        check_pool(max_connections, idle_timeout)
         self.base_url = base_url
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout

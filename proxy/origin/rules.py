@@ -30,6 +30,15 @@ MAX_HEADER_FIELDS: Final = 200
 # ours to hold while we have nothing to ask. Each client closes it on time, not at its next use.
 IDLE_TIMEOUT: Final = 15.0
 
+def check_pool(max_connections: int, idle_timeout: float) -> None:
+    """ValueError unless a client's pool settings are usable: at least one connection per origin
+    (aiohttp would read 0 as "no limit"), and idle connections kept for some time."""
+    if max_connections < 1:
+        raise ValueError("max_connections must be at least 1")
+    if idle_timeout <= 0:
+        raise ValueError("idle_timeout must be greater than 0")
+
+
 # Responses that never have a body, whatever their framing fields say (RFC 9110 §15.3.5, §15.4.5).
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 

@@ -1502,3 +1502,16 @@ async def test_against_the_origin_stub_app(origin: Origin, client: Clients) -> N
 
     await origin.fault("/broken", mode="reset")
     await expect_error(get(c, "/broken"), 502, CLOSED)
+
+
+@pytest.mark.parametrize(
+    ("max_connections", "idle_timeout"),
+    [(0, IDLE_TIMEOUT), (8, 0.0), (8, -1.0)],
+    ids=["no-connections", "idle-0", "idle-negative"],
+)
+async def test_unusable_pool_settings_are_refused_alike(
+    client: Clients, max_connections: int, idle_timeout: float
+) -> None:
+    # rules.check_pool: aiohttp alone would read max_connections 0 as "no limit".
+    with pytest.raises(ValueError):
+        client("http://127.0.0.1:9", max_connections=max_connections, idle_timeout=idle_timeout)
