@@ -104,11 +104,7 @@ class StoredResponse:
 
     def with_body(self, body: bytes) -> StoredResponse:
         """This response with another body (a copy; the derived fields do not depend on the body)."""
-        other = object.__new__(StoredResponse)
-        for slot in _SLOTS:
-            slot.__set__(other, slot.__get__(self))
-        _BODY_SLOT.__set__(other, body)
-        return other
+        return self.evolve(body=body)
 
     def evolve(self, **changes: object) -> StoredResponse:
         """A copy with `changes` (stored fields by name): dataclasses.replace without its cost.
@@ -163,7 +159,6 @@ class StoredResponse:
 STORED_FIELDS = tuple(f.name for f in fields(StoredResponse) if f.init)
 _SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in STORED_FIELDS)
 _SLOTS = tuple(getattr(StoredResponse, f.name) for f in fields(StoredResponse))
-_BODY_SLOT = getattr(StoredResponse, "body")  # noqa: B009  # the slot's descriptor, not a value
 _STORED_SLOT_SETTERS = dict(zip(STORED_FIELDS, _SLOT_SETTERS, strict=True))
 
 

@@ -310,10 +310,12 @@ def strong_match(a: str, b: str) -> bool:
 
 def connection_listed(headers: Headers) -> frozenset[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1), lower-case."""
-    names: set[str] = set()
-    for line in headers.getall("Connection", ()):
-        names.update(n.strip().lower() for n in line.split(",") if n.strip())
-    return frozenset(names)
+    return _listed_names(", ".join(headers.getall("Connection", ())))
+
+
+def _listed_names(connection: str) -> frozenset[str]:
+    """The names a Connection value (its lines joined with commas) lists, lower-case."""
+    return frozenset(n.strip().lower() for n in connection.split(",") if n.strip())
 
 
 def end_to_end(headers: Headers, drop: Iterable[str] = (), *, underscores: bool = True) -> CIMultiDict[str]:
@@ -350,7 +352,7 @@ def fields_end_to_end(
     """
     remove = _removed(tuple(drop))
     if connection is not None:
-        remove = remove | {n.strip().lower() for n in connection.split(",") if n.strip()}
+        remove = remove | _listed_names(connection)
     kept = []
     for raw_name, raw_value in raw:
         name = raw_name.decode("utf-8", "surrogateescape")
