@@ -30,6 +30,7 @@ MAX_HEADER_FIELDS: Final = 200
 # ours to hold while we have nothing to ask. Each client closes it on time, not at its next use.
 IDLE_TIMEOUT: Final = 15.0
 
+
 def check_pool(max_connections: int, idle_timeout: float) -> None:
     """ValueError unless a client's pool settings are usable: at least one connection per origin
     (aiohttp would read 0 as "no limit"), and idle connections kept for some time."""
