@@ -61,6 +61,9 @@ class BoxCollector(Collector):
         yield from self._engine(_section(s, "engine"), _section(s, "traffic"))
         yield from self._tiers(s)
         yield from self._purges(_section(s, "purge"), _section(s, "catalog"))
+        slices = s.get("slices")
+        if isinstance(slices, Mapping):  # None: slicing is off (cache.slice_size 0)
+            yield from self._slices(slices)
         yield from self._box(_section(s, "box"), s.get("per_worker") or [])
         edge = s.get("edge")
         if isinstance(edge, Mapping):
@@ -304,6 +307,43 @@ class BoxCollector(Collector):
         )
         yield _gauge("minicdn_purge_epoch", "The purge log's epoch (one per purge).", p.get("epoch", 0))
         yield _gauge("minicdn_catalog_entries", "Entries in the purge catalogue.", catalog.get("entries", 0))
+
+    def _slices(self, sl: Mapping[str, Any]) -> Iterator[Metric]:
+        yield _counter(
+            "minicdn_slice_answers",
+            "Requests answered from the slices of a large object (cache.slice_threshold, cache.slice_size).",
+            sl.get("answers", 0),
+        )
+        yield _counters(
+            "minicdn_slices",
+            "Slices of large objects the slicer had, by how: hit (stored and fresh), fetched (a 206 from"
+            " the origin, stored), revalidated (a stale slice the origin confirmed with a 304, in the"
+            " background too). The slice whose fetch showed an object to be large is a miss, not counted.",
+            "result",
+            {
+                "hit": sl.get("hits", 0),
+                "fetched": sl.get("fetched", 0),
+                "revalidated": sl.get("revalidated", 0),
+            },
+        )
+        yield _counter(
+            "minicdn_slice_invalidations",
+            "Sliced objects whose slices were all dropped because the origin's representation changed"
+            " (another ETag or length).",
+            sl.get("invalidations", 0),
+        )
+        yield _counter(
+            "minicdn_slice_unsliced",
+            "Sliced objects no longer sliced because the origin stopped answering their slices (a 200 to a"
+            " Range, no strong ETag, not storable): their slices dropped, handled without slices.",
+            sl.get("unsliced", 0),
+        )
+        yield _counter(
+            "minicdn_slice_streams_aborted",
+            "Streams of slices cut after their head went out: a slice could not be had, or was of another"
+            " representation.",
+            sl.get("aborted", 0),
+        )
 
     def _box(self, box: Mapping[str, Any], per_worker: Sequence[Any]) -> Iterator[Metric]:
         yield _counter(

@@ -303,6 +303,7 @@ CARRIED: Final[dict[str, Any]] = {
     ),
     "tiers": {tier: _TIER_COUNTERS for tier in ("l1", "l2")},
     "storage": (*_TIER_COUNTERS, "write_batches"),
+    "slices": None,
     "edge": {"routing": None, "purge_stream": ("published", "applied_from_stream", "redis_errors")},
 }
 

@@ -37,10 +37,11 @@ BREAKDOWN = ("requests", "hits", "misses", "passes", "coalesced", "box_waits")
 
 
 async def snapshot(node: Node) -> dict[str, Any]:
-    """This worker's counters (engine, tiers, storage, purge, catalogue, and any extra sections)."""
+    """This worker's counters (engine, tiers, storage, purge, slices, catalogue, and any extra sections)."""
     storage = node.storage
     purger = node.purger
     l1, l2 = storage.l1, storage.l2
+    slicer = node.engine.slicer
     if isinstance(l2, DiskStorage):
         await asyncio.to_thread(l2.refresh_stats)  # entries/bytes of the shared disk tier
     catalogued = await asyncio.to_thread(purger.catalog.count)
@@ -61,6 +62,9 @@ async def snapshot(node: Node) -> dict[str, Any]:
             "write_batches": storage.write_queue.batches,
         },
         "purge": {**dataclasses.asdict(purger.stats), "epoch": purger.current_epoch()},
+        # What the large-object slicer did (proxy/slicer.py SliceStats); None: slicing is off
+        # (cache.slice_size 0).
+        "slices": dataclasses.asdict(slicer.stats) if slicer is not None else None,
         "catalog": {"entries": catalogued},
         # How the on-disk parts opened: a disk tier that failed, a catalogue elsewhere, files moved aside.
         "health": dataclasses.asdict(node.health),

@@ -17,7 +17,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.admin import create_admin_app
 from proxy.config import CacheConfig, Rule, TierConfig, config_from_mapping
 from proxy.purge import PurgeRequest
 from proxy.slices import slice_key
@@ -387,3 +389,52 @@ async def test_a_stream_of_slices_fetched_as_it_goes_is_counted_a_miss(sliced: S
         await asyncio.sleep(0.01)
     assert after["miss"]["origin"] == before["miss"]["origin"] + 1
     assert after["error"] == before["error"]
+
+
+async def test_the_slicers_counters_are_in_stats_and_metrics(
+    sliced: StartSliced, clock: Any, aiohttp_server: Any
+) -> None:
+    """What the slicer did (proxy/slicer.py SliceStats) is in the admin API's /stats (section `slices`,
+    summed like the other counters) and in /metrics (minicdn_slice_*)."""
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    admin = await aiohttp_server(create_admin_app(proxy.server.node))  # no token: loopback only
+    admin_url = str(admin.make_url("")).rstrip("/")
+    slice_7 = "bytes=2000000-2000009"
+    await get(proxy, "bytes=0-9")  # slice 0 fetched for this request, then answered from it
+    await get(proxy, slice_7)  # slice 7 fetched by the slicer
+    _, resp, _ = await get(proxy, slice_7)
+    assert is_hit(resp)  # slice 7 from the cache
+    clock.advance(61)
+    _, resp, _ = await get(proxy, slice_7)
+    assert "fwd-status=304" in cache_status(resp)  # slice 7 revalidated
+    origin.set_version(2)
+    clock.advance(61)
+    status, resp, body = await get(proxy, slice_7)  # slice 7 of v2: every v1 slice dropped
+    assert status == 206 and body == origin.body[2000000:2000010] and resp.headers["ETag"] == '"v2"'
+    expected = {
+        "answers": 5,
+        "hits": 1,
+        "fetched": 2,
+        "revalidated": 1,
+        "invalidations": 1,
+        "unsliced": 0,
+        "aborted": 0,
+    }
+    async with proxy.session.get(admin_url + "/stats") as r:
+        assert r.status == 200
+        data = await r.json()
+    assert data["slices"] == expected
+    async with proxy.session.get(admin_url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("minicdn_slice_answers_total", ())] == 5
+    for result, count in (("hit", 1), ("fetched", 2), ("revalidated", 1)):
+        assert samples[("minicdn_slices_total", (("result", result),))] == count
+    assert samples[("minicdn_slice_invalidations_total", ())] == 1
+    assert samples[("minicdn_slice_unsliced_total", ())] == 0
+    assert samples[("minicdn_slice_streams_aborted_total", ())] == 0

@@ -22,6 +22,7 @@ from proxy.observe import (
     outcome,
 )
 from proxy.purger import PurgeStats
+from proxy.slicer import SliceStats
 from proxy.storage.base import TierStats
 
 
@@ -96,6 +97,15 @@ def test_the_box_sum_of_two_snapshots_is_their_sum() -> None:
     assert total["requests"]["hit"] == {"l1": 1, "l2": 1}
     assert total["served_bytes"]["cache"] == 30
     assert total["latency"]["hit"]["buckets"]["+Inf"] == 2 and total["latency"]["hit"]["count"] == 2
+
+
+def test_the_box_sum_of_the_slicers_counters_is_their_sum() -> None:
+    one = {name: 1 for name in SliceStats.__dataclass_fields__}
+    two = {name: 2 for name in SliceStats.__dataclass_fields__}
+    total = stats.combine([{"engine": {"requests": 1}, "slices": part} for part in (one, two)])
+    assert total["slices"] == {name: 3 for name in SliceStats.__dataclass_fields__}
+    # Slicing off (cache.slice_size 0): the section is None in every snapshot, and in the sum.
+    assert stats.combine([{"engine": {"requests": 1}, "slices": None}] * 2)["slices"] is None
 
 
 def test_hot_keys_stay_bounded_and_keep_the_hottest() -> None:
@@ -191,8 +201,8 @@ def test_top_prints_each_sample_into_a_pipe() -> None:
 
 
 def test_every_counter_a_worker_reports_is_carried_over_when_it_exits() -> None:
-    """The box's counters never go down (observe.CARRIED): every counter of the storage and purge
-    sections is carried, the gauges are not."""
+    """The box's counters never go down (observe.CARRIED): every counter of the storage, purge and
+    slices sections is carried, the gauges are not."""
     gauges = {"entries", "bytes", "bans", "catalog_pending"}
     tier = {name: 1 for name in TierStats.__dataclass_fields__}
     purge = {name: 1 for name in PurgeStats.__dataclass_fields__ if name != "by_kind"}
@@ -200,10 +210,12 @@ def test_every_counter_a_worker_reports_is_carried_over_when_it_exits() -> None:
         "tiers": {"l1": tier, "l2": tier},
         "storage": {**tier, "write_queued": 1, "write_queued_bytes": 1, "write_batches": 1},
         "purge": {**purge, "by_kind": {"url": 1}, "epoch": 1},
+        "slices": {name: 1 for name in SliceStats.__dataclass_fields__},
     }
     kept = carried(snapshot)
     for section in ("l1", "l2"):
         assert set(kept["tiers"][section]) == set(tier) - gauges
     assert set(kept["storage"]) == (set(tier) - gauges) | {"write_batches"}
     assert set(kept["purge"]) == (set(purge) - gauges) | {"by_kind"}
+    assert kept["slices"] == snapshot["slices"]
     assert "health" not in CARRIED
