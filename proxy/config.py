@@ -269,8 +269,8 @@ class CacheConfig:
     # (for a disk slow enough that a small read could stall the loop).
     l2_read_on_loop_max: int = 256 * 1024
     # L2 writes happen behind the response: at most this many bytes of values wait
-    # for the disk (a store beyond it is dropped and counted), written up to
-    # l2_write_batch entries per disk transaction.
+    # for the disk (a store beyond it is dropped and counted; an empty queue takes a
+    # value of any size), written up to l2_write_batch entries per disk transaction.
     l2_write_queue: int = 64 * 1024 * 1024
     l2_write_batch: int = 256
     # Objects longer than slice_threshold are fetched (by Range) and stored in slices of
