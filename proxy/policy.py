@@ -468,7 +468,8 @@ def decide(
     """
     if method not in CACHEABLE_METHODS:
         return Pass("method")
-    only_if_cached = "only-if-cached" in req_directives
+    asked = bool(req_directives.values)  # most requests carry no directive: skip their checks
+    only_if_cached = asked and "only-if-cached" in req_directives
     if entry is None:
         if only_if_cached:
             return GatewayTimeout()
@@ -485,15 +486,16 @@ def decide(
     if fresh and entry.immutable and opts.honour_immutable and not entry.no_cache:
         return Deliver(entry, age, ttl)
 
-    # §5.2.1.4 request no-cache; §5.2.1.1 max-age; §5.2.1.3 min-fresh.
-    if "no-cache" in req_directives:
-        return _revalidate_or_504(entry, "request", only_if_cached)
-    max_age = req_directives.seconds("max-age")
-    if max_age is not None and (max_age < 0 or age > max_age):
-        return _revalidate_or_504(entry, "request", only_if_cached)
-    min_fresh = req_directives.seconds("min-fresh")
-    if min_fresh is not None and (min_fresh < 0 or ttl < min_fresh):
-        return _revalidate_or_504(entry, "request", only_if_cached)
+    if asked:
+        # §5.2.1.4 request no-cache; §5.2.1.1 max-age; §5.2.1.3 min-fresh.
+        if "no-cache" in req_directives:
+            return _revalidate_or_504(entry, "request", only_if_cached)
+        max_age = req_directives.seconds("max-age")
+        if max_age is not None and (max_age < 0 or age > max_age):
+            return _revalidate_or_504(entry, "request", only_if_cached)
+        min_fresh = req_directives.seconds("min-fresh")
+        if min_fresh is not None and (min_fresh < 0 or ttl < min_fresh):
+            return _revalidate_or_504(entry, "request", only_if_cached)
 
     # §5.2.2.4: a no-cache response is always revalidated.
     if entry.no_cache:
@@ -502,14 +504,14 @@ def decide(
         return Deliver(entry, age, ttl)
 
     # Stale. §5.2.1.2 max-stale lets the client accept it, unless §4.2.4 forbids.
-    if "max-stale" in req_directives and may_serve_stale(entry, opts):
+    if asked and "max-stale" in req_directives and may_serve_stale(entry, opts):
         max_stale = req_directives.get("max-stale")
         limit = float("inf") if max_stale is None else req_directives.seconds("max-stale")
         if limit is not None and limit >= 0 and -ttl <= limit:
             return Deliver(entry, age, ttl, stale=True)
     # RFC 5861 §3: inside stale-while-revalidate, answer now and refresh behind —
     # unless the client bounded the staleness it accepts (§5.2.1.2 max-stale=N).
-    client_limit = req_directives.seconds("max-stale") if req_directives.get("max-stale") else None
+    client_limit = req_directives.seconds("max-stale") if asked and req_directives.get("max-stale") else None
     if within_stale_while_revalidate(entry, now, opts) and (
         client_limit is None or 0 <= -ttl <= client_limit
     ):
