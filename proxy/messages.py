@@ -109,15 +109,13 @@ class ClientRequest:
         host = cache_control = pragma = accept_encoding = connection = hop = None
         hosts = 0
         conditional = body_follows = expect_continue = False
-        pick = _PICK.get
+        spelled = _SPELLINGS.get
         for name, value in raw:
-            kind = pick(name)
+            kind = spelled(name)
             if kind is None:
-                if name in _SKIP:
-                    continue  # a common field in its common spelling: nothing to pick
-                kind = pick(name.lower())
-                if kind is None:
-                    continue
+                kind = _learn_spelling(name)
+            if kind == _OTHER:
+                continue  # most fields: nothing to pick
             if kind == _HOST:
                 hosts += 1
                 host = _text(value).strip(" \t")
@@ -207,9 +205,11 @@ def _joined(prior: str | None, value: str) -> str:
     return value if prior is None else f"{prior}, {value}"
 
 
-# What ClientRequest.read picks out, by lower-case field name (and the usual spellings, which
-# saves lowering them); _SKIP: common fields in their usual spelling that it leaves alone.
+# What ClientRequest.read picks out, by field name as spelled on the wire: one dict lookup
+# per field. The usual spellings are there from the start; another spelling of a name is
+# lowered once and remembered (up to SPELLINGS_LIMIT, so random names cannot grow it).
 (
+    _OTHER,
     _HOST,
     _ACCEPT_ENCODING,
     _CACHE_CONTROL,
@@ -220,8 +220,8 @@ def _joined(prior: str | None, value: str) -> str:
     _TRANSFER_ENCODING,
     _EXPECT,
     _HOP,
-) = range(10)
-_PICK: dict[bytes, int] = {}
+) = range(11)
+_PICKED: dict[bytes, int] = {}  # lower-case name -> kind (_OTHER when absent)
 for _names, _kind in (
     (("Host",), _HOST),
     (("Accept-Encoding",), _ACCEPT_ENCODING),
@@ -238,35 +238,58 @@ for _names, _kind in (
     (("X-Minicdn-Hop",), _HOP),
 ):
     for _name in _names:
-        for _spelling in (_name, _name.lower()):
-            _PICK[_spelling.encode("ascii")] = _kind
-del _names, _kind, _name, _spelling
-_SKIP = frozenset(
-    n.encode("ascii")
-    for name in (
-        "User-Agent",
-        "Accept",
-        "Accept-Language",
-        "Cookie",
-        "Referer",
-        "Origin",
-        "Authorization",
-        "Upgrade-Insecure-Requests",
-        "Sec-Fetch-Dest",
-        "Sec-Fetch-Mode",
-        "Sec-Fetch-Site",
-        "Sec-Fetch-User",
-        "Sec-Ch-Ua",
-        "Sec-Ch-Ua-Mobile",
-        "Sec-Ch-Ua-Platform",
-        "Priority",
-        "DNT",
-        "X-Requested-With",
-        "X-Forwarded-For",
-        "Content-Type",
-    )
-    for n in (name, name.lower())
+        _PICKED[_name.lower().encode("ascii")] = _kind
+del _names, _kind, _name
+_COMMON = (
+    "User-Agent",
+    "Accept",
+    "Accept-Language",
+    "Cookie",
+    "Referer",
+    "Origin",
+    "Authorization",
+    "Upgrade-Insecure-Requests",
+    "Sec-Fetch-Dest",
+    "Sec-Fetch-Mode",
+    "Sec-Fetch-Site",
+    "Sec-Fetch-User",
+    "Sec-Ch-Ua",
+    "Sec-Ch-Ua-Mobile",
+    "Sec-Ch-Ua-Platform",
+    "Priority",
+    "DNT",
+    "X-Requested-With",
+    "X-Forwarded-For",
+    "Content-Type",
+    "Host",
+    "Accept-Encoding",
+    "Cache-Control",
+    "Pragma",
+    "Connection",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Range",
+    "Range",
+    "If-Match",
+    "If-Unmodified-Since",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Expect",
+    "X-Minicdn-Hop",
 )
+SPELLINGS_LIMIT = 1024
+_SPELLINGS: dict[bytes, int] = {
+    spelling: _PICKED.get(spelling.lower(), _OTHER)
+    for name in _COMMON
+    for spelling in (name.encode("ascii"), name.lower().encode("ascii"))
+}
+
+
+def _learn_spelling(name: bytes) -> int:
+    kind = _PICKED.get(name.lower(), _OTHER)
+    if len(_SPELLINGS) < SPELLINGS_LIMIT:
+        _SPELLINGS[name] = kind
+    return kind
 
 
 @dataclass(slots=True)
