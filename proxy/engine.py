@@ -65,6 +65,7 @@ HIT_FOR_PASS_LIMIT = 100_000
 SMALL_PASS_BODY = 64 * 1024
 # The Vary names of a response that varies on Accept-Encoding alone (its encodings, most often).
 ACCEPT_ENCODING_ONLY = ("accept-encoding",)
+HIT_STATUS_MEMO = 4096  # distinct hit Cache-Status values kept (see Engine._hit_statuses)
 
 
 @dataclass(slots=True)
@@ -161,6 +162,9 @@ class Engine:
         self._releases: set[asyncio.Task[None]] = set()
         # Fetches whose body is streaming into the cache, by key: later requests wait for it.
         self.streams: dict[str, StoringStream] = {}
+        # The Cache-Status of a hit, by (ttl, tier, rule): few distinct ones, and building the
+        # tuple from keywords costs about as much as the rest of the decision.
+        self._hit_statuses: dict[tuple[int, TierName | None, str | None], CacheStatus] = {}
 
     async def close(self) -> None:
         """Stop background fetches (at shutdown)."""
@@ -187,7 +191,8 @@ class Engine:
         if req.conditional and policy.has_precondition_for_origin(req.headers):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
-        lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
+        if req.cache_control is not None or req.pragma is not None:  # else: none (the default)
+            lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
         key = lk.key = self.fetcher.key_for(req)
         # HotKeys.count, inline (the hit path): a key seen already costs one get and one set.
         hot = self.hot.current
@@ -278,7 +283,11 @@ class Engine:
     def _decide(self, lk: Lookup) -> None:
         """policy.decide on a finished lookup; a Deliver becomes the answer at once."""
         req = lk.request
-        entry = self._select(lk)
+        resource = lk.resource
+        if resource is not None and len(resource.variants) == 1 and not resource.variants[0].vary_names:
+            entry: StoredResponse | None = resource.variants[0]  # _select's first case, inline
+        else:
+            entry = self._select(lk)
         covered = True
         if entry is not None and entry.parts:
             # An incomplete stored response answers only a range it holds (RFC 9111 §3.3).
@@ -304,9 +313,20 @@ class Engine:
             if policy.refresh_ahead_due(found, ttl, self.cfg.fetch.refresh_ahead_fraction):
                 self._refresh_ahead(self._fetch_request(lk, found, "stale"))
             # detail says which tier answered (l1 / l2).
-            status = CacheStatus(hit=True, ttl=int(ttl), detail=lk.tier, rule=rule)
-        conditional = self.normalised(lk) if req.conditional else None
-        lk.answer = self._deliver(req, conditional, found, age, status)
+            memo_key = (int(ttl), lk.tier, rule)
+            hit_status = self._hit_statuses.get(memo_key)
+            if hit_status is None:
+                if len(self._hit_statuses) >= HIT_STATUS_MEMO:
+                    self._hit_statuses.clear()  # ttl values vary: bounded, refilled at once
+                hit_status = self._hit_statuses[memo_key] = CacheStatus(
+                    hit=True, ttl=memo_key[0], detail=lk.tier, rule=rule
+                )
+            status = hit_status
+        if req.conditional or (self._peer_tags is not None and req.hop is not None):
+            conditional = self.normalised(lk) if req.conditional else None
+            lk.answer = self._deliver(req, conditional, found, age, status)
+        else:  # _deliver without its checks (the plain hit)
+            lk.answer = plan_delivery(req.method, None, found, age, status)
 
     def _deliver(
         self,

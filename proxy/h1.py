@@ -69,31 +69,31 @@ def delivery_head(
     extra = (
         b"".join(f"{n}: {v}\r\n".encode("utf-8", "surrogateescape") for n, v in d.extra) if d.extra else b""
     )
-    # What every stored response ends with: this response's fields after Age.
-    after = (
-        extra,
-        b"Cache-Status: ",
-        entry.cache_status_prefix,
-        member,
-        b"\r\n",
-        via,
-        connection_line(http10, keep_alive),
-        b"\r\n",
-    )
+    connection = (KEEP_ALIVE_LINE if http10 else b"") if keep_alive else CLOSE_LINE  # connection_line
     if kind == "whole":
         # The hit path: one join of the parts built at store time and this response's lines.
+        status = entry.status
         head = b"".join(
             (
-                cached_status_line(entry.status, entry.reason),
+                cached_status_line(status, entry.reason),
                 entry.hit_fields,
                 ACCEPT_RANGES_LINE if entry.add_accept_ranges else b"",
                 b"Content-Length: %d\r\nAge: %d\r\n" % (len(entry.body), age)
-                if entry.status not in (204, 304)
+                if status != 204 and status != 304
                 else b"Age: %d\r\n" % age,
-                *after,
+                extra,
+                b"Cache-Status: ",
+                entry.cache_status_prefix,
+                member,
+                b"\r\n",
+                via,
+                connection,
+                b"\r\n",
             )
         )
         return head, entry.body if method != "HEAD" else b""
+    # What every other kind ends with: this response's fields after Age.
+    after = (extra, b"Cache-Status: ", entry.cache_status_prefix, member, b"\r\n", via, connection, b"\r\n")
     tail = (b"Age: %d\r\n" % age, *after)
     if kind == "partial":
         length = d.last - d.first + 1
