@@ -11,6 +11,7 @@ No I/O, no clock reads: `now`, `request_time` and `response_time` are arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 from multidict import CIMultiDict
 
@@ -696,8 +697,11 @@ def freshened_for_disk(old: StoredResponse, new: StoredResponse) -> bool:
 def _fields_but_date(headers: HeaderList) -> list[tuple[str, str]]:
     """The fields without Date, by name (a 304's fields are moved to the end; values of one name keep
     their order)."""
-    fields = [(name.lower(), value) for name, value in headers if name.lower() != "date"]
-    return sorted(fields, key=lambda field: field[0])
+    fields = [(lowered, value) for name, value in headers if (lowered := name.lower()) != "date"]
+    return sorted(fields, key=_FIELD_NAME)  # stable: values of one name keep their order
+
+
+_FIELD_NAME = itemgetter(0)  # a C key function: a lambda cost a Python call per field
 
 
 def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool:
