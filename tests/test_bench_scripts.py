@@ -245,7 +245,9 @@ def test_varnish_compiles_the_generated_vcl() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py"])
+@pytest.mark.parametrize(
+    "script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py", "hit_instructions.py"]
+)
 def test_help_exits_zero(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--help"],
@@ -256,6 +258,25 @@ def test_help_exits_zero(script: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
+
+
+def test_hit_instructions_child_runs_the_hit_path_case_of_a_checkout() -> None:
+    # What valgrind runs: the checkout's own hit_path harness (the warm-up alone here, no valgrind).
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "hit_instructions.py"),
+            "--child",
+            str(ROOT),
+            "hit, one head repeated",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 # --- the multi-key workloads (bench/compare_workload.py) ----------------------------------------

@@ -1,0 +1,141 @@
+"""Instructions per request on the hit path, counted by valgrind: a measure the machine's noise cannot move.
+
+`bench/hit_path.py` reports CPU microseconds, which on this shared 2-core machine swing by a third
+from run to run; `compare.py` needs several rounds against nginx to see a 10 % change. This script
+runs the same in-process hit path (bench/hit_path.py: the real front, engine and hit writer, a
+transport that only counts bytes) under `valgrind --tool=callgrind` twice, with 2,000 and with 6,000
+requests, and reports the difference per request: the instructions one more request costs once
+everything is warm. The count is the same from run to run (to a few instructions), so two checkouts
+can be compared in one go and a change of 1 % shows.
+
+Instructions are not time (a cache miss costs more than an add), but on this code the two move
+together: a cut from 131.9k to 120.0k instructions per hit (-9 %) came out as +14-15 % hits per second
+in compare.py's multi-key rows.
+
+    python bench/hit_instructions.py                          # this checkout, the browser-head hit
+    python bench/hit_instructions.py --root ../base --root .  # two checkouts side by side
+    python bench/hit_instructions.py --case all               # every hit_path case (about 2 min each)
+
+Needs valgrind (Debian's package). Each measurement takes about a minute; two run at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CASE = "hit, 2000 keys, browser heads"
+SMALL, LARGE = 2000, 6000
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def child(root: str, case: str, requests: int) -> None:
+    """Run one hit_path case from checkout `root`: a warm-up of SMALL requests, then `requests` more."""
+    sys.path.insert(0, root)
+    os.chdir(root)
+    import bench.hit_path as hp  # the checkout's own harness and proxy package
+    from proxy.config import CacheConfig, Config, LogConfig, TierConfig
+    from proxy.front import FrontContext
+    from proxy.h1 import via_line
+    from proxy.node import Node
+
+    async def main() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = Config(
+                cache=CacheConfig(
+                    dir=tmp, l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)
+                ),
+                log=replace(LogConfig(), access_log=False),
+            )
+            async with Node(cfg, clock=lambda: hp.NOW + 10) as node:
+                hp.store_objects(node)
+                ctx = FrontContext(node=node, cfg=cfg, via=via_line(cfg.name), access_log=False)
+                heads, per_read = hp.cases()[case]
+                hp.run_case(ctx, heads, per_read, SMALL)
+                if requests:
+                    hp.run_case(ctx, heads, per_read, requests)
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main())
+
+
+def count(root: str, case: str, requests: int) -> int:
+    """Instructions valgrind counted for one child run."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        root,
+        case,
+        str(requests),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind run failed for {root} {case!r}:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python bench/hit_instructions.py", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--root", action="append", help="a checkout to measure (repeatable; default: this one)"
+    )
+    parser.add_argument(
+        "--case", action="append", help=f"a bench/hit_path.py case, or all (default: {DEFAULT_CASE!r})"
+    )
+    parser.add_argument("--child", nargs=3, metavar=("ROOT", "CASE", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        root, case, n = args.child
+        child(root, case, int(n))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    roots = [str(Path(r).resolve()) for r in (args.root or [HERE.parent])]
+    cases = args.case or [DEFAULT_CASE]
+    if cases == ["all"]:
+        sys.path.insert(0, str(HERE.parent))
+        from bench.hit_path import cases as all_cases
+
+        cases = list(all_cases())
+    jobs = [(root, case, n) for root in roots for case in cases for n in (SMALL, LARGE)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        counts = dict(zip(jobs, pool.map(lambda job: count(*job), jobs), strict=True))
+    width = max(map(len, cases))
+    print(
+        f"instructions per request (valgrind callgrind: ({LARGE:,} - {SMALL:,} requests) / {LARGE - SMALL:,})"
+    )
+    print(f"{'case':<{width}}  " + "  ".join(f"{Path(r).name:>12}" for r in roots))
+    for case in cases:
+        cells = [(counts[(r, case, LARGE)] - counts[(r, case, SMALL)]) / (LARGE - SMALL) for r in roots]
+        line = f"{case:<{width}}  " + "  ".join(f"{c:>12,.0f}" for c in cells)
+        if len(cells) > 1:
+            line += "  " + "  ".join(f"x{c / cells[0]:.3f}" for c in cells[1:])
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
