@@ -141,7 +141,10 @@ async def main_async(args: argparse.Namespace, origin_port: int, tmp: Path) -> i
             profiler.enable()
             await drive(ctx, table[name](), args.concurrency)
             profiler.disable()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            stats = pstats.Stats(profiler).sort_stats(args.sort)
+            stats.print_stats(args.top)
+            if args.callees:
+                stats.print_callees(args.callees)
             return 0
         results: dict[str, list[float]] = {name: [] for name in table}
         for _ in range(args.rounds):
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", metavar="CASE", help="miss, revalidation or cold: cProfile one case")
+    parser.add_argument("--sort", default="tottime", help="with --profile: pstats sort key (e.g. cumulative)")
+    parser.add_argument("--top", type=int, default=30, help="with --profile: functions listed")
+    parser.add_argument("--callees", metavar="REGEX", help="with --profile: what these call")
     args = parser.parse_args(argv)
     if shutil.which("nginx") is None:
         print("needs nginx (the origin)", file=sys.stderr)
