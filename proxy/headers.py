@@ -231,6 +231,9 @@ def parse_http_date(value: str | None, *, now: float) -> float | None:
     """
     if not value:
         return None
+    known = _PARSED_DATES.get(value)
+    if known is not None:
+        return known
     text = value.strip(" \t")
     if m := _IMF_FIXDATE.fullmatch(text):
         day, month, year, hour, minute, second = m.groups()
@@ -248,7 +251,19 @@ def parse_http_date(value: str | None, *, now: float) -> float | None:
         year = str(full)
     else:
         return None
-    return _timestamp(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+    parsed = _timestamp(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
+    if parsed is not None and m.re is not _RFC850_DATE:  # an RFC 850 date's year depends on `now`
+        if len(_PARSED_DATES) >= PARSED_DATES_LIMIT:
+            _PARSED_DATES.clear()
+        _PARSED_DATES[value] = parsed
+    return parsed
+
+
+# Dates parsed lately, as received: a response's Date changes once a second and its Expires and
+# Last-Modified not at all, while parsing one costs a regex and a calendar check (twice per
+# revalidation). Bounded; cleared when full.
+PARSED_DATES_LIMIT = 4096
+_PARSED_DATES: dict[str, float] = {}
 
 
 def _timestamp(year: int, month: int, day: int, hour: int, minute: int, second: int) -> float | None:

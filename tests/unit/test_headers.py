@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from multidict import CIMultiDict
 
+from proxy import headers as headers_module
 from proxy.config import OriginConfig
 from proxy.headers import (
     HOP_BY_HOP,
@@ -297,6 +298,26 @@ def test_rfc9110_s5_6_7_rfc850_two_digit_year(yy: str, received: float, year: in
 
 def test_rfc9110_s5_6_7_leap_second_accepted() -> None:
     assert parse_http_date("Sat, 31 Dec 2016 23:59:60 GMT", now=RECEIVED) == 1_483_228_800.0
+
+
+def test_rfc9110_s5_6_7_rfc850_year_follows_now_when_parsed_again() -> None:
+    # Parsed dates are remembered, but an RFC 850 date's century depends on the receipt time.
+    value = "Sunday, 06-Nov-74 08:49:37 GMT"
+    assert parse_http_date(value, now=RECEIVED) == calendar.timegm((1974, 11, 6, 8, 49, 37, 0, 0, 0))
+    later = calendar.timegm((2030, 1, 1, 0, 0, 0, 0, 0, 0))
+    assert parse_http_date(value, now=later) == calendar.timegm((2074, 11, 6, 8, 49, 37, 0, 0, 0))
+
+
+def test_parsed_dates_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    memo: dict[str, float] = {}
+    monkeypatch.setattr(headers_module, "_PARSED_DATES", memo)
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", now=RECEIVED) == SUNDAY
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", now=RECEIVED) == SUNDAY
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC", now=RECEIVED) is None
+    assert list(memo) == ["Sun, 06 Nov 1994 08:49:37 GMT"]  # what is not a date is not kept
+    for second in range(headers_module.PARSED_DATES_LIMIT + 10):
+        parse_http_date(format_http_date(RECEIVED + second), now=RECEIVED)
+    assert len(memo) <= headers_module.PARSED_DATES_LIMIT
 
 
 def test_rfc9110_s5_6_7_format_is_imf_fixdate() -> None:
