@@ -40,7 +40,7 @@ from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_end
-from proxy.keys import normalise_accept_encoding, select_variant, variant_matches
+from proxy.keys import UrlKeys, normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.observe import HotKeys
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
@@ -127,6 +127,7 @@ class Engine:
         upstream: Upstream,
         clock: Clock,
         purger: Purger,
+        url_keys: UrlKeys,
         router: FetchRouter | None = None,
         box: FetchLocks | None = None,
     ) -> None:
@@ -136,7 +137,7 @@ class Engine:
         self.storage = storage
         self.clock = clock
         self.purger = purger
-        self.fetcher = Fetcher(cfg, storage, upstream, clock, purger)
+        self.fetcher = Fetcher(cfg, storage, upstream, clock, purger, url_keys)
         self.fetcher.router = router
         # Large objects by slices (proxy/slicer.py); None: cache.slice_size is 0.
         spec = SliceSpec.of(cfg.cache)

@@ -18,13 +18,12 @@ from yarl import URL
 
 from proxy import compression, policy, ranges, slices
 from proxy.cache_status import CacheStatus
-from proxy.config import Config, KeyConfig
+from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Directives, Headers, end_to_end
 from proxy.keys import (
-    key_host,
+    UrlKeys,
     normalise_accept_language,
-    primary_key,
     select_variant,
     variant_matches,
     with_variant,
@@ -35,7 +34,7 @@ from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
-from proxy.rules import Match, RuleSet
+from proxy.rules import Match
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
 from proxy.tee import StoringStream
@@ -142,6 +141,7 @@ class Fetcher:
         upstream: Upstream,
         clock: Callable[[], float],
         purger: Purger,
+        url_keys: UrlKeys,
     ):
         self.cfg = cfg
         self.storage = storage
@@ -154,9 +154,11 @@ class Fetcher:
         self._drop_request = (*cfg.origin.unkeyed_request_headers, "Host", HOP_HEADER)
         self.router: FetchRouter | None = None
         self.stats = RoutingStats()
+        # How URLs are keyed (the purger names URLs the same way), and its memo per request target.
+        self.url_keys = url_keys
         self._keys: dict[tuple[str, str, str, str], str] = {}
-        # Per-route rules (None: none configured) and compression (None: off).
-        self.rules = RuleSet(cfg.rules, cfg.keys) if cfg.rules else None
+        # Per-route rules (None: none configured; those of the keys) and compression (None: off).
+        self.rules = url_keys.rules
         self.compression = compression.Compression.of(cfg)
         # The policy as this node applies it: "{name}" in strip_targeted_fields is its own name.
         targeted = cfg.policy.stripped_targeted_fields(cfg.name)
@@ -202,25 +204,22 @@ class Fetcher:
         return end_to_end(origin_headers, self._drop_response)
 
     def key_host(self, client_host: str) -> str:
-        return key_host(client_host, self.cfg.origin.host_header, self.origin_authority)
+        return self.url_keys.host(client_host)
 
     def key_for(self, req: ClientRequest) -> str:
-        """The request's primary key (RFC 9111 §2), memoised: the same URLs are keyed over and over."""
+        """The request's primary key (RFC 9111 §2), memoised: the same URLs are keyed over and over.
+
+        Keyed by `url_keys`, through which the purger names the URLs of purges and invalidations.
+        """
         memo_key = (req.scheme, req.host, req.path, req.query)
         key = self._keys.get(memo_key)
         if key is None:
-            opts = self.key_config(req.host, req.path)
-            key = primary_key(req.scheme, self.key_host(req.host), req.path, req.query, opts)
+            key = self.url_keys.key(req.scheme, req.host, req.path, req.query)
             if len(req.path) + len(req.query) + len(req.host) <= KEY_MEMO_TARGET:
                 if len(self._keys) >= KEY_MEMO_SIZE:
                     self._keys.clear()  # cheaper than LRU bookkeeping on every hit; refills at once
                 self._keys[memo_key] = key
         return key
-
-    def key_config(self, host: str, path: str) -> KeyConfig:
-        """keys.* as the rules that match this URL change them (a function of the URL alone)."""
-        rules = self.rules
-        return rules.key_config(host, path) if rules is not None else self.cfg.keys
 
     # ------------------------------------------------------------- fetch
 
@@ -725,9 +724,9 @@ class Fetcher:
                 continue
             if target.raw_authority.lower() != base.raw_authority.lower():
                 continue  # §4.4: never for another host (one origin must not purge another)
-            host = self.key_host(target.raw_authority)
-            opts = self.key_config(target.raw_authority, target.raw_path)
-            keys.add(primary_key(req.scheme, host, target.raw_path, target.raw_query_string, opts))
+            keys.add(
+                self.url_keys.key(req.scheme, target.raw_authority, target.raw_path, target.raw_query_string)
+            )
         await self.purger.invalidate(sorted(keys))
 
 

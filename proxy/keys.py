@@ -7,6 +7,9 @@ of one key are told apart by the request headers that Vary nominates, after
 normalisation; Accept-Encoding is reduced to one preferred coding first so
 that a thousand browser spellings make one variant, and Accept-Language is
 written one canonical way (the origin is sent that same value on cache fetches).
+
+`UrlKeys` is how one node keys a URL, with the key settings the per-route
+rules give it: requests and purges go through it alike.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
 from proxy.config import KeyConfig
 from proxy.entry import CachedResource, StoredResponse
 from proxy.headers import Headers, parse_http_date
+
+if TYPE_CHECKING:
+    from proxy.rules import RuleSet
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WS_RE = re.compile(r"[ \t]+")
@@ -36,6 +43,51 @@ def key_host(client_host: str, host_header: str, origin_authority: str) -> str:
     if host_header == "client" and client_host:
         return client_host
     return origin_authority
+
+
+class UrlKeys:
+    """The primary key of a URL as one node spells it: a request's and a purge's alike.
+
+    `keys.*` as the per-route rules change them for the URL (`RuleSet.key_config`: hosts and
+    path only, so the key stays a function of the URL), under the host keys use for it
+    (`key_host`). `Fetcher.key_for` keys requests with it, the purger names with it the URLs a
+    purge gives and an unsafe request invalidates: a purge of the URL a client used finds what
+    that client's request stored.
+    """
+
+    __slots__ = ("host_header", "keys", "origin_authority", "rules")
+
+    def __init__(
+        self, keys: KeyConfig, rules: RuleSet | None, host_header: str, origin_authority: str
+    ) -> None:
+        self.keys = keys
+        self.rules = rules  # None: no rules configured
+        self.host_header = host_header
+        self.origin_authority = origin_authority
+
+    def host(self, client_host: str) -> str:
+        """The host keys use for a URL whose host (or a request's Host) is `client_host`."""
+        return key_host(client_host, self.host_header, self.origin_authority)
+
+    def config(self, host: str, path: str) -> KeyConfig:
+        """keys.* as the rules that match this URL change them."""
+        rules = self.rules
+        return rules.key_config(host, path) if rules is not None else self.keys
+
+    def key(self, scheme: str, host: str, path: str, query: str) -> str:
+        """The primary key of scheme://host{path}?{query}: raw (percent-encoded) parts, the host as
+        the client names it (a request's Host, a URL's authority)."""
+        return primary_key(scheme, self.host(host), path, query, self.config(host, path))
+
+    def targets(self, target: str) -> tuple[str, ...]:
+        """A path and query meaning every host ("/a?b=1"), as the keys of that URL spell them after
+        their host: one spelling per key config a host can give that path (one without rules that
+        name hosts). Spellings another host's key config gives can name another URL on that host,
+        which a purge then covers too: a purge may remove more than asked, never less."""
+        path, _, query = target.partition("?")
+        rules = self.rules
+        configs = rules.key_configs(path) if rules is not None else (self.keys,)
+        return tuple(dict.fromkeys(key_target(path, query, opts) for opts in configs))
 
 
 def primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig) -> str:
@@ -66,11 +118,16 @@ def _primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig)
         name, _, port = hostname.rpartition(":")
         if port.isdigit() and int(port) == _DEFAULT_PORTS.get(scheme):
             hostname = name
+    return f"{opts.namespace}|{scheme}://{hostname}{key_target(path, query, opts)}"
+
+
+def key_target(path: str, query: str, opts: KeyConfig) -> str:
+    """The path and query as a key spells them (after its host): the query normalised by `opts`."""
     query = normalise_query(query, opts)
     target = path or "/"
     if query:
         target += "?" + query
-    return f"{opts.namespace}|{scheme}://{hostname}{target}"
+    return target
 
 
 def normalise_query(query: str, opts: KeyConfig) -> str:

@@ -15,7 +15,6 @@ L2 writes reach disk before the tiers close.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -28,12 +27,13 @@ from proxy.box import BoxClient
 from proxy.cache_status import Members
 from proxy.config import Config
 from proxy.engine import Engine
-from proxy.keys import key_host
+from proxy.keys import UrlKeys
 from proxy.observe import Recorder
 from proxy.origin import Upstream
 from proxy.purger import Purger
 from proxy.readiness import Readiness
 from proxy.routing import FetchRouter
+from proxy.rules import RuleSet
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.opening import StorageHealth, open_catalog, open_disk
 from proxy.storage.tiered import TieredStorage
@@ -61,16 +61,26 @@ def open_storage(cfg: Config, health: StorageHealth | None = None) -> TieredStor
     )
 
 
+def url_keys_of(cfg: Config) -> UrlKeys:
+    """How this config keys a URL: keys.* under its per-route rules (compiled here, once per process)."""
+    rules = RuleSet(cfg.rules, cfg.keys) if cfg.rules else None
+    return UrlKeys(cfg.keys, rules, cfg.origin.host_header, URL(cfg.origin.url).raw_authority)
+
+
 def open_purger(
-    cfg: Config, storage: TieredStorage, clock: Clock, health: StorageHealth | None = None
+    cfg: Config,
+    storage: TieredStorage,
+    clock: Clock,
+    health: StorageHealth | None = None,
+    url_keys: UrlKeys | None = None,
 ) -> Purger:
-    """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers)."""
+    """The catalogue, purge log and epoch counter, next to the L2 (shared by its workers).
+
+    `url_keys`: how requests are keyed (default: as `cfg` keys them), which its purges name URLs by.
+    """
     directory = cfg.cache.dir if cfg.cache.l2.enabled else None
-    host_for = functools.partial(
-        key_host, host_header=cfg.origin.host_header, origin_authority=URL(cfg.origin.url).raw_authority
-    )
     catalog, epoch = open_catalog(directory, health if health is not None else StorageHealth())
-    return Purger(storage, catalog, epoch, cfg.keys, clock, host_for)
+    return Purger(storage, catalog, epoch, url_keys if url_keys is not None else url_keys_of(cfg), clock)
 
 
 class Node:
@@ -129,8 +139,10 @@ class Node:
         try:
             self._upstream = upstream = Upstream(cfg.origin, self.recorder)
             await upstream.start()
-            self._purger = purger = open_purger(cfg, storage, self.clock, self.health)
-            self._engine = Engine(cfg, storage, upstream, self.clock, purger, self.router, self.box)
+            # One way of keying URLs for the requests (the fetcher) and the purges that name them.
+            url_keys = url_keys_of(cfg)
+            self._purger = purger = open_purger(cfg, storage, self.clock, self.health, url_keys)
+            self._engine = Engine(cfg, storage, upstream, self.clock, purger, url_keys, self.router, self.box)
         except BaseException:
             await self._close()
             raise

@@ -34,9 +34,8 @@ from yarl import URL
 
 from proxy import policy
 from proxy.bans import Bans, matches
-from proxy.config import KeyConfig
 from proxy.entry import CachedResource
-from proxy.keys import primary_key
+from proxy.keys import UrlKeys
 from proxy.purge import PurgeRequest
 from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
 from proxy.storage.epoch import EpochCounter
@@ -85,16 +84,14 @@ class Purger:
         storage: TieredStorage,
         catalog: Catalog,
         epoch: EpochCounter,
-        keys_cfg: KeyConfig,
+        url_keys: UrlKeys,
         clock: Callable[[], float],
-        key_host: Callable[[str], str] = lambda host: host,
     ) -> None:
         self.storage = storage
         self.catalog = catalog
         self.epoch = epoch
-        self.keys_cfg = keys_cfg
-        # The host cache keys use for a URL's host (see Fetcher.key_host).
-        self.key_host = key_host
+        # How requests are keyed (Fetcher.key_for): the URLs a purge names are keyed the same way.
+        self.url_keys = url_keys
         self.clock = clock
         self.stats = PurgeStats()
         self.bans = Bans()
@@ -262,23 +259,30 @@ class Purger:
         if request.kind == "tag":
             return PurgeMatch(tags=tuple(dict.fromkeys(request.values)))
         if request.kind == "url":
-            return PurgeMatch(urls=tuple(dict.fromkeys(self._normalise(v) for v in request.values)))
+            urls = (url for value in request.values for url in self._normalise(value))
+            return PurgeMatch(urls=tuple(dict.fromkeys(urls)))
         return PurgeMatch(prefixes=tuple(dict.fromkeys(self._normalise_prefix(v) for v in request.values)))
 
-    def _normalise(self, value: str) -> str:
-        """An absolute URL as the catalogue spells it (host lower-cased, default port dropped)."""
+    def _normalise(self, value: str) -> tuple[str, ...]:
+        """A URL as the catalogue spells it: the key a request for it gets (UrlKeys), without its namespace.
+
+        An absolute URL: one URL (host lower-cased, default port dropped, the query as keys.* and
+        the rules that match the URL make it). A path ("/a?b=1", every host): the path and query
+        as each key config a host can give that path spells them.
+        """
         if value.startswith("/"):
-            return value
+            return self.url_keys.targets(value)
         url = URL(value, encoded=True)
-        host = self.key_host(url.raw_authority)
-        key = primary_key(url.scheme, host, url.raw_path, url.raw_query_string, self.keys_cfg)
-        return split_key(key)[0]
+        key = self.url_keys.key(url.scheme, url.raw_authority, url.raw_path, url.raw_query_string)
+        return (split_key(key)[0],)
 
     def _normalise_prefix(self, value: str) -> str:
+        """A prefix as the catalogue spells it: an absolute one's scheme and host as keys spell them
+        (the rest, which may stop anywhere, as given); a path prefix as given."""
         if value.startswith("/"):
             return value
         url = URL(value, encoded=True)
-        key = primary_key(url.scheme, self.key_host(url.raw_authority), "/", "", self.keys_cfg)
+        key = self.url_keys.key(url.scheme, url.raw_authority, "/", "")
         base = split_key(key)[0].rstrip("/")
         rest = value.split("://", 1)[1]
         slash = rest.find("/")

@@ -21,7 +21,9 @@ whether any rule could match before each is tried. Both memos are bounded like
 the key memo (cleared when full). Keys stay a function
 of the URL alone: a rule that changes the key matches on hosts and path only
 (config validation), so `Fetcher.key_for`'s memo per (scheme, host, path,
-query) stays right.
+query) stays right, and a purge of a URL names the key a request for it gets
+(`keys.UrlKeys`; a path on every host: each key config a host can give it,
+`RuleSet.key_configs`).
 
 Pure: no I/O, no clock.
 """
@@ -32,7 +34,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from proxy.config import KeyConfig, Rule
+from proxy.config import KeyConfig, Rule, RuleKey
 from proxy.keys import cookie_key
 from proxy.messages import ClientRequest
 from proxy.policy import NO_OVERRIDES, Overrides
@@ -324,20 +326,39 @@ class RuleSet:
             self._key_configs[indices] = found
         return found
 
+    def key_configs(self, path: str) -> tuple[KeyConfig, ...]:
+        """Every key config some host gives this path (a path meaning every host: a purge of "/a?b=1").
+
+        The key rules whose path fits it apply in order: one without a hosts condition on every
+        host, one with either applying or not. Distinct configs only (one when no such rule names
+        hosts), in a stable order.
+        """
+        configs = [self.keys]
+        for c in self._key_rules:
+            if not c.path_fits(path):
+                continue
+            key = c.rule.key
+            assert key is not None
+            applied = [_with_key(cfg, key) for cfg in configs]
+            configs = list(dict.fromkeys(applied if c.hosts is None else configs + applied))
+        return tuple(configs)
+
     def _key_config(self, indices: tuple[int, ...]) -> KeyConfig:
         cfg = self.keys
-        drop = list(cfg.ignore_query_params)
-        keep = cfg.keep_query_params
-        sort = cfg.sort_query
         for i in indices:
             key = self.compiled[i].rule.key
             assert key is not None
-            drop.extend(p for p in key.drop_query if p not in drop)
-            if key.keep_query:
-                keep = key.keep_query
-            if key.sort_query is not None:
-                sort = key.sort_query
-        return replace(cfg, ignore_query_params=tuple(drop), keep_query_params=keep, sort_query=sort)
+            cfg = _with_key(cfg, key)
+        return cfg
+
+
+def _with_key(cfg: KeyConfig, key: RuleKey) -> KeyConfig:
+    """cfg as one more key rule changes it: drop_query adds up, keep_query and sort_query replace."""
+    drop = list(cfg.ignore_query_params)
+    drop.extend(p for p in key.drop_query if p not in drop)
+    keep = key.keep_query or cfg.keep_query_params
+    sort = cfg.sort_query if key.sort_query is None else key.sort_query
+    return replace(cfg, ignore_query_params=tuple(drop), keep_query_params=keep, sort_query=sort)
 
 
 def _prefilter(rules: Iterable[_Compiled]) -> re.Pattern[str] | None:

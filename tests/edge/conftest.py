@@ -183,7 +183,10 @@ StartEdges = Callable[..., Awaitable[list[Edge]]]
 async def start_edges(
     session: aiohttp.ClientSession, tmp_path: Path, origin: Origin, clock: FakeClock
 ) -> AsyncIterator[StartEdges]:
-    """Start n edges (edge-1..edge-n) that know each other, in front of the origin stub."""
+    """Start n edges (edge-1..edge-n) that know each other, in front of the origin stub.
+
+    `config`: Config fields every edge gets (e.g. rules); the other keywords are cluster settings.
+    """
     servers: list[EdgeServer] = []
 
     async def start(
@@ -194,6 +197,7 @@ async def start_edges(
         ports: list[int] | None = None,
         names: list[str] | None = None,
         use_clock: bool = False,
+        config: dict[str, Any] | None = None,
         **cluster: Any,
     ) -> list[Edge]:
         ports = ports or [free_port() for _ in range(n)]
@@ -204,7 +208,7 @@ async def start_edges(
             settings: dict[str, Any] = {"peers": peers, **cluster}
             if redis_url:
                 settings["redis_url"] = redis_url
-            cfg = edge_config(nm, port, origin_url or origin.url, tmp_path / nm, settings)
+            cfg = edge_config(nm, port, origin_url or origin.url, tmp_path / nm, settings, **(config or {}))
             server = EdgeServer(cfg, clock if use_clock else None)
             servers.append(server)
             await server.start(port)

@@ -14,7 +14,7 @@ from yarl import URL
 
 from edge.hashing import owner
 from proxy import metrics, stats
-from proxy.config import Config
+from proxy.config import Config, config_from_mapping
 from proxy.purge import PurgeRequest
 from tests.edge.conftest import Edge, RedisServer, StartEdges
 from tests.functional.conftest import FakeClock, Origin, cache_status
@@ -110,6 +110,29 @@ async def test_purge_on_one_edge_reaches_the_others_within_100ms(
         while fanout.stats.applied_from_stream < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert fanout.stats.applied_from_stream == 3
+
+
+async def test_a_purge_fanned_out_finds_the_key_a_route_rule_changed_on_every_edge(
+    start_edges: StartEdges, redis_url: str
+) -> None:
+    rule = {
+        "name": "tracked",
+        "match": {"path": "/max-age/*"},
+        "key": {"drop_query": ["utm_*"], "sort_query": True},
+    }
+    rules = config_from_mapping({"rules": [rule]}, "test", environ={}).rules
+    edges = await start_edges(2, redis_url=redis_url, config={"rules": rules})
+    stored = "/max-age/600?utm_source=mail&b=2&a=1"
+    for edge in edges:
+        await edge.get(stored)
+        assert key_for(edge, "/max-age/600?a=1&b=2") in edge.storage
+    # The URL as another client spelled it, on every host: each edge keys it with its rules.
+    result = await edges[0].purger.purge(PurgeRequest("url", ("/max-age/600?a=1&b=2&utm_medium=ads",)))
+    assert result.keys == 1
+    deadline = time.monotonic() + 2
+    while key_for(edges[1], "/max-age/600?a=1&b=2") in edges[1].storage and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert key_for(edges[1], "/max-age/600?a=1&b=2") not in edges[1].storage
 
 
 async def test_edge_stopped_during_a_purge_applies_it_before_serving_again(

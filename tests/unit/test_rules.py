@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 from proxy import policy
 from proxy.config import Config, ConfigError, KeyConfig, PolicyConfig, Rule, config_from_mapping
 from proxy.headers import EMPTY_DIRECTIVES
-from proxy.keys import cookie_key, primary_key, request_vary_values, variant_matches
+from proxy.keys import UrlKeys, cookie_key, primary_key, request_vary_values, variant_matches
 from proxy.messages import ClientRequest
 from proxy.rules import RuleSet, glob_regex, media_type
 
@@ -359,6 +359,50 @@ def test_key_rules_match_hosts_too() -> None:
     assert rs.key_config("a.example:8080", "/x").sort_query
     assert not rs.key_config("b.example", "/x").sort_query
     assert rs.key_config("b.example", "/x") is rs.keys
+
+
+def test_a_path_on_every_host_gets_the_key_config_of_every_host_a_rule_names_or_not() -> None:
+    keys = KeyConfig(ignore_query_params=("fbclid",))
+    rs = ruleset(
+        {"name": "shop", "match": {"path": "/shop/**"}, "key": {"drop_query": ["utm_*"]}},
+        {"name": "one-host", "match": {"hosts": ["a.example"]}, "key": {"sort_query": True}},
+        keys=keys,
+    )
+    # a.example sorts every path's query, other hosts do not; /shop/** drops utm_* on every host.
+    assert set(rs.key_configs("/blog/a")) == {keys, rs.key_config("a.example", "/blog/a")}
+    assert set(rs.key_configs("/shop/a")) == {
+        rs.key_config("b.example", "/shop/a"),
+        rs.key_config("a.example", "/shop/a"),
+    }
+    assert len(rs.key_configs("/shop/a")) == 2
+
+
+def test_a_path_on_every_host_gets_one_key_config_when_no_key_rule_names_hosts() -> None:
+    rs = ruleset({"name": "shop", "match": {"path": "/shop/**"}, "key": {"drop_query": ["utm_*"]}})
+    assert rs.key_configs("/shop/a") == (rs.key_config("any.example", "/shop/a"),)
+    assert rs.key_configs("/blog/a") == (rs.keys,)
+
+
+def test_url_keys_key_a_url_as_its_rules_say_and_a_path_as_every_host_may() -> None:
+    rs = ruleset(
+        {"name": "shop", "match": {"path": "/shop/**"}, "key": {"drop_query": ["utm_*"]}},
+        {"name": "one-host", "match": {"hosts": ["a.example"]}, "key": {"sort_query": True}},
+        keys=KeyConfig(namespace="v1"),
+    )
+    keys = UrlKeys(rs.keys, rs, "client", "origin.example")
+    assert (
+        keys.key("http", "A.example:80", "/shop/x", "utm_a=1&b=2&a=1") == "v1|http://a.example/shop/x?a=1&b=2"
+    )
+    assert keys.key("http", "b.example", "/shop/x", "utm_a=1&b=2&a=1") == "v1|http://b.example/shop/x?b=2&a=1"
+    assert keys.key("http", "b.example", "/blog", "utm_a=1") == "v1|http://b.example/blog?utm_a=1"
+    assert set(keys.targets("/shop/x?utm_a=1&b=2&a=1")) == {"/shop/x?a=1&b=2", "/shop/x?b=2&a=1"}
+    assert keys.targets("/blog?b=1") == ("/blog?b=1",)  # one spelling, whichever host
+    assert set(keys.targets("/blog?b=1&a=2")) == {"/blog?b=1&a=2", "/blog?a=2&b=1"}
+    assert keys.targets("/blog?") == ("/blog",)
+    # With host_header "origin" keys use the origin's host; the rules still see the client's.
+    by_origin = UrlKeys(rs.keys, rs, "origin", "origin.example")
+    assert by_origin.key("http", "a.example", "/blog", "b=1&a=2") == "v1|http://origin.example/blog?a=2&b=1"
+    assert UrlKeys(KeyConfig(sort_query=True), None, "client", "o").targets("/x?b=1&a=2") == ("/x?a=2&b=1",)
 
 
 def test_headers_and_cookies_in_the_key_become_the_secondary_key() -> None:
