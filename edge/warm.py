@@ -18,6 +18,7 @@ from edge.hashing import owner
 from edge.membership import Membership
 from proxy import warm
 from proxy.config import Config
+from proxy.node import url_keys_of
 
 
 class OwnerRouter:
@@ -25,6 +26,7 @@ class OwnerRouter:
 
     def __init__(self, cfg: Config, membership: Membership) -> None:
         self.cfg = cfg
+        self.url_keys = url_keys_of(cfg)  # keyed as the edges key requests, per-route rules included
         self.membership = membership
         members = membership.members()
         self.description = (
@@ -32,7 +34,7 @@ class OwnerRouter:
         )
 
     def edge_for(self, target: warm.Target) -> str:
-        name = owner(warm.cache_key(self.cfg, target), self.membership.members())
+        name = owner(warm.cache_key(self.url_keys, target), self.membership.members())
         url = self.membership.url_of(name) if name is not None else None
         if url is None:
             raise warm.WarmError("no edge in the cluster")

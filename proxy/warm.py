@@ -36,7 +36,7 @@ from yarl import URL
 from proxy import __version__
 from proxy.cliargs import count, positive_seconds
 from proxy.config import Config, ConfigError, load_config
-from proxy.keys import key_host, primary_key
+from proxy.keys import UrlKeys
 from proxy.routing import HEALTH_PATH
 
 Outcome = Literal["stored", "fresh", "not storable", "failed"]
@@ -218,11 +218,11 @@ async def _check_reachable(session: aiohttp.ClientSession, edge: str) -> None:
         raise WarmError(f"cannot reach the edge at {edge}: {exc or type(exc).__name__}") from None
 
 
-def cache_key(cfg: Config, target: Target, scheme: str = "http") -> str:
-    """The primary cache key an edge with `cfg` computes for this target (Fetcher.key_for)."""
+def cache_key(keys: UrlKeys, target: Target, scheme: str = "http") -> str:
+    """The primary cache key an edge keying URLs with `keys` computes for this target (Fetcher.key_for:
+    keys.* as its per-route rules change them; proxy.node.url_keys_of makes it from a config)."""
     path, _, query = target.path.partition("?")
-    host = key_host(target.host or "", cfg.origin.host_header, URL(cfg.origin.url).raw_authority)
-    return primary_key(scheme, host, path, query, cfg.keys)
+    return keys.key(scheme, target.host or "", path, query)
 
 
 def parse_headers(values: Sequence[str]) -> dict[str, str]:

@@ -15,7 +15,9 @@ import pytest
 from aiohttp import web
 
 from edge.cli import main as minicdn
-from proxy.warm import WarmError, classify, parse_sitemap, targets_from_lines
+from proxy.config import config_from_mapping
+from proxy.node import url_keys_of
+from proxy.warm import Target, WarmError, cache_key, classify, parse_sitemap, targets_from_lines
 from tests.functional.conftest import Origin, Proxy, cache_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,3 +248,19 @@ def test_url_lines_become_targets_with_their_host() -> None:
     ]
     with pytest.raises(WarmError, match="f:1: 'd' is neither"):
         targets_from_lines(["d"], "f", host=None, paths_only=False)
+
+
+def test_warm_keys_a_url_as_the_edges_do_with_the_rules_key_settings() -> None:
+    # The cluster's warm sends each URL to the owner of its key (edge/warm.py): the key must be the
+    # one the edges compute, per-route rules included, or URLs go to edges that do not own them.
+    cfg = config_from_mapping(
+        {"rules": [{"name": "utm", "match": {"path": "/max-age/*"}, "key": {"drop_query": ["utm_*"]}}]},
+        "test",
+        environ={},
+    )
+    keys = url_keys_of(cfg)
+    campaign = Target(url="/max-age/60?utm_source=mail&b=1", path="/max-age/60?utm_source=mail&b=1")
+    plain = Target(url="/max-age/60?b=1", path="/max-age/60?b=1")
+    assert cache_key(keys, campaign) == cache_key(keys, plain)
+    outside = Target(url="/other?utm_source=mail", path="/other?utm_source=mail")
+    assert cache_key(keys, outside).endswith("/other?utm_source=mail")
