@@ -189,7 +189,7 @@ class Engine:
             if matched is not None and matched.bypass:
                 lk.decision = policy.Pass("rule")  # never looked up, never stored
                 return lk
-        if req.conditional and policy.has_precondition_for_origin(req.headers):
+        if req.conditional and policy.has_precondition_for_origin(req.conditional_headers):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
         if req.cache_control is not None or req.pragma is not None:  # else: none (the default)
@@ -250,13 +250,27 @@ class Engine:
             lk.normalised = headers
         return headers
 
+    def _conditionals(self, lk: Lookup) -> Headers:
+        """The request's conditional and Range fields as normalised() has them, without the rest:
+        all that answering from a stored response reads (proxy/delivery.py)."""
+        if lk.normalised is not None:
+            return lk.normalised
+        origin = self.cfg.origin
+        req = lk.request
+        return fields_end_to_end(
+            req.conditional_raw,
+            req.connection,
+            origin.unkeyed_request_headers,
+            underscores=origin.underscores_in_headers,
+        )
+
     def _accept_encoding(self, req: ClientRequest) -> str:
         """The request's Accept-Encoding reduced to one coding: the variant it is keyed with.
 
         A range is keyed with identity when this cache compresses: ranges are answered
         from the identity variant.
         """
-        if self._ranges_identity and req.conditional and "range" in req.headers:
+        if self._ranges_identity and req.conditional and "range" in req.conditional_headers:
             return "identity"
         return normalise_accept_encoding(req.accept_encoding, self._encodings)
 
@@ -292,7 +306,7 @@ class Engine:
         covered = True
         if entry is not None and entry.parts:
             # An incomplete stored response answers only a range it holds (RFC 9111 §3.3).
-            conditional = self.normalised(lk) if req.conditional else None
+            conditional = self._conditionals(lk) if req.conditional else None
             covered = covered_range(req.method, conditional, entry) is not None
         decision = lk.decision = policy.decide(
             req.method, lk.directives, entry, lk.resource is not None, lk.now, self.cfg.policy, covered
@@ -324,7 +338,7 @@ class Engine:
                 )
             status = hit_status
         if req.conditional or (self._peer_tags is not None and req.hop is not None):
-            conditional = self.normalised(lk) if req.conditional else None
+            conditional = self._conditionals(lk) if req.conditional else None
             lk.answer = self._deliver(req, conditional, found, age, status)
         else:  # _deliver without its checks (the plain hit)
             lk.answer = plan_delivery(req.method, None, found, age, status)

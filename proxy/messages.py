@@ -54,12 +54,14 @@ class ClientRequest:
     """
 
     __slots__ = (
+        "_conditional_headers",
         "_headers",
         "accept_encoding",
         "body",
         "body_follows",
         "cache_control",
         "conditional",
+        "conditional_raw",
         "connection",
         "expect_continue",
         "hop",
@@ -91,6 +93,7 @@ class ClientRequest:
     pragma: str | None
     accept_encoding: str | None
     conditional: bool  # any of CONDITIONAL_FIELDS present
+    conditional_raw: RawFields  # their lines as received, in order (empty when none)
     connection: str | None  # the Connection field (RFC 9110 §7.6.1): the names it lists are hop-by-hop
     hop: str | None  # routing.HOP_HEADER: the peer edge that sent it
     # Framing facts for the front: Host lines seen, a body follows the head (Content-Length
@@ -99,6 +102,7 @@ class ClientRequest:
     body_follows: bool
     expect_continue: bool
     _headers: CIMultiDictProxy[str] | None
+    _conditional_headers: CIMultiDictProxy[str] | None
 
     @classmethod
     def read(
@@ -107,6 +111,7 @@ class ClientRequest:
         """A request from its parsed head, picking out the looked-up fields in one pass (RFC 9110 §5.3)."""
         self = object.__new__(cls)
         host = cache_control = pragma = accept_encoding = connection = hop = None
+        conditionals: list[tuple[bytes, bytes]] | None = None
         hosts = 0
         conditional = body_follows = expect_continue = False
         spelled = _SPELLINGS.get
@@ -131,6 +136,9 @@ class ClientRequest:
                 cache_control = _joined(cache_control, _text(value))
             elif kind == _CONDITIONAL:
                 conditional = True
+                if conditionals is None:
+                    conditionals = []
+                conditionals.append((name, value))
             elif kind == _PRAGMA:
                 pragma = _joined(pragma, _text(value))
             elif kind == _CONTENT_LENGTH:
@@ -160,12 +168,14 @@ class ClientRequest:
         self.pragma = pragma
         self.accept_encoding = accept_encoding
         self.conditional = conditional
+        self.conditional_raw = () if conditionals is None else tuple(conditionals)
         self.connection = connection
         self.hop = hop
         self.hosts = hosts
         self.body_follows = body_follows
         self.expect_continue = expect_continue
         self._headers = None
+        self._conditional_headers = None
         return self
 
     @classmethod
@@ -196,6 +206,16 @@ class ClientRequest:
             headers = CIMultiDictProxy(CIMultiDict((_text(n), _text(v)) for n, v in self.raw_fields))
             self._headers = headers
         return headers
+
+    @property
+    def conditional_headers(self) -> CIMultiDictProxy[str]:
+        """The conditional and Range fields as received (CONDITIONAL_FIELDS), without the others:
+        what a conditional lookup reads, without building the multidict of every field."""
+        found = self._conditional_headers
+        if found is None:
+            fields = CIMultiDict((_text(n), _text(v)) for n, v in self.conditional_raw)
+            found = self._conditional_headers = CIMultiDictProxy(fields)
+        return found
 
     @property
     def path_qs(self) -> str:

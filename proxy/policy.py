@@ -730,10 +730,12 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
     return modified is not None and modified <= ims
 
 
+_NOT_MODIFIED_NAMES = frozenset(n.lower() for n in NOT_MODIFIED_FIELDS)
+
+
 def not_modified_header_list(entry: StoredResponse) -> HeaderList:
     """The stored fields a generated 304 carries (RFC 9110 §15.4.5)."""
-    wanted = {n.lower() for n in NOT_MODIFIED_FIELDS}
-    return tuple((n, v) for n, v in entry.headers if n.lower() in wanted)
+    return tuple((n, v) for n, v in entry.headers if n.lower() in _NOT_MODIFIED_NAMES)
 
 
 def has_precondition_for_origin(request_headers: Headers) -> bool:

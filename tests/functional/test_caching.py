@@ -124,6 +124,24 @@ async def test_rfc9111_s4_3_2_client_if_none_match_gets_304_from_cache(proxy: Pr
     assert await origin.hits("/etag") == 1
 
 
+async def test_rfc9110_s7_6_1_conditionals_named_by_connection_are_not_the_caches_to_answer(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # Fields the Connection field lists are hop-by-hop: the stored response answers as if they were
+    # absent (a whole 200), as the origin would have seen the request without them.
+    first, full = await proxy.get("/etag?max_age=60")
+    etag = first.headers["ETag"]
+    resp, body = await proxy.get(
+        "/etag?max_age=60", headers={"Connection": "keep-alive, If-None-Match", "If-None-Match": etag}
+    )
+    assert resp.status == 200 and body == full
+    resp, body = await proxy.get("/etag?max_age=60", headers={"Connection": "Range", "Range": "bytes=0-1"})
+    assert resp.status == 200 and body == full
+    resp, _ = await proxy.get("/etag?max_age=60", headers={"If-None-Match": etag})
+    assert resp.status == 304  # the same field, not listed: answered
+    assert await origin.hits("/etag") == 1
+
+
 async def test_rfc9111_s4_3_2_client_if_modified_since_gets_304_from_cache(
     proxy: Proxy, origin: Origin
 ) -> None:

@@ -68,3 +68,23 @@ def test_learned_spellings_are_bounded_and_odd_ones_still_picked(
     assert req.pragma == "no-cache"
     assert req.hosts == 2
     assert b"PrAgMa" not in table
+
+
+def test_conditional_and_range_lines_are_kept_apart_in_order() -> None:
+    req = read(
+        [
+            (b"Host", b"cdn.example"),
+            (b"If-None-Match", b'"a"'),
+            (b"User-Agent", b"x"),
+            (b"range", b"bytes=0-1"),
+            (b"IF-NONE-MATCH", b'"b"'),
+        ]
+    )
+    assert req.conditional_raw == (
+        (b"If-None-Match", b'"a"'),
+        (b"range", b"bytes=0-1"),
+        (b"IF-NONE-MATCH", b'"b"'),
+    )
+    assert req.conditional_headers.getall("if-none-match") == ['"a"', '"b"']
+    assert "User-Agent" not in req.conditional_headers
+    assert read([(b"Host", b"a")]).conditional_raw == ()
