@@ -77,6 +77,10 @@ class StoredResponse:
     hit_fields: bytes = field(default=b"", init=False, compare=False, repr=False)
     cache_status_prefix: bytes = field(default=b"", init=False, compare=False, repr=False)
     add_accept_ranges: bool = field(default=False, init=False, compare=False, repr=False)
+    # Derived on first use, by the hit writer (proxy.h1.delivery_head): the field lines a 304
+    # generated from this response carries (policy.not_modified_header_list). None until then,
+    # and again whenever the headers change (__post_init__).
+    not_modified_lines: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         headers = self.headers
@@ -87,6 +91,7 @@ class StoredResponse:
         object.__setattr__(self, "hit_fields", fields)
         object.__setattr__(self, "cache_status_prefix", prefix)
         object.__setattr__(self, "add_accept_ranges", accept_ranges)
+        object.__setattr__(self, "not_modified_lines", None)
 
     @classmethod
     def from_checked(cls, values: tuple[object, ...]) -> StoredResponse:

@@ -110,9 +110,15 @@ def delivery_head(
             return head, b""
         return head, entry.bytes_of(d.first, d.last) if incomplete else entry.body[d.first : d.last + 1]
     if kind == "not-modified":
-        kept = policy.not_modified_header_list(entry)
-        fields = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
-        head = cached_status_line(304, "") + fields.encode("utf-8", "surrogateescape") + b"".join(tail)
+        kept_lines = entry.not_modified_lines
+        if kept_lines is None:
+            kept = policy.not_modified_header_list(entry)
+            text = "".join(f"{n}: {v}\r\n" for n, v in kept if n.lower() != "cache-status")
+            kept_lines = text.encode("utf-8", "surrogateescape")
+            # Derived once per stored response (a pure function of its fields): browsers
+            # revalidate the same objects over and over.
+            object.__setattr__(entry, "not_modified_lines", kept_lines)
+        head = cached_status_line(304, "") + kept_lines + b"".join(tail)
         return head, b""
     # unsatisfiable
     fields = "".join(

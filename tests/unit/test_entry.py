@@ -6,7 +6,10 @@ import dataclasses
 
 import pytest
 
+from proxy.cache_status import CacheStatus
 from proxy.entry import StoredResponse
+from proxy.h1 import delivery_head
+from proxy.messages import Delivery
 
 BASE = StoredResponse(
     status=200,
@@ -47,3 +50,19 @@ def test_evolve_refuses_unknown_and_derived_fields() -> None:
         BASE.evolve(bogus=1)
     with pytest.raises(TypeError):
         BASE.evolve(hit_fields=b"forged")
+
+
+def test_a_304s_lines_are_derived_once_and_again_after_new_headers() -> None:
+    # RFC 9111 §4.3.4: a freshened response's 304s carry its new fields, not the remembered ones.
+    def not_modified(entry: StoredResponse) -> bytes:
+        delivery = Delivery(entry, 0.0, CacheStatus(hit=True), "not-modified")
+        head, _ = delivery_head(delivery, b"n", b"", "GET", False, True)
+        return head
+
+    entry = BASE.evolve(headers=(("ETag", '"a"'), ("Cache-Control", "max-age=60")))
+    assert b"Cache-Control: max-age=60\r\n" in not_modified(entry)
+    assert entry.not_modified_lines is not None  # remembered
+    freshened = entry.evolve(headers=(("ETag", '"a"'), ("Cache-Control", "max-age=600")))
+    assert freshened.not_modified_lines is None
+    assert b"Cache-Control: max-age=600\r\n" in not_modified(freshened)
+    assert entry.evolve(body=b"x").not_modified_lines == entry.not_modified_lines  # same fields
