@@ -210,9 +210,10 @@ async def test_stats_prints_grouped_counters(node: Node, capsys: pytest.CaptureF
     assert code == 0, err
     groups = {line.split()[0]: line for line in out.splitlines()}
     assert set(groups) == {
-        "node", "workers", "engine", "l1", "l2", "storage", "purge", "catalog", "health", "worker",
-        "uptime", "answers", "statuses", "latency", "origin", "hot",
+        "node", "workers", "engine", "l1", "l2", "storage", "purge", "slices", "catalog", "health",
+        "worker", "uptime", "answers", "statuses", "latency", "origin", "hot",
     }  # fmt: skip
+    assert "answers 0" in groups["slices"], groups["slices"]
     assert groups["health"].startswith("health   l2 ok ")
     assert groups["answers"].startswith("answers  hit 1 (l1 1, l2 0)  stale 0 (")
     assert "miss 1" in groups["answers"] and "2xx 2" in groups["statuses"]
