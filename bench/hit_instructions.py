@@ -5,8 +5,9 @@ from run to run; `compare.py` needs several rounds against nginx to see a 10 % c
 runs the same in-process hit path (bench/hit_path.py: the real front, engine and hit writer, a
 transport that only counts bytes) under `valgrind --tool=callgrind` twice, with 2,000 and with 6,000
 requests, and reports the difference per request: the instructions one more request costs once
-everything is warm. The count is the same from run to run (to a few instructions), so two checkouts
-can be compared in one go and a change of 1 % shows.
+everything is warm. The count moves by well under 1 % from run to run (with random hash seeds, about
+1 %; the children run with PYTHONHASHSEED=0), so two checkouts can be compared in one go and a change
+of a few percent shows.
 
 Instructions are not time (a cache miss costs more than an add), but on this code the two move
 together: a cut from 131.9k to 120.0k instructions per hit (-9 %) came out as +14-15 % hits per second
@@ -87,7 +88,9 @@ def count(root: str, case: str, requests: int) -> int:
         case,
         str(requests),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # A fixed hash seed: dict and set layouts (and so the instructions of a lookup) stay the same.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     found = _COLLECTED.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"valgrind run failed for {root} {case!r}:\n{done.stderr[-2000:]}")
