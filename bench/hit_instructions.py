@@ -5,9 +5,9 @@ from run to run; `compare.py` needs several rounds against nginx to see a 10 % c
 runs the same in-process hit path (bench/hit_path.py: the real front, engine and hit writer, a
 transport that only counts bytes) under `valgrind --tool=callgrind` twice, with 2,000 and with 6,000
 requests, and reports the difference per request: the instructions one more request costs once
-everything is warm. The count moves by well under 1 % from run to run (with random hash seeds, about
-1 %; the children run with PYTHONHASHSEED=0), so two checkouts can be compared in one go and a change
-of a few percent shows.
+everything is warm. The children run with PYTHONHASHSEED=0, and then the count repeats exactly
+(117,751 twice for the browser case; with random seeds it moved by about 1 %), so two checkouts can
+be compared in one go and a change of 1 % shows.
 
 Instructions are not time (a cache miss costs more than an add), but on this code the two move
 together: a cut from 131.9k to 120.0k instructions per hit (-9 %) came out as +14-15 % hits per second
