@@ -41,7 +41,7 @@ from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_end
 from proxy.keys import UrlKeys, normalise_accept_encoding, select_variant, variant_matches
-from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
+from proxy.messages import Answer, ClientRequest, Delivery, RawFields, Reply, error_reply
 from proxy.observe import HotKeys
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.purger import Purger
@@ -192,8 +192,7 @@ class Engine:
         if req.conditional and policy.has_precondition_for_origin(req.conditional_headers):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
-        if req.cache_control is not None or req.pragma is not None:  # else: none (the default)
-            lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
+        lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
         key = lk.key = self.fetcher.key_for(req)
         # HotKeys.count, inline (the hit path): a key seen already costs one get and one set.
         hot = self.hot.current
@@ -238,14 +237,7 @@ class Engine:
         """
         headers = lk.normalised
         if headers is None:
-            origin = self.cfg.origin
-            req = lk.request
-            headers = fields_end_to_end(
-                req.raw_fields,
-                req.connection,
-                origin.unkeyed_request_headers,
-                underscores=origin.underscores_in_headers,
-            )
+            headers = self._as_origin_sees(lk.request, lk.request.raw_fields)
             headers["Accept-Encoding"] = self._accept_encoding(lk.request)
             lk.normalised = headers
         return headers
@@ -255,13 +247,13 @@ class Engine:
         all that answering from a stored response reads (proxy/delivery.py)."""
         if lk.normalised is not None:
             return lk.normalised
+        return self._as_origin_sees(lk.request, lk.request.conditional_raw)
+
+    def _as_origin_sees(self, req: ClientRequest, raw: RawFields) -> CIMultiDict[str]:
+        """Those of req's fields (`raw`) the origin would get: end to end, unkeyed inputs dropped."""
         origin = self.cfg.origin
-        req = lk.request
         return fields_end_to_end(
-            req.conditional_raw,
-            req.connection,
-            origin.unkeyed_request_headers,
-            underscores=origin.underscores_in_headers,
+            raw, req.connection, origin.unkeyed_request_headers, underscores=origin.underscores_in_headers
         )
 
     def _accept_encoding(self, req: ClientRequest) -> str:
@@ -298,11 +290,7 @@ class Engine:
     def _decide(self, lk: Lookup) -> None:
         """policy.decide on a finished lookup; a Deliver becomes the answer at once."""
         req = lk.request
-        resource = lk.resource
-        if resource is not None and len(resource.variants) == 1 and not resource.variants[0].vary_names:
-            entry: StoredResponse | None = resource.variants[0]  # _select's first case, inline
-        else:
-            entry = self._select(lk)
+        entry = self._select(lk)
         covered = True
         if entry is not None and entry.parts:
             # An incomplete stored response answers only a range it holds (RFC 9111 §3.3).
@@ -337,11 +325,8 @@ class Engine:
                     hit=True, ttl=memo_key[0], detail=lk.tier, rule=rule
                 )
             status = hit_status
-        if req.conditional or (self._peer_tags is not None and req.hop is not None):
-            conditional = self._conditionals(lk) if req.conditional else None
-            lk.answer = self._deliver(req, conditional, found, age, status)
-        else:  # _deliver without its checks (the plain hit)
-            lk.answer = plan_delivery(req.method, None, found, age, status)
+        conditional = self._conditionals(lk) if req.conditional else None
+        lk.answer = self._deliver(req, conditional, found, age, status)
 
     def _deliver(
         self,

@@ -69,7 +69,7 @@ def delivery_head(
     extra = (
         b"".join(f"{n}: {v}\r\n".encode("utf-8", "surrogateescape") for n, v in d.extra) if d.extra else b""
     )
-    connection = (KEEP_ALIVE_LINE if http10 else b"") if keep_alive else CLOSE_LINE  # connection_line
+    connection = connection_line(http10, keep_alive)
     if kind == "whole":
         # The hit path: one join of the parts built at store time and this response's lines.
         status = entry.status

@@ -203,8 +203,7 @@ class ClientRequest:
         """Every field as received, case-insensitive (built on first use)."""
         headers = self._headers
         if headers is None:
-            headers = CIMultiDictProxy(CIMultiDict((_text(n), _text(v)) for n, v in self.raw_fields))
-            self._headers = headers
+            headers = self._headers = _decoded(self.raw_fields)
         return headers
 
     @property
@@ -213,8 +212,7 @@ class ClientRequest:
         what a conditional lookup reads, without building the multidict of every field."""
         found = self._conditional_headers
         if found is None:
-            fields = CIMultiDict((_text(n), _text(v)) for n, v in self.conditional_raw)
-            found = self._conditional_headers = CIMultiDictProxy(fields)
+            found = self._conditional_headers = _decoded(self.conditional_raw)
         return found
 
     @property
@@ -223,6 +221,10 @@ class ClientRequest:
 
     def __repr__(self) -> str:
         return f"ClientRequest({self.method} {self.path_qs} host={self.host!r})"
+
+
+def _decoded(raw: RawFields) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict((_text(n), _text(v)) for n, v in raw))
 
 
 def _joined(prior: str | None, value: str) -> str:

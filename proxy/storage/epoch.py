@@ -12,10 +12,13 @@ import mmap
 import os
 import struct
 from pathlib import Path
+from typing import Final
 
 EPOCH_FILE = "purge.epoch"
-# Native byte order: the file is shared only by processes on this machine.
-_COUNTER = struct.Struct("=Q")
+# One unsigned 64-bit integer in native byte order (the file is shared only by processes on
+# this machine), read and written through a memoryview cast to it.
+_CELL: Final = "Q"
+_SIZE = struct.calcsize(_CELL)
 
 
 class EpochCounter:
@@ -34,11 +37,11 @@ class EpochCounter:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            if os.fstat(fd).st_size < _COUNTER.size:
-                os.ftruncate(fd, _COUNTER.size)
+            if os.fstat(fd).st_size < _SIZE:
+                os.ftruncate(fd, _SIZE)
             fcntl.flock(fd, fcntl.LOCK_UN)
-            self._map = mmap.mmap(fd, _COUNTER.size)
-            self._cell = memoryview(self._map).cast("Q")
+            self._map = mmap.mmap(fd, _SIZE)
+            self._cell = memoryview(self._map).cast(_CELL)
         except BaseException:
             os.close(fd)
             raise

@@ -237,26 +237,16 @@ class TieredStorage:
         pool can tell (a big value, a lock, a delete in flight): continue
         with aget_rest(). An answered lookup is counted (hit or miss) here.
         """
-        l1 = self.l1
-        if l1 is not None:
-            # _lookup_now's L1 step, inline: most lookups end here (one call less per hit).
-            resource = l1.get(key)
-            if resource is not None:
-                self.stats.hits += 1
-                return True, resource, "l1"
-        answered, resource, tier = self._lookup_now(key, count_miss=True, l1_done=True)
+        answered, resource, tier = self._lookup_now(key, count_miss=True)
         if answered and resource is None:
             self.stats.misses += 1
         return answered, resource, tier
 
     def _lookup_now(
-        self, key: str, *, count_miss: bool, l1_done: bool = False
+        self, key: str, *, count_miss: bool
     ) -> tuple[bool, CachedResource | None, TierName | None]:
-        """get_now(), and the first step of aget(); count_miss: an L2 miss counts in L2's stats.
-
-        l1_done: the caller looked in L1 already.
-        """
-        if self.l1 is not None and not l1_done:
+        """get_now(), and the first step of aget(); count_miss: an L2 miss counts in L2's stats."""
+        if self.l1 is not None:
             resource = self.l1.get(key)
             if resource is not None:
                 self.stats.hits += 1
