@@ -217,6 +217,8 @@ def origin_view(
 ) -> tuple[StoredResponse, tuple[StoredResponse, ...]]:
     """What to ask the origin about when revalidating `stale`: its identity variant if this cache
     derived it, and the stored variants less the derived ones (whose validators the origin never made)."""
+    if len(stored) == 1 and stored[0] is stale:
+        return stale, (stale,)  # nothing derived from itself: the common case, without the scans
     originals = tuple(v for v in stored if not any(is_derived(v, other) for other in stored))
     base = next((v for v in stored if is_derived(stale, v)), stale)
     return base, originals
@@ -228,6 +230,8 @@ def refresh_derived(
     """`updated` (id of a stored variant -> its freshened copy) with the encodings derived from a
     freshened identity variant rebuilt from it (their bodies kept)."""
     out = dict(updated)
+    if len(stored) == 1:
+        return out  # a variant is never derived from itself
     by_id = {id(v): v for v in stored}
     for old_id, new in updated.items():
         old = by_id.get(old_id)

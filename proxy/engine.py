@@ -726,7 +726,7 @@ class Engine:
         if shared is not None and self.slicer is not None and self.slicer.is_slice(shared):
             # The first slice of a large object (Fetcher._store_first_slice): the rest from slices.
             if leader or variant_matches(shared, f.headers):
-                status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
+                status = _as_seen_by(outcome.status, leader)
                 result = await self.slicer.answer(f, shared, None, status)
                 if result is not None:
                     if not leader:
@@ -743,7 +743,7 @@ class Engine:
             # The leader is answered the part the origin sent it, whatever it asked for.
             part = outcome.part if leader else None
             if (leader or variant_matches(shared, f.headers)) and (part or self._covers(shared, f)):
-                status = outcome.status._replace(collapsed=outcome.status.collapsed or not leader)
+                status = _as_seen_by(outcome.status, leader)
                 if not leader:
                     self.stats.coalesced += 1
                 cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
@@ -1018,3 +1018,12 @@ def _name_rules(answer: Answer, rules: Match) -> None:
 def _discard_outcome(task: asyncio.Task[FetchOutcome]) -> None:
     if not task.cancelled() and task.exception() is None:
         task.result().discard()
+
+
+def _as_seen_by(status: CacheStatus, leader: bool) -> CacheStatus:
+    """A fetch's Cache-Status as one of its requests sees it: collapsed unless it led the fetch.
+
+    (NamedTuple._replace is a Python-level call: made only when the value changes.)"""
+    if leader or status.collapsed:
+        return status
+    return status._replace(collapsed=True)

@@ -339,9 +339,10 @@ class Fetcher:
                 response_time,
                 self.policy_config,
                 f.stored_overrides(variant),
+                epoch,
             )
             if isinstance(plan, policy.StorePlan):  # else the origin now forbids storing it
-                variants.append(plan.template.evolve(fetch_epoch=epoch))
+                variants.append(plan.template)
         if not changed:
             return None
         if not variants:
@@ -675,9 +676,10 @@ class Fetcher:
                 response_time,
                 self.policy_config,
                 f.stored_overrides(old),
+                epoch,
             )
             if isinstance(plan, policy.StorePlan):
-                updated[id(old)] = plan.template.evolve(fetch_epoch=epoch)
+                updated[id(old)] = plan.template
         # The encodings this cache made of a freshened response are as fresh as it is.
         updated = compression.refresh_derived(variants, updated)
         serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])

@@ -29,6 +29,8 @@ from proxy.wire import cached_status_line, status_line
 
 # Framing fields are decided here, never copied from the reply.
 _FRAMING = frozenset(("content-length", "transfer-encoding", "connection", "keep-alive"))
+# What reply_head writes itself: the framing, and Cache-Status (its members come first).
+_REWRITTEN = _FRAMING | {"cache-status"}
 # RFC 9110 §15.5.17: a 416 describes no representation.
 _NOT_IN_416 = frozenset(("content-type", "content-encoding"))
 
@@ -154,11 +156,7 @@ def reply_head(
     headers = reply.headers
     content_length = headers.get("Content-Length")
     prior = headers.getall("Cache-Status", ())
-    lines = [
-        f"{name}: {value}\r\n"
-        for name, value in headers.items()
-        if name.lower() not in _FRAMING and name.lower() != "cache-status"
-    ]
+    lines = [f"{name}: {value}\r\n" for name, value in headers.items() if name.lower() not in _REWRITTEN]
     has_date = "Date" in headers
     if status in (204, 304) or status < 200:
         framing = Framing.NONE

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import email.utils
 import functools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -276,8 +277,22 @@ def _timestamp(year: int, month: int, day: int, hour: int, minute: int, second: 
 
 
 def format_http_date(timestamp: float) -> str:
-    """IMF-fixdate for an epoch timestamp (RFC 9110 §5.6.7)."""
-    return email.utils.formatdate(timestamp, usegmt=True)
+    """IMF-fixdate for an epoch timestamp (RFC 9110 §5.6.7).
+
+    The last second's text is remembered: a 304 without Date (dated on receipt) and the
+    responses stored in one second share it, and email.utils takes a few microseconds.
+    """
+    global _last_formatted
+    second = math.floor(timestamp)
+    last = _last_formatted  # one tuple, replaced whole: threads never see half of one
+    if last[0] == second:
+        return last[1]
+    text = email.utils.formatdate(second, usegmt=True)
+    _last_formatted = (second, text)
+    return text
+
+
+_last_formatted: tuple[int | None, str] = (None, "")  # the second, its IMF-fixdate
 
 
 def combined_value(headers: Headers, name: str) -> str | None:
@@ -328,8 +343,11 @@ def connection_listed(headers: Headers) -> frozenset[str]:
     return _listed_names(", ".join(headers.getall("Connection", ())))
 
 
+@functools.lru_cache(maxsize=256)
 def _listed_names(connection: str) -> frozenset[str]:
-    """The names a Connection value (its lines joined with commas) lists, lower-case."""
+    """The names a Connection value (its lines joined with commas) lists, lower-case.
+
+    Memoised: nearly every request and response says "keep-alive" or "close"."""
     return frozenset(n.strip().lower() for n in connection.split(",") if n.strip())
 
 
@@ -342,7 +360,7 @@ def end_to_end(headers: Headers, drop: Iterable[str] = (), *, underscores: bool 
     """
     remove = _removed(tuple(drop))
     if "connection" in headers:
-        remove = remove | connection_listed(headers)
+        remove = _also(remove, connection_listed(headers))
     if not underscores:
         remove = remove | {name.lower() for name in headers if "_" in name}
     out = CIMultiDict(headers)
@@ -367,7 +385,7 @@ def fields_end_to_end(
     """
     remove = _removed(tuple(drop))
     if connection is not None:
-        remove = remove | _listed_names(connection)
+        remove = _also(remove, _listed_names(connection))
     kept = []
     for raw_name, raw_value in raw:
         name = raw_name.decode("utf-8", "surrogateescape")
@@ -376,6 +394,13 @@ def fields_end_to_end(
         # As aiohttp decodes fields: bytes that are not UTF-8 survive the round trip.
         kept.append((name, raw_value.decode("utf-8", "surrogateescape")))
     return CIMultiDict(kept)
+
+
+@functools.lru_cache(maxsize=256)
+def _also(remove: frozenset[str], listed: frozenset[str]) -> frozenset[str]:
+    # The same few unions over and over (the drop list and "keep-alive"): a set of ~20 names
+    # built per message otherwise.
+    return remove | listed
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,6 +10,7 @@ No I/O, no clock reads: `now`, `request_time` and `response_time` are arguments.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from operator import itemgetter
 
@@ -331,15 +332,10 @@ def plan_store(
 
     # §3.1: drop hop-by-hop fields, fields named by private= / no-cache=,
     # cookies, and fields recomputed per delivery.
-    drop = set(_NOT_STORED)
-    drop.update(directives.field_names("private"))
-    drop.update(directives.field_names("no-cache"))
-    drop.add("set-cookie")
-    # Tags are kept in `tags` for purge; by default clients never see them (requirements §6).
-    if opts.strip_tag_fields:
-        drop.update(n.lower() for n in opts.tag_fields)
-    # Fields aimed at this cache alone (RFC 9213 §1: CDN-Cache-Control goes on downstream).
-    drop.update(n.lower() for n in opts.strip_targeted_fields)
+    drop = _not_stored(opts.strip_tag_fields, opts.tag_fields, opts.strip_targeted_fields)
+    named = directives.field_names("private") + directives.field_names("no-cache")
+    if named:
+        drop = (*drop, *named)
     stored = end_to_end(response_headers, drop)
     if parse_http_date(stored.get("Date"), now=response_time) is None:
         # RFC 9110 §6.6.1: a recipient with a clock adds Date, and may replace an invalid one
@@ -378,6 +374,23 @@ def plan_store(
         complete_length=-1 if part is None else part[2],
     )
     return StorePlan(template, freshness)
+
+
+@functools.lru_cache(maxsize=16)
+def _not_stored(
+    strip_tag_fields: bool, tag_fields: tuple[str, ...], strip_targeted_fields: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The fields never stored whatever the response says (plan_store adds those its directives name).
+
+    Set-Cookie and the fields recomputed per delivery; tags, kept in `tags` for purge, which
+    by default clients never see (requirements §6); and fields aimed at this cache alone
+    (RFC 9213 §1: CDN-Cache-Control goes on downstream). Sorted: one tuple per configuration,
+    which end_to_end's own memo then finds.
+    """
+    drop = {*_NOT_STORED, "set-cookie", *(n.lower() for n in strip_targeted_fields)}
+    if strip_tag_fields:
+        drop.update(n.lower() for n in tag_fields)
+    return tuple(sorted(drop))
 
 
 def _window(directives: Directives, name: str, default: float) -> float:
@@ -609,8 +622,13 @@ def freshen(
     response_time: float,
     opts: PolicyConfig,
     overrides: Overrides = NO_OVERRIDES,
+    fetch_epoch: int = 0,
 ) -> StorePlan | DontStore:
-    """RFC 9111 §3.2, §4.3.4: the stored response updated by a 304's header fields."""
+    """RFC 9111 §3.2, §4.3.4: the stored response updated by a 304's header fields.
+
+    `fetch_epoch` is the purge epoch of the revalidating request (StoredResponse.fetch_epoch):
+    set here, the freshened response is copied once, not twice.
+    """
     merged: CIMultiDict[str] = CIMultiDict(entry.headers)
     update = end_to_end(not_modified_headers, _NOT_UPDATED_BY_304)
     if "date" not in update:
@@ -646,6 +664,7 @@ def freshen(
         tags=plan.template.tags or entry.tags,
         parts=entry.parts,
         complete_length=entry.complete_length,
+        fetch_epoch=fetch_epoch,
     )
     return StorePlan(template, plan.freshness)
 

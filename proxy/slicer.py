@@ -476,10 +476,11 @@ class Slicer:
                 self.clock(),
                 fetcher.policy_config,
                 f.stored_overrides(stale),  # the route's rules, as for any 304 (Fetcher)
+                epoch,
             )
             if isinstance(plan, policy.DontStore):
                 await self._unslice(f, stale, f"the origin no longer lets it be stored ({plan.reason})")
-            entry = replace(plan.template, fetch_epoch=epoch)
+            entry = plan.template
             # L1 always; L2 when the box's other workers read slices there, or when the freshened
             # slice gives it something (policy.freshened_for_disk), as for any 304 (Fetcher).
             box = self.box

@@ -246,7 +246,7 @@ def test_varnish_compiles_the_generated_vcl() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py", "hit_instructions.py"]
+    "script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py", "instructions.py"]
 )
 def test_help_exits_zero(script: str) -> None:
     result = subprocess.run(
@@ -260,12 +260,12 @@ def test_help_exits_zero(script: str) -> None:
     assert "usage:" in result.stdout
 
 
-def test_hit_instructions_child_runs_the_hit_path_case_of_a_checkout() -> None:
+def test_instructions_child_runs_the_hit_path_case_of_a_checkout() -> None:
     # What valgrind runs: the checkout's own hit_path harness (the warm-up alone here, no valgrind).
     result = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "bench" / "hit_instructions.py"),
+            str(ROOT / "bench" / "instructions.py"),
             "--child",
             str(ROOT),
             "hit, one head repeated",
@@ -275,6 +275,26 @@ def test_hit_instructions_child_runs_the_hit_path_case_of_a_checkout() -> None:
         capture_output=True,
         text=True,
         timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (the origin)")
+def test_instructions_child_runs_a_miss_path_case_of_a_checkout() -> None:
+    # A miss case: bench/miss_path.py's warm-up against a real nginx origin, then 50 more misses.
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "instructions.py"),
+            "--child",
+            str(ROOT),
+            "miss (no-store), 2000 keys",
+            "50",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -458,3 +458,12 @@ def test_fields_end_to_end_keeps_what_end_to_end_keeps(
     connection = ", ".join(decoded.getall("Connection", ())) or None
     expected = list(end_to_end(decoded, drop, underscores=underscores).items())
     assert list(fields_end_to_end(raw, connection, drop, underscores=underscores).items()) == expected
+
+
+def test_format_http_date_remembers_only_the_same_second() -> None:
+    # The memo of the last second's text must give what email.utils gives, across seconds,
+    # fractions and back again (revalidations are not in clock order across workers' threads).
+    import email.utils
+
+    for t in (RECEIVED, RECEIVED + 0.999, RECEIVED + 1, RECEIVED + 0.5, RECEIVED - 86400.25, 0.0, -0.5):
+        assert format_http_date(t) == email.utils.formatdate(t, usegmt=True)
