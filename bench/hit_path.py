@@ -9,7 +9,8 @@ request heads through a transport that only counts bytes, and reports CPU micros
 - hits on 2,000 distinct 1 KiB objects with browser-like heads (uniform), and with minimal heads;
 - the same head repeated (what a one-URL benchmark measures);
 - pipelined hits (10 per read);
-- a 304 to a conditional request, and a range.
+- a 304 to a conditional request, and a range;
+- hits from the disk tier with the memory tier off (as compare.py's mk-l2-hit-1k), browser heads.
 
 Each case runs in alternating rounds; the table shows the median. Compare two checkouts by running
 it in each (`python bench/hit_path.py`), or use --profile to see where the time goes. `--rules N`
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -93,8 +95,25 @@ def head(path: str, fields: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+# The case answered by a node with the memory tier off: from the disk tier (L2).
+L2_CASE = "L2 hit (L1 off), 2000 keys, browser heads"
+
+
+def bench_config(tmp: str, *, l2: bool, rules: Any = ()) -> Config:
+    """The node of the L1 cases (memory tier only), or of L2_CASE (disk tier only)."""
+    tiers = (
+        {"l1": TierConfig(enabled=False), "l2": TierConfig(budget=1024 * 1024 * 1024)}
+        if l2
+        else {"l1": TierConfig(budget=512 * 1024 * 1024), "l2": TierConfig(enabled=False)}
+    )
+    return Config(
+        cache=CacheConfig(dir=tmp, **tiers), log=replace(LogConfig(), access_log=False), rules=rules
+    )
+
+
 def store_objects(node: Node) -> None:
-    """KEYS stored 1 KiB objects, as a miss through the origin would have stored them."""
+    """KEYS stored 1 KiB objects, as a miss through the origin would have stored them
+    (in the memory tier, or in the disk tier when the node has no memory tier)."""
     cfg = node.cfg
     origin = CIMultiDictProxy(
         CIMultiDict(
@@ -112,7 +131,9 @@ def store_objects(node: Node) -> None:
         entry = plan.build(b"x" * 1024)  # type: ignore[union-attr]
         host = node.engine.fetcher.key_host("127.0.0.1:8080")
         key = primary_key("http", host, "/bytes/1024", f"k={k}", cfg.keys)
-        node.storage.l1.set(CachedResource(key, (entry,)))  # type: ignore[union-attr]
+        tier = node.storage.l1 if node.storage.l1 is not None else node.storage.l2
+        assert tier is not None
+        tier.set(CachedResource(key, (entry,)))
 
 
 def cases() -> dict[str, tuple[list[bytes], int]]:
@@ -130,6 +151,7 @@ def cases() -> dict[str, tuple[list[bytes], int]]:
         "hit, 2000 keys, 10 pipelined": (distinct, 10),
         "304 to If-None-Match, 2000 keys": (conditional, 1),
         "range 0-99, 2000 keys": (ranged, 1),
+        L2_CASE: (distinct, 1),
     }
 
 
@@ -152,29 +174,30 @@ def run_case(ctx: FrontContext, heads: list[bytes], per_read: int, requests: int
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_l2:
         rules = config_from_mapping({"rules": bench_rules(args.rules)}, "bench", environ={}).rules
-        cfg = Config(
-            cache=CacheConfig(dir=tmp, l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)),
-            log=replace(LogConfig(), access_log=False),
-            rules=rules,
-        )
-        async with Node(cfg, clock=lambda: NOW + 10) as node:
+        cfg = bench_config(tmp, l2=False, rules=rules)
+        cfg_l2 = bench_config(tmp_l2, l2=True, rules=rules)
+        clock = lambda: NOW + 10  # noqa: E731
+        async with Node(cfg, clock=clock) as node, Node(cfg_l2, clock=clock) as node_l2:
             store_objects(node)
+            store_objects(node_l2)
             ctx = FrontContext(node=node, cfg=cfg, via=via_line(cfg.name), access_log=False)
+            ctx_l2 = FrontContext(node=node_l2, cfg=cfg_l2, via=via_line(cfg.name), access_log=False)
             table = cases()
             if args.profile:
                 heads, per_read = table[args.profile]
                 profiler = cProfile.Profile()
                 profiler.enable()
-                run_case(ctx, heads, per_read, args.requests)
+                run_case(ctx_l2 if args.profile == L2_CASE else ctx, heads, per_read, args.requests)
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
                 return 0
             results: dict[str, list[float]] = {name: [] for name in table}
             for _ in range(args.rounds):
                 for name, (heads, per_read) in table.items():
-                    results[name].append(run_case(ctx, heads, per_read, args.requests))
+                    on = ctx_l2 if name == L2_CASE else ctx
+                    results[name].append(run_case(on, heads, per_read, args.requests))
             width = max(map(len, results))
             print(f"{len(rules)} rules")
             print(f"{'case':<{width}}  µs/request (median of {args.rounds})  min")

@@ -70,12 +70,15 @@ def child(root: str, case: str, requests: int) -> None:
 
     async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = Config(
-                cache=CacheConfig(
-                    dir=tmp, l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)
-                ),
-                log=replace(LogConfig(), access_log=False),
-            )
+            if hasattr(hp, "bench_config"):
+                cfg = hp.bench_config(tmp, l2=case == hp.L2_CASE)
+            else:  # a checkout from before the L2 case: the L1 node only
+                cfg = Config(
+                    cache=CacheConfig(
+                        dir=tmp, l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)
+                    ),
+                    log=replace(LogConfig(), access_log=False),
+                )
             async with Node(cfg, clock=lambda: hp.NOW + 10) as node:
                 hp.store_objects(node)
                 ctx = FrontContext(node=node, cfg=cfg, via=via_line(cfg.name), access_log=False)

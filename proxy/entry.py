@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 
 from proxy import wire
 
@@ -121,8 +122,9 @@ class StoredResponse:
         change, the only inputs of the derived fields.
         """
         other = object.__new__(StoredResponse)
-        for slot in _SLOTS:
-            slot.__set__(other, slot.__get__(self))
+        # Every slot read by one C call (attrgetter), then set through its descriptor.
+        for set_slot, value in zip(_ALL_SLOT_SETTERS, _ALL_SLOT_VALUES(self), strict=True):
+            set_slot(other, value)
         for name, value in changes.items():
             setter = _STORED_SLOT_SETTERS.get(name)
             if setter is None:
@@ -165,7 +167,9 @@ class StoredResponse:
 # The fields a StoredResponse is built from (the derived ones excluded), in order.
 STORED_FIELDS = tuple(f.name for f in fields(StoredResponse) if f.init)
 _SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in STORED_FIELDS)
-_SLOTS = tuple(getattr(StoredResponse, f.name) for f in fields(StoredResponse))
+_ALL_SLOT_NAMES = tuple(f.name for f in fields(StoredResponse))
+_ALL_SLOT_SETTERS = tuple(getattr(StoredResponse, name).__set__ for name in _ALL_SLOT_NAMES)
+_ALL_SLOT_VALUES = attrgetter(*_ALL_SLOT_NAMES)
 _STORED_SLOT_SETTERS = dict(zip(STORED_FIELDS, _SLOT_SETTERS, strict=True))
 
 

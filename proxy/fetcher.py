@@ -688,11 +688,16 @@ class Fetcher:
             new_variants = tuple(updated.get(id(v), v) for v in variants)
             resource = CachedResource(f.key, new_variants)
             # L1 always; L2 when the other workers of the box read it there, or when the freshened
-            # copy gives it something (policy.freshened_for_disk).
+            # copy gives it something (policy.freshened_for_disk; not asked without an L2).
             to_disk = (
                 f.box_reads_l2
                 or self.storage.l1 is None
-                or any(policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated)
+                or (
+                    self.storage.l2 is not None
+                    and any(
+                        policy.freshened_for_disk(o, updated[id(o)]) for o in selected if id(o) in updated
+                    )
+                )
             )
             stored = await (self.storage.aset(resource) if to_disk else self.storage.aset_memory(resource))
             if stored and _tags(resource) != _tags(f.resource):
