@@ -114,6 +114,8 @@ class Lookup:
     # The request fields with Accept-Encoding reduced (keys.normalise_accept_encoding),
     # built when something needs more than the fields the front picked out.
     normalised: CIMultiDict[str] | None = None
+    # Its conditional and Range fields as the origin would see them (Engine._conditionals).
+    conditionals: Headers | None = None
     rules: Match | None = None  # the rules the request matched (proxy/rules.py)
 
 
@@ -189,7 +191,9 @@ class Engine:
             if matched is not None and matched.bypass:
                 lk.decision = policy.Pass("rule")  # never looked up, never stored
                 return lk
-        if req.conditional and policy.has_precondition_for_origin(req.conditional_headers):
+        # Judged on the fields as the origin would get them: a precondition named by Connection
+        # never reaches it, so it is not the origin's to evaluate.
+        if req.conditional and policy.has_precondition_for_origin(self._conditionals(lk)):
             lk.decision = policy.Pass("precondition")  # If-Match / If-Unmodified-Since: the origin's
             return lk
         lk.directives = policy.request_directives_of(req.cache_control, req.pragma, self.cfg.policy)
@@ -244,10 +248,14 @@ class Engine:
 
     def _conditionals(self, lk: Lookup) -> Headers:
         """The request's conditional and Range fields as normalised() has them, without the rest:
-        all that answering from a stored response reads (proxy/delivery.py)."""
+        all that answering from a stored response reads (proxy/delivery.py), and what says
+        whether a precondition is the origin's. Built once per lookup."""
         if lk.normalised is not None:
             return lk.normalised
-        return self._as_origin_sees(lk.request, lk.request.conditional_raw)
+        found = lk.conditionals
+        if found is None:
+            found = lk.conditionals = self._as_origin_sees(lk.request, lk.request.conditional_raw)
+        return found
 
     def _as_origin_sees(self, req: ClientRequest, raw: RawFields) -> CIMultiDict[str]:
         """Those of req's fields (`raw`) the origin would get: end to end, unkeyed inputs dropped."""
@@ -528,10 +536,16 @@ class Engine:
 
     # ------------------------------------------------------------------ fetch
 
-    async def _fetch(self, f: FetchRequest) -> Answer:
-        """A miss or a revalidation, coalesced with any fetch of the same key in flight."""
+    def _fetch(self, f: FetchRequest) -> Coroutine[Any, Any, Answer]:
+        """A miss or a revalidation, coalesced with any fetch of the same key in flight.
+
+        A plain function returning the coroutine to await: a fetch that may not coalesce
+        (hit-for-pass, no-store) runs without one more coroutine around it."""
         if not self._may_coalesce(f):
-            return await self._fetch_alone(f)
+            return self._fetch_alone(f)
+        return self._fetch_coalesced(f)
+
+    async def _fetch_coalesced(self, f: FetchRequest) -> Answer:
         stream = self.streams.get(f.key)
         if stream is not None:
             # The fetch's head has come and gone; its body is still streaming into the cache.

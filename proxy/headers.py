@@ -303,13 +303,27 @@ def combined_value(headers: Headers, name: str) -> str | None:
     return ", ".join(lines)
 
 
-def parse_etags(value: str | None) -> list[str] | None:
-    """The entity-tags of an If-None-Match / If-Match list; ["*"] for "*"; None if malformed."""
+def parse_etags(value: str | None) -> tuple[str, ...] | None:
+    """The entity-tags of an If-None-Match / If-Match list; ("*",) for "*"; None if malformed.
+
+    Remembered (bounded, as parse_http_date): the clients revalidating one object send the
+    same list, and a conditional hit would parse it each time.
+    """
     if value is None:
         return None
+    if value in _PARSED_ETAGS:
+        return _PARSED_ETAGS[value]
+    parsed = _parse_etags(value)
+    if len(_PARSED_ETAGS) >= PARSED_ETAGS_LIMIT:
+        _PARSED_ETAGS.clear()  # cheaper than LRU bookkeeping; refills at once
+    _PARSED_ETAGS[value] = parsed
+    return parsed
+
+
+def _parse_etags(value: str) -> tuple[str, ...] | None:
     text = value.strip()
     if text == "*":
-        return ["*"]
+        return ("*",)
     tags: list[str] = []
     pos = 0
     while pos < len(text):
@@ -321,11 +335,21 @@ def parse_etags(value: str | None) -> list[str] | None:
             return None
         tags.append((m.group(1) or "") + m.group(2))
         pos = m.end()
-    return tags
+    return tuple(tags)
+
+
+PARSED_ETAGS_LIMIT = 4096
+_PARSED_ETAGS: dict[str, tuple[str, ...] | None] = {}
 
 
 def _opaque(tag: str) -> str:
     return tag[2:] if tag.startswith("W/") else tag
+
+
+def any_weak_match(tags: Iterable[str], etag: str) -> bool:
+    """Does any of `tags` match `etag` by weak comparison (RFC 9110 §8.8.3.2)?"""
+    wanted = _opaque(etag)
+    return any((tag[2:] if tag.startswith("W/") else tag) == wanted for tag in tags)
 
 
 def weak_match(a: str, b: str) -> bool:
@@ -361,7 +385,8 @@ def end_to_end(headers: Headers, drop: Iterable[str] = (), *, underscores: bool 
     remove = _removed(tuple(drop))
     if "connection" in headers:
         remove = _also(remove, connection_listed(headers))
-    if not underscores:
+    # One scan in C first: a name with "_" is rare, and the set below walks every name in Python.
+    if not underscores and "_" in "".join(headers.keys()):
         remove = remove | {name.lower() for name in headers if "_" in name}
     out = CIMultiDict(headers)
     # A handful of case-insensitive lookups in C beat lower-casing every field name.

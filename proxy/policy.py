@@ -22,6 +22,7 @@ from proxy.headers import (
     EMPTY_DIRECTIVES,
     Directives,
     Headers,
+    any_weak_match,
     combined_value,
     end_to_end,
     format_http_date,
@@ -588,7 +589,7 @@ def select_for_update(
     if etag is None and last_modified is None:
         # If-None-Match is evaluated first, If-Modified-Since only without it (RFC 9110 §13.2.2).
         if "if-none-match" in sent:
-            tags = parse_etags(sent.get("If-None-Match")) or []
+            tags = parse_etags(sent.get("If-None-Match")) or ()
             if len(tags) != 1:
                 return []
             etag = tags[0]
@@ -737,9 +738,9 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
         tags = parse_etags(inm)
         if tags is None:
             return False
-        if tags == ["*"]:
+        if tags == ("*",):
             return True
-        return entry.etag is not None and any(weak_match(t, entry.etag) for t in tags)
+        return entry.etag is not None and any_weak_match(tags, entry.etag)
     # The receipt time stands in for now when placing a two-digit RFC 850 year.
     when = entry.response_time
     ims = parse_http_date(request_headers.get("If-Modified-Since"), now=when)

@@ -104,8 +104,23 @@ class Upstream:
         `interim` is told of each 1xx response that arrives before it (RFC 9110 §15.2)."""
         started = time.perf_counter()
         upstream = "origin" if origin is None else "peer"
+        lean = self._lean
+        resp: OriginResponse
+        # One coroutine, not a wrapper around another: every origin request passes here.
         try:
-            resp = await self._send(method, path_qs, headers, body, origin, timeout, interim)
+            try:
+                if lean is not None and body is None and (origin is None or origin.startswith("http://")):
+                    resp = await lean.send(
+                        method, path_qs, headers, timeout=timeout, origin=origin, interim=interim
+                    )
+                else:
+                    assert self._aiohttp is not None, "Upstream.start() was not awaited"
+                    resp = await self._aiohttp.send(
+                        method, path_qs, headers, body, origin=origin, timeout=timeout, interim=interim
+                    )
+            except ValueError as exc:  # a field our own code let through with CR/LF in it: a bug
+                log.error("refusing to send %s %s to the origin: %s", method, path_qs, exc)
+                raise failure(REQUEST_FAILED) from exc
         except UpstreamError as exc:
             self._done(upstream, exc.cause, started)
             self._log_failure(method, path_qs, origin, exc)
@@ -130,27 +145,3 @@ class Upstream:
         more = f" ({since} more {exc.cause} failures since the last line)" if since else ""
         target = origin or self.cfg.url
         log.warning("%s %s%s: %s [%s]%s", method, target, path_qs, exc.reason, exc.cause, more)
-
-    async def _send(
-        self,
-        method: str,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        body: AsyncIterator[bytes] | bytes | None,
-        origin: str | None,
-        timeout: float | None,
-        interim: InterimSink | None,
-    ) -> OriginResponse:
-        lean = self._lean
-        try:
-            if lean is not None and body is None and (origin is None or origin.startswith("http://")):
-                return await lean.send(
-                    method, path_qs, headers, timeout=timeout, origin=origin, interim=interim
-                )
-            assert self._aiohttp is not None, "Upstream.start() was not awaited"
-            return await self._aiohttp.send(
-                method, path_qs, headers, body, origin=origin, timeout=timeout, interim=interim
-            )
-        except ValueError as exc:  # a field our own code let through with CR/LF in it: a bug
-            log.error("refusing to send %s %s to the origin: %s", method, path_qs, exc)
-            raise failure(REQUEST_FAILED) from exc

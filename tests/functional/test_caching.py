@@ -137,6 +137,9 @@ async def test_rfc9110_s7_6_1_conditionals_named_by_connection_are_not_the_cache
     assert resp.status == 200 and body == full
     resp, body = await proxy.get("/etag?max_age=60", headers={"Connection": "Range", "Range": "bytes=0-1"})
     assert resp.status == 200 and body == full
+    # A precondition the origin would never see is not left to it either (RFC 9110 §13.2.1).
+    resp, body = await proxy.get("/etag?max_age=60", headers={"Connection": "If-Match", "If-Match": '"no"'})
+    assert resp.status == 200 and body == full
     resp, _ = await proxy.get("/etag?max_age=60", headers={"If-None-Match": etag})
     assert resp.status == 304  # the same field, not listed: answered
     assert await origin.hits("/etag") == 1

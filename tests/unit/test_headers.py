@@ -345,7 +345,17 @@ def test_rfc9110_s5_6_7_format_is_imf_fixdate() -> None:
     ],
 )
 def test_rfc9110_parse_etags(value: str | None, expected: list[str] | None) -> None:
-    assert parse_etags(value) == expected
+    wanted = None if expected is None else tuple(expected)
+    assert parse_etags(value) == wanted
+    assert parse_etags(value) == wanted  # the remembered answer, malformed ones included
+
+
+def test_parse_etags_memo_stays_bounded() -> None:
+    from proxy import headers
+
+    for n in range(headers.PARSED_ETAGS_LIMIT + 10):
+        assert parse_etags(f'"{n}"') == (f'"{n}"',)
+    assert len(headers._PARSED_ETAGS) <= headers.PARSED_ETAGS_LIMIT
 
 
 # RFC 9110 §8.8.3.2, the table of example comparisons.
