@@ -253,7 +253,9 @@ def parse_http_date(value: str | None, *, now: float) -> float | None:
     else:
         return None
     parsed = _timestamp(int(year), _MONTHS[month], int(day), int(hour), int(minute), int(second))
-    if parsed is not None and m.re is not _RFC850_DATE:  # an RFC 850 date's year depends on `now`
+    # Not an RFC 850 date (its year depends on `now`), nor one padded with whitespace past any
+    # real field's length (the key is the value as received: memory stays small).
+    if parsed is not None and m.re is not _RFC850_DATE and len(value) <= PARSED_DATES_LONGEST:
         if len(_PARSED_DATES) >= PARSED_DATES_LIMIT:
             _PARSED_DATES.clear()
         _PARSED_DATES[value] = parsed
@@ -264,6 +266,7 @@ def parse_http_date(value: str | None, *, now: float) -> float | None:
 # Last-Modified not at all, while parsing one costs a regex and a calendar check (twice per
 # revalidation). Bounded; cleared when full.
 PARSED_DATES_LIMIT = 4096
+PARSED_DATES_LONGEST = 64
 _PARSED_DATES: dict[str, float] = {}
 
 
@@ -314,9 +317,10 @@ def parse_etags(value: str | None) -> tuple[str, ...] | None:
     if value in _PARSED_ETAGS:
         return _PARSED_ETAGS[value]
     parsed = _parse_etags(value)
-    if len(_PARSED_ETAGS) >= PARSED_ETAGS_LIMIT:
-        _PARSED_ETAGS.clear()  # cheaper than LRU bookkeeping; refills at once
-    _PARSED_ETAGS[value] = parsed
+    if len(value) <= PARSED_ETAGS_LONGEST:  # a client's long lists are parsed each time: memory stays small
+        if len(_PARSED_ETAGS) >= PARSED_ETAGS_LIMIT:
+            _PARSED_ETAGS.clear()  # cheaper than LRU bookkeeping; refills at once
+        _PARSED_ETAGS[value] = parsed
     return parsed
 
 
@@ -339,6 +343,7 @@ def _parse_etags(value: str) -> tuple[str, ...] | None:
 
 
 PARSED_ETAGS_LIMIT = 4096
+PARSED_ETAGS_LONGEST = 256  # characters: the memo holds at most about 1 MiB of values
 _PARSED_ETAGS: dict[str, tuple[str, ...] | None] = {}
 
 

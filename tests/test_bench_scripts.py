@@ -260,37 +260,24 @@ def test_help_exits_zero(script: str) -> None:
     assert "usage:" in result.stdout
 
 
-def test_instructions_child_runs_the_hit_path_case_of_a_checkout() -> None:
-    # What valgrind runs: the checkout's own hit_path harness (the warm-up alone here, no valgrind).
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "instructions.py"),
-            "--child",
-            str(ROOT),
-            "hit, one head repeated",
-            "0",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+_NO_NGINX = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (the origin)")
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (the origin)")
-def test_instructions_child_runs_a_miss_path_case_of_a_checkout() -> None:
-    # A miss case: bench/miss_path.py's warm-up against a real nginx origin, then 50 more misses.
+@pytest.mark.parametrize(
+    ("case", "requests"),
+    [
+        # A hit case: the checkout's own hit_path harness (the warm-up alone here).
+        ("hit, one head repeated", "0"),
+        # The disk-tier case: its own node, L1 off.
+        ("L2 hit (L1 off), 2000 keys, browser heads", "0"),
+        # A miss case: bench/miss_path.py's warm-up against a real nginx origin, then 50 more misses.
+        pytest.param("miss (no-store), 2000 keys", "50", marks=_NO_NGINX),
+    ],
+)
+def test_instructions_child_runs_a_case_of_a_checkout(case: str, requests: str) -> None:
+    # What valgrind runs, here without valgrind.
     result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "instructions.py"),
-            "--child",
-            str(ROOT),
-            "miss (no-store), 2000 keys",
-            "50",
-        ],
+        [sys.executable, str(ROOT / "bench" / "instructions.py"), "--child", str(ROOT), case, requests],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -315,6 +315,10 @@ def test_parsed_dates_are_remembered_within_a_bound(monkeypatch: pytest.MonkeyPa
     assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT", now=RECEIVED) == SUNDAY
     assert parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC", now=RECEIVED) is None
     assert list(memo) == ["Sun, 06 Nov 1994 08:49:37 GMT"]  # what is not a date is not kept
+    # A date still, but not kept: its size is the client's to choose.
+    padded = " " * 8000 + "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert parse_http_date(padded, now=RECEIVED) == SUNDAY
+    assert padded not in memo
     for second in range(headers_module.PARSED_DATES_LIMIT + 10):
         parse_http_date(format_http_date(RECEIVED + second), now=RECEIVED)
     assert len(memo) <= headers_module.PARSED_DATES_LIMIT
@@ -356,6 +360,10 @@ def test_parse_etags_memo_stays_bounded() -> None:
     for n in range(headers.PARSED_ETAGS_LIMIT + 10):
         assert parse_etags(f'"{n}"') == (f'"{n}"',)
     assert len(headers._PARSED_ETAGS) <= headers.PARSED_ETAGS_LIMIT
+    # A long list (a client's to choose) is parsed, never kept: memory stays bounded by size too.
+    long_list = ", ".join(f'"{n:04}"' for n in range(100))
+    assert parse_etags(long_list) == tuple(f'"{n:04}"' for n in range(100))
+    assert long_list not in headers._PARSED_ETAGS
 
 
 # RFC 9110 §8.8.3.2, the table of example comparisons.
