@@ -13,6 +13,9 @@ with other people's load than a wrk rate does. Cases:
   origin answers 304 (mk-reval-1k);
 - fill: every request a new key, a cacheable 1 KiB object fetched and stored (mk-fill-1k).
 
+The proxy has compare.py's tiers (L1 512 MiB, L2 2 GiB on disk, written behind), so a fill's cost
+includes its L2 write and catalogue row on their threads (until 2026-11-30 evening L2 was off here).
+
 Requests run `--concurrency` at a time (default 16, one connection each), in alternating rounds;
 the table shows the median and the minimum.
 
@@ -118,8 +121,12 @@ def start_origin(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 def proxy_config(origin_port: int, tmp: Path) -> Config:
     return Config(
         origin=replace(OriginConfig(), url=f"http://127.0.0.1:{origin_port}"),
+        # The tiers of compare.py's edge (proxy_config): a fill is written behind to L2, and a 304
+        # asks whether the disk copy gains anything, as in the mk-fill-1k and mk-reval-1k rows.
         cache=CacheConfig(
-            dir=str(tmp / "cache"), l1=TierConfig(budget=512 * 1024 * 1024), l2=TierConfig(enabled=False)
+            dir=str(tmp / "cache"),
+            l1=TierConfig(budget=512 * 1024 * 1024),
+            l2=TierConfig(budget=2 * 1024 * 1024 * 1024),
         ),
         log=replace(LogConfig(), access_log=False),
     )
