@@ -353,8 +353,8 @@ def _opaque(tag: str) -> str:
 
 def any_weak_match(tags: Iterable[str], etag: str) -> bool:
     """Does any of `tags` match `etag` by weak comparison (RFC 9110 §8.8.3.2)?"""
-    wanted = _opaque(etag)
-    return any((tag[2:] if tag.startswith("W/") else tag) == wanted for tag in tags)
+    wanted = _opaque(etag)  # once, not once per tag as weak_match would
+    return any(_opaque(tag) == wanted for tag in tags)
 
 
 def weak_match(a: str, b: str) -> bool:
