@@ -569,10 +569,13 @@ class Connection(asyncio.Protocol):
             log.warning("dropping a %d interim response with CR or LF in a field", status)
 
     def _start(self, req: ClientRequest, work: Awaitable[Answer]) -> None:
-        # The task's context holds a timer of its own: the origin client adds its waits to it.
-        context = contextvars.copy_context()
-        wait = self.origin_wait = OriginTimer()
-        context.run(origin_timer.set, wait)
+        context = None
+        if self.ctx.access_log:
+            # The task's context holds a timer of its own: the origin client adds its waits to
+            # it, for the access line. Without the log nothing reads it, and none is set.
+            context = contextvars.copy_context()
+            wait = self.origin_wait = OriginTimer()
+            context.run(origin_timer.set, wait)
         task = self.task = self.loop.create_task(self._complete(req, work), context=context)
         task.add_done_callback(self._completed)
 
