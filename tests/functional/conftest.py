@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -190,8 +191,40 @@ def decode_json(body: bytes) -> Any:
     return json.loads(body.decode())
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes a connecting socket's local port from (Linux; else a default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback port nothing listens on (bound, read, closed again)."""
+    """A loopback port nothing listens on, for a server a test starts (bound, closed again).
+
+    Drawn from below the ephemeral range: a port the kernel picked with bind(0) is one it may
+    give any outgoing connection (the proxy's to its origin, a test's client) before the server
+    binds it, and the server then fails with "address in use". No connect takes a port outside
+    that range. Never the same port twice in a session. Falls back to bind(0) if none is free.
+    """
+    low, _ = _ephemeral_ports()
+    candidates = range(max(1024, low - 12000), low)
+    for _ in range(200):
+        port = random.choice(candidates) if len(candidates) else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _handed_out.add(port)
+        return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

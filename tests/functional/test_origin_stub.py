@@ -7,7 +7,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +27,7 @@ from origin_stub.conditional import none_match
 T0 = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 REPO = Path(__file__).resolve().parents[2]
 
-from tests.functional.conftest import FakeClock  # noqa: E402
+from tests.functional.conftest import FakeClock, free_port  # noqa: E402
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -544,14 +543,8 @@ def test_http_date_round_trip() -> None:
     assert parse_http_date("not a date") is None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_cli_subprocess_serves_and_exits_cleanly() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

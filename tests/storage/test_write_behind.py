@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 
 from proxy.entry import CachedResource
 from proxy.storage import DiskStorage, MemoryStorage, TieredStorage, TierStats
+from tests.functional.conftest import free_port
 
 Make = Callable[..., CachedResource]
 MiB = 1024 * 1024
@@ -371,12 +371,6 @@ OBJECTS = 50
 DEADLINE = 20.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINICDN_")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -413,9 +407,9 @@ async def test_sigterm_drains_the_queue_to_disk(tmp_path: Path) -> None:
 
         await _until("origin stub did not start", origin_ready, origin, origin_log)
 
-        port = _free_port()
+        port = free_port()
         proxy_args = ["--listen", f"127.0.0.1:{port}", "--origin", origin_url, "--cache-dir", str(cache_dir)]
-        proxy_args += ["--admin-listen", f"127.0.0.1:{_free_port()}"]  # not the fixed default
+        proxy_args += ["--admin-listen", f"127.0.0.1:{free_port()}"]  # not the fixed default
         proxy = _spawn([sys.executable, "-m", "proxy", *proxy_args], proxy_log)
         procs.append(proxy)
 
