@@ -246,7 +246,8 @@ def test_varnish_compiles_the_generated_vcl() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py", "instructions.py"]
+    "script",
+    ["compare.py", "hot_key_expiry.py", "hit_path.py", "miss_path.py", "instructions.py", "compiled.py"],
 )
 def test_help_exits_zero(script: str) -> None:
     result = subprocess.run(
@@ -284,6 +285,16 @@ def test_instructions_child_runs_a_case_of_a_checkout(case: str, requests: str) 
         timeout=180,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_compiled_trial_names_pure_modules_that_exist() -> None:
+    # bench/compiled.py compiles these with mypyc: a renamed module, or one that does I/O, must not
+    # slip into the list unnoticed.
+    from bench.compiled import COMPILED
+    from tests.test_layers import PURE
+
+    assert COMPILED and all((ROOT / name).is_file() for name in COMPILED)
+    assert {name.removesuffix(".py").replace("/", ".") for name in COMPILED} <= PURE
 
 
 # --- the multi-key workloads (bench/compare_workload.py) ----------------------------------------
