@@ -183,8 +183,10 @@ def run_counted(case: str, requests: int) -> None:
                         await node.purger.flush_rows()
 
                     # A fill's L2 write and catalogue row are written before the next request: one
-                    # write per batch every time, so the count does not depend on how the writer
-                    # threads' batches happened to fall (it moved by half between two sessions).
+                    # write per transaction every time, so the count does not depend on how the writer
+                    # threads' batches happened to fall (the same code read 1.12M and 1.75M in two
+                    # sessions; settled, two copies of one checkout read 1.80M and 1.82M). It counts
+                    # a commit per fill, which under load is shared by ~35 (compare.py's fill row).
                     settle = written if case == CASES[2] else None
                     done = 0
                     while done < requests:
