@@ -213,8 +213,8 @@ def free_port() -> int:
     """
     low, _ = _ephemeral_ports()
     candidates = range(max(1024, low - 12000), low)
-    for _ in range(200):
-        port = random.choice(candidates) if len(candidates) else 0
+    for _ in range(200 if candidates else 0):
+        port = random.choice(candidates)
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -222,7 +222,6 @@ def free_port() -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            port = int(s.getsockname()[1])
         _handed_out.add(port)
         return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
