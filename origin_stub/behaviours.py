@@ -23,6 +23,7 @@ from origin_stub.common import (
     query_int,
 )
 from origin_stub.conditional import make_etag, not_modified, respond
+from origin_stub.ranges import Unsatisfiable, byte_range, content_range
 
 _PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-\n"  # 64 bytes
 _BLOCK = _PATTERN * 1024  # 64 KiB
@@ -45,12 +46,13 @@ def _tag(request: web.Request, default: str = "v1") -> str:
     return make_etag(request.query.get("tag", default), weak=flag(request.query, "weak"))
 
 
-def pattern_chunks(n: int, chunk: int = len(_BLOCK)) -> Iterator[bytes]:
-    """``n`` bytes of the deterministic pattern, in pieces of at most ``chunk`` bytes."""
+def pattern_chunks(n: int, chunk: int = len(_BLOCK), first: int = 0) -> Iterator[bytes]:
+    """``n`` bytes of the deterministic pattern from offset ``first``, in pieces of at most ``chunk``."""
     chunk = max(1, min(chunk, len(_BLOCK)))
-    offset = 0
-    while offset < n:
-        size = min(chunk, n - offset)
+    offset = first
+    end = first + n
+    while offset < end:
+        size = min(chunk, end - offset)
         start = offset % len(_PATTERN)
         yield _DOUBLE_BLOCK[start : start + size]
         offset += size
@@ -196,21 +198,33 @@ async def bytes_route(request: web.Request) -> web.StreamResponse:
     headers = _headers(_max_age(request, 60))
     headers[hdrs.CONTENT_TYPE] = "application/octet-stream"
     headers[hdrs.ETAG] = tag
-    chunked = flag(request.query, "chunked")
-    if not chunked and n <= len(_BLOCK):
-        return respond(request, headers, pattern(n), etag=tag)
-    if not_modified(request, etag=tag):
+    headers[hdrs.ACCEPT_RANGES] = "bytes"
+    if not_modified(request, etag=tag):  # preconditions before Range (RFC 9110 §13.2.2)
         return respond(request, headers, b"", etag=tag)
+    wanted = byte_range(request, n, tag)
+    if isinstance(wanted, Unsatisfiable):
+        # No Cache-Control: a 416 says nothing a cache should keep (as nginx answers it).
+        return web.Response(status=416, headers={hdrs.CONTENT_RANGE: f"bytes */{n}"})
+    chunked = flag(request.query, "chunked")
+    if wanted is None and not chunked and n <= len(_BLOCK):
+        return respond(request, headers, pattern(n), etag=tag)
+    first, size = 0, n
     resp = web.StreamResponse(headers=headers)
+    if wanted is not None:  # one range: a 206 of known length, whatever `chunked` says
+        first, last = wanted
+        size = last - first + 1
+        resp.set_status(206)
+        resp.headers[hdrs.CONTENT_RANGE] = content_range(first, last, n)
+        chunked = False
     if chunked:
         resp.enable_chunked_encoding()
         chunk = max(1, min(len(_BLOCK), -(-n // 4)))  # several writes even for small bodies
     else:
-        resp.headers[hdrs.CONTENT_LENGTH] = str(n)
+        resp.headers[hdrs.CONTENT_LENGTH] = str(size)
         chunk = len(_BLOCK)
     await resp.prepare(request)
     if request.method != hdrs.METH_HEAD:
-        for piece in pattern_chunks(n, chunk):
+        for piece in pattern_chunks(size, chunk, first):
             await resp.write(piece)
     await resp.write_eof()
     return resp

@@ -360,6 +360,84 @@ async def test_bytes_chunked_and_conditional(client: Client) -> None:
     assert await head.read() == b""
 
 
+@pytest.mark.parametrize(
+    ("n", "value", "first", "last"),
+    [
+        (100_000, "bytes=0-99", 0, 99),
+        (100_000, "bytes=65530-65545", 65530, 65545),  # across the stub's 64 KiB pieces
+        (100_000, "bytes=99990-", 99990, 99_999),
+        (100_000, "bytes=99990-200000", 99990, 99_999),  # clipped to the representation (§14.1.2)
+        (100_000, "bytes=-10", 99990, 99_999),
+        (100_000, "bytes=-200000", 0, 99_999),  # a suffix longer than the whole: all of it
+        (100, "bytes=10-19", 10, 19),  # a small object answers ranges too
+        (3 << 20, "bytes=1048576-2097151", 1 << 20, (2 << 20) - 1),  # a slice, as the cache asks
+    ],
+)
+async def test_bytes_single_range_is_a_206(client: Client, n: int, value: str, first: int, last: int) -> None:
+    """RFC 9110 §14.2 / §15.3.7: one satisfiable range gets a 206 with exactly those bytes."""
+    resp = await client.get(f"/bytes/{n}", headers={"Range": value})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes {first}-{last}/{n}"
+    assert resp.headers["Content-Length"] == str(last - first + 1)
+    assert resp.headers["ETag"] == f'"bytes-{n}"'
+    assert resp.headers["Cache-Control"] == "max-age=60"
+    assert await resp.read() == pattern(n)[first : last + 1]
+
+
+async def test_bytes_full_answers_advertise_ranges(client: Client) -> None:
+    for path in ("/bytes/100", "/bytes/100000", "/bytes/5000?chunked=1"):
+        resp = await client.get(path)
+        assert resp.status == 200
+        assert resp.headers["Accept-Ranges"] == "bytes"
+
+
+@pytest.mark.parametrize("value", ["bytes=100000-", "bytes=200000-300000", "bytes=-0"])
+async def test_bytes_unsatisfiable_range_is_a_416(client: Client, value: str) -> None:
+    """RFC 9110 §15.5.17: no byte selected; Content-Range gives the length; nothing to store."""
+    resp = await client.get("/bytes/100000", headers={"Range": value})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == "bytes */100000"
+    assert "Cache-Control" not in resp.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Range": "bytes=0-9, 20-29"},  # several ranges: the stub sends the whole (§14.2 allows it)
+        {"Range": "items=0-9"},  # another unit
+        {"Range": "bytes=9-0"},  # malformed
+        {"Range": "bytes=0-9", "If-Range": '"another"'},  # the client's copy is outdated (§13.1.5)
+        {"Range": "bytes=0-9", "If-Range": 'W/"bytes-100000"'},  # a weak tag never matches If-Range
+        {"Range": "bytes=0-9", "If-Range": "Tue, 14 Nov 2023 22:13:20 GMT"},  # no Last-Modified to match
+    ],
+)
+async def test_bytes_range_ignored_gives_the_whole(client: Client, headers: dict[str, str]) -> None:
+    resp = await client.get("/bytes/100000", headers=headers)
+    assert resp.status == 200
+    assert "Content-Range" not in resp.headers
+    assert await resp.read() == pattern(100_000)
+
+
+async def test_bytes_range_with_if_range_match_and_preconditions(client: Client) -> None:
+    matching = await client.get("/bytes/100000", headers={"Range": "bytes=5-9", "If-Range": '"bytes-100000"'})
+    assert matching.status == 206
+    assert await matching.read() == pattern(100_000)[5:10]
+    # If-None-Match is evaluated before Range (RFC 9110 §13.2.2): a 304, not a 206.
+    both = await client.get(
+        "/bytes/100000", headers={"Range": "bytes=5-9", "If-None-Match": '"bytes-100000"'}
+    )
+    assert both.status == 304
+    # Range applies to GET only: a HEAD gets the whole representation's head.
+    head = await client.head("/bytes/100000", headers={"Range": "bytes=5-9"})
+    assert head.status == 200
+    assert head.headers["Content-Length"] == "100000"
+    # A range of a chunked route is still one 206 of known length.
+    chunked = await client.get("/bytes/5000?chunked=1", headers={"Range": "bytes=4990-"})
+    assert chunked.status == 206
+    assert chunked.headers["Content-Length"] == "10"
+    assert await chunked.read() == pattern(5000)[4990:]
+
+
 # --- delays and failures -----------------------------------------------------------------------
 
 

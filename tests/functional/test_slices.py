@@ -19,11 +19,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from origin_stub.behaviours import pattern
 from proxy.admin import create_admin_app
 from proxy.config import CacheConfig, Rule, TierConfig, config_from_mapping
 from proxy.purge import PurgeRequest
 from proxy.slices import slice_key
-from tests.functional.conftest import Proxy, ProxyFactory, cache_status
+from tests.functional.conftest import Origin, Proxy, ProxyFactory, cache_status
 from tests.functional.slice_origin import SliceOrigin
 
 MiB = 1024 * 1024
@@ -438,3 +439,35 @@ async def test_the_slicers_counters_are_in_stats_and_metrics(
     assert samples[("minicdn_slice_invalidations_total", ())] == 1
     assert samples[("minicdn_slice_unsliced_total", ())] == 0
     assert samples[("minicdn_slice_streams_aborted_total", ())] == 0
+
+
+async def test_the_stub_origins_large_objects_are_sliced(
+    start_proxy: ProxyFactory, origin: Origin, tmp_path: Path
+) -> None:
+    """The stub origin (`python -m origin_stub`, the README's default origin) answers single ranges on
+    /bytes/{n}, so a large object through the demo is stored in slices as one from nginx or S3 is:
+    the first GET's 200 gives the first two slices (Fetcher._store_first_slice), the others are
+    asked by Range, and then whole GETs and ranges are answered from the slices."""
+    size = 64 * 1024
+    n = 5 * size + 7  # six slices, the last one short
+    cache = CacheConfig(
+        dir=str(tmp_path / "l2"),
+        max_object_size=size,
+        slice_size=size,
+        slice_threshold=2 * size,
+        l1=TierConfig(budget=8 * MiB),
+        l2=TierConfig(budget=64 * MiB),
+    )
+    proxy = await start_proxy(cache=cache)
+    resp, body = await proxy.get(f"/bytes/{n}")
+    assert resp.status == 200 and body == pattern(n)
+    assert resp.headers["Content-Length"] == str(n)
+    asked = [dict(r["headers"]).get("Range") for r in await origin.requests(f"/bytes/{n}")]
+    assert asked == [None, *(slice_range(i * size, min((i + 1) * size, n) - 1) for i in range(2, 6))]
+    stats = proxy.server.node.engine.slicer.stats
+    assert (stats.fetched, stats.unsliced, stats.aborted) == (4, 0, 0)
+    resp, body = await proxy.get(f"/bytes/{n}")
+    assert body == pattern(n) and is_hit(resp), cache_status(resp)
+    resp, body = await proxy.get(f"/bytes/{n}", headers={"Range": f"bytes={n - 10}-"})
+    assert resp.status == 206 and body == pattern(n)[-10:] and is_hit(resp)
+    assert await origin.hits(f"/bytes/{n}") == 5  # nothing more asked of the origin
