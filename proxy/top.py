@@ -3,7 +3,7 @@
 What must live here: the terminal view of the box's numbers (the admin API's
 `/stats` and `/readyz`, polled every `--interval` seconds): requests/s by
 result, hit ratio, origin fetches/s, latency percentiles over the interval,
-tier fill and evictions/s, the hottest keys, and each edge of a cluster (the
+tier fill and evictions/s, large objects by slices, the hottest keys, and each edge of a cluster (the
 arithmetic is proxy/figures.py's). On a terminal the view redraws in place
 (rich's Live); into a pipe or a file each sample is printed after the last,
 and `--count N` bounds how many.
@@ -86,7 +86,7 @@ def _ready(client: AdminClient) -> Mapping[str, Any] | None:
 
 
 def render(now: Sample, then: Sample | None) -> RenderableType:
-    """One screen: the node, traffic, latency, requests by result, tiers, hottest keys, the cluster."""
+    """One screen: node, traffic, latency, requests by result, tiers, slices, hottest keys, the cluster."""
     stats = now.stats
     span = now.at - then.at if then is not None else 0.0
     before = then.stats if then is not None and span > 0 else None
@@ -146,8 +146,11 @@ def render(now: Sample, then: Sample | None) -> RenderableType:
         latency,
         results,
         _tiers(stats, before, span),
-        _hot_keys(stats),
     ]
+    sliced = stats.get("slices")
+    if isinstance(sliced, Mapping):  # None: slicing is off (cache.slice_size 0)
+        parts.append(_slices(sliced, f.section(before, "slices") if before is not None else None, span))
+    parts.append(_hot_keys(stats))
     edge = stats.get("edge")
     if isinstance(edge, Mapping):
         parts.append(_cluster(edge))
@@ -195,6 +198,32 @@ def _tiers(stats: Stats, before: Stats | None, span: float) -> Table:
             per_second,
             f.number(evictions),
         )
+    return table
+
+
+# The slicer's counters (proxy/slicer.py SliceStats), as the view names them.
+SLICE_FIGURES = (
+    ("answers", "answered from slices"),
+    ("hits", "slices from the cache"),
+    ("fetched", "slices fetched (206)"),
+    ("revalidated", "slices revalidated (304)"),
+    ("invalidations", "objects changed: slices dropped"),
+    ("unsliced", "objects no longer sliced"),
+    ("aborted", "streams cut after their head"),
+)
+
+
+def _slices(sliced: Stats, before: Stats | None, span: float) -> Table:
+    """Large objects answered from slices: what the slicer did per second and since start."""
+    table = Table(title="large objects (slices)", title_justify="left")
+    table.add_column("")
+    table.add_column("per second", justify="right")
+    table.add_column("since start", justify="right")
+    for name, label in SLICE_FIGURES:
+        count = float(sliced.get(name, 0))
+        old = before.get(name) if before is not None else None
+        per_second = f.number((count - float(old)) / span) if isinstance(old, int | float) else "-"
+        table.add_row(label, per_second, f.number(count))
     return table
 
 

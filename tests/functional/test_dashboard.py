@@ -46,8 +46,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+LARGE = "/bytes/12582912"  # 12 MiB: above the default slice_threshold (10 MiB), stored in 1 MiB slices
+
+
 async def traffic(port: int, stop: asyncio.Event) -> int:
-    """Hits on ten keys, a miss every tenth request, a pass every fiftieth; until stopped (bounded)."""
+    """Hits on ten keys, a miss every tenth request, a pass every fiftieth, a range of a large (sliced)
+    object every hundredth, after one whole GET of it; until stopped (bounded)."""
     base = f"http://127.0.0.1:{port}"
     sent = 0
     deadline = time.monotonic() + TRAFFIC_SECONDS
@@ -55,13 +59,19 @@ async def traffic(port: int, stop: asyncio.Event) -> int:
         for n in itertools.count():
             if stop.is_set() or sent >= TRAFFIC_LIMIT or time.monotonic() > deadline:
                 break
-            if n % 50 == 49:
+            headers = {}
+            if n == 0:
+                method, path = "GET", LARGE
+            elif n % 100 == 99:
+                method, path, headers = "GET", LARGE, {"Range": f"bytes={n * 1000}-{n * 1000 + 99}"}
+            elif n % 50 == 49:
                 method, path = "POST", "/echo"
             elif n % 10 == 9:
                 method, path = "GET", f"/max-age/600?miss={n}"
             else:
                 method, path = "GET", f"/max-age/600?k={n % 10}"
-            async with s.request(method, base + path, data=b"x" if method == "POST" else None) as r:
+            body = b"x" if method == "POST" else None
+            async with s.request(method, base + path, data=body, headers=headers) as r:
                 await r.read()
             sent += 1
             if n % 20 == 0:
@@ -119,6 +129,22 @@ async def test_the_dashboard_shows_live_figures_that_change(
         )
         assert dict(rates)["hit"] not in ("–", "0"), rates
         assert await page.locator("#cluster").is_hidden()  # a lone box: no cluster section
+
+        # The large object's slices (slicing is on by default): fetched once, then ranges from them.
+        await page.wait_for_function(
+            """() => !document.getElementById("slices").hidden
+               && ["answers", "fetched", "hits"].every(name => parseInt(document.querySelector(
+                      `#slice-figures tr[data-figure="${name}"] .total`).dataset.value || "0") > 0)""",
+            timeout=30_000,
+        )
+        figures = dict(
+            await page.eval_on_selector_all(
+                "#slice-figures tbody tr",
+                "rows => rows.map(r => [r.dataset.figure, r.querySelector('.total').textContent])",
+            )
+        )
+        assert int(figures["fetched"]) >= 10, figures
+        assert figures["unsliced"] == "0" and figures["aborted"] == "0", figures
 
         # ... and change while the traffic goes on.
         total = "document.getElementById('requests-total').dataset.value"

@@ -219,3 +219,34 @@ def test_every_counter_a_worker_reports_is_carried_over_when_it_exits() -> None:
     assert set(kept["purge"]) == (set(purge) - gauges) | {"by_kind"}
     assert kept["slices"] == snapshot["slices"]
     assert "health" not in CARRIED
+
+
+def test_top_shows_the_slicers_counters_per_second_and_since_start() -> None:
+    """Slicing is on by default: `minicdn top` shows what the slicer did (the `slices` section)."""
+    first, second = document(10), document(30)
+    first["slices"] = {name: 0 for name in SliceStats.__dataclass_fields__}
+    second["slices"] = {**first["slices"], "answers": 4, "fetched": 12, "hits": 30, "aborted": 1}
+
+    def shown(now: top.Sample, then: top.Sample | None) -> dict[str, list[str]]:
+        out = io.StringIO()
+        Console(file=out, force_terminal=False, width=120).print(top.render(now, then))
+        text = out.getvalue()
+        assert "large objects (slices)" in text
+        rows = (line.split("│") for line in text.splitlines() if line.count("│") == 4)
+        return {row[1].strip(): [cell.strip() for cell in row[2:4]] for row in rows}
+
+    rows = shown(top.Sample(12.0, second, None), top.Sample(10.0, first, None))  # 2 s apart
+    assert rows["slices fetched (206)"] == ["6", "12"]
+    assert rows["answered from slices"] == ["2", "4"]
+    assert rows["slices from the cache"] == ["15", "30"]
+    assert rows["streams cut after their head"] == ["0.5", "1"]
+    assert rows["objects changed: slices dropped"] == ["0", "0"]
+    assert shown(top.Sample(12.0, second, None), None)["slices fetched (206)"] == ["-", "12"]
+    assert {name for name, _ in top.SLICE_FIGURES} == set(SliceStats.__dataclass_fields__)
+
+
+def test_top_leaves_out_slices_when_slicing_is_off() -> None:
+    out = io.StringIO()
+    doc = {**document(1), "slices": None}
+    Console(file=out, width=120).print(top.render(top.Sample(1.0, doc, None), None))
+    assert "large objects" not in out.getvalue() and "cache tiers" in out.getvalue()
