@@ -126,6 +126,9 @@ async def put_item(request: web.Request) -> web.Response:
     item_id = request.match_info["id"]
     item, created = request.app[ITEMS_KEY].put(item_id, await _read_value(request))
     headers = _headers(ETag=item.etag, Content_Type="application/json")
+    # RFC 9110 §8.7: the content is the item's new representation (what a GET now returns),
+    # not a report about the action, so a cache may store it for GET (policy.write_through).
+    headers[hdrs.CONTENT_LOCATION] = f"/api/items/{item_id}"
     if created:
         headers[hdrs.LOCATION] = f"/api/items/{item_id}"
     return web.Response(status=201 if created else 200, headers=headers, text=_json(asdict(item)))

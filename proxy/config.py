@@ -194,6 +194,8 @@ class CompressionConfig:
 
 # policy.invalidate_on_unsafe.methods: every method that is not safe (RFC 9110 §9.2.1).
 EVERY_UNSAFE_METHOD = "*"
+# The methods whose response may be stored for a GET of their target (policy.write_through).
+WRITE_THROUGH_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,11 @@ class PolicyConfig:
     tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
     strip_tag_fields: bool = True  # remove them before delivery to clients
     invalidate_on_unsafe: InvalidationConfig = InvalidationConfig()
+    # Write-through: a 2xx response to one of these methods whose Content-Location is its own
+    # target URI and that has explicit freshness is stored as the response to a GET of that URI
+    # (RFC 9110 §8.7; §9.3.3 allows it for POST, RFC 5789 §2 for PATCH; §9.3.4 calls PUT
+    # responses not cacheable, so PUT here is the operator's choice). Empty: never.
+    write_through: tuple[str, ...] = ()
 
     def stripped_targeted_fields(self, node_name: str) -> tuple[str, ...]:
         """strip_targeted_fields with "{name}" replaced by this node's name."""
@@ -590,6 +597,7 @@ def config_from_mapping(
         tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
         strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),
         invalidate_on_unsafe=_invalidation(r, p.get("invalidate_on_unsafe", {}), pd.invalidate_on_unsafe),
+        write_through=_write_through(r, p, pd.write_through),
     )
 
     f = r.mapping(top.get("fetch", {}), "fetch")
@@ -928,6 +936,21 @@ def _invalidation(r: _Reader, raw: object, d: InvalidationConfig) -> Invalidatio
                 f"{key}.methods", f"{method} is a safe method: its responses never invalidate (RFC 9111 §4.4)"
             )
     return InvalidationConfig(methods=methods, networks=_networks(r, m, "networks", d.networks, key))
+
+
+def _write_through(r: _Reader, p: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:
+    key = "policy.write_through"
+    methods = r.strings(p, "write_through", default, "policy")
+    for method in methods:
+        if method.upper() in WRITE_THROUGH_METHODS and method != method.upper():
+            raise r.error(key, f"{method!r}: methods are case-sensitive; did you mean {method.upper()!r}?")
+        if method not in WRITE_THROUGH_METHODS:
+            raise r.error(
+                key,
+                f"{method!r}: only POST, PUT and PATCH responses can carry the new representation"
+                " of their target URI (RFC 9110 §8.7)",
+            )
+    return methods
 
 
 def _strip_targeted_fields(r: _Reader, p: dict[str, Any], default: tuple[str, ...]) -> tuple[str, ...]:

@@ -949,8 +949,10 @@ class Engine:
         invalidate: bool,
         interim: InterimSink | None = None,
     ) -> Reply:
-        """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)."""
+        """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)
+        and, with policy.write_through, may hold the GET response stored next."""
         self.stats.passes += 1
+        request_time = self.clock()
         try:
             resp = await self.fetcher.forward(req, headers, interim)
         except UpstreamError as exc:
@@ -958,7 +960,44 @@ class Engine:
             return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
         if invalidate and 200 <= resp.status < 400:
             await self.fetcher.invalidate_after_unsafe(req, resp.headers)
+            if 200 <= resp.status < 300 and req.method in self.cfg.policy.write_through:
+                return await self._write_through(req, resp, fwd, request_time)
         return await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+
+    async def _write_through(
+        self, req: ClientRequest, resp: OriginResponse, fwd: str, request_time: float
+    ) -> Reply:
+        """The client's answer to an unsafe request, its content stored for a GET of the same URI
+        when it is that resource's new representation (Fetcher.write_through). The client gets
+        the origin's answer as on any pass, with `stored` in its Cache-Status when it was kept."""
+        get = req.as_get()
+        rules = None
+        if self.rules is not None and get.path not in self.rules.unmatched:
+            rules = self.rules.match(get)
+            if rules is not None and rules.bypass:  # GETs of it are never stored: neither is this
+                return await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+        f = FetchRequest(
+            client=get,
+            headers=self.normalised(Lookup(get, request_time)),
+            key=self.fetcher.key_for(get),
+            resource=None,
+            stale=None,
+            why=fwd,
+            directives=policy.request_directives_of(get.cache_control, get.pragma, self.cfg.policy),
+            rules=rules,
+        )
+        try:
+            stored, body, complete = await self.fetcher.write_through(f, resp, request_time)
+        except UpstreamError:
+            self.stats.origin_errors += 1
+            resp.close()
+            raise
+        status = CacheStatus(fwd=fwd, fwd_status=resp.status, stored=stored)
+        if not complete:
+            return await self._stream(resp, status, body)
+        out = self.fetcher.client_response_headers(resp.headers)
+        out["Content-Length"] = str(len(body))
+        return Reply(resp.status, resp.reason, out, body, status)
 
     async def _stream(self, resp: OriginResponse, status: CacheStatus, prefix: bytes = b"") -> Reply:
         """Pass an origin response to the client without storing it; only a small one is buffered.

@@ -720,21 +720,71 @@ class Fetcher:
     async def invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
         """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""
         keys = {self.key_for(req)}
-        base = URL.build(scheme=req.scheme, authority=req.host or self.origin_authority, encoded=True)
         for name in ("Location", "Content-Location"):
-            value = resp_headers.get(name)
-            if not value:
-                continue
-            try:
-                target = base.join(URL(value, encoded=True))
-            except ValueError:
-                continue
-            if target.raw_authority.lower() != base.raw_authority.lower():
-                continue  # §4.4: never for another host (one origin must not purge another)
-            keys.add(
-                self.url_keys.key(req.scheme, target.raw_authority, target.raw_path, target.raw_query_string)
-            )
+            to = self._same_host_uri(req, resp_headers.get(name))
+            if to is not None:
+                keys.add(self.url_keys.key(req.scheme, to.raw_authority, to.raw_path, to.raw_query_string))
         await self.purger.invalidate(sorted(keys))
+
+    def _same_host_uri(self, req: ClientRequest, value: str | None) -> URL | None:
+        """A Location / Content-Location value made absolute against the request's URI; None when
+        missing, malformed or of another host (§4.4: one origin must never purge another)."""
+        if not value:
+            return None
+        base = URL.build(scheme=req.scheme, authority=req.host or self.origin_authority, encoded=True)
+        try:
+            target = base.join(URL(value, encoded=True))
+        except ValueError:
+            return None
+        if target.raw_authority.lower() != base.raw_authority.lower():
+            return None
+        return target
+
+    async def write_through(
+        self, f: FetchRequest, resp: OriginResponse, request_time: float
+    ) -> tuple[bool, bytes, bool]:
+        """policy.write_through: an unsafe request's 2xx answer stored as the GET response of its URI.
+
+        `f` is the fetch a GET of the same URI with the same fields would have made. Stored only
+        when Content-Location names that URI itself (RFC 9110 §8.7: the content is then the
+        resource's new representation, not a report about the action), when the answer has
+        explicit freshness (§9.3.3), and when RFC 9111 §3 lets a GET's answer like it be stored
+        within the object limit. Call it after the invalidation (§4.4), so the entry is newer
+        than it. Returns (stored, the body bytes read, whether that is the whole body).
+        """
+        target = self._same_host_uri(f.client, resp.headers.get("Content-Location"))
+        if target is None or (target.raw_path, target.raw_query_string) != (f.client.path, f.client.query):
+            return False, b"", False
+        plan = policy.plan_store(
+            "GET",
+            f.headers,
+            f.directives,
+            resp.status,
+            resp.reason,
+            resp.headers,
+            request_time,
+            self.clock(),
+            self.policy_config,
+            f.overrides(resp.status, resp.headers.get("Content-Type")),
+        )
+        limit = self.cfg.cache.max_object_size
+        if (
+            not isinstance(plan, policy.StorePlan)
+            or not plan.freshness.explicit
+            or plan.template.parts
+            or (resp.content_length is not None and resp.content_length > limit)
+        ):
+            return False, b"", False
+        epoch = self.purger.current_epoch()  # the invalidation's, or later: not purged by it
+        body, complete = await resp.read_up_to(limit)
+        if not complete:
+            return False, body, False
+        if resp.content_length is not None and len(body) != resp.content_length:
+            raise UpstreamError(502, "origin response body incomplete")
+        made = await self._encodings(f, plan.build(body, fetch_epoch=epoch))
+        resource = with_variants(None, f.key, made, self.cfg.policy.max_variants)
+        stored = await self.storage.aset(resource) and self.purger.record(resource)
+        return stored, body, True
 
 
 def _tags(resource: CachedResource | None) -> frozenset[str]:

@@ -178,6 +178,13 @@ class ClientRequest:
         self._conditional_headers = None
         return self
 
+    def as_get(self) -> ClientRequest:
+        """A GET of the same URI with the same fields and no body: how a later GET of it would be
+        keyed, matched by rules and Vary (policy.write_through stores a POST's answer for it)."""
+        twin = ClientRequest.read("GET", self.path, self.query, self.raw_fields, self.remote, self.http10)
+        twin.scheme = self.scheme
+        return twin
+
     @classmethod
     def of(
         cls,

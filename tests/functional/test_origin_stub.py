@@ -558,6 +558,7 @@ async def test_api_put_changes_the_etag(client: Client) -> None:
     resp = await client.put("/api/items/1", json={"value": "uno"})
     assert resp.status == 200
     assert resp.headers["ETag"] == '"1-v2"'
+    assert resp.headers["Content-Location"] == "/api/items/1"  # the content is the new representation
     assert await resp.json() == {"id": "1", "value": "uno", "version": 2}
     get = await client.get("/api/items/1", headers={"If-None-Match": '"1-v1"'})
     assert get.status == 200

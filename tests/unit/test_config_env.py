@@ -35,6 +35,7 @@ EXAMPLES: dict[str, object] = {
     "policy.accept_encodings": ["gzip"],
     "policy.invalidate_on_unsafe.methods": ["POST", "PUT"],
     "policy.invalidate_on_unsafe.networks": ["10.0.0.0/8", "fd00::/8"],
+    "policy.write_through": ["PUT", "PATCH"],
     "admin.listen": "127.0.0.1:9998",
     "admin.token": "s3cret",
     "admin.purge_networks": ["10.0.0.0/8", "192.168.0.0/16"],
