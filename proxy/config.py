@@ -316,6 +316,10 @@ class FetchConfig:
     # A range miss is answered from the range asked of the origin; then the whole object (within
     # cache.max_object_size) is fetched behind it. False: store only the ranges clients ask for.
     complete_ranges: bool = True
+    # Preload prefetching (proxy/prefetch.py): at most this many same-host `Link: <...>; rel=preload`
+    # targets of a stored response are fetched into the cache behind it; 0: off.
+    prefetch_preload: int = 0
+    prefetch_max_concurrent: int = 4  # prefetches running at once (extra targets are skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +616,10 @@ def config_from_mapping(
             r.positive(f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, "fetch")
         ),
         complete_ranges=r.boolean(f, "complete_ranges", fd.complete_ranges, "fetch"),
+        prefetch_preload=r.whole(f, "prefetch_preload", fd.prefetch_preload, 0, 64, "fetch"),
+        prefetch_max_concurrent=r.whole(
+            f, "prefetch_max_concurrent", fd.prefetch_max_concurrent, 1, 1024, "fetch"
+        ),
     )
 
     a = r.mapping(top.get("admin", {}), "admin")

@@ -44,6 +44,7 @@ from proxy.keys import UrlKeys, normalise_accept_encoding, select_variant, varia
 from proxy.messages import Answer, ClientRequest, Delivery, RawFields, Reply, error_reply
 from proxy.observe import HotKeys
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
+from proxy.prefetch import Prefetcher, PrefetchStats
 from proxy.purger import Purger
 from proxy.ranges import ByteRange
 from proxy.routing import FetchRouter
@@ -89,6 +90,7 @@ class EngineStats:
     box_waits: int = 0  # fetches left to another worker of the box, then read from L2
     box_passes: int = 0  # keys another worker found unshareable (hit-for-pass for the box)
     pass_marks: int = 0  # hit-for-pass marks set (this worker's, and those learnt from the box)
+    prefetch: PrefetchStats = dataclasses.field(default_factory=PrefetchStats)  # preload targets
 
 
 @dataclass(slots=True)
@@ -155,6 +157,15 @@ class Engine:
         self._ranges_identity = self.fetcher.compression is not None
         self.flights: SingleFlight[FetchOutcome] = SingleFlight()
         self.stats = EngineStats()
+        # Link: rel=preload targets of stored responses, fetched behind them (proxy/prefetch.py).
+        fetch = cfg.fetch
+        self.prefetcher = (
+            Prefetcher(
+                self._prefetched, fetch.prefetch_preload, fetch.prefetch_max_concurrent, self.stats.prefetch
+            )
+            if fetch.prefetch_preload
+            else None
+        )
         self.hot = HotKeys()  # the most looked-up keys lately (proxy/observe.py)
         # key -> clock time until which the key is forwarded without coalescing.
         self.hit_for_pass: dict[str, float] = {}
@@ -171,9 +182,15 @@ class Engine:
 
     async def close(self) -> None:
         """Stop background fetches (at shutdown)."""
+        if self.prefetcher is not None:
+            await self.prefetcher.close()
         await self.flights.close()
         if self.slicer is not None:
             await self.slicer.close()
+
+    async def _prefetched(self, req: ClientRequest) -> Answer:
+        """A prefetch (proxy/prefetch.py), served as any GET: looked up, then fetched if missing."""
+        return await self.complete(self.lookup(req))
 
     # ----------------------------------------------------------------- lookup
 
@@ -764,6 +781,8 @@ class Engine:
                 age = policy.current_age(shared, now)
                 if leader and shared.parts:
                     self._complete_partial(f, shared)
+                elif leader and outcome.status.stored and self.prefetcher is not None:
+                    self.prefetcher.stored(f.client, shared)
                 return self._deliver_fetched(f, shared, age, status, cookies, part)
             return await self._fetch_alone(f)
         stale = outcome.stale

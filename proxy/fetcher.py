@@ -29,6 +29,7 @@ from proxy.keys import (
     with_variant,
     with_variants,
 )
+from proxy.links import same_host_target
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
@@ -727,18 +728,9 @@ class Fetcher:
         await self.purger.invalidate(sorted(keys))
 
     def _same_host_uri(self, req: ClientRequest, value: str | None) -> URL | None:
-        """A Location / Content-Location value made absolute against the request's URI; None when
+        """A Location / Content-Location value resolved against the request's URI; None when
         missing, malformed or of another host (§4.4: one origin must never purge another)."""
-        if not value:
-            return None
-        base = URL.build(scheme=req.scheme, authority=req.host or self.origin_authority, encoded=True)
-        try:
-            target = base.join(URL(value, encoded=True))
-        except ValueError:
-            return None
-        if target.raw_authority.lower() != base.raw_authority.lower():
-            return None
-        return target
+        return same_host_target(req.scheme, req.host or self.origin_authority, req.path, value)
 
     async def write_through(
         self, f: FetchRequest, resp: OriginResponse, request_time: float

@@ -152,6 +152,7 @@ class BoxCollector(Collector):
         yield origin_latency
 
     def _engine(self, e: Mapping[str, Any], t: Mapping[str, Any]) -> Iterator[Metric]:
+        prefetch = _section(e, "prefetch")
         yield _counters(
             "minicdn_coalesced_requests",
             "Requests answered from another request's origin fetch: in the same worker (scope=worker), or"
@@ -183,19 +184,25 @@ class BoxCollector(Collector):
         )
         yield _counters(
             "minicdn_background_fetches",
-            "Fetches behind an answer: revalidations (stale-while-revalidate), refresh-ahead, and whole"
-            " objects fetched after a range miss.",
+            "Fetches behind an answer: revalidations (stale-while-revalidate), refresh-ahead, whole"
+            " objects fetched after a range miss, and preload prefetches (a hit among them included).",
             "kind",
             {
                 "revalidation": e.get("background_revalidations", 0),
                 "refresh_ahead": e.get("refresh_ahead", 0),
                 "range_completion": e.get("partial_completions", 0),
+                "prefetch": prefetch.get("started", 0),
             },
         )
         yield _counter(
             "minicdn_background_fetch_failures",
             "Background fetches that failed.",
-            e.get("background_failures", 0),
+            e.get("background_failures", 0) + prefetch.get("failed", 0),
+        )
+        yield _counter(
+            "minicdn_prefetch_skipped",
+            "Link: rel=preload targets not prefetched: too many at once, or already in flight.",
+            prefetch.get("skipped", 0),
         )
         yield _counter(
             "minicdn_refresh_ahead_skipped",

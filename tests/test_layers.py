@@ -27,6 +27,7 @@ PURE = {
     "proxy.h1",
     "proxy.headers",
     "proxy.keys",
+    "proxy.links",
     "proxy.messages",
     "proxy.networks",
     "proxy.policy",

@@ -25,6 +25,7 @@ from tests.functional.conftest import (
     Origin,
     Proxy,
     ProxyFactory,
+    StartScripted,
     cache_status,
     decode_json,
     free_port,
@@ -358,6 +359,28 @@ async def test_post_invalidates_the_target_and_the_location(
     assert r.status == 200, body
     assert decode_json(body)["value"] == "three"
     assert [x["method"] for x in await origin.requests("/api/items/3")] == ["GET", "GET"]
+
+
+async def test_rfc9111_s4_4_a_relative_location_is_resolved_against_the_target_uri(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    # RFC 3986 §5.2: "Content-Location: b" on an answer for /dir/a names /dir/b, not /b.
+    def answer(fields: str, body: bytes) -> bytes:
+        return f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    upstream = await scripted_origin(
+        [
+            answer("Cache-Control: max-age=60\r\n", b"b, first"),
+            answer("Content-Location: b\r\n", b"done"),
+            answer("Cache-Control: max-age=60\r\n", b"b, second"),
+        ]
+    )
+    proxy = await start_proxy(origin_url=upstream.url)
+    assert (await proxy.get("/dir/b"))[1] == b"b, first"
+    async with proxy.request("POST", "/dir/a", data=b"x") as resp:
+        assert resp.status == 200 and await resp.read() == b"done"
+    r, body = await proxy.get("/dir/b")
+    assert body == b"b, second" and "hit" not in cache_status(r).split(";")
 
 
 # --------------------------------------------------------------------------- size limit
