@@ -240,7 +240,7 @@ class PolicyConfig:
     tag_fields: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")
     strip_tag_fields: bool = True  # remove them before delivery to clients
     invalidate_on_unsafe: InvalidationConfig = InvalidationConfig()
-    # Write-through: a 2xx response to one of these methods whose Content-Location is its own
+    # Write-through: a 200 (or 203) response to one of these methods whose Content-Location is its own
     # target URI and that has explicit freshness is stored as the response to a GET of that URI
     # (RFC 9110 §8.7; §9.3.3 allows it for POST, RFC 5789 §2 for PATCH; §9.3.4 calls PUT
     # responses not cacheable, so PUT here is the operator's choice). Empty: never.

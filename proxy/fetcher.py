@@ -52,6 +52,8 @@ ERROR_BODY_LIMIT = 64 * 1024
 # Keys of short targets are memoised (a client could vary long ones endlessly), this many at most.
 KEY_MEMO_TARGET = 512
 KEY_MEMO_SIZE = 65536
+# The statuses of an unsafe request's answer that may be stored for GETs (Fetcher.write_through).
+WRITE_THROUGH_STATUSES = frozenset({200, 203})
 
 
 @dataclass(slots=True)
@@ -735,15 +737,19 @@ class Fetcher:
     async def write_through(
         self, f: FetchRequest, resp: OriginResponse, request_time: float
     ) -> tuple[bool, bytes, bool]:
-        """policy.write_through: an unsafe request's 2xx answer stored as the GET response of its URI.
+        """policy.write_through: an unsafe request's 200 answer stored as the GET response of its URI.
 
-        `f` is the fetch a GET of the same URI with the same fields would have made. Stored only
+        `f` is the fetch a GET of the same URI with the same fields would have made. Only a 200
+        (or 203): what a GET of the resource is answered; a 201 or 202 would answer later GETs
+        with "Created" or "Accepted", a 204 with nothing. Stored only
         when Content-Location names that URI itself (RFC 9110 §8.7: the content is then the
         resource's new representation, not a report about the action), when the answer has
         explicit freshness (§9.3.3), and when RFC 9111 §3 lets a GET's answer like it be stored
         within the object limit. Call it after the invalidation (§4.4), so the entry is newer
         than it. Returns (stored, the body bytes read, whether that is the whole body).
         """
+        if resp.status not in WRITE_THROUGH_STATUSES:
+            return False, b"", False
         target = self._same_host_uri(f.client, resp.headers.get("Content-Location"))
         if target is None or (target.raw_path, target.raw_query_string) != (f.client.path, f.client.query):
             return False, b"", False
