@@ -378,6 +378,10 @@ class _Conn(asyncio.Protocol):
         if not self.hc:
             if self.hbytes > MAX_HEADER_BYTES:
                 self.fail(failure(INVALID))
+            else:
+                # Progress short of the final head (a 1xx, a part of the head): origin.read_timeout
+                # bounds each read, not the whole head, so it counts again from here.
+                self.wait_since = self.loop.time()
             return
         waiter = self.waiter
         if waiter is not None:

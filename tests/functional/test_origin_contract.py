@@ -827,6 +827,31 @@ async def test_read_timeout_bounds_each_wait_for_body_bytes_not_the_whole_body(
     assert got == b"x" * 6
 
 
+@pytest.mark.parametrize(
+    "progress", [b"HTTP/1.1 102 Processing\r\n\r\n", b"X"], ids=["102s", "head-bytes"]
+)
+async def test_read_timeout_bounds_each_wait_before_the_head_not_the_whole_head(
+    raw_origin: StartOrigin, client: Clients, progress: bytes
+) -> None:
+    # An origin that keeps a slow request alive with 102 Processing (or sends its head slowly):
+    # each gap is below the timeout, the total above it. nginx's proxy_read_timeout is the same.
+    async def slow(origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, _: int) -> None:
+        await origin.request(reader)
+        if progress == b"X":
+            w.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        for _ in range(6):
+            await asyncio.sleep(TIMEOUT / 4)
+            w.write(progress)
+            await w.drain()
+        w.write((b"\r\n" if progress == b"X" else b"HTTP/1.1 200 OK\r\n") + b"Content-Length: 2\r\n\r\nok")
+        await w.drain()
+        await asyncio.sleep(3600)
+
+    origin = await raw_origin(slow)
+    resp = await client(origin.url, read_timeout=TIMEOUT).send("GET", "/", CIMultiDict())
+    assert resp.status == 200 and await resp.read_up_to(100) == (b"ok", True)
+
+
 async def test_connection_closed_before_the_head_is_502_closed_and_not_retried(
     raw_origin: StartOrigin, client: Clients
 ) -> None:
