@@ -777,7 +777,7 @@ class Engine:
                 status = _as_seen_by(outcome.status, leader)
                 if not leader:
                     self.stats.coalesced += 1
-                cookies = tuple(("Set-Cookie", c) for c in outcome.leader_cookies) if leader else ()
+                cookies = outcome.leader_fields if leader else ()
                 age = policy.current_age(shared, now)
                 if leader and shared.parts:
                     self._complete_partial(f, shared)

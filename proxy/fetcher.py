@@ -115,8 +115,9 @@ class FetchOutcome:
     prefix: bytes = b""
     stale: StoredResponse | None = None
     not_shareable: bool = False  # the response itself forbids sharing (for hit-for-pass)
-    # Set-Cookie of a stored response: for the client that fetched it, never stored nor shared.
-    leader_cookies: tuple[str, ...] = ()
+    # Fields of a stored response for the client that fetched it only, never stored nor shared:
+    # its Set-Cookie, and the fields private= / no-cache= name (RFC 9111 §5.2.2.4, §5.2.2.7).
+    leader_fields: tuple[tuple[str, str], ...] = ()
     # The range of the 206 the origin sent (first, last): what the leader is answered.
     part: tuple[int, int] | None = None
     # The other variants stored from the same response (its encodings, proxy/compression.py):
@@ -533,13 +534,12 @@ class Fetcher:
         resource = with_variants(base, f.key, made, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource) and self.purger.record(resource)
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
-        stripped = "set-cookie" in overrides.strip  # a rule stripped it: nobody gets it
-        cookies = () if stripped else tuple(resp.headers.getall("Set-Cookie", []))
         serve, siblings = made[0], made[1:]
         if siblings:  # encodings: the leader is answered the one its request is keyed with
             serve = next((v for v in made if variant_matches(v, f.headers)), serve)
             siblings = tuple(v for v in made if v is not serve)
-        return FetchOutcome(status, shared=serve, leader_cookies=cookies, part=part, siblings=siblings)
+        leader = _leader_fields(resp.headers, plan, overrides)
+        return FetchOutcome(status, shared=serve, leader_fields=leader, part=part, siblings=siblings)
 
     async def _encodings(self, f: FetchRequest, entry: StoredResponse) -> tuple[StoredResponse, ...]:
         """`entry`, or its identity variant and encodings when this cache compresses it (compression.py).
@@ -606,8 +606,10 @@ class Fetcher:
             if await self.storage.aset(resource) and self.purger.record(resource):
                 stored = True
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
-        cookies = tuple(resp.headers.getall("Set-Cookie", []))
-        return FetchOutcome(status, shared=entries[0], leader_cookies=cookies)
+        leader = _leader_fields(
+            resp.headers, plan, f.overrides(resp.status, resp.headers.get("Content-Type"))
+        )
+        return FetchOutcome(status, shared=entries[0], leader_fields=leader)
 
     def stop_slicing(self, key: str) -> None:
         """The origin stopped answering slices of `key`: its responses are not sliced for a while."""
@@ -783,6 +785,24 @@ class Fetcher:
         resource = with_variants(None, f.key, made, self.cfg.policy.max_variants)
         stored = await self.storage.aset(resource) and self.purger.record(resource)
         return stored, body, True
+
+
+def _leader_fields(
+    headers: Headers, plan: policy.StorePlan, overrides: policy.Overrides
+) -> tuple[tuple[str, str], ...]:
+    """The fields of a stored response only the client that fetched it gets (FetchOutcome.leader_fields).
+
+    Its Set-Cookie unless a rule strips it (then nobody gets it), and the fields private= /
+    no-cache= name, which RFC 9111 keeps out of the cache, not away from this client."""
+    cookies = "set-cookie" not in overrides.strip
+    withheld = plan.withheld
+    if not withheld and not (cookies and "set-cookie" in headers):
+        return ()
+    return tuple(
+        (name, value)
+        for name, value in headers.items()
+        if (lowered := name.lower()) in withheld or (cookies and lowered == "set-cookie")
+    )
 
 
 def _tags(resource: CachedResource | None) -> frozenset[str]:

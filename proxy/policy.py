@@ -241,6 +241,9 @@ class StorePlan:
 
     template: StoredResponse
     freshness: Freshness
+    # Fields private= / no-cache= name (lower-case), left out of what is stored: the client
+    # whose request fetched the response still gets them (RFC 9111 §5.2.2.4, §5.2.2.7).
+    withheld: tuple[str, ...] = ()
 
     def build(self, body: bytes, fetch_epoch: int = 0) -> StoredResponse:
         return self.template.evolve(body=body, fetch_epoch=fetch_epoch)
@@ -335,7 +338,9 @@ def plan_store(
     # cookies, and fields recomputed per delivery.
     drop = _not_stored(opts.strip_tag_fields, opts.tag_fields, opts.strip_targeted_fields)
     named = directives.field_names("private") + directives.field_names("no-cache")
+    withheld: tuple[str, ...] = ()
     if named:
+        withheld = tuple(sorted({n.lower() for n in named} - {*drop, *o.strip}))  # else nobody gets them
         drop = (*drop, *named)
     stored = end_to_end(response_headers, drop)
     if parse_http_date(stored.get("Date"), now=response_time) is None:
@@ -374,7 +379,7 @@ def plan_store(
         parts=() if part is None else ((part[0], part[1]),),
         complete_length=-1 if part is None else part[2],
     )
-    return StorePlan(template, freshness)
+    return StorePlan(template, freshness, withheld)
 
 
 @functools.lru_cache(maxsize=16)

@@ -346,6 +346,30 @@ async def test_rfc9111_s5_2_2_4_no_cache_response_always_revalidated(proxy: Prox
     assert await origin.hits("/no-cache") == 2
 
 
+@pytest.mark.parametrize(
+    "directive",
+    ['private="X-User"', "private=X-User", 'no-cache="X-User, X-Other"'],
+    ids=["private", "token", "no-cache"],
+)
+async def test_rfc9111_s5_2_2_7_a_named_field_goes_to_the_client_that_fetched_it_and_is_not_stored(
+    proxy: Proxy, origin: Origin, directive: str
+) -> None:
+    """private="F" / no-cache="F" keep F out of the cache (§5.2.2.7, §5.2.2.4), not away from the
+    client the origin answered: it gets F, a later client's hit does not."""
+    from urllib.parse import urlencode
+
+    fields = [("h", f"Cache-Control:max-age=60, {directive}"), ("h", "X-User:alice"), ("h", "X-Other:o")]
+    path = "/respond?" + urlencode([*fields, ("body", "page")])
+    first, _ = await proxy.get(path)
+    assert "stored" in cache_status(first)
+    assert first.headers["X-User"] == "alice"
+    hit, body = await proxy.get(path)
+    assert "hit" in cache_status(hit) and body == b"page"
+    assert "X-User" not in hit.headers
+    assert ("X-Other" in hit.headers) == directive.startswith("private")  # only the named ones go
+    assert await origin.hits("/respond") == 1
+
+
 async def test_rfc9211_cache_status_appends_to_origin_member(proxy: Proxy) -> None:
     resp, _ = await proxy.get("/respond?h=Cache-Status:origin-cache;hit&h=Cache-Control:max-age=60")
     assert resp.headers["Cache-Status"].startswith("origin-cache;hit, edge-test;")
