@@ -827,9 +827,7 @@ async def test_read_timeout_bounds_each_wait_for_body_bytes_not_the_whole_body(
     assert got == b"x" * 6
 
 
-@pytest.mark.parametrize(
-    "progress", [b"HTTP/1.1 102 Processing\r\n\r\n", b"X"], ids=["102s", "head-bytes"]
-)
+@pytest.mark.parametrize("progress", [b"HTTP/1.1 102 Processing\r\n\r\n", b"X"], ids=["102s", "head-bytes"])
 async def test_read_timeout_bounds_each_wait_before_the_head_not_the_whole_head(
     raw_origin: StartOrigin, client: Clients, progress: bytes
 ) -> None:
