@@ -286,12 +286,13 @@ class BoxCollector(Collector):
         )
 
     def _purges(self, p: Mapping[str, Any], catalog: Mapping[str, Any]) -> Iterator[Metric]:
-        kinds = {kind: 0 for kind in ("url", "prefix", "tag", "all", "invalidation")}
+        kinds = {kind: 0 for kind in ("url", "prefix", "tag", "all", "invalidation", "slices")}
         kinds.update(_section(p, "by_kind"))
         yield _counters(
             "minicdn_purges",
-            "Purges carried out, by kind: url, prefix, tag, all, or invalidation (a successful unsafe"
-            " request, RFC 9111 section 4.4). In a cluster, purges from the purge stream count too.",
+            "Purges carried out, by kind: url, prefix, tag, all, invalidation (a successful unsafe"
+            " request, RFC 9111 section 4.4), or slices (of a large object the origin changed or stopped"
+            " slicing). In a cluster, purges from the purge stream count too.",
             "kind",
             kinds,
         )

@@ -62,7 +62,9 @@ class PurgeResult:
 @dataclass(slots=True)
 class PurgeStats:
     purges: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)  # url, prefix, tag, all; invalidation (§4.4)
+    by_kind: dict[str, int] = field(
+        default_factory=dict
+    )  # url, prefix, tag, all; invalidation (§4.4), slices
     keys_purged: int = 0
     applied_from_log: int = 0  # other workers' purges applied to this worker's L1
     screened: int = 0  # late copies caught by a ban
@@ -176,14 +178,18 @@ class Purger:
                     log.exception("purge listener failed; the local purge stands")
         return result
 
-    async def invalidate(self, keys: list[str]) -> None:
-        """RFC 9111 §4.4 invalidation after an unsafe method: a hard purge of those keys.
+    async def invalidate(
+        self, keys: list[str], kind: str = "invalidation", why: str = "by an unsafe request (RFC 9111 4.4)"
+    ) -> None:
+        """A hard purge of those keys on the request path: RFC 9111 §4.4 invalidation after an unsafe
+        method, or (kind "slices") the slices of a large object whose origin changed it or stopped
+        slicing it (proxy/slicer.py). `kind` is what /metrics counts it as, `why` what the log says.
 
         It runs on a client's request: if the purge cannot be logged (a full
         disk), this worker's copies are still removed and the client still
         gets the origin's answer; the other workers' memory keeps theirs.
         """
-        self._count("invalidation")
+        self._count(kind)
         try:
             result = await self._purge_keys(keys, soft=False)
         except Exception as exc:
@@ -191,8 +197,9 @@ class Purger:
             await self.storage.adelete_many(keys)
             return
         log.info(
-            "purge hard keys %s by an unsafe request (RFC 9111 4.4): %d keys (epoch %d)",
+            "purge hard keys %s %s: %d keys (epoch %d)",
             _listed([split_key(k)[0] for k in keys]),
+            why,
             result.keys,
             result.epoch,
         )

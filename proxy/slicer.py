@@ -578,7 +578,8 @@ class Slicer:
             new.etag,
             new.complete_length,
         )
-        await self.purger.invalidate([slices.slice_key(f.key, i) for i in range(count)])
+        keys = [slices.slice_key(f.key, i) for i in range(count)]
+        await self.purger.invalidate(keys, "slices", "of a sliced object the origin changed")
         # Fetched before that purge, it would be screened as a copy it covers: it is newer.
         kept = replace(new, fetch_epoch=self.purger.current_epoch())
         await self._store(slices.slice_key(f.key, index), kept, None)
@@ -590,7 +591,8 @@ class Slicer:
         count = slices.slice_count(old.complete_length, self.spec.size)
         log.info("%s is no longer sliced: %s", f.client.path_qs, why)
         self.fetcher.stop_slicing(f.key)
-        await self.purger.invalidate([slices.slice_key(f.key, i) for i in range(count)])
+        keys = [slices.slice_key(f.key, i) for i in range(count)]
+        await self.purger.invalidate(keys, "slices", "of an object no longer sliced")
         raise _Unsliced(why)
 
 

@@ -439,6 +439,9 @@ async def test_the_slicers_counters_are_in_stats_and_metrics(
     assert samples[("minicdn_slice_invalidations_total", ())] == 1
     assert samples[("minicdn_slice_unsliced_total", ())] == 0
     assert samples[("minicdn_slice_streams_aborted_total", ())] == 0
+    # The dropped slices are a purge of kind "slices", not an unsafe request's invalidation.
+    assert samples[("minicdn_purges_total", (("kind", "slices"),))] == 1
+    assert samples[("minicdn_purges_total", (("kind", "invalidation"),))] == 0
 
 
 async def test_the_stub_origins_large_objects_are_sliced(
