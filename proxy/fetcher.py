@@ -711,7 +711,12 @@ class Fetcher:
                 stored = self.purger.record(resource)
         else:
             await self.storage.adelete(f.key)
-        return FetchOutcome(CacheStatus(fwd=f.why, fwd_status=304, stored=stored), shared=serve)
+        # A Set-Cookie on the 304 is for the client whose request it answers (never stored).
+        cookies: tuple[tuple[str, str], ...] = ()
+        if "set-cookie" in resp.headers and "set-cookie" not in f.stored_overrides(f.stale).strip:
+            cookies = tuple(("Set-Cookie", v) for v in resp.headers.getall("Set-Cookie"))
+        status = CacheStatus(fwd=f.why, fwd_status=304, stored=stored)
+        return FetchOutcome(status, shared=serve, leader_fields=cookies)
 
     # -------------------------------------------------------------- pass
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from proxy.config import CacheConfig, TierConfig
-from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, StartScripted, cache_status
 
 
 async def test_rfc9111_s4_second_get_is_a_hit_with_age(
@@ -368,6 +368,23 @@ async def test_rfc9111_s5_2_2_7_a_named_field_goes_to_the_client_that_fetched_it
     assert "X-User" not in hit.headers
     assert ("X-Other" in hit.headers) == directive.startswith("private")  # only the named ones go
     assert await origin.hits("/respond") == 1
+
+
+async def test_a_set_cookie_on_a_304_goes_to_the_client_whose_request_it_answers(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    stale = b'HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nETag: "v1"\r\nContent-Length: 4\r\n\r\npage'
+    not_modified = b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nSet-Cookie: seen=1\r\n\r\n'
+    upstream = await scripted_origin(
+        [stale, not_modified, b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\n\r\n']
+    )
+    proxy = await start_proxy(origin_url=upstream.url)
+    await proxy.get("/page")
+    revalidated, body = await proxy.get("/page")
+    assert "fwd-status=304" in cache_status(revalidated) and body == b"page"
+    assert revalidated.headers["Set-Cookie"] == "seen=1"
+    again, _ = await proxy.get("/page")
+    assert "fwd-status=304" in cache_status(again) and "Set-Cookie" not in again.headers  # never stored
 
 
 async def test_rfc9211_cache_status_appends_to_origin_member(proxy: Proxy) -> None:
