@@ -33,6 +33,7 @@ from proxy.links import same_host_target
 from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
+from proxy.origin.rules import NO_BODY_STATUSES
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.rules import Match
@@ -515,7 +516,12 @@ class Fetcher:
             if not complete:
                 status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
                 return FetchOutcome(status, leader_only=resp, prefix=body, not_shareable=True)
-        if resp.content_length is not None and len(body) != resp.content_length:
+        # A 204 has no body whatever Content-Length says (RFC 9112 §6.3; §8.6 forbids sending one).
+        if (
+            resp.content_length is not None
+            and resp.status not in NO_BODY_STATUSES
+            and len(body) != resp.content_length
+        ):
             raise UpstreamError(502, "origin response body incomplete")
         part = template.parts[0] if template.parts else None
         if part is not None and len(body) != part[1] - part[0] + 1:

@@ -387,6 +387,19 @@ async def test_a_set_cookie_on_a_304_goes_to_the_client_whose_request_it_answers
     assert "fwd-status=304" in cache_status(again) and "Set-Cookie" not in again.headers  # never stored
 
 
+async def test_rfc9112_s6_3_a_204_with_a_content_length_is_stored_without_a_body(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    # RFC 9110 §8.6: a server must not send Content-Length in a 204; one that does still sent no body.
+    no_content = b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\n"
+    upstream = await scripted_origin([no_content])
+    proxy = await start_proxy(origin_url=upstream.url)
+    first, body = await proxy.get("/empty")
+    assert first.status == 204 and body == b"" and "stored" in cache_status(first)
+    hit, body = await proxy.get("/empty")
+    assert hit.status == 204 and body == b"" and "hit" in cache_status(hit)
+
+
 async def test_rfc9211_cache_status_appends_to_origin_member(proxy: Proxy) -> None:
     resp, _ = await proxy.get("/respond?h=Cache-Status:origin-cache;hit&h=Cache-Control:max-age=60")
     assert resp.headers["Cache-Status"].startswith("origin-cache;hit, edge-test;")
