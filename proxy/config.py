@@ -343,6 +343,8 @@ class ServerConfig:
     max_connections_per_ip: int = 0  # per client address and worker; 0: no limit
     header_timeout: float = 60.0  # seconds to send a request head once begun (408 after)
     keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
+    body_timeout: float = 60.0  # seconds between two reads of a request body (408 after)
+    send_timeout: float = 60.0  # seconds a client may leave an answer unread (then closed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +650,8 @@ def config_from_mapping(
         ),
         header_timeout=r.positive(sv, "header_timeout", sd.header_timeout, "server"),
         keepalive_timeout=r.positive(sv, "keepalive_timeout", sd.keepalive_timeout, "server"),
+        body_timeout=r.positive(sv, "body_timeout", sd.body_timeout, "server"),
+        send_timeout=r.positive(sv, "send_timeout", sd.send_timeout, "server"),
     )
 
     lg = r.mapping(top.get("log", {}), "log")

@@ -165,16 +165,17 @@ class _BadRequest(Exception):
 class RequestBody:
     """A request body from the parser to the engine, with flow control on the connection."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "expect_continue")
+    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "expect_continue", "owner")
 
-    def __init__(self, conn: Connection, expect_continue: bool) -> None:
+    def __init__(self, conn: Connection, owner: ClientRequest) -> None:
         self._conn = conn
+        self.owner = owner  # the request it is the body of
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self.expect_continue = expect_continue
+        self.expect_continue = owner.expect_continue
 
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -190,6 +191,12 @@ class RequestBody:
     def abort(self, error: BaseException) -> None:
         self._error = error
         self._wake()
+
+    def drop(self) -> None:
+        """Nobody will read the rest (its request was answered without it): free what is held."""
+        self._chunks.clear()
+        self._size = 0
+        self.abort(ConnectionAbortedError("request answered without its body"))
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -232,6 +239,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.raw: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0  # bytes received since the current head began (None-free: 0 = none)
+        self.trailer_bytes = 0  # bytes of the current request's trailer fields (dropped)
         self.head_started = 0.0  # loop time the current head began; 0.0 between requests
         self.body: RequestBody | None = None  # the body being received, when it is forwarded
         self.discard_body = False  # the body being received belongs to a GET / HEAD: dropped
@@ -243,6 +251,9 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.body_paused = False
         self.writing_paused = False
+        self.write_paused_at = 0.0  # loop time writing last paused (send_timeout counts from it)
+        # A request whose body broke off (malformed, or too slow): answered with this error.
+        self.body_failed: tuple[ClientRequest, _BadRequest] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.last_activity = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -292,6 +303,8 @@ class Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client reads slower than we answer: stop answering (and so reading) until it catches up.
         self.writing_paused = True
+        self.write_paused_at = self.loop.time()
+        self._check_within(self.ctx.cfg.server.send_timeout)
 
     def resume_writing(self) -> None:
         self.writing_paused = False
@@ -310,16 +323,47 @@ class Connection(asyncio.Protocol):
             return
         now = self.loop.time()
         server = self.ctx.cfg.server
+        if self.writing_paused:
+            paused_for = now - self.write_paused_at
+            if paused_for >= server.send_timeout:
+                # The client stopped reading what it asked for (nginx: send_timeout): drop the
+                # connection and what waits for it, the origin response it was reading included.
+                self.ctx.warn_bad_request(
+                    "client %s stopped reading for %.0f s: closed", self.remote, paused_for
+                )
+                transport.abort()
+                return
         if self.head_started and now - self.head_started >= server.header_timeout and self.task is None:
             # RFC 9110 §15.5.9: the client took too long to send its request head.
             self._write_final(error_reply(408, "request head timeout"))
             return
         idle_for = now - self.last_activity
-        if idle_for >= server.keepalive_timeout and not self.busy():
+        receiving = (self.body is not None or self.discard_body) and not self.body_paused
+        if receiving and idle_for >= server.body_timeout:
+            # RFC 9110 §15.5.9: the body stopped arriving (nginx: client_body_timeout); its
+            # request (forwarding it, perhaps) is answered 408 and the connection closes.
+            self._stop(_BadRequest(408, "request body timeout"))
+            return
+        if idle_for >= server.keepalive_timeout and not self.busy() and not self.writing_paused:
             transport.close()
             return
-        wait = min(server.keepalive_timeout - idle_for, server.header_timeout)
+        wait = server.header_timeout  # a head may begin at any time
+        if not self.busy():
+            wait = min(wait, server.keepalive_timeout - idle_for)
+        if receiving:
+            wait = min(wait, server.body_timeout - idle_for)
+        if self.writing_paused:
+            wait = min(wait, server.send_timeout - (now - self.write_paused_at))
         self.timer = self.loop.call_later(max(wait, 0.05), self._check_timeouts)
+
+    def _check_within(self, seconds: float) -> None:
+        """Have _check_timeouts run within `seconds` (a body or a paused write began: its timeout
+        may be shorter than the wait the timer was set for)."""
+        timer = self.timer
+        if timer is None or self.stopped or timer.when() <= self.loop.time() + seconds:
+            return
+        timer.cancel()
+        self.timer = self.loop.call_later(seconds, self._check_timeouts)
 
     # ---------------------------------------------------------------- reading
 
@@ -383,8 +427,13 @@ class Connection(asyncio.Protocol):
         """Read no more requests; answer what is queued (then the error, if any) and close."""
         self.stopped = True
         self.unparsed = b""
-        if self.body is not None:
-            self.body.abort(ConnectionAbortedError("request body was malformed"))
+        body = self.body
+        if body is not None:
+            # Its request is answered with the error, not with what the origin makes of a
+            # body that broke off (a 502 would blame the origin for the client's bytes).
+            if error is not None:
+                self.body_failed = (body.owner, error)
+            body.abort(ConnectionAbortedError("request body was malformed or too slow"))
             self.body = None
         if error is not None:
             self.queue.append(error)
@@ -423,6 +472,7 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.raw = []
         self.head_bytes = 0
+        self.trailer_bytes = 0
         # The time of the read that brought it (data_received, or _resume_reading for data read
         # earlier): one clock read per read rather than per request.
         self.head_started = self.last_activity
@@ -431,7 +481,14 @@ class Connection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw.append((name, value))
+        if self.head_started:
+            self.raw.append((name, value))
+            return
+        # A trailer field (after a chunked body, RFC 9112 §7.1.2): never merged into the header
+        # section (RFC 9110 §6.5.2) nor forwarded; the head's size limit bounds them too.
+        self.trailer_bytes += len(name) + len(value)
+        if self.trailer_bytes > MAX_HEAD:
+            raise _BadRequest(431, "request trailer section too large")
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
@@ -492,10 +549,16 @@ class Connection(asyncio.Protocol):
             request.scheme, request.host = absolute[0], absolute[1]
         self.body = None
         if request.body_follows:
+            self._check_within(self.ctx.cfg.server.body_timeout)
+            for name, value in raw:
+                if name.lower() == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked":
+                    # RFC 9112 §6.1: llhttp takes "gzip, chunked", but no coding but chunked is
+                    # understood here; forwarding it as plain chunked would lose the gzip.
+                    raise _BadRequest(501, "transfer coding not implemented")
             if request.method in ("GET", "HEAD"):
                 self.discard_body = True  # read and dropped, with its framing fields (see Fetcher)
             else:
-                body = self.body = RequestBody(self, request.expect_continue)
+                body = self.body = RequestBody(self, request)
                 request.body = body.chunks()
         return request
 
@@ -511,6 +574,10 @@ class Connection(asyncio.Protocol):
                 self._write_final(error_reply(item.status, item.reason))
                 return
             if not self._answer(item):
+                if self.task is not None and self.body is not None and len(queue) < MAX_QUEUED:
+                    # A body still arriving while a task runs (the running request's own,
+                    # perhaps): reading goes on, or that request waits for bytes nobody reads.
+                    self._resume_reading()
                 return
         if self.transport is None:
             return
@@ -529,6 +596,7 @@ class Connection(asyncio.Protocol):
         try:
             own = admission.admit(req, ctx.cfg)
             if own is not None:
+                self._drop_unread_body(req)
                 return self._write_answer(req, own)
             later = admission.deferred(req, ctx.cfg, ctx.node)
             if later is not None:
@@ -590,6 +658,14 @@ class Connection(asyncio.Protocol):
             except Exception:
                 log.exception("error answering %s %s", req.method, req.path_qs)
                 answer = error_reply(500, "internal error")
+            failed = self.body_failed
+            if failed is not None and failed[0] is req:
+                # Its body broke off (malformed, or too slow): the client's error, then close.
+                if isinstance(answer, Reply) and not isinstance(answer.body, bytes):
+                    await _close_stream(answer.body)  # the origin's answer nobody will read
+                self._write_final(error_reply(failed[1].status, failed[1].reason))
+                return
+            self._drop_unread_body(req)
             if isinstance(answer, Delivery):
                 self._write_answer(req, answer)
             else:
@@ -606,6 +682,19 @@ class Connection(asyncio.Protocol):
         # _complete clears self.task itself; a task cancelled before it ever ran cannot.
         if self.task is task:
             self.task = None
+
+    def _drop_unread_body(self, req: ClientRequest) -> None:
+        """req is answered while its body is still arriving, unread (the node answered it itself,
+        or the origin could not be asked): the rest is dropped as it comes and the connection
+        closes after the answer, which would otherwise wait for a body nobody reads."""
+        body = self.body
+        if body is None or body.owner is not req:
+            return
+        body.drop()
+        self.body = None
+        self.discard_body = True
+        self.stopped = True  # no keep-alive: the rest of the body is not worth reading through
+        self.resume_for_body()
 
     def _write_answer(self, req: ClientRequest, answer: Answer) -> bool:
         """Write a delivery or a complete reply at once; whether the connection goes on."""
@@ -647,9 +736,7 @@ class Connection(asyncio.Protocol):
         if ctx.access_log:
             self._log(req, status, member, outcome, written, seconds)
         if not keep_alive:
-            self.stopped = True
-            self.queue.clear()
-            transport.close()
+            self._close_after_answer(transport)
             return False
         return True
 
@@ -696,8 +783,14 @@ class Connection(asyncio.Protocol):
         if framing is Framing.CHUNKED and self.transport is not None:
             transport.write(LAST_CHUNK)
         if not keep_alive and self.transport is not None:
-            self.stopped = True
-            self.queue.clear()
+            self._close_after_answer(transport)
+
+    def _close_after_answer(self, transport: asyncio.Transport) -> None:
+        self.stopped = True
+        self.queue.clear()
+        if self.discard_body:
+            self._linger(transport)  # the client may still be sending the body: no reset
+        else:
             transport.close()
 
     def _write_final(self, reply: Reply) -> None:
@@ -771,6 +864,12 @@ class Connection(asyncio.Protocol):
         wait = self.origin_wait
         waited = wait.seconds if wait is not None and wait.seconds else None  # None: never asked the origin
         log_access(self.ctx.cfg, req, status, member, outcome, written, seconds, waited)
+
+
+async def _close_stream(body: AsyncIterator[bytes]) -> None:
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 _date_cache: tuple[int, str] = (0, "")
