@@ -135,7 +135,8 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             "an admin token is required (Authorization: Bearer <token>)",
             {hdrs.WWW_AUTHENTICATE: 'Bearer realm="minicdn-admin"'},
         )
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
+    # surrogateescape: a field's bytes that are not UTF-8 (decoded so by aiohttp) compare as sent.
+    if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode()):
         _refused(request, "the token is not valid")
         return error_reply(
             401,

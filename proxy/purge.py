@@ -65,14 +65,19 @@ def parse_purge_request(body: object) -> PurgeRequest:
 def _check(kind: PurgeKind, value: str) -> str:
     if any(c.isspace() for c in value):
         raise PurgeRequestError(f"{kind} {value!r} must not contain whitespace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): no URL or tag has one
+        raise PurgeRequestError(f"{kind} {value!r} is not valid text") from None
     if kind == "tag":
         return value
     if value.startswith("/"):
         return value
     try:
         url = URL(value)
+        host = url.host  # decodes an IDNA host: "xn--" alone is not one (a UnicodeError)
     except ValueError:
         raise PurgeRequestError(f"{kind} {value!r} is not a URL or a /path") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise PurgeRequestError(f"{kind} {value!r} must be an http(s):// URL or start with /")
     return value

@@ -5,6 +5,7 @@ the rule that an admin API without a token only listens on loopback.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,22 @@ async def test_non_ascii_token_is_refused_not_crashed(admin_and_proxy: tuple[Pro
     assert resp.status == 401, data
 
 
+async def test_a_token_that_is_not_utf8_is_refused_not_crashed(admin_and_proxy: tuple[Proxy, Admin]) -> None:
+    # Before authentication: its bytes reached the comparison as surrogates, and encoding them raised.
+    _, admin = admin_and_proxy
+    reader, writer = await asyncio.open_connection(admin.server.host, admin.server.port)
+    writer.write(b"GET /stats HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer \xff\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:100]
+
+
+async def test_entries_with_a_bad_idna_prefix_is_400(admin_and_proxy: tuple[Proxy, Admin]) -> None:
+    _, admin = admin_and_proxy
+    resp, data = await admin.call("GET", "/entries", params={"prefix": "http://xn--/"})
+    assert resp.status == 400, data
+
+
 async def test_without_a_token_loopback_clients_are_accepted(start_admin: AdminFactory) -> None:
     _, admin = await start_admin(token=None)
     resp, data = await admin.call("GET", "/stats", auth=False)
@@ -141,6 +158,10 @@ BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "whitespace": (b'{"tag": "a b"}', "whitespace"),
     "soft-not-bool": (b'{"all": true, "soft": "yes"}', "'soft'"),
     "too-deep": (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+    # Found by fuzzing: each was a 500 with a traceback.
+    "lone-surrogate": (b'{"url": "/\\ud800"}', "not valid text"),
+    "bad-idna-host": (b'{"url": "http://xn--/"}', "not a URL"),
+    "bad-idna-prefix": (b'{"prefix": "http://xn--/"}', "not a URL"),
 }
 
 
