@@ -545,8 +545,10 @@ class Connection(asyncio.Protocol):
         if request.hosts > 1:
             raise _BadRequest(400, "more than one Host header")
         if absolute is not None:
-            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-            request.scheme, request.host = absolute[0], absolute[1]
+            # RFC 9112 §3.2.2: an absolute-form target's authority replaces Host. Its scheme does
+            # not replace the connection's: "https://" sent over plain HTTP is no TLS, and would
+            # otherwise reach the origin as X-Forwarded-Proto: https.
+            request.host = absolute[1]
         self.body = None
         if request.body_follows:
             self._check_within(self.ctx.cfg.server.body_timeout)

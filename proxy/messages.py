@@ -45,6 +45,14 @@ def _text(raw: bytes) -> str:
     # As aiohttp decodes fields: bytes that are not UTF-8 survive the round trip to the origin.
     return raw.decode("utf-8", "surrogateescape")
 
+# The Connection values nearly every request sends: no splitting for them.
+_COMMON_OPTIONS = frozenset({"keep-alive", "close"})
+
+
+def _options(lowered: str) -> tuple[str, ...]:
+    """The connection options of a lower-cased Connection value (comma-separated tokens)."""
+    return tuple(option.strip(" \t") for option in lowered.split(","))
+
 
 class ClientRequest:
     """A client request as the front read it; immutable after construction.
@@ -163,7 +171,9 @@ class ClientRequest:
             self.keep_alive = not http10
         else:
             lowered = connection.lower()
-            self.keep_alive = "keep-alive" in lowered if http10 else "close" not in lowered
+            # Connection options are tokens (RFC 9110 §7.6.1): "closed" is not "close".
+            options = (lowered,) if lowered in _COMMON_OPTIONS else _options(lowered)
+            self.keep_alive = "keep-alive" in options if http10 else "close" not in options
         self.cache_control = cache_control
         self.pragma = pragma
         self.accept_encoding = accept_encoding

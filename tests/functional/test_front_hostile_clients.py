@@ -176,3 +176,28 @@ async def test_a_malformed_chunked_body_is_the_clients_400_not_the_origins_502(
     answer = await read_to_close(reader)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:120]  # was a 502 "origin connection failed"
+
+
+async def test_an_absolute_form_https_target_on_plain_http_is_not_forwarded_as_https(
+    proxy: Proxy, origin: Origin
+) -> None:
+    # RFC 9112 §3.2.2 takes the authority from an absolute-form target, not a TLS connection:
+    # the origin must not be told X-Forwarded-Proto: https for a plain-HTTP request.
+    reader, writer = await opened(proxy)
+    writer.write(b"GET https://cdn.example/echo?abs=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n")
+    answer = await read_to_close(reader)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    [seen] = await origin.requests("/echo")
+    fields = {name.lower(): value for name, value in seen["headers"]}
+    assert fields["x-forwarded-proto"] == "http"
+
+
+async def test_rfc9110_s7_6_1_connection_options_are_tokens(proxy: Proxy) -> None:
+    # "Connection: closed" is not "close": the connection stays open for the next request.
+    reader, writer = await opened(proxy)
+    ask = b"GET /max-age/60 HTTP/1.1\r\nHost: cdn.example\r\nConnection: closed\r\n\r\n"
+    writer.write(ask + ask.replace(b"closed", b"foo, Close"))
+    answer = await read_to_close(reader)
+    writer.close()
+    assert answer.count(b"HTTP/1.1 200 ") == 2  # both answered; the second's "Close" ended it
