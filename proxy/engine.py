@@ -43,7 +43,7 @@ from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_e
 from proxy.keys import UrlKeys, normalise_accept_encoding, select_variant, variant_matches
 from proxy.messages import Answer, ClientRequest, Delivery, RawFields, Reply, error_reply
 from proxy.observe import HotKeys
-from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
+from proxy.origin import CLIENT_BODY_CAUSE, InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.prefetch import Prefetcher, PrefetchStats
 from proxy.purger import Purger
 from proxy.ranges import ByteRange
@@ -975,7 +975,8 @@ class Engine:
         try:
             resp = await self.fetcher.forward(req, headers, interim)
         except UpstreamError as exc:
-            self.stats.origin_errors += 1
+            if exc.cause != CLIENT_BODY_CAUSE:  # a request body that broke off is not the origin's error
+                self.stats.origin_errors += 1
             return error_reply(exc.status_hint, exc.reason, CacheStatus(fwd=fwd, detail=exc.reason))
         if invalidate and 200 <= resp.status < 400:
             await self.fetcher.invalidate_after_unsafe(req, resp.headers)

@@ -54,7 +54,7 @@ from proxy.log_output import log_access
 from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
 from proxy.observe import OriginTimer, Recorder, origin_timer
-from proxy.origin import InterimSink, UpstreamError
+from proxy.origin import InterimSink, RequestBodyBroken, UpstreamError
 from proxy.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.front")
@@ -196,7 +196,7 @@ class RequestBody:
         """Nobody will read the rest (its request was answered without it): free what is held."""
         self._chunks.clear()
         self._size = 0
-        self.abort(ConnectionAbortedError("request answered without its body"))
+        self.abort(RequestBodyBroken("request answered without its body"))
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
@@ -293,7 +293,7 @@ class Connection(asyncio.Protocol):
         self.ctx.release(self)
         self._wake_writer()
         if self.body is not None:
-            self.body.abort(ConnectionResetError("client closed the connection"))
+            self.body.abort(RequestBodyBroken("client closed the connection"))
         if self.task is not None:
             self.task.cancel()  # nobody to answer any more (a shared fetch goes on: see Engine._fetch)
 
@@ -433,7 +433,7 @@ class Connection(asyncio.Protocol):
             # body that broke off (a 502 would blame the origin for the client's bytes).
             if error is not None:
                 self.body_failed = (body.owner, error)
-            body.abort(ConnectionAbortedError("request body was malformed or too slow"))
+            body.abort(RequestBodyBroken("request body was malformed or too slow"))
             self.body = None
         if error is not None:
             self.queue.append(error)

@@ -45,6 +45,7 @@ def _text(raw: bytes) -> str:
     # As aiohttp decodes fields: bytes that are not UTF-8 survive the round trip to the origin.
     return raw.decode("utf-8", "surrogateescape")
 
+
 # The Connection values nearly every request sends: no splitting for them.
 _COMMON_OPTIONS = frozenset({"keep-alive", "close"})
 

@@ -51,6 +51,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.origin.errors import (
+    CLIENT_BODY,
     CLOSED,
     CONNECT_TIMED_OUT,
     FAILED,
@@ -60,6 +61,7 @@ from proxy.origin.errors import (
     RESET,
     TIMED_OUT,
     UpstreamError,
+    caused_by_the_request_body,
     connect_failure,
     failure,
 )
@@ -100,6 +102,8 @@ def translate(exc: BaseException) -> UpstreamError:
     """Map an aiohttp / asyncio client failure onto UpstreamError (the one place this happens)."""
     if isinstance(exc, UpstreamError):
         return exc
+    if caused_by_the_request_body(exc):
+        return failure(CLIENT_BODY)
     if isinstance(exc, _CONNECT_TIMEOUT):
         return failure(CONNECT_TIMED_OUT)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):

@@ -24,8 +24,8 @@ class UpstreamError(Exception):
     """The origin could not give a usable response; `status_hint` is 502 or 504.
 
     `cause` is one of CAUSES (refused, dns, unreachable, timeout, reset, closed,
-    incomplete, bad_response, failed); given a reason of the table, it need
-    not be passed.
+    incomplete, bad_response, failed, client_body); given a reason of the table,
+    it need not be passed.
     """
 
     def __init__(self, status_hint: int, reason: str, cause: str | None = None) -> None:
@@ -47,6 +47,10 @@ INCOMPLETE: Final = "origin response body incomplete"
 INVALID: Final = "origin sent an invalid response"
 FAILED: Final = "origin connection failed"
 REQUEST_FAILED: Final = "origin request failed"
+# Not the origin's doing: the client's request body, being forwarded, broke off (malformed, too
+# slow, or the client left). The front answers the client's error instead (400 or 408).
+CLIENT_BODY: Final = "request body broke off"
+CLIENT_BODY_CAUSE: Final = "client_body"
 
 STATUS: Final = {
     REFUSED: 502,
@@ -60,6 +64,7 @@ STATUS: Final = {
     INVALID: 502,
     FAILED: 502,
     REQUEST_FAILED: 502,
+    CLIENT_BODY: 400,
 }
 CAUSE: Final = {
     REFUSED: "refused",
@@ -73,6 +78,7 @@ CAUSE: Final = {
     INVALID: "bad_response",
     FAILED: "failed",
     REQUEST_FAILED: "failed",
+    CLIENT_BODY: CLIENT_BODY_CAUSE,
 }
 # Every cause, in the order a table of them is shown.
 CAUSES: Final = (
@@ -85,7 +91,25 @@ CAUSES: Final = (
     "incomplete",
     "bad_response",
     "failed",
+    "client_body",
 )
+
+
+class RequestBodyBroken(ConnectionAbortedError):
+    """Raised by a client's request body being forwarded when it breaks off (proxy/front.py):
+    an origin client that meets it reports CLIENT_BODY, not a failure of the origin."""
+
+
+def caused_by_the_request_body(exc: BaseException) -> bool:
+    """Whether RequestBodyBroken is in exc's chain of causes (an origin client wraps it)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, RequestBodyBroken):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def failure(reason: str) -> UpstreamError:

@@ -23,7 +23,7 @@ from yarl import URL
 from proxy.config import OriginConfig
 from proxy.observe import Recorder, origin_timer
 from proxy.origin.aiohttp_client import AiohttpOrigin
-from proxy.origin.errors import REQUEST_FAILED, UpstreamError, failure
+from proxy.origin.errors import CLIENT_BODY_CAUSE, REQUEST_FAILED, UpstreamError, failure
 from proxy.origin.interim import InterimSink
 from proxy.origin.lean import LeanOrigin
 
@@ -123,7 +123,8 @@ class Upstream:
                 raise failure(REQUEST_FAILED) from exc
         except UpstreamError as exc:
             self._done(upstream, exc.cause, started)
-            self._log_failure(method, path_qs, origin, exc)
+            if exc.cause != CLIENT_BODY_CAUSE:  # the client's doing: the front says so, not the log
+                self._log_failure(method, path_qs, origin, exc)
             raise
         self._done(upstream, "ok", started)
         return resp

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import pytest
+
 from proxy.config import OriginConfig, ServerConfig
 from tests.functional.conftest import Origin, Proxy, ProxyFactory
 
@@ -167,7 +169,7 @@ async def test_rfc9112_s6_1_a_transfer_coding_other_than_chunked_is_a_501(
 
 
 async def test_a_malformed_chunked_body_is_the_clients_400_not_the_origins_502(
-    proxy: Proxy, origin: Origin
+    proxy: Proxy, origin: Origin, caplog: pytest.LogCaptureFixture
 ) -> None:
     reader, writer = await opened(proxy)
     writer.write(
@@ -176,6 +178,9 @@ async def test_a_malformed_chunked_body_is_the_clients_400_not_the_origins_502(
     answer = await read_to_close(reader)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:120]  # was a 502 "origin connection failed"
+    # Nor is it counted or logged as the origin's failure.
+    assert proxy.server.node.engine.stats.origin_errors == 0
+    assert not [r for r in caplog.records if "origin connection failed" in r.getMessage()]
 
 
 async def test_an_absolute_form_https_target_on_plain_http_is_not_forwarded_as_https(
