@@ -260,6 +260,23 @@ class Fetcher:
             return FetchOutcome(status, leader_only=resp)
         return await self._store(f, resp, request_time, epoch, asked_range=ranged is not None)
 
+    def _plan_store(
+        self, f: FetchRequest, resp: OriginResponse, request_time: float, overrides: policy.Overrides
+    ) -> policy.StorePlan | policy.DontStore:
+        """policy.plan_store for f's GET and the origin's answer, received now."""
+        return policy.plan_store(
+            "GET",
+            f.headers,
+            f.directives,
+            resp.status,
+            resp.reason,
+            resp.headers,
+            request_time,
+            self.clock(),
+            self.policy_config,
+            overrides,
+        )
+
     def _range_to_forward(self, f: FetchRequest) -> str | None:
         """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
 
@@ -463,20 +480,8 @@ class Fetcher:
 
         A response that reveals a sliced object stores the slice it starts with instead.
         """
-        response_time = self.clock()
         overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
-        plan = policy.plan_store(
-            "GET",
-            f.headers,
-            f.directives,
-            resp.status,
-            resp.reason,
-            resp.headers,
-            request_time,
-            response_time,
-            self.policy_config,
-            overrides,
-        )
+        plan = self._plan_store(f, resp, request_time, overrides)
         if isinstance(plan, policy.DontStore):
             if f.stale is not None:
                 # The origin's new answer replaces what we held (§4.3.3), and it may not be kept.
@@ -766,17 +771,8 @@ class Fetcher:
         target = self._same_host_uri(f.client, resp.headers.get("Content-Location"))
         if target is None or (target.raw_path, target.raw_query_string) != (f.client.path, f.client.query):
             return False, b"", False
-        plan = policy.plan_store(
-            "GET",
-            f.headers,
-            f.directives,
-            resp.status,
-            resp.reason,
-            resp.headers,
-            request_time,
-            self.clock(),
-            self.policy_config,
-            f.overrides(resp.status, resp.headers.get("Content-Type")),
+        plan = self._plan_store(
+            f, resp, request_time, f.overrides(resp.status, resp.headers.get("Content-Type"))
         )
         limit = self.cfg.cache.max_object_size
         if (
