@@ -892,8 +892,12 @@ def _absolute_target(url: bytes) -> tuple[str, str, str, str]:
         parsed = httptools.parse_url(url)
     except httptools.HttpParserInvalidURLError:
         raise _BadRequest(400, "invalid request target") from None
+    if parsed.fragment:
+        raise _BadRequest(400, "invalid request target")  # no fragment in a target (RFC 9112 §3.2)
     scheme = (parsed.schema or b"http").decode("ascii").lower()
     authority = parsed.host or b""
+    if b":" in authority:
+        authority = b"[" + authority + b"]"  # an IPv6 literal, given back its brackets (RFC 3986 §3.2.2)
     if parsed.port is not None:
         authority += b":%d" % parsed.port
     target = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")

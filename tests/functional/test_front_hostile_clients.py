@@ -206,3 +206,16 @@ async def test_rfc9110_s7_6_1_connection_options_are_tokens(proxy: Proxy) -> Non
     answer = await read_to_close(reader)
     writer.close()
     assert answer.count(b"HTTP/1.1 200 ") == 2  # both answered; the second's "Close" ended it
+
+
+async def test_absolute_form_targets_with_an_ipv6_host_or_a_fragment(proxy: Proxy) -> None:
+    cases = {
+        b"GET http://[::1]:8080/max-age/60 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n": b"200",
+        b"GET http://cdn.example/max-age/60#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n": b"400",
+    }
+    for request, status in cases.items():
+        reader, writer = await opened(proxy)
+        writer.write(request)
+        answer = await read_to_close(reader)
+        writer.close()
+        assert answer.split(b" ", 2)[1] == status, (request, answer[:100])
