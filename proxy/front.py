@@ -223,6 +223,19 @@ class RequestBody:
             await self._waiter
 
 
+class _Trailers(list[tuple[bytes, bytes]]):
+    """Where on_header puts the trailer fields of a chunked body (RFC 9112 §7.1.2): dropped, never
+    merged into the request's header section (RFC 9110 §6.5.2), bounded by the head's size limit.
+    A list, so on_header stays one append for the head's fields (the hit path)."""
+
+    size = 0
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        self.size += len(field[0]) + len(field[1])
+        if self.size > MAX_HEAD:
+            raise _BadRequest(431, "request trailer section too large")
+
+
 _Queued = ClientRequest | _BadRequest
 
 
@@ -237,9 +250,9 @@ class Connection(asyncio.Protocol):
         self.remote = ""
         # The request head being parsed.
         self.url = b""
+        # The head's fields as on_header gets them; after the head, a _Trailers that drops them.
         self.raw: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0  # bytes received since the current head began (None-free: 0 = none)
-        self.trailer_bytes = 0  # bytes of the current request's trailer fields (dropped)
         self.head_started = 0.0  # loop time the current head began; 0.0 between requests
         self.body: RequestBody | None = None  # the body being received, when it is forwarded
         self.discard_body = False  # the body being received belongs to a GET / HEAD: dropped
@@ -472,7 +485,6 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.raw = []
         self.head_bytes = 0
-        self.trailer_bytes = 0
         # The time of the read that brought it (data_received, or _resume_reading for data read
         # earlier): one clock read per read rather than per request.
         self.head_started = self.last_activity
@@ -481,18 +493,12 @@ class Connection(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.head_started:
-            self.raw.append((name, value))
-            return
-        # A trailer field (after a chunked body, RFC 9112 §7.1.2): never merged into the header
-        # section (RFC 9110 §6.5.2) nor forwarded; the head's size limit bounds them too.
-        self.trailer_bytes += len(name) + len(value)
-        if self.trailer_bytes > MAX_HEAD:
-            raise _BadRequest(431, "request trailer section too large")
+        self.raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
         request = self._request()  # raises _BadRequest: httptools stops and reports it
+        self.raw = _Trailers()  # the request keeps the list of its fields; trailers go elsewhere
         self.queue.append(request)
         if len(self.queue) == 1 and self.task is None and request.body is not None:
             self._answer_queued()  # start forwarding a body as it arrives
