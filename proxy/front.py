@@ -250,8 +250,9 @@ class Connection(asyncio.Protocol):
         self.remote = ""
         # The request head being parsed.
         self.url = b""
-        # The head's fields as on_header gets them; after the head, a _Trailers that drops them.
+        # The head's fields as on_header gets them; after the head, `trailers`, which drops them.
         self.raw: list[tuple[bytes, bytes]] = []
+        self.trailers = _Trailers()
         self.head_bytes = 0  # bytes received since the current head began (None-free: 0 = none)
         self.head_started = 0.0  # loop time the current head began; 0.0 between requests
         self.body: RequestBody | None = None  # the body being received, when it is forwarded
@@ -498,7 +499,7 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
         request = self._request()  # raises _BadRequest: httptools stops and reports it
-        self.raw = _Trailers()  # the request keeps the list of its fields; trailers go elsewhere
+        self.raw = self.trailers  # the request keeps the list of its fields; trailers go elsewhere
         self.queue.append(request)
         if len(self.queue) == 1 and self.task is None and request.body is not None:
             self._answer_queued()  # start forwarding a body as it arrives
@@ -508,6 +509,8 @@ class Connection(asyncio.Protocol):
             self.body.feed(data)
 
     def on_message_complete(self) -> None:
+        if self.trailers.size:
+            self.trailers.size = 0  # the limit is per request
         if self.body is not None:
             self.body.finish()
             self.body = None

@@ -46,10 +46,6 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-# The Connection values nearly every request sends: no splitting for them.
-_COMMON_OPTIONS = frozenset({"keep-alive", "close"})
-
-
 def _options(lowered: str) -> tuple[str, ...]:
     """The connection options of a lower-cased Connection value (comma-separated tokens)."""
     return tuple(option.strip(" \t") for option in lowered.split(","))
@@ -172,9 +168,12 @@ class ClientRequest:
             self.keep_alive = not http10
         else:
             lowered = connection.lower()
-            # Connection options are tokens (RFC 9110 §7.6.1): "closed" is not "close".
-            options = (lowered,) if lowered in _COMMON_OPTIONS else _options(lowered)
-            self.keep_alive = "keep-alive" in options if http10 else "close" not in options
+            if lowered == "keep-alive":  # what nearly every browser sends
+                self.keep_alive = True
+            else:
+                # Connection options are tokens (RFC 9110 §7.6.1): "closed" is not "close".
+                options = _options(lowered)
+                self.keep_alive = "keep-alive" in options if http10 else "close" not in options
         self.cache_control = cache_control
         self.pragma = pragma
         self.accept_encoding = accept_encoding
