@@ -705,7 +705,10 @@ class Connection(asyncio.Protocol):
         self.body = None
         self.discard_body = True
         self.stopped = True  # no keep-alive: the rest of the body is not worth reading through
-        self.resume_for_body()
+        # Nothing more is parsed (the answer must go out first); closing lingers, reading and
+        # dropping what the client still sends (_close_after_answer).
+        self.body_paused = False
+        self.unparsed = b""
 
     def _write_answer(self, req: ClientRequest, answer: Answer) -> bool:
         """Write a delivery or a complete reply at once; whether the connection goes on."""
