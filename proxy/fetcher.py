@@ -768,9 +768,10 @@ class Fetcher:
         """
         if resp.status not in WRITE_THROUGH_STATUSES:
             return False, b"", False
-        target = self._same_host_uri(f.client, resp.headers.get("Content-Location"))
+        locations = resp.headers.getall("Content-Location", ())
+        target = self._same_host_uri(f.client, locations[0]) if len(locations) == 1 else None
         if target is None or (target.raw_path, target.raw_query_string) != (f.client.path, f.client.query):
-            return False, b"", False
+            return False, b"", False  # none, several (a single-value field), or another URI
         plan = self._plan_store(
             f, resp, request_time, f.overrides(resp.status, resp.headers.get("Content-Type"))
         )

@@ -23,9 +23,13 @@ with flow control too (writing waits while the client reads slower).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -73,6 +77,8 @@ LINGER_SECONDS = 2.0
 MAX_QUEUED = 32  # parsed requests waiting behind the one being answered; then reading pauses
 BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
 _COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
+# ioctl for the bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux); None elsewhere.
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 _INTERNAL_ERROR = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -265,7 +271,10 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.body_paused = False
         self.writing_paused = False
-        self.write_paused_at = 0.0  # loop time writing last paused (send_timeout counts from it)
+        # While writing is paused: since when the client has taken nothing (send_timeout counts
+        # from it), and what the transport held then (less later means the client read some).
+        self.write_paused_at = 0.0
+        self.write_buffered = 0
         # A request whose body broke off (malformed, or too slow): answered with this error.
         self.body_failed: tuple[ClientRequest, _BadRequest] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -318,6 +327,8 @@ class Connection(asyncio.Protocol):
         # The client reads slower than we answer: stop answering (and so reading) until it catches up.
         self.writing_paused = True
         self.write_paused_at = self.loop.time()
+        transport = self.transport
+        self.write_buffered = _unsent(transport) if transport is not None else 0
         self._check_within(self.ctx.cfg.server.send_timeout)
 
     def resume_writing(self) -> None:
@@ -338,6 +349,12 @@ class Connection(asyncio.Protocol):
         now = self.loop.time()
         server = self.ctx.cfg.server
         if self.writing_paused:
+            buffered = _unsent(transport)
+            if buffered < self.write_buffered:
+                # The client took some since the last look (nothing is written while paused):
+                # slow, not stalled. send_timeout bounds a time without progress.
+                self.write_paused_at = now
+                self.write_buffered = buffered
             paused_for = now - self.write_paused_at
             if paused_for >= server.send_timeout:
                 # The client stopped reading what it asked for (nginx: send_timeout): drop the
@@ -878,6 +895,18 @@ class Connection(asyncio.Protocol):
         wait = self.origin_wait
         waited = wait.seconds if wait is not None and wait.seconds else None  # None: never asked the origin
         log_access(self.ctx.cfg, req, status, member, outcome, written, seconds, waited)
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to the client and not yet taken: the transport's buffer and the kernel's send
+    queue (Linux SIOCOUTQ). The socket turns writable again only once a third of its buffer is
+    free, so a slow reader's progress shows in the kernel's queue long before in the transport's."""
+    size = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _OUTQ is not None:
+        with contextlib.suppress(OSError, ValueError):
+            size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    return size
 
 
 async def _close_stream(body: AsyncIterator[bytes]) -> None:

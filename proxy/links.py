@@ -23,7 +23,7 @@ _OWS = " \t"
 
 def same_host_target(scheme: str, authority: str, path: str, reference: str | None) -> URL | None:
     """`reference` resolved against the request's URI (RFC 3986 §5.2: "b.css" is relative to the
-    request's path); None when missing, malformed or naming another host (authority)."""
+    request's path); None when missing, malformed or naming another origin (scheme or authority)."""
     if not reference:
         return None
     try:
@@ -31,7 +31,11 @@ def same_host_target(scheme: str, authority: str, path: str, reference: str | No
         target = base.join(URL(reference.strip(), encoded=True))
     except (ValueError, TypeError):
         return None
-    if not target.absolute or target.raw_authority.lower() != base.raw_authority.lower():
+    if (
+        not target.absolute
+        or target.scheme != base.scheme
+        or target.raw_authority.lower() != base.raw_authority.lower()
+    ):
         return None
     return target
 
@@ -47,14 +51,17 @@ def link_values(fields: Iterable[str]) -> Iterator[tuple[str, dict[str, str]]]:
         yield from _parse(field)
 
 
-def preload_targets(fields: Iterable[str]) -> list[str]:
+def preload_targets(fields: Iterable[str], limit: int | None = None) -> list[str]:
     """The targets of the link-values whose relation types include `preload` (W3C Preload), in
-    order, each once. Relation types are compared case-insensitively (RFC 8288 §2.1.1)."""
-    found: list[str] = []
+    order, each once, at most `limit`. Relation types are compared case-insensitively (RFC 8288
+    §2.1.1)."""
+    found: dict[str, None] = {}
     for target, params in link_values(fields):
-        if "preload" in params.get("rel", "").lower().split() and target not in found:
-            found.append(target)
-    return found
+        if limit is not None and len(found) >= limit:
+            break
+        if "preload" in params.get("rel", "").lower().split():
+            found[target] = None
+    return list(found)
 
 
 def _parse(field: str) -> Iterator[tuple[str, dict[str, str]]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,9 @@ __all__ = ["PrefetchStats", "Prefetcher"]
 log = logging.getLogger("proxy.prefetch")
 
 PURPOSE = (b"Sec-Purpose", b"prefetch")
+# What a request-target may hold as sent (RFC 9112 §3.2: visible ASCII; a reference with anything
+# else is left alone rather than re-encoded, which could name another resource).
+_SENDABLE = re.compile(r"[!-~]+")
 
 
 @dataclass(slots=True)
@@ -65,10 +69,10 @@ class Prefetcher:
         lines = [value for name, value in entry.headers if name.lower() == "link"]
         if not lines:
             return
-        for reference in preload_targets(lines)[: self.per_response]:
+        for reference in preload_targets(lines, self.per_response):
             target = same_host_target(client.scheme, client.host, client.path, reference)
-            if target is None:
-                continue
+            if target is None or not _SENDABLE.fullmatch(target.raw_path_qs):
+                continue  # another origin; or a space, a control or a non-ASCII byte: no request-target
             wanted = (client.host, target.raw_path, target.raw_query_string)
             if wanted in self._targets or len(self._tasks) >= self.at_once:
                 self.stats.skipped += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 
 import pytest
 
@@ -219,3 +220,26 @@ async def test_absolute_form_targets_with_an_ipv6_host_or_a_fragment(proxy: Prox
         answer = await read_to_close(reader)
         writer.close()
         assert answer.split(b" ", 2)[1] == status, (request, answer[:100])
+
+
+async def test_a_slow_but_steady_reader_is_not_cut_by_the_send_timeout(start_proxy: ProxyFactory) -> None:
+    # send_timeout bounds a time without progress. A socket turns writable again only once a third
+    # of its send buffer (up to 4 MB here) is free, so a client reading 32 KiB every 50 ms shows no
+    # progress to the transport for about two seconds: it was cut off after the timeout. The kernel's
+    # send queue shows it reading.
+    proxy = await start_proxy(server=ServerConfig(send_timeout=1.0))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # the client's side holds little
+    sock.connect(("127.0.0.1", proxy.server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    size = 5_000_000  # above the test's object limit: streamed through, not stored
+    writer.write(b"GET /bytes/%d HTTP/1.1\r\nHost: cdn.example\r\nConnection: close\r\n\r\n" % size)
+    got = b""
+    while True:
+        chunk = await asyncio.wait_for(reader.read(32 * 1024), 5)
+        if not chunk:
+            break
+        got += chunk
+        await asyncio.sleep(0.05)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 200 ") and len(got) > size, len(got)

@@ -92,6 +92,9 @@ async def test_only_same_host_preload_links_are_followed(start_proxy: ProxyFacto
         f"<{ASSET}?asset=sheet>; rel=stylesheet",  # not a preload
         f"<{ASSET}?asset=next>; rel=prefetch",  # a hint to the browser, not to us
         f"<http://cdn.example{ASSET}?asset=absolute>; rel=preload",  # the page's own host, absolute
+        f"<https://cdn.example{ASSET}?asset=tls>; rel=preload",  # another scheme: another origin
+        f"<{ASSET}?asset=a b>; rel=preload",  # a space: no request-target (left alone, no error)
+        f"<{ASSET}?asset=\u00fc>; rel=preload",  # not ASCII
     )
     await get(proxy, page(*links))
     await prefetcher(proxy).settled()

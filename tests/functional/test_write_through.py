@@ -176,6 +176,8 @@ REFUSED = [
         "another host",
     ),
     (answer("Content-Location: /doc?v=2\r\nCache-Control: max-age=60\r\n"), {}, "another query"),
+    (answer("Content-Location: https://cdn.example/doc\r\n" + FRESH), {}, "another scheme"),
+    (answer("Content-Location: /doc\r\nContent-Location: /other\r\n" + FRESH), {}, "two values"),
     (answer('Content-Location: /doc\r\nETag: "v2"\r\n'), {}, "no explicit freshness (§9.3.3)"),
     (
         answer("Content-Location: /doc\r\nCache-Control: no-store, max-age=60\r\n"),

@@ -24,6 +24,7 @@ from proxy.links import link_values, preload_targets, same_host_target
         (["</a.css>; rel=prefetch"], []),  # another relation
         (["</a.css>; rel=preload; rel=stylesheet", "</b.css>; rel=stylesheet; rel=preload"], ["/a.css"]),
         (["</a.css>; rel=preload, </a.css>; rel=preload"], ["/a.css"]),  # once
+        ([", ".join(f"</{n}.css>; rel=preload" for n in range(5000))], [f"/{n}.css" for n in range(5000)]),
         (["garbage, </a.css>; rel=preload"], ["/a.css"]),  # a bad element skipped
         (["</a.css> junk; rel=preload, </b.css>; rel=preload"], ["/b.css"]),
         (["</a.css>; =x; rel=preload, </b.css>; rel=preload"], ["/b.css"]),  # a bad parameter
@@ -35,6 +36,10 @@ from proxy.links import link_values, preload_targets, same_host_target
 )
 def test_rfc8288_s3_preload_targets(fields: list[str], expected: list[str]) -> None:
     assert preload_targets(fields) == expected
+
+
+def test_preload_targets_stop_at_the_limit() -> None:
+    assert preload_targets(["</a>; rel=preload, </b>; rel=preload, </c>; rel=preload"], 2) == ["/a", "/b"]
 
 
 def test_rfc8288_s3_parameters_are_lower_cased_and_unquoted() -> None:
@@ -55,6 +60,8 @@ def test_rfc8288_s3_parameters_are_lower_cased_and_unquoted() -> None:
         ("/page", "http://other.example/a.css", None),  # another host
         ("/page", "//other.example/a.css", None),
         ("/page", "http://h.example:8080/a.css", None),  # another port: another authority
+        ("/page", "https://h.example/a.css", None),  # another scheme: another origin
+        ("/page", "ftp://h.example/a.css", None),
         ("/page", "", None),
         ("/page", None, None),
         ("/page", "http://[bad/a.css", None),  # malformed
