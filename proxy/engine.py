@@ -991,21 +991,14 @@ class Engine:
         when it is that resource's new representation (Fetcher.write_through). The client gets
         the origin's answer as on any pass, with `stored` in its Cache-Status when it was kept."""
         get = req.as_get()
-        rules = None
+        lk = Lookup(get, request_time)  # keyed and matched as the GET would be; never looked up
         if self.rules is not None and get.path not in self.rules.unmatched:
-            rules = self.rules.match(get)
-            if rules is not None and rules.bypass:  # GETs of it are never stored: neither is this
+            lk.rules = self.rules.match(get)
+            if lk.rules is not None and lk.rules.bypass:  # GETs of it are never stored: nor this
                 return await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
-        f = FetchRequest(
-            client=get,
-            headers=self.normalised(Lookup(get, request_time)),
-            key=self.fetcher.key_for(get),
-            resource=None,
-            stale=None,
-            why=fwd,
-            directives=policy.request_directives_of(get.cache_control, get.pragma, self.cfg.policy),
-            rules=rules,
-        )
+        lk.key = self.fetcher.key_for(get)
+        lk.directives = policy.request_directives_of(get.cache_control, get.pragma, self.cfg.policy)
+        f = self._fetch_request(lk, None, fwd)
         try:
             stored, body, complete = await self.fetcher.write_through(f, resp, request_time)
         except UpstreamError:

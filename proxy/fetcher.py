@@ -549,7 +549,7 @@ class Fetcher:
         if siblings:  # encodings: the leader is answered the one its request is keyed with
             serve = next((v for v in made if variant_matches(v, f.headers)), serve)
             siblings = tuple(v for v in made if v is not serve)
-        leader = _leader_fields(resp.headers, plan, overrides)
+        leader = _leader_fields(resp.headers, plan.withheld, overrides)
         return FetchOutcome(status, shared=serve, leader_fields=leader, part=part, siblings=siblings)
 
     async def _encodings(self, f: FetchRequest, entry: StoredResponse) -> tuple[StoredResponse, ...]:
@@ -617,9 +617,8 @@ class Fetcher:
             if await self.storage.aset(resource) and self.purger.record(resource):
                 stored = True
         status = CacheStatus(fwd=f.why, fwd_status=resp.status, stored=stored)
-        leader = _leader_fields(
-            resp.headers, plan, f.overrides(resp.status, resp.headers.get("Content-Type"))
-        )
+        overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
+        leader = _leader_fields(resp.headers, plan.withheld, overrides)
         return FetchOutcome(status, shared=entries[0], leader_fields=leader)
 
     def stop_slicing(self, key: str) -> None:
@@ -723,9 +722,7 @@ class Fetcher:
         else:
             await self.storage.adelete(f.key)
         # A Set-Cookie on the 304 is for the client whose request it answers (never stored).
-        cookies: tuple[tuple[str, str], ...] = ()
-        if "set-cookie" in resp.headers and "set-cookie" not in f.stored_overrides(f.stale).strip:
-            cookies = tuple(("Set-Cookie", v) for v in resp.headers.getall("Set-Cookie"))
+        cookies = _leader_fields(resp.headers, (), f.stored_overrides(f.stale))
         status = CacheStatus(fwd=f.why, fwd_status=304, stored=stored)
         return FetchOutcome(status, shared=serve, leader_fields=cookies)
 
@@ -796,14 +793,14 @@ class Fetcher:
 
 
 def _leader_fields(
-    headers: Headers, plan: policy.StorePlan, overrides: policy.Overrides
+    headers: Headers, withheld: tuple[str, ...], overrides: policy.Overrides
 ) -> tuple[tuple[str, str], ...]:
     """The fields of a stored response only the client that fetched it gets (FetchOutcome.leader_fields).
 
     Its Set-Cookie unless a rule strips it (then nobody gets it), and the fields private= /
-    no-cache= name, which RFC 9111 keeps out of the cache, not away from this client."""
+    no-cache= name (StorePlan.withheld), which RFC 9111 keeps out of the cache, not away from
+    this client."""
     cookies = "set-cookie" not in overrides.strip
-    withheld = plan.withheld
     if not withheld and not (cookies and "set-cookie" in headers):
         return ()
     return tuple(

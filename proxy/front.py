@@ -689,8 +689,8 @@ class Connection(asyncio.Protocol):
             failed = self.body_failed
             if failed is not None and failed[0] is req:
                 # Its body broke off (malformed, or too slow): the client's error, then close.
-                if isinstance(answer, Reply) and not isinstance(answer.body, bytes):
-                    await _close_stream(answer.body)  # the origin's answer nobody will read
+                if isinstance(answer, Reply):
+                    await answer.drop_body()  # the origin's answer nobody will read
                 self._write_final(error_reply(failed[1].status, failed[1].reason))
                 return
             self._drop_unread_body(req)
@@ -907,12 +907,6 @@ def _unsent(transport: asyncio.Transport) -> int:
         with contextlib.suppress(OSError, ValueError):
             size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
     return size
-
-
-async def _close_stream(body: AsyncIterator[bytes]) -> None:
-    aclose = getattr(body, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 _date_cache: tuple[int, str] = (0, "")

@@ -369,11 +369,11 @@ def strong_match(a: str, b: str) -> bool:
 
 def connection_listed(headers: Headers) -> frozenset[str]:
     """Field names listed in Connection (RFC 9110 §7.6.1), lower-case."""
-    return _listed_names(", ".join(headers.getall("Connection", ())))
+    return connection_options(", ".join(headers.getall("Connection", ())))
 
 
 @functools.lru_cache(maxsize=256)
-def _listed_names(connection: str) -> frozenset[str]:
+def connection_options(connection: str) -> frozenset[str]:
     """The names a Connection value (its lines joined with commas) lists, lower-case.
 
     Memoised: nearly every request and response says "keep-alive" or "close"."""
@@ -415,7 +415,7 @@ def fields_end_to_end(
     """
     remove = _removed(tuple(drop))
     if connection is not None:
-        remove = _also(remove, _listed_names(connection))
+        remove = _also(remove, connection_options(connection))
     kept = []
     for raw_name, raw_value in raw:
         name = raw_name.decode("utf-8", "surrogateescape")

@@ -29,6 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.cache_status import CacheStatus
 from proxy.entry import StoredResponse
+from proxy.headers import connection_options
 
 __all__ = ["ClientRequest", "Delivery", "Reply", "error_reply"]
 
@@ -44,11 +45,6 @@ CONDITIONAL_FIELDS = frozenset(
 def _text(raw: bytes) -> str:
     # As aiohttp decodes fields: bytes that are not UTF-8 survive the round trip to the origin.
     return raw.decode("utf-8", "surrogateescape")
-
-
-def _options(lowered: str) -> tuple[str, ...]:
-    """The connection options of a lower-cased Connection value (comma-separated tokens)."""
-    return tuple(option.strip(" \t") for option in lowered.split(","))
 
 
 class ClientRequest:
@@ -172,7 +168,7 @@ class ClientRequest:
                 self.keep_alive = True
             else:
                 # Connection options are tokens (RFC 9110 §7.6.1): "closed" is not "close".
-                options = _options(lowered)
+                options = connection_options(lowered)
                 self.keep_alive = "keep-alive" in options if http10 else "close" not in options
         self.cache_control = cache_control
         self.pragma = pragma
@@ -344,6 +340,12 @@ class Reply:
     headers: CIMultiDict[str]
     body: bytes | AsyncIterator[bytes] = b""
     cache_status: CacheStatus = field(default_factory=CacheStatus)
+
+    async def drop_body(self) -> None:
+        """Close a streamed body nobody will read (what it streams from, an origin response, goes)."""
+        aclose = getattr(self.body, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 # What part of a stored response a delivery sends (RFC 9110 §15.4.5, §14.2, §15.5.17).

@@ -97,14 +97,11 @@ class Prefetcher:
         try:
             answer = await self.serve(req)
             if isinstance(answer, Reply) and not isinstance(answer.body, bytes):
-                body = answer.body
                 if answer.cache_status.stored:
-                    async for _ in body:  # stored as it streams: let it finish
+                    async for _ in answer.body:  # stored as it streams: let it finish
                         pass
                 else:
-                    aclose = getattr(body, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                    await answer.drop_body()
         except Exception as exc:
             self.stats.failed += 1
             log.warning("prefetch of %s failed: %r", req.path, exc)
