@@ -294,6 +294,8 @@ class OriginConfig:
     host_header: str = "origin"  # "origin": the origin's host; "client": the client's Host
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # Seconds the origin may take none of a request body being sent to it (nginx: proxy_send_timeout).
+    send_timeout: float = 30.0
     max_connections: int = 256
     # Seconds a pooled connection to the origin stays open without a request, then it is closed
     # (proxy.origin.rules.IDLE_TIMEOUT, the clients' own default, is the same 15).
@@ -528,6 +530,7 @@ def config_from_mapping(
         host_header=r.choice(o, "host_header", od.host_header, ("origin", "client"), "origin"),
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
+        send_timeout=r.positive(o, "send_timeout", od.send_timeout, "origin"),
         max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
         idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
         unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),

@@ -23,13 +23,9 @@ with flow control too (writing waits while the client reads slower).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import fcntl
 import logging
 import socket
-import struct
-import termios
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -59,6 +55,7 @@ from proxy.messages import Answer, ClientRequest, Delivery, Reply, error_reply
 from proxy.node import Node
 from proxy.observe import OriginTimer, Recorder, origin_timer
 from proxy.origin import InterimSink, RequestBodyBroken, UpstreamError
+from proxy.send_queue import unsent
 from proxy.warn import RateLimitedWarning
 
 log = logging.getLogger("proxy.front")
@@ -77,8 +74,6 @@ LINGER_SECONDS = 2.0
 MAX_QUEUED = 32  # parsed requests waiting behind the one being answered; then reading pauses
 BODY_HIGH_WATER = 256 * 1024  # request body bytes buffered before reading pauses
 _COPY_LIMIT = 16 * 1024  # smaller bodies are joined to the head: one buffer, one send
-# ioctl for the bytes in a socket's send queue (SIOCOUTQ is TIOCOUTQ on Linux); None elsewhere.
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 _INTERNAL_ERROR = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -328,7 +323,7 @@ class Connection(asyncio.Protocol):
         self.writing_paused = True
         self.write_paused_at = self.loop.time()
         transport = self.transport
-        self.write_buffered = _unsent(transport) if transport is not None else 0
+        self.write_buffered = unsent(transport) if transport is not None else 0
         self._check_within(self.ctx.cfg.server.send_timeout)
 
     def resume_writing(self) -> None:
@@ -349,7 +344,7 @@ class Connection(asyncio.Protocol):
         now = self.loop.time()
         server = self.ctx.cfg.server
         if self.writing_paused:
-            buffered = _unsent(transport)
+            buffered = unsent(transport)
             if buffered < self.write_buffered:
                 # The client took some since the last look (nothing is written while paused):
                 # slow, not stalled. send_timeout bounds a time without progress.
@@ -895,18 +890,6 @@ class Connection(asyncio.Protocol):
         wait = self.origin_wait
         waited = wait.seconds if wait is not None and wait.seconds else None  # None: never asked the origin
         log_access(self.ctx.cfg, req, status, member, outcome, written, seconds, waited)
-
-
-def _unsent(transport: asyncio.Transport) -> int:
-    """Bytes written to the client and not yet taken: the transport's buffer and the kernel's send
-    queue (Linux SIOCOUTQ). The socket turns writable again only once a third of its buffer is
-    free, so a slow reader's progress shows in the kernel's queue long before in the transport's."""
-    size = transport.get_write_buffer_size()
-    sock = transport.get_extra_info("socket")
-    if sock is not None and _OUTQ is not None:
-        with contextlib.suppress(OSError, ValueError):
-            size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
-    return size
 
 
 _date_cache: tuple[int, str] = (0, "")

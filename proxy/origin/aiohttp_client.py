@@ -21,6 +21,11 @@ behaviour differs, this module brings it in line:
   spelled differently are all sent.
 - an idle connection is closed when its idle time runs out (aiohttp sweeps
   once per idle time, which leaves some open for up to twice as long).
+- a request body counts as sent once the origin has taken it, not once it is
+  in the socket's buffers: an origin that takes none of it for `send_timeout`
+  is a timeout (aiohttp has none while it writes), and the read timeout starts
+  when the origin has taken the last byte (aiohttp starts it as the last byte
+  is handed to the kernel, so a slow but steady reader of a large body timed out).
 
 What it cannot do (aiohttp's parser is lenient for responses outside dev mode,
 and its header writer encodes str): reject a bare LF, an obs-fold or a space
@@ -81,6 +86,7 @@ from proxy.origin.rules import (
     reusable_after_head,
     section_size,
 )
+from proxy.send_queue import peer_window, unsent
 
 log = logging.getLogger("proxy.origin")
 
@@ -147,6 +153,7 @@ class _Handler(ResponseHandler):
         self.answered = False  # a byte of a response to the current request arrived
         self.head = False  # the current request is a HEAD
         self.chunked = False  # the current final response's body is framed as chunked
+        self.uploading = False  # the current request's body is not all taken by the origin yet
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called for each request, in the requesting task, before the request is written.
@@ -155,9 +162,35 @@ class _Handler(ResponseHandler):
         self.head = bool(kwargs.get("skip_payload"))  # aiohttp skips the body of a HEAD response only
         self.chunked = False
         exchange = _exchange.get()
+        self.uploading = exchange is not None and exchange.upload is not None
         if exchange is not None:
             exchange.handler = self
         super().set_response_params(**kwargs)
+
+    def start_timeout(self) -> None:
+        # aiohttp calls this once it has handed the last byte of a body to the socket; the origin
+        # may take minutes to read what the socket's buffers hold. _UploadWatch calls body_taken.
+        if not self.uploading:
+            super().start_timeout()
+
+    def body_taken(self) -> None:
+        """The origin has taken the whole request body: the wait for its response starts now."""
+        if self.uploading:
+            self.uploading = False
+            super().start_timeout()
+
+    def origin_reading(self) -> None:
+        """The origin is still reading the body out of its receive buffer: the wait starts again."""
+        if not self.answered:
+            super().start_timeout()
+
+    def body_stalled(self, seconds: float) -> None:
+        """The origin has taken none of the request body for `seconds`: the exchange times out and
+        the connection goes (closing it would wait for the buffered body to be sent: never)."""
+        self.uploading = False
+        self.set_exception(aiohttp.ServerTimeoutError(f"the origin took no request body for {seconds:g} s"))
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if data:
@@ -228,6 +261,88 @@ class _Exchange:
 
     sink: InterimSink | None
     handler: _Handler | None = None  # the connection of the latest attempt
+    upload: _Upload | None = None  # the request's body, if it has one
+
+
+@dataclass(slots=True)
+class _Upload:
+    """A request body on its way to the origin: how many of its bytes were handed to the connection."""
+
+    handed: int = 0
+    done: bool = False  # all of it
+
+
+async def _counted(body: AsyncIterator[bytes], upload: _Upload) -> AsyncIterator[bytes]:
+    """`body`, counting into `upload` what aiohttp takes of it (it writes each chunk as it gets it)."""
+    async for chunk in body:
+        upload.handed += len(chunk)
+        yield chunk
+    upload.done = True
+
+
+class _UploadWatch:
+    """Follows the origin's progress in taking a request body, from the request's start to its head.
+
+    Progress is the bytes handed over less those not yet taken (`proxy.send_queue.unsent`: the
+    transport's buffer and the kernel's send queue); nothing unsent is no stall (the client is the
+    slow one then). `send_timeout` without progress: the exchange times out (nginx:
+    proxy_send_timeout). Once the whole body is handed over and taken, the read timeout starts;
+    while the origin's advertised window still grows after that (it is reading the body out of its
+    receive buffer: `peer_window`), it starts again. Looked at every TICK of the shorter timeout,
+    so a stall is seen within 1.25 times `send_timeout`.
+    """
+
+    TICK = 0.25
+
+    def __init__(
+        self, exchange: _Exchange, upload: _Upload, send_timeout: float, read_timeout: float
+    ) -> None:
+        self.exchange = exchange
+        self.upload = upload
+        self.send_timeout = send_timeout
+        self.tick = min(send_timeout, read_timeout) * self.TICK
+        self.loop = asyncio.get_running_loop()
+        self.handler: _Handler | None = None  # the connection looked at last
+        self.taken = 0
+        self.window: int | None = None
+        self.progress_at = self.loop.time()
+        self.timer: asyncio.TimerHandle | None = self.loop.call_later(self.tick, self._look)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _look(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        handler = self.exchange.handler
+        transport = handler.transport if handler is not None else None
+        if handler is None or transport is None:
+            self.progress_at = now  # not connected yet: the connect timeout's time
+        elif handler.answered:
+            return  # the response has begun: the read timeout's time
+        elif handler.uploading:
+            left = unsent(transport)
+            taken = self.upload.handed - left
+            if handler is not self.handler or taken > self.taken or left == 0:
+                self.handler = handler  # a first look, or a retry on another connection
+                self.taken = taken
+                self.progress_at = now
+            if left == 0 and self.upload.done:
+                handler.body_taken()
+                self.window = peer_window(transport)
+            elif now - self.progress_at >= self.send_timeout:
+                handler.body_stalled(self.send_timeout)
+                return
+        else:
+            window = peer_window(transport)
+            if window is None:
+                return  # nothing more to see
+            if self.window is not None and window > self.window:
+                handler.origin_reading()
+            self.window = window
+        self.timer = self.loop.call_later(self.tick, self._look)
 
 
 _exchange: ContextVar[_Exchange | None] = ContextVar("origin_exchange", default=None)
@@ -369,9 +484,12 @@ class AiohttpOrigin:
         read_timeout: float,
         *,
         idle_timeout: float = IDLE_TIMEOUT,
+        send_timeout: float | None = None,
     ) -> None:
         check_pool(max_connections, idle_timeout)
         self.base_url = base_url
+        # How long the origin may take none of a request body (the read timeout unless told).
+        self.send_timeout = read_timeout if send_timeout is None else send_timeout
         # As the lean client: at most max_connections to each origin (a slow peer edge must
         # not take the origin's), idle ones kept idle_timeout.
         connector = _Connector(
@@ -420,9 +538,19 @@ class AiohttpOrigin:
         # encoded=True: forward the request-target byte for byte, never re-quoted.
         url = URL((origin or self.base_url) + path_qs, encoded=True)
         client_timeout = self._timeout
+        send_timeout = self.send_timeout
         if timeout is not None:  # a peer edge: tighter than the origin's timeouts
             client_timeout = _timeouts(timeout, timeout)
+            send_timeout = timeout
         exchange = _Exchange(interim)
+        watch: _UploadWatch | None = None
+        if body is not None:
+            exchange.upload = upload = _Upload()
+            if isinstance(body, bytes):
+                upload.handed, upload.done = len(body), True
+            else:
+                body = _counted(body, upload)
+            watch = _UploadWatch(exchange, upload, send_timeout, client_timeout.sock_read or send_timeout)
         token = _exchange.set(exchange)
         try:
             try:
@@ -444,6 +572,8 @@ class AiohttpOrigin:
             raise translate(exc) from exc
         finally:
             _exchange.reset(token)
+            if watch is not None:
+                watch.stop()
         why = _invalid_head(raw, exchange.handler)
         if why is not None:
             log.debug("invalid response from the origin: %s", why)

@@ -77,7 +77,9 @@ class Upstream:
     async def start(self) -> None:
         cfg = self.cfg
         limits = (cfg.max_connections, cfg.connect_timeout, cfg.read_timeout)
-        self._aiohttp = AiohttpOrigin(cfg.url, *limits, idle_timeout=cfg.idle_timeout)
+        self._aiohttp = AiohttpOrigin(
+            cfg.url, *limits, idle_timeout=cfg.idle_timeout, send_timeout=cfg.send_timeout
+        )
         if URL(cfg.url).scheme == "http":
             self._lean = LeanOrigin(cfg.url, *limits, idle_timeout=cfg.idle_timeout)
 

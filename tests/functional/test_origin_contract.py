@@ -1306,6 +1306,139 @@ async def test_request_body_is_retried_only_when_it_can_be_sent_again(
         await c.close()
 
 
+# ------------------------------------------------------------------------------ a request body's way out
+# Only aiohttp's client sends bodies. A body is sent once the origin has taken it, not once it sits in
+# the socket's buffers: origin.send_timeout bounds a time in which the origin takes none of it, and
+# origin.read_timeout starts once it has taken the last byte (nginx: proxy_send_timeout).
+
+
+Reads = Callable[[asyncio.StreamReader, int], Awaitable[int]]
+
+
+class Uploads:
+    """Origins that read request bodies as told, and Upstreams towards them; all closed after the test."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.Server] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.upstreams: list[Upstream] = []
+
+    async def origin(self, reads: Reads) -> tuple[str, list[int]]:
+        """An origin with a small receive buffer (what it has not read shows in the sender's queue)
+        that reads a request's head, then the body of its Content-Length with `reads`, then answers
+        OK. Returns its URL and, once read, the body's size."""
+        got: list[int] = []
+
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.add(task)
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                got.append(await reads(reader, length))
+                writer.write(OK)
+                await writer.drain()
+            writer.close()
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # inherited by what it accepts
+        listener.bind(("127.0.0.1", 0))
+        self.servers.append(await asyncio.start_server(connected, sock=listener, limit=16 * 1024))
+        return f"http://127.0.0.1:{listener.getsockname()[1]}", got
+
+    def upstream(self, url: str, **timeouts: float) -> Upstream:
+        upstream = Upstream(OriginConfig(url=url, **timeouts))
+        self.upstreams.append(upstream)
+        return upstream
+
+    async def close(self) -> None:
+        for upstream in self.upstreams:
+            await upstream.close()
+        for server in self.servers:
+            server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def uploads() -> AsyncIterator[Uploads]:
+    made = Uploads()
+    yield made
+    await made.close()
+
+
+def megabyte_stream(size: int = 1 << 20, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
+        for _ in range(size // chunk):
+            yield b"u" * chunk
+
+    return stream()
+
+
+async def post(upstream: Upstream, body: AsyncIterator[bytes], size: int = 1 << 20) -> OriginResponse:
+    await upstream.start()
+    return await upstream.send("POST", "/", CIMultiDict({"Content-Length": str(size)}), body)
+
+
+async def test_an_origin_that_takes_none_of_a_request_body_times_out_after_send_timeout(
+    uploads: Uploads,
+) -> None:
+    async def never(reader: asyncio.StreamReader, length: int) -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+    url, _ = await uploads.origin(never)
+    upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=30.0)
+    started = time.monotonic()
+    # Held for good before: aiohttp has no timeout while it writes a body (its read timeout
+    # starts once the last byte is written), and 16 MiB never fit in the sockets' buffers.
+    await expect_error(
+        asyncio.wait_for(post(upstream, megabyte_stream(16 << 20), 16 << 20), 10), 504, TIMED_OUT
+    )
+    assert time.monotonic() - started < TIMEOUT * 1.25 + 1.0
+
+
+async def test_a_slow_but_steady_origin_gets_a_whole_request_body_whatever_the_timeouts(
+    uploads: Uploads,
+) -> None:
+    async def steadily(reader: asyncio.StreamReader, length: int) -> int:
+        got = 0
+        while got < length:  # 8 KiB every 50 ms: 256 KiB take 1.6 s, 32 KiB a read timeout
+            await asyncio.sleep(0.05)
+            got += len(await reader.read(min(8 * 1024, length - got)))
+        return got
+
+    url, got = await uploads.origin(steadily)
+    upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=TIMEOUT)
+    # Before: 504 once read_timeout had passed after aiohttp put the last byte in the socket, while
+    # the origin still had more than a read timeout's worth to read from the sockets' buffers.
+    resp = await post(upstream, megabyte_stream(256 * 1024, 16 * 1024), 256 * 1024)
+    assert (resp.status, await resp.read_up_to(10), got) == (200, (b"hi", True), [256 * 1024])
+
+
+async def test_the_read_timeout_starts_once_the_origin_has_taken_the_whole_body(
+    uploads: Uploads,
+) -> None:
+    taken: list[float] = []
+
+    async def then_silent(reader: asyncio.StreamReader, length: int) -> int:
+        got = 0
+        while got < length:
+            await asyncio.sleep(0.02)
+            got += len(await reader.read(min(16 * 1024, length - got)))
+        taken.append(time.monotonic())
+        await asyncio.sleep(3600)
+        return got
+
+    url, _ = await uploads.origin(then_silent)
+    upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=TIMEOUT)
+    await expect_error(asyncio.wait_for(post(upstream, megabyte_stream()), 10), 504, TIMED_OUT)
+    assert len(taken) == 1  # the origin read the whole body, then the read timeout ran out
+    assert time.monotonic() - taken[0] < TIMEOUT * 1.25 + 1.0
+
+
 # ------------------------------------------------------------------------------ timeouts and pools
 
 
