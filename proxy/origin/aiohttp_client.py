@@ -83,6 +83,7 @@ from proxy.origin.rules import (
     chunked_alone,
     final_status_ok,
     has_body,
+    http1,
     reusable_after_head,
     section_size,
 )
@@ -435,6 +436,9 @@ def _invalid_head(raw: aiohttp.ClientResponse, handler: _Handler | None) -> str 
     """Why a response aiohttp accepted breaks a rule the lean client's parser enforces, if it does."""
     if not final_status_ok(raw.status):
         return f"status {raw.status}"
+    version = raw.version
+    if version is not None and not http1(version.major):
+        return f"HTTP/{version.major}.{version.minor} on an HTTP/1.1 connection"
     codings = raw.headers.getall("Transfer-Encoding", ())
     if codings and raw.version == (1, 0) and has_body(raw.status, raw.method == "HEAD"):
         return HTTP10_TRANSFER_ENCODING

@@ -58,6 +58,7 @@ from proxy.origin.rules import (
     chunked_alone,
     final_status_ok,
     has_body,
+    http1,
     reusable_after_head,
     section_size,
 )
@@ -469,13 +470,16 @@ class _Conn(asyncio.Protocol):
             return
         if not final_status_ok(status):
             raise _Invalid(f"status {status}")
+        version = parser.get_http_version()
+        if not http1(int(version.partition(".")[0])):
+            raise _Invalid(f"HTTP/{version} on an HTTP/1.1 connection")
         if len(self.hdrs) > MAX_HEADER_FIELDS:
             raise _Invalid("too many header fields")
         if self.hbytes > MAX_HEADER_BYTES and section_size(self.hdrs) > MAX_HEADER_BYTES:
             raise _Invalid("header section too large")
         codings = self.codings
         if codings is not None and has_body(status, self.head):
-            if self.parser.get_http_version() == "1.0":
+            if version == "1.0":
                 raise _Invalid(HTTP10_TRANSFER_ENCODING)
             if not chunked_alone([value.decode("latin-1") for value in codings]):
                 raise _Invalid("a transfer coding other than chunked alone")

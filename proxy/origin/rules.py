@@ -55,6 +55,13 @@ def final_status_ok(status: int) -> bool:
     return 200 <= status <= 599
 
 
+def http1(major: int) -> bool:
+    """Whether a response's status line names HTTP/1.x, the only version an HTTP/1.1 connection
+    carries (RFC 9112 §2.3; llhttp took "HTTP/2.0" and "HTTP/0.9" status lines). Both parsers
+    refuse a minor version above 1 themselves, which §2.3 would have read as 1.1: none exists."""
+    return major == 1
+
+
 def has_body(status: int, head: bool) -> bool:
     """Whether a final response has a body to frame (RFC 9112 §6.3): not a HEAD's, a 204 or a 304."""
     return not head and status not in NO_BODY_STATUSES

@@ -906,6 +906,9 @@ INVALID_HEADS = [
     pytest.param(b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nhi", id="status-above-599"),
     pytest.param(b"HTTP/1.1 1000 Odd\r\nContent-Length: 2\r\n\r\nhi", id="four-digit-status"),
     pytest.param(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", id="101"),
+    # RFC 9112 §2.3: an HTTP/1.1 connection carries HTTP/1.x messages only.
+    pytest.param(b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", id="http-2.0"),
+    pytest.param(b"HTTP/0.9 200 OK\r\nContent-Length: 2\r\n\r\nhi", id="http-0.9"),
     pytest.param(b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nhi", id="nul"),
     pytest.param(b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 2\r\n\r\nhi", id="bare-cr"),
     pytest.param(b"HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nhi", id="ctl-in-value"),
