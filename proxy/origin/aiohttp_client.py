@@ -155,6 +155,8 @@ class _Handler(ResponseHandler):
         self.head = False  # the current request is a HEAD
         self.chunked = False  # the current final response's body is framed as chunked
         self.uploading = False  # the current request's body is not all taken by the origin yet
+        self.final = False  # the current request's final response has arrived (its head)
+        self.interim = False  # a 1xx was parsed in the read being handled
 
     def set_response_params(self, **kwargs: Any) -> None:
         # Called for each request, in the requesting task, before the request is written.
@@ -164,6 +166,7 @@ class _Handler(ResponseHandler):
         self.chunked = False
         exchange = _exchange.get()
         self.uploading = exchange is not None and exchange.upload is not None
+        self.final = False
         if exchange is not None:
             exchange.handler = self
         super().set_response_params(**kwargs)
@@ -182,8 +185,14 @@ class _Handler(ResponseHandler):
 
     def origin_reading(self) -> None:
         """The origin is still reading the body out of its receive buffer: the wait starts again."""
-        if not self.answered:
+        if not self.final:
             super().start_timeout()
+
+    def _on_read_timeout(self) -> None:
+        # Set again by any byte that arrives, a 1xx's too: while the body is still on its way,
+        # _UploadWatch's send_timeout bounds the wait, not this.
+        if not self.uploading:
+            super()._on_read_timeout()
 
     def body_stalled(self, seconds: float) -> None:
         """The origin has taken none of the request body for `seconds`: the exchange times out and
@@ -198,6 +207,12 @@ class _Handler(ResponseHandler):
             self.answered = True
         payload = self._payload
         super().data_received(data)
+        if self.interim:
+            # aiohttp drops its read timer once a message without a body is parsed, a 1xx's too:
+            # the final response is still to come, and read_timeout bounds the wait for it.
+            self.interim = False
+            if not self.final and self.exception() is None:
+                self.start_timeout()
         if (
             payload is not None
             and self.exception() is not None
@@ -211,7 +226,11 @@ class _Handler(ResponseHandler):
     def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
         # Each message the parser completes is queued here for the response to read.
         message = data[0]
-        if message.code >= 200:  # the final response (1xx ones are read past)
+        if message.code < 200:
+            self.interim = True
+        else:  # the final response (1xx ones are read past)
+            self.final = True
+            self.uploading = False  # answered before the whole body was taken: its own timeouts
             self.chunked = message.chunked
             if self.head and not reusable_after_head(message.code, message.headers.get("Content-Length")):
                 # Before the response is read, so before the connection goes back to the pool:
@@ -321,8 +340,8 @@ class _UploadWatch:
         transport = handler.transport if handler is not None else None
         if handler is None or transport is None:
             self.progress_at = now  # not connected yet: the connect timeout's time
-        elif handler.answered:
-            return  # the response has begun: the read timeout's time
+        elif handler.final:
+            return  # the response has come: the read timeout's time
         elif handler.uploading:
             left = unsent(transport)
             taken = self.upload.handed - left

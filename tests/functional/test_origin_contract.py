@@ -850,6 +850,25 @@ async def test_read_timeout_bounds_each_wait_before_the_head_not_the_whole_head(
     assert resp.status == 200 and await resp.read_up_to(100) == (b"ok", True)
 
 
+async def test_read_timeout_bounds_the_wait_after_an_interim_response(
+    raw_origin: StartOrigin, client: Clients
+) -> None:
+    # aiohttp drops its read timer as a 1xx is parsed (the 1xx has no body to wait for); an origin
+    # that sent `102 Processing` and then nothing held the request for good.
+    async def then_silent(
+        origin: RawOrigin, reader: asyncio.StreamReader, w: asyncio.StreamWriter, _: int
+    ) -> None:
+        await origin.request(reader)
+        w.write(b"HTTP/1.1 102 Processing\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(3600)
+
+    origin = await raw_origin(then_silent)
+    started = time.monotonic()
+    await expect_error(asyncio.wait_for(get(client(origin.url, read_timeout=TIMEOUT)), 10), 504, TIMED_OUT)
+    assert time.monotonic() - started < TIMEOUT + 1.0
+
+
 async def test_connection_closed_before_the_head_is_502_closed_and_not_retried(
     raw_origin: StartOrigin, client: Clients
 ) -> None:
@@ -1315,39 +1334,46 @@ async def test_request_body_is_retried_only_when_it_can_be_sent_again(
 # origin.read_timeout starts once it has taken the last byte (nginx: proxy_send_timeout).
 
 
-Reads = Callable[[asyncio.StreamReader, int], Awaitable[int]]
+# What the origin does with a body: given its socket and the body's length, returns what it read.
+Reads = Callable[[socket.socket, int], Awaitable[int]]
 
 
 class Uploads:
-    """Origins that read request bodies as told, and Upstreams towards them; all closed after the test."""
+    """Origins that read request bodies as told, and Upstreams towards them; all closed after the test.
+
+    The origin reads straight from its socket, whose receive buffer is small: what it has not read
+    stays in the sender's queue, where the client sees it (what an origin buffers itself is out of
+    any client's sight, as it is of nginx's)."""
 
     def __init__(self) -> None:
-        self.servers: list[asyncio.Server] = []
+        self.listeners: list[socket.socket] = []
         self.tasks: set[asyncio.Task[Any]] = set()
         self.upstreams: list[Upstream] = []
 
-    async def origin(self, reads: Reads) -> tuple[str, list[int]]:
-        """An origin with a small receive buffer (what it has not read shows in the sender's queue)
-        that reads a request's head, then the body of its Content-Length with `reads`, then answers
-        OK. Returns its URL and, once read, the body's size."""
+    async def origin(self, reads: Reads, interim: bytes = b"") -> tuple[str, list[int]]:
+        """Reads a request's head, writes `interim`, reads the body of its Content-Length with
+        `reads`, then answers OK. Returns its URL and, once read, the body's size."""
+        loop = asyncio.get_running_loop()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # inherited by what it accepts
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        self.listeners.append(listener)
         got: list[int] = []
 
-        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self.tasks.add(task)
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-                head = await reader.readuntil(b"\r\n\r\n")
+        async def serve() -> None:
+            conn, _ = await loop.sock_accept(listener)
+            with conn, contextlib.suppress(ConnectionError):
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await loop.sock_recv(conn, 1)  # the head alone, not a byte of the body
                 length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                got.append(await reads(reader, length))
-                writer.write(OK)
-                await writer.drain()
-            writer.close()
+                await loop.sock_sendall(conn, interim)
+                got.append(await reads(conn, length))
+                await loop.sock_sendall(conn, OK)
 
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # inherited by what it accepts
-        listener.bind(("127.0.0.1", 0))
-        self.servers.append(await asyncio.start_server(connected, sock=listener, limit=16 * 1024))
+        self.tasks.add(asyncio.create_task(serve()))
         return f"http://127.0.0.1:{listener.getsockname()[1]}", got
 
     def upstream(self, url: str, **timeouts: float) -> Upstream:
@@ -1358,11 +1384,11 @@ class Uploads:
     async def close(self) -> None:
         for upstream in self.upstreams:
             await upstream.close()
-        for server in self.servers:
-            server.close()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        for listener in self.listeners:
+            listener.close()
 
 
 @pytest.fixture
@@ -1372,7 +1398,7 @@ async def uploads() -> AsyncIterator[Uploads]:
     await made.close()
 
 
-def megabyte_stream(size: int = 1 << 20, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+def body_stream(size: int, chunk: int = 16 * 1024) -> AsyncIterator[bytes]:
     async def stream() -> AsyncIterator[bytes]:
         for _ in range(size // chunk):
             yield b"u" * chunk
@@ -1380,66 +1406,71 @@ def megabyte_stream(size: int = 1 << 20, chunk: int = 64 * 1024) -> AsyncIterato
     return stream()
 
 
-async def post(upstream: Upstream, body: AsyncIterator[bytes], size: int = 1 << 20) -> OriginResponse:
+async def post(upstream: Upstream, size: int) -> OriginResponse:
     await upstream.start()
-    return await upstream.send("POST", "/", CIMultiDict({"Content-Length": str(size)}), body)
+    return await upstream.send("POST", "/", CIMultiDict({"Content-Length": str(size)}), body_stream(size))
+
+
+def reading(pause: float, every: float, piece: int) -> Reads:
+    """An origin that waits `pause`, then reads `piece` bytes of the body every `every` seconds."""
+
+    async def reads(conn: socket.socket, length: int) -> int:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(pause)
+        got = 0
+        while got < length:
+            data = await loop.sock_recv(conn, min(piece, length - got))
+            if not data:
+                break
+            got += len(data)
+            await asyncio.sleep(every)
+        return got
+
+    return reads
 
 
 async def test_an_origin_that_takes_none_of_a_request_body_times_out_after_send_timeout(
     uploads: Uploads,
 ) -> None:
-    async def never(reader: asyncio.StreamReader, length: int) -> int:
-        await asyncio.sleep(3600)
-        return 0
-
-    url, _ = await uploads.origin(never)
+    url, _ = await uploads.origin(reading(3600, 0, 0))
     upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=30.0)
     started = time.monotonic()
     # Held for good before: aiohttp has no timeout while it writes a body (its read timeout
     # starts once the last byte is written), and 16 MiB never fit in the sockets' buffers.
-    await expect_error(
-        asyncio.wait_for(post(upstream, megabyte_stream(16 << 20), 16 << 20), 10), 504, TIMED_OUT
-    )
+    await expect_error(asyncio.wait_for(post(upstream, 16 << 20), 10), 504, TIMED_OUT)
     assert time.monotonic() - started < TIMEOUT * 1.25 + 1.0
 
 
-async def test_a_slow_but_steady_origin_gets_a_whole_request_body_whatever_the_timeouts(
-    uploads: Uploads,
+@pytest.mark.parametrize("interim", [b"", b"HTTP/1.1 102 Processing\r\n\r\n"], ids=["", "after-a-102"])
+@pytest.mark.parametrize(
+    "pause, every", [(0.5, 0.0), (0.0, 0.05)], ids=["late-then-at-once", "4-KiB-every-50-ms"]
+)
+async def test_an_origin_that_takes_a_request_body_late_or_slowly_gets_all_of_it(
+    uploads: Uploads, interim: bytes, pause: float, every: float
 ) -> None:
-    async def steadily(reader: asyncio.StreamReader, length: int) -> int:
-        got = 0
-        while got < length:  # 8 KiB every 50 ms: 256 KiB take 1.6 s, 32 KiB a read timeout
-            await asyncio.sleep(0.05)
-            got += len(await reader.read(min(8 * 1024, length - got)))
-        return got
-
-    url, got = await uploads.origin(steadily)
-    upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=TIMEOUT)
-    # Before: 504 once read_timeout had passed after aiohttp put the last byte in the socket, while
-    # the origin still had more than a read timeout's worth to read from the sockets' buffers.
-    resp = await post(upstream, megabyte_stream(256 * 1024, 16 * 1024), 256 * 1024)
-    assert (resp.status, await resp.read_up_to(10), got) == (200, (b"hi", True), [256 * 1024])
+    # 48 KiB that aiohttp hands to the socket at once, taken after 0.5 s, or over 0.6 s: both longer
+    # than the read timeout, within the send timeout. Before: 504 once the read timeout had passed
+    # after the last byte was handed over (an interim response also started it).
+    url, got = await uploads.origin(reading(pause, every, 4096), interim)
+    upstream = uploads.upstream(url, send_timeout=1.0, read_timeout=0.3)
+    resp = await post(upstream, 48 * 1024)
+    assert (resp.status, await resp.read_up_to(10), got) == (200, (b"hi", True), [48 * 1024])
 
 
-async def test_the_read_timeout_starts_once_the_origin_has_taken_the_whole_body(
-    uploads: Uploads,
-) -> None:
+async def test_the_read_timeout_starts_once_the_origin_has_taken_the_whole_body(uploads: Uploads) -> None:
     taken: list[float] = []
 
-    async def then_silent(reader: asyncio.StreamReader, length: int) -> int:
-        got = 0
-        while got < length:
-            await asyncio.sleep(0.02)
-            got += len(await reader.read(min(16 * 1024, length - got)))
+    async def then_silent(conn: socket.socket, length: int) -> int:
+        got = await reading(0.0, 0.05, 4096)(conn, length)
         taken.append(time.monotonic())
         await asyncio.sleep(3600)
         return got
 
     url, _ = await uploads.origin(then_silent)
-    upstream = uploads.upstream(url, send_timeout=TIMEOUT, read_timeout=TIMEOUT)
-    await expect_error(asyncio.wait_for(post(upstream, megabyte_stream()), 10), 504, TIMED_OUT)
+    upstream = uploads.upstream(url, send_timeout=1.0, read_timeout=0.3)
+    await expect_error(asyncio.wait_for(post(upstream, 48 * 1024), 10), 504, TIMED_OUT)
     assert len(taken) == 1  # the origin read the whole body, then the read timeout ran out
-    assert time.monotonic() - taken[0] < TIMEOUT * 1.25 + 1.0
+    assert time.monotonic() - taken[0] < 0.3 * 1.25 + 1.0
 
 
 # ------------------------------------------------------------------------------ timeouts and pools
