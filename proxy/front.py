@@ -604,7 +604,9 @@ class Connection(asyncio.Protocol):
                 return
         if self.transport is None:
             return
-        if self.stopped and not queue and self.task is None:
+        if self.stopped and not queue and self.task is None and not self.discard_body:
+            # (Dropping an unread body, the answer's writer began lingering instead: a close with
+            # the client's bytes unread resets, and a reset loses what the client has not read.)
             self.transport.close()
         elif len(queue) < MAX_QUEUED and self.task is None:
             self._resume_reading()

@@ -243,3 +243,42 @@ async def test_a_slow_but_steady_reader_is_not_cut_by_the_send_timeout(start_pro
         await asyncio.sleep(0.05)
     writer.close()
     assert got.startswith(b"HTTP/1.1 200 ") and len(got) > size, len(got)
+
+
+async def test_an_answer_the_origin_gives_before_the_body_is_sent_is_not_lost_to_a_reset(
+    start_proxy: ProxyFactory,
+) -> None:
+    # The origin answers 413 at once and reads none of the body (the client sends 8 MB). The answer
+    # went out and the connection was closed at once with the client's bytes unread: a reset, which
+    # cut the client's upload (EPIPE) and can lose the answer. Now it lingers (nginx:
+    # lingering_close): the rest of the body is read and dropped, then our FIN.
+    handlers: set[asyncio.Task[None] | None] = set()
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+        await writer.drain()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        writer.close()
+
+    origin = await asyncio.start_server(early, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{origin.sockets[0].getsockname()[1]}"
+    try:
+        proxy = await start_proxy(origin_url=url)
+        reader, writer = await opened(proxy)
+        size = 8_000_000
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: cdn.example\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // 100_000):
+            writer.write(b"u" * 100_000)
+            await writer.drain()  # ConnectionResetError / BrokenPipeError before
+        answer = await read_to_close(reader)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"too large"), answer[:80]
+        assert b"Connection: close" in answer.split(b"\r\n\r\n")[0]
+    finally:
+        origin.close()
+        for task in handlers:
+            if task is not None:
+                task.cancel()
