@@ -187,6 +187,12 @@ class Bans:
                 soft = ban
         return hard or soft
 
+    def covering(self, key: str, fetch_epoch: int, tags: Iterable[str]) -> Ban | None:
+        """The ban that decides a copy of key fetched at `fetch_epoch` carrying `tags`, if any."""
+        if fetch_epoch >= self.newest:
+            return None
+        return self.verdict(self._resource_bans(key), fetch_epoch, tags)
+
     def latest_hard(self, key: str, tags: Iterable[str]) -> Ban | None:
         """The most recent hard ban naming key (its URL, a prefix, everything) or one of tags.
 

@@ -80,6 +80,7 @@ class EngineStats:
     stale_served: int = 0  # stale-while-revalidate, stale-if-error, max-stale
     coalesced: int = 0  # requests answered from another request's fetch
     coalesce_timeouts: int = 0
+    purged_flights: int = 0  # waiters that joined a fetch begun before a purge of its key: fetched again
     hit_for_pass: int = 0  # requests forwarded at once because the key was marked
     background_revalidations: int = 0
     background_failures: int = 0
@@ -569,6 +570,7 @@ class Engine:
             status = CacheStatus(fwd=f.why, fwd_status=stream.resp.status)
             return await self._answer_when_stored(f, stream, status)
         task, leader = self.flights.start(f.key, lambda: self._flight(f))
+        joined = self.purger.current_epoch()
         try:
             if leader:
                 outcome = await asyncio.shield(task)
@@ -584,7 +586,20 @@ class Engine:
             return await self._fetch_alone(f)
         except UpstreamError as exc:
             return self._origin_failed(f, exc, collapsed=not leader)
+        if not leader and self._purged_before_joining(f.key, outcome, joined):
+            self.stats.purged_flights += 1
+            return await self._fetch_alone(f)
         return await self._answer(f, outcome, leader)
+
+    def _purged_before_joining(self, key: str, outcome: FetchOutcome, joined: int) -> bool:
+        """Whether a purge logged after this fetch began (and before a waiter joined it at epoch
+        `joined`) covers what it brought: that waiter asked after the purge and must not get the
+        copy the purge was for. (A purge that also came after the join is taken for one before it:
+        bans keep the newest per name; the cost is one more fetch.)"""
+        shared = outcome.shared
+        if shared is None or joined <= shared.fetch_epoch:
+            return False
+        return self.purger.bans.covering(key, shared.fetch_epoch, shared.tags) is not None
 
     async def _head(self, f: FetchRequest) -> Answer:
         """A HEAD asked of the origin as HEAD, whose answer updates the stored GET responses (§4.3.5).

@@ -165,6 +165,12 @@ class BoxCollector(Collector):
             "Requests that stopped waiting for another request's fetch and fetched alone.",
             e.get("coalesce_timeouts", 0),
         )
+        yield _counter(
+            "minicdn_purged_flights",
+            "Requests that would have joined an origin fetch begun before a purge of their key, and"
+            " fetched again instead (the purge came first: the fetch's copy is not for them).",
+            e.get("purged_flights", 0),
+        )
         yield _counters(
             "minicdn_hit_for_pass",
             "Requests sent to the origin at once, without waiting for another fetch of their key, because"

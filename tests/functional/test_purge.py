@@ -239,6 +239,22 @@ async def test_late_copy_from_an_in_flight_fetch_is_caught(
     assert stats.screened + stats.late_copies >= 1
 
 
+async def test_a_request_after_a_purge_does_not_join_a_fetch_begun_before_it(proxy: Proxy) -> None:
+    """Requirements §6 and §9: coalescing must not hand a request that came after a purge the copy
+    the purge was for (a fetch in flight since before it). Found on an owner edge, whose peers then
+    stored the purged copy for its whole lifetime."""
+    path = "/max-age/60?ms=400"
+    first = asyncio.create_task(get(proxy, path))  # hit=1 at the origin, 400 ms
+    await asyncio.sleep(0.1)
+    await purger_of(proxy).purge(PurgeRequest("url", (path,)))
+    member, body = await get(proxy, path)  # came after the purge: fetched again (hit=2)
+    assert b"hit=2" in body and "collapsed" not in member, (member, body)
+    assert b"hit=1" in (await first)[1]  # asked before the purge: the fetch it led
+    assert proxy.server.node.engine.stats.purged_flights == 1
+    member, body = await get(proxy, path)
+    assert "hit" in member.split(";") and b"hit=2" in body
+
+
 async def test_bans_do_not_block_fresh_content(proxy: Proxy, origin: Origin) -> None:
     await get(proxy, "/max-age/60")
     await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/60",)))
