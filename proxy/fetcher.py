@@ -34,6 +34,7 @@ from proxy.messages import ClientRequest
 from proxy.origin import InterimSink, OriginResponse, Upstream, UpstreamError
 from proxy.origin.errors import INVALID, failure
 from proxy.origin.rules import NO_BODY_STATUSES
+from proxy.origin.upstream import BufferedResponse
 from proxy.purger import Purger
 from proxy.routing import HOP_HEADER, FetchRouter
 from proxy.rules import Match
@@ -50,6 +51,10 @@ STORES_AT_ONCE = 2
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
 # Error pages larger than this are streamed to the leader alone instead of shared.
 ERROR_BODY_LIMIT = 64 * 1024
+# An owner edge's answer up to this long is read whole before it is taken, within the peer
+# timeout: a body that breaks off or trickles is then the owner's failure, and the origin is
+# asked instead (a larger one streams, and breaking off is the client's 502, as from the origin).
+OWNER_BODY_READ = 256 * 1024
 # Keys of short targets are memoised (a client could vary long ones endlessly), this many at most.
 KEY_MEMO_TARGET = 512
 KEY_MEMO_SIZE = 65536
@@ -405,22 +410,56 @@ class Fetcher:
                     timeout=route.timeout,
                     interim=f.interim,
                 )
+                taken: OriginResponse | str = await self._owner_answer(resp, route.timeout, method)
             except UpstreamError as exc:
-                log.warning("owner %s failed (%s); asking the origin", route.peer, exc.reason)
+                taken = exc.reason
+            if isinstance(taken, str):
+                log.warning("owner %s failed (%s); asking the origin", route.peer, taken)
                 router.failed(route)
                 self.stats.owner_fallbacks += 1
             else:
                 router.succeeded(route)
-                if not self._older_than_a_purge_here(f.key, resp):
+                if not self._older_than_a_purge_here(f.key, taken):
                     self.stats.forwarded_to_owner += 1
-                    return resp
+                    return taken
                 # A purge here that the owner has not heard of yet (the purge stream is
                 # down, issue 12 row 11): its copy left the origin before it, so ask the origin.
-                resp.close()
+                taken.close()
                 self.stats.owner_copies_refused += 1
                 log.warning(
                     "owner %s answered with a copy older than a purge here; asking the origin", route.peer
                 )
+        return await self._send_to_origin(f, out_headers, method)
+
+    async def _owner_answer(self, resp: OriginResponse, timeout: float, method: str) -> OriginResponse | str:
+        """The owner edge's answer to take, or why it failed us (its answer is then closed).
+
+        An error it made itself (no `fwd-status` in its Cache-Status member: its origin failed it,
+        or it refused the request) is its failure, not the origin's answer: this edge may well
+        reach the origin. A small body is read whole within `timeout` (OWNER_BODY_READ)."""
+        if resp.status >= 500:
+            member = resp.headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
+            if "fwd-status=" not in member and ";hit" not in member:
+                resp.close()
+                return f"its own {resp.status}"
+        length = resp.content_length
+        if method == "HEAD" or resp.status in NO_BODY_STATUSES or length is None or length > OWNER_BODY_READ:
+            return resp
+        try:
+            async with asyncio.timeout(timeout):
+                body, complete = await resp.read_up_to(length)
+        except (UpstreamError, TimeoutError) as exc:
+            resp.close()
+            return exc.reason if isinstance(exc, UpstreamError) else f"body not read within {timeout:g} s"
+        if not complete:
+            resp.close()  # more than its Content-Length: cannot be (the clients frame by it)
+            return "body longer than its Content-Length"
+        return BufferedResponse(resp.status, resp.reason, resp.headers, body)
+
+    async def _send_to_origin(
+        self, f: FetchRequest, out_headers: CIMultiDict[str], method: str = "GET"
+    ) -> OriginResponse:
+        """Ask the origin (after an owner, if any, could not answer)."""
         resp = await self.upstream.send(method, f.client.path_qs, out_headers, interim=f.interim)
         if not self._older_than_a_purge_here(f.key, resp):
             return resp

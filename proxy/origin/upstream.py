@@ -57,6 +57,34 @@ class OriginResponse(Protocol):
     def release(self) -> None: ...
 
 
+class BufferedResponse:
+    """An origin response whose body was read whole already (an owner edge's small answer)."""
+
+    __slots__ = ("_body", "content_length", "headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content_length: int | None = len(body)
+        self._body = body
+
+    async def read_up_to(self, limit: int) -> tuple[bytes, bool]:
+        data, self._body = self._body[:limit], self._body[limit:]
+        return data, not self._body
+
+    async def iter_rest(self) -> AsyncIterator[bytes]:
+        data, self._body = self._body, b""
+        if data:
+            yield data
+
+    def close(self) -> None:
+        self._body = b""
+
+    def release(self) -> None:
+        self._body = b""
+
+
 class Upstream:
     """The clients towards the configured origin (and peer edges), chosen per request.
 

@@ -6,10 +6,12 @@ Real edges on loopback sockets, a real redis-server, the real origin stub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from edge.hashing import owner
@@ -268,6 +270,75 @@ async def test_a_slow_owner_is_skipped_after_peer_timeout(
     assert time.monotonic() - started < 2.0
     stats = edge.node.stats(edge.server.node)["routing"]
     assert stats["owner_fallbacks"] == 1 and await origin.hits("/max-age/600") == 1
+
+
+async def fake_owner(answer: bytes, trickle: float = 0.0) -> tuple[asyncio.Server, str]:
+    """A peer edge that is healthy and answers every other request with `answer`, then closes
+    (with `trickle`, the body a byte at a time, that many seconds apart)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                if head.startswith(b"GET /.well-known/minicdn/health "):
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    continue
+                head_part, _, body = answer.partition(b"\r\n\r\n")
+                writer.write(head_part + b"\r\n\r\n" + (b"" if trickle else body))
+                for i in range(len(body) if trickle else 0):
+                    await asyncio.sleep(trickle)
+                    writer.write(body[i : i + 1])
+                await writer.drain()
+                break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+OWNERS_OWN_502 = (
+    b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 30\r\nCache-Control: no-store\r\n"
+    b'Cache-Status: edge-x;fwd=uri-miss;detail="origin refused the connection"\r\n\r\n'
+    b"origin refused the connection\n"
+)
+ORIGINS_502_THROUGH_THE_OWNER = OWNERS_OWN_502.replace(b"fwd=uri-miss;", b"fwd=uri-miss;fwd-status=502;")
+CUT_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: max-age=600\r\n\r\n" + b"x" * 30
+TRICKLED_BODY = b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nCache-Control: max-age=600\r\n\r\n" + b"x" * 40
+
+
+@pytest.mark.parametrize(
+    "answer, trickle, falls_back",
+    [
+        pytest.param(OWNERS_OWN_502, 0.0, True, id="the-owners-own-502"),
+        pytest.param(ORIGINS_502_THROUGH_THE_OWNER, 0.0, False, id="the-origins-502-through-the-owner"),
+        pytest.param(CUT_BODY, 0.0, True, id="a-body-cut-short"),
+        pytest.param(TRICKLED_BODY, 0.05, True, id="a-body-trickling-past-the-peer-timeout"),
+    ],
+)
+async def test_an_owner_that_fails_after_its_head_is_skipped_for_the_origin(
+    start_edges: StartEdges, origin: Origin, answer: bytes, trickle: float, falls_back: bool
+) -> None:
+    # Found by fuzzing a cluster: an owner that could not reach the origin (its readiness said so,
+    # its liveness did not) passed its own 502 to every edge for its share of the keys, and an
+    # owner whose small body broke off or trickled after a good head was a 502 (or a wait of the
+    # whole body) on every request: only failures before the head fell back to the origin.
+    server, url = await fake_owner(answer, trickle)
+    try:
+        (edge,) = await start_edges(1, peer_timeout=0.5, peers=[{"name": "edge-x", "url": url}])
+        path = path_owned_by("edge-x", [edge])
+        started = time.monotonic()
+        resp, body = await edge.get(path)
+        routing = edge.node.stats(edge.server.node)["routing"]
+        if falls_back:
+            assert resp.status == 200 and b"origin stub" in body, (resp.status, body[:80])
+            assert routing["owner_fallbacks"] == 1 and await origin.hits("/max-age/600") == 1
+            assert time.monotonic() - started < 1.5  # 40 bytes at 50 ms each would be 2 s
+            resp, body = await edge.get(path)  # stored from the origin's answer
+            assert "hit" in cache_status(resp).split(";")
+        else:
+            assert resp.status == 502 and routing["owner_fallbacks"] == 0
+            assert await origin.hits("/max-age/600") == 0
+    finally:
+        server.close()
 
 
 async def test_a_purge_at_an_edge_reaches_the_shield(
