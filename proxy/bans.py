@@ -193,16 +193,17 @@ class Bans:
             return None
         return self.verdict(self._resource_bans(key), fetch_epoch, tags)
 
-    def latest_hard(self, key: str, tags: Iterable[str]) -> Ban | None:
-        """The most recent hard ban naming key (its URL, a prefix, everything) or one of tags.
+    def latest(self, key: str, tags: Iterable[str]) -> Ban | None:
+        """The most recent ban, hard or soft, naming key (its URL, a prefix, everything) or one of tags.
 
         For a copy whose fetch epoch is not ours (a peer edge's): the caller
-        compares the ban's time with when that copy left the origin.
+        compares the ban's time with when that copy left the origin. A soft
+        purge too: the copy is the one the purge made stale, and it is being
+        refetched.
         """
         tag_bans = self.by["tags"]
         candidates = self._resource_bans(key) + [b for t in tags if (b := tag_bans.get(t)) is not None]
-        hard = [b for b in candidates if not b.soft]
-        return max(hard, key=lambda b: b.at) if hard else None
+        return max(candidates, key=lambda b: b.at) if candidates else None
 
     def screen(self, resource: CachedResource) -> CachedResource | None:
         """The resource without the variants a hard ban covers, those a soft one covers made stale.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -473,9 +474,11 @@ class Fetcher:
         return await self.upstream.send(method, f.client.path_qs, revalidate, interim=f.interim)
 
     def _older_than_a_purge_here(self, key: str, resp: OriginResponse) -> bool:
-        """Whether a hard purge here is newer than an upstream cache's copy (now - its Age, rounded down)."""
+        """Whether a purge here, hard or soft, is newer than an upstream cache's stored copy (now - its
+        Age, rounded down). A soft one too: the upstream's copy, served stale while it revalidates,
+        still says it is fresh (a soft purge makes a copy stale without changing its fields)."""
         bans = self.purger.bans
-        if not bans or resp.status != 200:
+        if not bans or resp.status not in (200, 304):  # a 304 from a stored copy would freshen ours
             return False
         tags = [
             t
@@ -483,13 +486,13 @@ class Fetcher:
             for line in resp.headers.getall(name, ())
             for t in line.replace(",", " ").split()
         ]
-        ban = bans.latest_hard(key, tags)
+        ban = bans.latest(key, tags)
         if ban is None:
             return False
         # The owner adds its Cache-Status member last. A forward there means the owner asked the
         # origin for this request, which was sent after the purge: the copy is newer than it.
         owner_member = resp.headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
-        if ";hit" not in owner_member:
+        if not _a_stored_copy(owner_member):
             return False
         # A stored copy: Age counts whole seconds, so it may be up to a second older than it says
         # (a copy stored within a second after the purge is refused too: one more origin fetch).
@@ -851,3 +854,18 @@ def _leader_fields(
 
 def _tags(resource: CachedResource | None) -> frozenset[str]:
     return frozenset(t for v in resource.variants for t in v.tags) if resource is not None else frozenset()
+
+
+_FWD_STATUS = re.compile(r";fwd-status=(\d+)")
+
+
+def _a_stored_copy(member: str) -> bool:
+    """Whether an upstream cache's Cache-Status member (RFC 9211) says it answered from a copy it
+    held rather than with what its origin answered this request: a hit, or a stale copy served
+    while it revalidates (no fwd-status) or in place of its origin's error (a 5xx fwd-status)."""
+    if ";hit" in member:
+        return True
+    if ";fwd=stale" not in member:
+        return False
+    status = _FWD_STATUS.search(member)
+    return status is None or int(status.group(1)) >= 500

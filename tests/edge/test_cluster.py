@@ -388,6 +388,30 @@ async def test_an_edge_refuses_an_owner_copy_older_than_a_purge_the_owner_has_no
     assert key_for(edges[2], path) not in edges[2].storage  # the queued purge reached the owner
 
 
+async def test_a_soft_purged_copy_an_owner_serves_stale_is_not_stored_as_fresh(
+    start_edges: StartEdges, origin: Origin
+) -> None:
+    # Found by fuzzing a cluster: after a soft purge on both edges, edge-1 served its stale copy
+    # and revalidated by asking the owner, which answered with its own soft-purged copy, served
+    # stale while it revalidated too (fwd=stale). Its fields still said fresh (max-age=600, small
+    # Age): edge-1 stored it as fresh and served the purged object for 10 minutes.
+    edges = await start_edges(2)
+    path = path_owned_by("edge-2", edges, stem="/max-age/600?swr=600&o=")
+    resp, body = await edges[0].get(path)
+    assert resp.status == 200 and b"hit=1" in body
+    for edge in edges:
+        await edge.purger.purge(PurgeRequest("url", (path,), soft=True), propagate=False)
+    resp, body = await edges[0].get(path)
+    assert "fwd=stale" in cache_status(resp) and b"hit=1" in body  # served stale, refreshed behind
+    for edge in edges:
+        await edge.server.node.engine.flights.settle()
+    for edge in edges:
+        await edge.server.node.engine.flights.settle()
+    resp, body = await edges[0].get(path)
+    assert "hit" in cache_status(resp).split(";") and b"hit=1" not in body, (cache_status(resp), body)
+    assert edges[0].server.node.engine.fetcher.stats.owner_copies_refused == 1
+
+
 async def test_an_owner_copy_fetched_after_a_purge_is_taken_at_once(
     start_edges: StartEdges, origin: Origin, redis_url: str
 ) -> None:
