@@ -39,7 +39,10 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from aiohttp.http_exceptions import BadHttpMessage
 
 from proxy.observe import OUTCOMES
 
@@ -193,7 +196,40 @@ def install(level: str, fmt: str = "text", worker: int | None = None) -> None:
     handler = stderr_handler(fmt)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.captureWarnings(True)  # Python's warnings become records too (one format for every line)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientErrorsAsWarnings) for f in server_log.filters):
+        server_log.addFilter(ClientErrorsAsWarnings())
     direct = handler
+
+
+class ClientErrorsAsWarnings(logging.Filter):
+    """aiohttp's server logs a request it could not parse (a line too long, a bad method: the
+    client's doing, answered 400) at ERROR with a traceback. Here it is a WARNING without one, at
+    most one per `interval` seconds with a count of the others (a client may send them in a loop)."""
+
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._next = float("-inf")
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, BadHttpMessage):
+            return True
+        now = self.clock()
+        if now < self._next:
+            self.suppressed += 1
+            return False
+        self._next = now + self.interval
+        reason = str(exc.message).splitlines()[0] if exc.message else type(exc).__name__
+        more = f" (and {self.suppressed} more like it not logged)" if self.suppressed else ""
+        self.suppressed = 0
+        record.msg, record.args = f"{record.getMessage()}: bad request: {reason}{more}", ()
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 def direct_writer(logger: logging.Logger) -> BatchedStreamHandler | None:
