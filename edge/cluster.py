@@ -142,6 +142,18 @@ def _node_config(
     return cfg
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """Why the processes could not start as asked, found before any of them does."""
+    if args.redis_url and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        return f"--redis-url {args.redis_url!r} must be a redis://, rediss:// or unix:// URL"
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+        try:
+            s.bind((args.host, 0))
+        except (OSError, UnicodeError) as exc:
+            return f"cannot listen on --host {args.host}: {exc}"
+    return None
+
+
 def run_cluster(args: argparse.Namespace) -> int:
     host = args.host
     try:
@@ -149,6 +161,16 @@ def run_cluster(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"minicdn cluster: {exc}", file=sys.stderr)
         return 2
+    why = _bad_arguments(args)
+    if why is not None:
+        print(f"minicdn cluster: {why}", file=sys.stderr)
+        return 2
+    if args.dir:
+        try:
+            Path(args.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"minicdn cluster: cannot use --dir {args.dir}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     busy = [p for p in ports.all() if not _port_free(host, p)]
     if busy:
         print(
@@ -162,7 +184,6 @@ def run_cluster(args: argparse.Namespace) -> int:
 
     temporary = not args.dir
     workdir = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="minicdn-cluster-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:

@@ -60,6 +60,10 @@ def test_overlapping_or_impossible_ports_are_refused(argv: tuple[str, ...]) -> N
         (["cluster", "--admin-port", "x"], "argument --admin-port: 'x' is not a whole number"),
         (["cluster", "--port", "8081"], "would be used twice"),
         (["serve", "--workers", "-1"], "argument --workers: must be from 0 to 256, not -1"),
+        # Found by fuzzing: a traceback, "ports already in use", and a cluster half started.
+        (["cluster", "--dir", "/proc/none/x"], "cannot use --dir /proc/none/x: No such file or directory"),
+        (["cluster", "--host", "999.1.1.1"], "cannot listen on --host 999.1.1.1"),
+        (["cluster", "--redis-url", "foo"], "--redis-url 'foo' must be a redis://"),
     ],
 )
 def test_bad_counts_and_ports_are_usage_errors(argv: list[str], says: str) -> None:
