@@ -33,6 +33,7 @@ Any inconsistency raises CodecError; callers treat it as a miss.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, cast
 
@@ -81,6 +82,16 @@ _N_FIELDS = len(_VARIANT_FIELDS)
 _STR = frozenset((str,))
 _STR_OR_NONE = frozenset((str, type(None)))
 _NUMBER = (int, float)
+
+# What a stored record may not carry, though its checksum holds (a record forged by something that
+# can write the cache directory, or a bug on the write side): the hit path writes the status, the
+# reason and the header block as they are. A final status has three digits (the counters index
+# by status // 100); a reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 §4), so no CR or
+# LF can split the head; the framing fields are the hit writer's own (Content-Length, chunked),
+# never stored (proxy/policy.py, proxy/headers.py HOP_BY_HOP).
+_MIN_STATUS, _MAX_STATUS = 200, 999
+_BAD_REASON = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_FRAMING_FIELD = re.compile(rb"(?:^|\r\n)(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
 # Writers only ever emit ASCII, so decoding it directly skips json.loads'
@@ -203,6 +214,8 @@ def decode(data: bytes) -> CachedResource:
         # bool is a subclass of int, hence the exact type checks.
         if type(status) is not int or type(reason) is not str or type(body_len) is not int:
             raise CodecError("bad status, reason or body length")
+        if not _MIN_STATUS <= status <= _MAX_STATUS or _BAD_REASON.search(reason):
+            raise CodecError("status out of range, or a control character in the reason phrase")
         if type(headers_len) is not int or headers_len < 0:
             raise CodecError("bad header block length")
         if (
@@ -247,6 +260,8 @@ def decode(data: bytes) -> CachedResource:
             headers = HeaderBlock.from_wire(data[offset:body_start])
         except ValueError as exc:
             raise CodecError("bad header block") from exc
+        if _FRAMING_FIELD.search(headers.wire):
+            raise CodecError("a framing field (Content-Length, Transfer-Encoding) in the header block")
         try:
             # Every value was type-checked above; from_checked skips __init__'s slow path.
             variant = StoredResponse.from_checked(

@@ -382,3 +382,61 @@ def test_memo_checks_the_body_of_a_reused_record(resource: Callable[..., CachedR
     memo.decode("k", data)
     with pytest.raises(CodecError, match="checksum"):
         memo.decode("k", data[:-8] + b"ORIGINAL")  # same prefix, same length, other body
+
+
+# A record whose checksum holds but that the hit path must not write as it is (the checksum only
+# proves the record is what was written: a forged record, or a bug on the write side, has a valid one).
+FORGED: list[tuple[str, Callable[[StoredResponse], StoredResponse]]] = [
+    ("CRLF in the reason", lambda v: dataclasses.replace(v, reason="OK\r\nSet-Cookie: session=attacker")),
+    ("LF in the reason", lambda v: dataclasses.replace(v, reason="OK\nX: y")),
+    ("NUL in the reason", lambda v: dataclasses.replace(v, reason="O\x00K")),
+    ("status 99999", lambda v: dataclasses.replace(v, status=99999)),
+    ("status 1000", lambda v: dataclasses.replace(v, status=1000)),
+    ("status 101", lambda v: dataclasses.replace(v, status=101)),
+    ("status -200", lambda v: dataclasses.replace(v, status=-200)),
+    *(
+        (
+            f"{line!r} in the header block",
+            lambda v, line=line: dataclasses.replace(
+                v, headers=HeaderBlock.from_wire(cast_wire(v) + line + b"\r\n")
+            ),
+        )
+        for line in (
+            b"Content-Length: 5",
+            b"content-length: 5",
+            b"Content-Length : 5",
+            b"Transfer-Encoding: chunked",
+            b"TRANSFER-ENCODING: gzip",
+        )
+    ),
+    (
+        "a framing field first in the block",
+        lambda v: dataclasses.replace(
+            v, headers=HeaderBlock.from_wire(b"Content-Length: 1\r\n" + cast_wire(v))
+        ),
+    ),
+]
+
+
+def cast_wire(v: StoredResponse) -> bytes:
+    assert isinstance(v.headers, HeaderBlock)
+    return v.headers.wire
+
+
+@pytest.mark.parametrize("forge", [c[1] for c in FORGED], ids=[c[0] for c in FORGED])
+def test_a_record_that_would_break_the_head_is_corrupt_though_its_checksum_holds(
+    forge: Callable[[StoredResponse], StoredResponse], resource: Callable[..., CachedResource]
+) -> None:
+    original = resource()
+    forged = dataclasses.replace(original, variants=(forge(original.variants[0]),))
+    data = encode(forged)  # encode writes what it is given, with a valid checksum
+    with pytest.raises(CodecError):
+        decode(data)
+    with pytest.raises(CodecError):
+        codec.DecodeMemo().decode(forged.key, data)
+
+
+def test_ordinary_statuses_reasons_and_fields_still_decode(resource: Callable[..., CachedResource]) -> None:
+    for status, reason in ((200, "OK"), (299, ""), (599, "Custom\tReason ünï"), (999, "x")):
+        r = resource(status=status, reason=reason, headers=(("X-Content-Length", "5"), ("Content-Type", "a")))
+        assert decode(encode(r)) == r
