@@ -13,14 +13,15 @@ does not count the SQLite WAL file (up to a few MiB between checkpoints).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import diskcache
 from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE, MODE_RAW
@@ -69,6 +70,46 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+# SQLite's primary result codes for "not a database" and "malformed": the file, not the place.
+_CORRUPT_CODES: Final = frozenset((sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT))
+_NO_SPACE_ERRNOS: Final = frozenset((errno.ENOSPC, errno.EDQUOT))
+
+# Why a write failed: no room on the disk (SQLITE_FULL, ENOSPC), a corrupt database, a lock
+# held too long by another process, anything else (an I/O error).
+WriteFailure = Literal["no_space", "corrupt", "timeout", "error"]
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Is this the error of a file that is not (or no longer) an SQLite database?"""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
+
+
+def failure_of(exc: BaseException) -> WriteFailure:
+    """What kind of failure a write's exception (or what caused it) is."""
+    for cause in _causes(exc):
+        if is_corrupt(cause):
+            return "corrupt"
+        if (
+            isinstance(cause, sqlite3.Error)
+            and getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        ):
+            return "no_space"
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE_ERRNOS:
+            return "no_space"
+        if isinstance(cause, diskcache.Timeout):
+            return "timeout"
+    return "error"
+
 
 # Distinguishes "no row" from a stored value in diskcache.get().
 _MISSING: Final = object()
@@ -165,8 +206,18 @@ class DiskStorage:
     stats.corrupt counted and a warning logged. A lock timeout on read is a
     plain miss. A failed write makes set() return False. Neither raises.
 
+    A corrupt database found at run time (SQLite says "malformed" or "not a
+    database" on any operation) marks the tier failed for this process
+    (`failure`): reads are misses and writes are refused without touching it,
+    deletes are still tried (other processes sharing the file may still read
+    it), and `on_corrupt` is told once (proxy/storage/opening.py notes it in
+    the node's health and has the file moved aside at the next start). A
+    database file removed from under the tier is reported the same way by
+    refresh_stats() (without the marking: nothing is left to move).
+
     Stats are per process; stats.entries/bytes are refreshed after writes by
-    this process, and on demand by refresh_stats().
+    this process, and on demand by refresh_stats(). Neither refresh_stats(),
+    delete(), delete_many() nor clear() raises.
     """
 
     def __init__(
@@ -214,14 +265,25 @@ class DiskStorage:
         self._open_files = OpenFiles()
         self._warn_write = RateLimitedWarning(log)
         self._warn_read = RateLimitedWarning(log)
-        self._last_write_timed_out = False
+        self._last_failure: WriteFailure | None = None
+        self.last_failures: list[WriteFailure | None] = []  # see set_many
+        # Set once, when the database is found corrupt (or gone) at run time: see the class docstring.
+        self.failure: str | None = None
+        self.on_corrupt: Callable[[str], None] | None = None
+        self._failure_lock = threading.Lock()
         self._note_outdated = RateLimitedWarning(log, level=logging.INFO)
-        self.refresh_stats()
+        # Unguarded, unlike refresh_stats(): a database found corrupt here is one to move aside
+        # before the tier is used at all (proxy/storage/opening.py).
+        self.stats.entries = len(self._cache)
+        self.stats.bytes = int(self._cache.volume())
 
     # -- reads -----------------------------------------------------------------
 
     def get(self, key: str) -> CachedResource | None:
         """The resource under key, or None; never raises (bad entries are removed)."""
+        if self.failure is not None:
+            self.stats.misses += 1
+            return None
         try:
             value = self._read(key)
         except diskcache.Timeout:
@@ -231,12 +293,16 @@ class DiskStorage:
         except sqlite3.OperationalError as exc:
             # Not the entry's fault: a full disk (lru/lfu record the access in the same
             # transaction), an I/O error. A miss; the entry stays.
+            self._corrupt(exc)
             self._warn_read(
                 "disk cache %s: reading %r failed: %r; treated as a miss", self.directory, key, exc
             )
             self.stats.misses += 1
             return None
         except Exception as exc:  # any read failure must be a miss, never a 500
+            if self._corrupt(exc):  # the database, not the entry
+                self.stats.misses += 1
+                return None
             self._drop_corrupt(key, f"reading it failed: {exc!r}")
             return None
         if value is _MISSING:
@@ -268,6 +334,10 @@ class DiskStorage:
         retries or drops it, as it always has). Nothing here raises.
         count_miss=False leaves a miss uncounted, for a caller that will ask again.
         """
+        if self.failure is not None:
+            if count_miss:
+                self.stats.misses += 1
+            return True, None
         con = self._reader_connection()
         if con is None:
             return False, None
@@ -364,6 +434,7 @@ class DiskStorage:
                 # stray access, which only nudges eviction order.
                 self._cache._con.executemany(self._record_access, rows)
         except Exception as exc:  # eviction order is a hint: never fail a caller over it
+            self._corrupt(exc)
             self._warn_write(
                 "disk cache %s: recording %d accesses failed: %r", self.directory, len(rows), exc
             )
@@ -434,6 +505,8 @@ class DiskStorage:
         or culled at once), None failed (an I/O error: a full disk, a lock
         timeout). A refused or failed key's older value is removed (best
         effort) so that it cannot be served instead. Never raises.
+        `last_failures` then says why each failed write failed (None for the others); a
+        caller that writes under a lock of its own (TieredStorage) reads it under that lock.
         """
         stats = self.stats
         budget = self.budget_bytes
@@ -454,12 +527,24 @@ class DiskStorage:
                 refused.append(key)
                 continue
             items.append((i, key, data))
-        if items:
+        why: list[WriteFailure | None] = [None] * len(resources)
+        if items and self.failure is not None:
+            for i, _, _ in items:
+                results[i], why[i] = None, "corrupt"
+        elif items:
             outcome = self._write_batch(items)
-            if outcome is None and len(items) > 1 and not self._last_write_timed_out:
+            failure = self._last_failure
+            if outcome is None and len(items) > 1 and failure not in ("timeout", "corrupt"):
                 # One bad entry must not sink the others: each alone (not after a lock
-                # timeout, which each would wait out again).
-                outcome = [r for item in items for r in (self._write_batch([item]) or [None])]
+                # timeout, which each would wait out again, nor in a corrupt database).
+                outcome = []
+                for item in items:
+                    alone = self._write_batch([item])
+                    outcome += alone or [None]
+                    why[item[0]] = None if alone is not None else self._last_failure
+            else:
+                for i, _, _ in items:
+                    why[i] = None if outcome is not None else failure
             for (i, _, _), ok in zip(items, outcome or [None] * len(items), strict=True):
                 results[i] = ok
         for result in results:
@@ -472,6 +557,7 @@ class DiskStorage:
         refused += [resources[i].key for i, ok in enumerate(results) if ok is not True]
         if refused:
             self._drop_older(refused)
+        self.last_failures = why
         return results
 
     def _write_batch(self, items: list[tuple[int, str, bytes]]) -> list[bool | None] | None:
@@ -480,7 +566,7 @@ class DiskStorage:
         disk: _SafeDisk = cache._disk
         written = disk.track()
         results: list[bool | None] = []
-        self._last_write_timed_out = False
+        self._last_failure = None
         try:
             with cache.transact():
                 volume = cache.volume() if self.policy == "noeviction" else 0
@@ -493,7 +579,9 @@ class DiskStorage:
                     cache.set(key, data)
                     results.append(True)
         except Exception as exc:  # disk full, SQLite errors, lock timeouts: nothing of the batch is stored
-            self._last_write_timed_out = isinstance(exc, diskcache.Timeout)
+            self._last_failure = failure_of(exc)
+            if self._last_failure == "corrupt":
+                self._corrupt(exc)
             for filename in written:
                 disk.remove(filename)  # value files of rows that were rolled back
             keys = ", ".join(repr(key) for _, key, _ in items[:3])
@@ -522,6 +610,7 @@ class DiskStorage:
                             results[n] = False
             self._refresh(volume)
         except Exception as exc:  # the entries are stored; only the budget check failed
+            self._corrupt(exc)
             self._warn_write("disk cache %s: keeping the budget failed: %r", self.directory, exc)
         return results
 
@@ -532,6 +621,7 @@ class DiskStorage:
                 for key in keys:
                     self._cache.delete(key)
         except Exception as exc:
+            self._corrupt(exc)
             self._warn_write(
                 "disk cache %s: removing %d older values failed: %r", self.directory, len(keys), exc
             )
@@ -557,13 +647,18 @@ class DiskStorage:
                 self._refresh()
             return removed
         except Exception as exc:  # a purge must not crash the caller
-            log.warning("disk cache %s: deleting %r failed: %r", self.directory, key, exc)
+            self._corrupt(exc)
+            self._warn_write("disk cache %s: deleting %r failed: %r", self.directory, key, exc)
             return False
 
     def delete_many(self, keys: list[str]) -> list[str]:
         """Remove several keys in one SQLite transaction (purge by tag or prefix); the removed ones.
 
         One commit instead of one per key: a 10,000-key purge costs one fsync.
+        If the batch fails it is tried key by key, except after a lock timeout
+        (each key would wait it out again: a purge would take (N + 1) times the
+        timeout) or in a corrupt database: then nothing is removed here, and the
+        purge's bans keep screening the copies left (proxy/purger.py). Never raises.
         """
         removed: list[str] = []
         try:
@@ -571,8 +666,21 @@ class DiskStorage:
                 for key in keys:
                     if self._cache.delete(key):
                         removed.append(key)
-        except Exception as exc:  # fall back to one at a time; never crash a purge
-            log.warning("disk cache %s: batch delete failed (%r); deleting one by one", self.directory, exc)
+        except Exception as exc:  # never crash a purge
+            failure = failure_of(exc)
+            if failure == "corrupt":
+                self._corrupt(exc)
+            if failure in ("timeout", "corrupt") or len(keys) < 2:
+                self._warn_write(
+                    "disk cache %s: deleting %d keys failed (%r); left to the purge's bans",
+                    self.directory,
+                    len(keys),
+                    exc,
+                )
+                return []
+            self._warn_write(
+                "disk cache %s: batch delete failed (%r); deleting one by one", self.directory, exc
+            )
             removed = [k for k in keys if self.delete(k)]
         if removed:
             self._refresh()
@@ -585,8 +693,12 @@ class DiskStorage:
         return iter([k for k in self._cache if type(k) is str])
 
     def clear(self) -> None:
-        """Remove every entry (also those written by other processes)."""
-        self._cache.clear()
+        """Remove every entry (also those written by other processes); failures are logged, not raised."""
+        try:
+            self._cache.clear()
+        except Exception as exc:  # a purge of everything must not crash
+            self._corrupt(exc)
+            log.error("disk cache %s: removing every entry failed: %r", self.directory, exc)
         self._refresh()
 
     def close(self) -> None:
@@ -612,14 +724,54 @@ class DiskStorage:
         return int(self._cache.volume())
 
     def refresh_stats(self) -> TierStats:
-        """Update stats.entries/bytes from the shared cache (two cheap SQLite reads)."""
+        """Update stats.entries/bytes from the shared cache (two cheap SQLite reads); never raises.
+
+        Also notices a database file removed from under the tier (an open
+        connection keeps working on the unlinked file, silently).
+        """
+        if self.failure is None and not self._db_path.exists():
+            self._fail(f"{self._db_path} was removed while in use")
         self._refresh()
         return self.stats
 
     def _refresh(self, volume: int | None = None) -> None:
+        if self.failure is not None:
+            return  # the last figures stay
         cache = self._cache
-        self.stats.entries = len(cache)
-        self.stats.bytes = int(cache.volume()) if volume is None else volume
+        try:
+            self.stats.entries = len(cache)
+            self.stats.bytes = int(cache.volume()) if volume is None else volume
+        except Exception as exc:  # the figures are a report: never fail the caller over them
+            if not self._corrupt(exc):
+                self._warn_write("disk cache %s: reading its size failed: %r", self.directory, exc)
+
+    # -- failure -------------------------------------------------------------------
+
+    def _corrupt(self, exc: BaseException) -> bool:
+        """If exc says the database is corrupt, mark the tier failed (once); whether it did say so."""
+        if failure_of(exc) != "corrupt":
+            return False
+        if self._fail(f"corrupt database: {exc!r}"):
+            callback = self.on_corrupt
+            if callback is not None:
+                try:
+                    callback(self.failure or "")
+                except Exception:
+                    log.exception("disk cache %s: reporting the corruption failed", self.directory)
+        return True
+
+    def _fail(self, why: str) -> bool:
+        """Mark the tier failed for this process; False if it already was."""
+        with self._failure_lock:
+            if self.failure is not None:
+                return False
+            self.failure = why
+        log.error(
+            "disk cache %s: %s; this process stops reading and writing it (L1 keeps working)",
+            self.directory,
+            why,
+        )
+        return True
 
     def __len__(self) -> int:
         return len(self._cache)

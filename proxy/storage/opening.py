@@ -12,6 +12,22 @@ raises: a node always starts.
 Several workers may open one directory at once: moving a corrupt file aside
 happens under an exclusive lock, after opening it again, so that only one
 worker moves it and the others open the fresh one.
+
+A disk tier found corrupt while it runs (DiskStorage.on_corrupt) is not moved
+aside then: the other workers of the box have the file open and keep using
+their handles on it (a file renamed under them stays theirs, while their next
+new connection would open a fresh file: two caches where the box expects
+one). The worker marks its health failed and leaves a marker file
+(CORRUPT_MARK) next to the database; the next start moves the database aside
+as it moves a file that will not open, whatever worker starts first. A worker
+restarted on its own while others still run moves it too, as a start always
+has: those others have found the file corrupt or will (they stop using it).
+
+Corruption is what SQLite calls it (NOTADB, CORRUPT), or an error diskcache
+raises while reading its Settings table when that table holds what it never
+writes (a key that is not text, a value of another type than its default's):
+other errors, such as missing permissions, are not corruption and never move
+a cache aside.
 """
 
 from __future__ import annotations
@@ -31,18 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import diskcache
 from diskcache.core import DBNAME
 
 from proxy.storage.base import EvictionPolicy
 from proxy.storage.catalog import CATALOG_FILE, Catalog
-from proxy.storage.disk import DiskStorage
+from proxy.storage.disk import DiskStorage, is_corrupt
 from proxy.storage.epoch import EpochCounter
 
 log = logging.getLogger("proxy.storage")
 
 LOCK_FILE = ".minicdn-open.lock"
-# SQLite's primary result codes for "not a database" and "malformed": the file, not the place.
-_CORRUPT_CODES = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
+# Left next to cache.db by a worker that found it corrupt at run time: moved aside at the next start.
+CORRUPT_MARK = ".minicdn-corrupt"
 
 # diskcache's value files live in folders named by two hex digits.
 _VALUE_DIR = re.compile(r"[0-9a-f]{2}")
@@ -62,9 +79,7 @@ class StorageHealth:
     moved_aside: list[str] = field(default_factory=list)  # corrupt files renamed at start
 
 
-def is_corrupt(exc: BaseException) -> bool:
-    """Is this the error of a file that is not (or no longer) an SQLite database?"""
-    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in _CORRUPT_CODES
+__all__ = ["CORRUPT_MARK", "StorageHealth", "fallback_dir", "is_corrupt", "open_catalog", "open_disk"]
 
 
 def open_disk(
@@ -74,13 +89,28 @@ def open_disk(
     path = Path(directory)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        return _open_or_recover(path, DBNAME, lambda: DiskStorage(path, budget, eviction), health)
+        disk = _open_or_recover(path, DBNAME, lambda: DiskStorage(path, budget, eviction), health)
     except Exception as exc:
         health.l2, health.l2_error = "failed", f"{type(exc).__name__}: {exc}"
         log.error(
             "disk cache %s cannot be used (%s); running without the disk tier (L2)", path, health.l2_error
         )
         return None
+    disk.on_corrupt = functools.partial(_corrupt_at_run_time, path, health)
+    return disk
+
+
+def _corrupt_at_run_time(directory: Path, health: StorageHealth, why: str) -> None:
+    """DiskStorage.on_corrupt: health says so, and the next start moves the database aside (any thread)."""
+    health.l2, health.l2_error = (
+        "failed",
+        f"found corrupt while running ({why}); moved aside at the next start",
+    )
+    try:
+        with open(directory / CORRUPT_MARK, "w") as mark:
+            mark.write(why + "\n")
+    except OSError as exc:
+        log.error("disk cache %s: cannot leave the corruption marker (%r)", directory, exc)
 
 
 def open_catalog(directory: str | Path | None, health: StorageHealth) -> tuple[Catalog, EpochCounter]:
@@ -126,18 +156,26 @@ def _open_or_recover(directory: Path, name: str, opener: Callable[[], _T], healt
     value files too (diskcache keeps them in two-hex-digit folders), which no
     fresh database would ever find: all into one folder "corrupt-<name>-<time>-<pid>".
     """
-    try:
-        return opener()
-    except sqlite3.DatabaseError as exc:
-        if not is_corrupt(exc):
-            raise
-        first = exc
-    with _exclusive(directory):
+    mark = directory / CORRUPT_MARK if name == DBNAME else None
+    first: BaseException | str
+    if mark is None or not mark.exists():
         try:
-            return opener()  # another worker may have moved it aside meanwhile
-        except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            return opener()
+        except Exception as exc:
+            if not _corrupt(exc, directory / name):
                 raise
+            first = exc
+    with _exclusive(directory):
+        marked = _read_mark(mark)
+        if marked is not None:
+            first = f"found corrupt while running: {marked}"
+        else:
+            try:
+                return opener()  # another worker may have moved it aside meanwhile
+            except Exception as exc:
+                if not _corrupt(exc, directory / name):
+                    raise
+                first = exc
         aside = directory / f"corrupt-{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         aside.mkdir(exist_ok=True)
         moving = [directory / f"{name}{suffix}" for suffix in ("", "-wal", "-shm")]
@@ -146,11 +184,62 @@ def _open_or_recover(directory: Path, name: str, opener: Callable[[], _T], healt
         for source in moving:
             if source.exists():
                 source.rename(aside / source.name)
+        if marked is not None and mark is not None:
+            mark.unlink(missing_ok=True)  # after the move: a crash in between moves a fresh file, no more
         health.moved_aside.append(str(aside))
         log.error(
             "%s in %s is corrupt (%s): moved aside to %s, starting afresh", name, directory, first, aside
         )
         return opener()
+
+
+def _read_mark(mark: Path | None) -> str | None:
+    """What the corruption marker says (None: there is none)."""
+    if mark is None:
+        return None
+    try:
+        return mark.read_text(errors="replace").strip() or "(no detail)"
+    except FileNotFoundError:
+        return None
+
+
+def _corrupt(exc: BaseException, database: Path) -> bool:
+    """Does opening `database` fail because the file is corrupt (not because of where it is)?"""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return is_corrupt(exc)
+    if isinstance(exc, OSError | diskcache.Timeout) or database.name != DBNAME:
+        return False  # permissions, a full disk, a lock: the place, not the file
+    return _settings_damaged(database) is not None
+
+
+def _settings_damaged(database: Path) -> str | None:
+    """What in diskcache's Settings table diskcache never writes, if anything (read-only; None: nothing).
+
+    diskcache reads the table when it opens the cache and trusts its types: a
+    key stored as a blob, say, raises TypeError there.
+    """
+    defaults = {**diskcache.DEFAULT_SETTINGS, **diskcache.core.METADATA}
+    try:
+        con = sqlite3.connect(database.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = con.execute("SELECT key, value FROM Settings").fetchall()
+    except sqlite3.Error as exc:
+        return f"Settings unreadable: {exc!r}" if is_corrupt(exc) else None
+    finally:
+        con.close()
+    for key, value in rows:
+        if type(key) is not str:
+            return f"a Settings key of type {type(key).__name__}: {key!r}"
+        default = defaults.get(key)
+        if default is None:
+            continue  # a setting of a newer diskcache
+        numbers = (int, float)
+        same = isinstance(value, numbers) if isinstance(default, numbers) else type(value) is type(default)
+        if not same:
+            return f"Settings {key!r} is {type(value).__name__}: {value!r}"
+    return None
 
 
 @contextlib.contextmanager

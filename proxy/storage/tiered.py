@@ -15,9 +15,12 @@ per-thread SQLite connections diskcache opened in them.
 aset() writes L2 behind the request (proxy.storage.write_behind): the L2 copy
 is queued and written, in batches, by a background task. When the queue is
 full, nothing is stored (counted in stats.write_dropped): the tiers and the
-catalogue keep agreeing. A queued write the disk then fails (a full disk) is
-undone in L1 too, and the `write_failed_listeners` hear of its key (the
-catalogue forgets it). Reads answer from the queue first, so a queued write is
+catalogue keep agreeing. A queued write the disk then fails is undone in L1
+too, and the `write_failed_listeners` hear of its key (the catalogue forgets
+it), except when the disk failed for lack of space or because its database is
+corrupt: then the L1 copy stays (see _write_failed for why that is safe), so a
+full or broken disk only stops L2 from storing. A disk tier found corrupt is
+not written to any more (DiskStorage.failure). Reads answer from the queue first, so a queued write is
 never hidden by an older L2 value; deletes and clear withdraw queued writes
 before touching L2. At shutdown, await drain() before close().
 """
@@ -33,8 +36,8 @@ from typing import Literal, TypeVar
 
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
-from proxy.storage.disk import DiskStorage
-from proxy.storage.write_behind import DEFAULT_WRITE_BATCH, DEFAULT_WRITE_QUEUE, WriteBehind
+from proxy.storage.disk import DiskStorage, WriteFailure
+from proxy.storage.write_behind import DEFAULT_WRITE_BATCH, DEFAULT_WRITE_QUEUE, FailedWrite, WriteBehind
 from proxy.warn import RateLimitedWarning
 
 TierName = Literal["l1", "l2"]
@@ -52,6 +55,8 @@ DEFAULT_L2_THREADS = 4
 DEFAULT_LOOP_READ_MAX = 256 * 1024
 # How often batched L2 accesses (lru/lfu recency of on-loop hits) are written.
 ACCESS_FLUSH_INTERVAL = 1.0
+# Failed L2 writes whose L1 copy is kept (see TieredStorage._write_failed).
+_KEEP_L1_ON: frozenset[str] = frozenset(("no_space", "corrupt"))
 
 
 @dataclass(slots=True)
@@ -361,6 +366,8 @@ class TieredStorage:
         """
         if self._flights:
             self._invalidate(resource.key)
+        if self.l2_failed:
+            return self._count_set(self._set_l1(resource))  # a corrupt disk tier is not written to
         if self.l2 is not None and not self._writes.put(resource):  # first: a drop stores nothing
             self.stats.write_dropped += 1
             self._warn(
@@ -460,7 +467,19 @@ class TieredStorage:
         if l2 is None:
             return False
         await self._writes.settled(key)
-        return await self._in_thread(l2.__contains__, key)
+        if self.l2_failed:
+            return False
+        try:
+            return await self._in_thread(l2.__contains__, key)
+        except Exception as exc:  # the others fetch it themselves
+            self._warn("L2: looking %r up failed: %r", key, exc)
+            return False
+
+    @property
+    def l2_failed(self) -> bool:
+        """Is the disk tier marked failed at run time (a corrupt database: DiskStorage.failure)?"""
+        l2 = self.l2
+        return isinstance(l2, DiskStorage) and l2.failure is not None
 
     async def drain(self) -> None:
         """Wait until every queued L2 write (including any queued meanwhile) is in L2.
@@ -483,40 +502,69 @@ class TieredStorage:
     def _set_l1(self, resource: CachedResource) -> bool:
         return self.l1 is not None and _set_or_drop(self.l1, resource)
 
-    def _write_l2_many(self, resources: list[CachedResource]) -> list[CachedResource]:
+    def _write_l2_many(self, resources: list[CachedResource]) -> list[FailedWrite]:
         """The write-behind queue's tier writes (in a pool thread, under its lock); the failed ones.
 
         A refusal (over the budget) drops the key's older value, as in set();
-        only I/O failures are returned.
+        only I/O failures are returned, with their cause.
         """
         l2 = self.l2
         if l2 is None:
             return []
         if isinstance(l2, DiskStorage):
             results = l2.set_many(resources)
-            return [r for r, ok in zip(resources, results, strict=True) if ok is None]
+            causes: list[WriteFailure | None] = l2.last_failures  # set by that call: under the queue's lock
+            if len(causes) != len(results):
+                causes = [None] * len(results)
+            return [
+                FailedWrite(r, cause or "error")
+                for r, ok, cause in zip(resources, results, causes, strict=True)
+                if ok is None
+            ]
         failed = []
         for resource in resources:
             try:
                 _set_or_drop(l2, resource)
             except Exception as exc:
                 log.warning("storing %r in %s failed: %r", resource.key, l2.name, exc)
-                failed.append(resource)
+                failed.append(FailedWrite(resource, "error"))
         return failed
 
-    def _write_failed(self, resources: list[CachedResource]) -> None:
-        """Queued L2 writes the disk failed: the stores are undone in L1 too (on the loop)."""
-        self.stats.write_failed += len(resources)
+    def _write_failed(self, failed: list[FailedWrite]) -> None:
+        """Queued L2 writes the disk failed (on the loop): most stores are undone in L1 too.
+
+        The undo keeps every copy this worker serves one that the box shares:
+        the catalogue forgets the key (a purge needs no row for a copy that is
+        nowhere), the other workers find in L2 what this one would serve, and
+        the next request stores the key again in both tiers once the disk
+        answers (a lock held a while by another process, an I/O error).
+
+        A disk that is full, or whose database is corrupt, will fail every
+        write for a long while: undoing would make the cache a pass-through
+        (every request to the origin). Those L1 copies stay, and so do their
+        catalogue rows (no listener hears of them), which is what makes keeping
+        them safe: a purge by any worker finds the key in the catalogue and
+        reaches this L1 through the purge log, as for any other L1 copy. (If the
+        catalogue cannot write the row either, Purger._rows_failed still drops
+        the copy from both tiers.) The older L2 value of the key, if the best
+        effort to drop it failed too, is a copy every other worker of the box
+        would serve anyway; a purge covering it removes it from L2 as ever.
+        """
+        self.stats.write_failed += len(failed)
         l1 = self.l1
         keys = []
-        for resource in resources:
+        for resource, cause in failed:
             key = resource.key
             if self._writes.pending(key) is not None:
                 continue  # a newer value is queued: its own write decides
+            if cause in _KEEP_L1_ON:
+                continue
             keys.append(key)
             if l1 is not None and getattr(l1, "peek", l1.get)(key) is resource:
                 self._invalidate(key)
                 l1.delete(key)
+        if not keys:
+            return
         for listener in self.write_failed_listeners:
             listener(keys)
 

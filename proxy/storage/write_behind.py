@@ -19,7 +19,8 @@ batch that already started has then finished, and a write that had not
 started will not. That is what keeps a purged entry from coming back.
 
 A write the tier failed (an I/O error, a full disk; not a refusal by its
-budget) is reported to `on_failed` on the loop, after its batch.
+budget) is reported to `on_failed` on the loop, after its batch, with the
+cause the tier gave (a FailedWrite).
 
 Everything except the tier write itself runs on the event-loop thread, like
 the rest of TieredStorage.
@@ -33,6 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from proxy.entry import CachedResource
 
@@ -62,11 +64,18 @@ class PendingWrite:
             future.set_result(None)
 
 
+class FailedWrite(NamedTuple):
+    """A write the tier failed, and why (the tier's word for it, e.g. proxy.storage.disk.WriteFailure)."""
+
+    resource: CachedResource
+    cause: str
+
+
 # Writes resources to the tier (in a pool thread, under the lock); returns those that failed.
-WriteMany = Callable[[list[CachedResource]], list[CachedResource]]
+WriteMany = Callable[[list[CachedResource]], list[FailedWrite]]
 # Runs a function with one argument on the I/O pool and awaits it.
-ApplyBatch = Callable[[list[PendingWrite]], list[CachedResource]]
-RunInThread = Callable[[ApplyBatch, list[PendingWrite]], Awaitable[list[CachedResource]]]
+ApplyBatch = Callable[[list[PendingWrite]], list[FailedWrite]]
+RunInThread = Callable[[ApplyBatch, list[PendingWrite]], Awaitable[list[FailedWrite]]]
 
 
 class WriteBehind:
@@ -82,7 +91,7 @@ class WriteBehind:
         run_in_thread: RunInThread,
         capacity: int,
         batch: int = DEFAULT_WRITE_BATCH,
-        on_failed: Callable[[list[CachedResource]], None] | None = None,
+        on_failed: Callable[[list[FailedWrite]], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"write queue capacity must be >= 1 byte, got {capacity}")
@@ -220,7 +229,7 @@ class WriteBehind:
             size += write.size
         return batch
 
-    def _apply(self, batch: list[PendingWrite]) -> list[CachedResource]:
+    def _apply(self, batch: list[PendingWrite]) -> list[FailedWrite]:
         """The tier writes of a batch, except those cancelled or already done (runs in a pool thread)."""
         with self.lock:
             todo = [w for w in batch if not (w.started or w.cancelled)]
@@ -263,7 +272,7 @@ class WriteBehind:
         while self._queue:
             batch = self._take_batch()
             self._inflight = inflight = {w.resource.key: w for w in batch}
-            failed: list[CachedResource] = []
+            failed: list[FailedWrite] = []
             try:
                 failed = await self._run(self._apply, batch)
             except Exception:  # one bad batch must not stop the others
