@@ -730,7 +730,7 @@ class DiskStorage:
         connection keeps working on the unlinked file, silently).
         """
         if self.failure is None and not self._db_path.exists():
-            self._fail(f"{self._db_path} was removed while in use")
+            self._report(f"{self._db_path} was removed while in use")
         self._refresh()
         return self.stats
 
@@ -751,14 +751,18 @@ class DiskStorage:
         """If exc says the database is corrupt, mark the tier failed (once); whether it did say so."""
         if failure_of(exc) != "corrupt":
             return False
-        if self._fail(f"corrupt database: {exc!r}"):
+        self._report(f"corrupt database: {exc!r}")
+        return True
+
+    def _report(self, why: str) -> None:
+        """Mark the tier failed and tell on_corrupt (once)."""
+        if self._fail(why):
             callback = self.on_corrupt
             if callback is not None:
                 try:
-                    callback(self.failure or "")
+                    callback(why)
                 except Exception:
-                    log.exception("disk cache %s: reporting the corruption failed", self.directory)
-        return True
+                    log.exception("disk cache %s: reporting its failure failed", self.directory)
 
     def _fail(self, why: str) -> bool:
         """Mark the tier failed for this process; False if it already was."""

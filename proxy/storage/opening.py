@@ -104,7 +104,7 @@ def _corrupt_at_run_time(directory: Path, health: StorageHealth, why: str) -> No
     """DiskStorage.on_corrupt: health says so, and the next start moves the database aside (any thread)."""
     health.l2, health.l2_error = (
         "failed",
-        f"found corrupt while running ({why}); moved aside at the next start",
+        f"failed while running ({why}); moved aside at the next start",
     )
     try:
         with open(directory / CORRUPT_MARK, "w") as mark:

@@ -129,12 +129,15 @@ def test_damaged_settings_at_run_time_do_not_raise(tmp_path: Path, resource: Mak
 
 
 def test_a_database_removed_at_run_time_is_reported(tmp_path: Path, resource: Make) -> None:
-    disk = DiskStorage(tmp_path / "l2", 10 * MiB)
+    health = StorageHealth()
+    disk = open_disk(tmp_path / "l2", 10 * MiB, "lru", health)
+    assert disk is not None
     try:
         disk.set(resource("k"))
         (tmp_path / "l2" / DBNAME).unlink()
         disk.refresh_stats()
         assert disk.failure is not None and "removed" in disk.failure
+        assert health.l2 == "failed" and health.l2_error and "removed" in health.l2_error
     finally:
         disk.close()
 
