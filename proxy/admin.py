@@ -220,7 +220,15 @@ async def _purge(request: web.Request) -> web.Response:
     if node is None:
         return _not_running()
     result = await node.purger.purge(purge, by=f"admin API {request.remote}")
-    return json_reply({"purged": result.keys, "epoch": result.epoch, "kind": purge.kind, "soft": purge.soft})
+    answer: dict[str, object] = {
+        "purged": result.keys,
+        "epoch": result.epoch,
+        "kind": purge.kind,
+        "soft": purge.soft,
+    }
+    if result.warning is not None:
+        answer["warning"] = result.warning  # carried out on this worker only (the purge log failed)
+    return json_reply(answer)
 
 
 def _short(exc: BaseException) -> str:

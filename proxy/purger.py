@@ -57,6 +57,8 @@ ROW_QUEUE_LIMIT = 100_000
 class PurgeResult:
     keys: int  # keys the purge covered
     epoch: int
+    # Set when the purge could not be logged (a full disk): it was carried out on this worker only.
+    warning: str | None = None
 
 
 @dataclass(slots=True)
@@ -160,7 +162,10 @@ class Purger:
         """
         await self.sync()
         match = self._match(request)
-        result = await self._purge_keys(None if match is None else [], request.soft, match)
+        try:
+            result = await self._purge_keys(None if match is None else [], request.soft, match)
+        except Exception as exc:  # the log could not be written (a full disk): purge here all the same
+            result = await self._purge_unlogged(request.soft, match, exc)
         self._count(request.kind)
         log.info(
             "purge %s %s by %s: %s keys (epoch %d)",
@@ -239,7 +244,52 @@ class Purger:
         self.stats.keys_purged += max(count, 0)
         return PurgeResult(count, epoch)
 
-    async def _purge_everything(self, soft: bool, now: float) -> None:
+    async def _purge_unlogged(self, soft: bool, match: PurgeMatch | None, exc: Exception) -> PurgeResult:
+        """A purge the log refused (a full disk): this worker's copies go (L1, and L2 where it can).
+
+        The keys come from the catalogue's reads and the rows not written yet.
+        A ban screens what is left here (an L2 delete fails on a full disk too)
+        for BAN_SECONDS; with no epoch of its own it covers copies fetched
+        before it and, until the next purge that is logged, also the ones
+        fetched since: what it names is not cached here meanwhile (for
+        everything: this worker caches nothing). The other workers do not hear of it.
+        """
+        now = self.clock()
+        warning = f"the purge log could not be written ({exc!r}): purged on this worker only"
+        log.error("purge: %s", warning)
+        keys: list[str] | None = None
+        if match is not None:
+            found: dict[str, None] = {}
+            try:
+                found.update(dict.fromkeys(await asyncio.to_thread(self._keys_for, match)))
+            except Exception as read_exc:
+                warning += f"; the catalogue could not be read either ({read_exc!r})"
+            found.update(
+                (k, None) for k, row in self._rows.items() if row is not None and _row_matches(row, match)
+            )
+            keys = list(found)
+        epoch = self.epoch.read() + 1
+        self._ban(PurgeRecord(epoch, now, soft, keys is None, tuple(keys or ()), *_match_fields(match)))
+        if keys is None:
+            await self._purge_everything(soft, now, forget=False)
+        elif soft:
+            await self._soften(keys, now)
+        else:
+            await self.storage.adelete_many(keys)
+        self.stats.purges += 1
+        self.stats.keys_purged += len(keys or ())
+        return PurgeResult(-1 if keys is None else len(keys), self.applied, warning)
+
+    def _keys_for(self, match: PurgeMatch) -> list[str]:
+        """What log_purge would find for match, read without a transaction (any thread)."""
+        keys = self.catalog.keys_for_tags(match.tags) if match.tags else []
+        for url in match.urls:
+            keys += self.catalog.keys_for_url(url)
+        for prefix in match.prefixes:
+            keys += self.catalog.keys_for_prefix(prefix)
+        return keys
+
+    async def _purge_everything(self, soft: bool, now: float, *, forget: bool = True) -> None:
         if soft:
             keys = await asyncio.to_thread(self.catalog.all_keys)
             listed = set(keys)  # and the rows not written yet
@@ -248,7 +298,8 @@ class Purger:
             return
         self._rows.clear()
         await self.storage.aclear()
-        await asyncio.to_thread(self.catalog.forget_all)
+        if forget:
+            await asyncio.to_thread(self.catalog.forget_all)
 
     async def _soften(self, keys: list[str], now: float) -> None:
         """Mark each stored copy stale as of now, in both tiers."""

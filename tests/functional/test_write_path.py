@@ -333,6 +333,42 @@ async def test_a_full_disk_only_stops_storing(
     assert storage.stats.write_failed == failed
 
 
+async def test_a_purge_on_a_full_disk_still_purges_here_and_says_so(
+    start_proxy: ProxyFactory, origin: Origin, tiny_disk: Path
+) -> None:
+    proxy = await start_proxy(cache=proxy_cache(tiny_disk / "cache"))
+    storage, purger = storage_of(proxy), purger_of(proxy)
+    for path in ("/max-age/60?a", "/max-age/60?b"):
+        resp, _ = await proxy.get(path, headers=HOST)
+        assert resp.status == 200
+    await storage.drain()
+    await purger.flush_rows()
+    assert key("/max-age/60?a") in storage.l2  # type: ignore[operator]
+    ballast = tiny_disk / "ballast"
+    with ballast.open("wb") as f:  # fill the filesystem to the last byte
+        try:
+            while True:
+                f.write(bytes(65536))
+                f.flush()
+        except OSError:
+            pass
+    try:
+        result = await purger.purge(PurgeRequest("url", ("/max-age/60?a",)))
+        assert result.warning is not None and "full" in result.warning  # the log could not be written
+        assert result.keys == 1
+        assert storage.l1 is not None and key("/max-age/60?a") not in storage.l1  # gone here
+        left, _ = await storage.aget(key("/max-age/60?a"))  # L2 could not delete it (a full disk)
+        assert left is None or purger.screen(left) is None  # the ban screens it
+        resp, _ = await proxy.get("/max-age/60?a", headers=HOST)
+        assert "fwd=" in cache_status(resp)  # not served from cache
+        assert "hit" in cache_status((await proxy.get("/max-age/60?b", headers=HOST))[0])  # nothing else
+        result = await purger.purge(PurgeRequest("all"))
+        assert result.warning is not None and result.keys == -1
+        assert "fwd=" in cache_status((await proxy.get("/max-age/60?b", headers=HOST))[0])
+    finally:
+        ballast.unlink()
+
+
 def proxy_cache(directory: Path) -> CacheConfig:
     return CacheConfig(
         dir=str(directory),
