@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -164,7 +165,7 @@ class Purger:
         match = self._match(request)
         try:
             result = await self._purge_keys(None if match is None else [], request.soft, match)
-        except Exception as exc:  # the log could not be written (a full disk): purge here all the same
+        except (sqlite3.Error, OSError) as exc:  # the log could not be written (a full disk): purge here
             result = await self._purge_unlogged(request.soft, match, exc)
         self._count(request.kind)
         log.info(
