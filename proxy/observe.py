@@ -299,7 +299,7 @@ CARRIED: Final[dict[str, Any]] = {
     "traffic": ("requests", "responses", "served_bytes", "latency", "origin_requests", "origin_latency"),
     "purge": (
         *("purges", "by_kind", "keys_purged", "applied_from_log", "screened", "late_copies", "bans_dropped"),
-        *("catalog_batches", "catalog_rows", "catalog_failed", "catalog_dropped"),
+        *("catalog_batches", "catalog_rows", "catalog_failed", "catalog_full", "catalog_dropped"),
     ),
     "tiers": {tier: _TIER_COUNTERS for tier in ("l1", "l2")},
     "storage": (*_TIER_COUNTERS, "write_batches"),

@@ -39,6 +39,7 @@ from proxy.entry import CachedResource
 from proxy.keys import UrlKeys
 from proxy.purge import PurgeRequest
 from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
+from proxy.storage.disk import failure_of
 from proxy.storage.epoch import EpochCounter
 from proxy.storage.tiered import TieredStorage
 from proxy.warn import RateLimitedWarning
@@ -52,6 +53,8 @@ PRUNE_EVERY = 10_000
 # Catalogue rows written per transaction, and queued at most (beyond it a store is undone).
 ROW_BATCH = 1_000
 ROW_QUEUE_LIMIT = 100_000
+# While the disk is full, the catalogue's queued rows are tried again this often (see _write_rows).
+FULL_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class PurgeStats:
     catalog_rows: int = 0  # rows it wrote
     catalog_pending: int = 0  # rows queued, not written yet
     catalog_failed: int = 0  # rows a failed batch could not write (their entries were removed)
+    catalog_full: int = 0  # batches the full disk refused (their rows wait, their entries stay)
     catalog_dropped: int = 0  # stores undone because the row queue was full
 
 
@@ -105,6 +109,7 @@ class Purger:
         self._records = 0
         self._sync_lock = asyncio.Lock()
         # Catalogue rows not written yet (None: forget the key), oldest first, and the batch in flight.
+        self._full_retry: asyncio.TimerHandle | None = None  # set while the disk is full
         self._rows: dict[str, CatalogRow | None] = {}
         self._batch: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -386,8 +391,9 @@ class Purger:
             self._wake_writer()
 
     async def flush_rows(self) -> None:
-        """Return once every row queued so far (and meanwhile) is written (or failed)."""
-        while self._rows or self._batch is not None:
+        """Return once every row queued so far (and meanwhile) is written (or failed), or the disk is
+        full (then they wait: see _write_rows)."""
+        while (self._rows or self._batch is not None) and self._full_retry is None:
             self._wake_writer()
             assert self._writer is not None
             await asyncio.wait([self._writer])
@@ -407,8 +413,23 @@ class Purger:
         finally:
             if self._writer is not None and not self._writer.done():
                 self._writer.cancel()
+            if self._full_retry is not None:
+                self._full_retry.cancel()
+                self._full_retry = None
+        if self._rows:
+            # The disk stayed full: no row means no purge finds these entries after a restart, so
+            # they go (L1 goes with the process; an L2 copy, if one was written, must not stay).
+            keys = [k for k, row in self._rows.items() if row is not None]
+            log.warning(
+                "catalogue: %d rows not written at shutdown (the disk is full): dropping their entries",
+                len(keys),
+            )
+            self._rows.clear()
+            await self.storage.adelete_many(keys)
 
     def _wake_writer(self) -> None:
+        if self._full_retry is not None:
+            return  # waiting for room on the disk
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_rows(), name="catalogue-writer")
 
@@ -432,8 +453,15 @@ class Purger:
                 records, more = await asyncio.to_thread(
                     self.catalog.write_rows, writing, forget, self.applied, _screen_row
                 )
-            except Exception as exc:  # a full disk, an I/O error: those entries cannot be stored
-                await self._rows_failed(rows, exc)
+            except Exception as exc:
+                if failure_of(exc) == "no_space":
+                    # A full disk fails every batch until room is made: the rows wait (a purge
+                    # finds them among the queued rows) and their entries stay, or the cache
+                    # would pass every request to the origin meanwhile. Tried again later;
+                    # ROW_QUEUE_LIMIT bounds what waits (record() refuses more).
+                    self._rows_wait(batch, exc)
+                    break
+                await self._rows_failed(rows, exc)  # an I/O error: those entries cannot be stored
                 continue
             finally:
                 self._batch = None
@@ -496,6 +524,24 @@ class Purger:
             self._rows.pop(key, None)
         await self.storage.adelete_many(gone)
         await asyncio.to_thread(self.catalog.forget, gone)
+
+    def _rows_wait(self, batch: dict[str, CatalogRow | None], exc: Exception) -> None:
+        """Put a batch the full disk refused back in the queue (behind newer rows of its keys)."""
+        self.stats.catalog_full += 1
+        for key, row in batch.items():
+            self._rows.setdefault(key, row)
+        self.stats.catalog_pending = len(self._rows)
+        self._warn(
+            "catalogue: the disk is full (%r); %d rows wait to be written, their entries stay in memory",
+            exc,
+            len(self._rows),
+        )
+
+        def retry() -> None:
+            self._full_retry = None
+            self._wake_writer()
+
+        self._full_retry = asyncio.get_running_loop().call_later(FULL_RETRY_SECONDS, retry)
 
     async def _rows_failed(self, rows: list[CatalogRow], exc: Exception) -> None:
         self.stats.catalog_failed += len(rows)
