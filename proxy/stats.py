@@ -117,6 +117,12 @@ def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     if not isinstance(total, dict):
         total = {}
     total["workers"] = len(live)
+    health = [s["health"] for s in live if isinstance(s.get("health"), dict)]
+    if health:
+        # Each worker finds its own disk failures while running (a corrupt cache.db, a removed
+        # directory): the box reports the first worker that has one, not whichever came first.
+        total["health"] = next((h for h in health if h.get("l2") not in ("ok", "disabled")), health[0])
+        total["health"]["workers_l2_failed"] = sum(h.get("l2") == "failed" for h in health)
     total["per_worker"] = [
         {
             "worker": s.get("worker"),
@@ -131,8 +137,12 @@ def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
 
 def alone(stats: dict[str, Any]) -> dict[str, Any]:
     """A node that is not one of several workers: itself is the box."""
+    health = stats.get("health")
+    if isinstance(health, dict):
+        health = {**health, "workers_l2_failed": int(health.get("l2") == "failed")}
     return {
         **stats,
+        "health": health,
         "workers": 1,
         "per_worker": [
             {"worker": 0, "pid": os.getpid(), **{k: stats["engine"].get(k, 0) for k in BREAKDOWN}}

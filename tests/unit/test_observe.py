@@ -99,6 +99,17 @@ def test_the_box_sum_of_two_snapshots_is_their_sum() -> None:
     assert total["latency"]["hit"]["buckets"]["+Inf"] == 2 and total["latency"]["hit"]["count"] == 2
 
 
+def test_the_box_health_shows_a_worker_whose_disk_failed_while_running() -> None:
+    ok = {"l2": "ok", "l2_error": None, "catalog": "shared"}
+    failed = {"l2": "failed", "l2_error": "DatabaseError: disk image is malformed", "catalog": "shared"}
+    for order in ([ok, failed], [failed, ok]):
+        total = stats.combine([{"engine": {"requests": 1}, "health": dict(h)} for h in order])
+        assert total["health"]["l2"] == "failed" and "malformed" in total["health"]["l2_error"]
+        assert total["health"]["workers_l2_failed"] == 1
+    total = stats.combine([{"engine": {"requests": 1}, "health": dict(ok)}] * 2)
+    assert total["health"]["l2"] == "ok" and total["health"]["workers_l2_failed"] == 0
+
+
 def test_the_box_sum_of_the_slicers_counters_is_their_sum() -> None:
     one = {name: 1 for name in SliceStats.__dataclass_fields__}
     two = {name: 2 for name in SliceStats.__dataclass_fields__}
