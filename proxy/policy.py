@@ -738,9 +738,10 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
     """
     if entry.status not in (200, 206):
         return False
-    inm = request_headers.get("If-None-Match")
-    if inm is not None:
-        tags = parse_etags(inm)
+    lines = request_headers.getall("If-None-Match", None)
+    if lines is not None:
+        # A list field's lines are one list (RFC 9110 §5.3): a tag on a second line counts too.
+        tags = parse_etags(lines[0] if len(lines) == 1 else ", ".join(lines))
         if tags is None:
             return False
         if tags == ("*",):

@@ -311,6 +311,19 @@ CLIENT = [
         entry(status=404, etag='"v1"'), [("If-None-Match", '"v1"')], False, id="9110-13.2.1-only-2xx"
     ),
     pytest.param(STORED, [], False, id="9110-13.2.2-unconditional"),
+    # RFC 9110 §5.3: a list field on several lines is one list (found by a differential fuzz pass).
+    pytest.param(
+        STORED,
+        [("If-None-Match", '"nope"'), ("If-None-Match", '"v1"')],
+        True,
+        id="9110-5.3-list-on-two-lines",
+    ),
+    pytest.param(
+        STORED,
+        [("If-None-Match", '"nope"'), ("If-None-Match", '"other"')],
+        False,
+        id="9110-5.3-no-line-matches",
+    ),
 ]
 
 
