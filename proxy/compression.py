@@ -122,6 +122,36 @@ class Compression:
         media = (content_type or "").split(";", 1)[0].strip().lower()
         return bool(media) and self.types.match(media) is not None
 
+    def head_fields(
+        self, status: int, fields: Sequence[tuple[str, str]], asked: str
+    ) -> list[tuple[str, str]] | None:
+        """A HEAD answer's fields, from the origin's answer to it, as this cache's answer to the GET
+        would have them (RFC 9110 §9.3.2), or None when it would not encode that GET's answer.
+
+        `asked` is the request's reduced Accept-Encoding. The answer varies on Accept-Encoding;
+        in a coding this cache produces, it says that coding and its derived entity-tag and has no
+        Content-Length (a value the encoding alone determines, §9.3.2). As nginx's gzip filter
+        does for HEAD, this trusts the encoding to be smaller (a GET stores identity when not).
+        """
+        if not self.may_encode(status, fields):
+            return None
+        length = next((v for n, v in fields if n.lower() == "content-length"), None)
+        if length is not None and (not length.strip().isdigit() or int(length) < self.min_size):
+            return None
+        out = list(fields)
+        vary = [v.strip().lower() for n, v in out if n.lower() == "vary" for v in v.split(",")]
+        if ACCEPT_ENCODING not in vary and "*" not in vary:
+            out.append(("Vary", "Accept-Encoding"))
+        if asked not in self.codings:
+            return out
+        etag = next((v for n, v in out if n.lower() == "etag"), None)
+        out = [(n, v) for n, v in out if n.lower() not in _IDENTITY_ONLY and n.lower() != "content-length"]
+        out.append(("Content-Encoding", asked))
+        derived = derived_etag(etag, asked)
+        if derived is not None:
+            out.append(("ETag", derived))
+        return out
+
     def encode(self, body: bytes, codings: Sequence[str]) -> dict[str, bytes]:
         return encode(body, codings, self.gzip_level, self.brotli_quality)
 

@@ -264,6 +264,19 @@ class Engine:
             lk.normalised = headers
         return headers
 
+    def _as_get_would_be(self, lk: Lookup, answer: Answer) -> Answer:
+        """A HEAD answered with the origin's answer to it: with the fields this cache's answer to
+        the GET would have, which compression changes (RFC 9110 §9.3.2; compression.head_fields)."""
+        settings = self.fetcher.compression
+        if settings is None or not isinstance(answer, Reply):
+            return answer
+        fields = settings.head_fields(
+            answer.status, list(answer.headers.items()), self.normalised(lk)["Accept-Encoding"]
+        )
+        if fields is not None:
+            answer.headers = CIMultiDict(fields)
+        return answer
+
     def _conditionals(self, lk: Lookup) -> Headers:
         """The request's conditional and Range fields as normalised() has them, without the rest:
         all that answering from a stored response reads (proxy/delivery.py), and what says
@@ -425,16 +438,20 @@ class Engine:
                 self.stats.misses += 1
                 f = self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
                 if req.method == "HEAD":
-                    return await self._head(f)
+                    return self._as_get_would_be(lk, await self._head(f))
                 return await self._fetch(f)
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
                     if why == "partial":
                         # The stored parts cannot answer a HEAD; the origin's answer may update them.
-                        return await self._head(self._fetch_request(lk, None, why, interim))
+                        head = await self._head(self._fetch_request(lk, None, why, interim))
+                        return self._as_get_would_be(lk, head)
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
-                    return await self._pass(req, self.normalised(lk), why, invalidate=False, interim=interim)
+                    forwarded = await self._pass(
+                        req, self.normalised(lk), why, invalidate=False, interim=interim
+                    )
+                    return self._as_get_would_be(lk, forwarded)
                 return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
                 if why == "rule":

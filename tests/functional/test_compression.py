@@ -112,6 +112,36 @@ async def test_a_head_says_what_the_get_would(proxy: Proxy) -> None:
     assert head.headers["ETag"] == get.headers["ETag"]
 
 
+@pytest.mark.parametrize(
+    ("accept", "coding", "etag"),
+    [("br", "br", '"v1-br"'), ("gzip", "gzip", '"v1-gzip"'), (None, None, '"v1"')],
+)
+async def test_rfc9110_s9_3_2_a_head_the_origin_answers_says_what_the_get_would(
+    proxy: Proxy, origin: Origin, accept: str | None, coding: str | None, etag: str
+) -> None:
+    # A HEAD with nothing stored is forwarded (a HEAD creates no entry): the origin's identity
+    # fields came back without Vary, though the GET is answered in the client's coding with
+    # another entity-tag (found by a differential fuzz pass).
+    path = respond_path()
+    headers = {"Accept-Encoding": accept} if accept is not None else {}
+    async with proxy.session.head(proxy.url + path, headers=headers) as head:
+        assert await head.read() == b""
+    assert "fwd-status=200" in cache_status(head) and await origin.hits("/respond") == 1
+    get, body = await fetch(proxy, path, accept)
+    assert head.headers.get("Content-Encoding") == get.headers.get("Content-Encoding") == coding
+    assert head.headers["ETag"] == get.headers["ETag"] == etag
+    assert "accept-encoding" in vary(head) and "accept-encoding" in vary(get)
+    # A length the encoding alone determines is left out (§9.3.2); identity's is the origin's.
+    assert head.headers.get("Content-Length") == (str(len(body)) if coding is None else None)
+
+
+async def test_a_head_for_what_is_never_compressed_is_the_origins(proxy: Proxy) -> None:
+    path = respond_path("x" * 2000, content_type="image/png")
+    async with proxy.session.head(proxy.url + path, headers={"Accept-Encoding": "gzip"}) as head:
+        assert head.headers["ETag"] == '"v1"' and "Content-Encoding" not in head.headers
+        assert "accept-encoding" not in vary(head) and head.headers["Content-Length"] == "2000"
+
+
 async def test_ranges_are_answered_from_the_identity_variant(proxy: Proxy) -> None:
     path = respond_path()
     await fetch(proxy, path, "gzip, br")
