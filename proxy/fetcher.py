@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -37,7 +38,7 @@ from proxy.origin.errors import INVALID, failure
 from proxy.origin.rules import NO_BODY_STATUSES
 from proxy.origin.upstream import BufferedResponse
 from proxy.purger import Purger
-from proxy.routing import HOP_HEADER, FetchRouter
+from proxy.routing import HOP_HEADER, FetchRouter, Route
 from proxy.rules import Match
 from proxy.storage.memory import MemoryStorage
 from proxy.storage.tiered import TieredStorage
@@ -382,54 +383,64 @@ class Fetcher:
             self.purger.record(updated)  # queued; written behind the response
         return updated
 
-    async def _send_to_owner_or_origin(
+    def _send_to_owner_or_origin(
         self, f: FetchRequest, out_headers: CIMultiDict[str], method: str = "GET"
-    ) -> OriginResponse:
+    ) -> Coroutine[Any, Any, OriginResponse]:
         """Ask the peer that owns the key when there is one (edge clusters), else the origin.
+
+        A plain function returning the coroutine to await: without a cluster, a fetch awaits
+        the origin's send with no coroutine around it (every miss passes here).
+        """
+        router = self.router
+        if router is not None:
+            hop = f.client.hop
+            if hop is None or not router.is_peer(hop):  # one hop at most: never forwarded again
+                route = router.route(f.key)
+                if route is not None:
+                    return self._send_to_owner(f, out_headers, method, router, route)
+        return self._send_to_origin(f, out_headers, method)
+
+    async def _send_to_owner(
+        self, f: FetchRequest, out_headers: CIMultiDict[str], method: str, router: FetchRouter, route: Route
+    ) -> OriginResponse:
+        """Ask the key's owner edge; the origin when it fails us.
 
         An owner that fails is reported to the router (which skips it for a
         while) and the origin is asked instead, so a dead owner costs one
         failed attempt, never a failed request.
         """
-        router = self.router
-        route = None
-        if router is not None:
-            hop = f.client.hop
-            if hop is None or not router.is_peer(hop):  # one hop at most: never forwarded again
-                route = router.route(f.key)
-        if route is not None and router is not None:
-            peer_headers = out_headers.copy()
-            # The owner must compute the same key: keep the client's Host.
-            peer_headers["Host"] = f.client.host or self.origin_authority
-            peer_headers[HOP_HEADER] = self.cfg.name
-            try:
-                resp = await self.upstream.send(
-                    method,
-                    f.client.path_qs,
-                    peer_headers,
-                    origin=route.base_url,
-                    timeout=route.timeout,
-                    interim=f.interim,
-                )
-                taken: OriginResponse | str = await self._owner_answer(resp, route.timeout, method)
-            except UpstreamError as exc:
-                taken = exc.reason
-            if isinstance(taken, str):
-                log.warning("owner %s failed (%s); asking the origin", route.peer, taken)
-                router.failed(route)
-                self.stats.owner_fallbacks += 1
-            else:
-                router.succeeded(route)
-                if not self._older_than_a_purge_here(f.key, taken):
-                    self.stats.forwarded_to_owner += 1
-                    return taken
-                # A purge here that the owner has not heard of yet (the purge stream is
-                # down, issue 12 row 11): its copy left the origin before it, so ask the origin.
-                taken.close()
-                self.stats.owner_copies_refused += 1
-                log.warning(
-                    "owner %s answered with a copy older than a purge here; asking the origin", route.peer
-                )
+        peer_headers = out_headers.copy()
+        # The owner must compute the same key: keep the client's Host.
+        peer_headers["Host"] = f.client.host or self.origin_authority
+        peer_headers[HOP_HEADER] = self.cfg.name
+        try:
+            resp = await self.upstream.send(
+                method,
+                f.client.path_qs,
+                peer_headers,
+                origin=route.base_url,
+                timeout=route.timeout,
+                interim=f.interim,
+            )
+            taken: OriginResponse | str = await self._owner_answer(resp, route.timeout, method)
+        except UpstreamError as exc:
+            taken = exc.reason
+        if isinstance(taken, str):
+            log.warning("owner %s failed (%s); asking the origin", route.peer, taken)
+            router.failed(route)
+            self.stats.owner_fallbacks += 1
+        else:
+            router.succeeded(route)
+            if not self._older_than_a_purge_here(f.key, taken):
+                self.stats.forwarded_to_owner += 1
+                return taken
+            # A purge here that the owner has not heard of yet (the purge stream is
+            # down, issue 12 row 11): its copy left the origin before it, so ask the origin.
+            taken.close()
+            self.stats.owner_copies_refused += 1
+            log.warning(
+                "owner %s answered with a copy older than a purge here; asking the origin", route.peer
+            )
         return await self._send_to_origin(f, out_headers, method)
 
     async def _owner_answer(self, resp: OriginResponse, timeout: float, method: str) -> OriginResponse | str:
