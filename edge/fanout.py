@@ -135,6 +135,7 @@ class PurgeFanout:
                 raise
             except Exception as exc:
                 self.stats.redis_errors += 1
+                self.stats.caught_up = False  # /stats and /metrics show the stall
                 log.warning("purge stream read failed (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -148,14 +149,18 @@ class PurgeFanout:
         if not result:
             return 0
         entries = result[0][1]
-        for entry_id, fields in entries:
-            await self._apply(str(entry_id), fields)
+        for raw_id, fields in entries:
+            entry_id = _text(raw_id) or ""  # ids are ASCII, made by Redis
+            self._last_id = self.stats.last_id = entry_id
+            await self._apply(entry_id, fields)
         await asyncio.to_thread(self.purger.catalog.set_meta, LAST_ID_META, self._last_id)
         return len(entries)
 
-    async def _apply(self, entry_id: str, fields: dict[str, str]) -> None:
-        self._last_id = entry_id
-        self.stats.last_id = entry_id
+    async def _apply(self, entry_id: str, raw: dict[Any, Any]) -> None:
+        fields = _decoded(raw)
+        if fields is None:
+            log.warning("ignoring purge stream entry %s: its fields are not UTF-8 text", entry_id)
+            return
         if fields.get("from") == self.name:
             return  # applied locally when it was accepted
         try:
@@ -170,3 +175,31 @@ class PurgeFanout:
         self.stats.applied_from_stream += 1
         published_ms = int(entry_id.split("-", 1)[0])
         self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)
+
+
+def _text(value: object) -> str | None:
+    """A field as text, or None when it is not UTF-8: bytes (a client that does not decode) or a
+    str with lone surrogates (one that decodes with errors="surrogateescape", edge/node.py)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return value
+    return None
+
+
+def _decoded(fields: dict[Any, Any]) -> dict[str, str] | None:
+    """A stream entry's fields as text, or None when any name or value is not UTF-8."""
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        text_name, text_value = _text(name), _text(value)
+        if text_name is None or text_value is None:
+            return None
+        out[text_name] = text_value
+    return out

@@ -45,6 +45,7 @@ class Membership:
         self.states: dict[str, PeerState] = {p.name: PeerState(p) for p in cfg.peers}
         self.static = {p.name for p in cfg.peers}
         self.redis_errors = 0
+        self._ignored: set[object] = set()  # keys of member records that are not valid
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -119,19 +120,30 @@ class Membership:
             log.warning("reading members from Redis failed: %s", exc)
             return
         seen = set(self.static)
-        for raw in values:
+        ignored = set()
+        for key, raw in zip(names, values, strict=True):
             if raw is None:
                 continue
             try:
+                if isinstance(raw, str):
+                    # Lone surrogates stand for bytes that are not UTF-8 (the client decodes with
+                    # errors="surrogateescape", edge/node.py): a UnicodeEncodeError, a ValueError.
+                    raw.encode("utf-8")
                 data = json.loads(raw)
                 peer = Peer(str(data["name"]), str(data["url"]).rstrip("/"), float(data.get("weight", 1.0)))
-            except (ValueError, KeyError, TypeError):
+                peer.name.encode("utf-8")
+                peer.url.encode("utf-8")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                ignored.add(key)
+                if key not in self._ignored:
+                    log.warning("ignoring member record %r in Redis: %s", key, exc)
                 continue
             seen.add(peer.name)
             state = self.states.get(peer.name)
             if state is None or state.peer != peer:
                 log.info("member %s joined at %s", peer.name, peer.url)
                 self.states[peer.name] = PeerState(peer)
+        self._ignored = ignored  # warned about once while they stay
         for name in list(self.states):
             if name not in seen:
                 log.info("member %s left (heartbeat expired)", name)

@@ -28,6 +28,21 @@ from proxy.node import Node
 log = logging.getLogger("edge.node")
 
 
+def redis_client(url: str) -> Any:
+    """The edge's Redis client. Replies are decoded as UTF-8 with errors="surrogateescape": anyone
+    can write bytes that are not UTF-8 into a stream entry or a member key, and a strict decoding
+    fails the whole read (the purge stream would stop at that entry for good). The bytes come back
+    as lone surrogates, which the readers treat as malformed (edge/fanout.py, edge/membership.py),
+    and which encode back to the same bytes (a key name passed on to MGET)."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        encoding_errors="surrogateescape",
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+    )
+
+
 class EdgeNode:
     """The edge's own parts, beside the proxy node they extend."""
 
@@ -36,9 +51,7 @@ class EdgeNode:
         self.cluster = cluster
         self.redis: Any = None
         if cluster.redis_url:
-            self.redis = aioredis.from_url(
-                cluster.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
+            self.redis = redis_client(cluster.redis_url)
         self.membership = Membership(cluster, cfg.name, self.redis)
         self.router = OwnerRouter(self.membership, cfg.name, enabled=cluster.owner_routing)
         self.fanout: PurgeFanout | None = None

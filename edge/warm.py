@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 
-import redis.asyncio as aioredis
-
 from edge.config import cluster_config
 from edge.hashing import owner
 from edge.membership import Membership
+from edge.node import redis_client
 from proxy import warm
 from proxy.config import Config
 from proxy.node import url_keys_of
@@ -48,9 +47,7 @@ async def owner_router(cfg: Config, args: argparse.Namespace) -> OwnerRouter | N
         return None
     redis = None
     if cluster.redis_url:
-        redis = aioredis.from_url(
-            cluster.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        redis = redis_client(cluster.redis_url)
     membership = Membership(cluster, cfg.name, redis)
     try:
         await membership.refresh()

@@ -1,0 +1,109 @@
+"""The purge fan-out under faults: bad stream entries, Redis down across a restart, a trimmed or
+lost stream, a purge that fails to apply. Real edges, a real redis-server, the real origin stub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import pytest
+import redis as redis_sync
+
+from proxy.purge import PurgeRequest
+from tests.edge.conftest import Edge, RedisServer, StartEdges
+from tests.edge.test_cluster import key_for
+
+PATH = "/tags?keys=kept"
+
+
+def sync_client(redis_server: RedisServer) -> redis_sync.Redis:
+    return redis_sync.Redis(port=redis_server.port)
+
+
+async def until(condition: Any, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def restart(start_edges: StartEdges, edge: Edge, redis_url: str, **cluster: Any) -> Edge:
+    """Stop an edge (gracefully) if it runs, and start it again on the same port and cache directory."""
+    port = edge.server.port
+    await edge.server.close()
+    (again,) = await start_edges(
+        1,
+        redis_url=redis_url,
+        ports=[port],
+        names=[edge.cfg.name],
+        owner_routing=False,
+        peers=[{"name": edge.cfg.name, "url": f"http://127.0.0.1:{port}"}],
+        **cluster,
+    )
+    assert again.cfg.cache.dir == edge.cfg.cache.dir
+    return again
+
+
+async def purge_seen_by(edges: list[Edge], tag: str) -> None:
+    """A purge at edges[0] that every other edge has read (each has a stream position to resume from)."""
+    await edges[0].purger.purge(PurgeRequest("tag", (tag,)))
+    for edge in edges[1:]:
+        fanout = edge.node.fanout
+        assert fanout is not None
+        assert await until(lambda f=fanout: f.stats.applied_from_stream >= 1)
+
+
+# ------------------------------------------------------------ 1. bytes that are not UTF-8
+
+
+async def test_a_stream_entry_that_is_not_utf8_is_skipped_and_fan_out_goes_on(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await edge.get(PATH)
+    sync_client(redis_server).xadd(
+        "minicdn:purges", {b"from": b"\xff", b"kind": b"url", b"values": b'["/x"]', b"soft": b"0"}
+    )
+    with caplog.at_level(logging.WARNING, logger="edge.fanout"):
+        await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+        assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage)
+    fanout = edges[1].node.fanout
+    assert fanout is not None and fanout.stats.applied_from_stream == 1 and fanout.stats.caught_up
+    warnings = [r for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(warnings) == 2  # one per edge
+
+
+async def test_a_stream_entry_that_is_not_utf8_does_not_stop_catching_up_at_start(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await edge.get(PATH)
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    sync_client(redis_server).xadd("minicdn:purges", {"from": "edge-9", "kind": "tag", "values": b'["\xfe"]'})
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    again = await restart(start_edges, edges[1], redis_url)
+    assert key_for(again, PATH) not in again.storage  # applied before serving
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.caught_up and fanout.stats.applied_from_stream == 1
+
+
+async def test_a_member_record_that_is_not_utf8_is_ignored(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    (edge,) = await start_edges(1, redis_url=redis_url, owner_routing=False)
+    client = sync_client(redis_server)
+    client.set(b"minicdn:node:\xff", b'{"name": "edge-x", "url": "http://127.0.0.1:1"}')
+    client.set("minicdn:node:bin", b"\xff\xfe")
+    client.set("minicdn:node:edge-y", '{"name": "edge-y", "url": "http://127.0.0.1:2"}')
+    states = edge.node.membership.states
+    assert await until(lambda: "edge-y" in states)  # membership still follows Redis
+    assert "edge-x" in states  # a key name that is not UTF-8 holding a good record is a member
+    assert edge.node.membership.redis_errors == 0
