@@ -34,10 +34,20 @@ class FanoutStats:
     published: int = 0
     applied_from_stream: int = 0
     redis_errors: int = 0
+    apply_errors: int = 0  # purges from the stream that failed here (retried: the position waits)
     outbox: int = 0  # purges accepted here and not yet published
     stream_lag_ms: float = 0.0  # publish-to-apply delay of the last purge applied from the stream
     caught_up: bool = False
     last_id: str = ""
+
+
+class ApplyError(Exception):
+    """A purge read from the stream could not be applied here (the catalogue's disk, say)."""
+
+    def __init__(self, entry_id: str, cause: Exception) -> None:
+        super().__init__(f"entry {entry_id}: {cause!r}")
+        self.entry_id = entry_id
+        self.cause = cause
 
 
 class PurgeFanout:
@@ -133,6 +143,16 @@ class PurgeFanout:
                 backoff = 0.2
             except asyncio.CancelledError:
                 raise
+            except ApplyError as exc:
+                self.stats.caught_up = False
+                log.error(
+                    "applying purge stream entry %s failed (%r); the stream waits, retrying in %.1fs",
+                    exc.entry_id,
+                    exc.cause,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
             except Exception as exc:
                 self.stats.redis_errors += 1
                 self.stats.caught_up = False  # /stats and /metrics show the stall
@@ -141,7 +161,11 @@ class PurgeFanout:
                 backoff = min(backoff * 2, 5.0)
 
     async def _read_batch(self, block_ms: int | None) -> int:
-        """Read and apply one batch after the last id; returns how many entries were read."""
+        """Read and apply one batch after the last id; returns how many entries were read.
+
+        The position moves past an entry only once it was applied (or found malformed): a purge
+        that fails (the catalogue's disk) raises, and the next read starts at that entry again.
+        """
         kwargs: dict[str, Any] = {"count": 500}
         if block_ms is not None:
             kwargs["block"] = block_ms
@@ -149,12 +173,28 @@ class PurgeFanout:
         if not result:
             return 0
         entries = result[0][1]
-        for raw_id, fields in entries:
-            entry_id = _text(raw_id) or ""  # ids are ASCII, made by Redis
-            self._last_id = self.stats.last_id = entry_id
-            await self._apply(entry_id, fields)
-        await asyncio.to_thread(self.purger.catalog.set_meta, LAST_ID_META, self._last_id)
+        start = self._last_id
+        try:
+            for raw_id, fields in entries:
+                entry_id = _text(raw_id) or ""  # ids are ASCII, made by Redis
+                try:
+                    await self._apply(entry_id, fields)
+                except Exception as exc:
+                    self.stats.apply_errors += 1
+                    raise ApplyError(entry_id, exc) from exc
+                self._last_id = self.stats.last_id = entry_id
+        finally:
+            if self._last_id != start:
+                await self._save_position()
         return len(entries)
+
+    async def _save_position(self) -> None:
+        """Persist the last id applied. If that fails, this process still knows it; a restart
+        before the next save replays some entries, which purges nothing that should stay."""
+        try:
+            await asyncio.to_thread(self.purger.catalog.set_meta, LAST_ID_META, self._last_id)
+        except Exception as exc:
+            log.warning("could not save the purge stream position %s (%r)", self._last_id, exc)
 
     async def _apply(self, entry_id: str, raw: dict[Any, Any]) -> None:
         fields = _decoded(raw)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
+from edge.fanout import LAST_ID_META
 from proxy.purge import PurgeRequest
 from tests.edge.conftest import Edge, RedisServer, StartEdges
 from tests.edge.test_cluster import key_for
@@ -107,3 +108,31 @@ async def test_a_member_record_that_is_not_utf8_is_ignored(
     assert await until(lambda: "edge-y" in states)  # membership still follows Redis
     assert "edge-x" in states  # a key name that is not UTF-8 holding a good record is a member
     assert edge.node.membership.redis_errors == 0
+
+
+# --------------------------------------------------- 4. a purge from the stream that fails
+
+
+async def test_a_stream_purge_that_fails_is_retried_not_skipped(
+    start_edges: StartEdges, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await edge.get(PATH)
+    catalog = edges[1].purger.catalog
+    log_purge = catalog.log_purge
+    failures = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise OSError("disk I/O error")  # what a full or failing disk gives SQLite
+        return log_purge(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "log_purge", failing_once)
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage)
+    fanout = edges[1].node.fanout
+    assert fanout is not None and failures == [1] and fanout.stats.applied_from_stream == 1
+    stored = await asyncio.to_thread(catalog.get_meta, LAST_ID_META)
+    assert stored == fanout.stats.last_id
