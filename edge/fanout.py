@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from redis import exceptions as redis_exceptions
+
 from edge import tasks
 from edge.config import ClusterConfig
 from proxy.purge import PurgeRequest, parse_purge_request
@@ -38,6 +40,7 @@ class FanoutStats:
     outbox: int = 0  # purges accepted here and not yet published
     stream_lag_ms: float = 0.0  # publish-to-apply delay of the last purge applied from the stream
     caught_up: bool = False
+    gaps: int = 0  # times entries after this edge's position were gone: it invalidated everything
     last_id: str = ""
 
 
@@ -62,6 +65,7 @@ class PurgeFanout:
         self.outbox: deque[PurgeRequest] = deque(maxlen=100_000)
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
+        self._resumed = False  # the position to read from is known (_resume)
         # One publisher at a time: publish() and the consume loop both flush the outbox, and two
         # flushes awaiting the same XADD would publish the head twice (then pop an empty deque).
         self._flushing = asyncio.Lock()
@@ -102,21 +106,81 @@ class PurgeFanout:
 
     async def catch_up(self) -> None:
         """Apply every purge published since this edge last looked (call before serving)."""
-        stored = await asyncio.to_thread(self.purger.catalog.get_meta, LAST_ID_META)
         try:
-            if stored is None:
-                # A new edge: a cache that already holds entries replays the whole stream,
-                # an empty one only needs what comes next.
-                count = await asyncio.to_thread(self.purger.catalog.count)
-                stored = "0" if count else await self._stream_end()
-            self._last_id = stored
+            await self._resume()
             while await self._read_batch(block_ms=None):
                 pass
             self.stats.caught_up = True
         except Exception as exc:
-            self._last_id = self._last_id or (stored or "0")
-            self.stats.redis_errors += 1
+            if not isinstance(exc, ApplyError):
+                self.stats.redis_errors += 1
             log.error("could not read the purge stream before serving (%s); serving, will retry", exc)
+
+    async def _resume(self) -> None:
+        """Where this process reads from: the saved position, unless purges after it may be lost.
+
+        A new edge's position is the stream's end (an empty cache) or its start (a cache that
+        already holds entries replays the whole stream). When the stream no longer holds every
+        entry after the saved position (trimmed by stream_maxlen or XTRIM, XDEL, or Redis restarted
+        empty while this edge was down), the purges among them cannot be applied: this edge
+        invalidates everything it holds, as the purger does when its own log is too far behind,
+        and follows the stream from its end. Done once per process, before the first read.
+        """
+        if self._resumed:
+            return
+        stored = await asyncio.to_thread(self.purger.catalog.get_meta, LAST_ID_META)
+        position = stored
+        if position is None:
+            count = await asyncio.to_thread(self.purger.catalog.count)
+            position = "0" if count else await self._stream_end()
+        if stored is not None or position == "0":
+            gap = await self._gap(position)
+            if gap is not None:
+                end = await self._stream_end()  # before the purge: what is published after it is read
+                log.warning(
+                    "purge stream gap: %s; purges this edge missed may be lost, so it invalidates "
+                    "everything it holds and follows the stream from %s",
+                    gap,
+                    end,
+                )
+                await self.purger.purge(PurgeRequest("all"), propagate=False, by="purge stream gap")
+                self.stats.gaps += 1
+                position = end
+        self._last_id = self.stats.last_id = position
+        if position != stored:
+            await self._save_position()
+        self._resumed = True
+
+    async def _gap(self, last_id: str) -> str | None:
+        """Why entries after last_id may be missing from the stream, or None when none can be."""
+        last = _stream_id(last_id)
+        try:
+            info = await self.redis.xinfo_stream(self.cfg.purge_stream)
+        except redis_exceptions.ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            if last > (0, 0):
+                return (
+                    f"the stream {self.cfg.purge_stream} is gone (Redis restarted empty, or it was deleted)"
+                )
+            return None
+        first = info.get("first-entry")
+        length = int(info.get("length", 0))
+        # Redis >= 7.0: the newest id XDEL removed (XTRIM does not count) and how many were ever added.
+        deleted = _stream_id(str(info.get("max-deleted-entry-id") or "0"))
+        added = int(info.get("entries-added") or length)
+        if last == (0, 0):  # replaying the whole stream: is it whole?
+            return None if added <= length else f"{added - length} of its entries were trimmed or deleted"
+        if deleted > last:
+            return f"entries after {last_id} were deleted (the newest: {info['max-deleted-entry-id']})"
+        if first is None:
+            newest = _stream_id(str(info.get("last-generated-id") or "0"))
+            return f"it is empty, and entries after {last_id} were added" if newest > last else None
+        if _stream_id(str(first[0])) > last:
+            # Trimmed past last_id, or a stream made anew. (A trim that removed exactly the entries
+            # up to last_id lost nothing, but the stream cannot tell that case apart.)
+            return f"it starts at {first[0]}, after {last_id} (trimmed, or a new stream)"
+        return None
 
     async def _stream_end(self) -> str:
         newest = await self.redis.xrevrange(self.cfg.purge_stream, count=1)
@@ -136,8 +200,8 @@ class PurgeFanout:
             try:
                 if self.outbox:
                     await self._flush_outbox()
-                if not self.stats.caught_up and not self._last_id:
-                    await self.catch_up()
+                if not self._resumed:
+                    await self._resume()
                 await self._read_batch(block_ms=1000)
                 self.stats.caught_up = True
                 backoff = 0.2
@@ -215,6 +279,15 @@ class PurgeFanout:
         self.stats.applied_from_stream += 1
         published_ms = int(entry_id.split("-", 1)[0])
         self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3", or "0") as a pair that compares in stream order."""
+    ms, _, seq = value.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
 
 
 def _text(value: object) -> str | None:

@@ -33,6 +33,13 @@ async def until(condition: Any, seconds: float = 3.0) -> bool:
     return True
 
 
+async def hold(edge: Edge, path: str = PATH) -> None:
+    """The edge fetches path and stores it."""
+    resp, _ = await edge.get(path)
+    assert resp.status == 200
+    assert await until(lambda: key_for(edge, path) in edge.storage)
+
+
 async def restart(start_edges: StartEdges, edge: Edge, redis_url: str, **cluster: Any) -> Edge:
     """Stop an edge (gracefully) if it runs, and start it again on the same port and cache directory."""
     port = edge.server.port
@@ -53,10 +60,17 @@ async def restart(start_edges: StartEdges, edge: Edge, redis_url: str, **cluster
 async def purge_seen_by(edges: list[Edge], tag: str) -> None:
     """A purge at edges[0] that every other edge has read (each has a stream position to resume from)."""
     await edges[0].purger.purge(PurgeRequest("tag", (tag,)))
+    newest = await edges[0].node.redis.xrevrange("minicdn:purges", count=1)
+    target = stream_id(newest[0][0])
     for edge in edges[1:]:
         fanout = edge.node.fanout
         assert fanout is not None
-        assert await until(lambda f=fanout: f.stats.applied_from_stream >= 1)
+        assert await until(lambda f=fanout: stream_id(f.stats.last_id or "0") >= target)
+
+
+def stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 # ------------------------------------------------------------ 1. bytes that are not UTF-8
@@ -67,7 +81,7 @@ async def test_a_stream_entry_that_is_not_utf8_is_skipped_and_fan_out_goes_on(
 ) -> None:
     edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
     for edge in edges:
-        await edge.get(PATH)
+        await hold(edge)
     sync_client(redis_server).xadd(
         "minicdn:purges", {b"from": b"\xff", b"kind": b"url", b"values": b'["/x"]', b"soft": b"0"}
     )
@@ -85,7 +99,7 @@ async def test_a_stream_entry_that_is_not_utf8_does_not_stop_catching_up_at_star
 ) -> None:
     edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
     for edge in edges:
-        await edge.get(PATH)
+        await hold(edge)
     await purge_seen_by(edges, "other")
     await edges[1].server.close()
     sync_client(redis_server).xadd("minicdn:purges", {"from": "edge-9", "kind": "tag", "values": b'["\xfe"]'})
@@ -118,7 +132,7 @@ async def test_a_stream_purge_that_fails_is_retried_not_skipped(
 ) -> None:
     edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
     for edge in edges:
-        await edge.get(PATH)
+        await hold(edge)
     catalog = edges[1].purger.catalog
     log_purge = catalog.log_purge
     failures = []
@@ -136,3 +150,67 @@ async def test_a_stream_purge_that_fails_is_retried_not_skipped(
     assert fanout is not None and failures == [1] and fanout.stats.applied_from_stream == 1
     stored = await asyncio.to_thread(catalog.get_meta, LAST_ID_META)
     assert stored == fanout.stats.last_id
+
+
+# ----------------------------------------------- 3. entries lost while an edge was down
+
+
+async def test_an_edge_whose_missed_purges_were_trimmed_invalidates_everything(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await hold(edge)
+        await hold(edge, "/tags?keys=untouched")
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))  # edge-2 misses it...
+    for i in range(3):
+        await edges[0].purger.purge(PurgeRequest("tag", (f"flood{i}",)))
+    sync_client(redis_server).xtrim("minicdn:purges", maxlen=1, approximate=False)  # ...and it is trimmed
+    with caplog.at_level(logging.WARNING, logger="edge.fanout"):
+        again = await restart(start_edges, edges[1], redis_url)
+    assert key_for(again, PATH) not in again.storage  # before serving
+    assert key_for(again, "/tags?keys=untouched") not in again.storage  # everything it held
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 1 and fanout.stats.caught_up
+    assert any("gap" in r.getMessage() for r in caplog.records)
+    # It follows the stream from its end on.
+    await hold(again)
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    assert await until(lambda: key_for(again, PATH) not in again.storage)
+
+
+async def test_an_edge_that_finds_the_stream_gone_invalidates_everything(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await hold(edge)
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    redis_server.flush()  # Redis restarted empty (no persistence) while edge-2 was down
+    again = await restart(start_edges, edges[1], redis_url)
+    assert key_for(again, PATH) not in again.storage
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 1
+
+
+async def test_a_restart_without_a_gap_keeps_the_cache(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await hold(edge)
+    await purge_seen_by(edges, "earlier")
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    for i in range(3):
+        await edges[0].purger.purge(PurgeRequest("tag", (f"elsewhere{i}",)))
+    # Trimming entries this edge had read already is no gap.
+    sync_client(redis_server).xtrim("minicdn:purges", maxlen=4, approximate=False)
+    again = await restart(start_edges, edges[1], redis_url)
+    assert key_for(again, PATH) in again.storage
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 0 and fanout.stats.applied_from_stream == 3
