@@ -42,6 +42,7 @@ class ClusterConfig:
     heartbeat_seconds: float = 2.0  # Redis registration refresh; it expires after 3 of these
     purge_stream: str = "minicdn:purges"
     stream_maxlen: int = 100_000
+    outbox_limit: int = 10_000  # purges waiting for Redis per worker; beyond: one purge of everything
     member_prefix: str = "minicdn:node:"
 
 
@@ -121,6 +122,7 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         heartbeat_seconds=number("heartbeat_seconds", d.heartbeat_seconds),
         purge_stream=text("purge_stream", d.purge_stream) or d.purge_stream,
         stream_maxlen=int(number("stream_maxlen", d.stream_maxlen)),
+        outbox_limit=int(number("outbox_limit", d.outbox_limit)),
         member_prefix=text("member_prefix", d.member_prefix) or d.member_prefix,
     )
 

@@ -5,13 +5,15 @@ kind, values, soft; each edge resolves it against its own catalogue) to the
 stream. Every edge reads the stream from its own last-seen id, persisted with
 its L2, so an edge that was down applies what it missed before it serves
 again. When Redis is unreachable, local purges still work, the failures are
-counted and logged, unpublished purges wait in an outbox, and fan-out resumes
-when Redis returns.
+counted and logged, unpublished purges wait in an outbox (kept on disk with the
+stream position, so a restart does not lose them), and fan-out resumes when
+Redis returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +31,7 @@ from proxy.purger import Purger
 log = logging.getLogger("edge.fanout")
 
 LAST_ID_META = "purge_stream_last_id"
+OUTBOX_META = "purge_outbox"
 
 
 @dataclass(slots=True)
@@ -38,6 +41,7 @@ class FanoutStats:
     redis_errors: int = 0
     apply_errors: int = 0  # purges from the stream that failed here (retried: the position waits)
     outbox: int = 0  # purges accepted here and not yet published
+    outbox_overflows: int = 0  # times the outbox was full and became one purge of everything
     stream_lag_ms: float = 0.0  # publish-to-apply delay of the last purge applied from the stream
     caught_up: bool = False
     gaps: int = 0  # times entries after this edge's position were gone: it invalidated everything
@@ -56,13 +60,21 @@ class ApplyError(Exception):
 class PurgeFanout:
     """Publishes this edge's purges and applies everyone else's."""
 
-    def __init__(self, cfg: ClusterConfig, name: str, redis: Any, purger: Purger) -> None:
+    def __init__(
+        self, cfg: ClusterConfig, name: str, redis: Any, purger: Purger, slot: int = 0, durable: bool = True
+    ) -> None:
         self.cfg = cfg
         self.name = name
         self.redis = redis
         self.purger = purger
         self.stats = FanoutStats()
-        self.outbox: deque[PurgeRequest] = deque(maxlen=100_000)
+        # Purges accepted here and not published yet, oldest first; bounded by cfg.outbox_limit.
+        self.outbox: deque[PurgeRequest] = deque()
+        # Where the outbox is kept while it holds purges: one row per worker of the box (slot),
+        # in the catalogue beside the stream position; durable: that catalogue is on disk.
+        self._outbox_meta = OUTBOX_META if slot == 0 else f"{OUTBOX_META}.{slot}"
+        self._durable = durable
+        self._outbox_saved: list[dict[str, Any]] = []  # what the row holds now
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
         self._resumed = False  # the position to read from is known (_resume)
@@ -73,11 +85,34 @@ class PurgeFanout:
     # -------------------------------------------------------------- publish
 
     async def publish(self, request: PurgeRequest) -> None:
-        """The purger's listener: queue the purge and try to publish right away."""
-        self.outbox.append(request)
-        await self._flush_outbox()
+        """The purger's listener: queue the purge and try to publish right away.
 
-    async def _flush_outbox(self) -> None:
+        When it cannot be published, it is kept (on disk, with the stream position) before this
+        returns, so the purge's answer comes after it is safe from a restart of this edge.
+        """
+        async with self._flushing:
+            self._enqueue(request)
+            await self._flush_outbox_locked()
+
+    def _enqueue(self, request: PurgeRequest) -> None:
+        if len(self.outbox) < self.cfg.outbox_limit:
+            self.outbox.append(request)
+            return
+        # Dropping purges would let other edges serve what they covered: publish one purge of
+        # everything instead (soft only if every one was soft), which covers them all.
+        soft = request.soft and all(r.soft for r in self.outbox)
+        self.stats.outbox_overflows += 1
+        log.warning(
+            "purge outbox overflow: %d purges wait for Redis (cluster.outbox_limit); they become one "
+            "%s purge of everything, published when Redis is back",
+            len(self.outbox) + 1,
+            "soft" if soft else "hard",
+        )
+        self.outbox.clear()
+        self.outbox.append(PurgeRequest("all", (), soft))
+
+    async def flush(self) -> None:
+        """Publish what waits in the outbox, if Redis takes it."""
         async with self._flushing:
             await self._flush_outbox_locked()
 
@@ -101,6 +136,46 @@ class PurgeFanout:
             self.outbox.popleft()
             self.stats.published += 1
         self.stats.outbox = len(self.outbox)
+        await self._save_outbox()
+
+    async def _save_outbox(self) -> None:
+        """Keep the outbox beside the stream position (nothing is written while it stays empty)."""
+        rows = [{"kind": r.kind, "values": list(r.values), "soft": r.soft} for r in self.outbox]
+        if rows == self._outbox_saved:
+            return
+        try:
+            await asyncio.to_thread(self.purger.catalog.set_meta, self._outbox_meta, json.dumps(rows))
+        except Exception as exc:
+            log.error(
+                "could not keep %d unpublished purges on disk (%r): a restart loses them", len(rows), exc
+            )
+            return
+        self._outbox_saved = rows
+
+    async def load_outbox(self) -> None:
+        """Take back the purges this edge (this worker) accepted and had not published when it stopped."""
+        saved = await asyncio.to_thread(self.purger.catalog.get_meta, self._outbox_meta)
+        try:
+            rows = json.loads(saved) if saved else []
+            if not isinstance(rows, list):
+                raise ValueError("not a list")
+        except ValueError as exc:
+            log.warning("ignoring the saved purge outbox (%s)", exc)
+            rows = []
+        loaded = []
+        for row in rows:
+            try:
+                kind = row["kind"]
+                loaded.append(
+                    parse_purge_request({kind: True if kind == "all" else row["values"], "soft": row["soft"]})
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring a purge in the saved outbox: %r (%s)", row, exc)
+        self._outbox_saved = rows if isinstance(rows, list) else []
+        if loaded:
+            log.info("%d purges accepted before the last stop wait to be published", len(loaded))
+            self.outbox.extendleft(reversed(loaded))
+            self.stats.outbox = len(self.outbox)
 
     # ---------------------------------------------------------------- consume
 
@@ -186,20 +261,46 @@ class PurgeFanout:
         newest = await self.redis.xrevrange(self.cfg.purge_stream, count=1)
         return str(newest[0][0]) if newest else "0"
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._consume_loop(), name="edge purge stream")
+    def start(self, consume: bool = True) -> None:
+        """Follow the stream (consume: one worker per box), or only retry this worker's outbox."""
+        loop = self._consume_loop() if consume else self._outbox_loop()
+        self._task = asyncio.create_task(loop, name="edge purge stream" if consume else "edge purge outbox")
 
     async def stop(self) -> None:
         if self._task is not None:
             await tasks.stop(self._task)
             self._task = None
+        if self.outbox:
+            with contextlib.suppress(Exception):  # a last try, bounded
+                await asyncio.wait_for(self.flush(), timeout=2.0)
+        if self.outbox:
+            log.warning(
+                "stopping with %d purges accepted here not published to the purge stream (Redis "
+                "unreachable): the other edges have not applied them; %s",
+                len(self.outbox),
+                "they are kept with the cache and published when this edge starts again"
+                if self._durable
+                else "they are lost (the catalogue is in memory: no cache directory)",
+            )
+
+    async def _outbox_loop(self) -> None:
+        backoff = 0.2
+        while not tasks.stop_requested():
+            if self.outbox:
+                await self.flush()
+            if self.outbox:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            else:
+                backoff = 0.2
+                await asyncio.sleep(1.0)
 
     async def _consume_loop(self) -> None:
         backoff = 0.2
         while not tasks.stop_requested():
             try:
                 if self.outbox:
-                    await self._flush_outbox()
+                    await self.flush()
                 if not self._resumed:
                     await self._resume()
                 await self._read_batch(block_ms=1000)

@@ -86,15 +86,19 @@ class EdgeNode:
         await self.membership.start()
         try:
             if self.redis is not None:
-                fanout = PurgeFanout(self.cluster, self.cfg.name, self.redis, purger)
+                slot = 0 if node.box is None else node.box.index
+                durable = node.health.catalog != "memory"
+                fanout = PurgeFanout(self.cluster, self.cfg.name, self.redis, purger, slot, durable)
                 self.fanout = fanout
+                await fanout.load_outbox()  # purges accepted before a restart, not published yet
                 await fanout.catch_up()  # before the first request is served
+                if fanout.outbox:
+                    await fanout.flush()
                 purger.listeners.append(fanout.publish)
-                # Every worker publishes the purges it accepts; one per box applies the stream,
-                # so a purge reaches the shared tiers once (the others learn of it through the
-                # purge log, as of any purge: proxy/purger.py).
-                if node.box is None or node.box.index == 0:
-                    fanout.start()
+                # Every worker publishes the purges it accepts (and retries its outbox); one per
+                # box applies the stream, so a purge reaches the shared tiers once (the others
+                # learn of it through the purge log, as of any purge: proxy/purger.py).
+                fanout.start(consume=slot == 0)
             log.info(
                 "edge %s joined: %d members, owner routing %s, purge fan-out %s",
                 self.cfg.name,

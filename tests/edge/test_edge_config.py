@@ -49,6 +49,7 @@ CLUSTER_EXAMPLES = {
     "heartbeat_seconds": ("4", 4.0),
     "purge_stream": ("s", "s"),
     "stream_maxlen": ("99", 99),
+    "outbox_limit": ("5", 5),
     "member_prefix": ("p:", "p:"),
 }
 
