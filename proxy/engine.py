@@ -587,7 +587,7 @@ class Engine:
             status = CacheStatus(fwd=f.why, fwd_status=stream.resp.status)
             return await self._answer_when_stored(f, stream, status)
         task, leader = self.flights.start(f.key, lambda: self._flight(f))
-        joined = self.purger.current_epoch()
+        joined = 0 if leader else self.purger.current_epoch()
         try:
             if leader:
                 outcome = await asyncio.shield(task)

@@ -450,8 +450,8 @@ class Fetcher:
         or it refused the request) is its failure, not the origin's answer: this edge may well
         reach the origin. A small body is read whole within `timeout` (OWNER_BODY_READ)."""
         if resp.status >= 500:
-            member = resp.headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
-            if "fwd-status=" not in member and ";hit" not in member:
+            member = _upstream_member(resp.headers)
+            if ";hit" not in member and _FWD_STATUS.search(member) is None:
                 resp.close()
                 return f"its own {resp.status}"
         length = resp.content_length
@@ -502,8 +502,7 @@ class Fetcher:
             return False
         # The owner adds its Cache-Status member last. A forward there means the owner asked the
         # origin for this request, which was sent after the purge: the copy is newer than it.
-        owner_member = resp.headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
-        if not _a_stored_copy(owner_member):
+        if not _a_stored_copy(_upstream_member(resp.headers)):
             return False
         # A stored copy: Age counts whole seconds, so it may be up to a second older than it says
         # (a copy stored within a second after the purge is refused too: one more origin fetch).
@@ -868,6 +867,11 @@ def _tags(resource: CachedResource | None) -> frozenset[str]:
 
 
 _FWD_STATUS = re.compile(r";fwd-status=(\d+)")
+
+
+def _upstream_member(headers: Headers) -> str:
+    """The Cache-Status member (RFC 9211) of the cache that answered us: it adds its own last."""
+    return headers.getall("Cache-Status", [""])[-1].rsplit(",", 1)[-1]
 
 
 def _a_stored_copy(member: str) -> bool:

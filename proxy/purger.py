@@ -108,8 +108,8 @@ class Purger:
         epoch.advance_to(self.applied)
         self._records = 0
         self._sync_lock = asyncio.Lock()
-        # Catalogue rows not written yet (None: forget the key), oldest first, and the batch in flight.
         self._full_retry: asyncio.TimerHandle | None = None  # set while the disk is full
+        # Catalogue rows not written yet (None: forget the key), oldest first, and the batch in flight.
         self._rows: dict[str, CatalogRow | None] = {}
         self._batch: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None

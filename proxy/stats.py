@@ -117,12 +117,9 @@ def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
     if not isinstance(total, dict):
         total = {}
     total["workers"] = len(live)
-    health = [s["health"] for s in live if isinstance(s.get("health"), dict)]
-    if health:
-        # Each worker finds its own disk failures while running (a corrupt cache.db, a removed
-        # directory): the box reports the first worker that has one, not whichever came first.
-        total["health"] = next((h for h in health if h.get("l2") not in ("ok", "disabled")), health[0])
-        total["health"]["workers_l2_failed"] = sum(h.get("l2") == "failed" for h in health)
+    health = _box_health([s.get("health") for s in live])
+    if health is not None:
+        total["health"] = health
     total["per_worker"] = [
         {
             "worker": s.get("worker"),
@@ -137,17 +134,25 @@ def combine(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
 
 def alone(stats: dict[str, Any]) -> dict[str, Any]:
     """A node that is not one of several workers: itself is the box."""
-    health = stats.get("health")
-    if isinstance(health, dict):
-        health = {**health, "workers_l2_failed": int(health.get("l2") == "failed")}
     return {
         **stats,
-        "health": health,
+        "health": _box_health([stats.get("health")]),
         "workers": 1,
         "per_worker": [
             {"worker": 0, "pid": os.getpid(), **{k: stats["engine"].get(k, 0) for k in BREAKDOWN}}
         ],
     }
+
+
+def _box_health(reports: list[Any]) -> dict[str, Any] | None:
+    """The box's health from its workers'. Each finds its own disk failures while running (a corrupt
+    cache.db, a removed directory): the first worker that has one stands for the box, not whichever
+    came first, and `workers_l2_failed` counts them."""
+    health = [h for h in reports if isinstance(h, dict)]
+    if not health:
+        return None
+    worst = next((h for h in health if h.get("l2") not in ("ok", "disabled")), health[0])
+    return {**worst, "workers_l2_failed": sum(h.get("l2") == "failed" for h in health)}
 
 
 def _sum(values: list[Any], path: tuple[str, ...]) -> Any:

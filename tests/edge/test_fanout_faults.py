@@ -40,6 +40,14 @@ async def hold(edge: Edge, path: str = PATH) -> None:
     assert await until(lambda: key_for(edge, path) in edge.storage)
 
 
+async def holding_edges(start_edges: StartEdges, redis_url: str) -> list[Edge]:
+    """Two edges sharing the purge stream (no owner routing), each holding PATH."""
+    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    for edge in edges:
+        await hold(edge)
+    return edges
+
+
 async def restart(start_edges: StartEdges, edge: Edge, redis_url: str, **cluster: Any) -> Edge:
     """Stop an edge (gracefully) if it runs, and start it again on the same port and cache directory."""
     port = edge.server.port
@@ -79,9 +87,7 @@ def stream_id(value: str) -> tuple[int, int]:
 async def test_a_stream_entry_that_is_not_utf8_is_skipped_and_fan_out_goes_on(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     sync_client(redis_server).xadd(
         "minicdn:purges", {b"from": b"\xff", b"kind": b"url", b"values": b'["/x"]', b"soft": b"0"}
     )
@@ -98,9 +104,7 @@ async def test_a_stream_entry_that_is_not_utf8_is_skipped_and_fan_out_goes_on(
 async def test_a_stream_entry_that_is_not_utf8_does_not_stop_catching_up_at_start(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     await purge_seen_by(edges, "other")
     await edges[1].server.close()
     sync_client(redis_server).xadd("minicdn:purges", {"from": "edge-9", "kind": "tag", "values": b'["\xfe"]'})
@@ -131,9 +135,7 @@ async def test_a_member_record_that_is_not_utf8_is_ignored(
 async def test_a_stream_purge_that_fails_is_retried_not_skipped(
     start_edges: StartEdges, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     catalog = edges[1].purger.catalog
     log_purge = catalog.log_purge
     failures = []
@@ -163,9 +165,8 @@ async def test_a_stream_purge_that_fails_is_retried_not_skipped(
 async def test_an_edge_whose_missed_purges_were_trimmed_invalidates_everything(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
+    edges = await holding_edges(start_edges, redis_url)
     for edge in edges:
-        await hold(edge)
         await hold(edge, "/tags?keys=untouched")
     await purge_seen_by(edges, "other")
     await edges[1].server.close()
@@ -189,9 +190,7 @@ async def test_an_edge_whose_missed_purges_were_trimmed_invalidates_everything(
 async def test_an_edge_that_finds_the_stream_gone_invalidates_everything(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     await purge_seen_by(edges, "other")
     await edges[1].server.close()
     await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
@@ -205,9 +204,7 @@ async def test_an_edge_that_finds_the_stream_gone_invalidates_everything(
 async def test_a_restart_without_a_gap_keeps_the_cache(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     await purge_seen_by(edges, "earlier")
     await purge_seen_by(edges, "other")
     await edges[1].server.close()
@@ -227,9 +224,7 @@ async def test_a_restart_without_a_gap_keeps_the_cache(
 async def test_a_purge_waiting_for_redis_survives_a_restart_of_its_edge(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    edges = await start_edges(2, redis_url=redis_url, owner_routing=False)
-    for edge in edges:
-        await hold(edge)
+    edges = await holding_edges(start_edges, redis_url)
     redis_server.stop()
     await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
     fanout = edges[0].node.fanout
