@@ -160,13 +160,13 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _readyz(request: web.Request) -> web.Response:
-    """200 when the node can serve (proxy/readiness.py), else 503 with the checks that failed."""
+    """200 when the node can serve (proxy/readiness.py: ready or degraded), else 503 with the checks
+    that failed."""
     node = request.app[NODE_KEY]
     if not node.started:
         return json_reply({"name": node.cfg.name, "status": "starting", "ready": False}, 503)
     report = await node.readiness.report()
-    status = "ready" if report["ready"] else "not ready"
-    return json_reply({"name": node.cfg.name, "status": status, **report}, 200 if report["ready"] else 503)
+    return json_reply({"name": node.cfg.name, **report}, 200 if report["ready"] else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -64,9 +64,10 @@ def deferred(req: ClientRequest, cfg: Config, node: Node) -> Awaitable[Reply] | 
 
 
 async def ready(cfg: Config, readiness: Readiness) -> Reply:
-    """This node's readiness (proxy/readiness.py): 200 when it can serve, 503 with what is wrong."""
+    """This node's readiness (proxy/readiness.py): 200 when it can serve (ready or degraded), 503
+    with what is wrong."""
     report = await readiness.report()
-    body = json.dumps({"name": cfg.name, "status": "ready" if report["ready"] else "not ready", **report})
+    body = json.dumps({"name": cfg.name, **report})
     return _json(200 if report["ready"] else 503, body + "\n", CacheStatus(detail="ready"))
 
 

@@ -90,7 +90,9 @@ class BoxCollector(Collector):
         ready = s.get("ready")
         if isinstance(ready, Mapping):
             yield _gauge(
-                "minicdn_ready", "1 when the node is ready (origin, and Redis, reachable).", ready["ready"]
+                "minicdn_ready",
+                "1 when the node is ready: its checks passed (or degraded: passed once, failing now).",
+                ready["ready"],
             )
             checks = GaugeMetricFamily(
                 "minicdn_ready_check", "1 when a readiness check passes.", labels=["check"]

@@ -102,7 +102,8 @@ class Node:
         self.extra_stats: list[ExtraStats] = []
         self.health = StorageHealth()  # how the on-disk parts opened (shown in /stats)
         self.recorder = Recorder()  # what the front and the origin client count (proxy/observe.py)
-        self.readiness = Readiness(cfg.origin)  # /readyz: the origin reachable, and what edge/ adds
+        # /readyz: the origin reachable, and what edge/ adds
+        self.readiness = Readiness(cfg.origin, cfg.server.readiness_strict)
         self._storage: TieredStorage | None = None
         self._upstream: Upstream | None = None
         self._purger: Purger | None = None

@@ -1,13 +1,22 @@
 """Readiness: whether this node can do its job now, beside liveness (it runs and answers).
 
 What must live here: the checks behind `/readyz` (admin listener) and
-`/.well-known/minicdn/ready` (public port). A node is ready when its origin
-can be reached, and when every check the layer above adds passes (an edge of a
-cluster adds Redis, and having caught up with the purge stream). Liveness
-(`/healthz`, `/.well-known/minicdn/health`) stays "ok" whatever the origin
-does: a load balancer should stop sending traffic to a node that is not ready,
-but an orchestrator should not restart it for that, and peer edges keep
-asking it for what it owns (it may serve from cache).
+`/.well-known/minicdn/ready` (public port): its origin can be reached, and
+every check the layer above adds (an edge of a cluster adds Redis).
+
+A node becomes ready when every check has passed once since it started, so a
+node that cannot reach its origin from the start (a wrong origin URL, a
+missing route) never takes traffic, and a rolling deploy of it stalls. After
+that, a check that fails makes the node *degraded*, still ready (200): an
+origin or Redis outage is seen by every edge at once, and failing readiness
+then would make a load balancer pull every edge together, the whole cache,
+just when it is the only thing still serving (stale-if-error, stored copies).
+`server.readiness_strict: true` fails readiness whenever a check fails (each
+node then judges for itself, e.g. behind a load balancer that fails open).
+
+Liveness (`/healthz`, `/.well-known/minicdn/health`) stays "ok" whatever the
+origin does: an orchestrator should not restart a node for that, and peer
+edges keep asking it for what it owns (it may serve from cache).
 
 The origin check opens a TCP connection to the origin's host and port (the
 same error table as requests: refused, name does not resolve, timed out, ...)
@@ -37,9 +46,14 @@ CHECK_TIMEOUT = 2.0  # at most, for each check (the origin's own connect_timeout
 class Readiness:
     """The node's readiness checks: the origin's, and those `add` brings."""
 
-    def __init__(self, origin: OriginConfig) -> None:
+    def __init__(
+        self, origin: OriginConfig, strict: bool = False, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.origin = origin
+        self.strict = strict
+        self.monotonic = monotonic  # for CACHE_SECONDS (tests set a fake one)
         self.checks: dict[str, Check] = {"origin": self._origin_reachable}
+        self.passed: set[str] = set()  # checks that have passed once since the start
         self._report: dict[str, Any] | None = None
         self._at = 0.0
         self._round: asyncio.Future[dict[str, Any]] | None = None
@@ -49,8 +63,11 @@ class Readiness:
         self.checks[name] = check
 
     async def report(self) -> dict[str, Any]:
-        """{"ready": bool, "checks": {name: {"ok", "ms", "error"?}}}, at most CACHE_SECONDS old."""
-        if self._report is not None and time.monotonic() - self._at < CACHE_SECONDS:
+        """{"ready", "status", "checks": {name: {"ok", "ms", "error"?}}}, at most CACHE_SECONDS old.
+
+        status is "ready", "degraded" (ready; a check that passed before fails now) or "not ready".
+        """
+        if self._report is not None and self.monotonic() - self._at < CACHE_SECONDS:
             return self._report
         if self._round is None:
             self._round = asyncio.ensure_future(self._run())
@@ -60,13 +77,19 @@ class Readiness:
     def _finished(self, done: asyncio.Future[dict[str, Any]]) -> None:
         self._round = None
         if not done.cancelled() and done.exception() is None:
-            self._report, self._at = done.result(), time.monotonic()
+            self._report, self._at = done.result(), self.monotonic()
 
     async def _run(self) -> dict[str, Any]:
         names = list(self.checks)
         results = await asyncio.gather(*(self._one(self.checks[name]) for name in names))
         checks = dict(zip(names, results, strict=True))
-        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
+        self.passed.update(name for name, c in checks.items() if c["ok"])
+        failing = [name for name, c in checks.items() if not c["ok"]]
+        if not failing:
+            return {"ready": True, "status": "ready", "checks": checks}
+        if self.strict or not self.passed.issuperset(failing):
+            return {"ready": False, "status": "not ready", "checks": checks}
+        return {"ready": True, "status": "degraded", "degraded": failing, "checks": checks}
 
     async def _one(self, check: Check) -> dict[str, Any]:
         started = time.perf_counter()

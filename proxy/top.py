@@ -165,7 +165,8 @@ def _header(sample: Sample) -> Text:
     if ready is None:
         state = ("readiness unknown", "yellow")
     else:
-        state = ("ready", "green") if ready.get("ready") else ("not ready", "red")
+        status = str(ready.get("status") or ("ready" if ready.get("ready") else "not ready"))
+        state = (status, {"ready": "green", "degraded": "yellow"}.get(status, "red"))
     return Text.assemble(
         ("minicdn ", "bold"),
         (str(stats.get("name", "?")), "bold cyan"),

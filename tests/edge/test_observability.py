@@ -1,4 +1,4 @@
-"""A cluster as an operator sees it: readiness follows Redis; /metrics shows peers and the purge stream."""
+"""A cluster as an operator sees it: readiness and Redis; /metrics shows peers and the purge stream."""
 
 from __future__ import annotations
 
@@ -14,29 +14,50 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy import metrics, stats
 from proxy.admin import create_admin_app
 from proxy.purge import PurgeRequest
+from proxy.readiness import CACHE_SECONDS
 from proxy.routing import HEALTH_PATH, READY_PATH
 from tests.edge.conftest import RedisServer, StartEdges
 from tests.edge.test_cluster import path_owned_by
+from tests.functional.conftest import free_port
 
 
-async def test_readiness_fails_while_redis_is_down(
+async def test_a_redis_outage_degrades_readiness_and_strict_readiness_fails(
     start_edges: StartEdges, redis_url: str, redis_server: RedisServer
 ) -> None:
-    (edge,) = await start_edges(1, redis_url=redis_url)
-    resp, body = await edge.get(READY_PATH)
-    assert resp.status == 200, body
-    assert b'"redis": {"ok": true' in body and b'"origin": {"ok": true' in body
+    """Redis down is seen by every edge at once: they stay ready ("degraded", Redis named), so a
+    load balancer does not pull the whole cluster; with server.readiness_strict they answer 503."""
+    lenient, strict = await start_edges(2, redis_url=redis_url)
+    strict.server.node.readiness.strict = True  # as server.readiness_strict: true sets it
+    now = [0.0]
+    for edge in (lenient, strict):
+        edge.server.node.readiness.monotonic = lambda: now[0]
+        resp, body = await edge.get(READY_PATH)
+        assert resp.status == 200, body
+        assert b'"redis": {"ok": true' in body and b'"origin": {"ok": true' in body
     redis_server.stop()
-    await asyncio.sleep(1.1)  # past the cached answer
-    resp, body = await edge.get(READY_PATH)
-    assert resp.status == 503 and b"redis unreachable" in body, body
-    resp, _ = await edge.get(HEALTH_PATH)
+    now[0] += CACHE_SECONDS  # past the cached answer
+    resp, body = await lenient.get(READY_PATH)
+    assert resp.status == 200 and b'"status": "degraded"' in body and b"redis unreachable" in body, body
+    resp, body = await strict.get(READY_PATH)
+    assert resp.status == 503 and b'"status": "not ready"' in body and b"redis unreachable" in body, body
+    resp, _ = await strict.get(HEALTH_PATH)
     assert resp.status == 200  # still alive: it serves from cache and the origin
     redis_server.start()
     deadline = time.monotonic() + 10
-    while (await edge.get(READY_PATH))[0].status != 200:
+    while (await strict.get(READY_PATH))[0].status != 200:
         assert time.monotonic() < deadline, "not ready again after Redis came back"
         await asyncio.sleep(0.2)
+        now[0] += CACHE_SECONDS
+    resp, body = await lenient.get(READY_PATH)
+    assert resp.status == 200 and b'"status": "ready"' in body, body
+
+
+async def test_an_edge_that_never_reached_redis_is_not_ready(start_edges: StartEdges) -> None:
+    """Readiness passes once before an outage only degrades it: an edge started with Redis out of
+    reach (a wrong redis_url) never takes traffic."""
+    (edge,) = await start_edges(1, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    resp, body = await edge.get(READY_PATH)
+    assert resp.status == 503 and b'"status": "not ready"' in body and b"redis unreachable" in body, body
 
 
 async def test_metrics_show_peers_owner_routing_and_the_purge_stream(

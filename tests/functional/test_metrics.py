@@ -1,4 +1,4 @@
-"""`/metrics` counts every worker of the box, and readiness fails while the origin cannot be reached.
+"""`/metrics` counts every worker of the box; readiness fails until the origin could be reached.
 
 The metrics test runs a real box of two workers (`python -m proxy --workers 2`), sends a known
 sequence of requests (a miss, hits until both workers have answered, a stale answer, a pass, a
@@ -8,6 +8,7 @@ purge), and reads the Prometheus exposition with prometheus_client's own parser.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -16,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import metrics, stats
+from proxy.config import ServerConfig
+from proxy.readiness import CACHE_SECONDS
 from proxy.routing import HEALTH_PATH, READY_PATH
 from tests.functional.conftest import Origin, ProxyFactory, free_port
 from tests.functional.test_admin import AdminFactory, start_admin
@@ -165,7 +170,7 @@ async def test_origin_errors_are_counted_by_cause(
 # --------------------------------------------------------------------------- readiness
 
 
-async def test_readiness_fails_while_the_origin_is_down_and_liveness_stays_ok(
+async def test_readiness_fails_while_the_origin_was_never_reached_and_liveness_stays_ok(
     start_proxy: ProxyFactory, origin: Origin, session: aiohttp.ClientSession, aiohttp_server: Any
 ) -> None:
     from proxy.admin import create_admin_app
@@ -189,6 +194,66 @@ async def test_readiness_fails_while_the_origin_is_down_and_liveness_stays_ok(
     resp, body = await up.get(READY_PATH)
     assert resp.status == 200 and b'"status": "ready"' in body
     assert await origin.hits() == 0  # a TCP connect, no request
+
+
+class Listener:
+    """A TCP listener standing in for the origin of the readiness check (a connect, no request)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def ready_after(proxy: Any, now: list[float]) -> tuple[int, dict[str, Any]]:
+    """The public readiness answer, past the cached one (the readiness clock moved on a second)."""
+    now[0] += CACHE_SECONDS
+    resp, body = await proxy.get(READY_PATH)
+    return resp.status, json.loads(body)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "readiness_strict"])
+async def test_an_origin_outage_after_the_start_degrades_readiness_not_fails_it(
+    start_proxy: ProxyFactory, strict: bool
+) -> None:
+    """An origin outage is seen by every edge at once: failing readiness then would have a load
+    balancer pull them all, the whole cache, while they can still serve stored and stale copies.
+    Once its checks have passed, a node stays ready, "degraded"; readiness_strict restores the 503."""
+    origin = Listener()
+    await origin.start()
+    proxy = await start_proxy(
+        origin_url=f"http://127.0.0.1:{origin.port}",
+        server=ServerConfig(readiness_strict=strict),
+    )
+    now = [0.0]
+    proxy.server.node.readiness.monotonic = lambda: now[0]
+    status, report = await ready_after(proxy, now)
+    assert status == 200 and report["status"] == "ready" and report["checks"]["origin"]["ok"], report
+
+    await origin.stop()
+    status, report = await ready_after(proxy, now)
+    assert not report["checks"]["origin"]["ok"] and "refused" in report["checks"]["origin"]["error"]
+    if strict:
+        assert status == 503 and report["status"] == "not ready" and report["ready"] is False, report
+    else:
+        assert status == 200 and report["status"] == "degraded" and report["ready"] is True, report
+        assert report["degraded"] == ["origin"]
+    numbers = await stats.box(proxy.server.node)
+    numbers["ready"] = await proxy.server.node.readiness.report()
+    body, _ = metrics.render(numbers)
+    assert f"minicdn_ready {0.0 if strict else 1.0}" in body.decode()
+    assert 'minicdn_ready_check{check="origin"} 0.0' in body.decode()
+
+    await origin.start()
+    status, report = await ready_after(proxy, now)
+    assert status == 200 and report["status"] == "ready" and "degraded" not in report, report
 
 
 async def test_readiness_is_checked_at_most_once_a_second(start_proxy: ProxyFactory) -> None:

@@ -261,3 +261,18 @@ def test_top_leaves_out_slices_when_slicing_is_off() -> None:
     doc = {**document(1), "slices": None}
     Console(file=out, width=120).print(top.render(top.Sample(1.0, doc, None), None))
     assert "large objects" not in out.getvalue() and "cache tiers" in out.getvalue()
+
+
+def test_top_says_whether_the_node_is_ready_degraded_or_not_ready() -> None:
+    """proxy/readiness.py: "degraded" (a check that passed once fails now) is ready, and says so."""
+
+    def header(ready: dict[str, object] | None) -> str:
+        out = io.StringIO()
+        Console(file=out, width=120).print(top.render(top.Sample(1.0, document(1), ready), None))
+        return out.getvalue().splitlines()[0]
+
+    assert "ready" in header({"ready": True, "status": "ready", "checks": {}})
+    assert "degraded" in header({"ready": True, "status": "degraded", "degraded": ["origin"], "checks": {}})
+    assert "not ready" in header({"ready": False, "status": "not ready", "checks": {}})
+    assert "not ready" in header({"ready": False, "checks": {}})  # a node from before the status field
+    assert "readiness unknown" in header(None)
