@@ -108,7 +108,7 @@ class EdgeNode:
             )
             node.extra_stats.append(lambda: {"edge": self.stats(node)})
             if self.redis is not None:
-                node.readiness.add("redis", self.redis_reachable)  # beside the origin's check
+                node.readiness.add("redis", self.redis_reachable, self.cluster.redis_url or "")
             yield
         finally:
             if self.fanout is not None:

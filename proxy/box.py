@@ -20,7 +20,11 @@ connection (a socketpair the supervisor made) and uses it for:
 - **reload**: `POST /reload` on the admin API asks the supervisor to re-read
   its config and replace the workers;
 - **control** from the supervisor: how many workers share the box now (a lone
-  worker skips the locks), and "drain" (stop accepting, finish, exit).
+  worker skips the locks), and "drain" (stop accepting, finish, exit);
+- **readiness gates**: the readiness checks that have passed once in the box
+  (proxy/readiness.py), told by the worker that saw them pass and handed to
+  every worker that starts later, so the box is "degraded", not "not ready",
+  whichever worker a probe reaches during an outage.
 
 Messages are JSON objects, one per line. Nothing here touches the cache.
 """
@@ -96,6 +100,7 @@ class BoxClient:
         self.snapshot: Snapshot | None = None  # set by the worker: its own stats
         self.drain = asyncio.Event()  # the supervisor asked this worker to finish and exit
         self.lost = asyncio.Event()  # the supervisor is gone
+        self.checks_passed: set[str] = set()  # readiness gates passed in the box (Readiness.passed)
 
     @property
     def shared(self) -> bool:
@@ -175,6 +180,10 @@ class BoxClient:
     def release(self, key: str, outcome: Outcome, pass_seconds: float) -> None:
         self.send({"op": "release", "key": key, "outcome": outcome, "pass": pass_seconds})
 
+    def tell_passed(self, gates: list[str]) -> None:
+        """Readiness gates this worker saw pass first (Readiness.on_first_pass)."""
+        self.send({"op": "passed", "checks": gates})
+
     # ----------------------------------------------------------------- reading
 
     async def _read_loop(self) -> None:
@@ -204,6 +213,8 @@ class BoxClient:
                 future.set_result(message.get("outcome", "error"))
         elif op == "workers":
             self.workers = int(message.get("count", 1))
+        elif op == "passed":
+            self.checks_passed.update(_gates(message))
         elif op == "snapshot":
             # Off the read loop: gathering reads the disk tier's numbers on a thread.
             task = asyncio.get_running_loop().create_task(self._send_snapshot(ident))
@@ -275,11 +286,14 @@ class Coordinator:
         # Each live worker's last snapshot (by pid), and the counters of the workers that exited.
         self.last: dict[int, dict[str, Any]] = {}
         self.retired: dict[str, Any] = {}
+        self.checks_passed: set[str] = set()  # readiness gates passed in the box, by any worker
 
     async def attach(self, sock: socket.socket, index: int, pid: int, generation: int) -> WorkerLink:
         reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
         link = WorkerLink(index, pid, reader, writer, generation)
         self.links[pid] = link
+        if self.checks_passed:
+            link.send({"op": "passed", "checks": sorted(self.checks_passed)})
         return link
 
     def serving(self) -> list[WorkerLink]:
@@ -341,6 +355,8 @@ class Coordinator:
             )
         elif op == "ready":
             link.ready.set()
+        elif op == "passed":
+            self.checks_passed.update(_gates(message))
         elif op == "snapshot" and isinstance(ident, int):
             future = link.snapshots.pop(ident, None)
             if future is not None and not future.done():
@@ -429,3 +445,8 @@ class Coordinator:
         else:
             ok, message = await self.reload()
         link.send({"op": "reload", "id": ident, "ok": ok, "message": message})
+
+
+def _gates(message: dict[str, Any]) -> list[str]:
+    checks = message.get("checks")
+    return [c for c in checks if isinstance(c, str)] if isinstance(checks, list) else []

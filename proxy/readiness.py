@@ -53,14 +53,22 @@ class Readiness:
         self.strict = strict
         self.monotonic = monotonic  # for CACHE_SECONDS (tests set a fake one)
         self.checks: dict[str, Check] = {"origin": self._origin_reachable}
-        self.passed: set[str] = set()  # checks that have passed once since the start
+        # What each check reaches (its gate is kept per target: a reload that points the node at
+        # another origin is judged anew).
+        self.targets: dict[str, str] = {"origin": origin.url}
+        # "name target" of each check that has passed once since the node (its box) started. In a
+        # box of workers this is the box's set (proxy/worker.py), so a worker started during an
+        # outage (a reload, a restart) is degraded like its elders, not "not ready".
+        self.passed: set[str] = set()
+        self.on_first_pass: Callable[[list[str]], None] | None = None  # told of new entries
         self._report: dict[str, Any] | None = None
         self._at = 0.0
         self._round: asyncio.Future[dict[str, Any]] | None = None
 
-    def add(self, name: str, check: Check) -> None:
-        """One more check (the edge layer adds "redis" and "purge_stream")."""
+    def add(self, name: str, check: Check, target: str = "") -> None:
+        """One more check (the edge layer adds "redis"), and what it reaches."""
         self.checks[name] = check
+        self.targets[name] = target
 
     async def report(self) -> dict[str, Any]:
         """{"ready", "status", "checks": {name: {"ok", "ms", "error"?}}}, at most CACHE_SECONDS old.
@@ -83,11 +91,16 @@ class Readiness:
         names = list(self.checks)
         results = await asyncio.gather(*(self._one(self.checks[name]) for name in names))
         checks = dict(zip(names, results, strict=True))
-        self.passed.update(name for name, c in checks.items() if c["ok"])
+        gates = {name: f"{name} {self.targets.get(name, '')}" for name in names}
+        new = [gates[name] for name, c in checks.items() if c["ok"] and gates[name] not in self.passed]
+        if new:
+            self.passed.update(new)
+            if self.on_first_pass is not None:
+                self.on_first_pass(new)
         failing = [name for name, c in checks.items() if not c["ok"]]
         if not failing:
             return {"ready": True, "status": "ready", "checks": checks}
-        if self.strict or not self.passed.issuperset(failing):
+        if self.strict or not self.passed.issuperset(gates[name] for name in failing):
             return {"ready": False, "status": "not ready", "checks": checks}
         return {"ready": True, "status": "degraded", "degraded": failing, "checks": checks}
 

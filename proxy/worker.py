@@ -112,6 +112,10 @@ async def run(
     try:
         async with factory(cfg, time.time, box) as node:
             box.snapshot = lambda: stats.snapshot(node)
+            # Readiness gates are the box's: passed in any worker, before or after this one started.
+            box.checks_passed.update(node.readiness.passed)
+            node.readiness.passed = box.checks_passed
+            node.readiness.on_first_pass = box.tell_passed
             servers = [await serve_public(node, sock=sock) for sock in public]
             runner: web.AppRunner | None = None
             if admin is not None:

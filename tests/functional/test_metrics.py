@@ -14,7 +14,8 @@ import signal
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -254,6 +255,32 @@ async def test_an_origin_outage_after_the_start_degrades_readiness_not_fails_it(
     await origin.start()
     status, report = await ready_after(proxy, now)
     assert status == 200 and report["status"] == "ready" and "degraded" not in report, report
+
+
+async def test_workers_started_during_an_outage_are_degraded_like_the_ones_they_replace(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """The gate "passed once" is the box's: after a reload (or a restart) during an origin outage
+    the new workers, which never reached the origin themselves, answer "degraded", not 503."""
+    origin = Listener()
+    await origin.start()
+    at = SimpleNamespace(url=f"http://127.0.0.1:{origin.port}")
+    proc, port, admin = await start(spawn, 2, cast(Origin, at), tmp_path)
+
+    async def probes(n: int) -> list[tuple[int, str]]:
+        out = []
+        for _ in range(n):  # a connection each: SO_REUSEPORT spreads them over the workers
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{READY_PATH}") as r:
+                out.append((r.status, (await r.json())["status"]))
+        return out
+
+    assert set(await probes(6)) == {(200, "ready")}
+    await origin.stop()
+    done = await asyncio.to_thread(run_to_exit, [*MINICDN, "reload", "--admin", f"http://127.0.0.1:{admin}"])
+    assert done.returncode == 0, done.stderr
+    await wait_generation(admin, 2)
+    assert set(await probes(6)) == {(200, "degraded")}, proc.output()[-2000:]
+    assert proc.stop() == 0
 
 
 async def test_readiness_is_checked_at_most_once_a_second(start_proxy: ProxyFactory) -> None:
