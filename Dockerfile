@@ -20,8 +20,9 @@ WORKDIR /var/lib/minicdn
 ENV PYTHONUNBUFFERED=1
 EXPOSE 8080 9080
 
-# Readiness, not liveness: healthy while the node can serve, i.e. its origin (and, in a cluster,
-# Redis) can be reached; a 503 from the readiness path fails the check. The liveness path,
+# Readiness, not liveness: unhealthy (503) until its origin (and, in a cluster, Redis) has been
+# reached once; an outage after that is "degraded", still healthy (server.readiness_strict: 503
+# whenever a check fails; README "Readiness"). The liveness path,
 # /.well-known/minicdn/health, stays for peers and for orchestrators that restart a dead process.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/.well-known/minicdn/ready', timeout=3)"]
