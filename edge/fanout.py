@@ -32,6 +32,8 @@ log = logging.getLogger("edge.fanout")
 
 LAST_ID_META = "purge_stream_last_id"
 OUTBOX_META = "purge_outbox"
+# How often the consumer looks for the saved outboxes of worker slots the box no longer has.
+ADOPT_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -61,7 +63,14 @@ class PurgeFanout:
     """Publishes this edge's purges and applies everyone else's."""
 
     def __init__(
-        self, cfg: ClusterConfig, name: str, redis: Any, purger: Purger, slot: int = 0, durable: bool = True
+        self,
+        cfg: ClusterConfig,
+        name: str,
+        redis: Any,
+        purger: Purger,
+        slot: int = 0,
+        durable: bool = True,
+        workers: int = 1,
     ) -> None:
         self.cfg = cfg
         self.name = name
@@ -74,6 +83,8 @@ class PurgeFanout:
         # in the catalogue beside the stream position; durable: that catalogue is on disk.
         self._outbox_meta = OUTBOX_META if slot == 0 else f"{OUTBOX_META}.{slot}"
         self._durable = durable
+        self.workers = workers  # worker slots in the box: the consumer adopts the outboxes of others
+        self._adopted_at = 0.0  # when the consumer last looked for orphaned outboxes (monotonic)
         self._outbox_saved: list[dict[str, Any]] = []  # what the row holds now
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
@@ -155,27 +166,57 @@ class PurgeFanout:
     async def load_outbox(self) -> None:
         """Take back the purges this edge (this worker) accepted and had not published when it stopped."""
         saved = await asyncio.to_thread(self.purger.catalog.get_meta, self._outbox_meta)
-        try:
-            rows = json.loads(saved) if saved else []
-            if not isinstance(rows, list):
-                raise ValueError("not a list")
-        except ValueError as exc:
-            log.warning("ignoring the saved purge outbox (%s)", exc)
-            rows = []
-        loaded = []
-        for row in rows:
-            try:
-                kind = row["kind"]
-                loaded.append(
-                    parse_purge_request({kind: True if kind == "all" else row["values"], "soft": row["soft"]})
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("ignoring a purge in the saved outbox: %r (%s)", row, exc)
-        self._outbox_saved = rows if isinstance(rows, list) else []
+        rows, loaded = _saved_outbox(saved)
+        self._outbox_saved = rows
         if loaded:
             log.info("%d purges accepted before the last stop wait to be published", len(loaded))
             self.outbox.extendleft(reversed(loaded))
             self.stats.outbox = len(self.outbox)
+
+    async def adopt_orphans(self, workers: int) -> int:
+        """Take over the saved outboxes of worker slots the box no longer has (slot >= workers).
+
+        A box restarted or reloaded with fewer workers never starts those slots again, so their
+        purges would wait for good while the other edges serve what they covered. The consumer
+        (slot 0) calls this at the start and now and then (a reload's old workers save their
+        outbox as they exit). A slot that comes back later and still holds some of them publishes
+        them again: a purge applied twice purges nothing that should stay.
+        """
+        self._adopted_at = time.monotonic()
+        catalog = self.purger.catalog
+        try:
+            found = await asyncio.to_thread(catalog.meta_named, OUTBOX_META + ".")
+        except Exception as exc:  # the catalogue's disk: try again at the next round
+            log.warning("could not look for the outboxes of former worker slots (%r)", exc)
+            return 0
+        adopted = 0
+        async with self._flushing:
+            for name, saved in sorted(found.items()):
+                slot = name[len(OUTBOX_META) + 1 :]
+                if not slot.isdigit() or int(slot) < workers:
+                    continue
+                _, requests = _saved_outbox(saved)
+                if not requests:
+                    continue
+                for request in requests:
+                    self._enqueue(request)
+                adopted += len(requests)
+                # Ours first (with them in it), then theirs emptied: a crash between the two
+                # leaves them in both, published twice, never in neither.
+                await self._save_outbox()
+                try:
+                    await asyncio.to_thread(catalog.set_meta, name, "[]")
+                except Exception as exc:  # left in place: taken over (and published) again later
+                    log.warning("could not empty the outbox of worker slot %s (%r)", slot, exc)
+                log.warning(
+                    "%d unpublished purges of worker slot %s (no longer in the box) taken over",
+                    len(requests),
+                    slot,
+                )
+            if adopted:
+                self.stats.outbox = len(self.outbox)
+                await self._flush_outbox_locked()
+        return adopted
 
     # ---------------------------------------------------------------- consume
 
@@ -299,6 +340,9 @@ class PurgeFanout:
         backoff = 0.2
         while not tasks.stop_requested():
             try:
+                if time.monotonic() - self._adopted_at >= ADOPT_SECONDS:
+                    self._adopted_at = time.monotonic()
+                    await self.adopt_orphans(self.workers)
                 if self.outbox:
                     await self.flush()
                 if not self._resumed:
@@ -417,3 +461,24 @@ def _decoded(fields: dict[Any, Any]) -> dict[str, str] | None:
             return None
         out[text_name] = text_value
     return out
+
+
+def _saved_outbox(saved: str | None) -> tuple[list[Any], list[PurgeRequest]]:
+    """A saved outbox row: the rows as stored, and the purges among them that parse."""
+    try:
+        rows = json.loads(saved) if saved else []
+        if not isinstance(rows, list):
+            raise ValueError("not a list")
+    except ValueError as exc:
+        log.warning("ignoring the saved purge outbox (%s)", exc)
+        return [], []
+    loaded = []
+    for row in rows:
+        try:
+            kind = row["kind"]
+            loaded.append(
+                parse_purge_request({kind: True if kind == "all" else row["values"], "soft": row["soft"]})
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a purge in the saved outbox: %r (%s)", row, exc)
+    return rows, loaded

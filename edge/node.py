@@ -88,9 +88,13 @@ class EdgeNode:
             if self.redis is not None:
                 slot = 0 if node.box is None else node.box.index
                 durable = node.health.catalog != "memory"
-                fanout = PurgeFanout(self.cluster, self.cfg.name, self.redis, purger, slot, durable)
+                # A box's workers are told its size as cfg.workers (proxy/supervisor.py).
+                workers = max(1, node.cfg.workers) if node.box is not None else 1
+                fanout = PurgeFanout(self.cluster, self.cfg.name, self.redis, purger, slot, durable, workers)
                 self.fanout = fanout
                 await fanout.load_outbox()  # purges accepted before a restart, not published yet
+                if slot == 0:
+                    await fanout.adopt_orphans(workers)  # and those of slots no longer in the box
                 await fanout.catch_up()  # before the first request is served
                 if fanout.outbox:
                     await fanout.flush()

@@ -210,9 +210,10 @@ class Supervisor:
         announce(log, f"origin stub listening on http://{self.origin_listen}")
 
     def _worker_config(self, cfg: Config, count: int) -> Config:
-        """A worker's config: its share of the box's L1 budget (cache.l1.budget is per box)."""
+        """A worker's config: its share of the box's L1 budget (cache.l1.budget is per box), and
+        the box's size as `workers` (0 there means one per core: the worker learns the number)."""
         l1 = dataclasses.replace(cfg.cache.l1, budget=max(1, cfg.cache.l1.budget // count))
-        return dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, l1=l1))
+        return dataclasses.replace(cfg, workers=count, cache=dataclasses.replace(cfg.cache, l1=l1))
 
     async def _start_generation(self, cfg: Config) -> list[Worker]:
         """Start `self.count` workers with cfg and wait until each is ready; StartError if one is not."""

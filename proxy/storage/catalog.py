@@ -389,6 +389,14 @@ class Catalog:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta(name, value) VALUES (?, ?)", (name, value))
 
+    def meta_named(self, prefix: str) -> dict[str, str]:
+        """Every meta row whose name starts with prefix (a plain prefix: no LIKE wildcards)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return {str(name): str(value) for name, value in rows}
+
 
 _SELECT_SINCE = f"SELECT {_PURGE_COLUMNS} FROM purges WHERE epoch > ? ORDER BY epoch"
 

@@ -5,6 +5,7 @@ lost stream, a purge that fails to apply. Real edges, a real redis-server, the r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from edge.fanout import LAST_ID_META
+from edge.fanout import LAST_ID_META, OUTBOX_META
 from proxy.purge import PurgeRequest
 from tests.edge.conftest import Edge, RedisServer, StartEdges
 from tests.edge.test_cluster import key_for
@@ -237,6 +238,28 @@ async def test_a_purge_waiting_for_redis_survives_a_restart_of_its_edge(
     fanout = again.node.fanout
     assert fanout is not None and fanout.stats.outbox == 0 and fanout.stats.published == 1
     assert any("not published" in r.getMessage() for r in caplog.records)  # said at shutdown
+
+
+async def test_the_outbox_of_a_worker_slot_the_box_no_longer_has_is_taken_over(
+    start_edges: StartEdges, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A box of three workers stopped while Redis was down, started again with one: worker 2's
+    saved outbox (a purge it had answered) was never loaded by anyone, and the other edges kept
+    serving what it covered. The consumer (slot 0) now takes over slots beyond the box's size."""
+    edges = await holding_edges(start_edges, redis_url)
+    catalog = edges[0].purger.catalog
+    saved = [{"kind": "tag", "values": ["kept"], "soft": False}]
+    catalog.set_meta(f"{OUTBOX_META}.2", json.dumps(saved))  # what worker slot 2 left behind
+    catalog.set_meta(f"{OUTBOX_META}.x", json.dumps(saved))  # not a slot: left alone
+    with caplog.at_level(logging.WARNING, logger="edge.fanout"):
+        again = await restart(start_edges, edges[0], redis_url)  # one process: slot 0 of 1
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+    assert again.purger.catalog.get_meta(f"{OUTBOX_META}.2") == "[]"
+    assert again.purger.catalog.get_meta(f"{OUTBOX_META}.x") == json.dumps(saved)
+    assert any("worker slot 2" in r.getMessage() for r in caplog.records)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.outbox == 0 and fanout.stats.published == 1
+    assert await fanout.adopt_orphans(1) == 0  # nothing left to take over
 
 
 async def test_an_outbox_that_overflows_becomes_a_purge_of_everything(

@@ -140,3 +140,29 @@ async def test_without_a_supervisor_a_worker_fetches_alone(box: Box) -> None:
     await settle()
     assert a.lost.is_set() and not a.shared
     assert (await a.lock("k", wait=True, timeout=1)).kind == "unavailable"
+
+
+async def test_readiness_gates_passed_in_the_box_reach_workers_that_start_later(box: Box) -> None:
+    """proxy/readiness.py: a worker started during an outage knows the checks passed before."""
+    first = await box.worker()
+    first.tell_passed(["origin http://o.test"])
+    deadline = asyncio.get_running_loop().time() + 2
+    while not box.coordinator.checks_passed:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    later = await box.worker()
+    while not later.checks_passed:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert later.checks_passed == {"origin http://o.test"}
+
+
+def test_workers_are_told_the_box_size_in_their_config() -> None:
+    """`workers: 0` (one per core) becomes the number the supervisor started: edge/fanout.py's
+    consumer takes over the saved outboxes of the slots beyond it."""
+    from proxy.config import Config
+    from proxy.node import open_node
+    from proxy.supervisor import Supervisor
+
+    supervisor = Supervisor(Config(workers=0), open_node, workers=3)
+    assert supervisor._worker_config(Config(workers=0), 3).workers == 3
