@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -409,7 +411,7 @@ class Connection(asyncio.Protocol):
             try:
                 self.parser.feed_data(data)
             except _PARSE_ERRORS as exc:
-                self._parse_failed(exc)
+                self._parse_failed(exc, data)
                 return
             if not self.stopped:
                 self._answer_queued()
@@ -434,13 +436,20 @@ class Connection(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except _PARSE_ERRORS as exc:
-                self._parse_failed(exc)
+                self._parse_failed(exc, piece)
                 return
             if self.stopped:
                 return
         self._answer_queued()
 
-    def _parse_failed(self, exc: Exception) -> None:
+    def _parse_failed(self, exc: Exception, fed: bytes | memoryview) -> None:
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            method = _unknown_method(bytes(fed))
+            if method is not None:
+                # RFC 9110 §9.1: a method the server does not recognise is a 501, not a malformed
+                # request. (llhttp knows a fixed list of methods and stops at any other.)
+                self._stop(_BadRequest(501, f"method {method} not implemented"))
+                return
         if isinstance(exc, httptools.HttpParserUpgrade):
             # RFC 9110 §7.8: the upgrade is ignored; the request is answered as it is and
             # the connection closed, since what follows its head is another protocol.
@@ -731,7 +740,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return False
         ctx = self.ctx
-        keep_alive = req.keep_alive and not ctx.draining and not self.stopped
+        keep_alive = req.keep_alive and not ctx.draining and (not self.stopped or self._error_follows())
         if isinstance(answer, Delivery):
             member = ctx.node.members.of(answer.cache_status)
             head, body = delivery_head(answer, member, ctx.via, req.method, req.http10, keep_alive)
@@ -778,7 +787,7 @@ class Connection(asyncio.Protocol):
         if transport is None:
             return
         ctx = self.ctx
-        keep_alive = req.keep_alive and not ctx.draining and not self.stopped
+        keep_alive = req.keep_alive and not ctx.draining and (not self.stopped or self._error_follows())
         member = ctx.node.members.of(reply.cache_status)
         try:
             head, framing, keep_alive = reply_head(
@@ -812,6 +821,13 @@ class Connection(asyncio.Protocol):
             transport.write(LAST_CHUNK)
         if not keep_alive and self.transport is not None:
             self._close_after_answer(transport)
+
+    def _error_follows(self) -> bool:
+        """Whether a stopped connection still has an error answer queued behind this one (a
+        malformed request pipelined after good ones): the answers before it keep the connection
+        open for it, or it would be cleared unwritten and the client never learn why it closed."""
+        queue = self.queue
+        return bool(queue) and isinstance(queue[-1], _BadRequest)
 
     def _close_after_answer(self, transport: asyncio.Transport) -> None:
         self.stopped = True
@@ -925,6 +941,29 @@ def _absolute_target(url: bytes) -> tuple[str, str, str, str]:
         raise _BadRequest(400, "invalid request target")
     path, _, query = target.decode("ascii").partition("?")
     return scheme, authority.decode("ascii", "replace"), path, query
+
+
+# A request line whose method is a token (RFC 9110 §9.1, §5.6.2); the target is not checked.
+_REQUEST_LINE = re.compile(rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) [^ \r\n]+ HTTP/1\.[01]\r?\n")
+
+
+def _unknown_method(fed: bytes) -> str | None:
+    """The method of the request line in `fed` that llhttp refused (a token it does not know), or
+    None when there is none (bytes that are not HTTP: a 400). Earlier requests in `fed` that were
+    parsed have methods it knows."""
+    unknown = [m for m in _REQUEST_LINE.findall(fed) if not _llhttp_knows(m)]
+    return unknown[-1].decode("ascii") if unknown else None
+
+
+@functools.lru_cache(maxsize=64)
+def _llhttp_knows(method: bytes) -> bool:
+    try:
+        httptools.HttpRequestParser(None).feed_data(method + b" / HTTP/1.1\r\n\r\n")
+    except httptools.HttpParserInvalidMethodError:
+        return False
+    except httptools.HttpParserError:
+        pass
+    return True
 
 
 def _parser_reason(exc: Exception) -> str:

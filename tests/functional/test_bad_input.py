@@ -7,6 +7,7 @@ traceback, and keep serving afterwards.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,36 @@ async def test_malformed_request_gets_4xx_and_proxy_keeps_serving(
     assert b"Traceback" not in answer
     # Nothing of it reached the origin.
     assert await origin.hits() == 0
+    await _still_serves(proxy, origin)
+
+
+UNKNOWN_METHODS = {
+    "a-token-llhttp-does-not-know": (b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", [501], b"method BREW"),
+    "lower-case": (b"get /max-age/60 HTTP/1.1\r\nHost: x\r\n\r\n", [501], b"method get"),  # case-sensitive
+    "after-a-known-one": (
+        b"GET /max-age/60 HTTP/1.1\r\nHost: x\r\n\r\nBREW /pot HTTP/1.1\r\nHost: x\r\n\r\n",
+        [200, 501],
+        b"method BREW",
+    ),
+    "not-http-after-a-request": (
+        b"GET /max-age/60 HTTP/1.1\r\nHost: x\r\n\r\n\x16\x03\x01\x02",
+        [200, 400],
+        b"",
+    ),
+    "not-http": (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", [400], b""),
+}
+
+
+@pytest.mark.parametrize("raw, statuses, reason", UNKNOWN_METHODS.values(), ids=UNKNOWN_METHODS.keys())
+async def test_an_unknown_method_is_501_not_implemented(
+    proxy: Proxy, origin: Origin, raw: bytes, statuses: list[int], reason: bytes
+) -> None:
+    """RFC 9110 §9.1: a method the server does not recognise gets a 501 (it was a 400, "malformed
+    request", which blamed the request's syntax); bytes that are not HTTP stay a 400."""
+    answer = await _raw(proxy, raw)
+    found = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert found == statuses, answer[:500]
+    assert reason in answer and b"Traceback" not in answer
     await _still_serves(proxy, origin)
 
 
