@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import types
@@ -75,6 +76,10 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
 
 # The smallest slice (cache.slice_size): every slice is one entry, and a catalogue row.
 MIN_SLICE_SIZE = 16 * 1024
+# The longest lifetime or stale window a rule or policy.default_ttl may set: the cap RFC 9111 §1.2.2
+# puts on delta-seconds (68 years). Beyond it a remaining lifetime no longer fits Cache-Status's
+# ttl (an RFC 8941 Integer, 15 digits), and every hit on such an entry would fail.
+MAX_TTL = 2**31
 
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
@@ -534,7 +539,7 @@ def config_from_mapping(
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
         send_timeout=r.positive(o, "send_timeout", od.send_timeout, "origin"),
-        max_connections=int(r.positive(o, "max_connections", od.max_connections, "origin")),
+        max_connections=r.whole(o, "max_connections", od.max_connections, 1, None, "origin"),
         idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
         unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
         underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
@@ -551,7 +556,7 @@ def config_from_mapping(
         l2=_tier(r, c.get("l2", {}), "cache.l2", cd.l2, allow_random=False),
         l2_read_on_loop_max=r.size(c, "l2_read_on_loop_max", cd.l2_read_on_loop_max, "cache"),
         l2_write_queue=r.size(c, "l2_write_queue", cd.l2_write_queue, "cache"),
-        l2_write_batch=int(r.positive(c, "l2_write_batch", cd.l2_write_batch, "cache")),
+        l2_write_batch=r.whole(c, "l2_write_batch", cd.l2_write_batch, 1, None, "cache"),
         slice_size=r.size(c, "slice_size", cd.slice_size, "cache"),
         slice_threshold=r.size(c, "slice_threshold", cd.slice_threshold, "cache"),
     )
@@ -605,7 +610,7 @@ def config_from_mapping(
             p, "default_stale_while_revalidate", pd.default_stale_while_revalidate, "policy"
         ),
         stale_on_disconnect=r.non_negative(p, "stale_on_disconnect", pd.stale_on_disconnect, "policy"),
-        max_variants=int(r.positive(p, "max_variants", pd.max_variants, "policy")),
+        max_variants=r.whole(p, "max_variants", pd.max_variants, 1, None, "policy"),
         tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
         strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),
         invalidate_on_unsafe=_invalidation(r, p.get("invalidate_on_unsafe", {}), pd.invalidate_on_unsafe),
@@ -620,8 +625,8 @@ def config_from_mapping(
         coalesce_timeout=r.positive(f, "coalesce_timeout", fd.coalesce_timeout, "fetch"),
         hit_for_pass_ttl=r.non_negative(f, "hit_for_pass_ttl", fd.hit_for_pass_ttl, "fetch"),
         refresh_ahead_fraction=r.fraction(f, "refresh_ahead_fraction", fd.refresh_ahead_fraction, "fetch"),
-        refresh_ahead_max_concurrent=int(
-            r.positive(f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, "fetch")
+        refresh_ahead_max_concurrent=r.whole(
+            f, "refresh_ahead_max_concurrent", fd.refresh_ahead_max_concurrent, 1, None, "fetch"
         ),
         complete_ranges=r.boolean(f, "complete_ranges", fd.complete_ranges, "fetch"),
         prefetch_preload=r.whole(f, "prefetch_preload", fd.prefetch_preload, 0, 64, "fetch"),
@@ -650,9 +655,9 @@ def config_from_mapping(
     r.only(sv, "server", set(ServerConfig.__dataclass_fields__))
     sd = ServerConfig()
     server = ServerConfig(
-        max_connections=int(r.positive(sv, "max_connections", sd.max_connections, "server")),
-        max_connections_per_ip=int(
-            r.non_negative(sv, "max_connections_per_ip", sd.max_connections_per_ip, "server")
+        max_connections=r.whole(sv, "max_connections", sd.max_connections, 1, None, "server"),
+        max_connections_per_ip=r.whole(
+            sv, "max_connections_per_ip", sd.max_connections_per_ip, 0, None, "server"
         ),
         header_timeout=r.positive(sv, "header_timeout", sd.header_timeout, "server"),
         keepalive_timeout=r.positive(sv, "keepalive_timeout", sd.keepalive_timeout, "server"),
@@ -882,8 +887,9 @@ def parse_size(value: object) -> int:
         m = _SIZE_RE.match(value)
         if m:
             unit = (m.group(2) or "").lower()
-            if unit in _SIZE_UNITS:
-                return int(float(m.group(1)) * _SIZE_UNITS[unit])
+            size = float(m.group(1)) * _SIZE_UNITS[unit] if unit in _SIZE_UNITS else None
+            if size is not None and math.isfinite(size):  # a run of digits past 1e308 is inf
+                return int(size)
     raise ValueError(f"{value!r} is not a size (use bytes, or e.g. '64MiB', '10MB')")
 
 
@@ -994,8 +1000,8 @@ def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:
             raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes") from None
         if not 200 <= code <= 599:
             raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes (200-599)")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 0:
-            raise r.error(f"policy.default_ttl.{status}", "must be a number of seconds >= 0")
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl <= MAX_TTL:
+            raise r.error(f"policy.default_ttl.{status}", f"must be a number of seconds from 0 to {MAX_TTL}")
         out[code] = float(ttl)
     return out
 
@@ -1069,8 +1075,8 @@ class _RuleReader:
         if key not in m:
             return None
         v = m[key]
-        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-            raise self.error(key, "must be a number of seconds >= 0")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_TTL:
+            raise self.error(key, f"must be a number of seconds from 0 to {MAX_TTL}")
         return float(v)
 
     def flag(self, m: dict[str, Any], key: str, field: str) -> bool | None:
@@ -1290,6 +1296,8 @@ class _Reader:
         v = m.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self.error(self._full(section, key), "must be a number")
+        if not math.isfinite(v):  # YAML's .inf / .nan, or "inf" from the environment
+            raise self.error(self._full(section, key), f"must be a finite number, not {v}")
         return float(v)
 
     def positive(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
@@ -1304,10 +1312,15 @@ class _Reader:
             raise self.error(self._full(section, key), "must be 0 or more")
         return v
 
-    def whole(self, m: dict[str, Any], key: str, default: int, low: int, high: int, section: str = "") -> int:
+    def whole(
+        self, m: dict[str, Any], key: str, default: int, low: int, high: int | None, section: str = ""
+    ) -> int:
+        """A whole number from low to high (None: no upper bound). A count is never a float: 0.5
+        connections must not become 0 (every connection refused) by truncation."""
         v = m.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
-            raise self.error(self._full(section, key), f"must be a whole number from {low} to {high}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
+            span = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            raise self.error(self._full(section, key), f"must be a whole number {span}")
         return v
 
     def fraction(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:

@@ -145,7 +145,9 @@ def test_sizes(value: object, expected: int) -> None:
     assert parse_size(value) == expected
 
 
-@pytest.mark.parametrize("value", [-1, "-1", True, 1.5, "lots", "64 MiBs", "64PB", "", None, [1]])
+@pytest.mark.parametrize(
+    "value", [-1, "-1", True, 1.5, "lots", "64 MiBs", "64PB", "", None, [1], "9" * 400, "9" * 400 + "MiB"]
+)
 def test_bad_sizes(value: object) -> None:
     with pytest.raises(ValueError):
         parse_size(value)
@@ -203,6 +205,19 @@ ERRORS = [
     pytest.param("name: '1 edge'\n", "name", id="bad-name"),
     pytest.param("log: {level: LOUD}\n", "log.level", id="bad-log-level"),
     pytest.param("name: [unclosed\n", "not valid YAML", id="invalid-yaml"),
+    # Numbers that are not finite, and counts that are not whole: refused, not a traceback
+    # (int(inf)) nor accepted to misbehave (NaN timeouts; 0.5 connections truncated to 0).
+    pytest.param("origin: {connect_timeout: .nan}\n", "origin.connect_timeout", id="nan-timeout"),
+    pytest.param("drain_timeout: .inf\n", "drain_timeout", id="inf-seconds"),
+    pytest.param("server: {max_connections: .inf}\n", "server.max_connections", id="inf-count"),
+    pytest.param("origin: {max_connections: .nan}\n", "origin.max_connections", id="nan-count"),
+    pytest.param("server: {max_connections: 0.5}\n", "server.max_connections", id="count-truncated-to-0"),
+    pytest.param("cache: {l2_write_batch: 0.5}\n", "cache.l2_write_batch", id="batch-truncated-to-0"),
+    pytest.param("policy: {default_ttl: {200: .inf}}\n", "policy.default_ttl.200", id="default-ttl-inf"),
+    pytest.param(
+        "policy: {default_ttl: {200: 1.0e+20}}\n", "policy.default_ttl.200", id="default-ttl-past-2**31"
+    ),
+    pytest.param("cache: {max_object_size: '" + "9" * 400 + "'}\n", "cache.max_object_size", id="size-inf"),
 ]
 
 

@@ -52,7 +52,7 @@ BAD_RULES = [
     ),
     pytest.param([{"name": "a"}], "rules[0] (a)", "has no action", id="no-action"),
     pytest.param([{"name": "a", "tll": 1}], "rules[0] (a): tll", "unknown key", id="typo"),
-    pytest.param([{"name": "a", "ttl": -1}], "rules[0] (a): ttl", ">= 0", id="negative-ttl"),
+    pytest.param([{"name": "a", "ttl": -1}], "rules[0] (a): ttl", "from 0 to", id="negative-ttl"),
     pytest.param([{"name": "a", "ttl": "1m"}], "rules[0] (a): ttl", "seconds", id="ttl-text"),
     pytest.param([{"name": "a", "bypass": "yes"}], "rules[0] (a): bypass", "true or false", id="bypass"),
     pytest.param(
@@ -119,6 +119,12 @@ BAD_RULES = [
         [{"name": "a", "bypass": True, "ttl": 5}], "rules[0] (a): bypass", "ttl would have no effect", id="bp"
     ),
     pytest.param([{"name": "a", "tags": ["a b"]}], "rules[0] (a): tags", "no spaces", id="tag-space"),
+    # A lifetime past 2**31 s left every hit on the entry a 500 (its ttl no longer fits Cache-Status).
+    pytest.param([{"name": "a", "ttl": float("inf")}], "rules[0] (a): ttl", "from 0 to 2147483648", id="inf"),
+    pytest.param([{"name": "a", "ttl": 1e20}], "rules[0] (a): ttl", "from 0 to 2147483648", id="huge-ttl"),
+    pytest.param(
+        [{"name": "a", "default_ttl": float("nan")}], "rules[0] (a): default_ttl", "from 0 to", id="nan"
+    ),
 ]
 
 
