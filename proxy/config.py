@@ -474,6 +474,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # a ValueError, not a ConfigError: it was a traceback
+        raise ConfigError(
+            f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

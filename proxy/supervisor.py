@@ -314,6 +314,12 @@ class Supervisor:
                 check_admin(cfg)
             except ConfigError as exc:
                 return False, f"reload failed, the running workers go on: {exc}"
+            except Exception as exc:
+                # Reading the config must only raise ConfigError; anything else (a validation gap) is
+                # still an answer: propagated, it left `POST /reload` waiting for one (120 s, and
+                # `minicdn reload` timed out) and SIGHUP with an unretrieved task exception.
+                log.exception("reading the config for a reload failed")
+                return False, f"reload failed, the running workers go on: cannot read the config: {exc!r}"
             old_public, old_admin = self.public, self.admin
             count = cfg.workers or os.cpu_count() or 1
             try:

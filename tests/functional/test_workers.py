@@ -20,6 +20,9 @@ import aiohttp
 import pytest
 
 from bench.procs import children
+from proxy.config import Config
+from proxy.node import open_node
+from proxy.supervisor import Supervisor
 from tests.functional.conftest import Origin, free_port
 from tests.functional.test_cli import MINICDN, Process, Spawn, run_to_exit, spawn, wait_listening
 
@@ -312,6 +315,11 @@ async def test_a_config_error_at_reload_keeps_the_workers_and_says_why(
     assert "drain_timeout" in done.stderr and "the running workers go on" in done.stderr
     status, member = await fresh_get(f"http://127.0.0.1:{port}/max-age/60")
     assert status == 200 and member.startswith("edge-a;")
+    # A file that is not UTF-8 was a traceback in the supervisor: `minicdn reload` timed out.
+    config.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    done = run_to_exit([*MINICDN, "reload", "--admin", f"http://127.0.0.1:{admin}"])
+    assert done.returncode == 1
+    assert "not UTF-8" in done.stderr and "the running workers go on" in done.stderr
     config.write_text("name: edge-c\n")
     done = run_to_exit([*MINICDN, "reload", "--admin", f"http://127.0.0.1:{admin}"])
     assert done.returncode == 0, done.stderr
@@ -320,6 +328,20 @@ async def test_a_config_error_at_reload_keeps_the_workers_and_says_why(
     status, member = await fresh_get(f"http://127.0.0.1:{port}/max-age/60")
     assert member.startswith("edge-c;")
     assert proc.stop() == 0
+
+
+async def test_a_reload_whose_config_reading_fails_unexpectedly_is_answered() -> None:
+    """Not only a ConfigError: whatever reading the config raises is the reload's answer, the
+    workers untouched (it propagated, and `POST /reload` waited 120 s for an answer)."""
+
+    def broken() -> Config:
+        raise OverflowError("cannot convert float infinity to integer")
+
+    supervisor = Supervisor(Config(), open_node, workers=1, reload_config=broken)
+    ok, message = await supervisor.reload()
+    assert not ok
+    assert message.startswith("reload failed, the running workers go on: cannot read the config: ")
+    assert "OverflowError" in message
 
 
 async def test_workers_exit_when_their_supervisor_is_killed(

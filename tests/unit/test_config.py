@@ -231,6 +231,15 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -
     assert key in message
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """A Latin-1 file was a UnicodeDecodeError traceback at start, and a reload that never answered."""
+    path = tmp_path / "edge.yaml"
+    path.write_bytes("name: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 9)"
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.yaml"
     with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
