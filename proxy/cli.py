@@ -23,7 +23,7 @@ from typing import Any
 from proxy import cliargs, figures, log_output
 from proxy.admin import MAX_LIMIT
 from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
-from proxy.config import Config, ConfigError, check_admin, load_config
+from proxy.config import Config, ConfigError, check_admin, load_config, token_problem
 from proxy.node import NodeFactory, open_node
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.supervisor import supervise
@@ -257,6 +257,9 @@ def _admin_client(args: argparse.Namespace) -> AdminClient:
             # --admin was given: the default config file was only a place to look for a token.
     if token is None and cfg is not None:
         token = cfg.admin.token
+    if token and (problem := token_problem(token)):
+        # Refused here: urllib's "Invalid header value" error would print the token.
+        raise _UsageError(f"the admin token (--token or MINICDN_ADMIN_TOKEN) {problem}")
     if args.admin is not None:
         try:
             base = check_base_url(args.admin)

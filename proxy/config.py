@@ -645,6 +645,8 @@ def config_from_mapping(
     token = a.get("token", ad.token)
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise r.error("admin.token", "must be a non-empty string (or leave it out)")
+    if token is not None and (problem := token_problem(token)):
+        raise r.error("admin.token", problem)
     networks = _networks(r, a, "purge_networks", ad.purge_networks, "admin")
     admin = AdminConfig(
         enabled=r.boolean(a, "enabled", ad.enabled, "admin"),
@@ -868,6 +870,23 @@ def check_admin(cfg: Config) -> None:
         raise ConfigError(
             f"{where}: {admin.listen!r} is the public listen address; the admin API needs a port of its own"
         )
+
+
+def token_problem(token: str) -> str | None:
+    """Why `Authorization: Bearer <token>` cannot carry this admin token, or None.
+
+    Visible ASCII only (RFC 6750's b64token is a subset): a header value loses its leading and
+    trailing white space, so a token read from a file or a secret with its trailing newline
+    could never match (every admin call a 401), and clients encode other characters differently
+    (urllib as Latin-1, curl as the terminal's UTF-8). The message never repeats the token.
+    """
+    if all("!" <= c <= "~" for c in token):
+        return None
+    where = "at its end (a trailing newline?)" if token != token.rstrip() else "in it"
+    return (
+        f"has a space, control or non-ASCII character {where}; an Authorization header cannot "
+        "carry it (use letters, digits and punctuation, e.g. `openssl rand -hex 16`)"
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -145,6 +145,22 @@ async def test_wrong_token_exits_1(node: Node, capsys: pytest.CaptureFixture[str
     assert "no token was given" in err
 
 
+@pytest.mark.parametrize("token", [TOKEN + "\n", TOKEN + " ", "p\u00e4ss" + TOKEN])
+async def test_a_token_no_header_can_carry_is_refused_without_printing_it(
+    node: Node, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """A token read from a file or a secret keeps its trailing newline: urllib refused the header
+    with an error that printed the token ("Invalid header value b'Bearer ...'")."""
+    code, out, err = await run(capsys, *node.args("stats", token=token))
+    assert code == 2, err
+    assert "the admin token (--token or MINICDN_ADMIN_TOKEN) has a space, control or non-ASCII" in err
+    assert TOKEN not in out + err
+    monkeypatch.setenv("MINICDN_ADMIN_TOKEN", token)
+    code, out, err = await run(capsys, *node.args("purge", "--all", token=None))
+    assert code == 2, err
+    assert TOKEN not in out + err
+
+
 async def test_unreachable_admin_api_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     code, out, err = await run(capsys, "purge", "--all", "--admin", url, "--token", "x")

@@ -189,6 +189,16 @@ def test_aliases_set_the_same_key_as_the_rule(alias: str) -> None:
         load_config(environ={alias: text, env_name(key): text + "0"})
 
 
+@pytest.mark.parametrize("token", ["s3cret\n", " s3cret", "s3 cret", "s3cr\u00e9t"])
+def test_an_admin_token_no_header_can_carry_is_refused_without_repeating_it(token: str) -> None:
+    """Accepted, such a token made every admin call a 401: a header value loses its trailing newline."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={"MINICDN_ADMIN_TOKEN": token})
+    message = str(caught.value)
+    assert message.startswith("environment: MINICDN_ADMIN_TOKEN (admin.token): has a space, control or")
+    assert "s3" not in message
+
+
 def test_admin_check_names_the_variable() -> None:
     """A non-loopback admin listener without a token: the message says which variable set it."""
     with pytest.raises(ConfigError, match=r"^environment: MINICDN_ADMIN_LISTEN \(admin\.listen\): "):
