@@ -378,8 +378,12 @@ def parse_sitemap(data: bytes, name: str) -> tuple[list[str], list[str]]:
             if _local(child.tag) == "loc" and child.text and child.text.strip():
                 locs.append(child.text.strip())
     for loc in locs:
-        if not loc.startswith(("http://", "https://")):
-            raise WarmError(f"{name}: <loc> {loc!r} is not an http(s):// URL")
+        # Checked as a target is made from it (a host, a parseable authority): a <loc> such as
+        # "http://[::1" or "http:///a" passed a prefix check and was a ValueError traceback later.
+        try:
+            target_from_url(loc)
+        except ValueError:
+            raise WarmError(f"{name}: <loc> {loc!r} is not an http(s):// URL with a host") from None
     return (locs, []) if kind == "urlset" else ([], locs)
 
 

@@ -190,6 +190,12 @@ def test_usage_and_source_errors(
     bad.write_text("/ok\nftp://x/y\n")
     code, _, err = run("--urls", str(bad), *edge)
     assert code == 1 and "bad.txt:2: 'ftp://x/y' is neither" in err
+    for loc in ("http://[::1", "http:///a", "https://"):  # a traceback before
+        sitemap = tmp_path / "sitemap.xml"
+        sitemap.write_text(urlset(["http://s.example/a", loc]))
+        code, out, err = run("--sitemap", str(sitemap), *edge)
+        assert code == 1 and out == "", err
+        assert err == f"minicdn warm: {sitemap}: <loc> {loc!r} is not an http(s):// URL with a host\n"
     good = tmp_path / "good.txt"
     good.write_text("/a\n")
     code, out, err = run("--urls", str(good), *edge)
