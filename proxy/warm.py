@@ -315,6 +315,7 @@ def target_from_url(text: str) -> Target:
 async def sitemap_urls(source: str, session: aiohttp.ClientSession) -> list[str]:
     """The page URLs of a sitemap (a URL or a file), following sitemap indexes (gzip or not)."""
     pending = [source]
+    seen = {source}  # an index naming itself (or a cycle of them) is read once, not MAX_SITEMAPS times
     read = 0
     pages: list[str] = []
     while pending:
@@ -325,7 +326,10 @@ async def sitemap_urls(source: str, session: aiohttp.ClientSession) -> list[str]
         data = await _fetch_sitemap(name, session)
         urls, nested = parse_sitemap(data, name)
         pages += urls
-        pending += nested
+        for loc in nested:
+            if loc not in seen:
+                seen.add(loc)
+                pending.append(loc)
     return pages
 
 

@@ -138,6 +138,14 @@ async def test_sitemap_file_and_index_over_http(
     assert counts(out) == {"stored": 2, "already fresh": 1, "not storable": 0, "failed": 0}
     assert await origin.hits() == 5
 
+    # An index that names itself (a cycle) is read once: it was fetched 1000 times, then refused.
+    files["/loop.xml"] = INDEX.format(
+        f"<sitemap><loc>{base}/loop.xml</loc></sitemap><sitemap><loc>{base}/a.xml</loc></sitemap>"
+    ).encode()
+    code, out, err = await warm("--sitemap", f"{base}/loop.xml", "--edge", proxy.url)
+    assert code == 0, (out, err)
+    assert counts(out)["already fresh"] == 2
+
     code, out, err = await warm("--sitemap", f"{base}/missing.xml", "--edge", proxy.url)
     assert code == 1 and f"{base}/missing.xml: HTTP 404" in err
 
