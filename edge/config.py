@@ -8,6 +8,7 @@ MINICDN_PEERS ("edge-1=http://h1:8080,edge-2=http://h2:8080") work too.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from collections.abc import Iterator
@@ -47,6 +48,7 @@ class ClusterConfig:
 
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_PEER_KEYS = frozenset(f.name for f in fields(Peer))
 
 
 def settings() -> Iterator[tuple[str, Any]]:
@@ -86,9 +88,22 @@ def cluster_config(cfg: Config) -> ClusterConfig:
 
     def number(key: str, default: float, *, positive: bool = True) -> float:
         v = raw.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int | float) or (positive and v <= 0):
-            raise err(key, "must be a number greater than 0")
+        # Finite: a NaN weight makes every rendezvous score NaN (owners no longer agree across edges).
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or (positive and v <= 0)
+        ):
+            raise err(key, "must be a finite number greater than 0")
         return float(v)
+
+    def count(key: str, default: int) -> int:
+        # Whole: 0.5 truncated to 0 would trim the purge stream to nothing (stream_maxlen).
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise err(key, "must be a whole number of 1 or more")
+        return v
 
     def text(key: str, default: str | None) -> str | None:
         v = raw.get(key, default)
@@ -121,8 +136,8 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         health_interval=number("health_interval", d.health_interval),
         heartbeat_seconds=number("heartbeat_seconds", d.heartbeat_seconds),
         purge_stream=text("purge_stream", d.purge_stream) or d.purge_stream,
-        stream_maxlen=int(number("stream_maxlen", d.stream_maxlen)),
-        outbox_limit=int(number("outbox_limit", d.outbox_limit)),
+        stream_maxlen=count("stream_maxlen", d.stream_maxlen),
+        outbox_limit=count("outbox_limit", d.outbox_limit),
         member_prefix=text("member_prefix", d.member_prefix) or d.member_prefix,
     )
 
@@ -149,12 +164,23 @@ def _peers(raw: object, section: str) -> tuple[Peer, ...]:
             or not isinstance(item.get("url"), str)
         ):
             raise ConfigError(f"{where}: needs a name and a url")
+        for key in item:
+            if key not in _PEER_KEYS:  # a typo (`wieght: 2`) silently left the default
+                raise ConfigError(f"{where}.{key}: unknown key (expected one of: name, url, weight)")
         if not _NAME.fullmatch(item["name"]):
             raise ConfigError(f"{where}.name: {item['name']!r} is not a valid node name")
+        if any(p.name == item["name"] for p in out):
+            # Members are keyed by name: the later one silently replaced the earlier one's URL.
+            raise ConfigError(f"{where}.name: {item['name']!r} is named twice; a name is one edge")
         _check_url(item["url"], f"{where}.url")
         weight = item.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-            raise ConfigError(f"{where}.weight: must be a number greater than 0")
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            raise ConfigError(f"{where}.weight: must be a finite number greater than 0")
         out.append(Peer(item["name"], item["url"].rstrip("/"), float(weight)))
     return tuple(out)
 

@@ -91,6 +91,19 @@ def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> N
         ("cluster: {peers: [{name: '1a', url: 'http://x'}]}", "cluster.peers[0].name"),
         ("cluster: {breaker_seconds: 0}", "cluster.breaker_seconds"),
         ("cluster: {self_url: 'ftp://x'}", "cluster.self_url"),
+        # Accepted before: NaN / inf numbers (int(inf) a traceback), counts truncated to 0, a peer
+        # key's typo ignored, a name given twice (the later URL silently won).
+        ("cluster: {weight: .nan}", "cluster.weight"),
+        ("cluster: {peer_timeout: .inf}", "cluster.peer_timeout"),
+        ("cluster: {stream_maxlen: .inf}", "cluster.stream_maxlen"),
+        ("cluster: {stream_maxlen: 0.5}", "cluster.stream_maxlen"),
+        ("cluster: {outbox_limit: 0.5}", "cluster.outbox_limit"),
+        ("cluster: {peers: [{name: a, url: 'http://a:1', weight: .nan}]}", "cluster.peers[0].weight"),
+        ("cluster: {peers: [{name: a, url: 'http://a:1', wieght: 2}]}", "cluster.peers[0].wieght"),
+        (
+            "cluster: {peers: [{name: a, url: 'http://a:1'}, {name: a, url: 'http://b:1'}]}",
+            "cluster.peers[1].name",
+        ),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, section: str, key: str) -> None:
