@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -913,7 +914,18 @@ def parse_size(value: object) -> int:
             size = float(m.group(1)) * _SIZE_UNITS[unit] if unit in _SIZE_UNITS else None
             if size is not None and math.isfinite(size):  # a run of digits past 1e308 is inf
                 return int(size)
-    raise ValueError(f"{value!r} is not a size (use bytes, or e.g. '64MiB', '10MB')")
+    raise ValueError(f"{_shown(value)} is not a size (use bytes, or e.g. '64MiB', '10MB')")
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 200
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 4, 4
+
+
+def _shown(value: object) -> str:
+    """A value of any type for a message, bounded: YAML aliases can nest a list of 10**9 strings
+    in a few lines, and its full repr() hung the start (and a reload) building the error."""
+    return _SHOWN.repr(value)
 
 
 def _parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -1372,5 +1384,5 @@ class _Reader:
         if isinstance(v, str) and upper:
             v = v.upper()
         if v not in allowed:
-            raise self.error(self._full(section, key), f"{v!r} is not one of: {', '.join(allowed)}")
+            raise self.error(self._full(section, key), f"{_shown(v)} is not one of: {', '.join(allowed)}")
         return cast(str, v)

@@ -231,6 +231,21 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, key: str) -
     assert key in message
 
 
+@pytest.mark.timeout(5)  # without the bound, building the message runs for minutes
+@pytest.mark.parametrize("key", ["log: {level: *x}", "cache: {max_object_size: *x}"])
+def test_a_value_of_yaml_aliases_nested_a_billion_strings_deep_is_named_at_once(
+    tmp_path: Path, key: str
+) -> None:
+    """A few lines of aliases expand to 10**9 strings: the error's repr() of them never finished."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "origin_stub:\n" + "".join(f"  {line}\n" for line in lines) + key.replace("*x", "*a8") + "\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert len(str(caught.value)) < len(str(path)) + 300
+
+
 def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     """A Latin-1 file was a UnicodeDecodeError traceback at start, and a reload that never answered."""
     path = tmp_path / "edge.yaml"
