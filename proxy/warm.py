@@ -336,7 +336,10 @@ async def sitemap_urls(source: str, session: aiohttp.ClientSession) -> list[str]
 async def _fetch_sitemap(name: str, session: aiohttp.ClientSession) -> bytes:
     if not name.startswith(("http://", "https://")):
         try:
-            return Path(name).read_bytes()
+            # At most one byte past the limit (parse_sitemap refuses it): a FIFO or /dev/zero
+            # given by mistake was read until memory ran out.
+            with Path(name).open("rb") as file:
+                return file.read(MAX_SITEMAP_BYTES + 1)
         except OSError as exc:
             raise WarmError(f"{name}: cannot read: {exc.strerror or exc}") from None
     try:

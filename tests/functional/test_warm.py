@@ -9,11 +9,12 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
 
+import proxy.warm as warm_module
 from edge.cli import main as minicdn
 from proxy.config import config_from_mapping
 from proxy.node import url_keys_of
@@ -211,6 +212,20 @@ def test_usage_and_source_errors(
 
 
 # ----------------------------------------------------------------------------- pure parts
+
+
+async def test_a_local_sitemap_is_read_only_up_to_its_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--sitemap /dev/zero` (or a FIFO) by mistake was read until memory ran out: a file is read
+    one byte past MAX_SITEMAP_BYTES, which parse_sitemap refuses."""
+    monkeypatch.setattr(warm_module, "MAX_SITEMAP_BYTES", 1000)
+    big = tmp_path / "sitemap.xml"
+    big.write_bytes(b" " * 5000)
+    data = await warm_module._fetch_sitemap(str(big), cast(Any, None))  # a file: no session used
+    assert len(data) == 1001
+    with pytest.raises(WarmError, match="larger than"):
+        parse_sitemap(data, str(big))
 
 
 @pytest.mark.parametrize(
