@@ -24,7 +24,7 @@ import re
 import reprlib
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -480,12 +480,42 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             f"{source}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if raw is None:
         raw = {}
     return config_from_mapping(raw, source, env)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping.
+
+    YAML says keys are unique; PyYAML keeps the last one silently, so a second `cache:` section
+    (a paste, a merge) replaced the first whole and its settings vanished without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` merges, and may be overridden: not a duplicate
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {_shown(key)} is given twice (also at line {seen[key].start_mark.line + 1})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """The config's YAML (yaml.safe_load, but a key given twice in a mapping is an error)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
 
 
 def config_from_mapping(
@@ -772,7 +802,7 @@ def env_value(var: str, text: str, hint: Any) -> object:
             # A list of mappings (`rules`) has no comma form: the variable holds the YAML (or JSON)
             # the file would, e.g. MINICDN_RULES='[{name: api, match: {path: /api/*}, ttl: 60}]'.
             try:
-                return yaml.safe_load(text)
+                return yaml_load(text)
             except yaml.YAMLError as exc:
                 raise ConfigError(f"environment: {var}: not valid YAML: {exc}") from None
         return [part.strip() for part in text.split(",") if part.strip()]

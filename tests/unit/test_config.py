@@ -255,6 +255,25 @@ def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     assert str(caught.value) == f"{path}: not UTF-8 text (byte 0xe9 at offset 9)"
 
 
+def test_a_key_given_twice_is_named_not_silently_replaced(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `cache:` section replaced the first whole
+    (its budget gone without a word). Keys are unique in YAML; the second is an error."""
+    path = tmp_path / "edge.yaml"
+    path.write_text("cache:\n  l1: {budget: 1MiB}\nname: a\ncache:\n  dir: /tmp/x\n")
+    with pytest.raises(ConfigError, match=r"the key 'cache' is given twice \(also at line 1\)"):
+        load_config(path, {})
+    path.write_text("origin:\n  url: http://a:1\n  url: http://b:1\n")
+    with pytest.raises(ConfigError, match="the key 'url' is given twice"):
+        load_config(path, {})
+    with pytest.raises(ConfigError, match="the key 'name' is given twice"):
+        load_config(None, {"MINICDN_RULES": "[{name: a, name: b, match: {path: /x}, ttl: 1}]"})
+    # A merge key (<<) may be overridden: not a duplicate.
+    path.write_text(
+        "rules:\n  - &api {name: api, match: {path: /api/*}, ttl: 60}\n  - <<: *api\n    name: api2\n"
+    )
+    assert [r.name for r in load_config(path, {}).rules] == ["api", "api2"]
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.yaml"
     with pytest.raises(ConfigError, match=r"nowhere\.yaml"):
