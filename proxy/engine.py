@@ -264,14 +264,18 @@ class Engine:
             lk.normalised = headers
         return headers
 
-    def _as_get_would_be(self, lk: Lookup, answer: Answer) -> Answer:
-        """A HEAD answered with the origin's answer to it: with the fields this cache's answer to
-        the GET would have, which compression changes (RFC 9110 §9.3.2; compression.head_fields)."""
+    def _as_get_would_be(self, f: FetchRequest, resp: OriginResponse | None, answer: Answer) -> Answer:
+        """A HEAD answered with the origin's answer `resp` to it: with the fields this cache's answer
+        to the GET would have, which compression changes (RFC 9110 §9.3.2; compression.head_fields)
+        when that GET's answer is stored: one passed through (Vary: *, no-store, too large, ...)
+        is the origin's as it came, and so is the HEAD's."""
         settings = self.fetcher.compression
-        if settings is None or not isinstance(answer, Reply):
+        if settings is None or resp is None or not isinstance(answer, Reply):
+            return answer
+        if not self.fetcher.stores_as_get(f, resp):
             return answer
         fields = settings.head_fields(
-            answer.status, list(answer.headers.items()), self.normalised(lk)["Accept-Encoding"]
+            answer.status, list(answer.headers.items()), f.headers["Accept-Encoding"]
         )
         if fields is not None:
             answer.headers = CIMultiDict(fields)
@@ -438,20 +442,17 @@ class Engine:
                 self.stats.misses += 1
                 f = self._fetch_request(lk, stale, "request" if why == "request" else "stale", interim)
                 if req.method == "HEAD":
-                    return self._as_get_would_be(lk, await self._head(f))
+                    return await self._head(f)
                 return await self._fetch(f)
             case policy.Fetch(reason=why):
                 self.stats.misses += 1
                 if req.method == "HEAD":
+                    f = self._fetch_request(lk, None, why, interim)
                     if why == "partial":
                         # The stored parts cannot answer a HEAD; the origin's answer may update them.
-                        head = await self._head(self._fetch_request(lk, None, why, interim))
-                        return self._as_get_would_be(lk, head)
+                        return await self._head(f)
                     # A HEAD response never creates an entry (RFC 9111 §3): forward it.
-                    forwarded = await self._pass(
-                        req, self.normalised(lk), why, invalidate=False, interim=interim
-                    )
-                    return self._as_get_would_be(lk, forwarded)
+                    return await self._pass(req, f.headers, why, invalidate=False, interim=interim, head=f)
                 return await self._fetch(self._fetch_request(lk, None, why, interim))
             case policy.Pass(reason=why):
                 if why == "rule":
@@ -627,7 +628,8 @@ class Engine:
             outcome = await self.fetcher.head(f)
         except UpstreamError as exc:
             return self._origin_failed(f, exc)
-        return await self._answer(f, outcome, leader=True)
+        resp = outcome.leader_only  # the origin's answer, when no stored response answers
+        return self._as_get_would_be(f, resp, await self._answer(f, outcome, leader=True))
 
     def _may_coalesce(self, f: FetchRequest) -> bool:
         if not self.cfg.fetch.coalesce:
@@ -999,9 +1001,11 @@ class Engine:
         *,
         invalidate: bool,
         interim: InterimSink | None = None,
-    ) -> Reply:
+        head: FetchRequest | None = None,
+    ) -> Answer:
         """Forward without lookup or storage; an unsafe method's success invalidates (§4.4)
-        and, with policy.write_through, may hold the GET response stored next."""
+        and, with policy.write_through, may hold the GET response stored next. `head`: a HEAD
+        this cache would fetch as `head` for a GET, answered as that GET would be (_as_get_would_be)."""
         self.stats.passes += 1
         request_time = self.clock()
         try:
@@ -1014,7 +1018,8 @@ class Engine:
             await self.fetcher.invalidate_after_unsafe(req, resp.headers)
             if 200 <= resp.status < 300 and req.method in self.cfg.policy.write_through:
                 return await self._write_through(req, resp, fwd, request_time)
-        return await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+        reply = await self._stream(resp, CacheStatus(fwd=fwd, fwd_status=resp.status))
+        return reply if head is None else self._as_get_would_be(head, resp, reply)
 
     async def _write_through(
         self, req: ClientRequest, resp: OriginResponse, fwd: str, request_time: float

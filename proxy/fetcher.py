@@ -284,6 +284,25 @@ class Fetcher:
             overrides,
         )
 
+    def stores_as_get(self, f: FetchRequest, resp: OriginResponse) -> bool:
+        """Whether `resp`, the origin's answer to a HEAD, would be stored whole had it answered f's GET.
+
+        Only a stored response gets encodings (proxy/compression.py): what f's GET would be
+        answered with, and so what the HEAD must say (RFC 9110 §9.3.2), depends on it.
+        """
+        overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
+        if isinstance(self._plan_store(f, resp, self.clock(), overrides), policy.DontStore):
+            return False
+        length_field = resp.headers.get("Content-Length", "").strip()
+        length = int(length_field) if length_field.isdigit() else None
+        if length is not None and length > self.cfg.cache.max_object_size:
+            return False  # streamed through, never stored
+        spec = self.slices
+        if spec is None:
+            return True
+        etag, accept_ranges = resp.headers.get("ETag"), resp.headers.get("Accept-Ranges")
+        return slices.slice_in_response(resp.status, None, length, etag, accept_ranges, False, spec) is None
+
     def _range_to_forward(self, f: FetchRequest) -> str | None:
         """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
 

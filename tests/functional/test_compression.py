@@ -135,6 +135,24 @@ async def test_rfc9110_s9_3_2_a_head_the_origin_answers_says_what_the_get_would(
     assert head.headers.get("Content-Length") == (str(len(body)) if coding is None else None)
 
 
+@pytest.mark.parametrize("field", ["Vary:*", "Cache-Control:no-store", "Set-Cookie:a=1"])
+async def test_rfc9110_s9_3_2_a_head_for_what_the_get_would_not_store_is_the_origins(
+    proxy: Proxy, field: str
+) -> None:
+    # Only stored responses are compressed: the GET of a response that is passed through gets the
+    # origin's identity bytes and tag, and so must the HEAD (it was told "Content-Encoding: br"
+    # and an entity-tag "v1-br" no GET ever carries; found by a differential fuzz pass).
+    path = respond_path(TEXT, field)
+    async with proxy.session.head(proxy.url + path, headers={"Accept-Encoding": "br"}) as head:
+        assert await head.read() == b""
+    get, body = await fetch(proxy, path, "br")
+    assert "stored" not in cache_status(get) and body == TEXT.encode()
+    assert head.headers.get("Content-Encoding") is get.headers.get("Content-Encoding") is None
+    assert head.headers["ETag"] == get.headers["ETag"] == '"v1"'
+    assert "accept-encoding" not in vary(head) and "accept-encoding" not in vary(get)
+    assert head.headers["Content-Length"] == get.headers["Content-Length"] == str(len(body))
+
+
 async def test_a_head_for_what_is_never_compressed_is_the_origins(proxy: Proxy) -> None:
     path = respond_path("x" * 2000, content_type="image/png")
     async with proxy.session.head(proxy.url + path, headers={"Accept-Encoding": "gzip"}) as head:
