@@ -26,8 +26,9 @@ breaking ties), so each finds its variant with the usual Vary match.
 Encoded variants are derived: they share the identity variant's receipt times
 and validators, so revalidation asks the origin about the identity one
 (`origin_view`) and a 304 that freshens it freshens them (`refresh_derived`).
-Ranges are answered from the identity variant (the engine keys a request with
-Range as Accept-Encoding: identity).
+Ranges are answered from the identity variant (the engine keys a GET with Range
+as Accept-Encoding: identity, unless the client refuses identity:
+keys.accept_encoding_for_range).
 
 Pure: no I/O; `encode` is CPU work, which the fetcher runs on a worker thread
 for bodies of `compression.off_loop_min` bytes or more.

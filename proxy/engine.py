@@ -40,7 +40,13 @@ from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
 from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_end
-from proxy.keys import UrlKeys, normalise_accept_encoding, select_variant, variant_matches
+from proxy.keys import (
+    UrlKeys,
+    accept_encoding_for_range,
+    normalise_accept_encoding,
+    select_variant,
+    variant_matches,
+)
 from proxy.messages import Answer, ClientRequest, Delivery, RawFields, Reply, error_reply
 from proxy.observe import HotKeys
 from proxy.origin import CLIENT_BODY_CAUSE, InterimSink, OriginResponse, Upstream, UpstreamError
@@ -302,11 +308,13 @@ class Engine:
     def _accept_encoding(self, req: ClientRequest) -> str:
         """The request's Accept-Encoding reduced to one coding: the variant it is keyed with.
 
-        A range is keyed with identity when this cache compresses: ranges are answered
-        from the identity variant.
+        A GET with a range is keyed with identity when this cache compresses and the client
+        accepts identity: ranges are answered from the identity variant (RFC 9110 §14.2: Range
+        means nothing to a HEAD, which is keyed as the GET without it would be).
         """
-        if self._ranges_identity and req.conditional and "range" in req.conditional_headers:
-            return "identity"
+        ranged = self._ranges_identity and req.conditional and req.method == "GET"
+        if ranged and "range" in req.conditional_headers:
+            return accept_encoding_for_range(req.accept_encoding, self._encodings)
         return normalise_accept_encoding(req.accept_encoding, self._encodings)
 
     def _select(self, lk: Lookup) -> StoredResponse | None:

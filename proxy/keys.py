@@ -176,6 +176,21 @@ def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
     """
     if not value:
         return "identity"
+    accepted = _weights(value)
+    star = accepted.get("*")
+    best, best_q = "identity", 0.0
+    for coding in preferred:
+        q = accepted.get(coding, star or 0.0)
+        if q > best_q:
+            best, best_q = coding, q
+    identity_q = accepted.get("identity", star)
+    if identity_q is not None and identity_q > best_q:
+        return "identity"
+    return best
+
+
+def _weights(value: str) -> dict[str, float]:
+    """Accept-Encoding's codings (lower-cased) and their q-values; a coding listed twice: the last."""
     accepted: dict[str, float] = {}
     for part in value.split(","):
         coding, *params = part.strip().split(";")
@@ -191,16 +206,25 @@ def _reduce_accept_encoding(value: str | None, preferred: Iterable[str]) -> str:
                 except ValueError:
                     q = 0.0
         accepted[coding] = q
-    star = accepted.get("*")
-    best, best_q = "identity", 0.0
-    for coding in preferred:
-        q = accepted.get(coding, star or 0.0)
-        if q > best_q:
-            best, best_q = coding, q
-    identity_q = accepted.get("identity", star)
-    if identity_q is not None and identity_q > best_q:
+    return accepted
+
+
+def accept_encoding_for_range(value: str | None, preferred: Iterable[str]) -> str:
+    """The reduced Accept-Encoding of a Range request to a cache that compresses: "identity"
+    whenever the client accepts a response without a coding (ranges are answered from the identity
+    variant), else normalise_accept_encoding's choice.
+
+    RFC 9110 §12.5.3: `identity;q=0`, or `*;q=0` without identity listed, refuses it; such a client
+    is answered from the coding it accepts (its range of that variant's bytes), as it would be
+    without Range, not with bytes it said it cannot take.
+    """
+    if not value:
         return "identity"
-    return best
+    accepted = _weights(value)
+    identity_q = accepted.get("identity", accepted.get("*"))
+    if identity_q is None or identity_q > 0:
+        return "identity"
+    return normalise_accept_encoding(value, preferred)
 
 
 # RFC 4647 §2.1: a basic language range; RFC 9110 §12.4.2: a weight.

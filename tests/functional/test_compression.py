@@ -171,6 +171,42 @@ async def test_ranges_are_answered_from_the_identity_variant(proxy: Proxy) -> No
     assert resp.headers["ETag"] == '"v1"'
 
 
+@pytest.mark.parametrize(
+    ("accept", "coding"),
+    [("br, identity;q=0", "br"), ("*;q=0, gzip", "gzip"), ("GZIP, Identity ; Q=0.0", "gzip")],
+)
+async def test_rfc9110_s12_5_3_a_range_for_a_client_refusing_identity_is_of_its_coding(
+    proxy: Proxy, accept: str, coding: str
+) -> None:
+    # The range was answered from the identity variant, whatever the client said of identity: a
+    # client refusing it got identity bytes (found by a differential fuzz pass).
+    path = respond_path()
+    whole, encoded = await fetch(proxy, path, coding)
+    resp, body = await fetch(proxy, path, accept, Range="bytes=10-59")
+    assert resp.status == 206 and resp.headers["Content-Encoding"] == coding
+    assert body == encoded[10:60] and resp.headers["Content-Range"] == f"bytes 10-59/{len(encoded)}"
+    assert resp.headers["ETag"] == whole.headers["ETag"] == f'"v1-{coding}"'
+    assert "accept-encoding" in vary(resp)
+    # If-Range with the coding's (strong) tag: the range; with identity's: the whole, in the coding.
+    resp, body = await fetch(proxy, path, accept, Range="bytes=10-59", **{"If-Range": f'"v1-{coding}"'})
+    assert resp.status == 206 and body == encoded[10:60]
+    resp, body = await fetch(proxy, path, accept, Range="bytes=10-59", **{"If-Range": '"v1"'})
+    assert resp.status == 200 and body == encoded and resp.headers["Content-Encoding"] == coding
+
+
+async def test_rfc9110_s14_2_a_head_with_a_range_says_what_the_get_without_it_would(proxy: Proxy) -> None:
+    # Range means nothing to a HEAD (§14.2): it was keyed as a range (identity) and said
+    # "no coding" and identity's tag while the GET is answered in br.
+    path = respond_path()
+    get, _ = await fetch(proxy, path, "br")
+    async with proxy.session.head(
+        proxy.url + path, headers={"Accept-Encoding": "br", "Range": "bytes=0-9"}
+    ) as head:
+        assert head.status == 200 and await head.read() == b""
+    assert head.headers["Content-Encoding"] == get.headers["Content-Encoding"] == "br"
+    assert head.headers["ETag"] == get.headers["ETag"] == '"v1-br"'
+
+
 async def test_a_conditional_request_compares_with_its_encodings_tag(proxy: Proxy) -> None:
     path = respond_path()
     await fetch(proxy, path, "gzip")

@@ -10,6 +10,7 @@ import pytest
 from proxy.config import KeyConfig
 from proxy.entry import CachedResource, StoredResponse
 from proxy.keys import (
+    accept_encoding_for_range,
     normalise_accept_encoding,
     normalise_accept_language,
     normalise_field_value,
@@ -169,6 +170,26 @@ def test_requirements_s11_browser_spellings_collapse_to_one_variant() -> None:
 
 def test_accept_encoding_configured_order_wins() -> None:
     assert normalise_accept_encoding("br, gzip", ("gzip", "br")) == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(None, "identity", id="absent"),
+        pytest.param("gzip, deflate, br", "identity", id="identity-accepted-unlisted"),
+        pytest.param("br;q=1, identity;q=0.1", "identity", id="identity-accepted-listed"),
+        pytest.param("br, *;q=0.5", "identity", id="identity-accepted-through-star"),
+        pytest.param("br, identity;q=0", "br", id="9110-12.5.3-identity-q0"),
+        pytest.param("gzip, IDENTITY ; Q=0.0", "gzip", id="9110-12.5.3-identity-q0-spelt-otherwise"),
+        pytest.param("*;q=0, gzip", "gzip", id="9110-12.5.3-star-q0-refuses-identity"),
+        pytest.param("*;q=0, identity, gzip", "identity", id="identity-listed-over-star-q0"),
+        pytest.param("identity;q=0", "identity", id="nothing-acceptable-still-identity"),
+    ],
+)
+def test_a_range_is_keyed_with_identity_unless_the_client_refuses_it(
+    value: str | None, expected: str
+) -> None:
+    assert accept_encoding_for_range(value, ("br", "gzip")) == expected
 
 
 # ------------------------------------------------------ Accept-Language (RFC 9110 §12.5.4, RFC 4647)
