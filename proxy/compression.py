@@ -52,6 +52,7 @@ __all__ = [
     "Compression",
     "derived_etag",
     "encode",
+    "in_coding",
     "is_derived",
     "origin_view",
     "refresh_derived",
@@ -224,6 +225,16 @@ def _encoding(variant: StoredResponse) -> str | None:
         if name == ACCEPT_ENCODING:
             return value
     return None
+
+
+def in_coding(variants: Sequence[StoredResponse], coding: str | None) -> StoredResponse | None:
+    """The variant keyed with the reduced Accept-Encoding `coding`, if any.
+
+    A 304 may name a representation other than the stale variant's (RFC 9111 §4.3.4: the stored
+    responses with its validator are the ones updated): the request is answered from those, in its
+    own coding when this cache holds that encoding of them, not in whichever came first.
+    """
+    return next((v for v in variants if _encoding(v) == coding), None)
 
 
 def is_derived(variant: StoredResponse, identity: StoredResponse) -> bool:

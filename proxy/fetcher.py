@@ -768,7 +768,11 @@ class Fetcher:
                 updated[id(old)] = plan.template
         # The encodings this cache made of a freshened response are as fresh as it is.
         updated = compression.refresh_derived(variants, updated)
-        serve = updated.get(id(f.stale)) or next(iter(updated.values()), selected[0])
+        serve = (
+            updated.get(id(f.stale))
+            or compression.in_coding(tuple(updated.values()), f.headers.get("Accept-Encoding"))
+            or next(iter(updated.values()), selected[0])
+        )
         stored = False
         if updated:
             new_variants = tuple(updated.get(id(v), v) for v in variants)

@@ -318,3 +318,30 @@ async def test_a_304_freshens_every_encoding(
         assert "hit" in cache_status(resp).split(";"), accept
         assert decoded(resp, got) == body
     assert len(scripted.requests) == 2
+
+
+async def test_rfc9111_s4_3_4_a_304_naming_another_variant_is_served_in_the_clients_coding(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock
+) -> None:
+    # Two languages stored, each with its encodings. Revalidating the French gzip variant, the
+    # origin's 304 names the English representation ("v1": French falls back to it). The answer
+    # was the English identity variant, to a client refusing identity, though its gzip encoding
+    # (derived from "v1", freshened with it) was stored (found by a differential fuzz pass).
+    english, french = TEXT.encode(), TEXT.upper().encode()
+    fields = ("Content-Type: text/html", "Cache-Control: max-age=10", "Vary: Accept-Language")
+    scripted = await scripted_origin(
+        [
+            response("200 OK", *fields, 'ETag: "v1"', body=english),
+            response("200 OK", *fields, 'ETag: "v2"', body=french),
+            response("304 Not Modified", "Cache-Control: max-age=100", 'ETag: "v1"', "Vary: Accept-Language"),
+        ]
+    )
+    proxy = await start_proxy(origin_url=scripted.url)
+    await fetch(proxy, "/page", "gzip", **{"Accept-Language": "en"})
+    await fetch(proxy, "/page", "gzip", **{"Accept-Language": "fr"})
+    clock.advance(20)
+    resp, got = await fetch(proxy, "/page", "gzip, identity;q=0", **{"Accept-Language": "fr"})
+    assert "fwd-status=304" in cache_status(resp)
+    assert set(scripted.sent(2, "If-None-Match")[0].replace(" ", "").split(",")) == {'"v1"', '"v2"'}
+    assert resp.headers.get("Content-Encoding") == "gzip" and resp.headers["ETag"] == '"v1-gzip"'
+    assert gzip.decompress(got) == english
