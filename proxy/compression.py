@@ -115,6 +115,11 @@ class Compression:
             lower = name.lower()
             if lower in ("content-encoding", "content-range"):
                 return False  # the origin encoded it (even "identity": leave what it says alone)
+            if lower == "vary" and ACCEPT_ENCODING in (v.strip().lower() for v in value.split(",")):
+                # The origin chooses codings itself, and names them: a tag derived here ("v1-gzip")
+                # may be the one it gives its own gzip bytes (Apache's mod_deflate does), and a
+                # strong ETag must name one byte sequence (RFC 9110 §8.8.3).
+                return False
             if lower == "content-type":
                 content_type = value
             elif lower == "cache-control":

@@ -227,6 +227,18 @@ async def test_an_origin_that_compresses_is_left_alone(proxy: Proxy, origin: Ori
     assert resp.headers["ETag"] == '"v1"' and "accept-encoding" not in vary(resp)
 
 
+async def test_an_origin_that_negotiates_codings_itself_is_left_alone(proxy: Proxy, origin: Origin) -> None:
+    """An origin whose answer varies on Accept-Encoding chooses codings (and names them) itself:
+    Apache's mod_deflate tags its gzip answer "v1-gzip", the very tag this cache derives for its
+    own gzip bytes, so one strong ETag named two byte sequences and an If-Range across them spliced
+    them (RFC 9110 §8.8.3). Its identity answer is stored and served as it came."""
+    path = respond_path(TEXT, "Vary:Accept-Encoding")
+    for accept in ("br", "gzip", None):
+        resp, got = await fetch(proxy, path, accept)
+        assert "Content-Encoding" not in resp.headers and got == TEXT.encode(), accept
+        assert resp.headers["ETag"] == '"v1"' and "accept-encoding" in vary(resp)
+
+
 @pytest.mark.parametrize(
     ("fields", "content_type", "body"),
     [
