@@ -242,6 +242,18 @@ class _Trailers(list[tuple[bytes, bytes]]):
 _Queued = ClientRequest | _BadRequest
 
 
+class _UpgradeBodyRead(Exception):
+    """Raised from on_message_complete at the end of an upgrade request's body: llhttp stops there,
+    and the front reads nothing after it (what would follow is the other protocol)."""
+
+
+# Connection.upgrade: reading the body of a request with Upgrade (RFC 9110 §7.8), which httptools
+# tells llhttp to skip (its on_headers_complete returns 1 for an upgrade), ending the message at
+# the head. Not an upgrade (0, nearly always); its head parsed, its body not yet; the body's
+# framing being fed to a fresh parser; its body being read by that parser.
+_UPGRADE_HEAD, _UPGRADE_FRAMING, _UPGRADE_BODY = 1, 2, 3
+
+
 class Connection(asyncio.Protocol):
     """One client connection: requests parsed, looked up and answered in order."""
 
@@ -283,6 +295,10 @@ class Connection(asyncio.Protocol):
         # The request being answered whose final head is not written yet: the origin's 1xx
         # responses to its fetch go out ahead of it (RFC 9110 §15.2).
         self.interim_open: ClientRequest | None = None
+        # An upgrade request's body, which llhttp skips (see _UPGRADE_HEAD): the state, and the
+        # framing (a head with its Content-Length or Transfer-Encoding) it is read with.
+        self.upgrade = 0
+        self.upgrade_framing = b""
 
     # ------------------------------------------------------------ connection
 
@@ -411,10 +427,13 @@ class Connection(asyncio.Protocol):
             try:
                 self.parser.feed_data(data)
             except _PARSE_ERRORS as exc:
-                self._parse_failed(exc, data)
+                rest = self._parse_failed(exc, data, b"")
+            else:
+                if not self.stopped:
+                    self._answer_queued()
                 return
-            if not self.stopped:
-                self._answer_queued()
+            if rest is not None:
+                self._feed(rest)  # out of the except: an error in it must not chain onto this one
             return
         view = memoryview(data) if len(data) > FEED_SLICE else None
         offset = 0
@@ -436,27 +455,60 @@ class Connection(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except _PARSE_ERRORS as exc:
-                self._parse_failed(exc, piece)
-                return
-            if self.stopped:
-                return
+                rest = self._parse_failed(exc, piece, data[offset:])
+            else:
+                if self.stopped:
+                    return
+                continue
+            if rest is not None:
+                self._feed(rest)
+            return
         self._answer_queued()
 
-    def _parse_failed(self, exc: Exception, fed: bytes | memoryview) -> None:
+    def _parse_failed(self, exc: Exception, fed: bytes | memoryview, unfed: bytes) -> bytes | None:
+        """The parser stopped on `fed` (`unfed`: what was received after it, not given to it yet).
+
+        Returns what the caller parses next (with a new parser: _read_upgrade_body), or None."""
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
             method = _unknown_method(bytes(fed))
             if method is not None:
                 # RFC 9110 §9.1: a method the server does not recognise is a 501, not a malformed
                 # request. (llhttp knows a fixed list of methods and stops at any other.)
                 self._stop(_BadRequest(501, f"method {method} not implemented"))
-                return
+                return None
         if isinstance(exc, httptools.HttpParserUpgrade):
             # RFC 9110 §7.8: the upgrade is ignored; the request is answered as it is and
-            # the connection closed, since what follows its head is another protocol.
+            # the connection closed, since what follows its head (and body) is another protocol.
+            if self.upgrade == _UPGRADE_HEAD and not self.stopped:
+                self._read_upgrade_body()
+                return bytes(fed[int(exc.args[0]) :]) + unfed
+            self.upgrade = 0
             self._stop(None)
-            return
+            return None
+        if isinstance(exc.__context__, _UpgradeBodyRead):
+            self._stop(None)  # an upgrade request's body is read: answer it, then close
+            return None
         error = exc.__context__ if isinstance(exc.__context__, _BadRequest) else None
         self._stop(error or _BadRequest(400, f"malformed request ({_parser_reason(exc)})"))
+        return None
+
+    def _read_upgrade_body(self) -> None:
+        """Have the body of an upgrade request, which follows, read as any other body.
+
+        httptools has llhttp skip it and end the message at the head, so the request would go
+        on with its Content-Length and none of its bytes: the origin would take the start of
+        the next request sent on that pooled connection as the rest of this one's body (one
+        client's bytes in another's request), or, chunked, get an empty body. Clients send such
+        requests (`Upgrade: h2c` from curl --http2 or Java's HttpClient, with their POST's body:
+        RFC 7540 §3.2 sends it whole before any HTTP/2 frame). A fresh parser is given the
+        body's framing as the head of a request whose callbacks are ignored, then the bytes
+        after the head (the caller feeds them): the body reaches the request it belongs to,
+        framed by llhttp as always.
+        """
+        framing, self.upgrade_framing = self.upgrade_framing, b""
+        self.upgrade = _UPGRADE_FRAMING
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(framing)  # on_headers_complete moves on to _UPGRADE_BODY
 
     def _stop(self, error: _BadRequest | None) -> None:
         """Read no more requests; answer what is queued (then the error, if any) and close."""
@@ -519,6 +571,10 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.head_started = 0.0
+        if self.upgrade:  # the framing head of an upgrade request's body: no request of its own
+            self.upgrade = _UPGRADE_BODY
+            self.raw = self.trailers
+            return
         request = self._request()  # raises _BadRequest: httptools stops and reports it
         self.raw = self.trailers  # the request keeps the list of its fields; trailers go elsewhere
         self.queue.append(request)
@@ -530,12 +586,18 @@ class Connection(asyncio.Protocol):
             self.body.feed(data)
 
     def on_message_complete(self) -> None:
+        upgrade = self.upgrade
+        if upgrade == _UPGRADE_HEAD:
+            return  # llhttp ends an upgrade request at its head: its body is read next
         if self.trailers.size:
             self.trailers.size = 0  # the limit is per request
         if self.body is not None:
             self.body.finish()
             self.body = None
         self.discard_body = False
+        if upgrade:
+            self.upgrade = 0
+            raise _UpgradeBodyRead  # llhttp stops here; _parse_failed answers and closes
 
     def _request(self) -> ClientRequest:
         """The ClientRequest for the head just parsed; _BadRequest when it is not one we serve."""
@@ -592,6 +654,10 @@ class Connection(asyncio.Protocol):
             else:
                 body = self.body = RequestBody(self, request)
                 request.body = body.chunks()
+            if parser.should_upgrade():
+                framing = _body_framing(raw)
+                if framing:  # (Content-Length: 0 has no body to skip)
+                    self.upgrade, self.upgrade_framing = _UPGRADE_HEAD, framing
         return request
 
     # -------------------------------------------------------------- answering
@@ -964,6 +1030,19 @@ def _llhttp_knows(method: bytes) -> bool:
     except httptools.HttpParserError:
         pass
     return True
+
+
+def _body_framing(raw: list[tuple[bytes, bytes]]) -> bytes:
+    """A request head with the body framing of these fields (llhttp checked them: one
+    Content-Length of digits, or Transfer-Encoding: chunked), b"" when the body is empty."""
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        if lowered == b"content-length":
+            length = int(value)
+            return b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % length if length else b""
+    return b""
 
 
 def _parser_reason(exc: Exception) -> str:
