@@ -25,6 +25,8 @@ query) stays right, and a purge of a URL names the key a request for it gets
 (`keys.UrlKeys`; a path on every host: each key config a host can give it,
 `RuleSet.key_configs`).
 
+Path conditions are matched against `route_path(path)`: the path as RFC 3986 normalises it.
+
 Pure: no I/O, no clock.
 """
 
@@ -39,7 +41,7 @@ from proxy.keys import cookie_key
 from proxy.messages import ClientRequest
 from proxy.policy import NO_OVERRIDES, Overrides
 
-__all__ = ["Match", "RuleSet", "glob_regex", "media_type"]
+__all__ = ["Match", "RuleSet", "glob_regex", "media_type", "route_path"]
 
 # Paths whose candidate rules are memoised, at most (then the memo starts again).
 MEMO_SIZE = 16384
@@ -71,6 +73,52 @@ def _wildcard_regex(patterns: Iterable[str]) -> re.Pattern[str] | None:
     """Globs where `*` is any run and `?` any one character (hosts, media types), as one regex."""
     parts = ["".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p) for p in patterns]
     return re.compile("(?:" + "|".join(parts) + r")\Z", re.DOTALL) if parts else None
+
+
+_PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def route_path(path: str) -> str:
+    """The path a rule's path condition is matched against: the request's, normalised as RFC 3986
+    §6.2.2 says equivalent URIs are (percent-encoded unreserved characters decoded, the other
+    percent-encodings in upper case, dot segments removed).
+
+    An origin routes `/api/%6De` and `/api/x/../me` as `/api/me`: matched on the raw path,
+    a `bypass` rule for `/api/me` missed them while a broader caching rule (`/api/**` with a
+    default_ttl) held, and the user's own answer was stored under a URL an attacker had
+    lured them to (cache deception). Anything else (`%2F`, `;`, `//`, letter case) stays as
+    sent: origins differ on those, and a pattern must say what it means by them.
+    """
+    if "%" not in path and "/." not in path:
+        return path  # nearly every path: nothing to normalise
+    if "%" in path:
+        path = _PERCENT.sub(_percent_normal, path)
+    if "/." in path:
+        path = _remove_dot_segments(path)
+    return path
+
+
+def _percent_normal(m: re.Match[str]) -> str:
+    char = chr(int(m.group(1), 16))
+    return char if char in _UNRESERVED else m.group(0).upper()
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 for an absolute path: "." segments dropped, ".." removing the one before."""
+    if not path.startswith("/"):
+        return path
+    segments = path.split("/")
+    out: list[str] = []
+    for segment in segments[1:]:
+        if segment == "..":
+            if out:
+                out.pop()
+        elif segment != ".":
+            out.append(segment)
+    if segments[-1] in (".", ".."):
+        out.append("")  # "/a/b/.." is "/a/", a directory
+    return "/" + "/".join(out)
 
 
 def media_type(content_type: str | None) -> str:
@@ -281,7 +329,8 @@ class RuleSet:
         return self._match_of(indices) if indices else None
 
     def _remember(self, path: str) -> tuple[tuple[_Compiled, ...], Match | None]:
-        candidates = self._candidates(path)
+        # Memoised by the path as sent (the hot path's lookup), matched as the origin routes it.
+        candidates = self._candidates(route_path(path))
         if not candidates:
             if len(self.unmatched) >= MEMO_SIZE:
                 self.unmatched.clear()
@@ -315,6 +364,7 @@ class RuleSet:
         """The key settings for a URL: keys.* with the key rules that match it (hosts and path only)."""
         if not self._key_rules:
             return self.keys
+        path = route_path(path)
         indices = tuple(c.index for c in self._key_rules if c.fits_url(host, path))
         if not indices:
             return self.keys
@@ -334,6 +384,7 @@ class RuleSet:
         hosts), in a stable order.
         """
         configs = [self.keys]
+        path = route_path(path)
         for c in self._key_rules:
             if not c.path_fits(path):
                 continue
