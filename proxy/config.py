@@ -64,6 +64,12 @@ DEFAULT_UNKEYED_REQUEST_HEADERS: tuple[str, ...] = (
     "X-Forwarded-Scheme",
     "X-Forwarded-Port",
     "X-Forwarded-Prefix",
+    # The scheme as Rack (X-Forwarded-Ssl: on, read before X-Forwarded-Proto), Rack's and
+    # Werkzeug's X-Url-Scheme, IIS / OWA (Front-End-Https) and a few others take it.
+    "X-Forwarded-Ssl",
+    "X-Forwarded-Protocol",
+    "X-Url-Scheme",
+    "Front-End-Https",
     "X-Original-URL",
     "X-Rewrite-URL",
     "X-Original-Host",

@@ -240,6 +240,12 @@ POISON = {
     "X-Rewrite-URL": "/evil",
     "Forwarded": "host=evil.example;proto=https",
     "X-Forwarded-Scheme": "evil",
+    # Rack takes the scheme from X-Forwarded-Ssl before X-Forwarded-Proto: a page whose links
+    # or redirect it makes https (or not) on a request's say-so, stored for everyone.
+    "X-Forwarded-Ssl": "on-evil",
+    "X-Url-Scheme": "evil",
+    "Front-End-Https": "on-evil",
+    "X-Forwarded-Protocol": "evil",
     "X-HTTP-Method-Override": "DELETE",
 }
 
