@@ -134,6 +134,12 @@ def normalise_query(query: str, opts: KeyConfig) -> str:
     """Apply the configured query handling: keep / drop listed parameters, optionally sort."""
     if not query or not (opts.sort_query or opts.ignore_query_params or opts.keep_query_params):
         return query
+    if ";" in query:
+        # Parameter cloaking: parse_qsl splits on "&" only, but Rack 2, Go before 1.17 and
+        # older Pythons split on ";" too, so `?utm_source=x;callback=evil` was one dropped
+        # parameter here (key: no query) and a callback at the origin, its answer stored for
+        # everyone. A query with ";" is keyed exactly as sent: a miss more, never a poisoned key.
+        return query
     # surrogateescape: bytes that are not UTF-8 (%FF) survive the round trip instead of
     # all becoming U+FFFD, which would give distinct URLs one key.
     pairs = parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
@@ -142,8 +148,14 @@ def normalise_query(query: str, opts: KeyConfig) -> str:
     if opts.ignore_query_params:
         pairs = [(k, v) for k, v in pairs if not any(fnmatchcase(k, pat) for pat in opts.ignore_query_params)]
     if opts.sort_query:
-        pairs.sort()
+        # By name only (a stable sort): `?id=2&id=1` and `?id=1&id=2` are different requests to an
+        # origin that takes the first (or the last) value.
+        pairs.sort(key=_name)
     return urlencode(pairs, errors="surrogateescape")
+
+
+def _name(pair: tuple[str, str]) -> str:
+    return pair[0]
 
 
 @functools.lru_cache(maxsize=4096)

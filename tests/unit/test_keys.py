@@ -81,7 +81,25 @@ def test_namespace_prefixes_every_key() -> None:
 
 QUERIES = [
     pytest.param(KeyConfig(sort_query=True), "b=2&a=1&c=", "a=1&b=2&c=", id="sort"),
-    pytest.param(KeyConfig(sort_query=True), "a=2&a=1", "a=1&a=2", id="sort-repeated-name"),
+    # A repeated name keeps its values' order: an origin taking the first (or last) answers
+    # `id=2&id=1` and `id=1&id=2` differently.
+    pytest.param(
+        KeyConfig(sort_query=True), "b=0&a=2&a=1", "a=2&a=1&b=0", id="sort-keeps-a-repeated-names-order"
+    ),
+    # Parameter cloaking: an origin that splits on ";" (Rack 2, Go < 1.17) sees callback=evil.
+    pytest.param(
+        KeyConfig(ignore_query_params=("utm_*",)),
+        "utm_source=x;callback=evil",
+        "utm_source=x;callback=evil",
+        id="cloaking-a-query-with-a-semicolon-is-keyed-as-sent",
+    ),
+    pytest.param(
+        KeyConfig(keep_query_params=("id",)),
+        "id=1&x=2;callback=evil",
+        "id=1&x=2;callback=evil",
+        id="cloaking-keep",
+    ),
+    pytest.param(KeyConfig(sort_query=True), "b=1;a=2", "b=1;a=2", id="cloaking-sort"),
     pytest.param(
         KeyConfig(ignore_query_params=("utm_*", "fbclid")),
         "id=1&utm_source=x&fbclid=y&utm_medium=z&fbclid2=w",
