@@ -645,10 +645,16 @@ class Connection(asyncio.Protocol):
         if request.body_follows:
             self._check_within(self.ctx.cfg.server.body_timeout)
             for name, value in raw:
-                if name.lower() == b"transfer-encoding" and value.strip(b" \t").lower() != b"chunked":
-                    # RFC 9112 §6.1: llhttp takes "gzip, chunked", but no coding but chunked is
-                    # understood here; forwarding it as plain chunked would lose the gzip.
-                    raise _BadRequest(501, "transfer coding not implemented")
+                if name.lower() == b"transfer-encoding":
+                    if value.strip(b" \t").lower() != b"chunked":
+                        # RFC 9112 §6.1: llhttp takes "gzip, chunked", but no coding but chunked is
+                        # understood here; forwarding it as plain chunked would lose the gzip.
+                        raise _BadRequest(501, "transfer coding not implemented")
+                    if http10:
+                        # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+                        # framing; the connection MUST close after the answer (a 1.0 peer may have
+                        # meant the bytes otherwise, whatever keep-alive it asked for).
+                        request.keep_alive = False
             if request.method in ("GET", "HEAD"):
                 self.discard_body = True  # read and dropped, with its framing fields (see Fetcher)
             else:

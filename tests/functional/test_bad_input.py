@@ -118,6 +118,22 @@ async def test_an_unknown_method_is_501_not_implemented(
     await _still_serves(proxy, origin)
 
 
+async def test_rfc9112_s6_1_an_http10_request_with_transfer_encoding_closes_the_connection(
+    proxy: Proxy, origin: Origin
+) -> None:
+    """ "A server ... that receives an HTTP/1.0 message containing a Transfer-Encoding header field
+    MUST treat the message as if the framing is faulty ... and close the connection after
+    processing the message": a 1.0 peer may not have meant chunked, whatever keep-alive it asked."""
+    chunked = (
+        b"POST /echo HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    after = b"GET /max-age/60 HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+    answer = await _raw(proxy, chunked + b"3\r\nabc\r\n0\r\n\r\n" + after)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200"], answer[:600]
+    assert b"keep-alive" not in answer.split(b"\r\n\r\n", 1)[0].lower()
+    await _still_serves(proxy, origin)
+
+
 # --------------------------------------------------------------------------- origin failures
 
 
