@@ -657,6 +657,11 @@ class Connection(asyncio.Protocol):
                         request.keep_alive = False
             if request.method in ("GET", "HEAD"):
                 self.discard_body = True  # read and dropped, with its framing fields (see Fetcher)
+                if request.expect_continue:
+                    # No 100 (Continue) is sent for a body nobody reads, so the client may not send
+                    # it after the answer (RFC 9110 §10.1.1): the connection closes after the
+                    # answer, or the next request's first bytes would be dropped as that body.
+                    request.keep_alive = False
             else:
                 body = self.body = RequestBody(self, request)
                 request.body = body.chunks()

@@ -134,6 +134,19 @@ async def test_rfc9112_s6_1_an_http10_request_with_transfer_encoding_closes_the_
     await _still_serves(proxy, origin)
 
 
+async def test_rfc9110_s10_1_1_a_get_whose_body_waits_for_100_continue_closes_after_its_answer(
+    proxy: Proxy, origin: Origin
+) -> None:
+    """A GET's body is dropped unread, so no 100 (Continue) is sent for it; a client waiting for one
+    may then skip the body, and its next request's first bytes would be dropped as that body. The
+    answer says Connection: close and the connection ends."""
+    head = b"GET /max-age/60 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+    answer = await _raw(proxy, head)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200"], answer[:600]
+    assert b"connection: close" in answer.split(b"\r\n\r\n", 1)[0].lower(), answer[:600]
+    await _still_serves(proxy, origin)
+
+
 # --------------------------------------------------------------------------- origin failures
 
 
