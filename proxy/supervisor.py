@@ -288,15 +288,29 @@ class Supervisor:
             code,
             delay,
         )
-        await asyncio.sleep(delay)
-        if self.stopping.is_set() or worker.generation != self.generation:
-            return
-        replacement = await self._spawn(cfg, worker.index, worker.generation, crashes + 1)
-        self.coordinator.announce()
-        try:
-            await self._wait_ready(replacement)
-        except StartError as exc:
-            log.error("restarting worker %d failed: %s", worker.index, exc)
+        # Until a replacement is ready: one that dies (or hangs) before it is ready has no watch of
+        # its own to restart it (that covers ready workers only), so it is tried again from here,
+        # after a growing delay. Giving up would leave its place empty for good: with every place
+        # empty the kernel still queues connections on the port, and nobody answers them.
+        while True:
+            await asyncio.sleep(delay)
+            if self.stopping.is_set() or worker.generation != self.generation:
+                return
+            crashes += 1
+            replacement = await self._spawn(cfg, worker.index, worker.generation, crashes)
+            self.coordinator.announce()
+            try:
+                await self._wait_ready(replacement)
+                return  # its own watch restarts it from now on
+            except StartError as exc:
+                if self.stopping.is_set() or replacement.link.draining:
+                    return
+                delay = RESTART_DELAYS[min(crashes, len(RESTART_DELAYS) - 1)]
+                log.error("restarting worker %d failed: %s; trying again in %.1f s", worker.index, exc, delay)
+                if replacement.process.returncode is None:  # not ready in time: not one more beside it
+                    with contextlib.suppress(ProcessLookupError):
+                        replacement.process.kill()
+                    await replacement.process.wait()
 
     # ----------------------------------------------------------------- reload
 

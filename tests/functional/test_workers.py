@@ -204,6 +204,28 @@ async def test_a_worker_killed_while_it_fetches_leaves_nobody_waiting(
     assert proc.stop() == 0
 
 
+async def test_a_replacement_that_dies_before_it_is_ready_is_started_again(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """A replacement has no watch of its own until it is ready: the supervisor must try again, or the
+    place stays empty for good (with every place empty, connections queue on the port unanswered)."""
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    before = children(proc.popen.pid)
+    os.kill(before[0], signal.SIGKILL)
+    # Its replacement comes 0.5 s later; killed the moment it exists, long before it has even
+    # imported what it runs (a worker that crashes at start, the OOM killer on a busy box).
+    deadline = time.monotonic() + 10
+    while not (new := [pid for pid in children(proc.popen.pid) if pid not in before]):
+        assert time.monotonic() < deadline, "no replacement was started"
+        await asyncio.sleep(0.005)
+    os.kill(new[0], signal.SIGKILL)
+    await wait_ready(admin, 2, timeout=10)  # the next one, a second later
+    assert "restarting worker 0 failed" in proc.output() or "restarting worker 1 failed" in proc.output()
+    status, _ = await fresh_get(f"http://127.0.0.1:{port}/max-age/60")
+    assert status == 200
+    assert proc.stop() == 0
+
+
 # --------------------------------------------------------------------------- one socket
 
 
