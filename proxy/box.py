@@ -423,14 +423,26 @@ class Coordinator:
             link.snapshots[ident] = future
             link.send({"op": "snapshot", "id": ident})
             asked.append((link, future))
-        out = []
+        answers = []
         for link, future in asked:
             try:
                 stats = await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 stats = {}
-            if stats and link.pid in self.links:
+            answers.append((link, stats))
+        # Each worker's numbers count once, and never less than they did: a live worker's answer, or
+        # if it gave none in time (a blocked loop, a stopped process) its last one; a worker that
+        # detached meanwhile, its last one until serve() has carried that into `retired` (then
+        # nothing). Nothing awaits from here to the caller's reply, which sends `retired` with these.
+        out = []
+        for link, stats in answers:
+            attached = link.pid in self.links
+            if attached and stats:
                 self.last[link.pid] = stats
+            else:
+                if attached:
+                    log.warning("box: worker %d did not answer for stats; its last numbers stand", link.index)
+                stats = self.last.get(link.pid, {})
             out.append({"worker": link.index, "pid": link.pid, "generation": link.generation, **stats})
         return sorted(out, key=lambda s: (s["generation"], s["worker"]))
 

@@ -265,6 +265,32 @@ async def test_stats_count_every_request_once_whichever_worker_took_it(
     assert proc.stop() == 0
 
 
+async def test_a_worker_that_does_not_answer_for_stats_keeps_its_numbers_in_the_box(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """The box's counters never go down while it runs: a worker that gives no snapshot in time (a
+    blocked loop; here a stopped process) counts with its last one, not as nothing (a scraper would
+    take the drop for a counter reset)."""
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    for _ in range(20):
+        status, _ = await fresh_get(f"http://127.0.0.1:{port}/max-age/600")
+        assert status == 200
+    before = await stats(admin)
+    per_worker = before["per_worker"]
+    assert isinstance(per_worker, list)
+    busiest = max(per_worker, key=lambda w: int(w["requests"]))
+    os.kill(busiest["pid"], signal.SIGSTOP)
+    try:
+        after = await stats(admin)  # the supervisor waits 5 s for the stopped worker's snapshot
+    finally:
+        os.kill(busiest["pid"], signal.SIGCONT)
+    engine = after["engine"]
+    assert isinstance(engine, dict) and engine["requests"] == 20, after["per_worker"]
+    assert after["workers"] == 2
+    assert f"worker {busiest['worker']} did not answer for stats" in proc.output()
+    assert proc.stop() == 0
+
+
 async def test_a_purge_reaches_every_worker(spawn: Spawn, origin: Origin, tmp_path: Path) -> None:
     proc, port, admin = await start(spawn, 2, origin, tmp_path)
     url = f"http://127.0.0.1:{port}/max-age/600"
