@@ -20,7 +20,9 @@ connection (a socketpair the supervisor made) and uses it for:
 - **reload**: `POST /reload` on the admin API asks the supervisor to re-read
   its config and replace the workers;
 - **control** from the supervisor: how many workers share the box now (a lone
-  worker skips the locks), and "drain" (stop accepting, finish, exit);
+  worker skips the locks), "drain" (stop accepting, finish, exit), and "adopt" /
+  "release" a place: accept on the public sockets of a worker that died too,
+  until its replacement is ready (proxy/supervisor.py says why);
 - **readiness gates**: the readiness checks that have passed once in the box
   (proxy/readiness.py), told by the worker that saw them pass and handed to
   every worker that starts later, so the box is "degraded", not "not ready",
@@ -98,6 +100,8 @@ class BoxClient:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.snapshot: Snapshot | None = None  # set by the worker: its own stats
+        # Set by the worker: ("adopt" or "release", a place, the fds of its public sockets).
+        self.places: Callable[[str, int, list[int]], None] | None = None
         self.drain = asyncio.Event()  # the supervisor asked this worker to finish and exit
         self.lost = asyncio.Event()  # the supervisor is gone
         self.checks_passed: set[str] = set()  # readiness gates passed in the box (Readiness.passed)
@@ -222,6 +226,10 @@ class BoxClient:
             task.add_done_callback(self._background.discard)
         elif op == "drain":
             self.drain.set()
+        elif op in ("adopt", "release"):
+            fds = message.get("fds")
+            if self.places is not None and isinstance(message.get("place"), int):
+                self.places(op, message["place"], [fd for fd in fds if isinstance(fd, int)] if fds else [])
         elif isinstance(ident, int):
             future2 = self._replies.get(ident)
             if future2 is not None and not future2.done():

@@ -11,7 +11,8 @@ the supervisor
   probed without SO_REUSEPORT, so a second node on the same port fails to
   start with a clear message instead of joining the group. The sockets outlive
   the workers: a replacement worker inherits the same socket, so nothing in
-  its accept queue is lost;
+  its accept queue is lost, and until it is ready a live worker accepts on it
+  (the kernel goes on handing it its share of new connections);
 - coordinates the workers through proxy/box.py: fetch locks (one origin request
   per key per box), box-wide hit-for-pass marks, stats from every worker;
 - restarts a worker that dies (with a growing delay), and on SIGHUP (or
@@ -113,6 +114,7 @@ class Worker:
     process: asyncio.subprocess.Process
     link: WorkerLink
     crashes: int = 0  # crashes in a row of this worker's place before it started
+    group: list[socket.socket] = field(default_factory=list)  # the public sockets it inherited
     started: float = field(default_factory=time.monotonic)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -145,6 +147,10 @@ class Supervisor:
         # they held in memory (L2 write-behind, catalogue rows) may be lost, and the exit code says so.
         self.unclean_exits = 0
         self._reloading = asyncio.Lock()
+        # Places (worker indexes) whose worker died and whose replacement is not ready yet, and the
+        # live worker accepting on each one's sockets meanwhile (see _cover).
+        self.empty: set[int] = set()
+        self.covering: dict[int, Worker] = {}
         self._origin: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ start
@@ -235,8 +241,10 @@ class Supervisor:
         assert self.public
         ours, theirs = socket.socketpair()
         # Worker i accepts on socket i of the group (and on i + N, ... when there are more sockets).
-        public = [s.fileno() for j, s in enumerate(self.public) if j % self.count == index]
-        fds = [theirs.fileno(), *public]
+        public = self._place_fds(index)
+        # Every socket of the group, though it accepts on its place's only: it may have to accept
+        # on another's while that one is empty (_cover).
+        fds = [theirs.fileno(), *(s.fileno() for s in self.public)]
         args = ["--channel", str(theirs.fileno()), "--public", ",".join(map(str, public))]
         if self.admin is not None:
             fds.append(self.admin.fileno())
@@ -247,11 +255,49 @@ class Supervisor:
         theirs.close()
         ours.sendall(encode(start_message(cfg, self.factory, index, generation)))
         link = await self.coordinator.attach(ours, index, process.pid, generation)
-        worker = Worker(index, generation, process, link, crashes)
+        worker = Worker(index, generation, process, link, crashes, group=list(self.public))
         worker.tasks.append(asyncio.create_task(self.coordinator.serve(link), name=f"box link {index}"))
         worker.tasks.append(asyncio.create_task(self._watch(worker, cfg), name=f"worker {index} watch"))
         self.workers.append(worker)
         return worker
+
+    def _place_fds(self, place: int) -> list[int]:
+        """The fds of a place's public sockets: socket j of the group belongs to place j % count."""
+        return [s.fileno() for j, s in enumerate(self.public) if j % self.count == place]
+
+    def _cover(self) -> None:
+        """Have a live worker accept on each empty place's sockets until its replacement is ready.
+
+        The kernel keeps handing a place's sockets their share of new connections
+        (SO_REUSEPORT spreads by address, not by who accepts), so while a place is
+        empty (a restart delay, a replacement starting, a replacement that keeps
+        failing) that share would wait unanswered, for ever if it never comes back.
+        """
+        for place in sorted(self.empty - self.covering.keys()):
+            sockets = [s for j, s in enumerate(self.public) if j % self.count == place]
+            helpers = [
+                w
+                for w in self.workers
+                if w.generation == self.generation
+                and w.index != place
+                and w.index not in self.empty
+                and w.link.ready.is_set()
+                and not w.link.draining
+                and w.process.returncode is None
+                and all(any(s is g for g in w.group) for s in sockets)  # it has these fds
+            ]
+            if not helpers:
+                continue
+            helper = min(helpers, key=lambda w: sum(c is w for c in self.covering.values()))
+            self.covering[place] = helper
+            helper.link.send({"op": "adopt", "place": place, "fds": [s.fileno() for s in sockets]})
+
+    def _uncover(self, place: int) -> None:
+        """A place has its worker again: whoever accepted for it stops."""
+        self.empty.discard(place)
+        helper = self.covering.pop(place, None)
+        if helper is not None:
+            helper.link.send({"op": "release", "place": place})
 
     async def _wait_ready(self, worker: Worker) -> None:
         ready = asyncio.create_task(worker.link.ready.wait())
@@ -274,10 +320,16 @@ class Supervisor:
         if worker in self.workers:
             self.workers.remove(worker)
         self.coordinator.detach(worker.link)
+        # What it accepted for other empty places, another live worker takes on.
+        for place in [p for p, w in self.covering.items() if w is worker]:
+            del self.covering[place]
+        self._cover()
         if self.stopping.is_set() or worker.link.draining or not worker.link.ready.is_set():
             return
         if worker.generation != self.generation:
             return  # a reload replaced it meanwhile
+        self.empty.add(worker.index)
+        self._cover()
         # A worker that ran for a while before it died starts the count of crashes anew.
         crashes = 0 if time.monotonic() - worker.started > STABLE_SECONDS else worker.crashes
         delay = RESTART_DELAYS[min(crashes, len(RESTART_DELAYS) - 1)]
@@ -301,6 +353,8 @@ class Supervisor:
             self.coordinator.announce()
             try:
                 await self._wait_ready(replacement)
+                self._uncover(worker.index)
+                self._cover()  # it may stand in for another place that is empty
                 return  # its own watch restarts it from now on
             except StartError as exc:
                 if self.stopping.is_set() or replacement.link.draining:
@@ -364,6 +418,8 @@ class Supervisor:
                 return False, f"reload failed, the running workers go on: {exc}"
             previous = self.cfg
             self.cfg = cfg
+            self.empty.clear()  # the new generation fills every place; the old one drains
+            self.covering.clear()
             for worker in old:
                 asyncio.get_running_loop().create_task(self._drain(worker))
             if cfg.listen != previous.listen:

@@ -20,12 +20,13 @@ import gc
 import importlib
 import json
 import logging
+import os
 import pickle
 import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -34,9 +35,9 @@ from proxy import log_output, stats
 from proxy.admin import create_admin_app
 from proxy.box import BoxClient
 from proxy.config import Config
-from proxy.front import serve_public
+from proxy.front import PublicServer, serve_public
 from proxy.log_output import flush_periodically
-from proxy.node import NodeFactory
+from proxy.node import Node, NodeFactory
 
 log = logging.getLogger("proxy.worker")
 
@@ -117,6 +118,8 @@ async def run(
             node.readiness.passed = box.checks_passed
             node.readiness.on_first_pass = box.tell_passed
             servers = [await serve_public(node, sock=sock) for sock in public]
+            adopted: dict[int, list[PublicServer]] = {}
+            box.places = _places(node, servers, adopted)
             runner: web.AppRunner | None = None
             if admin is not None:
                 runner = web.AppRunner(create_admin_app(node), access_log=None, handle_signals=False)
@@ -130,6 +133,9 @@ async def run(
                 task.cancel()
             # Drain: stop accepting (the socket stays open in the supervisor and the other
             # workers, so no client is refused), finish what is in progress, then close.
+            box.places = None
+            for place in adopted.values():
+                servers += place
             await asyncio.gather(*(server.close(cfg.drain_timeout) for server in servers))
             if runner is not None:
                 await runner.cleanup()
@@ -141,6 +147,46 @@ async def run(
         for handler in logging.getLogger().handlers:
             handler.flush()
     return 0
+
+
+def _places(
+    node: Node, servers: list[PublicServer], adopted: dict[int, list[PublicServer]]
+) -> Callable[[str, int, list[int]], None]:
+    """What the worker does when the supervisor has it adopt or release another worker's place.
+
+    While a worker's place is empty (it died; its replacement is not ready yet) the kernel
+    still hands that place's sockets their share of new connections, and nobody would
+    accept them: this worker accepts on them meanwhile (its own dups of the fds it inherited).
+    Released, it stops accepting there; what it accepted is served, and drained at exit.
+    In the order the supervisor sent them (one lock, first come first served).
+    """
+    lock = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def apply(op: str, place: int, fds: list[int]) -> None:
+        async with lock:
+            if op == "release":
+                for server in adopted.pop(place, []):
+                    server.server.close()  # no more accepting there; its connections go on
+                    servers.append(server)  # drained with the worker's own
+                return
+            if place in adopted:
+                return
+            try:
+                adopted[place] = [
+                    await serve_public(node, sock=socket.socket(fileno=os.dup(fd))) for fd in fds
+                ]
+            except OSError as exc:
+                log.error("cannot accept for worker %d's place: %s", place, exc)
+                return
+            log.info("accepting for worker %d's place until it is back", place)
+
+    def places(op: str, place: int, fds: list[int]) -> None:
+        task = asyncio.get_running_loop().create_task(apply(op, place, fds))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return places
 
 
 def main(argv: Sequence[str] | None = None) -> int:

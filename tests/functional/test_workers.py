@@ -226,6 +226,48 @@ async def test_a_replacement_that_dies_before_it_is_ready_is_started_again(
     assert proc.stop() == 0
 
 
+async def test_connections_for_an_empty_place_are_answered_by_the_other_workers(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """Each worker accepts on its own sockets of the SO_REUSEPORT group, and the kernel goes on
+    handing a dead worker's sockets their share of new connections: while its place is empty (here
+    for as long as the test runs: every replacement is killed the moment it exists, a worker that
+    keeps failing at start) a live worker must accept them, or they wait unanswered for ever."""
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    seen = set(children(proc.popen.pid))
+    os.kill(min(seen), signal.SIGKILL)
+    done = asyncio.Event()
+
+    async def kill_replacements() -> None:
+        while not done.is_set():
+            for pid in children(proc.popen.pid):
+                if pid not in seen:
+                    seen.add(pid)
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.005)
+
+    killer = asyncio.create_task(kill_replacements())
+    try:
+        await wait_ready(admin, 1)  # the supervisor has seen it go
+        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        timeout = aiohttp.ClientTimeout(total=5)  # answered at once, or never
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+
+            async def one() -> int:
+                async with s.get(f"http://127.0.0.1:{port}/max-age/600") as r:
+                    await r.read()
+                    return r.status
+
+            # 30 connections: each lands on the empty place's socket with probability 1/2.
+            statuses = await asyncio.gather(*(one() for _ in range(30)), return_exceptions=True)
+    finally:
+        done.set()
+        await killer
+    assert statuses == [200] * 30, statuses
+    assert "accepting for worker" in proc.output()
+    assert proc.stop() == 0
+
+
 # --------------------------------------------------------------------------- one socket
 
 
