@@ -751,6 +751,15 @@ class Engine:
         sliced = entry is not None and self.slicer is not None and self.slicer.is_slice(entry)
         if entry is None or not (sliced or self._covers(entry, f)):
             return None
+        # The copy another worker's fetch stored may have been fetched before a purge that came
+        # while we waited for it (a request after the purge, waiting on a fetch begun before it):
+        # a late copy, not taken, hard or soft (as a waiter in this worker: _purged_before_joining;
+        # a soft one's copy may even be marked stale already, so a screen would let it through).
+        purger = self.purger
+        if purger.behind():
+            await purger.sync()
+        if purger.bans and purger.bans.covering(f.key, entry.fetch_epoch, entry.tags) is not None:
+            return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None
         if fresh and policy.remaining_ttl(entry, self.clock()) <= 0:

@@ -348,6 +348,47 @@ async def test_a_purge_reaches_every_worker(spawn: Spawn, origin: Origin, tmp_pa
     assert proc.stop() == 0
 
 
+async def bodies(url: str, n: int) -> list[bytes]:
+    """The bodies of n concurrent requests, each on its own connection (spread over the workers)."""
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as s:
+
+        async def one() -> bytes:
+            async with s.get(url) as r:
+                assert r.status == 200
+                return await r.read()
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_no_worker_answers_a_request_after_a_purge_with_a_fetch_begun_before_it(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """A request that comes after a purge must not get the copy a fetch begun before it brings: in
+    the fetching worker it fetches again (_purged_before_joining); in another worker it waits on the
+    box's fetch lock and must not take that copy from L2 either. A soft purge (that copy is stale,
+    and /slow allows no stale answer): after a hard one the fetching worker's catalogue writer
+    also deletes the late copy, racing the other worker's read."""
+    proc, port, admin = await start(spawn, 2, origin, tmp_path)
+    path = "/slow?ms=1500&max_age=600"
+    first = asyncio.create_task(bodies(f"http://127.0.0.1:{port}{path}", 1))
+    deadline = time.monotonic() + 10
+    while await origin.hits("/slow") == 0:
+        assert time.monotonic() < deadline, "the first request never reached the origin"
+        await asyncio.sleep(0.02)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"http://127.0.0.1:{admin}/purge", json={"url": path, "soft": True}) as r,
+    ):
+        assert r.status == 200, await r.text()
+    # 20 connections: some land on the other worker (each with probability 1/2), while hit=1 is
+    # still at the origin.
+    after = await bodies(f"http://127.0.0.1:{port}{path}", 20)
+    assert [body.endswith(b" hit=1\n") for body in after] == [False] * 20, after
+    assert (await first)[0].endswith(b" hit=1\n")  # asked before the purge: the fetch it led
+    assert proc.stop() == 0
+
+
 # --------------------------------------------------------------------------- reload and drain
 
 
