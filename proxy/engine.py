@@ -589,7 +589,7 @@ class Engine:
             return self._fetch_alone(f)
         return self._fetch_coalesced(f)
 
-    async def _fetch_coalesced(self, f: FetchRequest) -> Answer:
+    async def _fetch_coalesced(self, f: FetchRequest, *, again: bool = False) -> Answer:
         stream = self.streams.get(f.key)
         if stream is not None:
             # The fetch's head has come and gone; its body is still streaming into the cache.
@@ -614,7 +614,12 @@ class Engine:
             return self._origin_failed(f, exc, collapsed=not leader)
         if not leader and self._purged_before_joining(f.key, outcome, joined):
             self.stats.purged_flights += 1
-            return await self._fetch_alone(f)
+            # Every request that joined after the purge is here at once: one new flight for them
+            # all (alone, each would ask the origin: a stampede on the key just purged). A second
+            # purged outcome (another purge meanwhile, or that flight not yet gone) fetches alone.
+            if again:
+                return await self._fetch_alone(f)
+            return await self._fetch_coalesced(f, again=True)
         return await self._answer(f, outcome, leader)
 
     def _purged_before_joining(self, key: str, outcome: FetchOutcome, joined: int) -> bool:

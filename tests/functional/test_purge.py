@@ -255,6 +255,21 @@ async def test_a_request_after_a_purge_does_not_join_a_fetch_begun_before_it(pro
     assert "hit" in member.split(";") and b"hit=2" in body
 
 
+async def test_requests_after_a_purge_that_joined_a_fetch_begun_before_it_fetch_again_once(
+    proxy: Proxy, origin: Origin
+) -> None:
+    """Those requests do not take the purged copy, and they do not each go to the origin either:
+    a purge of a hot key during a slow fetch must not turn into a stampede."""
+    path = "/max-age/60?ms=400"
+    first = asyncio.create_task(get(proxy, path))  # hit=1 at the origin, 400 ms
+    await asyncio.sleep(0.1)
+    await purger_of(proxy).purge(PurgeRequest("url", (path,)))
+    after = await asyncio.gather(*(get(proxy, path) for _ in range(10)))  # they join hit=1's fetch
+    assert b"hit=1" in (await first)[1]
+    assert [body for _, body in after] == [b"origin stub /max-age/60 hit=2\n"] * 10
+    assert await origin.hits("/max-age/60") == 2
+
+
 async def test_bans_do_not_block_fresh_content(proxy: Proxy, origin: Origin) -> None:
     await get(proxy, "/max-age/60")
     await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/60",)))
