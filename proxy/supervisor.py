@@ -326,7 +326,7 @@ class Supervisor:
         self._cover()
         if self.stopping.is_set() or worker.link.draining or not worker.link.ready.is_set():
             return
-        if worker.generation != self.generation:
+        if not await self._current(worker):
             return  # a reload replaced it meanwhile
         self.empty.add(worker.index)
         self._cover()
@@ -346,7 +346,7 @@ class Supervisor:
         # empty the kernel still queues connections on the port, and nobody answers them.
         while True:
             await asyncio.sleep(delay)
-            if self.stopping.is_set() or worker.generation != self.generation:
+            if self.stopping.is_set() or not await self._current(worker):
                 return
             crashes += 1
             replacement = await self._spawn(cfg, worker.index, worker.generation, crashes)
@@ -365,6 +365,12 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         replacement.process.kill()
                     await replacement.process.wait()
+
+    async def _current(self, worker: Worker) -> bool:
+        """Whether worker is of the serving generation, once any reload under way has ended: one
+        that fails keeps the running generation (its number was taken for the new one meanwhile)."""
+        async with self._reloading:
+            return worker.generation == self.generation
 
     # ----------------------------------------------------------------- reload
 
@@ -410,9 +416,12 @@ class Supervisor:
                 return False, f"reload failed, the running workers go on: {exc}"
             old = list(self.workers)
             previous_count, self.count = self.count, count
+            previous_generation = self.generation
             try:
                 started = await self._start_generation(cfg)
             except StartError as exc:
+                # The running workers go on, and are still the ones to restart when they die.
+                self.generation = previous_generation
                 self.count = previous_count
                 self._close_new(old_public, old_admin)
                 return False, f"reload failed, the running workers go on: {exc}"

@@ -475,6 +475,33 @@ async def test_a_reload_whose_config_reading_fails_unexpectedly_is_answered() ->
     assert "OverflowError" in message
 
 
+async def test_after_a_reload_whose_workers_fail_to_start_a_dead_worker_is_still_restarted(
+    spawn: Spawn, origin: Origin, tmp_path: Path
+) -> None:
+    """A reload whose new workers do not get ready keeps the running ones: they are still the box's
+    workers, restarted when they die (the failed reload had taken the generation number)."""
+    config = tmp_path / "edge.yaml"
+    config.write_text("name: edge-a\n")
+    proc, _, admin = await start(spawn, 2, origin, tmp_path, "--config", str(config))
+    running = set(children(proc.popen.pid))
+    proc.popen.send_signal(signal.SIGHUP)
+    # Every new worker is killed the moment it exists (a new release that crashes at start).
+    deadline = time.monotonic() + 20
+    seen = set(running)
+    while "reload failed" not in proc.output():
+        assert time.monotonic() < deadline, proc.output()
+        for pid in children(proc.popen.pid):
+            if pid not in seen:
+                seen.add(pid)
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.005)
+    assert "the running workers go on" in proc.output()
+    os.kill(min(running), signal.SIGKILL)
+    await wait_ready(admin, 1)  # the supervisor has seen it go
+    await wait_ready(admin, 2, timeout=10)  # and restarted it
+    assert "restarting it" in proc.output()
+
+
 async def test_workers_exit_when_their_supervisor_is_killed(
     spawn: Spawn, origin: Origin, tmp_path: Path
 ) -> None:
