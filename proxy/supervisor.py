@@ -253,7 +253,12 @@ class Supervisor:
             sys.executable, "-m", "proxy.worker", *args, pass_fds=fds, stdin=asyncio.subprocess.DEVNULL
         )
         theirs.close()
-        ours.sendall(encode(start_message(cfg, self.factory, index, generation)))
+        try:
+            ours.sendall(encode(start_message(cfg, self.factory, index, generation)))
+        except OSError:
+            # It died already (killed as it started): _wait_ready sees it exit, as any worker that
+            # fails at start. Raised from here, this ended the reload or the restarts of its place.
+            log.debug("worker %d (pid %d) exited before its start message", index, process.pid)
         link = await self.coordinator.attach(ours, index, process.pid, generation)
         worker = Worker(index, generation, process, link, crashes, group=list(self.public))
         worker.tasks.append(asyncio.create_task(self.coordinator.serve(link), name=f"box link {index}"))

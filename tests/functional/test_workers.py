@@ -14,16 +14,17 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from bench.procs import children
-from proxy.config import Config
+from proxy.config import AdminConfig, Config
 from proxy.node import open_node
-from proxy.supervisor import Supervisor
-from tests.functional.conftest import Origin, free_port
+from proxy.supervisor import StartError, Supervisor
+from tests.functional.conftest import Origin, free_port, make_config
 from tests.functional.test_cli import MINICDN, Process, Spawn, run_to_exit, spawn, wait_listening
 
 __all__ = ["spawn"]
@@ -500,6 +501,39 @@ async def test_after_a_reload_whose_workers_fail_to_start_a_dead_worker_is_still
     await wait_ready(admin, 1)  # the supervisor has seen it go
     await wait_ready(admin, 2, timeout=10)  # and restarted it
     assert "restarting it" in proc.output()
+
+
+async def test_a_worker_gone_before_its_start_message_is_a_worker_that_failed_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor writes a new worker its start message once the process exists. One already
+    gone by then (killed the moment it started) makes that write fail: a failed start (the reload
+    fails and says why; a restart is tried again), not an exception that ends the reload, or the
+    restarts of that place, half done. Here the process never holds its end of the channel."""
+    real = asyncio.create_subprocess_exec
+
+    async def gone_at_once(*args: object, pass_fds: object = (), **kwargs: object) -> object:
+        process = await real(sys.executable, "-c", "pass", **kwargs)  # type: ignore[arg-type]
+        await process.wait()
+        return process
+
+    cfg = replace(
+        make_config("http://127.0.0.1:9", tmp_path / "cache"),
+        listen=f"127.0.0.1:{free_port()}",
+        admin=AdminConfig(enabled=False),
+    )
+    supervisor = Supervisor(cfg, open_node, workers=1)
+    supervisor.bind()
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", gone_at_once)
+    try:
+        with pytest.raises(StartError, match="worker 0 exited with status 0"):
+            await supervisor._start_generation(cfg)
+    finally:
+        for worker in supervisor.workers:
+            for task in worker.tasks:
+                task.cancel()
+        for sock in supervisor.public:
+            sock.close()
 
 
 async def test_workers_exit_when_their_supervisor_is_killed(
