@@ -472,7 +472,8 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
             await worker.process.wait()
-        if worker.process.returncode != 0:
+        if worker.process.returncode != 0 and worker.link.ready.is_set():
+            # (One never ready, such as a reload's that failed to start, served nothing, queued nothing.)
             self.unclean_exits += 1
 
     async def _stop_all(self) -> None:
