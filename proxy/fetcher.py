@@ -740,6 +740,23 @@ class Fetcher:
                 return variant
         return None
 
+    async def _purged_before_sent(self, f: FetchRequest, selected: list[StoredResponse], epoch: int) -> bool:
+        """Whether a hard purge logged before this revalidation was sent (at `epoch`) covers a copy it
+        validates: the request looked that copy up before the purge, then waited (for another
+        request's fetch, the box's lock). Freshened, it would carry `epoch`, which no ban screens: the
+        purged body would be served as fresh. (A soft purge asks for just this revalidation.)"""
+        purger = self.purger
+        if purger.behind():
+            await purger.sync()
+        bans = purger.bans
+        if not bans:
+            return False
+        for old in selected:
+            ban = bans.covering(f.key, old.fetch_epoch, old.tags)
+            if ban is not None and not ban.soft and ban.epoch <= epoch:
+                return True
+        return False
+
     async def _freshen(
         self, f: FetchRequest, resp: OriginResponse, request_time: float, epoch: int, sent: Headers
     ) -> FetchOutcome:
@@ -751,6 +768,9 @@ class Fetcher:
         selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
             # The 304 matches nothing we hold: fetch the representation whole.
+            return await self.fetch(replace(f, stale=None))
+        if await self._purged_before_sent(f, selected, epoch):
+            # The copies it validates were hard purged before it was sent: nothing to freshen.
             return await self.fetch(replace(f, stale=None))
         updated: dict[int, StoredResponse] = {}
         for old in selected:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.config import KeyConfig
+from proxy.config import FetchConfig, KeyConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import Purger
 from proxy.storage.tiered import TieredStorage
@@ -268,6 +268,29 @@ async def test_requests_after_a_purge_that_joined_a_fetch_begun_before_it_fetch_
     assert b"hit=1" in (await first)[1]
     assert [body for _, body in after] == [b"origin stub /max-age/60 hit=2\n"] * 10
     assert await origin.hits("/max-age/60") == 2
+
+
+async def test_a_304_does_not_bring_back_a_copy_purged_before_its_revalidation_was_sent(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock
+) -> None:
+    """A request looked up the stale copy, then waited (here on another request's revalidation, until
+    its coalesce_timeout) while a hard purge removed it; the revalidation it then sends carries that
+    copy's validator, and the origin's 304 must not store the purged body again as fresh (with the
+    epoch of after the purge, no ban would screen it): the object is fetched whole."""
+    proxy = await start_proxy(fetch=FetchConfig(coalesce_timeout=0.3))
+    path = "/etag?max_age=10"
+    assert (await get(proxy, path))[1].endswith(b" hit=1\n")
+    clock.advance(20)
+    await origin.fault("/etag", mode="delay", ms=700)
+    leader = asyncio.create_task(get(proxy, path))  # revalidates, 700 ms at the origin
+    await asyncio.sleep(0.1)
+    waiter = asyncio.create_task(get(proxy, path))  # joins it, gives up after 0.3 s, revalidates
+    await asyncio.sleep(0.05)
+    await purger_of(proxy).purge(PurgeRequest("url", (path,)))
+    await asyncio.gather(leader, waiter)
+    await origin.clear_faults()
+    member, body = await get(proxy, path)
+    assert not body.endswith(b" hit=1\n"), (member, body)
 
 
 async def test_bans_do_not_block_fresh_content(proxy: Proxy, origin: Origin) -> None:
