@@ -252,9 +252,11 @@ async def test_private_burst_is_not_serialised_and_then_passes_at_once(
     assert len({body for _, _, body in results}) == 500  # each got its own private response
     assert not any("collapsed" in m for _, m, _ in results)
     # Serialised would be 500 x 300 ms = 150 s. Released waiters fetch in parallel: a few
-    # round trips (the origin pool holds 256 connections, so two waves) plus 500 requests' overhead.
+    # round trips (the origin pool holds 256 connections, so two waves) plus 500 requests' overhead,
+    # ~2 s on an idle machine, ~5 s with this 2-core machine loaded: the bound tells the two apart
+    # (not serialised), not how fast it runs (the benchmarks do).
     print(f"500 private requests in {elapsed:.2f}s")
-    assert elapsed < 5, f"private burst took {elapsed:.1f}s"
+    assert elapsed < 30, f"private burst took {elapsed:.1f}s"
     engine = engine_of(proxy)
     before = engine.stats.hit_for_pass
     results = await burst(burst_session, proxy.url + "/private?ms=300", 20)
