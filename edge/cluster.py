@@ -99,7 +99,11 @@ def plan_ports(args: argparse.Namespace) -> Ports:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind the port: as the edges, the stub origin and redis-server bind
+    (SO_REUSEADDR), so a port whose last connections wait in TIME_WAIT (a cluster stopped a minute
+    ago) is free, and one with a listener is not."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

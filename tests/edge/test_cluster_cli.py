@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +15,7 @@ import pytest
 
 from bench.cluster import free_block, stop_cluster, wait_ready
 from edge.cli import build_parser
-from edge.cluster import plan_ports
+from edge.cluster import _port_free, plan_ports
 from tests.functional.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,3 +112,17 @@ def test_a_directory_given_with_dir_is_kept(tmp_path: Path, redis_url: str) -> N
     stop_cluster(proc)
     assert "temporary" not in out
     assert (workdir / "edge-1.json").exists() and (workdir / "edge-1.log").exists()
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_cluster_is_free() -> None:
+    """Restarting `minicdn cluster` right after Ctrl-C (README: the cluster, then `--shield`) must not
+    say "ports already in use" for ports whose served connections wait in TIME_WAIT: the processes
+    bind with SO_REUSEADDR and would start. A port with a listener is still busy."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            served, _ = listener.accept()
+            served.close()  # the server closes first: its side of the connection waits in TIME_WAIT
+            client.recv(1)
+        assert not _port_free("127.0.0.1", port)  # listening
+    assert _port_free("127.0.0.1", port)
