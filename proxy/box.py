@@ -25,7 +25,7 @@ connection (a socketpair the supervisor made) and uses it for:
   until its replacement is ready (proxy/supervisor.py says why);
 - **readiness gates**: the readiness checks that have passed once in the box
   (proxy/readiness.py), told by the worker that saw them pass and handed to
-  every worker that starts later, so the box is "degraded", not "not ready",
+  every other worker, running or started later, so the box is "degraded", not "not ready",
   whichever worker a probe reaches during an outage.
 
 Messages are JSON objects, one per line. Nothing here touches the cache.
@@ -364,7 +364,14 @@ class Coordinator:
         elif op == "ready":
             link.ready.set()
         elif op == "passed":
-            self.checks_passed.update(_gates(message))
+            # The box's gates: the workers already running hear them too, or a probe would get
+            # "degraded" from one worker and "not ready" from another during an outage.
+            new = sorted(set(_gates(message)) - self.checks_passed)
+            if new:
+                self.checks_passed.update(new)
+                for other in self.links.values():
+                    if other is not link:
+                        other.send({"op": "passed", "checks": new})
         elif op == "snapshot" and isinstance(ident, int):
             future = link.snapshots.pop(ident, None)
             if future is not None and not future.done():

@@ -157,6 +157,18 @@ async def test_readiness_gates_passed_in_the_box_reach_workers_that_start_later(
     assert later.checks_passed == {"origin http://o.test"}
 
 
+async def test_readiness_gates_passed_in_one_worker_reach_the_workers_already_running(box: Box) -> None:
+    """README "Readiness": once a check has passed in the box, an outage makes the node "degraded"
+    whichever worker a probe reaches; a sibling that had not checked yet answered "not ready"."""
+    first, second, third = await box.worker(), await box.worker(), await box.worker()
+    second.tell_passed(["origin http://o.test"])
+    deadline = asyncio.get_running_loop().time() + 2
+    while not (first.checks_passed and third.checks_passed):
+        assert asyncio.get_running_loop().time() < deadline, "a running worker never heard of the pass"
+        await asyncio.sleep(0.01)
+    assert first.checks_passed == third.checks_passed == {"origin http://o.test"}
+
+
 def test_workers_are_told_the_box_size_in_their_config() -> None:
     """`workers: 0` (one per core) becomes the number the supervisor started: edge/fanout.py's
     consumer takes over the saved outboxes of the slots beyond it."""
