@@ -397,13 +397,17 @@ class Config:
     # The `cluster:` section, validated by the edge layer (edge/config.py), which the proxy never imports.
     cluster: Mapping[str, Any] = field(default_factory=dict)
     source: str = DEFAULTS_SOURCE  # the file this came from, for messages
-    # Keys set from the environment ("cache.l1.budget" -> "MINICDN_CACHE__L1__BUDGET"), for messages;
-    # for the opaque sections, the values of these keys are still the variables' text.
+    # Keys set from the environment ("cache.l1.budget" -> "MINICDN_CACHE__L1__BUDGET") or the command
+    # line ("admin.listen" -> "--admin-listen"), for messages; for the opaque sections, the values of
+    # these keys are still the variables' text.
     env: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, key: str) -> str:
-        """Where `key` was set, for a message: 'environment: VAR (key)' or 'FILE: key'."""
+        """Where `key` was set, for a message: 'environment: VAR (key)', 'command line: --OPTION' or
+        'FILE: key'."""
         var = self.env.get(key)
+        if var and var.startswith("--"):
+            return f"command line: {var}"
         return f"environment: {var} ({key})" if var else f"{self.source}: {key}"
 
     def with_overrides(
@@ -420,19 +424,19 @@ class Config:
         if listen is not None:
             _parse_listen(listen, "command line: --listen")
             cfg = replace(cfg, listen=listen)
-            env.pop("listen", None)
+            env["listen"] = "--listen"
         if admin_listen is not None:
             _parse_listen(admin_listen, "command line: --admin-listen")
             cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
-            env.pop("admin.listen", None)
+            env["admin.listen"] = "--admin-listen"
         if origin is not None:
             # The normalised URL (no trailing "/"): Upstream appends the request path to it.
             url = _check_origin_url(origin, "command line: --origin")
             cfg = replace(cfg, origin=replace(cfg.origin, url=url))
-            env.pop("origin.url", None)
+            env["origin.url"] = "--origin"
         if cache_dir is not None:
             cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
-            env.pop("cache.dir", None)
+            env["cache.dir"] = "--cache-dir"
         cfg = replace(cfg, env=env)
         check_admin(cfg)
         return cfg

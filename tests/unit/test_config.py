@@ -329,6 +329,25 @@ def test_command_line_overrides_are_validated(overrides: dict[str, str], key: st
         Config().with_overrides(**overrides)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"admin_listen": "0.0.0.0:9090"}, "command line: --admin-listen: '0.0.0.0:9090' is not a loopback"),
+        (
+            {"listen": "127.0.0.1:9090", "admin_listen": "127.0.0.1:9090"},
+            "command line: --admin-listen: '127.0.0.1:9090' is the public listen address",
+        ),
+    ],
+    ids=["no-token", "public-port"],
+)
+def test_an_admin_listen_from_the_command_line_is_blamed_on_it(overrides: dict[str, str], says: str) -> None:
+    """README: a bad value names the key and where it was set; `--admin-listen 0.0.0.0:...` was
+    reported as "built-in defaults: admin.listen" (or the config file's, which did not set it)."""
+    with pytest.raises(ConfigError) as error:
+        Config().with_overrides(**overrides)
+    assert str(error.value).startswith(says), error.value
+
+
 @pytest.mark.parametrize("source", ["file", "override"])
 def test_origin_url_trailing_slash_removed(source: str) -> None:
     """Upstream appends the request path to the origin URL: a kept "/" would send "//path"."""

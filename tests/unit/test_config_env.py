@@ -174,7 +174,7 @@ def test_environment_over_the_file_and_the_command_line_over_both(tmp_path: Path
     cfg = load_config(path, environ={"MINICDN_LISTEN": "127.0.0.1:7001", "MINICDN_CACHE__DIR": "/env"})
     assert (cfg.listen, cfg.cache.dir, cfg.cache.l1.budget) == ("127.0.0.1:7001", "/env", 1024**2)
     cfg = cfg.with_overrides(listen="127.0.0.1:7002")
-    assert cfg.listen == "127.0.0.1:7002" and cfg.where("listen") == f"{path}: listen"
+    assert cfg.listen == "127.0.0.1:7002" and cfg.where("listen") == "command line: --listen"
 
 
 @pytest.mark.parametrize(
