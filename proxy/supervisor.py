@@ -53,6 +53,9 @@ log = logging.getLogger("proxy.supervisor")
 READY_TIMEOUT = 60.0  # seconds a new worker may take to open its node and listen
 RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after the 1st, 2nd, ... crash in a row
 STABLE_SECONDS = 60.0  # a worker that ran this long before it died counts as a first crash
+# The restart delay once no worker serves: the growing delays spare the box a crash loop while
+# other workers answer; with none left the node is down, and waiting 30 s helps nobody.
+NONE_SERVING_DELAY = 0.5
 
 
 class StartError(Exception):
@@ -350,7 +353,7 @@ class Supervisor:
         # after a growing delay. Giving up would leave its place empty for good: with every place
         # empty the kernel still queues connections on the port, and nobody answers them.
         while True:
-            await asyncio.sleep(delay)
+            await self._restart_pause(delay)
             if self.stopping.is_set() or not await self._current(worker):
                 return
             crashes += 1
@@ -370,6 +373,24 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         replacement.process.kill()
                     await replacement.process.wait()
+
+    async def _restart_pause(self, delay: float) -> None:
+        """Wait `delay` before a restart, or NONE_SERVING_DELAY once no worker serves (every
+        worker died, e.g. of one poison request each, or the kill of a process group)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + delay
+        while (left := end - loop.time()) > 0:
+            if not self._serving():
+                await asyncio.sleep(min(left, NONE_SERVING_DELAY))
+                return
+            await asyncio.sleep(min(left, NONE_SERVING_DELAY))
+
+    def _serving(self) -> bool:
+        """Whether some worker is up and answering (ready, not draining, not exited)."""
+        return any(
+            w.link.ready.is_set() and not w.link.draining and w.process.returncode is None
+            for w in self.workers
+        )
 
     async def _current(self, worker: Worker) -> bool:
         """Whether worker is of the serving generation, once any reload under way has ended: one

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from bench.procs import children
+from proxy import supervisor as supervisor_module
 from proxy.config import AdminConfig, Config
 from proxy.node import open_node
 from proxy.supervisor import StartError, Supervisor
@@ -534,6 +535,40 @@ async def test_a_worker_gone_before_its_start_message_is_a_worker_that_failed_to
         for worker in supervisor.workers:
             for task in worker.tasks:
                 task.cancel()
+        for sock in supervisor.public:
+            sock.close()
+
+
+async def test_with_no_worker_left_the_places_are_restarted_without_the_growing_delay(
+    origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The restart delays (up to 30 s) spare a box a crash loop while other workers answer; with
+    every worker dead (a poison request each, a kill of the process group) the node is down, and
+    it waited out the delay all the same (~28 s in a fuzz run)."""
+    monkeypatch.setattr(supervisor_module, "RESTART_DELAYS", (30.0,))
+    cfg = replace(
+        make_config(origin.url, tmp_path / "cache"),
+        listen=f"127.0.0.1:{free_port()}",
+        admin=AdminConfig(enabled=False),
+    )
+    supervisor = Supervisor(cfg, open_node, workers=2)
+    supervisor.bind()
+    try:
+        first = await supervisor._start_generation(cfg)
+        for worker in first:
+            os.kill(worker.process.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while not (
+            len(supervisor.workers) == 2
+            and all(w.link.ready.is_set() and w not in first for w in supervisor.workers)
+        ):
+            assert time.monotonic() < deadline, "the places stayed empty for the 30 s delay"
+            await asyncio.sleep(0.1)
+        status, _ = await fresh_get(f"http://{cfg.listen}/max-age/60")
+        assert status == 200
+    finally:
+        supervisor.stopping.set()
+        await supervisor._stop_all()
         for sock in supervisor.public:
             sock.close()
 
