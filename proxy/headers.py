@@ -134,6 +134,11 @@ def _parse_cache_control(field_values: tuple[str, ...]) -> Directives:
                 arg = re.sub(r"\\(.)", r"\1", arg)
             if name in values:
                 duplicates.add(name)
+                if name in _FLAG_OR_FIELD_NAMES:
+                    # RFC 9111 §5.2.2.4, §5.2.2.7: each occurrence applies. An unqualified one
+                    # covers the whole response; qualified ones add up their field names.
+                    first = values[name]
+                    values[name] = None if first is None or arg is None else f"{first}, {arg}"
             else:
                 values[name] = arg
             pos = m.end()

@@ -348,6 +348,45 @@ def test_rfc9111_s5_2_2_4_no_cache_with_field_names_drops_those_fields() -> None
     assert e.no_cache is False  # the qualified form allows reuse of the rest without revalidation
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(['max-age=60, private="X-Secret", private'], id="one-line"),
+        pytest.param(['max-age=60, private="X-Secret"', "private"], id="two-lines"),
+    ],
+)
+def test_rfc9111_s5_2_2_7_an_unqualified_private_after_a_qualified_one_is_not_stored(
+    lines: list[str],
+) -> None:
+    response = CIMultiDict([*(("Cache-Control", line) for line in lines), ("X-Secret", "s")])
+    assert plan(response) == DontStore("private")
+
+
+def test_rfc9111_s5_2_2_7_every_private_field_list_is_withheld() -> None:
+    e = stored(
+        hdrs(
+            ("Cache-Control", 'max-age=60, private="X-A", private="X-B"'),
+            ("X-A", "a"),
+            ("X-B", "b"),
+            ("X-C", "c"),
+        )
+    )
+    assert header_names(e) & {"x-a", "x-b"} == set()
+    assert ("X-C", "c") in e.headers
+
+
+@pytest.mark.parametrize(
+    "cache_control",
+    [
+        pytest.param('max-age=60, no-cache="X-Token", no-cache', id="qualified-first"),
+        pytest.param('max-age=60, no-cache, no-cache="X-Token"', id="unqualified-first"),
+    ],
+)
+def test_rfc9111_s5_2_2_4_an_unqualified_no_cache_anywhere_means_revalidate(cache_control: str) -> None:
+    e = stored(hdrs(("Cache-Control", cache_control), ("ETag", '"e"'), ("X-Token", "t")))
+    assert e.no_cache is True
+
+
 def test_rfc9111_s5_2_2_4_unqualified_no_cache_stored_for_revalidation() -> None:
     e = stored(hdrs(("Cache-Control", "no-cache"), ("ETag", '"e"')))
     assert e.no_cache is True
