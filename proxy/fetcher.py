@@ -143,6 +143,19 @@ class FetchOutcome:
             self.streaming.finish()
 
 
+def _not_modified_unasked(resp: OriginResponse, conditional: CIMultiDict[str]) -> None:
+    """Raise a 502 for a 304 answering a fetch that carried no condition.
+
+    RFC 9110 §15.4.5: a 304 answers a conditional request only. A cache fetch never forwards
+    the client's own conditionals (origin_request_headers), so without ours (nothing stored,
+    or nothing to validate it with) a 304 would tell a client that holds no copy that its copy
+    is current, and it could update nothing stored (RFC 9111 §4.3.4).
+    """
+    if resp.status == 304 and not conditional:
+        resp.close()
+        raise failure(INVALID)
+
+
 class Fetcher:
     """Talks to the origin on the cache's behalf and stores what the policy allows."""
 
@@ -253,6 +266,7 @@ class Fetcher:
         # A purge logged after this point covers nothing this fetch brings back.
         epoch = self.purger.current_epoch()
         resp = await self._send_to_owner_or_origin(f, out_headers)
+        _not_modified_unasked(resp, conditional)
         if resp.status == 304 and f.stale is not None:
             return await self._freshen(f, resp, request_time, epoch, conditional)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
@@ -344,6 +358,7 @@ class Fetcher:
         epoch = self.purger.current_epoch()
         resp = await self._send_to_owner_or_origin(f, out_headers, "HEAD")
         resp.release()  # a HEAD response has no body
+        _not_modified_unasked(resp, conditional)
         if resp.status == 304 and f.stale is not None:
             return await self._freshen(f, resp, request_time, epoch, conditional)
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:

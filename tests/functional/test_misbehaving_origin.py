@@ -82,3 +82,24 @@ async def test_a_body_sent_late_after_a_head_response_is_never_served_or_stored_
     resp, body = await proxy.get("/b")
     assert body == b"real" and "hit" in cache_status(resp).split(";")
     assert origin.accepts == 2
+
+
+# ------------------------------------------ a 304 to a request that carried no condition
+
+NOT_MODIFIED = b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nCache-Control: max-age=60\r\n\r\n'
+
+
+@pytest.mark.parametrize("headers", [{}, {"Range": "bytes=0-1"}], ids=["whole", "range"])
+async def test_rfc9110_s15_4_5_a_304_to_an_unconditional_fetch_is_a_502_never_passed_on(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, headers: dict[str, str]
+) -> None:
+    """A cache fetch never carries the client's conditionals (nor ours when nothing is stored): a 304
+    to it tells a client holding no copy that its copy is current. Found by a lying-origin run."""
+    origin = await scripted_origin([NOT_MODIFIED, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    resp, body = await proxy.get("/doc", headers=headers)
+    assert (resp.status, body) == (502, b"origin sent an invalid response\n")
+    assert not origin.sent(0, "If-None-Match") and not origin.sent(0, "If-Modified-Since")
+    resp, body = await proxy.get("/doc")  # nothing was stored, and the proxy keeps serving
+    assert (resp.status, body) == (200, b"hello")
+    assert len(origin.requests) == 2
