@@ -272,6 +272,16 @@ class Fetcher:
         if f.stale is not None and resp.status in policy.ERROR_STATUSES:
             # Each request decides on stale-if-error with its own directives.
             return await self._error(f, resp, request_time, CacheStatus(fwd=f.why, fwd_status=resp.status))
+        if (
+            ranged is not None
+            and resp.status == 206
+            and not ranges.states_one_range(resp.headers.get("Content-Range"))
+        ):
+            # One range was asked (with slicing, the slices covering the client's: other bytes than
+            # its own): a 206 that does not say which bytes it holds cannot answer it (RFC 9110
+            # §15.3.7), and passed on, its body would be taken for the bytes the client asked.
+            resp.close()
+            raise failure(INVALID)
         if (ranged is None and resp.status == 206) or (ranged is not None and resp.status not in (200, 206)):
             # The answer to a Range depends on it, and the key does not: a 206 we did not
             # ask for, or a 416 (or any other status) to the range we asked, is not stored.

@@ -112,6 +112,23 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     return first, last, length
 
 
+# RFC 9110 §14.4: a byte range and a complete length that may be unknown ("*").
+_STATED_RANGE_RE = re.compile(r"^\s*bytes[ ]+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def states_one_range(value: str | None) -> bool:
+    """Whether a 206's Content-Range says which bytes its single part holds (RFC 9110 §15.3.7.1).
+
+    False for none (a multipart body, which answers no single-range request, §15.3.7.2), the
+    unsatisfied-range form "*/length" (a 416's, §14.4), or a malformed or impossible range.
+    """
+    m = _STATED_RANGE_RE.match(value) if value is not None else None
+    if m is None:
+        return False
+    first, last, length = int(m[1]), int(m[2]), m[3]
+    return first <= last and (length == "*" or last < int(length))
+
+
 def forwardable_range(value: str | None) -> str | None:
     """The Range to ask the origin for on a client's behalf: one byte range, written plainly.
 

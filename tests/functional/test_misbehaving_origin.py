@@ -103,3 +103,30 @@ async def test_rfc9110_s15_4_5_a_304_to_an_unconditional_fetch_is_a_502_never_pa
     resp, body = await proxy.get("/doc")  # nothing was stored, and the proxy keeps serving
     assert (resp.status, body) == (200, b"hello")
     assert len(origin.requests) == 2
+
+
+# ------------------------------------------ a 206 that says no range, answering the range asked
+
+UNSAID = {
+    "unsatisfied-form": b"Content-Range: bytes */10\r\n",
+    "none": b"",
+    "no-length": b"Content-Range: bytes 0-9\r\n",
+}
+
+
+@pytest.mark.parametrize("content_range", UNSAID)
+async def test_rfc9110_s15_3_7_a_206_without_the_range_it_holds_answering_one_range_is_a_502(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, content_range: str
+) -> None:
+    """The range asked of the origin is the slice covering the client's (bytes=0-1048575 for
+    bytes=5-9): a 206 that does not say which bytes it holds was passed on as it came, its body
+    (bytes 0-9 here) taken by the client for the bytes 5-9 it asked. Found by a lying-origin run."""
+    head = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\n" + UNSAID[content_range]
+    bad = head + b"\r\n0123456789"
+    origin = await scripted_origin([bad, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    resp, body = await proxy.get("/doc", headers={"Range": "bytes=5-9"})
+    assert origin.sent(0, "Range") == ["bytes=0-1048575"]
+    assert (resp.status, body) == (502, b"origin sent an invalid response\n")
+    resp, body = await proxy.get("/doc")  # nothing was stored, and the proxy keeps serving
+    assert (resp.status, body) == (200, b"hello")

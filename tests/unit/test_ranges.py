@@ -18,6 +18,7 @@ from proxy.ranges import (
     if_range_allows,
     parse_content_range,
     parse_range,
+    states_one_range,
 )
 
 from .support import NOW, entry, http_date
@@ -230,3 +231,21 @@ def test_rfc9111_s3_3_covered_range(fields: dict[str, str], expected: ByteRange 
     assert covered_range("GET", CIMultiDict(fields), stored) == expected
     assert covered_range("HEAD", CIMultiDict(fields), stored) is None
     assert covered_range("GET", None, stored) is None
+
+
+@pytest.mark.parametrize(
+    "value, stated",
+    [
+        ("bytes 0-9/10", True),
+        ("bytes 5-9/*", True),  # RFC 9110 §14.4: the complete length may be unknown
+        ("BYTES  0-0/1 ", True),
+        ("bytes */10", False),  # a 416's unsatisfied-range form
+        (None, False),  # a multipart body, or nothing said
+        ("bytes 0-9", False),
+        ("bytes 9-0/10", False),
+        ("bytes 0-10/10", False),
+        ("items 0-9/10", False),
+    ],
+)
+def test_rfc9110_s15_3_7_a_206_states_the_one_range_it_holds(value: str | None, stated: bool) -> None:
+    assert states_one_range(value) is stated
