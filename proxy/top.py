@@ -234,7 +234,9 @@ def _hot_keys(stats: Stats) -> Table:
     table.add_column("lookups", justify="right")
     hot = f.section(f.section(stats, "traffic"), "hot_keys")
     for key, count in sorted(hot.items(), key=lambda kv: -float(kv[1]))[:10]:
-        table.add_row(str(key), f.number(count))
+        # Text, not str: rich reads a str cell as console markup, and a client picks the keys
+        # (`GET /a[/b]` stopped top with a MarkupError; `[link=...]` drew a link).
+        table.add_row(Text(str(key)), f.number(count))
     return table
 
 
@@ -253,7 +255,10 @@ def _cluster(edge: Mapping[str, Any]) -> Table:
         m = f.section(member)
         state = "up" if m.get("available") else "breaker open" if m.get("healthy") else "down"
         me = " (this edge)" if name == edge.get("name") else ""
+        # Text: names and URLs come from Redis, never read as markup (see _hot_keys).
         table.add_row(
-            name + me, str(m.get("url", "")), Text(state, style="green" if state == "up" else "red")
+            Text(name + me),
+            Text(str(m.get("url", ""))),
+            Text(state, style="green" if state == "up" else "red"),
         )
     return table

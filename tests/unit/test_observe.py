@@ -276,3 +276,23 @@ def test_top_says_whether_the_node_is_ready_degraded_or_not_ready() -> None:
     assert "not ready" in header({"ready": False, "status": "not ready", "checks": {}})
     assert "not ready" in header({"ready": False, "checks": {}})  # a node from before the status field
     assert "readiness unknown" in header(None)
+
+
+def test_top_shows_keys_and_edge_names_as_they_are_not_as_markup() -> None:
+    """A client picks the hot keys (its request targets: `[` and `]` are legal in one), and an
+    edge's name and URL come from Redis. rich reads a plain str cell as console markup: a key with
+    `[/b]` in it stopped `minicdn top` with a MarkupError, and `[link=...]` drew a link."""
+    doc = document(1)
+    keys = {
+        "http://o/rich[/b]x": 3,
+        "http://o/[link=http://evil.example/]click[/link]": 2,
+        "http://o/[bold]big": 1,
+    }
+    doc["traffic"]["hot_keys"] = keys
+    doc["edge"] = {"name": "e[/i]", "members": {"e[/i]": {"url": "http://[red]a", "available": True}}}
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=200).print(top.render(top.Sample(1.0, doc, None), None))
+    text = out.getvalue()
+    for shown in (*keys, "e[/i] (this edge)", "http://[red]a"):
+        assert shown in text, shown
+    assert "\x1b]8;" not in text  # no terminal hyperlink (OSC 8)
