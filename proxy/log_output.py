@@ -15,8 +15,8 @@ warnings, errors, tracebacks):
 
 - text: `2026-11-30 08:00:00,123 INFO proxy.access <message>`; every free-text
   value of an access line is quoted, with `"`, `\\` and control characters
-  escaped (`\\"`, `\\\\`, `\\xNN`), so a line splits the same way whatever a
-  client sent;
+  escaped (`\\"`, `\\\\`, `\\xNN`; U+2028 / U+2029 and the bidi controls as
+  `\\uNNNN`), so a line splits, and reads on screen, the same way whatever a client sent;
 - json: one JSON object per line, with `timestamp` (ISO 8601, UTC), `level`,
   `logger`, `worker` (the worker's index in its box; null for the supervisor
   or a lone process), `pid` and `message`; `exception` with the traceback;
@@ -436,9 +436,12 @@ def _member_text(member: bytes) -> str:
     return text
 
 
-# What text lines escape: the quote, the backslash, C0 and C1 controls, DEL, and the lone
-# surrogates that stand for bytes that were not UTF-8 (surrogateescape).
-_UNSAFE = re.compile('["\\\\\x00-\x1f\x7f-\x9f\ud800-\udfff]')
+# What text lines escape: the quote, the backslash, C0 and C1 controls, DEL, the lone
+# surrogates that stand for bytes that were not UTF-8 (surrogateescape), and the few formatting
+# characters that move text around: U+2028 / U+2029 end a line for str.splitlines and for a
+# browser or a log viewer (one User-Agent wrote what read as a second, forged line), and the bidi
+# controls (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069) reorder what follows on screen.
+_UNSAFE = re.compile('["\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]')
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -452,7 +455,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def _quoted(text: str) -> str:
-    """`text` safe inside double quotes: `"` and `\\` escaped, controls as \\xNN."""
+    """`text` safe inside double quotes: `"` and `\\` escaped, controls as \\xNN (others: \\uNNNN)."""
     return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
 
 
