@@ -412,12 +412,23 @@ def _tags(headers: Headers, fields: tuple[str, ...], added: tuple[str, ...] = ()
     for name in fields:
         for line in headers.getall(name, []):
             for tag in line.replace(",", " ").split():
-                if tag not in tags:
+                if tag not in tags and (tag.isascii() or _utf8(tag)):
                     tags.append(tag)
     for tag in added:
         if tag not in tags:
             tags.append(tag)
     return tuple(tags)
+
+
+def _utf8(tag: str) -> bool:
+    """Whether a tag is UTF-8 text. One with bytes that are not (Latin-1 from the origin, held as
+    surrogates) is left out: the catalogue cannot write it (SQLite text is UTF-8; the failed batch
+    took its neighbours' entries with it), and no purge can name it (proxy/purge.py refuses one)."""
+    try:
+        tag.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------- reuse (§4, §5.2.1)

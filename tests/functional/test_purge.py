@@ -14,7 +14,7 @@ from proxy.config import FetchConfig, KeyConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import Purger
 from proxy.storage.tiered import TieredStorage
-from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, cache_status
+from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, StartScripted, cache_status
 
 HOST = {"Host": "cdn.example"}
 
@@ -341,3 +341,25 @@ async def test_a_304_with_unchanged_tags_leaves_the_catalogue_alone(
     await purger.purge(PurgeRequest("url", ("/etag?max_age=1",)))
     status, _ = await get(proxy, "/etag?max_age=1")
     assert "fwd=uri-miss" in status  # still found by the purge
+
+
+async def test_a_tag_that_is_not_utf8_is_left_out_not_the_entries_written_with_it(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    """An origin's Surrogate-Key in Latin-1 ("caf\\xe9"): the catalogue (SQLite, UTF-8 text) could not
+    write the row, and the writer dropped every entry of that batch, its neighbours' too (a busy node
+    stored nothing written alongside such a response). No purge can name such a tag (the admin API
+    refuses one that is not UTF-8): it is left out, the entry is kept with its other tags."""
+    body = b"page"
+    answer = (
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nSurrogate-Key: good caf\xe9\r\n"
+        b"Content-Length: 4\r\n\r\n" + body
+    )
+    upstream = await scripted_origin([answer])
+    proxy = await start_proxy(origin_url=upstream.url)
+    await get(proxy, "/latin1")
+    [entry] = await purger_of(proxy).inspect(prefix="/", tag=None, limit=10)  # once its batch is written
+    assert entry["url"].endswith("/latin1") and purger_of(proxy).stats.catalog_failed == 0
+    member, _ = await get(proxy, "/latin1")
+    assert "hit" in member.split(";"), member
+    assert (await purger_of(proxy).purge(PurgeRequest("tag", ("good",)))).keys == 1
