@@ -257,6 +257,15 @@ _UPGRADE_HEAD, _UPGRADE_FRAMING, _UPGRADE_BODY = 1, 2, 3
 class Connection(asyncio.Protocol):
     """One client connection: requests parsed, looked up and answered in order."""
 
+    # CPython 3.11 keeps an object's attributes inline (and its attribute reads fast) up to 29
+    # of them; a 30th gives every instance a plain dict, and every `self.x` on the hit path
+    # slows: +2.7 % instructions per hit (bench/instructions.py) when the upgrade state added
+    # two. tests/functional/test_front.py holds __init__ to this many.
+    MAX_ATTRIBUTES = 29
+    # Set only while an upgrade request's body waits to be read (_request, _read_upgrade_body),
+    # so as not to be one more attribute of every connection.
+    upgrade_framing: bytes
+
     def __init__(self, ctx: FrontContext) -> None:
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
@@ -295,10 +304,10 @@ class Connection(asyncio.Protocol):
         # The request being answered whose final head is not written yet: the origin's 1xx
         # responses to its fetch go out ahead of it (RFC 9110 §15.2).
         self.interim_open: ClientRequest | None = None
-        # An upgrade request's body, which llhttp skips (see _UPGRADE_HEAD): the state, and the
-        # framing (a head with its Content-Length or Transfer-Encoding) it is read with.
+        # An upgrade request's body, which llhttp skips (see _UPGRADE_HEAD): the state (its
+        # framing, a head with its Content-Length or Transfer-Encoding, is `upgrade_framing`).
         self.upgrade = 0
-        self.upgrade_framing = b""
+        # No more attributes here: see MAX_ATTRIBUTES.
 
     # ------------------------------------------------------------ connection
 
