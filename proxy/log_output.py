@@ -121,6 +121,12 @@ class JsonFormatter(CachedTimeFormatter):
         fields = getattr(record, "access_fields", None)
         if isinstance(fields, dict):
             out.update(fields)
+            for name in _CLIENT_TEXT_FIELDS:
+                value = out.get(name)
+                if isinstance(value, str) and not value.isascii():
+                    out[name] = _unpaired_escaped(value)
+        if not out["message"].isascii():
+            out["message"] = _unpaired_escaped(out["message"])
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -413,6 +419,18 @@ def _picked(req: ClientRequest) -> tuple[str | None, str]:
 
 
 _encode_str = json.encoder.encode_basestring_ascii  # the C encoder json.dumps uses for a str
+
+# The access fields that carry a client's bytes as sent (decoded with surrogateescape).
+_CLIENT_TEXT_FIELDS = ("user_agent", "request_id", "host", "target")
+_UNPAIRED = re.compile("[\ud800-\udfff]")
+
+
+def _unpaired_escaped(text: str) -> str:
+    """`text` with its lone surrogates (bytes that were not UTF-8) written as the text lines
+    write them (`\\xNN`): json.dumps would write "\\udcff", which is JSON but no Unicode, and
+    strict parsers (serde_json, as in Vector) refuse the whole line, so a User-Agent with one
+    byte 0xFF could keep its request out of a log pipeline."""
+    return _UNPAIRED.sub(_escape, text) if _UNPAIRED.search(text) else text
 
 
 def _json(value: object) -> str:

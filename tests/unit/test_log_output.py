@@ -7,12 +7,13 @@ logging handlers would otherwise sit on the root logger beside ours.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
 import textwrap
 
-from proxy.log_output import ACCESS_FIELDS
+from proxy.log_output import ACCESS_FIELDS, JsonFormatter
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 
@@ -197,3 +198,20 @@ def test_lines_wait_in_the_buffer_until_a_flush_or_a_warning() -> None:
         """
     )
     assert err.index("MARK") < err.index("INFO proxy.test quiet") < err.index("WARNING proxy.test loud")
+
+
+def test_json_lines_carry_bytes_that_were_not_utf8_as_text_not_as_lone_surrogates() -> None:
+    """A User-Agent (or X-Request-Id) byte that is not UTF-8 is held as a lone surrogate;
+    json.dumps wrote it as "\\udcff": JSON, but no Unicode, and strict parsers (serde_json, as in
+    Vector) refuse the whole line. It is written as the text lines write it, \\xff."""
+    record = logging.LogRecord(
+        "proxy.origin", logging.WARNING, __file__, 1, "GET %s: refused", ("/a\udcff",), None
+    )
+    record.access_fields = {"user_agent": "curl\udcff", "request_id": "id\udcfe", "host": "h", "target": "/"}
+    line = JsonFormatter().format(record)
+    parsed = json.loads(line)
+    for name in ("user_agent", "request_id", "message"):
+        parsed[name].encode("utf-8")  # raises on a lone surrogate
+    assert parsed["user_agent"] == "curl\\xff" and parsed["request_id"] == "id\\xfe"
+    assert parsed["message"] == "GET /a\\xff: refused"
+    assert "\\ud" not in line
