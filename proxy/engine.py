@@ -760,10 +760,7 @@ class Engine:
         # while we waited for it (a request after the purge, waiting on a fetch begun before it):
         # a late copy, not taken, hard or soft (as a waiter in this worker: _purged_before_joining;
         # a soft one's copy may even be marked stale already, so a screen would let it through).
-        purger = self.purger
-        if purger.behind():
-            await purger.sync()
-        if purger.bans and purger.bans.covering(f.key, entry.fetch_epoch, entry.tags) is not None:
+        if await self.purger.ban_of(f.key, entry) is not None:
             return None
         if f.stale is not None and entry.response_time <= f.stale.response_time:
             return None

@@ -770,14 +770,8 @@ class Fetcher:
         validates: the request looked that copy up before the purge, then waited (for another
         request's fetch, the box's lock). Freshened, it would carry `epoch`, which no ban screens: the
         purged body would be served as fresh. (A soft purge asks for just this revalidation.)"""
-        purger = self.purger
-        if purger.behind():
-            await purger.sync()
-        bans = purger.bans
-        if not bans:
-            return False
         for old in selected:
-            ban = bans.covering(f.key, old.fetch_epoch, old.tags)
+            ban = await self.purger.ban_of(f.key, old)
             if ban is not None and not ban.soft and ban.epoch <= epoch:
                 return True
         return False

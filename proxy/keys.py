@@ -18,6 +18,7 @@ import functools
 import re
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
+from operator import itemgetter
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode
 
@@ -150,12 +151,8 @@ def normalise_query(query: str, opts: KeyConfig) -> str:
     if opts.sort_query:
         # By name only (a stable sort): `?id=2&id=1` and `?id=1&id=2` are different requests to an
         # origin that takes the first (or the last) value.
-        pairs.sort(key=_name)
+        pairs.sort(key=itemgetter(0))
     return urlencode(pairs, errors="surrogateescape")
-
-
-def _name(pair: tuple[str, str]) -> str:
-    return pair[0]
 
 
 @functools.lru_cache(maxsize=4096)

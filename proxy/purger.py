@@ -34,8 +34,8 @@ from typing import Any
 from yarl import URL
 
 from proxy import policy
-from proxy.bans import Bans, matches
-from proxy.entry import CachedResource
+from proxy.bans import Ban, Bans, matches
+from proxy.entry import CachedResource, StoredResponse
 from proxy.keys import UrlKeys
 from proxy.purge import PurgeRequest
 from proxy.storage.catalog import Catalog, CatalogRow, PurgeMatch, PurgeRecord, RowVerdict, split_key
@@ -135,6 +135,13 @@ class Purger:
         if screened is not resource:
             self.stats.screened += 1
         return screened
+
+    async def ban_of(self, key: str, copy: StoredResponse) -> Ban | None:
+        """The purge that decides `copy` of `key` (None: no purge covers it), every worker's
+        purges applied first: for a copy found after a wait, which may have begun before a purge."""
+        if self.behind():
+            await self.sync()
+        return self.bans.covering(key, copy.fetch_epoch, copy.tags) if self.bans else None
 
     async def sync(self) -> None:
         """Apply purges other workers logged since this worker last looked, to its L1."""

@@ -380,10 +380,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         end = loop.time() + delay
         while (left := end - loop.time()) > 0:
-            if not self._serving():
-                await asyncio.sleep(min(left, NONE_SERVING_DELAY))
-                return
             await asyncio.sleep(min(left, NONE_SERVING_DELAY))
+            if not self._serving():
+                return
 
     def _serving(self) -> bool:
         """Whether some worker is up and answering (ready, not draining, not exited)."""
