@@ -122,6 +122,11 @@ class Worker:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+def _serves(worker: Worker) -> bool:
+    """Whether a worker is up and answering: ready, not draining, not exited."""
+    return worker.link.ready.is_set() and not worker.link.draining and worker.process.returncode is None
+
+
 class Supervisor:
     """Runs N workers of one node on sockets it owns."""
 
@@ -269,9 +274,12 @@ class Supervisor:
         self.workers.append(worker)
         return worker
 
+    def _place_sockets(self, place: int) -> list[socket.socket]:
+        """A place's public sockets: socket j of the group belongs to place j % count."""
+        return [s for j, s in enumerate(self.public) if j % self.count == place]
+
     def _place_fds(self, place: int) -> list[int]:
-        """The fds of a place's public sockets: socket j of the group belongs to place j % count."""
-        return [s.fileno() for j, s in enumerate(self.public) if j % self.count == place]
+        return [s.fileno() for s in self._place_sockets(place)]
 
     def _cover(self) -> None:
         """Have a live worker accept on each empty place's sockets until its replacement is ready.
@@ -282,16 +290,14 @@ class Supervisor:
         failing) that share would wait unanswered, for ever if it never comes back.
         """
         for place in sorted(self.empty - self.covering.keys()):
-            sockets = [s for j, s in enumerate(self.public) if j % self.count == place]
+            sockets = self._place_sockets(place)
             helpers = [
                 w
                 for w in self.workers
                 if w.generation == self.generation
                 and w.index != place
                 and w.index not in self.empty
-                and w.link.ready.is_set()
-                and not w.link.draining
-                and w.process.returncode is None
+                and _serves(w)
                 and all(any(s is g for g in w.group) for s in sockets)  # it has these fds
             ]
             if not helpers:
@@ -385,11 +391,8 @@ class Supervisor:
                 return
 
     def _serving(self) -> bool:
-        """Whether some worker is up and answering (ready, not draining, not exited)."""
-        return any(
-            w.link.ready.is_set() and not w.link.draining and w.process.returncode is None
-            for w in self.workers
-        )
+        """Whether some worker is up and answering."""
+        return any(_serves(w) for w in self.workers)
 
     async def _current(self, worker: Worker) -> bool:
         """Whether worker is of the serving generation, once any reload under way has ended: one
