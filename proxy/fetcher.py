@@ -312,20 +312,46 @@ class Fetcher:
         """Whether `resp`, the origin's answer to a HEAD, would be stored whole had it answered f's GET.
 
         Only a stored response gets encodings (proxy/compression.py): what f's GET would be
-        answered with, and so what the HEAD must say (RFC 9110 §9.3.2), depends on it.
+        answered with, and so what the HEAD must say (RFC 9110 §9.3.2), depends on it. The
+        gates are _store's: storable, not a slice of a sliced object, within the object limit.
         """
         overrides = f.overrides(resp.status, resp.headers.get("Content-Type"))
-        if isinstance(self._plan_store(f, resp, self.clock(), overrides), policy.DontStore):
+        plan = self._plan_store(f, resp, self.clock(), overrides)
+        if isinstance(plan, policy.DontStore):
             return False
+        # A HEAD's answer has no body: its length is what its Content-Length says.
         length_field = resp.headers.get("Content-Length", "").strip()
         length = int(length_field) if length_field.isdigit() else None
-        if length is not None and length > self.cfg.cache.max_object_size:
-            return False  # streamed through, never stored
-        spec = self.slices
-        if spec is None:
+        if self._slice_revealed(f, resp, length, asked_range=False) is not None:
+            return False
+        return not self._too_large(plan, length)
+
+    def _slice_revealed(
+        self, f: FetchRequest, resp: OriginResponse, length: int | None, *, asked_range: bool
+    ) -> tuple[int, int, int] | None:
+        """The slice `resp` carries when it reveals a sliced object (slices.slice_in_response), unless
+        slicing is off or f's origin stopped answering slices for a while (self.unsliced)."""
+        if self.slices is None or self.clock() < self.unsliced.get(f.key, 0.0):
+            return None
+        headers = resp.headers
+        return slices.slice_in_response(
+            resp.status,
+            headers.get("Content-Range"),
+            length,
+            headers.get("ETag"),
+            headers.get("Accept-Ranges"),
+            asked_range,
+            self.slices,
+        )
+
+    def _too_large(self, plan: policy.StorePlan, length: int | None) -> bool:
+        """Above the object limit: streamed through, never stored. A part is stored only if the
+        whole representation could be (it may be completed)."""
+        limit = self.cfg.cache.max_object_size
+        template = plan.template
+        if template.parts and template.length > limit:
             return True
-        etag, accept_ranges = resp.headers.get("ETag"), resp.headers.get("Accept-Ranges")
-        return slices.slice_in_response(resp.status, None, length, etag, accept_ranges, False, spec) is None
+        return length is not None and length > limit
 
     def _range_to_forward(self, f: FetchRequest) -> str | None:
         """The client's Range, asked of the origin when nothing complete is stored for it (RFC 9111 §3.3).
@@ -586,23 +612,12 @@ class Fetcher:
             if resp.status >= 500:
                 return await self._error(f, resp, request_time, status)  # transient: no hit-for-pass
             return FetchOutcome(status, leader_only=resp, not_shareable=plan.reason != "request no-store")
-        if self.slices is not None and self.clock() >= self.unsliced.get(f.key, 0.0):
-            found = slices.slice_in_response(
-                resp.status,
-                resp.headers.get("Content-Range"),
-                resp.content_length,
-                resp.headers.get("ETag"),
-                resp.headers.get("Accept-Ranges"),
-                asked_range,
-                self.slices,
-            )
-            if found is not None:
-                return await self._store_first_slice(f, resp, plan, found, epoch)
+        found = self._slice_revealed(f, resp, resp.content_length, asked_range=asked_range)
+        if found is not None:
+            return await self._store_first_slice(f, resp, plan, found, epoch)
         limit = self.cfg.cache.max_object_size
         template = plan.template
-        # A part is stored only if the whole representation could be (it may be completed).
-        too_large = template.length > limit if template.parts else False
-        if too_large or (resp.content_length is not None and resp.content_length > limit):
+        if self._too_large(plan, resp.content_length):
             status = CacheStatus(fwd=f.why, fwd_status=resp.status, detail="too large")
             return FetchOutcome(status, leader_only=resp, not_shareable=True)
         stream_above = self.cfg.cache.stream_above
