@@ -926,16 +926,16 @@ def _leader_fields(
 ) -> tuple[tuple[str, str], ...]:
     """The fields of a stored response only the client that fetched it gets (FetchOutcome.leader_fields).
 
-    Its Set-Cookie unless a rule strips it (then nobody gets it), and the fields private= /
+    Its Set-Cookie (and Set-Cookie2) unless a rule strips it (then nobody gets it), and the fields private= /
     no-cache= name (StorePlan.withheld), which RFC 9111 keeps out of the cache, not away from
     this client."""
-    cookies = "set-cookie" not in overrides.strip
-    if not withheld and not (cookies and "set-cookie" in headers):
+    cookies = tuple(name for name in policy.SET_COOKIE_FIELDS if name not in overrides.strip)
+    if not withheld and not any(name in headers for name in cookies):
         return ()
     return tuple(
         (name, value)
         for name, value in headers.items()
-        if (lowered := name.lower()) in withheld or (cookies and lowered == "set-cookie")
+        if (lowered := name.lower()) in withheld or lowered in cookies
     )
 
 

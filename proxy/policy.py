@@ -57,11 +57,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # Content-Length, Content-Range) or meaningless for another client.
 _NOT_STORED = frozenset({"age", "content-length", "content-range"})
 
+# Fields that set a cookie for the one client a response answers: Set-Cookie (RFC 6265) and the
+# obsolete Set-Cookie2 (RFC 2965, which some origins still send), alike for sharing and storing.
+SET_COOKIE_FIELDS = ("set-cookie", "set-cookie2")
+
 # RFC 9111 §3.2: fields a 304 must not change in the stored response (the body
 # they describe is the stored one), plus fields that are never stored. Age is
 # merged so that §4.2.3 counts it, and then dropped like any received Age.
 _NOT_UPDATED_BY_304 = frozenset(
-    {"content-length", "content-encoding", "content-range", "content-type", "set-cookie"}
+    {"content-length", "content-encoding", "content-range", "content-type", *SET_COOKIE_FIELDS}
 )
 
 # RFC 9111 §4.3.2: fields sent with a 304 generated from a stored response
@@ -305,7 +309,7 @@ def plan_store(
     ):
         return DontStore("authorization")
     # Set-Cookie: never shared with another user; stored (without it) only if configured.
-    if "set-cookie" in response_headers and not opts.store_set_cookie:
+    if not opts.store_set_cookie and any(name in response_headers for name in SET_COOKIE_FIELDS):
         return DontStore("set-cookie")
     names = vary_names(response_headers.getall("Vary", []))
     if names == ("*",):
@@ -393,7 +397,7 @@ def _not_stored(
     (RFC 9213 §1: CDN-Cache-Control goes on downstream). Sorted: one tuple per configuration,
     which end_to_end's own memo then finds.
     """
-    drop = {*_NOT_STORED, "set-cookie", *(n.lower() for n in strip_targeted_fields)}
+    drop = {*_NOT_STORED, *SET_COOKIE_FIELDS, *(n.lower() for n in strip_targeted_fields)}
     if strip_tag_fields:
         drop.update(n.lower() for n in tag_fields)
     return tuple(sorted(drop))
@@ -871,7 +875,7 @@ def shareable_error(status: int, headers: Headers, opts: PolicyConfig) -> bool:
     if status < 500:
         return False
     directives, _ = response_directives(headers, opts)
-    return "private" not in directives and "set-cookie" not in headers
+    return "private" not in directives and not any(name in headers for name in SET_COOKIE_FIELDS)
 
 
 def transient_snapshot(
@@ -884,7 +888,7 @@ def transient_snapshot(
     drop: tuple[str, ...] = (),
 ) -> StoredResponse:
     """An origin answer kept only to answer coalesced requests: never stored, never fresh."""
-    kept = end_to_end(headers, {*_NOT_STORED, "set-cookie", *(d.lower() for d in drop)})
+    kept = end_to_end(headers, {*_NOT_STORED, *SET_COOKIE_FIELDS, *(d.lower() for d in drop)})
     if "date" not in kept:
         kept["Date"] = format_http_date(response_time)
     return StoredResponse(

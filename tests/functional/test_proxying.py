@@ -492,6 +492,38 @@ async def test_set_cookie_stored_without_the_cookie_when_configured(
     assert await origin.hits("/set-cookie") == 1
 
 
+SET_COOKIE2 = "/respond?h=Cache-Control:max-age=60&h=Set-Cookie2:sid=alice;Version=1&body=alices"
+
+
+async def test_a_set_cookie2_response_is_not_stored_nor_served_to_another_client(
+    proxy: Proxy, origin: Origin
+) -> None:
+    """Set-Cookie2 (RFC 2965, obsolete but still sent) sets a cookie for one client as Set-Cookie
+    does: it was stored and its cookie handed to every later client (requirements §1)."""
+    r1, _ = await proxy.get(SET_COOKIE2)
+    r2, _ = await proxy.get(SET_COOKIE2)
+    assert r1.headers.getall("Set-Cookie2") == ["sid=alice;Version=1"]
+    assert 'detail="set-cookie"' in cache_status(r1)
+    assert "hit" not in cache_status(r2).split(";")
+    assert await origin.hits("/respond") == 2
+
+
+async def test_a_set_cookie2_response_is_stored_without_the_cookie_when_configured(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock
+) -> None:
+    """With policy.store_set_cookie, Set-Cookie2 stays with the client whose request fetched it, as
+    Set-Cookie does: it was stored with the response and served from the cache to everyone."""
+    proxy = await start_proxy(policy=replace(PolicyConfig(), store_set_cookie=True))
+    r1, _ = await proxy.get(SET_COOKIE2)
+    assert "stored" in cache_status(r1)
+    assert r1.headers.getall("Set-Cookie2") == ["sid=alice;Version=1"]
+    clock.advance(1)
+    r2, b2 = await proxy.get(SET_COOKIE2)
+    assert cache_status(r2).startswith("edge-test;hit") and b2 == b"alices"
+    assert "Set-Cookie2" not in r2.headers
+    assert await origin.hits("/respond") == 1
+
+
 # --------------------------------------------------------------------------- Authorization
 
 
