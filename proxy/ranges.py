@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from proxy.entry import StoredResponse
 from proxy.headers import parse_http_date, strong_match
 
-_BYTES_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# RFC 9110 §14.1.1: range-unit "=" range-set, and a byte-range-spec is first-pos "-" [last-pos] or
+# "-" suffix-length: no whitespace but around the list's commas (§5.6.1). The unit is case-insensitive.
+_BYTES_UNIT_RE = re.compile(r"bytes=", re.IGNORECASE)
+_RANGE_SPEC_RE = re.compile(r"(\d*)-(\d*)")
+# A position with more digits than this is past the end of any representation (a quintillion bytes);
+# read as such, not converted, which past 4300 digits raises and before that costs quadratic time.
+_MAX_DIGITS = 18
+BEYOND_ANY_LENGTH = 10**_MAX_DIGITS
 # RFC 9110 §14.4: Content-Range of a single part, with a known complete length.
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes[ ]+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
 
@@ -50,34 +57,62 @@ class Unsatisfiable:
         return f"bytes */{self.length}"
 
 
+def single_byte_range(value: str | None) -> tuple[int | None, int | None] | None:
+    """(first-pos, last-pos) of a Range that asks one byte range (RFC 9110 §14.1.1); either may be None.
+
+    (None, n) is a suffix range of n bytes. None for no Range, another unit, several ranges
+    (a server may ignore them, §14.2: a cache answers them with the whole representation, which
+    also disarms many small or overlapping ones) or an invalid header, which §14.2 says to ignore:
+    whitespace around "=" or "-", no position, a last-pos before the first-pos. Empty list
+    elements (`bytes=0-9,`) are ignored (§5.6.1.2). A position past any length reads as
+    BEYOND_ANY_LENGTH.
+    """
+    if value is None:
+        return None
+    value = value.strip(" \t")
+    if not _BYTES_UNIT_RE.match(value):
+        return None
+    specs = [spec.strip(" \t") for spec in value[len("bytes=") :].split(",")]
+    specs = [spec for spec in specs if spec]
+    if len(specs) != 1:
+        return None
+    m = _RANGE_SPEC_RE.fullmatch(specs[0])
+    if m is None or m.group(0) == "-":
+        return None
+    first, last = _position(m.group(1)), _position(m.group(2))
+    if first is not None and last is not None and last < first:
+        return None
+    return first, last
+
+
+def _position(digits: str) -> int | None:
+    digits = digits.lstrip("0") or digits[:1]
+    if not digits:
+        return None
+    return BEYOND_ANY_LENGTH if len(digits) > _MAX_DIGITS else int(digits)
+
+
 def parse_range(value: str | None, length: int) -> ByteRange | Unsatisfiable | None:
     """A single byte range for a representation of `length` bytes.
 
     None means "serve the whole representation": no Range, a syntax this file
     does not serve (several ranges, another unit), or an invalid header (RFC
-    9110 §14.2 says to ignore it).
+    9110 §14.2 says to ignore it); see single_byte_range.
     """
-    if value is None:
+    asked = single_byte_range(value)
+    if asked is None:
         return None
-    m = _BYTES_RANGE_RE.match(value)
-    if not m:
-        return None
-    first_text, last_text = m.groups()
-    if not first_text and not last_text:
-        return None
-    if not first_text:
+    first, last = asked
+    if first is None:
         # Suffix range: the last N bytes.
-        suffix = int(last_text)
-        if suffix == 0 or length == 0:
+        assert last is not None
+        if last == 0 or length == 0:
             return Unsatisfiable(length)
-        return ByteRange(max(0, length - suffix), length - 1, length)
-    first = int(first_text)
-    if last_text and int(last_text) < first:
-        return None  # invalid range-spec: ignore the header
+        return ByteRange(max(0, length - last), length - 1, length)
     if first >= length:
         return Unsatisfiable(length)
-    last = int(last_text) if last_text else length - 1
-    return ByteRange(first, min(last, length - 1), length)
+    last = length - 1 if last is None else min(last, length - 1)
+    return ByteRange(first, last, length)
 
 
 def if_range_allows(value: str | None, entry: StoredResponse) -> bool:
@@ -135,19 +170,13 @@ def forwardable_range(value: str | None) -> str | None:
     None for no Range, several ranges, another unit or an invalid one (those
     fetch the whole representation, which then answers them).
     """
-    if value is None:
+    asked = single_byte_range(value)
+    if asked is None:
         return None
-    m = _BYTES_RANGE_RE.match(value)
-    if not m:
-        return None
-    first, last = m.groups()
-    if not first and not last:
-        return None
-    if first and last and int(last) < int(first):
-        return None
-    if not first and int(last) == 0:
+    first, last = asked
+    if first is None and last == 0:
         return None  # bytes=-0: unsatisfiable whatever the length
-    return f"bytes={int(first) if first else ''}-{int(last) if last else ''}"
+    return f"bytes={'' if first is None else first}-{'' if last is None else last}"
 
 
 def wanted_range(value: str | None, if_range: str | None, entry: StoredResponse) -> ByteRange | None:

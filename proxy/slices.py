@@ -23,20 +23,24 @@ Reference: RFC 9110 §14 (ranges), §8.8.3 (strong entity-tags), RFC 9111 §3.3 
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from proxy.config import CacheConfig
 from proxy.entry import StoredResponse
 from proxy.headers import strong_match
-from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_content_range, parse_range
+from proxy.ranges import (
+    ByteRange,
+    Unsatisfiable,
+    if_range_allows,
+    parse_content_range,
+    parse_range,
+    single_byte_range,
+)
 
 # Between a key's namespace and its URL in the key of slice i > 0: the catalogue files a key under
 # what follows the first "|", so every slice is filed under the object's URL (storage/catalog.py).
 SLICE_MARK = "~slice/"
-
-_BYTES_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,31 +115,20 @@ def cover_range(value: str | None, size: int) -> str | None:
     slices cannot be known before the length is (it is asked as it is), and for
     anything that is not one byte range.
     """
-    if value is None:
+    asked = single_byte_range(value)
+    if asked is None or asked[0] is None:
         return None
-    m = _BYTES_RANGE_RE.match(value)
-    if not m or not m.group(1):
-        return None
-    first = int(m.group(1))
+    first, last = asked
     start = first - first % size
-    if not m.group(2):
+    if last is None:
         return f"bytes={start}-"
-    last = int(m.group(2))
-    if last < first:
-        return None
     return f"bytes={start}-{last - last % size + size - 1}"
 
 
 def range_start(value: str | None) -> int | None:
     """The first byte of a single byte range that names it (not a suffix range), else None."""
-    if value is None:
-        return None
-    m = _BYTES_RANGE_RE.match(value)
-    if not m or not m.group(1):
-        return None
-    if m.group(2) and int(m.group(2)) < int(m.group(1)):
-        return None
-    return int(m.group(1))
+    asked = single_byte_range(value)
+    return None if asked is None else asked[0]
 
 
 def strong_etag(etag: str | None) -> str | None:

@@ -183,8 +183,24 @@ async def test_head_miss_does_not_create_an_entry(proxy: Proxy, origin: Origin) 
         ("bytes=-5", 206, slice(995, 1000), "bytes 995-999/1000"),
         ("bytes=5000-", 416, slice(0, 0), "bytes */1000"),
         ("bytes=0-1,5-6", 200, slice(0, 1000), None),
+        ("bytes = 0-9", 200, slice(0, 1000), None),
+        ("bytes=0-9, ,", 206, slice(0, 10), "bytes 0-9/1000"),
+        ("bytes=" + ",".join(["0-999"] * 500), 200, slice(0, 1000), None),
+        ("bytes=0-" + "9" * 5000, 206, slice(0, 1000), "bytes 0-999/1000"),
+        ("bytes=" + "9" * 5000 + "-", 416, slice(0, 0), "bytes */1000"),
     ],
-    ids=["9110-14-first-ten", "open-ended", "suffix", "9110-15.5.17-unsatisfiable", "multi-range-gets-200"],
+    ids=[
+        "9110-14-first-ten",
+        "open-ended",
+        "suffix",
+        "9110-15.5.17-unsatisfiable",
+        "multi-range-gets-200",
+        "9110-14.1.1-whitespace-is-invalid-and-ignored",
+        "9110-5.6.1.2-empty-elements-ignored",
+        "9110-14.2-many-overlapping-ranges-get-200",
+        "9110-14.1.1-last-pos-of-5000-digits",
+        "9110-14.1.1-first-pos-of-5000-digits",
+    ],
 )
 async def test_rfc9110_s14_range_from_cached_200(
     proxy: Proxy, origin: Origin, range_header: str, status: int, expected: slice, content_range: str | None
@@ -210,6 +226,25 @@ async def test_range_miss_asks_for_the_range_and_a_whole_200_answering_it_is_sto
     sent = (await origin.requests("/bytes/1000"))[0]["headers"]
     # Asked as the whole slice holding it (cache.slice_size, 1MiB by default: proxy/slices.py).
     assert [v for n, v in sent if n.lower() == "range"] == ["bytes=0-1048575"]
+
+
+@pytest.mark.parametrize(
+    ("range_header", "status", "content_range"),
+    [
+        ("bytes=0-" + "9" * 5000, 206, "bytes 0-999/1000"),
+        ("bytes=" + "9" * 5000 + "-", 416, "bytes */1000"),
+        ("bytes=-" + "9" * 5000, 206, "bytes 0-999/1000"),
+    ],
+    ids=["last-pos", "first-pos", "suffix"],
+)
+async def test_rfc9110_s14_1_1_a_range_miss_with_a_position_of_5000_digits_is_answered(
+    proxy: Proxy, range_header: str, status: int, content_range: str
+) -> None:
+    """A position is a 1*DIGIT of any length: past 4300 digits its int() raised, and the miss (or the
+    hit) was a 500 `internal error`. Past any representation's length, it is answered as such."""
+    resp, body = await proxy.get("/bytes/1000", headers={"Range": range_header})
+    assert (resp.status, resp.headers.get("Content-Range")) == (status, content_range)
+    assert len(body) == (1000 if status == 206 else 0)
 
 
 async def test_rfc9110_s13_1_5_if_range_mismatch_gets_whole_200(proxy: Proxy) -> None:

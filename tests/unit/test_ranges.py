@@ -43,6 +43,23 @@ RANGES = [
     pytest.param("bytes=a-b", None, id="9110-14.1.1-not-numbers-invalid"),
     pytest.param("bytes 0-1", None, id="9110-14.1.1-missing-equals-invalid"),
     pytest.param(None, None, id="9110-14.2-no-range"),
+    # The grammar has no whitespace inside a range-spec nor around "=": an invalid Range is ignored
+    # (§14.2), and "bytes = 1-2" was honoured.
+    pytest.param("bytes = 1-2", None, id="9110-14.1.1-whitespace-around-equals-invalid"),
+    pytest.param("bytes=1 - 2", None, id="9110-14.1.1-whitespace-around-dash-invalid"),
+    pytest.param("bytes =1-2", None, id="9110-14.1.1-whitespace-before-equals-invalid"),
+    pytest.param(" bytes=1-2\t", ByteRange(1, 2, LENGTH), id="9110-5.5-surrounding-ows-is-not-the-value"),
+    # §5.6.1.2: a recipient ignores empty list elements; OWS around the commas is the list's.
+    pytest.param("bytes=1-2,", ByteRange(1, 2, LENGTH), id="9110-5.6.1.2-trailing-empty-element"),
+    pytest.param("bytes=, 1-2 ,,", ByteRange(1, 2, LENGTH), id="9110-5.6.1.2-empty-elements"),
+    pytest.param("bytes=,", None, id="9110-14.1.1-only-empty-elements-invalid"),
+    pytest.param("bytes=01-002", ByteRange(1, 2, LENGTH), id="9110-14.1.1-leading-zeros"),
+    pytest.param("bytes=1-2,1-2", None, id="9110-14.2-overlapping-ranges-served-whole"),
+    # A position of thousands of digits was converted with int(): past 4300 digits that raised (a 500).
+    pytest.param("bytes=1-" + "9" * 5000, ByteRange(1, 99, LENGTH), id="9110-14.1.1-huge-last-pos"),
+    pytest.param("bytes=" + "9" * 5000 + "-", Unsatisfiable(LENGTH), id="9110-14.1.1-huge-first-pos"),
+    pytest.param("bytes=-" + "9" * 5000, ByteRange(0, 99, LENGTH), id="9110-14.1.1-huge-suffix"),
+    pytest.param("bytes=" + "0" * 5000 + "1-2", ByteRange(1, 2, LENGTH), id="9110-14.1.1-many-leading-zeros"),
 ]
 
 
@@ -110,7 +127,10 @@ def test_rfc9110_s14_4_parse_content_range(value: str | None, expected: tuple[in
 
 FORWARDABLE = [
     pytest.param("bytes=0-4", "bytes=0-4", id="9110-14.1.1-range"),
-    pytest.param("Bytes = 05 - 9", "bytes=5-9", id="9110-14.1.1-written-plainly"),
+    pytest.param("Bytes=05-9", "bytes=5-9", id="9110-14.1.1-written-plainly"),
+    pytest.param("bytes = 5-9", None, id="9110-14.1.1-whitespace-invalid"),
+    pytest.param("bytes=5-9, ", "bytes=5-9", id="9110-5.6.1.2-empty-element"),
+    pytest.param("bytes=5-" + "9" * 5000, "bytes=5-1000000000000000000", id="9110-14.1.1-past-any-length"),
     pytest.param("bytes=5-", "bytes=5-", id="9110-14.1.1-the-rest"),
     pytest.param("bytes=-5", "bytes=-5", id="9110-14.1.1-suffix"),
     pytest.param("bytes=-0", None, id="9110-14.1.1-zero-suffix"),

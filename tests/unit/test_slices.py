@@ -118,7 +118,8 @@ def test_the_range_asked_for_a_slice() -> None:
         ("bytes=99-100", "bytes=0-199"),
         ("bytes=100-199", "bytes=100-199"),
         ("bytes=250-", "bytes=200-"),
-        ("bytes = 5 - 7", "bytes=0-99"),
+        ("bytes = 5 - 7", None),  # RFC 9110 §14.1.1: no whitespace there; invalid, so ignored
+        ("bytes=5-7,", "bytes=0-99"),  # §5.6.1.2: an empty list element is ignored
         ("bytes=-10", None),  # a suffix: its slices depend on the length, unknown yet
         ("bytes=9-5", None),
         ("bytes=0-1,5-6", None),
