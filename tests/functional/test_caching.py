@@ -422,6 +422,35 @@ async def test_a_set_cookie_on_a_304_goes_to_the_client_whose_request_it_answers
     assert "fwd-status=304" in cache_status(again) and "Set-Cookie" not in again.headers  # never stored
 
 
+OUTDATED = (
+    b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10, stale-if-error=600\r\nETag: "v1"\r\n'
+    b"Content-Length: 3\r\n\r\nold"
+)
+# A 304 naming another representation than the one asked about, then its 200, which may not be stored.
+NAMES_ANOTHER = b'HTTP/1.1 304 Not Modified\r\nETag: "v2"\r\nCache-Control: max-age=10\r\n\r\n'
+NOT_KEPT = b'HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nETag: "v2"\r\nContent-Length: 3\r\n\r\nnew'
+DOWN = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\n\r\ndown\n"
+
+
+async def test_rfc9111_s4_3_4_copies_a_304_does_not_select_are_not_served_after_the_refetch_is_not_stored(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock
+) -> None:
+    """A 304 that matches no stored response (§4.3.4) says the copies asked about are not what the origin
+    has; the full response fetched next replaces them (§4.3.3). When it could not be stored, the old copy
+    stayed: the next request revalidated it again, and with the origin failing it was served
+    (stale-if-error) although the origin had just said it was outdated."""
+    upstream = await scripted_origin([OUTDATED, NAMES_ANOTHER, NOT_KEPT, DOWN])
+    proxy = await start_proxy(origin_url=upstream.url)
+    await proxy.get("/page")
+    clock.advance(20)
+    refetched, body = await proxy.get("/page")
+    assert (refetched.status, body) == (200, b"new") and 'detail="no-store"' in cache_status(refetched)
+    assert upstream.sent(1, "If-None-Match") == ['"v1"'] and upstream.sent(2, "If-None-Match") == []
+    resp, body = await proxy.get("/page")
+    assert (resp.status, body) == (503, b"down\n")  # a miss now: nothing outdated to fall back on
+    assert upstream.sent(3, "If-None-Match") == [] and len(upstream.requests) == 4
+
+
 async def test_rfc9112_s6_3_a_204_with_a_content_length_is_stored_without_a_body(
     start_proxy: ProxyFactory, scripted_origin: StartScripted
 ) -> None:
