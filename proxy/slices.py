@@ -115,10 +115,9 @@ def cover_range(value: str | None, size: int) -> str | None:
     slices cannot be known before the length is (it is asked as it is), and for
     anything that is not one byte range.
     """
-    asked = single_byte_range(value)
-    if asked is None or asked[0] is None:
+    first, last = single_byte_range(value) or (None, None)
+    if first is None:
         return None
-    first, last = asked
     start = first - first % size
     if last is None:
         return f"bytes={start}-"
