@@ -1028,7 +1028,10 @@ class Engine:
         self.stats.passes += 1
         request_time = self.clock()
         try:
-            resp = await self.fetcher.forward(req, headers, interim)
+            if head is None:
+                resp = await self.fetcher.forward(req, headers, interim)
+            else:
+                resp = await self.fetcher.forward_head(req, headers, interim)
         except UpstreamError as exc:
             if exc.cause != CLIENT_BODY_CAUSE:  # a request body that broke off is not the origin's error
                 self.stats.origin_errors += 1

@@ -51,6 +51,8 @@ STORES_AT_ONCE = 2
 
 # Request fields the cache answers itself; never sent on its own fetches.
 CLIENT_CONDITIONALS = ("If-None-Match", "If-Modified-Since", "If-Range", "Range")
+# The conditions a 304 answers (RFC 9110 §13.1.2, §13.1.3).
+VALIDATING_CONDITIONALS = ("If-None-Match", "If-Modified-Since")
 # Error pages larger than this are streamed to the leader alone instead of shared.
 ERROR_BODY_LIMIT = 64 * 1024
 # An owner edge's answer up to this long is read whole before it is taken, within the peer
@@ -143,15 +145,16 @@ class FetchOutcome:
             self.streaming.finish()
 
 
-def _not_modified_unasked(resp: OriginResponse, conditional: CIMultiDict[str]) -> None:
-    """Raise a 502 for a 304 answering a fetch that carried no condition.
+def _not_modified_unasked(resp: OriginResponse, conditional: Headers) -> None:
+    """Raise a 502 for a 304 answering a request that carried no condition (`conditional`: the
+    request's fields, or the validators a fetch added).
 
     RFC 9110 §15.4.5: a 304 answers a conditional request only. A cache fetch never forwards
     the client's own conditionals (origin_request_headers), so without ours (nothing stored,
     or nothing to validate it with) a 304 would tell a client that holds no copy that its copy
     is current, and it could update nothing stored (RFC 9111 §4.3.4).
     """
-    if resp.status == 304 and not conditional:
+    if resp.status == 304 and not any(name in conditional for name in VALIDATING_CONDITIONALS):
         resp.close()
         raise failure(INVALID)
 
@@ -876,6 +879,19 @@ class Fetcher:
         """Forward a request as it is (streamed body), for a pass-through."""
         out_headers = self.origin_request_headers(req, headers, for_cache=False)
         return await self.upstream.send(req.method, req.path_qs, out_headers, req.body, interim=interim)
+
+    async def forward_head(
+        self, req: ClientRequest, headers: Headers, interim: InterimSink | None = None
+    ) -> OriginResponse:
+        """A HEAD that nothing stored answers, forwarded as it is (a HEAD response never creates an entry).
+
+        The client's own If-None-Match / If-Modified-Since go with it: with no stored response the
+        cache must not evaluate them (RFC 9111 §4.3.2), the origin does, and its 304 goes to this
+        client alone, never stored. A 304 to a HEAD that carried neither is a 502, as on a fetch.
+        """
+        resp = await self.forward(req, headers, interim)
+        _not_modified_unasked(resp, headers)
+        return resp
 
     async def invalidate_after_unsafe(self, req: ClientRequest, resp_headers: Headers) -> None:
         """RFC 9111 §4.4: the target URI, and same-host Location / Content-Location."""

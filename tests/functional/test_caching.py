@@ -175,6 +175,24 @@ async def test_head_miss_does_not_create_an_entry(proxy: Proxy, origin: Origin) 
     assert await origin.hits("/max-age/60") == 2
 
 
+async def test_rfc9111_s4_3_2_a_head_miss_forwards_the_clients_condition_and_stores_no_304(
+    proxy: Proxy, origin: Origin
+) -> None:
+    """With nothing stored the cache must not evaluate a client's If-None-Match (§4.3.2): the origin
+    does, and its 304 goes, as it came, to that client alone. It is no response to store nor to answer
+    a GET with (§4.3.4 updates stored responses only): the GET after it is a miss."""
+    async with proxy.request("HEAD", "/etag?max_age=60", headers={"If-None-Match": '"v1"'}) as head:
+        assert (head.status, head.headers["ETag"]) == (304, '"v1"')
+        assert "fwd=uri-miss;fwd-status=304" in cache_status(head)
+    [forwarded] = await origin.requests("/etag")
+    assert [v for n, v in forwarded["headers"] if n.lower() == "if-none-match"] == ['"v1"']
+    resp, body = await proxy.get("/etag?max_age=60")
+    assert resp.status == 200 and body and "fwd=uri-miss" in cache_status(resp)
+    async with proxy.request("HEAD", "/etag?max_age=60", headers={"If-None-Match": '"v1"'}) as head:
+        assert head.status == 304 and "hit" in cache_status(head)  # now answered from the stored GET
+    assert await origin.hits("/etag") == 2
+
+
 @pytest.mark.parametrize(
     ("range_header", "status", "expected", "content_range"),
     [

@@ -105,6 +105,21 @@ async def test_rfc9110_s15_4_5_a_304_to_an_unconditional_fetch_is_a_502_never_pa
     assert len(origin.requests) == 2
 
 
+async def test_rfc9110_s15_4_5_a_304_to_an_unconditional_head_miss_is_a_502_never_passed_on(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    """A HEAD that nothing stored answers is forwarded as the client sent it (a HEAD response creates
+    no entry); a 304 to one without If-None-Match / If-Modified-Since was passed on to the client, which
+    holds no copy for it to be current. A fetch's unasked 304 is a 502 (above): so is this one."""
+    origin = await scripted_origin([NOT_MODIFIED, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    async with proxy.request("HEAD", "/doc") as resp:
+        assert resp.status == 502 and "fwd-status" not in cache_status(resp)
+    assert origin.method(0) == "HEAD" and not origin.sent(0, "If-None-Match")
+    async with proxy.request("HEAD", "/doc") as resp:  # the proxy keeps serving
+        assert (resp.status, resp.headers["Content-Length"]) == (200, "5")
+
+
 # ------------------------------------------ a 206 that says no range, answering the range asked
 
 UNSAID = {
