@@ -339,3 +339,95 @@ async def test_rfc9111_s4_3_5_a_head_response_updates_the_stored_get_response(
         # Another representation, or no telling: the stored response is stale and is fetched again.
         assert "fwd=stale" in cache_status(resp) and body == b"newer"
         assert origin.method(2) == "GET" and len(origin.requests) == 3
+
+
+# --------------------- RFC 9110 §13.2.2: the order preconditions are evaluated in, on a stored response
+
+LAST_MODIFIED = "Fri, 01 Jan 2027 00:00:00 GMT"
+EARLIER = "Thu, 31 Dec 2026 00:00:00 GMT"
+STORED = [
+    ("h", 'ETag:"v1"'),
+    ("h", f"Last-Modified:{LAST_MODIFIED}"),
+    ("h", "Cache-Control:max-age=600"),
+    ("body", "0123456789"),
+]
+# (request fields, status, answered by the cache): If-Match and If-Unmodified-Since only apply to an
+# origin (RFC 9111 §4.3.2), which then evaluates every precondition in order; a cache evaluates
+# If-None-Match (step 3), If-Modified-Since only without it (step 4), then Range (step 5).
+PRECONDITIONS = [
+    pytest.param({}, 200, True, id="none"),
+    pytest.param({"If-None-Match": '"v1"'}, 304, True, id="9110-13.1.2-inm-matches"),
+    pytest.param({"If-None-Match": 'W/"v1"'}, 304, True, id="9110-13.1.2-inm-weak-comparison"),
+    pytest.param({"If-None-Match": '"v0", "v1"'}, 304, True, id="9110-13.1.2-inm-list"),
+    pytest.param({"If-None-Match": "*"}, 304, True, id="9110-13.1.2-inm-star"),
+    pytest.param({"If-None-Match": '"v0"'}, 200, True, id="9110-13.1.2-inm-no-match"),
+    pytest.param({"If-Modified-Since": LAST_MODIFIED}, 304, True, id="9110-13.1.3-ims-not-modified"),
+    pytest.param({"If-Modified-Since": EARLIER}, 200, True, id="9110-13.1.3-ims-modified"),
+    pytest.param({"If-Modified-Since": "yesterday"}, 200, True, id="9110-13.1.3-ims-invalid-ignored"),
+    pytest.param(
+        {"If-None-Match": '"v1"', "If-Modified-Since": EARLIER}, 304, True, id="9110-13.2.2-inm-before-ims"
+    ),
+    pytest.param(
+        {"If-None-Match": '"v0"', "If-Modified-Since": LAST_MODIFIED},
+        200,
+        True,
+        id="9110-13.2.2-ims-ignored-with-inm",
+    ),
+    pytest.param(
+        {"If-None-Match": '"v1"', "Range": "bytes=0-1"}, 304, True, id="9110-13.2.2-inm-before-range"
+    ),
+    pytest.param(
+        {"If-Modified-Since": LAST_MODIFIED, "Range": "bytes=0-1"},
+        304,
+        True,
+        id="9110-13.2.2-ims-before-range",
+    ),
+    pytest.param({"If-None-Match": '"v0"', "Range": "bytes=0-1"}, 206, True, id="9110-13.2.2-range-last"),
+    pytest.param({"If-Range": '"v1"', "Range": "bytes=0-1"}, 206, True, id="9110-13.1.5-if-range-matches"),
+    pytest.param({"If-Range": '"v0"', "Range": "bytes=0-1"}, 200, True, id="9110-13.1.5-if-range-differs"),
+    pytest.param({"If-Match": '"v1"', "If-None-Match": '"v1"'}, 200, False, id="9111-4.3.2-if-match-origin"),
+    pytest.param({"If-Match": '"v0"'}, 200, False, id="9111-4.3.2-if-match-not-evaluated-here"),
+    pytest.param(
+        {"If-Unmodified-Since": EARLIER, "If-Modified-Since": LAST_MODIFIED},
+        200,
+        False,
+        id="9111-4.3.2-ius-origin",
+    ),
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize(("fields", "status", "from_cache"), PRECONDITIONS)
+async def test_rfc9110_s13_2_2_preconditions_on_a_stored_response_in_order(
+    proxy: Proxy, origin: Origin, method: str, fields: dict[str, str], status: int, from_cache: bool
+) -> None:
+    """A stored response answers If-None-Match before If-Modified-Since (ignored when If-None-Match is
+    there) before Range; If-Match / If-Unmodified-Since go to the origin (the stub ignores them: 200)."""
+    await proxy.get("/respond", params=STORED)
+    async with proxy.request(method, "/respond", params=STORED, headers=fields) as resp:
+        body = await resp.read()
+    if method == "HEAD" and status == 206:
+        status = 200  # Range applies to GET only (RFC 9110 §14.2)
+    assert resp.status == status
+    assert ("hit" in cache_status(resp).split(";")) == from_cache
+    assert len(body) == {200: 10 if method == "GET" else 0, 206: 2, 304: 0}[status]
+    assert await origin.hits("/respond") == (1 if from_cache else 2)
+
+
+async def test_rfc9111_s4_3_2_an_origins_412_passes_and_leaves_the_stored_response(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    """If-Match is the origin's to evaluate (§4.3.2): its 412 goes to that client and is never stored,
+    whatever lifetime it carries."""
+    ok = b'HTTP/1.1 200 OK\r\nETag: "v1"\r\nCache-Control: max-age=600\r\nContent-Length: 4\r\n\r\npage'
+    failed = (
+        b"HTTP/1.1 412 Precondition Failed\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\n\r\nfail\n"
+    )
+    upstream = await scripted_origin([ok, failed])
+    proxy = await start_proxy(origin_url=upstream.url)
+    await proxy.get("/page")
+    resp, body = await proxy.get("/page", headers={"If-Match": '"v0"'})
+    assert (resp.status, body) == (412, b"fail\n") and upstream.sent(1, "If-Match") == ['"v0"']
+    resp, body = await proxy.get("/page")
+    assert (resp.status, body) == (200, b"page") and "hit" in cache_status(resp).split(";")
+    assert len(upstream.requests) == 2
