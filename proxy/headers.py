@@ -43,6 +43,20 @@ HOP_BY_HOP = frozenset(
 # RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 9112 §3.2: any other value is a 400.
 VALID_HOST = re.compile(r"(?:\[[0-9A-Za-z:._~!$&'()*+,;=%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
+# Significant digits past which a decimal field value is not converted: int() of a string of
+# thousands of digits raises past 4300 (a 500) and costs quadratic time before. 18 digits hold any
+# length, position or number of seconds a cache works with.
+MAX_DECIMAL_DIGITS = 18
+
+
+def bounded_decimal(digits: str, cap: int) -> int:
+    """The value of 1*DIGIT `digits` (ASCII digits, checked by the caller), at most `cap` (< 10**18)."""
+    significant = digits.lstrip("0")
+    if len(significant) > MAX_DECIMAL_DIGITS:
+        return cap
+    return min(int(significant or "0"), cap)
+
+
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _DIRECTIVE_RE = re.compile(
     rf"\s*({_TOKEN})\s*(?:=\s*(?:({_TOKEN})|\"((?:[^\"\\]|\\.)*)\"))?\s*(?:,|$)",
@@ -80,7 +94,7 @@ class Directives:
         if arg is None or not (arg.isascii() and arg.isdigit()):
             return -1
         # §1.2.2: an overflowing delta-seconds is taken as 2^31.
-        return min(int(arg), 2**31)
+        return bounded_decimal(arg, 2**31)
 
     def field_names(self, name: str) -> tuple[str, ...]:
         """Field names listed in a qualified directive such as private="a, b" (§5.2.2.7)."""

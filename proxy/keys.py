@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from proxy.config import KeyConfig
 from proxy.entry import CachedResource, StoredResponse
-from proxy.headers import Headers, parse_http_date
+from proxy.headers import Headers, bounded_decimal, parse_http_date
 
 if TYPE_CHECKING:
     from proxy.rules import RuleSet
@@ -117,7 +117,7 @@ def _primary_key(scheme: str, host: str, path: str, query: str, opts: KeyConfig)
         pass
     elif ":" in hostname:
         name, _, port = hostname.rpartition(":")
-        if port.isdigit() and int(port) == _DEFAULT_PORTS.get(scheme):
+        if port.isascii() and port.isdigit() and bounded_decimal(port, 65536) == _DEFAULT_PORTS.get(scheme):
             hostname = name
     return f"{opts.namespace}|{scheme}://{hostname}{key_target(path, query, opts)}"
 

@@ -23,6 +23,7 @@ from proxy.headers import (
     Directives,
     Headers,
     any_weak_match,
+    bounded_decimal,
     combined_value,
     end_to_end,
     format_http_date,
@@ -187,7 +188,7 @@ def age_value(headers: Headers) -> float:
     if raw is None:
         return 0.0
     raw = raw.split(",")[0].strip()
-    return float(min(int(raw), 2**31)) if raw.isascii() and raw.isdigit() else 0.0
+    return float(bounded_decimal(raw, 2**31)) if raw.isascii() and raw.isdigit() else 0.0
 
 
 def corrected_initial_age(headers: Headers, request_time: float, response_time: float) -> float:

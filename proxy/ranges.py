@@ -15,16 +15,14 @@ import re
 from dataclasses import dataclass
 
 from proxy.entry import StoredResponse
-from proxy.headers import parse_http_date, strong_match
+from proxy.headers import MAX_DECIMAL_DIGITS, bounded_decimal, parse_http_date, strong_match
 
 # RFC 9110 §14.1.1: range-unit "=" range-set, and a byte-range-spec is first-pos "-" [last-pos] or
 # "-" suffix-length: no whitespace but around the list's commas (§5.6.1). The unit is case-insensitive.
 _BYTES_UNIT_RE = re.compile(r"bytes=", re.IGNORECASE)
-_RANGE_SPEC_RE = re.compile(r"(\d*)-(\d*)")
-# A position with more digits than this is past the end of any representation (a quintillion bytes);
-# read as such, not converted, which past 4300 digits raises and before that costs quadratic time.
-_MAX_DIGITS = 18
-BEYOND_ANY_LENGTH = 10**_MAX_DIGITS
+_RANGE_SPEC_RE = re.compile(r"([0-9]*)-([0-9]*)")  # DIGIT is ASCII (RFC 5234)
+# A position past the end of any representation (what a longer one reads as: headers.bounded_decimal).
+BEYOND_ANY_LENGTH = 10**MAX_DECIMAL_DIGITS
 # RFC 9110 §14.4: Content-Range of a single part, with a known complete length.
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes[ ]+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
 
@@ -86,10 +84,7 @@ def single_byte_range(value: str | None) -> tuple[int | None, int | None] | None
 
 
 def _position(digits: str) -> int | None:
-    digits = digits.lstrip("0") or digits[:1]
-    if not digits:
-        return None
-    return BEYOND_ANY_LENGTH if len(digits) > _MAX_DIGITS else int(digits)
+    return bounded_decimal(digits, BEYOND_ANY_LENGTH) if digits else None
 
 
 def parse_range(value: str | None, length: int) -> ByteRange | Unsatisfiable | None:
@@ -141,8 +136,8 @@ def parse_content_range(value: str | None) -> tuple[int, int, int] | None:
     m = _CONTENT_RANGE_RE.match(value)
     if not m:
         return None
-    first, last, length = (int(g) for g in m.groups())
-    if not first <= last < length:
+    first, last, length = (bounded_decimal(g, BEYOND_ANY_LENGTH) for g in m.groups())
+    if not first <= last < length < BEYOND_ANY_LENGTH:
         return None
     return first, last, length
 
@@ -160,8 +155,9 @@ def states_one_range(value: str | None) -> bool:
     m = _STATED_RANGE_RE.match(value) if value is not None else None
     if m is None:
         return False
-    first, last, length = int(m[1]), int(m[2]), m[3]
-    return first <= last and (length == "*" or last < int(length))
+    first, last = bounded_decimal(m[1], BEYOND_ANY_LENGTH), bounded_decimal(m[2], BEYOND_ANY_LENGTH)
+    length = BEYOND_ANY_LENGTH if m[3] == "*" else bounded_decimal(m[3], BEYOND_ANY_LENGTH)
+    return first <= last < BEYOND_ANY_LENGTH and (m[3] == "*" or last < length < BEYOND_ANY_LENGTH)
 
 
 def forwardable_range(value: str | None) -> str | None:

@@ -347,6 +347,29 @@ async def test_non_ascii_header_bytes_get_an_answer_not_500(proxy: Proxy, origin
     await _still_serves(proxy, origin)
 
 
+LONG_NUMBER = "9" * 5000  # past the 4300 digits int() converts
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"Cache-Control": f"max-age={LONG_NUMBER}"}, "/max-age/60"),
+        ({"Cache-Control": f"min-fresh={LONG_NUMBER}"}, "/max-age/60"),
+        ({"Host": f"cdn.example:{LONG_NUMBER}"}, "/max-age/60"),
+    ],
+    ids=["9111-1.2.2-request-max-age", "9111-1.2.2-request-min-fresh", "9110-7.2-host-port"],
+)
+async def test_a_number_of_5000_digits_in_a_request_gets_an_answer_not_500(
+    proxy: Proxy, origin: Origin, fields: dict[str, str], path: str
+) -> None:
+    """A delta-seconds or a port is 1*DIGIT of any length: its int() raised past 4300 digits and the
+    request got a 500 `internal error`. An overflowing delta-seconds is 2^31 (RFC 9111 §1.2.2)."""
+    await proxy.get(path)
+    resp, body = await proxy.get(path, headers=fields)
+    assert resp.status == 200 and body.startswith(b"origin stub"), (resp.status, body[:100])
+    await _still_serves(proxy, origin)
+
+
 INVALID_HOSTS = [b"ex ample<>", b"a\tb", b"[::1", b"x:notaport", b"evil.example/path?q", b"caf\xc3\xa9"]
 
 

@@ -120,6 +120,49 @@ async def test_rfc9110_s15_4_5_a_304_to_an_unconditional_head_miss_is_a_502_neve
         assert (resp.status, resp.headers["Content-Length"]) == (200, "5")
 
 
+# ------------------------------------------ numbers of thousands of digits
+
+LONG = b"9" * 5000  # past the 4300 digits int() converts
+
+
+@pytest.mark.parametrize(
+    ("field", "stored"),
+    [(b"Cache-Control: max-age=" + LONG, True), (b"Cache-Control: max-age=60\r\nAge: " + LONG, False)],
+    ids=["9111-1.2.2-max-age", "9111-5.1-age"],
+)
+async def test_a_delta_seconds_of_5000_digits_from_the_origin_is_2_to_the_31(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, field: bytes, stored: bool
+) -> None:
+    """RFC 9111 §1.2.2: a delta-seconds too large to hold is taken as 2^31. Its int() raised past 4300
+    digits, and the response was a 500 `internal error`; now a max-age that long is a long lifetime, an
+    Age that long makes the response stale on arrival (with max-age=60)."""
+    ok = b"HTTP/1.1 200 OK\r\n" + field + b"\r\nContent-Length: 5\r\n\r\nhello"
+    origin = await scripted_origin([ok, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    resp, body = await proxy.get("/doc")
+    assert (resp.status, body) == (200, b"hello")
+    again, _ = await proxy.get("/doc")
+    assert ("hit" in cache_status(again).split(";")) == stored
+
+
+async def test_rfc9110_s14_4_a_content_range_length_of_5000_digits_is_a_502(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted
+) -> None:
+    """A complete length past any representation a cache can hold says nothing it can use: the 206 is
+    a 502 like one without a Content-Range, never stored. Its int() raised (a 500 `internal error`)."""
+    bad = (
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-1/"
+        + LONG
+        + b"\r\nContent-Length: 2\r\n\r\nhe"
+    )
+    origin = await scripted_origin([bad, GOOD])
+    proxy = await start_proxy(origin_url=origin.url)
+    resp, body = await proxy.get("/doc", headers={"Range": "bytes=0-1"})
+    assert (resp.status, body) == (502, b"origin sent an invalid response\n")
+    resp, body = await proxy.get("/doc")
+    assert (resp.status, body) == (200, b"hello")
+
+
 # ------------------------------------------ a 206 that says no range, answering the range asked
 
 UNSAID = {

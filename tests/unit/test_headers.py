@@ -96,6 +96,9 @@ DELTA_SECONDS = [
     pytest.param("max-age=1.5", -1, id="9111-1.2.2-decimal"),
     pytest.param("max-age=abc", -1, id="9111-1.2.2-letters"),
     pytest.param("max-age=99999999999", 2**31, id="9111-1.2.2-overflow-is-2^31"),
+    # int() raised on these past 4300 digits (a 500): no more than 18 significant digits are converted.
+    pytest.param("max-age=" + "9" * 5000, 2**31, id="9111-1.2.2-5000-digits-is-2^31"),
+    pytest.param("max-age=" + "0" * 5000 + "60", 60, id="9111-1.2.2-5000-leading-zeros"),
     # delta-seconds is 1*DIGIT, and DIGIT is ASCII (RFC 5234): other Unicode digits are invalid.
     pytest.param('max-age="\u00b2"', -1, id="9111-1.2.2-superscript-digit-invalid"),
     pytest.param('max-age="\u0663"', -1, id="9111-1.2.2-arabic-indic-digit-invalid"),

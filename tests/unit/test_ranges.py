@@ -117,6 +117,8 @@ CONTENT_RANGES = [
     pytest.param("bytes 0-4/10, bytes 5-9/10", None, id="9110-14.4-two"),
     pytest.param("bytes=0-4/10", None, id="9110-14.4-not-a-range-request"),
     pytest.param(None, None, id="absent"),
+    # A complete length past any a cache can hold: nothing to file (its int() raised past 4300 digits).
+    pytest.param("bytes 0-1/" + "9" * 5000, None, id="9110-14.4-length-of-5000-digits"),
 ]
 
 
@@ -265,6 +267,8 @@ def test_rfc9111_s3_3_covered_range(fields: dict[str, str], expected: ByteRange 
         ("bytes 9-0/10", False),
         ("bytes 0-10/10", False),
         ("items 0-9/10", False),
+        ("bytes 0-1/" + "9" * 5000, False),  # past any length a cache can hold (int() raised on it)
+        ("bytes 0-" + "9" * 5000 + "/*", False),
     ],
 )
 def test_rfc9110_s15_3_7_a_206_states_the_one_range_it_holds(value: str | None, stated: bool) -> None:
