@@ -14,7 +14,7 @@ from __future__ import annotations
 from proxy import policy
 from proxy.cache_status import CacheStatus
 from proxy.entry import StoredResponse
-from proxy.headers import Headers
+from proxy.headers import Headers, combined_value
 from proxy.messages import Delivery
 from proxy.ranges import ByteRange, Unsatisfiable, if_range_allows, parse_range, wanted_range
 
@@ -28,7 +28,7 @@ def covered_range(method: str, headers: Headers | None, entry: StoredResponse) -
     """
     if method != "GET" or headers is None:
         return None
-    wanted = wanted_range(headers.get("Range"), headers.get("If-Range"), entry)
+    wanted = wanted_range(combined_value(headers, "Range"), combined_value(headers, "If-Range"), entry)
     return wanted if wanted is not None and entry.holds(wanted.first, wanted.last) else None
 
 
@@ -60,8 +60,9 @@ def plan_delivery(
         return Delivery(entry, age, status, "not-modified", extra=extra)
     # Step 2 (§14.2): a single byte range of a whole 200 GET, if If-Range allows it.
     ranged = method == "GET" and entry.status == 200 and "range" in headers
-    if ranged and if_range_allows(headers.get("If-Range"), entry):
-        wanted = parse_range(headers.get("Range"), len(entry.body))  # complete: its body is all of it
+    if ranged and if_range_allows(combined_value(headers, "If-Range"), entry):
+        # Complete: its body is all of it. Two Range lines make one invalid value (RFC 9110 §5.3).
+        wanted = parse_range(combined_value(headers, "Range"), len(entry.body))
         if isinstance(wanted, ByteRange):
             return Delivery(entry, age, status, "partial", wanted.first, wanted.last, extra)
         if isinstance(wanted, Unsatisfiable):

@@ -39,7 +39,7 @@ from proxy.config import Config
 from proxy.delivery import covered_range, plan_delivery
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchOutcome, FetchRequest
-from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, fields_end_to_end
+from proxy.headers import EMPTY_DIRECTIVES, Directives, Headers, combined_value, fields_end_to_end
 from proxy.keys import (
     UrlKeys,
     accept_encoding_for_range,
@@ -871,7 +871,7 @@ class Engine:
             if resp.status == 206 and self.slicer is not None:
                 # The slice-aligned range asked for the client (Fetcher._range_to_forward) holds more than
                 # it asked for, and could not be stored: the client gets its own range of it.
-                trim = slices.trim(resp.headers.get("Content-Range"), f.headers.get("Range"))
+                trim = slices.trim(resp.headers.get("Content-Range"), combined_value(f.headers, "Range"))
                 if trim is not None:
                     return self._trimmed(resp, outcome.status, outcome.prefix, *trim)
             return await self._stream(resp, outcome.status, outcome.prefix)

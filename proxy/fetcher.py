@@ -22,7 +22,7 @@ from proxy import compression, policy, ranges, slices
 from proxy.cache_status import CacheStatus
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
-from proxy.headers import Directives, Headers, end_to_end
+from proxy.headers import Directives, Headers, combined_value, end_to_end
 from proxy.keys import (
     UrlKeys,
     normalise_accept_language,
@@ -370,7 +370,7 @@ class Fetcher:
             return None
         if f.stale is not None and not f.stale.parts:
             return None
-        value = f.headers.get("Range")
+        value = combined_value(f.headers, "Range")
         if self.slices is not None:
             cover = slices.cover_range(value, self.slices.size)
             if cover is not None:

@@ -765,7 +765,7 @@ def client_not_modified(request_headers: Headers, entry: StoredResponse) -> bool
         return entry.etag is not None and any_weak_match(tags, entry.etag)
     # The receipt time stands in for now when placing a two-digit RFC 850 year.
     when = entry.response_time
-    ims = parse_http_date(request_headers.get("If-Modified-Since"), now=when)
+    ims = parse_http_date(combined_value(request_headers, "If-Modified-Since"), now=when)
     if ims is None:
         return False
     modified = parse_http_date(entry.last_modified, now=when) or parse_http_date(entry.date, now=when)

@@ -49,7 +49,7 @@ from proxy.coalescer import SingleFlight
 from proxy.config import Config
 from proxy.entry import CachedResource, StoredResponse
 from proxy.fetcher import Fetcher, FetchRequest
-from proxy.headers import EMPTY_DIRECTIVES, strong_match
+from proxy.headers import EMPTY_DIRECTIVES, combined_value, strong_match
 from proxy.keys import select_variant, variant_matches, with_variant
 from proxy.messages import Answer, Delivery, Reply, error_reply
 from proxy.origin import UpstreamError
@@ -145,7 +145,7 @@ class Slicer:
 
     async def find(self, f: FetchRequest) -> tuple[StoredResponse, TierName | None] | None:
         """For a range request whose object key holds no slice: the stored slice holding its first byte."""
-        start = slices.range_start(f.headers.get("Range"))
+        start = slices.range_start(combined_value(f.headers, "Range"))
         if start is None or start < self.spec.size:
             return None  # slice 0 is the object's own key, looked up already
         index = start // self.spec.size
@@ -196,7 +196,7 @@ class Slicer:
     def _wanted(self, f: FetchRequest, ref: StoredResponse) -> slices.Wanted:
         if f.client.method == "HEAD" or not f.client.conditional:
             return slices.Whole()
-        return slices.wanted(f.headers.get("Range"), f.headers.get("If-Range"), ref)
+        return slices.wanted(combined_value(f.headers, "Range"), combined_value(f.headers, "If-Range"), ref)
 
     def _first_index(self, wanted: slices.Wanted, ref: StoredResponse) -> int:
         if isinstance(wanted, ByteRange):

@@ -8,6 +8,7 @@ import email.utils
 import time
 
 import pytest
+from multidict import CIMultiDict
 
 from proxy.config import PolicyConfig
 from tests.functional.conftest import (
@@ -431,3 +432,27 @@ async def test_rfc9111_s4_3_2_an_origins_412_passes_and_leaves_the_stored_respon
     resp, body = await proxy.get("/page")
     assert (resp.status, body) == (200, b"page") and "hit" in cache_status(resp).split(";")
     assert len(upstream.requests) == 2
+
+
+SINGLETON_TWICE = [
+    pytest.param([("Range", "bytes=0-1"), ("Range", "bytes=5-6")], id="9110-14.2-range"),
+    pytest.param(
+        [("If-Modified-Since", LAST_MODIFIED), ("If-Modified-Since", EARLIER)], id="9110-13.1.3-ims"
+    ),
+    pytest.param(
+        [("Range", "bytes=0-1"), ("If-Range", '"v1"'), ("If-Range", '"v0"')], id="9110-13.1.5-if-range"
+    ),
+]
+
+
+@pytest.mark.parametrize("fields", SINGLETON_TWICE)
+async def test_rfc9110_s5_3_a_singleton_condition_sent_twice_is_invalid_and_ignored(
+    proxy: Proxy, origin: Origin, fields: list[tuple[str, str]]
+) -> None:
+    """Range, If-Range and If-Modified-Since take one value: two field lines are one invalid value
+    (RFC 9110 §5.3 combines them with a comma), which the recipient ignores (§13.1.3: a field value of
+    more than one member). The first line alone was honoured: a 206 or a 304 the second line denied."""
+    await proxy.get("/respond", params=STORED)
+    resp, body = await proxy.get("/respond", params=STORED, headers=CIMultiDict(fields))
+    assert (resp.status, body) == (200, b"0123456789")
+    assert "hit" in cache_status(resp).split(";") and await origin.hits("/respond") == 1
