@@ -797,9 +797,9 @@ class Fetcher:
     async def _refetch_outdated(self, f: FetchRequest) -> FetchOutcome:
         """The representation fetched whole after a 304 that matched none of the stored responses.
 
-        Every stored validator of the URL was asked (policy.conditional_headers), and the origin's
-        304 names none of them: none of those copies is what it has (RFC 9111 §4.3.4 forbids
-        freshening them). They go before the full response that replaces them (§4.3.3) is
+        Every stored validator of the URL was asked (policy.conditional_headers), and the validator
+        the origin's 304 names is none of them: none of those copies is what it has (RFC 9111
+        §4.3.4 forbids freshening them). They go before the full response that replaces them (§4.3.3) is
         asked for: kept when it is not stored (no-store, private, too large, an error), they were
         served stale (stale-while-revalidate, stale-if-error, max-stale) and revalidated so again
         on every request.
@@ -817,7 +817,10 @@ class Fetcher:
         variants = f.resource.variants if f.resource is not None else (f.stale,)
         selected = policy.select_for_update(resp.headers, f.stale, variants, sent)
         if not selected:
-            # The 304 matches nothing we hold: fetch the representation whole.
+            if "etag" not in resp.headers and "last-modified" not in resp.headers:
+                # No validator, and several entity-tags asked: ambiguous (policy.select_for_update),
+                # one of the copies may be current. Fetched whole, the response replaces its own.
+                return await self.fetch(replace(f, stale=None))
             return await self._refetch_outdated(f)
         if await self._purged_before_sent(f, selected, epoch):
             # The copies it validates were hard purged before it was sent: nothing to freshen.

@@ -469,6 +469,35 @@ async def test_rfc9111_s4_3_4_copies_a_304_does_not_select_are_not_served_after_
     assert upstream.sent(3, "If-None-Match") == [] and len(upstream.requests) == 4
 
 
+def _language(tag: bytes, max_age: int = 10) -> bytes:
+    return (
+        b'HTTP/1.1 200 OK\r\nVary: Accept-Language\r\nCache-Control: max-age=%d\r\nETag: "%s"\r\n'
+        b"Content-Length: %d\r\n\r\n%s" % (max_age, tag, len(tag), tag)
+    )
+
+
+async def test_rfc9111_s4_3_4_an_ambiguous_304_keeps_the_other_variants(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock
+) -> None:
+    """A 304 without a validator to a request that carried several entity-tags selects nothing (it
+    says one of them matched, not which): unlike a 304 naming another validator, it does not disown the
+    stored variants, and the whole response fetched next replaces only its own."""
+    bare_304 = b"HTTP/1.1 304 Not Modified\r\n\r\n"
+    named_304 = b'HTTP/1.1 304 Not Modified\r\nETag: "fr"\r\n\r\n'
+    upstream = await scripted_origin(
+        [_language(b"en"), _language(b"fr"), bare_304, _language(b"en2"), named_304]
+    )
+    proxy = await start_proxy(origin_url=upstream.url)
+    for language in ("en", "fr"):
+        await proxy.get("/page", headers={"Accept-Language": language})
+    clock.advance(20)
+    resp, body = await proxy.get("/page", headers={"Accept-Language": "en"})
+    assert body == b"en2" and upstream.sent(2, "If-None-Match") == ['"en", "fr"']
+    resp, body = await proxy.get("/page", headers={"Accept-Language": "fr"})
+    assert body == b"fr" and "fwd-status=304" in cache_status(resp)
+    assert upstream.sent(4, "If-None-Match") == ['"fr", "en2"']
+
+
 async def test_rfc9112_s6_3_a_204_with_a_content_length_is_stored_without_a_body(
     start_proxy: ProxyFactory, scripted_origin: StartScripted
 ) -> None:

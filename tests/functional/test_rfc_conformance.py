@@ -344,11 +344,11 @@ async def test_rfc9111_s4_3_5_a_head_response_updates_the_stored_get_response(
 
 # --------------------- RFC 9110 §13.2.2: the order preconditions are evaluated in, on a stored response
 
-LAST_MODIFIED = "Fri, 01 Jan 2027 00:00:00 GMT"
+STORED_LAST_MODIFIED = "Fri, 01 Jan 2027 00:00:00 GMT"
 EARLIER = "Thu, 31 Dec 2026 00:00:00 GMT"
 STORED = [
     ("h", 'ETag:"v1"'),
-    ("h", f"Last-Modified:{LAST_MODIFIED}"),
+    ("h", f"Last-Modified:{STORED_LAST_MODIFIED}"),
     ("h", "Cache-Control:max-age=600"),
     ("body", "0123456789"),
 ]
@@ -362,14 +362,14 @@ PRECONDITIONS = [
     pytest.param({"If-None-Match": '"v0", "v1"'}, 304, True, id="9110-13.1.2-inm-list"),
     pytest.param({"If-None-Match": "*"}, 304, True, id="9110-13.1.2-inm-star"),
     pytest.param({"If-None-Match": '"v0"'}, 200, True, id="9110-13.1.2-inm-no-match"),
-    pytest.param({"If-Modified-Since": LAST_MODIFIED}, 304, True, id="9110-13.1.3-ims-not-modified"),
+    pytest.param({"If-Modified-Since": STORED_LAST_MODIFIED}, 304, True, id="9110-13.1.3-ims-not-modified"),
     pytest.param({"If-Modified-Since": EARLIER}, 200, True, id="9110-13.1.3-ims-modified"),
     pytest.param({"If-Modified-Since": "yesterday"}, 200, True, id="9110-13.1.3-ims-invalid-ignored"),
     pytest.param(
         {"If-None-Match": '"v1"', "If-Modified-Since": EARLIER}, 304, True, id="9110-13.2.2-inm-before-ims"
     ),
     pytest.param(
-        {"If-None-Match": '"v0"', "If-Modified-Since": LAST_MODIFIED},
+        {"If-None-Match": '"v0"', "If-Modified-Since": STORED_LAST_MODIFIED},
         200,
         True,
         id="9110-13.2.2-ims-ignored-with-inm",
@@ -378,7 +378,7 @@ PRECONDITIONS = [
         {"If-None-Match": '"v1"', "Range": "bytes=0-1"}, 304, True, id="9110-13.2.2-inm-before-range"
     ),
     pytest.param(
-        {"If-Modified-Since": LAST_MODIFIED, "Range": "bytes=0-1"},
+        {"If-Modified-Since": STORED_LAST_MODIFIED, "Range": "bytes=0-1"},
         304,
         True,
         id="9110-13.2.2-ims-before-range",
@@ -389,7 +389,7 @@ PRECONDITIONS = [
     pytest.param({"If-Match": '"v1"', "If-None-Match": '"v1"'}, 200, False, id="9111-4.3.2-if-match-origin"),
     pytest.param({"If-Match": '"v0"'}, 200, False, id="9111-4.3.2-if-match-not-evaluated-here"),
     pytest.param(
-        {"If-Unmodified-Since": EARLIER, "If-Modified-Since": LAST_MODIFIED},
+        {"If-Unmodified-Since": EARLIER, "If-Modified-Since": STORED_LAST_MODIFIED},
         200,
         False,
         id="9111-4.3.2-ius-origin",
@@ -437,7 +437,7 @@ async def test_rfc9111_s4_3_2_an_origins_412_passes_and_leaves_the_stored_respon
 SINGLETON_TWICE = [
     pytest.param([("Range", "bytes=0-1"), ("Range", "bytes=5-6")], id="9110-14.2-range"),
     pytest.param(
-        [("If-Modified-Since", LAST_MODIFIED), ("If-Modified-Since", EARLIER)], id="9110-13.1.3-ims"
+        [("If-Modified-Since", STORED_LAST_MODIFIED), ("If-Modified-Since", EARLIER)], id="9110-13.1.3-ims"
     ),
     pytest.param(
         [("Range", "bytes=0-1"), ("If-Range", '"v1"'), ("If-Range", '"v0"')], id="9110-13.1.5-if-range"
