@@ -113,7 +113,9 @@ def parse_range(value: str | None, length: int) -> ByteRange | Unsatisfiable | N
 def if_range_allows(value: str | None, entry: StoredResponse) -> bool:
     """RFC 9110 §13.1.5: may the Range be honoured given If-Range?
 
-    An entity-tag must match strongly; a date must equal Last-Modified exactly.
+    An entity-tag must match strongly; a date must equal Last-Modified exactly, and be a strong
+    validator: the stored response's Date at least one second later (§8.8.2.2), or the
+    representation may have changed within the second it names.
     """
     if value is None:
         return True
@@ -122,7 +124,10 @@ def if_range_allows(value: str | None, entry: StoredResponse) -> bool:
         return entry.etag is not None and strong_match(value, entry.etag)
     when = parse_http_date(value, now=entry.response_time)
     last_modified = parse_http_date(entry.last_modified, now=entry.response_time)
-    return when is not None and last_modified is not None and when == last_modified
+    if when is None or last_modified is None or when != last_modified:
+        return False
+    date = parse_http_date(entry.date, now=entry.response_time)
+    return date is not None and date - last_modified >= 1
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int] | None:

@@ -456,3 +456,27 @@ async def test_rfc9110_s5_3_a_singleton_condition_sent_twice_is_invalid_and_igno
     resp, body = await proxy.get("/respond", params=STORED, headers=CIMultiDict(fields))
     assert (resp.status, body) == (200, b"0123456789")
     assert "hit" in cache_status(resp).split(";") and await origin.hits("/respond") == 1
+
+
+@pytest.mark.parametrize(
+    ("last_modified", "status"),
+    [(ORIGIN_DATE, 200), ("Fri, 15 Jan 2027 07:59:59 GMT", 206)],
+    ids=["9110-13.1.5-weak-date-is-false", "9110-8.8.2.2-a-second-before-date-is-strong"],
+)
+async def test_rfc9110_s13_1_5_an_if_range_date_matches_only_a_strong_last_modified(
+    proxy: Proxy, origin: Origin, last_modified: str, status: int
+) -> None:
+    """A Last-Modified is a strong validator only when the stored Date is at least a second later
+    (§8.8.2.2): the representation may have changed twice within that second. An If-Range naming a
+    weak one is false (§13.1.5), and the whole 200 is sent; it was honoured with a 206."""
+    stored = [
+        ("h", f"Last-Modified:{last_modified}"),
+        ("h", "Cache-Control:max-age=600"),
+        ("body", "0123456789"),
+    ]
+    first, _ = await proxy.get("/respond", params=stored)
+    assert first.headers["Date"] == ORIGIN_DATE
+    fields = {"Range": "bytes=0-1", "If-Range": last_modified}
+    resp, body = await proxy.get("/respond", params=stored, headers=fields)
+    assert (resp.status, body) == (status, b"0123456789" if status == 200 else b"01")
+    assert "hit" in cache_status(resp).split(";") and await origin.hits("/respond") == 1

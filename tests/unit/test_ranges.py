@@ -96,6 +96,15 @@ IF_RANGE = [
         LM, entry(etag='"v1"', last_modified=None), False, id="9110-13.1.5-stored-without-last-modified"
     ),
     pytest.param("garbage", STRONG, False, id="9110-13.1.5-neither-etag-nor-date"),
+    # §8.8.2.2: Last-Modified is a strong validator only when Date is a second later or more; a date
+    # that matched a weak one was honoured, though the representation may have changed within it.
+    pytest.param(
+        LM, replace(STRONG, date=http_date(NOW - 3600)), False, id="9110-13.1.5-date-of-a-weak-last-modified"
+    ),
+    pytest.param(
+        LM, replace(STRONG, date=http_date(NOW - 3599)), True, id="9110-8.8.2.2-date-a-second-later"
+    ),
+    pytest.param(LM, replace(STRONG, date=None), False, id="9110-8.8.2.2-no-date-no-strong-date"),
 ]
 
 
