@@ -410,7 +410,9 @@ class Fetcher:
         if updated is not None:
             serve = select_variant(updated, f.headers)
             if serve is not None and not serve.parts and policy.remaining_ttl(serve, self.clock()) > 0:
-                return FetchOutcome(status, shared=serve)
+                # A Set-Cookie on the HEAD's answer is for this client (never stored), as on a 304.
+                cookies = _leader_fields(resp.headers, (), f.stored_overrides(serve))
+                return FetchOutcome(status, shared=serve, leader_fields=cookies)
         return FetchOutcome(status, leader_only=resp)
 
     async def _update_from_head(

@@ -498,6 +498,27 @@ async def test_rfc9111_s4_3_4_an_ambiguous_304_keeps_the_other_variants(
     assert upstream.sent(4, "If-None-Match") == ['"fr", "en2"']
 
 
+async def test_rfc9111_s4_3_5_a_set_cookie_on_a_head_answer_that_updates_goes_to_its_client_only(
+    start_proxy: ProxyFactory, scripted_origin: StartScripted, clock: FakeClock
+) -> None:
+    """A stale HEAD is asked of the origin as a HEAD; its 200 updates the stored GET response, which then
+    answers the HEAD. The cookie the origin set in that answer was dropped: the client never got it."""
+    stored = b'HTTP/1.1 200 OK\r\nCache-Control: max-age=10\r\nETag: "v1"\r\nContent-Length: 4\r\n\r\npage'
+    head = stored.removesuffix(b"page").replace(
+        b"\r\nContent-Length", b"\r\nSet-Cookie: seen=1\r\nContent-Length"
+    )
+    upstream = await scripted_origin([stored, head])
+    proxy = await start_proxy(origin_url=upstream.url)
+    await proxy.get("/page")
+    clock.advance(20)
+    async with proxy.request("HEAD", "/page") as answered:
+        assert answered.status == 200 and "fwd-status=200;stored" in cache_status(answered)
+        assert answered.headers.getall("Set-Cookie", []) == ["seen=1"]
+    assert upstream.method(1) == "HEAD"
+    hit, body = await proxy.get("/page")
+    assert "hit" in cache_status(hit).split(";") and body == b"page" and "Set-Cookie" not in hit.headers
+
+
 async def test_rfc9112_s6_3_a_204_with_a_content_length_is_stored_without_a_body(
     start_proxy: ProxyFactory, scripted_origin: StartScripted
 ) -> None:
