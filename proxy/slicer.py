@@ -468,6 +468,11 @@ class Slicer:
         status = resp.status
         if status == 304 and stale is not None:
             resp.release()
+            if not policy.select_for_update(resp.headers, stale, (stale,), headers):
+                # The 304 names another ETag than the slice's: it freshens nothing (RFC 9111 §4.3.4),
+                # or the old bytes would go out, and be stored, under the new ETag. Fetched again
+                # without a condition, a slice of a changed representation is found as any is.
+                return await self._fetch_slice(f, key, index, length, None, resource)
             plan = policy.freshen(
                 stale,
                 resp.headers,

@@ -39,6 +39,8 @@ class SliceOrigin:
         self.etag_kind = etag
         self.accept_ranges = accept_ranges
         self.extra_headers = extra_headers
+        # A broken origin: a 304 to any If-None-Match, naming its current ETag whatever was asked.
+        self.not_modified_to_any = False
         self.version = 0
         self.body = b""
         self.set_version(1)
@@ -116,7 +118,7 @@ class SliceOrigin:
             common += f"ETag: {etag}\r\n"
         if self.accept_ranges:
             common += "Accept-Ranges: bytes\r\n"
-        if inm is not None and etag is not None and inm.strip() == etag:
+        if inm is not None and etag is not None and (inm.strip() == etag or self.not_modified_to_any):
             return f"HTTP/1.1 304 Not Modified\r\n{common}\r\n".encode(), 0, -1
         length = self.length
         m = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted or "") if self.ranges else None

@@ -305,6 +305,28 @@ async def test_stale_slices_are_revalidated_each_with_its_range(sliced: StartSli
     assert stored_slices(proxy, SMALL, PIECE) == [0, 7]
 
 
+async def test_rfc9111_s4_3_4_a_304_naming_another_etag_does_not_freshen_a_slice(
+    sliced: StartSliced, clock: Any
+) -> None:
+    """A 304 for a stale slice that names another ETag than the slice's (a broken origin whose
+    representation changed) selects nothing to freshen (§4.3.4). It freshened the slice anyway: its
+    bytes of the old representation went out, and were stored, under the new ETag, to be combined
+    with slices of the new one. Now the slice is fetched again, without a condition."""
+    proxy, origin = await sliced(SMALL, SMALL_SLICES)
+    await get(proxy, "bytes=2000000-2000009")  # slice 7
+    clock.advance(61)
+    origin.set_version(2)
+    origin.not_modified_to_any = True
+    origin.seen.clear()
+    status, resp, body = await get(proxy, "bytes=2000000-2000009")
+    assert (status, resp.headers["ETag"]) == (206, '"v2"')
+    assert body == origin.body[2000000:2000010]
+    assert (origin.seen[0].range, origin.seen[0].if_none_match) == (piece_range(7), '"v1"')
+    assert (origin.seen[1].range, origin.seen[1].if_none_match) == (piece_range(7), None)
+    status, resp, body = await get(proxy, "bytes=2000000-2000009")
+    assert is_hit(resp) and body == origin.body[2000000:2000010]
+
+
 async def test_a_304_for_a_slice_stale_at_once_freshens_l1_and_leaves_l2_alone(
     sliced: StartSliced, clock: Any
 ) -> None:
