@@ -251,7 +251,13 @@ class Purger:
             await self.storage.adelete_many(found)
             await asyncio.to_thread(self.catalog.forget, found)
         self.epoch.advance_to(epoch)
-        self.applied = max(self.applied, epoch)
+        # `applied` means every purge up to it is applied here. Another worker's purge logged since
+        # this one last looked (between its sync and this log, or with no sync at all: an invalidation,
+        # late copies) sits below `epoch` and is not applied yet: moved past it, no sync would ever
+        # bring it, and this worker's L1 would serve what it purged. Then the next request syncs it
+        # (and this purge once more: applying a purge twice purges nothing that should stay).
+        if self.applied == epoch - 1:
+            self.applied = epoch
         self.stats.purges += 1
         count = len(found) if not everything else -1
         self.stats.keys_purged += max(count, 0)

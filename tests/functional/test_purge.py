@@ -221,6 +221,29 @@ async def test_purged_object_not_served_by_either_of_two_proxies_sharing_an_l2(
     assert purger_of(two).stats.applied_from_log == 1
 
 
+async def test_a_worker_that_logs_a_purge_of_its_own_still_applies_the_one_another_worker_logged_before(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    """RFC 9111 §4.4 and requirements §6: a purge acknowledged by one worker is seen by every worker.
+
+    `two` had not looked at the log since `one` purged the tag when it logged a purge of its own
+    (here an invalidation by a PUT through it; late copies and an admin purge racing one do the
+    same). It took its own epoch for "every purge up to here applied", jumped over `one`'s, and
+    served the purged copy from its L1 for the copy's whole lifetime."""
+    one = await start_proxy()
+    two = await start_proxy()  # same cache dir: a second worker of the same node
+    for proxy in (one, two):
+        await get(proxy, "/tags?keys=shared")
+        assert "hit" in (await get(proxy, "/tags?keys=shared"))[0]  # each has it in its own L1
+        await purger_of(proxy).flush_rows()
+    await purger_of(one).purge(PurgeRequest("tag", ("shared",)))  # acknowledged
+    async with two.request("PUT", "/api/items/1", json={"value": "new"}, headers=HOST) as resp:
+        assert resp.status == 200  # two logs an invalidation of /api/items/1
+    member, body = await get(two, "/tags?keys=shared")
+    assert "fwd=uri-miss" in member, (member, body)
+    assert purger_of(two).stats.applied_from_log >= 1
+
+
 async def test_late_copy_from_an_in_flight_fetch_is_caught(
     proxy: Proxy, origin: Origin, clock: FakeClock
 ) -> None:
