@@ -594,7 +594,7 @@ class Engine:
         if stream is not None:
             # The fetch's head has come and gone; its body is still streaming into the cache.
             status = CacheStatus(fwd=f.why, fwd_status=stream.resp.status)
-            return await self._answer_when_stored(f, stream, status)
+            return await self._answer_when_stored(f, stream, status, self.purger.current_epoch(), again)
         task, leader = self.flights.start(f.key, lambda: self._flight(f))
         joined = 0 if leader else self.purger.current_epoch()
         try:
@@ -612,25 +612,34 @@ class Engine:
             return await self._fetch_alone(f)
         except UpstreamError as exc:
             return self._origin_failed(f, exc, collapsed=not leader)
-        if not leader and self._purged_before_joining(f.key, outcome, joined):
-            self.stats.purged_flights += 1
-            # Every request that joined after the purge is here at once: one new flight for them
-            # all (alone, each would ask the origin: a stampede on the key just purged). A second
-            # purged outcome (another purge meanwhile, or that flight not yet gone) fetches alone.
-            if again:
-                return await self._fetch_alone(f)
-            return await self._fetch_coalesced(f, again=True)
+        if not leader:
+            if self._purged_before_joining(f.key, outcome.shared, joined):
+                return await self._fetch_again(f, again)
+            if outcome.streaming is not None:
+                # Its copy is known once its body is stored, and judged then.
+                return await self._answer_when_stored(f, outcome.streaming, outcome.status, joined, again)
         return await self._answer(f, outcome, leader)
 
-    def _purged_before_joining(self, key: str, outcome: FetchOutcome, joined: int) -> bool:
-        """Whether a purge logged after this fetch began (and before a waiter joined it at epoch
-        `joined`) covers what it brought: that waiter asked after the purge and must not get the
-        copy the purge was for. (A purge that also came after the join is taken for one before it:
-        bans keep the newest per name; the cost is one more fetch.)"""
-        shared = outcome.shared
+    def _purged_before_joining(self, key: str, shared: StoredResponse | None, joined: int) -> bool:
+        """Whether a purge logged after a fetch began (and before a waiter joined it at epoch
+        `joined`) covers the copy it brought (`shared`): that waiter asked after the purge and must
+        not get the copy the purge was for. (A purge that also came after the join is taken for one
+        before it: bans keep the newest per name; the cost is one more fetch.)"""
         if shared is None or joined <= shared.fetch_epoch:
             return False
         return self.purger.bans.covering(key, shared.fetch_epoch, shared.tags) is not None
+
+    async def _fetch_again(self, f: FetchRequest, again: bool) -> Answer:
+        """Fetch for a request that joined a fetch begun before a purge of what it brought.
+
+        Every request that joined after the purge is here at once: one new flight for them
+        all (alone, each would ask the origin: a stampede on the key just purged). A second
+        purged outcome (another purge meanwhile, or that flight not yet gone) fetches alone.
+        """
+        self.stats.purged_flights += 1
+        if again:
+            return await self._fetch_alone(f)
+        return await self._fetch_coalesced(f, again=True)
 
     async def _head(self, f: FetchRequest) -> Answer:
         """A HEAD asked of the origin as HEAD, whose answer updates the stored GET responses (§4.3.5).
@@ -900,18 +909,27 @@ class Engine:
         return Reply(resp.status, resp.reason, out, stream.body(), status)
 
     async def _answer_when_stored(
-        self, f: FetchRequest, stream: StoringStream, status: CacheStatus
+        self,
+        f: FetchRequest,
+        stream: StoringStream,
+        status: CacheStatus,
+        joined: int = 0,
+        again: bool = False,
     ) -> Answer:
         """A request coalesced on a streamed fetch: answered from what it stores, when it has.
 
         It waits as long as a coalesced request waits for any fetch; a body that
-        was not stored (too large, broken off) or takes longer sends it alone.
+        was not stored (too large, broken off) or takes longer sends it alone. One
+        that joined at epoch `joined` (0: the fetch is its own) after a purge covering
+        what the fetch stored fetches again (_purged_before_joining).
         """
         try:
             entry = await asyncio.wait_for(asyncio.shield(stream.stored), self.cfg.fetch.coalesce_timeout)
         except TimeoutError:
             self.stats.coalesce_timeouts += 1
             entry = None
+        if self._purged_before_joining(f.key, entry, joined):
+            return await self._fetch_again(f, again)
         if entry is not None and not variant_matches(entry, f.headers):
             entry = await self._stored_encoding(f, entry)
         if entry is None or not self._covers(entry, f):

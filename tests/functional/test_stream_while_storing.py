@@ -22,6 +22,7 @@ from aiohttp import web
 
 from origin_stub.behaviours import pattern
 from proxy.config import CacheConfig, TierConfig, config_from_mapping
+from proxy.purge import PurgeRequest
 from tests.functional.conftest import FakeClock, Origin, ProxyFactory, cache_status
 from tests.functional.test_compression import TEXT, decoded, fetch, respond_path
 from tests.functional.test_write_path import HOST, key, storage_of, tiny_disk  # noqa: F401
@@ -42,17 +43,21 @@ def streaming_cache(directory: Path, **changes: Any) -> CacheConfig:
 
 
 class PausingOrigin:
-    """An origin whose chunked body stops after `first` bytes until `go` is set (or breaks off)."""
+    """An origin whose chunked body stops after `first` bytes until `go` is set (or breaks off);
+    its head waits for `head` (set from the start)."""
 
     def __init__(self, first: int, rest: int, clock: FakeClock) -> None:
         self.first, self.rest = first, rest
         self.clock = clock
         self.go = asyncio.Event()
+        self.head = asyncio.Event()
+        self.head.set()
         self.break_off = False
         self.requests = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        await self.head.wait()
         # Date from the proxy's fake clock, or the response would look years old on arrival.
         date = formatdate(self.clock(), usegmt=True)
         resp = web.StreamResponse(headers={"Cache-Control": "max-age=600", "ETag": '"big"', "Date": date})
@@ -123,6 +128,38 @@ async def test_coalesced_requests_are_answered_from_the_stored_copy(
     for resp, _ in answers[1:]:
         status = cache_status(resp)
         assert "collapsed" in status and "stored" in status, status
+
+
+@pytest.mark.parametrize("joined", ["while its body streams", "before its head"])
+async def test_a_request_after_a_purge_does_not_take_the_body_a_fetch_begun_before_it_streams_in(
+    start_proxy: ProxyFactory, pausing: tuple[PausingOrigin, str], tmp_path: Path, joined: str
+) -> None:
+    """Requirements §6 and §9 (RFC 9111 §4.4): a request that came after a purge must not be answered
+    with the copy a fetch begun before it brings. A request coalesced on a fetch whose body streamed
+    into the cache (joining it while the body streamed, or while its head was awaited) was answered
+    from what it stored: the copy the purge was for."""
+    origin, url = pausing
+    proxy = await start_proxy(origin_url=url, cache=streaming_cache(tmp_path / "l2"))
+    engine = proxy.server.node.engine
+    if joined == "before its head":
+        origin.head.clear()
+    leader = asyncio.create_task(proxy.get("/big", headers=HOST))
+    if joined == "before its head":
+        while origin.requests == 0:
+            await asyncio.sleep(0.01)
+    else:
+        while key("/big") not in engine.streams:  # its head has come; the origin holds the rest back
+            await asyncio.sleep(0.01)
+    await proxy.server.node.purger.purge(PurgeRequest("url", ("/big",)))
+    after = asyncio.create_task(proxy.get("/big", headers=HOST))
+    await asyncio.sleep(0.2)  # it has joined the fetch
+    origin.head.set()
+    origin.go.set()
+    (_, first), (resp, body) = await asyncio.gather(leader, after)
+    assert first == body == pattern(3 * MIB)
+    assert origin.requests == 2, cache_status(resp)  # fetched again, not the purged copy
+    assert "collapsed" not in cache_status(resp), cache_status(resp)
+    assert engine.stats.purged_flights == 1
 
 
 async def test_the_cache_keeps_the_body_when_the_client_goes_away(
