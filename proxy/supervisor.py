@@ -155,6 +155,11 @@ class Supervisor:
         # they held in memory (L2 write-behind, catalogue rows) may be lost, and the exit code says so.
         self.unclean_exits = 0
         self._reloading = asyncio.Lock()
+        # The reload that has not started yet (it waits for the one under way): every request for a
+        # reload made meanwhile is answered by it, as it reads the config only when it starts.
+        self._next_reload: asyncio.Task[tuple[bool, str]] | None = None
+        # Reloads held until done (the loop keeps only weak references to tasks).
+        self._reloads: set[asyncio.Task[tuple[bool, str]]] = set()
         # Places (worker indexes) whose worker died and whose replacement is not ready yet, and the
         # live worker accepting on each one's sockets meanwhile (see _cover).
         self.empty: set[int] = set()
@@ -178,7 +183,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_logged()))
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
             if self.origin_listen is not None:
                 await self._start_origin_stub()
@@ -402,75 +407,110 @@ class Supervisor:
 
     # ----------------------------------------------------------------- reload
 
-    async def _reload_logged(self) -> None:
-        ok, message = await self.reload()
-        (log.info if ok else log.error)("%s", message)
+    def _sighup(self) -> None:
+        reload, new = self._reload_to_come()
+        if not new:
+            log.info("SIGHUP: a reload is already waiting to start, and reads the config then")
+            return
+
+        def logged(task: asyncio.Task[tuple[bool, str]]) -> None:
+            if task.cancelled():
+                return
+            if (exc := task.exception()) is not None:
+                log.error("reload failed", exc_info=exc)
+                return
+            ok, message = task.result()
+            (log.info if ok else log.error)("%s", message)
+
+        reload.add_done_callback(logged)
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the config and replace the workers; on any error keep the old ones. (ok, message)."""
+        """Re-read the config and replace the workers; on any error keep the old ones. (ok, message).
+
+        Reloads asked for in quick succession (SIGHUPs, `POST /reload`) do not queue up one
+        generation of workers each: while one is under way, the requests made meanwhile share one
+        more, which reads the config when it starts, so it applies the latest and answers them all.
+        """
+        reload, _ = self._reload_to_come()
+        return await asyncio.shield(reload)  # one asker gone does not stop it for the others
+
+    def _reload_to_come(self) -> tuple[asyncio.Task[tuple[bool, str]], bool]:
+        """The reload that answers a request made now (the one waiting to start, else a new one), and
+        whether it is new."""
+        if self._next_reload is not None:
+            return self._next_reload, False
+        reload = asyncio.get_running_loop().create_task(self._reload_when_free(), name="reload")
+        self._next_reload = reload
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+        return reload, True
+
+    async def _reload_when_free(self) -> tuple[bool, str]:
+        async with self._reloading:
+            # Started: it reads the config now; a reload asked for from here on may follow a newer edit.
+            self._next_reload = None
+            return await self._reload_now()
+
+    async def _reload_now(self) -> tuple[bool, str]:
+        """The reload itself, under self._reloading."""
         if self.reload_config is None:
             return False, "reload: this node was started without a config to re-read"
-        async with self._reloading:
-            try:
-                cfg = self.reload_config()
-                check_admin(cfg)
-            except ConfigError as exc:
-                return False, f"reload failed, the running workers go on: {exc}"
-            except Exception as exc:
-                # Reading the config must only raise ConfigError; anything else (a validation gap) is
-                # still an answer: propagated, it left `POST /reload` waiting for one (120 s, and
-                # `minicdn reload` timed out) and SIGHUP with an unretrieved task exception.
-                log.exception("reading the config for a reload failed")
-                return False, f"reload failed, the running workers go on: cannot read the config: {exc!r}"
-            old_public, old_admin = self.public, self.admin
-            count = cfg.workers or os.cpu_count() or 1
-            try:
-                if cfg.listen != self.cfg.listen:
-                    self.public = bind(cfg.listen, "public", group=count)
-                elif count > len(self.public):
-                    # More workers: more sockets join the group (same port, same owner).
-                    address = self.public[0].getsockname()
-                    family = self.public[0].family
-                    added = [
-                        _listener(family, address, reuse_port=True) for _ in range(count - len(self.public))
-                    ]
-                    for sock in added:
-                        sock.set_inheritable(True)
-                    self.public = [*self.public, *added]
-                if cfg.admin.enabled != self.cfg.admin.enabled or cfg.admin.listen != self.cfg.admin.listen:
-                    self.admin = bind(cfg.admin.listen, "admin API")[0] if cfg.admin.enabled else None
-            except (StartError, OSError) as exc:
-                self._close_new(old_public, old_admin)
-                return False, f"reload failed, the running workers go on: {exc}"
-            old = list(self.workers)
-            previous_count, self.count = self.count, count
-            previous_generation = self.generation
-            try:
-                started = await self._start_generation(cfg)
-            except StartError as exc:
-                # The running workers go on, and are still the ones to restart when they die.
-                self.generation = previous_generation
-                self.count = previous_count
-                self._close_new(old_public, old_admin)
-                return False, f"reload failed, the running workers go on: {exc}"
-            previous = self.cfg
-            self.cfg = cfg
-            self.empty.clear()  # the new generation fills every place; the old one drains
-            self.covering.clear()
-            for worker in old:
-                asyncio.get_running_loop().create_task(self._drain(worker))
-            if cfg.listen != previous.listen:
-                _close(old_public)  # the old workers stop accepting on them as they drain
-            if old_admin is not self.admin and old_admin is not None:
-                old_admin.close()
-            changed = [
-                f.name
-                for f in dataclasses.fields(Config)
-                if getattr(previous, f.name) != getattr(cfg, f.name)
-            ]
-            what = ", ".join(c for c in changed if c != "source") or "nothing"
-            summary = f"{len(started)} workers (generation {self.generation}); changed: {what}"
-            return True, f"reloaded {cfg.source}: {summary}"
+        try:
+            cfg = self.reload_config()
+            check_admin(cfg)
+        except ConfigError as exc:
+            return False, f"reload failed, the running workers go on: {exc}"
+        except Exception as exc:
+            # Reading the config must only raise ConfigError; anything else (a validation gap) is
+            # still an answer: propagated, it left `POST /reload` waiting for one (120 s, and
+            # `minicdn reload` timed out) and SIGHUP with an unretrieved task exception.
+            log.exception("reading the config for a reload failed")
+            return False, f"reload failed, the running workers go on: cannot read the config: {exc!r}"
+        old_public, old_admin = self.public, self.admin
+        count = cfg.workers or os.cpu_count() or 1
+        try:
+            if cfg.listen != self.cfg.listen:
+                self.public = bind(cfg.listen, "public", group=count)
+            elif count > len(self.public):
+                # More workers: more sockets join the group (same port, same owner).
+                address = self.public[0].getsockname()
+                family = self.public[0].family
+                added = [_listener(family, address, reuse_port=True) for _ in range(count - len(self.public))]
+                for sock in added:
+                    sock.set_inheritable(True)
+                self.public = [*self.public, *added]
+            if cfg.admin.enabled != self.cfg.admin.enabled or cfg.admin.listen != self.cfg.admin.listen:
+                self.admin = bind(cfg.admin.listen, "admin API")[0] if cfg.admin.enabled else None
+        except (StartError, OSError) as exc:
+            self._close_new(old_public, old_admin)
+            return False, f"reload failed, the running workers go on: {exc}"
+        old = list(self.workers)
+        previous_count, self.count = self.count, count
+        previous_generation = self.generation
+        try:
+            started = await self._start_generation(cfg)
+        except StartError as exc:
+            # The running workers go on, and are still the ones to restart when they die.
+            self.generation = previous_generation
+            self.count = previous_count
+            self._close_new(old_public, old_admin)
+            return False, f"reload failed, the running workers go on: {exc}"
+        previous = self.cfg
+        self.cfg = cfg
+        self.empty.clear()  # the new generation fills every place; the old one drains
+        self.covering.clear()
+        for worker in old:
+            asyncio.get_running_loop().create_task(self._drain(worker))
+        if cfg.listen != previous.listen:
+            _close(old_public)  # the old workers stop accepting on them as they drain
+        if old_admin is not self.admin and old_admin is not None:
+            old_admin.close()
+        changed = [
+            f.name for f in dataclasses.fields(Config) if getattr(previous, f.name) != getattr(cfg, f.name)
+        ]
+        what = ", ".join(c for c in changed if c != "source") or "nothing"
+        summary = f"{len(started)} workers (generation {self.generation}); changed: {what}"
+        return True, f"reloaded {cfg.source}: {summary}"
 
     def _close_new(self, old_public: list[socket.socket], old_admin: socket.socket | None) -> None:
         """Undo the sockets a failed reload bound."""

@@ -482,6 +482,52 @@ async def test_a_reload_whose_config_reading_fails_unexpectedly_is_answered() ->
     assert "OverflowError" in message
 
 
+async def test_reloads_asked_for_while_one_is_under_way_are_answered_by_one_more(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Several reloads in quick succession (SIGHUPs, `POST /reload`: a deploy tool that signals
+    once per file it writes) queued up, each starting a generation of workers after the one before,
+    the latest config applied only after all of them (and every replaced generation draining at
+    once). The ones asked for while a reload is under way share one more: it reads the config
+    when it starts, so it sees every edit made meanwhile, and answers them all."""
+    cfg = replace(
+        make_config(origin.url, tmp_path / "cache"),
+        listen=f"127.0.0.1:{free_port()}",
+        admin=AdminConfig(enabled=False),
+        drain_timeout=1.0,
+    )
+    reads: list[str] = []
+
+    def reload_config() -> Config:
+        reads.append(f"edge-{len(reads) + 1}")
+        return replace(cfg, name=reads[-1])
+
+    supervisor = Supervisor(cfg, open_node, workers=1, reload_config=reload_config)
+    supervisor.bind()
+    running = asyncio.create_task(supervisor.run())  # its SIGHUP handler, as `minicdn serve` has it
+    try:
+        deadline = time.monotonic() + 20
+        while not (supervisor.workers and all(w.link.ready.is_set() for w in supervisor.workers)):
+            assert time.monotonic() < deadline and not running.done(), "the first worker was never ready"
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGHUP)
+        while not reads:  # the first reload is under way: it has read the config
+            assert time.monotonic() < deadline, "SIGHUP started no reload"
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGHUP)
+        answers = await asyncio.gather(*(supervisor.reload() for _ in range(3)))
+        assert reads == ["edge-1", "edge-2"], reads
+        assert supervisor.generation == 3 and supervisor.cfg.name == "edge-2"
+        assert all(ok and "(generation 3)" in message for ok, message in answers), answers
+    finally:
+        supervisor.stopping.set()
+        await running
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 async def test_after_a_reload_whose_workers_fail_to_start_a_dead_worker_is_still_restarted(
     spawn: Spawn, origin: Origin, tmp_path: Path
 ) -> None:
