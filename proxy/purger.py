@@ -321,13 +321,19 @@ class Purger:
             await asyncio.to_thread(self.catalog.forget_all)
 
     async def _soften(self, keys: list[str], now: float) -> None:
-        """Mark each stored copy stale as of now, in both tiers."""
+        """Mark each stored copy stale as of now, in both tiers.
+
+        On disk before the purge is acknowledged: the worker may be killed right after, and the
+        L2 writes it queued go with it; L2 would keep the copy as it was, screened only for as long
+        as the purge's ban is held.
+        """
         for key in keys:
             resource, _ = await self.storage.aget(key)
             if resource is None:
                 continue
             softened = tuple(policy.soft_purged(v, now) for v in resource.variants)
             await self.storage.aset(replace(resource, variants=softened))
+        await self.storage.written(keys)
 
     def _match(self, request: PurgeRequest) -> PurgeMatch | None:
         """What the purge names, spelled as the catalogue's columns (None: everything)."""

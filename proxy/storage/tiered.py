@@ -456,6 +456,12 @@ class TieredStorage:
                     self._delete_done(key)
         return len(removed)
 
+    async def written(self, keys: list[str]) -> None:
+        """Return once the L2 writes queued for keys are over (applied or not): for a change that must
+        be on disk before it is acknowledged, as one a worker queued is lost if it is killed."""
+        for key in keys:
+            await self._writes.settled(key)
+
     async def settle(self, key: str) -> bool:
         """Wait until the L2 write queued for key is over; whether L2 now holds key.
 

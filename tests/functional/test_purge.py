@@ -12,7 +12,7 @@ from typing import Any
 
 from proxy.config import FetchConfig, KeyConfig
 from proxy.purge import PurgeRequest
-from proxy.purger import Purger
+from proxy.purger import BAN_SECONDS, Purger
 from proxy.storage.tiered import TieredStorage
 from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, StartScripted, cache_status
 
@@ -144,6 +144,25 @@ async def test_soft_purge_serves_stale_while_one_refetch_runs(
     assert await origin.hits("/max-age/600") == 2  # exactly one refetch
     member, body = await get(proxy, path)
     assert "hit" in member.split(";") and body != first
+
+
+async def test_a_soft_purge_is_on_disk_when_it_is_acknowledged(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock
+) -> None:
+    """Requirements §6 (a soft purge marks stale): the worker that purged may be SIGKILLed the moment
+    it has answered, and what it had queued for L2 is lost with it (dropped here, as a kill drops
+    it). The copies it marked stale were only queued: L2 kept the copy as it was, screened by the
+    purge's ban for BAN_SECONDS, then served as a fresh hit by every worker (its replacement too)."""
+    one = await start_proxy()
+    path = "/max-age/3600"
+    _, first = await get(one, path)
+    await storage_of(one).drain()
+    await purger_of(one).purge(PurgeRequest("url", (path,), soft=True))  # acknowledged
+    storage_of(one).write_queue.cancel_all()  # killed: its queued L2 writes are lost
+    clock.advance(BAN_SECONDS + 1)  # the ban is let go
+    two = await start_proxy()  # its replacement (any worker reading L2 alike)
+    member, body = await get(two, path)
+    assert body != first, member
 
 
 async def test_soft_purge_without_stale_window_revalidates(proxy: Proxy, origin: Origin) -> None:
