@@ -332,7 +332,10 @@ class Purger:
             if resource is None:
                 continue
             softened = tuple(policy.soft_purged(v, now) for v in resource.variants)
-            await self.storage.aset(replace(resource, variants=softened))
+            if not await self.storage.aset(replace(resource, variants=softened)):
+                # Not stored (the L2 write queue is full): both tiers keep the copy as it was,
+                # fresh once the ban is let go. Removed instead, which a soft purge allows too.
+                await self.storage.adelete(key)
         await self.storage.written(keys)
 
     def _match(self, request: PurgeRequest) -> PurgeMatch | None:

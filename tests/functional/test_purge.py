@@ -8,13 +8,23 @@ prove what a purge does; the admin API's HTTP surface has its own tests.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from proxy.config import FetchConfig, KeyConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import BAN_SECONDS, Purger
 from proxy.storage.tiered import TieredStorage
-from tests.functional.conftest import FakeClock, Origin, Proxy, ProxyFactory, StartScripted, cache_status
+from tests.functional.conftest import (
+    FakeClock,
+    Origin,
+    Proxy,
+    ProxyFactory,
+    StartScripted,
+    cache_status,
+    make_config,
+)
 
 HOST = {"Host": "cdn.example"}
 
@@ -163,6 +173,30 @@ async def test_a_soft_purge_is_on_disk_when_it_is_acknowledged(
     two = await start_proxy()  # its replacement (any worker reading L2 alike)
     member, body = await get(two, path)
     assert body != first, member
+
+
+async def test_a_soft_purge_that_cannot_queue_a_stale_copy_for_disk_removes_it(
+    start_proxy: ProxyFactory, origin: Origin, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Requirements §6: a soft purge must leave no copy it covers fresh. With the L2 write queue
+    full, marking a copy stale stored nothing (TieredStorage.aset drops the write, and the L1 copy
+    with it): both tiers kept it as it was, screened by the purge's ban for BAN_SECONDS, then
+    served as a fresh hit. Such a copy is removed instead."""
+    cache = make_config(origin.url, tmp_path / "l2").cache
+    # One write waits at a time: the purge's second stale copy finds the queue full.
+    proxy = await start_proxy(cache=replace(cache, l2_write_queue=1))
+    paths = ["/max-age/3600?n=1", "/max-age/3600?n=2"]
+    before = []
+    for path in paths:
+        before.append((await get(proxy, path))[1])
+        await storage_of(proxy).drain()
+    await purger_of(proxy).flush_rows()
+    await purger_of(proxy).purge(PurgeRequest("prefix", ("/max-age/3600?n=",), soft=True))
+    clock.advance(BAN_SECONDS + 1)
+    # Bans are let go by a timer of BAN_SECONDS on the loop, or by the next purge (the fake clock's way).
+    await purger_of(proxy).purge(PurgeRequest("url", ("/elsewhere",)))
+    after = [(await get(proxy, path))[1] for path in paths]
+    assert all(a != b for a, b in zip(after, before, strict=True)), after
 
 
 async def test_soft_purge_without_stale_window_revalidates(proxy: Proxy, origin: Origin) -> None:
