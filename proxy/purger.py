@@ -19,6 +19,8 @@ in batches by a background task (`_write_rows`), one transaction per batch. A
 purge consults the rows not written yet; a batch reads, in its transaction,
 the purges logged since its worker last looked, and purges through the log
 whatever copy a purge covers instead of listing it (proxy.storage.catalog).
+A copy's L2 write waits for its row (`rows_written`): a worker killed between
+the two leaves a row without a copy, never a copy that no purge can find.
 """
 
 from __future__ import annotations
@@ -112,10 +114,13 @@ class Purger:
         # Catalogue rows not written yet (None: forget the key), oldest first, and the batch in flight.
         self._rows: dict[str, CatalogRow | None] = {}
         self._batch: asyncio.Future[None] | None = None
+        self._batch_keys: set[str] = set()
+        self._batch_over: asyncio.Future[None] | None = None  # the end of the next batch, when awaited
         self._writer: asyncio.Task[None] | None = None
         self._warn = RateLimitedWarning(log)
         self._ban_timer: asyncio.TimerHandle | None = None
         storage.write_failed_listeners.append(self.forget)
+        storage.write_queue.before_write = self.rows_written
         # Called with each purge this node accepted (not with purges received from peers).
         self.listeners: list[Callable[[PurgeRequest], Awaitable[None]]] = []
         self._load_recent_bans()
@@ -420,6 +425,20 @@ class Purger:
             assert self._writer is not None
             await asyncio.wait([self._writer])
 
+    async def rows_written(self, keys: list[str]) -> None:
+        """Return once the catalogue rows queued for keys are written (or failed), or the disk is full.
+
+        L2 writes wait for it (WriteBehind.before_write): a worker killed between a copy's two
+        writes then leaves a row without a copy (pruned), never a copy on disk that no purge by
+        URL, prefix or tag can find.
+        """
+        while self._full_retry is None and any(k in self._rows or k in self._batch_keys for k in keys):
+            if self._batch_over is None:
+                self._batch_over = asyncio.get_running_loop().create_future()
+            over = self._batch_over
+            self._wake_writer()
+            await asyncio.shield(over)
+
     async def _batch_written(self) -> None:
         """Return once the batch being written, if any, is over."""
         if self._batch is not None:
@@ -461,6 +480,7 @@ class Purger:
             keys = list(itertools.islice(self._rows, ROW_BATCH))
             batch = {k: self._rows.pop(k) for k in keys}
             done = self._batch = asyncio.get_running_loop().create_future()
+            self._batch_keys = set(keys)
             self.stats.catalog_pending = len(self._rows)
             rows = [row for row in batch.values() if row is not None]
             forget = [k for k, row in batch.items() if row is None]
@@ -487,7 +507,11 @@ class Purger:
                 continue
             finally:
                 self._batch = None
+                self._batch_keys = set()
                 done.set_result(None)
+                over, self._batch_over = self._batch_over, None
+                if over is not None:
+                    over.set_result(None)
             self.stats.catalog_batches += 1
             self.stats.catalog_rows += len(writing) - sum(not v.soft for v in more.values())
             for record in records:

@@ -109,6 +109,8 @@ class WriteBehind:
         self.bytes = 0  # sizes of the queued writes and of the batch in flight
         self.batches = 0  # batches written
         self._task: asyncio.Task[None] | None = None
+        # Awaited with a batch's keys before it is written (proxy/purger.py: their catalogue rows first).
+        self.before_write: Callable[[list[str]], Awaitable[None]] | None = None
 
     def __len__(self) -> int:
         """Writes not yet known to be on the tier: the queued ones plus the batch in flight."""
@@ -274,6 +276,8 @@ class WriteBehind:
             self._inflight = inflight = {w.resource.key: w for w in batch}
             failed: list[FailedWrite] = []
             try:
+                if self.before_write is not None:
+                    await self.before_write(list(inflight))
                 failed = await self._run(self._apply, batch)
             except Exception:  # one bad batch must not stop the others
                 log.exception("write-behind: storing %d entries in L2 failed", len(batch))

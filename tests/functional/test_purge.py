@@ -8,6 +8,8 @@ prove what a purge does; the admin API's HTTP surface has its own tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -295,6 +297,38 @@ async def test_a_worker_that_logs_a_purge_of_its_own_still_applies_the_one_anoth
     member, body = await get(two, "/tags?keys=shared")
     assert "fwd=uri-miss" in member, (member, body)
     assert purger_of(two).stats.applied_from_log >= 1
+
+
+async def test_no_copy_reaches_l2_before_its_catalogue_row(
+    proxy: Proxy, origin: Origin, monkeypatch: Any
+) -> None:
+    """Requirements §6: a purge by URL, prefix or tag finds its copies through the catalogue. A
+    stored copy's L2 write and its catalogue row were queued side by side, and the L2 write often
+    landed first: a worker SIGKILLed in between left a copy on disk that no purge could find,
+    screened only by a purge's ban while it was held (BAN_SECONDS), served as fresh afterwards.
+    The L2 write now waits for the row (a row without a copy is harmless: pruned). Here the
+    catalogue's writes stall, and the copy must not be on disk meanwhile."""
+    catalog = purger_of(proxy).catalog
+    go = threading.Event()
+    write_rows = catalog.write_rows
+
+    def stalled(*args: Any, **kwargs: Any) -> Any:
+        go.wait(10)
+        return write_rows(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "write_rows", stalled)
+    storage = storage_of(proxy)
+    assert storage.l2 is not None
+    try:
+        await get(proxy, "/max-age/3600")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(storage.drain(), 1.0)  # before, the copy landed here
+        assert not await asyncio.to_thread(storage.l2.__contains__, key("/max-age/3600"))
+    finally:
+        go.set()
+    await storage.drain()  # and once the row is written, the copy follows
+    assert await asyncio.to_thread(storage.l2.__contains__, key("/max-age/3600"))
+    assert catalog.keys_for_url("/max-age/3600") == [key("/max-age/3600")]
 
 
 async def test_late_copy_from_an_in_flight_fetch_is_caught(
