@@ -20,6 +20,13 @@ never written for a copy that a purge missed. A purge log record carries what
 the purge named (tags, URLs, prefixes), not only the keys it found, so every
 worker can screen copies the catalogue did not list yet.
 
+A row the catalogue cannot have written (a key that is not UTF-8 text, NULL
+or a BLOB, longer than any request could make; a purge record whose fields
+have the wrong type or are not JSON) is damage: a read skips it with a
+warning (a key's rows are removed, so it does not come back), and the rest of
+the batch is read as usual. A purge record is kept (the log ages it out) and a
+worker that has to apply it clears its L1 instead (`purges_since` says None).
+
 Schema: version 2 added the purge log's `tags`, `urls`, `prefixes` and
 `ban_epoch` columns; an older file is migrated in place when it is opened (its records
 read as naming keys only).
@@ -28,6 +35,8 @@ read as naming keys only).
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import threading
 import time
@@ -38,10 +47,15 @@ from pathlib import Path
 from typing import Protocol
 
 from proxy.bans import split_key
+from proxy.warn import RateLimitedWarning
 
 __all__ = ["Catalog", "CatalogRow", "PurgeMatch", "PurgeRecord", "RowScreen", "split_key"]
 
+log = logging.getLogger("proxy.storage.catalog")
+
 CATALOG_FILE = "catalog.sqlite3"
+# No request makes a longer key (the front refuses a head over 64 KiB): a longer one is damage.
+MAX_KEY_CHARS = 256 * 1024
 # Purge log records kept; a worker further behind clears its whole L1 instead.
 PURGE_LOG_KEEP = 10_000
 
@@ -151,19 +165,62 @@ class RowVerdict(Protocol):
 RowScreen = Callable[[list[PurgeRecord]], Callable[[CatalogRow], RowVerdict | None]]
 
 
-def _record(row: tuple[object, ...]) -> PurgeRecord:
+# How a catalogue reports damaged rows (RateLimitedWarning: they are skipped on every read until removed).
+Warn = Callable[..., object]
+
+
+def _record(row: tuple[object, ...]) -> PurgeRecord | None:
+    """A purge log row as a record; None when a field has the wrong type or is not JSON (damage)."""
     e, a, s, ev, k, t, u, p, b = row
-    return PurgeRecord(
-        int(e),  # type: ignore[call-overload]
-        float(a),  # type: ignore[arg-type]
-        bool(s),
-        bool(ev),
-        tuple(json.loads(str(k))),
-        tuple(json.loads(str(t))),
-        tuple(json.loads(str(u))),
-        tuple(json.loads(str(p))),
-        int(b),  # type: ignore[call-overload]
-    )
+    if not (isinstance(e, int) and isinstance(s, int) and isinstance(ev, int) and isinstance(b, int)):
+        return None
+    if not isinstance(a, int | float) or not math.isfinite(a):
+        return None
+    try:
+        keys, tags, urls, prefixes = (_strings(v) for v in (k, t, u, p))
+    except ValueError:
+        return None
+    return PurgeRecord(e, float(a), bool(s), bool(ev), keys, tags, urls, prefixes, b)
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A JSON list of strings (a purge record's keys, tags, URLs or prefixes); ValueError if not one."""
+    if not isinstance(value, str):
+        raise ValueError("not text")
+    items = json.loads(value)
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError("not a list of strings")
+    return tuple(items)
+
+
+def _records(rows: Iterable[tuple[object, ...]], warn: Warn) -> tuple[list[PurgeRecord], list[object]]:
+    """The purge log rows that read as records, and the epochs of those that do not (warned of)."""
+    good: list[PurgeRecord] = []
+    bad: list[object] = []
+    for row in rows:
+        record = _record(row)
+        if record is None:
+            bad.append(row[0])
+        else:
+            good.append(record)
+    if bad:
+        warn("catalogue: purge log records %s are damaged; skipped", _shown(bad))
+    return good, bad
+
+
+def _text(raw: bytes) -> str | bytes:
+    """SQLite TEXT as str; text that is not UTF-8 (the catalogue never writes it) stays bytes, so a
+    read can skip its row instead of failing with every other row of the batch."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _shown(values: list[object], most: int = 5) -> str:
+    """Damaged values for a log line: escaped (repr, ASCII) and cut short."""
+    shown = ", ".join(ascii(v)[:80] for v in values[:most])
+    return shown + (f" (+{len(values) - most} more)" if len(values) > most else "")
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
@@ -177,7 +234,9 @@ class Catalog:
     def __init__(self, directory: str | Path | None) -> None:
         target = ":memory:" if directory is None else str(Path(directory) / CATALOG_FILE)
         self._lock = threading.Lock()
+        self._warn = RateLimitedWarning(log)
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None, timeout=10.0)
+        self._db.text_factory = _text
         # Workers sharing the directory start together; switching to WAL can answer
         # "database is locked" at once, without waiting on the busy timeout. Retry.
         deadline = time.monotonic() + 15.0
@@ -249,7 +308,7 @@ class Catalog:
         """
         covered: dict[str, RowVerdict] = {}
         with self._tx() as db:
-            records = [_record(r) for r in db.execute(_SELECT_SINCE, (since,))] if rows else []
+            records = _records(db.execute(_SELECT_SINCE, (since,)), self._warn)[0] if rows else []
             kept: list[CatalogRow] = []
             judge = screen(records) if records else None
             for row in rows:
@@ -285,21 +344,21 @@ class Catalog:
     def keys_for_url(self, url_or_path: str) -> list[str]:
         """Keys of one URL (absolute: exact; "/path?query": on any host)."""
         with self._lock:
-            return _keys_for_url(self._db, url_or_path)
+            return _keys_for_url(self._db, self._warn, url_or_path)
 
     def keys_for_prefix(self, prefix: str) -> list[str]:
         """Keys whose URL (absolute prefix) or path ("/..." prefix) starts with prefix."""
         with self._lock:
-            return _keys_for_prefix(self._db, prefix)
+            return _keys_for_prefix(self._db, self._warn, prefix)
 
     def keys_for_tags(self, tags: Iterable[str]) -> list[str]:
         """Keys carrying any of the tags (exact match: "a" never matches "ab")."""
         with self._lock:
-            return _keys_for_tags(self._db, tags)
+            return _keys_for_tags(self._db, self._warn, tags)
 
     def all_keys(self) -> list[str]:
         with self._lock:
-            return _keys(self._db, "SELECT key FROM entries", ())
+            return _keys(self._db, self._warn, "SELECT key FROM entries", ())
 
     def count(self) -> int:
         with self._lock:
@@ -333,11 +392,11 @@ class Catalog:
         match = match or PurgeMatch()
         with self._tx() as db:
             if not everything:
-                found.update(dict.fromkeys(_keys_for_tags(db, match.tags)))
+                found.update(dict.fromkeys(_keys_for_tags(db, self._warn, match.tags)))
                 for url in match.urls:
-                    found.update(dict.fromkeys(_keys_for_url(db, url)))
+                    found.update(dict.fromkeys(_keys_for_url(db, self._warn, url)))
                 for prefix in match.prefixes:
-                    found.update(dict.fromkeys(_keys_for_prefix(db, prefix)))
+                    found.update(dict.fromkeys(_keys_for_prefix(db, self._warn, prefix)))
             cur = db.execute(
                 "INSERT INTO purges(at, soft, everything, keys, tags, urls, prefixes, ban_epoch)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -362,28 +421,30 @@ class Catalog:
         return int(n)
 
     def purges_since(self, epoch: int) -> list[PurgeRecord] | None:
-        """Purges after `epoch`, oldest first; None if the log no longer reaches back that far."""
+        """Purges after `epoch`, oldest first; None if the log no longer reaches back that far, or
+        one of them cannot be read (either way, what they covered is not known)."""
         with self._lock:
             (oldest,) = self._db.execute("SELECT MIN(epoch) FROM purges").fetchone()
             rows = self._db.execute(_SELECT_SINCE, (epoch,)).fetchall()
         if oldest is not None and epoch > 0 and oldest > epoch + 1 and rows:
             return None
-        return [_record(r) for r in rows]
+        records, bad = _records(rows, self._warn)
+        return None if bad else records
 
     def recent_purges(self, since: float) -> list[PurgeRecord]:
-        """Purges logged at or after `since` (clock time), oldest first."""
+        """Purges logged at or after `since` (clock time), oldest first (damaged ones skipped)."""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_PURGE_COLUMNS} FROM purges WHERE at >= ? ORDER BY epoch", (since,)
             ).fetchall()
-        return [_record(r) for r in rows]
+        return _records(rows, self._warn)[0]
 
     # ------------------------------------------------------------------- meta
 
     def get_meta(self, name: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
+        return row[0] if row is not None and isinstance(row[0], str) else None  # not text: damage, absent
 
     def set_meta(self, name: str, value: str) -> None:
         with self._tx() as db:
@@ -395,30 +456,60 @@ class Catalog:
             rows = self._db.execute(
                 "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?", (len(prefix), prefix)
             ).fetchall()
-        return {str(name): str(value) for name, value in rows}
+        return {name: value for name, value in rows if isinstance(name, str) and isinstance(value, str)}
 
 
 _SELECT_SINCE = f"SELECT {_PURGE_COLUMNS} FROM purges WHERE epoch > ? ORDER BY epoch"
 
 
-def _keys(db: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> list[str]:
-    return [row[0] for row in db.execute(sql, args)]
+def _keys(db: sqlite3.Connection, warn: Warn, sql: str, args: tuple[object, ...]) -> list[str]:
+    """The keys a query finds; a damaged one (see the module docstring) is skipped and its rows removed."""
+    keys: list[str] = []
+    damaged: list[object] = []
+    for (key,) in db.execute(sql, args).fetchall():
+        if isinstance(key, str) and len(key) <= MAX_KEY_CHARS:
+            keys.append(key)
+        else:
+            damaged.append(key)
+    if damaged:
+        _remove_damaged(db, warn, damaged)
+    return keys
 
 
-def _keys_for_url(db: sqlite3.Connection, url_or_path: str) -> list[str]:
+def _remove_damaged(db: sqlite3.Connection, warn: Warn, damaged: list[object]) -> None:
+    """Remove the rows of keys no request could have (best effort: a read-only file keeps them)."""
+    where: str
+    args: tuple[object, ...]
+    try:
+        for key in damaged:
+            if key is None:
+                where, args = "key IS NULL", ()
+            elif isinstance(key, str):  # too long
+                where, args = "key = ?", (key,)
+            else:  # text that is not UTF-8, or a BLOB: compared byte for byte
+                where, args = "CAST(key AS BLOB) = ?", (key,)
+            db.execute(f"DELETE FROM entries WHERE {where}", args)
+            db.execute(f"DELETE FROM tags WHERE {where}", args)
+    except sqlite3.Error as exc:
+        warn("catalogue: damaged keys %s skipped; removing them failed (%r)", _shown(damaged), exc)
+        return
+    warn("catalogue: damaged keys %s skipped and removed", _shown(damaged))
+
+
+def _keys_for_url(db: sqlite3.Connection, warn: Warn, url_or_path: str) -> list[str]:
     column = "path" if url_or_path.startswith("/") else "url"
-    return _keys(db, f"SELECT key FROM entries WHERE {column} = ?", (url_or_path,))
+    return _keys(db, warn, f"SELECT key FROM entries WHERE {column} = ?", (url_or_path,))
 
 
-def _keys_for_prefix(db: sqlite3.Connection, prefix: str) -> list[str]:
+def _keys_for_prefix(db: sqlite3.Connection, warn: Warn, prefix: str) -> list[str]:
     column = "path" if prefix.startswith("/") else "url"
     low, high = _prefix_bounds(prefix)
-    return _keys(db, f"SELECT key FROM entries WHERE {column} >= ? AND {column} < ?", (low, high))
+    return _keys(db, warn, f"SELECT key FROM entries WHERE {column} >= ? AND {column} < ?", (low, high))
 
 
-def _keys_for_tags(db: sqlite3.Connection, tags: Iterable[str]) -> list[str]:
+def _keys_for_tags(db: sqlite3.Connection, warn: Warn, tags: Iterable[str]) -> list[str]:
     wanted = list(dict.fromkeys(tags))
     if not wanted:
         return []
     marks = ",".join("?" * len(wanted))
-    return _keys(db, f"SELECT DISTINCT key FROM tags WHERE tag IN ({marks})", tuple(wanted))
+    return _keys(db, warn, f"SELECT DISTINCT key FROM tags WHERE tag IN ({marks})", tuple(wanted))
