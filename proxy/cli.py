@@ -306,8 +306,8 @@ def _inspect(client: AdminClient, args: argparse.Namespace) -> int:
             except PurgeRequestError as exc:
                 raise _UsageError(str(exc)) from None
     entries = client.entries(prefix=args.prefix, tag=args.tag, limit=args.limit)
-    if args.json:
-        print(json.dumps(entries, indent=2, ensure_ascii=False))
+    if args.json:  # URLs and tags are a client's and an origin's text: nothing that reorders the screen
+        print(log_output.printable_json(json.dumps(entries, indent=2, ensure_ascii=False)))
         return 0
     if not entries:
         print("no entries")
@@ -332,13 +332,13 @@ def _entry_row(entry: dict[str, Any]) -> tuple[str, str, str, str, str, str, str
     ttls = [int(v.get("ttl", 0)) for v in variants]
     tags = sorted({str(t) for v in variants for t in v.get("tags", [])})
     return (
-        str(entry.get("url", entry.get("key", "?"))),
+        log_output.printable(str(entry.get("url", entry.get("key", "?")))),
         str(entry.get("tier") or "-"),
         str(len(variants)),
         _bytes(int(entry.get("size", 0))),
         f"{min(ages)}s" if ages else "-",  # the youngest variant
         f"{max(ttls)}s" if ttls else "-",  # the longest-lived one
-        ",".join(tags) or "-",
+        log_output.printable(",".join(tags)) or "-",
     )
 
 
@@ -351,7 +351,7 @@ def _reload(client: AdminClient) -> int:
 def _stats(client: AdminClient, args: argparse.Namespace) -> int:
     stats = client.stats()
     if args.json:
-        print(json.dumps(stats, indent=2, ensure_ascii=False))
+        print(log_output.printable_json(json.dumps(stats, indent=2, ensure_ascii=False)))
         return 0
     tiers = stats.get("tiers") or {}
     groups: list[tuple[str, Any]] = [
@@ -422,7 +422,7 @@ def _traffic_lines(stats: dict[str, Any]) -> list[str]:
     hot = figures.section(traffic, "hot_keys")
     if hot:
         top = sorted(hot.items(), key=lambda kv: -float(kv[1]))[:5]
-        lines.append("hot      " + "  ".join(f"{key} ({n})" for key, n in top))
+        lines.append("hot      " + "  ".join(f"{log_output.printable(str(key))} ({n})" for key, n in top))
     return lines
 
 

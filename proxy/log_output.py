@@ -472,6 +472,24 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+# What the CLI's tables escape: the same but the quote (a table has no quotes to close).
+_UNPRINTABLE = re.compile("[\\\\\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+# What JSON printed for a person escapes beyond json.dumps(ensure_ascii=False): it escapes C0 only.
+_UNPRINTABLE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """`text` for a terminal (a URL or a tag in `minicdn inspect`): controls, the bidi controls
+    and the line separators as `\\xNN` / `\\uNNNN` (they reorder or split the line), a backslash doubled."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
+
+
+def printable_json(text: str) -> str:
+    """JSON text (json.dumps(..., ensure_ascii=False)) with the characters `printable` escapes
+    written as JSON escapes: the same JSON value, nothing reordered on a terminal."""
+    return _UNPRINTABLE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _quoted(text: str) -> str:
     """`text` safe inside double quotes: `"` and `\\` escaped, controls as \\xNN (others: \\uNNNN)."""
     return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text

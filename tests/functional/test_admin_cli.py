@@ -26,6 +26,7 @@ from tests.functional.conftest import (
     Origin,
     Proxy,
     ProxyFactory,
+    StartScripted,
     cache_status,
     free_port,
     make_config,
@@ -337,3 +338,35 @@ async def test_python_m_proxy_starts_the_admin_listener(
     proc.popen.terminate()
     assert await asyncio.to_thread(proc.popen.wait, EXIT_TIMEOUT) == 0, proc.output()
     assert "Traceback" not in proc.output()
+
+
+async def test_inspect_shows_bidi_characters_escaped(
+    aiohttp_server: Any,
+    start_proxy: ProxyFactory,
+    scripted_origin: StartScripted,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An origin's Surrogate-Key in UTF-8 with a right-to-left override (U+202E) and an isolate
+    (U+2066): `minicdn inspect` printed the tag raw (table and --json), and the terminal reordered
+    the rest of the line (the TAGS column comes last, but --json's lines go on). Now the table and
+    --json read \u202e; --json still decodes to the same tag."""
+    tag = "gift\u202etxt.exe\u2066"
+    answer = (
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nSurrogate-Key: plain "
+        + tag.encode()
+        + b"\r\nContent-Length: 4\r\n\r\npage"
+    )
+    upstream = await scripted_origin([answer])
+    proxy = await start_proxy(origin_url=upstream.url, admin=AdminConfig(token=TOKEN))
+    admin = await aiohttp_server(create_admin_app(proxy.server.node))
+    node = Node(proxy, str(admin.make_url("")).rstrip("/"))
+    await get(proxy, "/bidi")
+    code, out, err = await run(capsys, *node.args("inspect"))
+    assert code == 0, err
+    assert "\u202e" not in out and "\u2066" not in out
+    assert "gift\\u202etxt.exe\\u2066" in out, out
+    code, out, err = await run(capsys, *node.args("inspect", "--json"))
+    assert code == 0, err
+    assert "\u202e" not in out and "\u2066" not in out
+    (entry,) = json.loads(out)
+    assert entry["variants"][0]["tags"] == ["plain", tag]

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 
+from proxy import log_output
 from proxy.log_output import ACCESS_FIELDS, JsonFormatter
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
@@ -215,3 +216,15 @@ def test_json_lines_carry_bytes_that_were_not_utf8_as_text_not_as_lone_surrogate
     assert parsed["user_agent"] == "curl\\xff" and parsed["request_id"] == "id\\xfe"
     assert parsed["message"] == "GET /a\\xff: refused"
     assert "\\ud" not in line
+
+
+def test_printable_and_printable_json_escape_what_reorders_or_splits_a_terminal_line() -> None:
+    """`minicdn inspect` / `stats` print a client's URL and an origin's tags: C0 / C1 controls, the
+    bidi controls (U+202E reorders the rest of the line), U+2028 and a byte that was not UTF-8 are
+    escaped; a backslash is doubled so an escape reads as one. --json stays the same JSON value."""
+    text = "a\u202eb\u2066c\x85d\u2028e\x07f\udcffg\\h"
+    assert log_output.printable(text) == "a\\u202eb\\u2066c\\x85d\\u2028e\\x07f\\xffg\\\\h"
+    assert log_output.printable("plain/url?x=1") == "plain/url?x=1"
+    shown = log_output.printable_json(json.dumps({"tag": text}, ensure_ascii=False))
+    assert json.loads(shown) == {"tag": text}
+    assert not any(ch in shown for ch in "\u202e\u2066\x85\u2028\x07\udcff")
