@@ -83,7 +83,10 @@ async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply
     except PurgeRequestError as exc:
         return error_reply(400, str(exc), CacheStatus(detail="purge"))
     result = await purger.purge(purge, by=f"PURGE from {req.remote}")
-    body = json.dumps({"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}) + "\n"
+    answer: dict[str, object] = {"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}
+    if result.warning is not None:
+        answer["warning"] = result.warning  # carried out on this worker only (as the admin API says)
+    body = json.dumps(answer) + "\n"
     return _json(200, body, CacheStatus(detail="purge"))
 
 

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 import proxy.purger as purger_module
-from proxy.config import CacheConfig, TierConfig
+from proxy.config import AdminConfig, CacheConfig, TierConfig
 from proxy.purge import PurgeRequest
 from proxy.purger import BAN_SECONDS, Purger
 from proxy.storage.catalog import Catalog
@@ -386,6 +386,38 @@ async def test_a_purge_on_a_full_disk_still_purges_here_and_says_so(
         assert "fwd=" in cache_status((await proxy.get("/max-age/60?b", headers=HOST))[0])
     finally:
         ballast.unlink()
+
+
+async def test_a_purge_method_on_a_full_disk_says_it_was_carried_out_here_only(
+    start_proxy: ProxyFactory, origin: Origin, tiny_disk: Path
+) -> None:
+    """`PURGE /path` (admin.purge_method) on a full disk: the purge log could not be written, so the
+    purge was carried out on this worker only, but its answer said {"purged": 1, ...} as any other
+    (the admin API's answer says "warning"; the PURGE method's did not): a CDN's purge client saw a
+    purge the other workers never heard of as done. Now its JSON carries the same "warning"."""
+    proxy = await start_proxy(cache=proxy_cache(tiny_disk / "cache"), admin=AdminConfig(purge_method=True))
+    resp, _ = await proxy.get("/max-age/60?a", headers=HOST)
+    assert resp.status == 200
+    await storage_of(proxy).drain()
+    await purger_of(proxy).flush_rows()
+    ballast = tiny_disk / "ballast"
+    with ballast.open("wb") as f:  # fill the filesystem to the last byte
+        try:
+            while True:
+                f.write(bytes(65536))
+                f.flush()
+        except OSError:
+            pass
+    try:
+        async with proxy.request("PURGE", "/max-age/60?a", headers=HOST) as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+        assert answer["purged"] == 1 and "full" in answer.get("warning", ""), answer
+        assert "fwd=" in cache_status((await proxy.get("/max-age/60?a", headers=HOST))[0])
+    finally:
+        ballast.unlink()
+    async with proxy.request("PURGE", "/max-age/60?a", headers=HOST) as resp:  # room again: logged
+        assert "warning" not in await resp.json()
 
 
 def proxy_cache(directory: Path) -> CacheConfig:
