@@ -539,7 +539,7 @@ class Engine:
         if screened is resource:
             return resource
         if screened is None:
-            await self.storage.adelete(resource.key)
+            self.storage.delete_behind(resource.key)  # never make the request wait for the disk
         else:
             await self.storage.aset(screened)
         return screened

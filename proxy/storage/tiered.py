@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from proxy.entry import CachedResource
 from proxy.storage.base import Storage, TierStats
@@ -130,7 +130,7 @@ class TieredStorage:
         self._loop_reader = l2 if isinstance(l2, DiskStorage) and loop_read_max > 0 else None
         self._loop_read_max = loop_read_max
         self._access_flush: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     # -- synchronous Storage protocol ---------------------------------------------
 
@@ -408,6 +408,33 @@ class TieredStorage:
             finally:
                 self._delete_done(key)
         return removed
+
+    def delete_behind(self, key: str) -> None:
+        """adelete() without waiting for L2: L1 and the queued write go now, the L2 delete runs on
+        the pool (reads of the key wait for it as for adelete()'s).
+
+        For a copy a purge's ban keeps from being served (engine._screen): the request that found
+        it goes on to the origin at once. Awaiting the delete made it wait for the disk, and when
+        the purge's own delete had failed (another process holding cache.db's lock, a full disk)
+        every request for the key until the ban expired waited the disk's lock timeout (5 s).
+        """
+        self._invalidate(key)
+        if self.l1 is not None:
+            self.l1.delete(key)
+        if self.l2 is None:
+            return
+        self._writes.cancel(key)  # on the loop thread, before the delete is submitted
+        self._l2_deletes[key] = self._l2_deletes.get(key, 0) + 1
+        deleting = asyncio.ensure_future(self._in_thread(self._delete_l2, key))
+        self._background.add(deleting)
+
+        def done(future: asyncio.Future[bool]) -> None:
+            self._background.discard(future)
+            self._delete_done(key)
+            if not future.cancelled() and future.exception() is not None:  # the pool shut down
+                log.warning("deleting %r from L2 failed: %r", key, future.exception())
+
+        deleting.add_done_callback(done)
 
     async def aclear(self) -> None:
         """clear() without blocking the loop on the L2 (purge of everything)."""
