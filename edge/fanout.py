@@ -86,6 +86,7 @@ class PurgeFanout:
         self.workers = workers  # worker slots in the box: the consumer adopts the outboxes of others
         self._adopted_at = 0.0  # when the consumer last looked for orphaned outboxes (monotonic)
         self._outbox_saved: list[dict[str, Any]] = []  # what the row holds now
+        self._outbox_error: str | None = None  # why the last change of the outbox was not kept on disk
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
         self._resumed = False  # the position to read from is known (_resume)
@@ -95,15 +96,22 @@ class PurgeFanout:
 
     # -------------------------------------------------------------- publish
 
-    async def publish(self, request: PurgeRequest) -> None:
+    async def publish(self, request: PurgeRequest) -> str | None:
         """The purger's listener: queue the purge and try to publish right away.
 
         When it cannot be published, it is kept (on disk, with the stream position) before this
-        returns, so the purge's answer comes after it is safe from a restart of this edge.
+        returns, so the purge's answer comes after it is safe from a restart of this edge. When it
+        can be neither, the answer says so (a warning): only this edge's memory holds it.
         """
         async with self._flushing:
             self._enqueue(request)
             await self._flush_outbox_locked()
+            if self.outbox and self._outbox_error is not None:
+                return (
+                    f"not published to the other edges yet (Redis), and it could not be kept on disk"
+                    f" ({self._outbox_error}): a restart of this edge before Redis answers loses it"
+                )
+        return None
 
     def _enqueue(self, request: PurgeRequest) -> None:
         if len(self.outbox) < self.cfg.outbox_limit:
@@ -153,15 +161,18 @@ class PurgeFanout:
         """Keep the outbox beside the stream position (nothing is written while it stays empty)."""
         rows = [{"kind": r.kind, "values": list(r.values), "soft": r.soft} for r in self.outbox]
         if rows == self._outbox_saved:
+            self._outbox_error = None  # the row holds them already
             return
         try:
             await asyncio.to_thread(self.purger.catalog.set_meta, self._outbox_meta, json.dumps(rows))
         except Exception as exc:
+            self._outbox_error = repr(exc)
             log.error(
                 "could not keep %d unpublished purges on disk (%r): a restart loses them", len(rows), exc
             )
             return
         self._outbox_saved = rows
+        self._outbox_error = None
 
     async def load_outbox(self) -> None:
         """Take back the purges this edge (this worker) accepted and had not published when it stopped."""

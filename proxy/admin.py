@@ -227,7 +227,7 @@ async def _purge(request: web.Request) -> web.Response:
         "soft": purge.soft,
     }
     if result.warning is not None:
-        answer["warning"] = result.warning  # carried out on this worker only (the purge log failed)
+        answer["warning"] = result.warning  # carried out on this worker only, or not passed on for sure
     return json_reply(answer)
 
 

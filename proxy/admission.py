@@ -85,7 +85,7 @@ async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply
     result = await purger.purge(purge, by=f"PURGE from {req.remote}")
     answer: dict[str, object] = {"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}
     if result.warning is not None:
-        answer["warning"] = result.warning  # carried out on this worker only (as the admin API says)
+        answer["warning"] = result.warning  # as the admin API says (PurgeResult.warning)
     body = json.dumps(answer) + "\n"
     return _json(200, body, CacheStatus(detail="purge"))
 

@@ -63,7 +63,8 @@ FULL_RETRY_SECONDS = 5.0
 class PurgeResult:
     keys: int  # keys the purge covered
     epoch: int
-    # Set when the purge could not be logged (a full disk): it was carried out on this worker only.
+    # Set when the purge could not be logged (a full disk): it was carried out on this worker only;
+    # or when a listener could not pass it on for sure (edge/fanout.py: not published nor kept).
     warning: str | None = None
 
 
@@ -121,8 +122,9 @@ class Purger:
         self._ban_timer: asyncio.TimerHandle | None = None
         storage.write_failed_listeners.append(self.forget)
         storage.write_queue.before_write = self.rows_written
-        # Called with each purge this node accepted (not with purges received from peers).
-        self.listeners: list[Callable[[PurgeRequest], Awaitable[None]]] = []
+        # Called with each purge this node accepted (not with purges received from peers); a
+        # listener returns a warning for the purge's answer (None: nothing to say).
+        self.listeners: list[Callable[[PurgeRequest], Awaitable[str | None]]] = []
         self._load_recent_bans()
 
     # ------------------------------------------------------------ hit path
@@ -194,11 +196,17 @@ class Purger:
             result.epoch,
         )
         if propagate:
+            warnings = [result.warning] if result.warning is not None else []
             for listener in self.listeners:
                 try:
-                    await listener(request)
+                    said = await listener(request)
                 except Exception:
                     log.exception("purge listener failed; the local purge stands")
+                    said = "passing the purge on failed (see the log); the local purge stands"
+                if said is not None:
+                    warnings.append(said)
+            if warnings:
+                result = replace(result, warning="; ".join(warnings))
         return result
 
     async def invalidate(

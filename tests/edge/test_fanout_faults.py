@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -284,3 +285,33 @@ async def test_an_outbox_that_overflows_becomes_a_purge_of_everything(
     assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
     resp, _ = await edges[1].get("/tags?keys=untouched", headers={"Cache-Control": "only-if-cached"})
     assert "hit" not in resp.headers.get("Cache-Status", "")
+
+
+async def test_a_purge_neither_published_nor_kept_on_disk_says_so(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down and the catalogue's disk refusing the outbox (as a full disk does): the purge was
+    applied here and held only in this edge's memory, a restart would lose it for the other edges,
+    yet its answer (admin API, PURGE) said nothing, only the log did. Now it carries a warning; once
+    the outbox is kept again, a purge answers without one."""
+    edges = await holding_edges(start_edges, redis_url)
+    redis_server.stop()
+    catalog = edges[0].purger.catalog
+    set_meta = catalog.set_meta
+
+    def disk_full(name: str, value: str) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(catalog, "set_meta", disk_full)
+    result = await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    assert result.keys == 1
+    assert result.warning is not None and "could not be kept on disk" in result.warning, result
+    assert key_for(edges[0], PATH) not in edges[0].storage  # applied here all the same
+    monkeypatch.setattr(catalog, "set_meta", set_meta)
+    result = await edges[0].purger.purge(PurgeRequest("tag", ("other",)))
+    assert result.warning is None, result  # both wait in the outbox, kept on disk
+    redis_server.start()
+    fanout = edges[0].node.fanout
+    assert fanout is not None
+    await fanout.flush()
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
