@@ -7,6 +7,7 @@ one fake clock. Two proxies sharing one cache directory stand for two workers of
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -466,3 +467,36 @@ async def test_a_304_for_the_box_reaches_its_other_workers_through_l2(
     assert all(status == 200 for status, _ in answers), answers
     assert await origin.hits("/etag") == 2, answers  # the first fetch and one revalidation for the box
     assert proc.stop() == 0
+
+
+async def test_a_cache_on_a_read_only_filesystem_starts_without_l2_and_never_answers_a_500(
+    start_proxy: ProxyFactory, origin: Origin, tiny_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The filesystem under a filled cache remounted read-only between two runs (as after an I/O
+    error): even root cannot write cache.db, the catalogue or a value file. The node starts, says
+    which part could not be used and why (naming the path), answers from the origin and L1, and
+    purges; never a 500."""
+    first = await start_proxy(cache=proxy_cache(tiny_disk / "cache"))
+    for path in ("/max-age/60?a", "/bytes/40000"):
+        resp, _ = await first.get(path, headers=HOST)
+        assert resp.status == 200
+    await storage_of(first).drain()
+    await purger_of(first).flush_rows()
+    await first.server.close()
+    gc.collect()  # diskcache's connections of the storage threads (closed with their threads)
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True, capture_output=True)
+    try:
+        with caplog.at_level(logging.ERROR, logger="proxy.storage"):
+            proxy = await start_proxy(cache=proxy_cache(tiny_disk / "cache"))
+        assert proxy.server.node.health.l2 == "failed"
+        assert f"disk cache {tiny_disk / 'cache'} cannot be used" in caplog.text
+        for path in ("/max-age/60?a", "/bytes/40000", "/max-age/60?a"):
+            resp, body = await proxy.get(path, headers=HOST)
+            assert resp.status == 200, body
+        assert "hit" in cache_status(resp).split(";")  # L1 still stores
+        result = await purger_of(proxy).purge(PurgeRequest("url", ("/max-age/60?a",)))
+        assert result.keys == 1, result
+        resp, _ = await proxy.get("/max-age/60?a", headers=HOST)
+        assert resp.status == 200 and "hit" not in cache_status(resp).split(";")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=False)
