@@ -55,7 +55,7 @@ PRUNE_EVERY = 10_000
 # Catalogue rows written per transaction, and queued at most (beyond it a store is undone).
 ROW_BATCH = 1_000
 ROW_QUEUE_LIMIT = 100_000
-# While the disk is full, the catalogue's queued rows are tried again this often (see _write_rows).
+# While the disk is full (or the catalogue locked), its queued rows are tried again this often (_write_rows).
 FULL_RETRY_SECONDS = 5.0
 
 
@@ -84,7 +84,7 @@ class PurgeStats:
     catalog_rows: int = 0  # rows it wrote
     catalog_pending: int = 0  # rows queued, not written yet
     catalog_failed: int = 0  # rows a failed batch could not write (their entries were removed)
-    catalog_full: int = 0  # batches the full disk refused (their rows wait, their entries stay)
+    catalog_full: int = 0  # batches a full disk or a lock refused (their rows wait, their entries stay)
     catalog_dropped: int = 0  # stores undone because the row queue was full
 
 
@@ -504,12 +504,16 @@ class Purger:
                     self.catalog.write_rows, writing, forget, self.applied, _screen_row
                 )
             except Exception as exc:
-                if failure_of(exc) == "no_space":
-                    # A full disk fails every batch until room is made: the rows wait (a purge
-                    # finds them among the queued rows) and their entries stay, or the cache
-                    # would pass every request to the origin meanwhile. Tried again later;
-                    # ROW_QUEUE_LIMIT bounds what waits (record() refuses more).
-                    self._rows_wait(batch, exc)
+                failure = failure_of(exc)
+                if failure in ("no_space", "timeout"):
+                    # A full disk fails every batch until room is made, a lock held by another
+                    # process until it is let go: the rows wait (a purge finds them among the
+                    # queued rows) and their entries stay, or the cache would pass every request
+                    # to the origin meanwhile. Tried again later; ROW_QUEUE_LIMIT bounds what
+                    # waits (record() refuses more).
+                    self._rows_wait(
+                        batch, exc, "the disk is full" if failure == "no_space" else "it is locked"
+                    )
                     break
                 await self._rows_failed(rows, exc)  # an I/O error: those entries cannot be stored
                 continue
@@ -579,14 +583,15 @@ class Purger:
         await self.storage.adelete_many(gone)
         await asyncio.to_thread(self.catalog.forget, gone)
 
-    def _rows_wait(self, batch: dict[str, CatalogRow | None], exc: Exception) -> None:
-        """Put a batch the full disk refused back in the queue (behind newer rows of its keys)."""
+    def _rows_wait(self, batch: dict[str, CatalogRow | None], exc: Exception, why: str) -> None:
+        """Put a batch the full disk (or a lock) refused back in the queue (behind newer rows of its keys)."""
         self.stats.catalog_full += 1
         for key, row in batch.items():
             self._rows.setdefault(key, row)
         self.stats.catalog_pending = len(self._rows)
         self._warn(
-            "catalogue: the disk is full (%r); %d rows wait to be written, their entries stay in memory",
+            "catalogue: %s (%r); %d rows wait to be written, their entries stay in memory",
+            why,
             exc,
             len(self._rows),
         )

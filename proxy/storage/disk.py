@@ -108,6 +108,11 @@ def failure_of(exc: BaseException) -> WriteFailure:
             return "no_space"
         if isinstance(cause, diskcache.Timeout):
             return "timeout"
+        if isinstance(cause, sqlite3.OperationalError) and getattr(cause, "sqlite_errorcode", None) in (
+            sqlite3.SQLITE_BUSY,
+            sqlite3.SQLITE_LOCKED,
+        ):  # plain SQLite (the catalogue): a lock held past the busy timeout
+            return "timeout"
     return "error"
 
 

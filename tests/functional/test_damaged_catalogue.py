@@ -8,12 +8,16 @@ flipped bit would leave it; the proxy runs against the real origin stub over rea
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import proxy.purger as purger_module
 from proxy.purge import PurgeRequest
 from proxy.storage import catalog as catalog_module
 from proxy.storage.catalog import CATALOG_FILE
@@ -139,3 +143,50 @@ async def test_a_damaged_purge_record_does_not_stop_a_restart(start_proxy: Proxy
     await first.server.close()
     second = await start_proxy()
     assert "hit" in (await get(second, "/max-age/600")).split(";")
+
+
+LOCKER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+db.execute("ROLLBACK")
+"""
+
+
+async def test_rows_wait_while_another_process_holds_the_catalogue_lock(
+    proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the catalogue's write lock past its busy timeout (10 s): each batch of
+    rows failed with "database is locked" and was treated as an I/O error, so every entry stored
+    meanwhile was removed from both tiers (served once, then fetched again). A lock is let go: the
+    rows now wait, as on a full disk, and are written once it is; the entries stay, purges find them."""
+    monkeypatch.setattr(purger_module, "FULL_RETRY_SECONDS", 0.2)
+    purger = proxy.server.node.purger
+    locker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LOCKER,
+        str(Path(proxy.cfg.cache.dir) / CATALOG_FILE),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert locker.stdin is not None and locker.stdout is not None
+    try:
+        assert await asyncio.wait_for(locker.stdout.readline(), 10) == b"locked\n"
+        for path in TAGGED:
+            await get(proxy, path)
+        deadline = time.monotonic() + 30
+        while purger.stats.catalog_full + purger.stats.catalog_failed == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert purger.stats.catalog_failed == 0, purger.stats
+    finally:
+        locker.stdin.close()
+        await asyncio.wait_for(locker.wait(), 10)
+    deadline = time.monotonic() + 10
+    while purger._rows and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for path in TAGGED:
+        assert "hit" in (await get(proxy, path)).split(";")
+    assert (await purger.purge(PurgeRequest("tag", ("a",)))).keys == len(TAGGED)
