@@ -23,6 +23,8 @@ connection (a socketpair the supervisor made) and uses it for:
   worker skips the locks), "drain" (stop accepting, finish, exit), and "adopt" /
   "release" a place: accept on the public sockets of a worker that died too,
   until its replacement is ready (proxy/supervisor.py says why);
+- **purges that could not be logged** (a full disk): the worker that carried one out tells the box,
+  and every other worker carries it out too, as it would have from the purge log;
 - **readiness gates**: the readiness checks that have passed once in the box
   (proxy/readiness.py), told by the worker that saw them pass and handed to
   every other worker, running or started later, so the box is "degraded", not "not ready",
@@ -105,6 +107,8 @@ class BoxClient:
         self.drain = asyncio.Event()  # the supervisor asked this worker to finish and exit
         self.lost = asyncio.Event()  # the supervisor is gone
         self.checks_passed: set[str] = set()  # readiness gates passed in the box (Readiness.passed)
+        # Set by the worker: a purge another worker carried out without the purge log (a full disk).
+        self.on_purge: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def shared(self) -> bool:
@@ -226,6 +230,9 @@ class BoxClient:
             task.add_done_callback(self._background.discard)
         elif op == "drain":
             self.drain.set()
+        elif op == "purge":
+            if self.on_purge is not None:
+                self.on_purge(message)
         elif op in ("adopt", "release"):
             fds = message.get("fds")
             if self.places is not None and isinstance(message.get("place"), int):
@@ -372,6 +379,12 @@ class Coordinator:
                 for other in self.links.values():
                     if other is not link:
                         other.send({"op": "passed", "checks": new})
+        elif op == "purge":
+            # A purge its worker could not log (a full disk): the others hear of it from here, as
+            # they would have from the log (in memory only: a worker started later does not).
+            for other in self.serving():
+                if other is not link:
+                    other.send(message)
         elif op == "snapshot" and isinstance(ident, int):
             future = link.snapshots.pop(ident, None)
             if future is not None and not future.done():

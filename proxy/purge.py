@@ -81,3 +81,18 @@ def _check(kind: PurgeKind, value: str) -> str:
     if url.scheme not in ("http", "https") or not host:
         raise PurgeRequestError(f"{kind} {value!r} must be an http(s):// URL or start with /")
     return value
+
+
+def purge_fields(request: PurgeRequest) -> dict[str, object]:
+    """A purge request as JSON fields (passed between the workers of a box); purge_from_fields reads them."""
+    return {"kind": request.kind, "values": list(request.values), "soft": request.soft}
+
+
+def purge_from_fields(fields: dict[str, object]) -> PurgeRequest:
+    """The purge request purge_fields wrote; PurgeRequestError if the fields are not one."""
+    kind = fields.get("kind")
+    if not isinstance(kind, str):
+        raise PurgeRequestError("a purge needs a kind")
+    return parse_purge_request(
+        {kind: True if kind == "all" else fields.get("values"), "soft": fields.get("soft")}
+    )

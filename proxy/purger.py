@@ -125,6 +125,9 @@ class Purger:
         # Called with each purge this node accepted (not with purges received from peers); a
         # listener returns a warning for the purge's answer (None: nothing to say).
         self.listeners: list[Callable[[PurgeRequest], Awaitable[str | None]]] = []
+        # Told of each purge this worker carried out without the log (a full disk), for the box's
+        # other workers (proxy/worker.py passes it on through the supervisor); None: no box.
+        self.on_unlogged: Callable[[PurgeRequest], None] | None = None
         self._load_recent_bans()
 
     # ------------------------------------------------------------ hit path
@@ -172,13 +175,17 @@ class Purger:
 
     # --------------------------------------------------------------- purge
 
-    async def purge(self, request: PurgeRequest, *, propagate: bool = True, by: str = "?") -> PurgeResult:
+    async def purge(
+        self, request: PurgeRequest, *, propagate: bool = True, by: str = "?", from_box: bool = False
+    ) -> PurgeResult:
         """Carry out a purge; returns how many keys it covered on this node.
 
         With `propagate`, the listeners hear of it afterwards (an edge cluster
         fans it out to the other edges); a purge received from the cluster is
         applied with propagate=False. A listener's failure never fails the
-        local purge. `by` says who asked, for the log line.
+        local purge. `by` says who asked, for the log line. A purge the log
+        refuses is passed to the box's other workers (`on_unlogged`), unless
+        it came from one of them (`from_box`).
         """
         await self.sync()
         match = self._match(request)
@@ -186,6 +193,10 @@ class Purger:
             result = await self._purge_keys(None if match is None else [], request.soft, match)
         except (sqlite3.Error, OSError) as exc:  # the log could not be written (a full disk): purge here
             result = await self._purge_unlogged(request.soft, match, exc)
+            if self.on_unlogged is not None and not from_box:
+                self.on_unlogged(request)
+                warning = f"{result.warning}; the other workers of this node were told (in memory only)"
+                result = replace(result, warning=warning)
         self._count(request.kind)
         log.info(
             "purge %s %s by %s: %s keys (epoch %d)",

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import gc
 import importlib
 import json
@@ -38,6 +39,7 @@ from proxy.config import Config
 from proxy.front import PublicServer, serve_public
 from proxy.log_output import flush_periodically
 from proxy.node import Node, NodeFactory
+from proxy.purge import PurgeRequestError, purge_fields, purge_from_fields
 
 log = logging.getLogger("proxy.worker")
 
@@ -117,6 +119,10 @@ async def run(
             box.checks_passed.update(node.readiness.passed)
             node.readiness.passed = box.checks_passed
             node.readiness.on_first_pass = box.tell_passed
+            # Purges the purge log refused (a full disk) reach the box's other workers through it.
+            purges_from_box: set[asyncio.Task[object]] = set()
+            node.purger.on_unlogged = lambda request: box.send({"op": "purge", **purge_fields(request)})
+            box.on_purge = functools.partial(_purge_from_box, node, purges_from_box)
             servers = [await serve_public(node, sock=sock) for sock in public]
             adopted: dict[int, list[PublicServer]] = {}
             box.places = _places(node, servers, adopted)
@@ -147,6 +153,21 @@ async def run(
         for handler in logging.getLogger().handlers:
             handler.flush()
     return 0
+
+
+def _purge_from_box(node: Node, running: set[asyncio.Task[object]], message: dict[str, Any]) -> None:
+    """Carry out a purge another worker of the box could not log (a full disk), as if from the log."""
+    try:
+        request = purge_from_fields(message)
+    except PurgeRequestError as exc:
+        log.warning("box: ignoring a malformed purge from another worker: %s", exc)
+        return
+    by = "another worker of the box (its purge log could not be written)"
+    task: asyncio.Task[object] = asyncio.get_running_loop().create_task(
+        node.purger.purge(request, propagate=False, by=by, from_box=True)
+    )
+    running.add(task)
+    task.add_done_callback(running.discard)
 
 
 def _places(

@@ -500,3 +500,43 @@ async def test_a_cache_on_a_read_only_filesystem_starts_without_l2_and_never_ans
         assert resp.status == 200 and "hit" not in cache_status(resp).split(";")
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(tiny_disk)], check=False)
+
+
+async def test_a_purge_on_a_full_disk_reaches_every_worker_of_the_box(
+    spawn: Spawn, origin: Origin, tiny_disk: Path
+) -> None:
+    """Two workers; the disk fills up; a purge through the admin API: the worker that took it could
+    not write the purge log, so it purged its own copies only, and the other worker went on serving
+    the purged object from its memory (the log is how workers hear of each other's purges). Now the
+    purge reaches the other workers through the box (in memory), and the answer says so."""
+    proc, port, admin = await start(spawn, 2, origin, tiny_disk)
+    url = f"http://127.0.0.1:{port}/max-age/600"
+    for _ in range(20):  # new connections: both workers take some, each keeps the object in L1
+        assert (await fresh_get(url))[0] == 200
+    ballast = tiny_disk / "ballast"
+    with ballast.open("wb") as f:  # fill the filesystem to the last byte
+        try:
+            while True:
+                f.write(bytes(65536))
+                f.flush()
+        except OSError:
+            pass
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{admin}/purge", json={"url": "/max-age/600"}) as r,
+        ):
+            assert r.status == 200, await r.text()
+            answer = await r.json()
+        assert "other workers of this node were told" in answer.get("warning", ""), answer
+        # The other worker hears of it through the supervisor, within milliseconds of the answer.
+        deadline = time.monotonic() + 5
+        while True:
+            after = [await fresh_get(url, {"Cache-Control": "only-if-cached"}) for _ in range(20)]
+            if all(status == 504 for status, _ in after) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert all(status == 504 for status, _ in after), after  # no worker's L1 still serves it
+    finally:
+        ballast.unlink()
+    assert proc.stop() == 0
