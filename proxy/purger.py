@@ -228,15 +228,23 @@ class Purger:
         slicing it (proxy/slicer.py). `kind` is what /metrics counts it as, `why` what the log says.
 
         It runs on a client's request: if the purge cannot be logged (a full
-        disk), this worker's copies are still removed and the client still
-        gets the origin's answer; the other workers' memory keeps theirs.
+        disk), it is carried out as a purge of those keys' URLs that was not
+        logged (_purge_unlogged: a ban for what L2 could not delete), the box's
+        other workers are told (`on_unlogged`), and the client still gets the
+        origin's answer.
         """
         self._count(kind)
         try:
             result = await self._purge_keys(keys, soft=False)
         except Exception as exc:
-            self._warn("invalidating %d keys could not be logged (%r); removed here only", len(keys), exc)
-            await self.storage.adelete_many(keys)
+            self._warn(
+                "invalidating %d keys could not be logged (%r); purged without the log", len(keys), exc
+            )
+            urls = tuple(dict.fromkeys(split_key(k)[0] for k in keys))
+            await self._purge_unlogged(False, PurgeMatch(urls=urls), exc, report=False)
+            await self.storage.adelete_many(keys)  # and the keys themselves, whatever URL they spell
+            if self.on_unlogged is not None and urls:
+                self.on_unlogged(PurgeRequest("url", urls))
             return
         log.info(
             "purge hard keys %s %s: %d keys (epoch %d)",
@@ -287,7 +295,9 @@ class Purger:
         self.stats.keys_purged += max(count, 0)
         return PurgeResult(count, epoch)
 
-    async def _purge_unlogged(self, soft: bool, match: PurgeMatch | None, exc: Exception) -> PurgeResult:
+    async def _purge_unlogged(
+        self, soft: bool, match: PurgeMatch | None, exc: Exception, *, report: bool = True
+    ) -> PurgeResult:
         """A purge the log refused (a full disk): this worker's copies go (L1, and L2 where it can).
 
         The keys come from the catalogue's reads and the rows not written yet.
@@ -299,7 +309,8 @@ class Purger:
         """
         now = self.clock()
         warning = f"the purge log could not be written ({exc!r}): purged on this worker only"
-        log.error("purge: %s", warning)
+        if report:  # (an invalidation, on a client's request, says so rate-limited instead)
+            log.error("purge: %s", warning)
         keys: list[str] | None = None
         if match is not None:
             found: dict[str, None] = {}

@@ -540,3 +540,37 @@ async def test_a_purge_on_a_full_disk_reaches_every_worker_of_the_box(
     finally:
         ballast.unlink()
     assert proc.stop() == 0
+
+
+async def test_an_invalidation_on_a_full_disk_reaches_every_worker_of_the_box(
+    spawn: Spawn, origin: Origin, tiny_disk: Path
+) -> None:
+    """RFC 9111 §4.4: a PUT's 2xx invalidates the stored GET of its URI. On a full disk the purge log
+    refused it, the worker that took the PUT removed its own copies (L2's delete failing too, with no
+    ban to screen what was left) and the other worker went on serving the old response from memory.
+    Now it is a purge of the URL carried out without the log (a ban here) and told to the box."""
+    proc, port, _ = await start(spawn, 2, origin, tiny_disk)
+    url = f"http://127.0.0.1:{port}/max-age/600"
+    for _ in range(20):  # new connections: both workers take some, each keeps the object in L1
+        assert (await fresh_get(url))[0] == 200
+    ballast = tiny_disk / "ballast"
+    with ballast.open("wb") as f:  # fill the filesystem to the last byte
+        try:
+            while True:
+                f.write(bytes(65536))
+                f.flush()
+        except OSError:
+            pass
+    try:
+        async with aiohttp.ClientSession() as s, s.put(url, data=b"{}") as r:
+            assert r.status == 200, await r.text()
+        deadline = time.monotonic() + 5
+        while True:
+            after = [await fresh_get(url, {"Cache-Control": "only-if-cached"}) for _ in range(20)]
+            if all(status == 504 for status, _ in after) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert all(status == 504 for status, _ in after), after  # no worker still serves the old one
+    finally:
+        ballast.unlink()
+    assert proc.stop() == 0
