@@ -586,7 +586,7 @@ def config_from_mapping(
         send_timeout=r.positive(o, "send_timeout", od.send_timeout, "origin"),
         max_connections=r.whole(o, "max_connections", od.max_connections, 1, None, "origin"),
         idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
-        unkeyed_request_headers=r.strings(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
+        unkeyed_request_headers=r.field_names(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
         underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
     )
 
@@ -642,7 +642,7 @@ def config_from_mapping(
         heuristic_fraction=r.fraction(p, "heuristic_fraction", pd.heuristic_fraction, "policy"),
         heuristic_max=r.non_negative(p, "heuristic_max", pd.heuristic_max, "policy"),
         default_ttl=_default_ttl(r, p.get("default_ttl", {})),
-        targeted_fields=r.strings(p, "targeted_fields", pd.targeted_fields, "policy"),
+        targeted_fields=r.field_names(p, "targeted_fields", pd.targeted_fields, "policy"),
         strip_targeted_fields=_strip_targeted_fields(r, p, pd.strip_targeted_fields),
         accept_encodings=tuple(e.lower() for e in encodings),
         serve_stale_despite_prohibitions=r.boolean(
@@ -656,7 +656,7 @@ def config_from_mapping(
         ),
         stale_on_disconnect=r.non_negative(p, "stale_on_disconnect", pd.stale_on_disconnect, "policy"),
         max_variants=r.whole(p, "max_variants", pd.max_variants, 1, None, "policy"),
-        tag_fields=r.strings(p, "tag_fields", pd.tag_fields, "policy"),
+        tag_fields=r.field_names(p, "tag_fields", pd.tag_fields, "policy"),
         strip_tag_fields=r.boolean(p, "strip_tag_fields", pd.strip_tag_fields, "policy"),
         invalidate_on_unsafe=_invalidation(r, p.get("invalidate_on_unsafe", {}), pd.invalidate_on_unsafe),
         write_through=_write_through(r, p, pd.write_through),
@@ -1360,6 +1360,22 @@ class _Reader:
         if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
             raise self.error(self._full(section, key), "must be a list of strings")
         return tuple(v)
+
+    def field_names(
+        self, m: dict[str, Any], key: str, default: tuple[str, ...], section: str = ""
+    ) -> tuple[str, ...]:
+        """A list of header field names. A name is a token (RFC 9110 §5.1): one with a space, a
+        colon or a semicolon in it ("X-Forwarded-Host; X-Host") can match no field, and the list
+        would silently do nothing (an unkeyed header forwarded, a targeted field ignored)."""
+        names = self.strings(m, key, default, section)
+        for name in names:
+            if not _FIELD_NAME.fullmatch(name):
+                raise self.error(
+                    self._full(section, key),
+                    f"{_shown(name)} is not a field name (RFC 9110 §5.1: letters, digits and !#$%&'*+-.^_`|~,"
+                    " no spaces; one name per list item)",
+                )
+        return names
 
     def boolean(self, m: dict[str, Any], key: str, default: bool, section: str = "") -> bool:
         v = m.get(key, default)

@@ -202,6 +202,24 @@ ERRORS = [
         "policy.strip_targeted_fields",
         id="strip-not-a-name",
     ),
+    # RFC 9110 §5.1: a field name is a token. A name with a space, a colon or ";" in it matches no
+    # field: the list silently did nothing (an unkeyed header forwarded, a targeted field ignored).
+    pytest.param(
+        "origin: {unkeyed_request_headers: ['X-Forwarded-Host:']}\n",
+        "origin.unkeyed_request_headers: 'X-Forwarded-Host:' is not a field name",
+        id="unkeyed-header-not-a-name",
+    ),
+    pytest.param(
+        "policy: {targeted_fields: [CDN Cache-Control]}\n",
+        "policy.targeted_fields: 'CDN Cache-Control' is not a field name",
+        id="targeted-field-not-a-name",
+    ),
+    pytest.param(
+        "policy: {tag_fields: ['Surrogate-Key, Cache-Tag']}\n",
+        "policy.tag_fields: 'Surrogate-Key, Cache-Tag' is not a field name",
+        id="tag-field-not-a-name",
+    ),
+    pytest.param("policy: {targeted_fields: ['']}\n", "policy.targeted_fields", id="empty-field-name"),
     pytest.param("name: '1 edge'\n", "name", id="bad-name"),
     pytest.param("log: {level: LOUD}\n", "log.level", id="bad-log-level"),
     pytest.param("name: [unclosed\n", "not valid YAML", id="invalid-yaml"),

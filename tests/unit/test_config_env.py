@@ -135,6 +135,12 @@ def test_the_examples_of_the_readme() -> None:
         ("MINICDN_POLICY__HEURISTIC_FRACTION", "2", "between 0 and 1"),
         ("MINICDN_ADMIN__PURGE_NETWORKS", "10.0.0.0/8,nowhere", "is not a network"),
         ("MINICDN_NAME", "1edge", "must start with a letter"),
+        # ";" is not the list separator: one name that matched no field, X-Forwarded-Host forwarded.
+        (
+            "MINICDN_ORIGIN__UNKEYED_REQUEST_HEADERS",
+            "X-Forwarded-Host; X-Host",
+            "'X-Forwarded-Host; X-Host' is not a field name",
+        ),
         ("MINICDN_ORIGIN__READ_TIMEOUT", "nan", "must be a finite number"),
         ("MINICDN_SERVER__MAX_CONNECTIONS", "inf", "must be a whole number"),
         ("MINICDN_POLICY__DEFAULT_TTL", "200=inf", "from 0 to 2147483648"),
