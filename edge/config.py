@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from yarl import URL
-
-from proxy.config import Config, ConfigError, env_value
+from proxy.config import Config, ConfigError, check_base_url, env_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +114,7 @@ def cluster_config(cfg: Config) -> ClusterConfig:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     self_url = text("self_url", None) or f"http://{host}:{port}"
-    _check_url(self_url, where("self_url"))
+    check_base_url(self_url, where("self_url"))
     redis_url = text("redis_url", d.redis_url)
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise err("redis_url", f"{redis_url!r} must be a redis:// URL")
@@ -142,15 +140,6 @@ def cluster_config(cfg: Config) -> ClusterConfig:
     )
 
 
-def _check_url(value: str, where: str) -> None:
-    try:
-        url = URL(value)
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not a URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{where}: {value!r} must be an http:// URL")
-
-
 def _peers(raw: object, section: str) -> tuple[Peer, ...]:
     """`section` names the list for messages ("FILE: cluster.peers" or "environment: VAR (...)")."""
     if not isinstance(raw, list):
@@ -172,7 +161,7 @@ def _peers(raw: object, section: str) -> tuple[Peer, ...]:
         if any(p.name == item["name"] for p in out):
             # Members are keyed by name: the later one silently replaced the earlier one's URL.
             raise ConfigError(f"{where}.name: {item['name']!r} is named twice; a name is one edge")
-        _check_url(item["url"], f"{where}.url")
+        check_base_url(item["url"], f"{where}.url")
         weight = item.get("weight", 1.0)
         if (
             isinstance(weight, bool)
@@ -194,6 +183,6 @@ def _peers_from_env(value: str, var: str) -> list[dict[str, str]]:
         name, sep, url = part.strip().partition("=")
         if not sep or not _NAME.fullmatch(name):
             raise ConfigError(f"environment: {var}: {part.strip()!r} is not name=url")
-        _check_url(url, f"environment: {var}")
+        check_base_url(url, f"environment: {var}")
         out.append({"name": name, "url": url})
     return out

@@ -98,6 +98,8 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MEDIA_GLOB = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A rule's name: what Cache-Status and the error messages call it.
 _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A host name as DNS (and docker's service names, with "_") spell it: what a Host field can carry.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # RFC 6265 §4.1.1: a cookie name is a token.
 _COOKIE_NAME = _FIELD_NAME
 
@@ -431,7 +433,7 @@ class Config:
             env["admin.listen"] = "--admin-listen"
         if origin is not None:
             # The normalised URL (no trailing "/"): Upstream appends the request path to it.
-            url = _check_origin_url(origin, "command line: --origin")
+            url = check_base_url(origin, "command line: --origin")
             cfg = replace(cfg, origin=replace(cfg.origin, url=url))
             env["origin.url"] = "--origin"
         if cache_dir is not None:
@@ -579,14 +581,16 @@ def config_from_mapping(
     r.only(o, "origin", set(OriginConfig.__dataclass_fields__))
     od = OriginConfig()
     origin = OriginConfig(
-        url=_check_origin_url(r.string(o, "url", od.url, "origin"), r.where("origin.url")),
+        url=check_base_url(r.string(o, "url", od.url, "origin"), r.where("origin.url")),
         host_header=r.choice(o, "host_header", od.host_header, ("origin", "client"), "origin"),
         connect_timeout=r.positive(o, "connect_timeout", od.connect_timeout, "origin"),
         read_timeout=r.positive(o, "read_timeout", od.read_timeout, "origin"),
         send_timeout=r.positive(o, "send_timeout", od.send_timeout, "origin"),
         max_connections=r.whole(o, "max_connections", od.max_connections, 1, None, "origin"),
         idle_timeout=r.positive(o, "idle_timeout", od.idle_timeout, "origin"),
-        unkeyed_request_headers=r.field_names(o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"),
+        unkeyed_request_headers=r.field_names(
+            o, "unkeyed_request_headers", od.unkeyed_request_headers, "origin"
+        ),
         underscores_in_headers=r.boolean(o, "underscores_in_headers", od.underscores_in_headers, "origin"),
     )
 
@@ -976,15 +980,41 @@ def _parse_listen(value: str, where: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _check_origin_url(value: str, where: str) -> str:
+def check_base_url(value: str, where: str) -> str:
+    """An HTTP server's base URL (the origin, a peer edge): http(s)://host[:port][/path], normalised
+    without a trailing "/"; a ConfigError naming `where` otherwise.
+
+    Every request's path and query are appended to it as text, so it has no query or fragment
+    ("http://o/?v=1" sent "/?v=1/page" on https, and the http client refused it with a
+    traceback in every worker), no user:password@ (it would be sent in no Authorization field,
+    and the Host field would carry it), and only visible ASCII (a space or a newline would end
+    the request line): a host in its xn-- form, a path percent-encoded.
+    """
     from yarl import URL
 
+    if not all("!" <= c <= "~" for c in value):
+        raise ConfigError(
+            f"{where}: {_shown(value)} has a space, control or non-ASCII character; write the host"
+            " in its ASCII (xn--) form and percent-encode the path"
+        )
     try:
         url = URL(value)
+        url.port  # noqa: B018 - raises ValueError for a port past 65535
     except ValueError as exc:
-        raise ConfigError(f"{where}: {value!r} is not a URL") from exc
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"{where}: {value!r} must be an http:// or https:// URL with a host")
+        raise ConfigError(f"{where}: {_shown(value)} is not a URL") from exc
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        raise ConfigError(f"{where}: {_shown(value)} must be an http:// or https:// URL with a host")
+    if "@" in value.partition("://")[2].partition("/")[0]:  # yarl drops an empty one ("http://@o")
+        raise ConfigError(
+            f"{where}: {_shown(value)}: a base URL has no user:password@ (nothing would send it)"
+        )
+    if "?" in value or "#" in value:
+        raise ConfigError(
+            f"{where}: {_shown(value)}: a base URL has no query or fragment (each request's own"
+            " path and query are appended to it)"
+        )
+    if ip_of(url.raw_host) is None and not _HOST_NAME.fullmatch(url.raw_host):
+        raise ConfigError(f"{where}: {_shown(value)}: {url.raw_host!r} is not a host name or address")
     return value.rstrip("/")
 
 

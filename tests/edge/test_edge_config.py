@@ -100,6 +100,9 @@ def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> N
         ("cluster: {outbox_limit: 0.5}", "cluster.outbox_limit"),
         ("cluster: {peers: [{name: a, url: 'http://a:1', weight: .nan}]}", "cluster.peers[0].weight"),
         ("cluster: {peers: [{name: a, url: 'http://a:1', wieght: 2}]}", "cluster.peers[0].wieght"),
+        # A peer's URL has each request's target appended, as the origin's: no query, no userinfo.
+        ("cluster: {peers: [{name: a, url: 'http://a:1/?x=1'}]}", "cluster.peers[0].url"),
+        ("cluster: {self_url: 'http://u:p@me:1'}", "cluster.self_url"),
         (
             "cluster: {peers: [{name: a, url: 'http://a:1'}, {name: a, url: 'http://b:1'}]}",
             "cluster.peers[1].name",

@@ -180,6 +180,16 @@ ERRORS = [
     pytest.param("origin: {url: 'ftp://origin.example'}\n", "origin.url", id="origin-url-scheme"),
     pytest.param("origin: {url: 'not a url'}\n", "origin.url", id="origin-url-not-a-url"),
     pytest.param("origin: {url: 'http://'}\n", "origin.url", id="origin-url-without-host"),
+    # Every request's path and query are appended to the origin URL as text: a query took them in
+    # ("/?v=1/page" on https; the http client's ValueError in every worker at start), userinfo went
+    # nowhere (and into Host), a space or a newline ended the request line.
+    pytest.param("origin: {url: 'https://o.example/?v=1'}\n", "origin.url", id="origin-url-query"),
+    pytest.param("origin: {url: 'http://o.example/#top'}\n", "origin.url", id="origin-url-fragment"),
+    pytest.param("origin: {url: 'http://u:pw@o.example'}\n", "origin.url", id="origin-url-userinfo"),
+    pytest.param("origin: {url: 'http://@o.example'}\n", "origin.url", id="origin-url-empty-userinfo"),
+    pytest.param("origin: {url: 'http://o.example/a b'}\n", "origin.url", id="origin-url-space"),
+    pytest.param('origin: {url: "http://o.example\\n:81"}\n', "origin.url", id="origin-url-newline"),
+    pytest.param("origin: {url: 'http://o%0d%0a.example'}\n", "origin.url", id="origin-url-encoded-host"),
     pytest.param("origin: {host_header: proxy}\n", "origin.host_header", id="bad-choice"),
     pytest.param(
         "policy: {default_ttl: {abc: 5}}\n", "policy.default_ttl.abc", id="default-ttl-status-not-int"
@@ -339,8 +349,12 @@ def test_environment_name_is_validated(monkeypatch: pytest.MonkeyPatch, value: s
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [({"listen": "nope"}, "--listen"), ({"origin": "gopher://x"}, "--origin")],
-    ids=["listen", "origin"],
+    [
+        ({"listen": "nope"}, "--listen"),
+        ({"origin": "gopher://x"}, "--origin"),
+        ({"origin": "http://o.example/?v=1"}, "--origin"),
+    ],
+    ids=["listen", "origin", "origin-with-query"],
 )
 def test_command_line_overrides_are_validated(overrides: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -374,3 +388,9 @@ def test_origin_url_trailing_slash_removed(source: str) -> None:
     else:
         cfg = Config().with_overrides(origin="http://origin.example:81/")
     assert cfg.origin.url == "http://origin.example:81"
+
+
+def test_an_origin_url_with_a_path_prefixes_every_request() -> None:
+    """A path is kept (the origin clients put it before each request's target); only its last "/" goes."""
+    cfg = config_from_mapping({"origin": {"url": "http://[::1]:81/base/"}}, "f", {})
+    assert cfg.origin.url == "http://[::1]:81/base"
