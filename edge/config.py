@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from proxy.config import Config, ConfigError, check_base_url, env_value
+from proxy.config import Config, ConfigError, check_base_url, env_value, printable_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +109,13 @@ def cluster_config(cfg: Config) -> ClusterConfig:
             raise err(key, "must be a string")
         return v
 
+    def name(key: str, default: str) -> str:
+        """A Redis key name (or its prefix): printable, as it is also written in log lines."""
+        v = text(key, default) or default
+        if problem := printable_problem(v):
+            raise err(key, problem)
+        return v
+
     enabled = boolean("enabled", d.enabled)
     host, port = cfg.listen_host_port
     if host in ("0.0.0.0", "::", ""):
@@ -133,10 +140,10 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         peer_timeout=number("peer_timeout", d.peer_timeout),
         health_interval=number("health_interval", d.health_interval),
         heartbeat_seconds=number("heartbeat_seconds", d.heartbeat_seconds),
-        purge_stream=text("purge_stream", d.purge_stream) or d.purge_stream,
+        purge_stream=name("purge_stream", d.purge_stream),
         stream_maxlen=count("stream_maxlen", d.stream_maxlen),
         outbox_limit=count("outbox_limit", d.outbox_limit),
-        member_prefix=text("member_prefix", d.member_prefix) or d.member_prefix,
+        member_prefix=name("member_prefix", d.member_prefix),
     )
 
 

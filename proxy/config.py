@@ -624,7 +624,7 @@ def config_from_mapping(
     r.only(k, "keys", set(KeyConfig.__dataclass_fields__))
     kd = KeyConfig()
     keys = KeyConfig(
-        namespace=r.string(k, "namespace", kd.namespace, "keys"),
+        namespace=r.printable(k, "namespace", kd.namespace, "keys"),
         sort_query=r.boolean(k, "sort_query", kd.sort_query, "keys"),
         ignore_query_params=r.strings(k, "ignore_query_params", kd.ignore_query_params, "keys"),
         keep_query_params=r.strings(k, "keep_query_params", kd.keep_query_params, "keys"),
@@ -915,6 +915,20 @@ def check_admin(cfg: Config) -> None:
         raise ConfigError(
             f"{where}: {admin.listen!r} is the public listen address; the admin API needs a port of its own"
         )
+
+
+def printable_problem(value: str) -> str | None:
+    """Why `value` cannot be a name that goes into every key or a Redis key name, or None.
+
+    A newline, a tab, a zero-width or another control character (a YAML `|` block's trailing
+    newline, a value pasted from a file) is invisible where it is shown: a namespace "v2\n" keys
+    every object apart from a neighbour's "v2" (and a purge stream apart from the other edges'),
+    and nothing on screen says why. Such a name is always a mistake.
+    """
+    if value.isprintable():  # Python's rule: no Cc / Cf / Zl / Zp / Zs but " ", no surrogates
+        return None
+    bad = next(c for c in value if not c.isprintable())
+    return f"{_shown(value)} has a control or separator character ({bad!r}); use printable text"
 
 
 def token_problem(token: str) -> str | None:
@@ -1381,6 +1395,13 @@ class _Reader:
         v = m.get(key, default)
         if not isinstance(v, str):
             raise self.error(self._full(section, key), "must be a string")
+        return v
+
+    def printable(self, m: dict[str, Any], key: str, default: str, section: str = "") -> str:
+        """A string of printable characters (config.printable_problem)."""
+        v = self.string(m, key, default, section)
+        if problem := printable_problem(v):
+            raise self.error(self._full(section, key), problem)
         return v
 
     def strings(

@@ -103,6 +103,9 @@ def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> N
         # A peer's URL has each request's target appended, as the origin's: no query, no userinfo.
         ("cluster: {peers: [{name: a, url: 'http://a:1/?x=1'}]}", "cluster.peers[0].url"),
         ("cluster: {self_url: 'http://u:p@me:1'}", "cluster.self_url"),
+        # Redis key names: "minicdn:purges\n" is another stream than the other edges', invisibly.
+        ('cluster: {purge_stream: "minicdn:purges\\n"}', "cluster.purge_stream"),
+        ('cluster: {member_prefix: "minicdn:\\tnode:"}', "cluster.member_prefix"),
         (
             "cluster: {peers: [{name: a, url: 'http://a:1'}, {name: a, url: 'http://b:1'}]}",
             "cluster.peers[1].name",

@@ -230,6 +230,14 @@ ERRORS = [
         id="tag-field-not-a-name",
     ),
     pytest.param("policy: {targeted_fields: ['']}\n", "policy.targeted_fields", id="empty-field-name"),
+    # A namespace goes into every key: an invisible character keyed everything apart from a
+    # neighbour's "v2" with nothing on screen to say why.
+    pytest.param(
+        "keys:\n  namespace: |\n    v2\n",
+        "keys.namespace: 'v2\\n' has a control or separator character",
+        id="namespace-trailing-newline",
+    ),
+    pytest.param('keys: {namespace: "v2\\u200b"}\n', "keys.namespace", id="namespace-zero-width-space"),
     pytest.param("name: '1 edge'\n", "name", id="bad-name"),
     pytest.param("log: {level: LOUD}\n", "log.level", id="bad-log-level"),
     pytest.param("name: [unclosed\n", "not valid YAML", id="invalid-yaml"),
