@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from proxy.config import Config, ConfigError, check_base_url, env_value, printable_problem
+from proxy.config import (
+    Config,
+    ConfigError,
+    check_base_url,
+    env_value,
+    printable_problem,
+    seconds_problem,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,14 @@ def cluster_config(cfg: Config) -> ClusterConfig:
             raise err(key, "must be a finite number greater than 0")
         return float(v)
 
+    def seconds(key: str, default: float) -> float:
+        """The proxy's rule for seconds: heartbeat_seconds 1e15 made every heartbeat's expiry one
+        Redis refuses (the edge never registered)."""
+        v = number(key, default)
+        if problem := seconds_problem(v):
+            raise err(key, problem)
+        return v
+
     def count(key: str, default: int) -> int:
         # Whole: 0.5 truncated to 0 would trim the purge stream to nothing (stream_maxlen).
         v = raw.get(key, default)
@@ -136,10 +151,10 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         peers=peers,
         redis_url=redis_url,
         owner_routing=boolean("owner_routing", d.owner_routing),
-        breaker_seconds=number("breaker_seconds", d.breaker_seconds),
-        peer_timeout=number("peer_timeout", d.peer_timeout),
-        health_interval=number("health_interval", d.health_interval),
-        heartbeat_seconds=number("heartbeat_seconds", d.heartbeat_seconds),
+        breaker_seconds=seconds("breaker_seconds", d.breaker_seconds),
+        peer_timeout=seconds("peer_timeout", d.peer_timeout),
+        health_interval=seconds("health_interval", d.health_interval),
+        heartbeat_seconds=seconds("heartbeat_seconds", d.heartbeat_seconds),
         purge_stream=name("purge_stream", d.purge_stream),
         stream_maxlen=count("stream_maxlen", d.stream_maxlen),
         outbox_limit=count("outbox_limit", d.outbox_limit),

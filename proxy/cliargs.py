@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from proxy import __version__
+from proxy.config import seconds_problem
 
 VERSION = f"minicdn {__version__}"
 
@@ -33,13 +34,14 @@ port = count(1, 65535)  # an argparse type: a TCP port to listen on (0, "any", i
 
 
 def positive_seconds(text: str) -> float:
-    """An argparse type: a number of seconds greater than 0."""
+    """An argparse type: a number of seconds greater than 0, by the config file's rule
+    (config.seconds_problem): `--timeout inf` or `1e10` overflowed socket.settimeout."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    if problem := seconds_problem(value):
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

@@ -87,6 +87,10 @@ MIN_SLICE_SIZE = 16 * 1024
 # puts on delta-seconds (68 years). Beyond it a remaining lifetime no longer fits Cache-Status's
 # ttl (an RFC 8941 Integer, 15 digits), and every hit on such an entry would fail.
 MAX_TTL = 2**31
+# The most seconds any setting or command-line option holds (the same 68 years): past about 9.2e9,
+# socket.settimeout and time.sleep raise OverflowError (`minicdn stats --timeout 1e10` was a
+# traceback), and Redis refuses the expiry of a heartbeat (cluster.heartbeat_seconds * 3).
+MAX_SECONDS = MAX_TTL
 
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
@@ -917,6 +921,22 @@ def check_admin(cfg: Config) -> None:
         )
 
 
+def seconds_problem(value: float, *, zero: bool = False) -> str | None:
+    """Why `value` cannot be a number of seconds (greater than 0, or from 0 when `zero`), or None.
+
+    The one rule for the config file, the environment and the command lines' options.
+    """
+    if not math.isfinite(value):  # YAML's .inf / .nan, "inf" from the environment or a command line
+        return f"must be a finite number, not {value}"
+    if zero and value < 0:
+        return "must be 0 or more"
+    if not zero and value <= 0:
+        return f"must be greater than 0, not {value:g}"
+    if value > MAX_SECONDS:
+        return f"must be at most {MAX_SECONDS} seconds (68 years), not {value:g}"
+    return None
+
+
 def printable_problem(value: str) -> str | None:
     """Why `value` cannot be a name that goes into every key or a Redis key name, or None.
 
@@ -1443,15 +1463,17 @@ class _Reader:
         return float(v)
 
     def positive(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
+        """A number of seconds greater than 0 (seconds_problem)."""
         v = self._number(m, key, default, section)
-        if v <= 0:
-            raise self.error(self._full(section, key), "must be greater than 0")
+        if problem := seconds_problem(v):
+            raise self.error(self._full(section, key), problem)
         return v
 
     def non_negative(self, m: dict[str, Any], key: str, default: float, section: str = "") -> float:
+        """A number of seconds from 0 (seconds_problem)."""
         v = self._number(m, key, default, section)
-        if v < 0:
-            raise self.error(self._full(section, key), "must be 0 or more")
+        if problem := seconds_problem(v, zero=True):
+            raise self.error(self._full(section, key), problem)
         return v
 
     def whole(

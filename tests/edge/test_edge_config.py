@@ -95,6 +95,8 @@ def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> N
         # key's typo ignored, a name given twice (the later URL silently won).
         ("cluster: {weight: .nan}", "cluster.weight"),
         ("cluster: {peer_timeout: .inf}", "cluster.peer_timeout"),
+        # Three of these are each heartbeat's expiry: past 2**31 seconds Redis refused every one.
+        ("cluster: {heartbeat_seconds: 1.0e+15}", "cluster.heartbeat_seconds: must be at most"),
         ("cluster: {stream_maxlen: .inf}", "cluster.stream_maxlen"),
         ("cluster: {stream_maxlen: 0.5}", "cluster.stream_maxlen"),
         ("cluster: {outbox_limit: 0.5}", "cluster.outbox_limit"),

@@ -117,6 +117,14 @@ USAGE_ERRORS: dict[str, tuple[list[str], str]] = {
     "bad-limit": (["inspect", "--limit", "0"], "--limit"),
     "limit-text": (["inspect", "--limit", "x"], "argument --limit: 'x' is not a whole number"),
     "bad-timeout": (["stats", "--timeout", "0"], "argument --timeout: must be greater than 0"),
+    # The config file's rule for seconds (config.seconds_problem): inf, or past what
+    # socket.settimeout / time.sleep take, was an OverflowError traceback.
+    "inf-timeout": (["stats", "--timeout", "inf"], "argument --timeout: must be a finite number, not inf"),
+    "huge-timeout": (
+        ["purge", "--all", "--timeout", "1e10"],
+        "argument --timeout: must be at most 2147483648 seconds (68 years), not 1e+10",
+    ),
+    "huge-interval": (["top", "--count", "2", "--interval", "1e10"], "argument --interval: must be at most"),
     "bad-admin-url": (["stats", "--admin", "localhost"], "--admin"),
     "no-command": ([], "required"),
 }

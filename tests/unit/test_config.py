@@ -245,6 +245,9 @@ ERRORS = [
     # (int(inf)) nor accepted to misbehave (NaN timeouts; 0.5 connections truncated to 0).
     pytest.param("origin: {connect_timeout: .nan}\n", "origin.connect_timeout", id="nan-timeout"),
     pytest.param("drain_timeout: .inf\n", "drain_timeout", id="inf-seconds"),
+    pytest.param(
+        "origin: {read_timeout: 1.0e+10}\n", "origin.read_timeout: must be at most", id="seconds-past-2**31"
+    ),
     pytest.param("server: {max_connections: .inf}\n", "server.max_connections", id="inf-count"),
     pytest.param("origin: {max_connections: .nan}\n", "origin.max_connections", id="nan-count"),
     pytest.param("server: {max_connections: 0.5}\n", "server.max_connections", id="count-truncated-to-0"),
