@@ -69,8 +69,18 @@ def _check(kind: PurgeKind, value: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): no URL or tag has one
         raise PurgeRequestError(f"{kind} {value!r} is not valid text") from None
+    if not value.isprintable():
+        # No request target or tag field has one; the purge's log line wrote it as it came
+        # (an ESC sequence rewrote the terminal of whoever read the log).
+        raise PurgeRequestError(f"{kind} {value!r} has a control character; no URL or tag has one")
     if kind == "tag":
         return value
+    if "#" in value:
+        if kind == "prefix":  # cut there, it would cover more than it says
+            raise PurgeRequestError(f"prefix {value!r} has a fragment (#...): leave it out")
+        # A fragment is never sent (RFC 9110 §7.1): the URL without it is the one stored. An absolute
+        # URL lost it already (yarl), a /path kept it and purged nothing.
+        value = value.partition("#")[0]
     if value.startswith("/"):
         return value
     try:
@@ -80,6 +90,9 @@ def _check(kind: PurgeKind, value: str) -> str:
         raise PurgeRequestError(f"{kind} {value!r} is not a URL or a /path") from None
     if url.scheme not in ("http", "https") or not host:
         raise PurgeRequestError(f"{kind} {value!r} must be an http(s):// URL or start with /")
+    if "@" in value.partition("://")[2].partition("/")[0]:
+        # No key has one: the purge matched nothing and said "purged 0".
+        raise PurgeRequestError(f"{kind} {value!r}: a stored URL has no user:password@; leave it out")
     return value
 
 

@@ -162,6 +162,13 @@ BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "lone-surrogate": (b'{"url": "/\\ud800"}', "not valid text"),
     "bad-idna-host": (b'{"url": "http://xn--/"}', "not a URL"),
     "bad-idna-prefix": (b'{"prefix": "http://xn--/"}', "not a URL"),
+    # No stored URL or tag has these: each was a 200 "purged 0", and a control character went into
+    # the purge's log line as it came (ESC [2J cleared the screen of whoever tailed the log).
+    "control-character-tag": (b'{"tag": "a\\u001b[2Jb"}', "control character"),
+    "control-character-url": (b'{"url": "/a\\u0000b"}', "control character"),
+    "userinfo-url": (b'{"url": "http://u:pw@cdn.example/a"}', "user:password@"),
+    # Cut at the "#", a prefix would cover more than it says.
+    "prefix-with-fragment": (b'{"prefix": "/api#x"}', "fragment"),
 }
 
 
@@ -206,6 +213,17 @@ async def test_purge_by_url_makes_the_next_get_a_miss(
     )
     assert result["purged"] == 1
     assert "fwd=uri-miss" in await get(proxy, "/max-age/300")
+
+
+async def test_purge_of_a_url_with_a_fragment_purges_the_url(admin_and_proxy: tuple[Proxy, Admin]) -> None:
+    """A fragment is never sent (RFC 9110 §7.1), so "/x#top" names what a request for /x stored. An
+    absolute URL lost its fragment already; a /path kept it and purged nothing ("purged 0")."""
+    proxy, admin = admin_and_proxy
+    for path in ("/max-age/600", "/max-age/300"):
+        await get(proxy, path)
+    assert (await admin.purge({"url": "/max-age/600#top"}))["purged"] == 1
+    assert "fwd=uri-miss" in await get(proxy, "/max-age/600")
+    assert (await admin.purge({"url": "http://cdn.example/max-age/300#top"}))["purged"] == 1
 
 
 async def test_purge_by_tag_is_exact(admin_and_proxy: tuple[Proxy, Admin], origin: Origin) -> None:
