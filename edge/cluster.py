@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.config import redis_url_problem
 from proxy.cliargs import count, port
 from proxy.routing import HEALTH_PATH
 
@@ -148,8 +149,8 @@ def _node_config(
 
 def _bad_arguments(args: argparse.Namespace) -> str | None:
     """Why the processes could not start as asked, found before any of them does."""
-    if args.redis_url and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        return f"--redis-url {args.redis_url!r} must be a redis://, rediss:// or unix:// URL"
+    if args.redis_url and (problem := redis_url_problem(args.redis_url)):
+        return f"--redis-url {problem}"  # the rule of cluster.redis_url (edge/config.py)
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
         try:
             s.bind((args.host, 0))

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
+from redis.asyncio.connection import parse_url
+
 from proxy.config import (
     Config,
     ConfigError,
@@ -53,6 +55,7 @@ class ClusterConfig:
 
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_USERINFO = re.compile(r"//[^/@]*@")  # user:password@ of a URL, left out of messages
 _PEER_KEYS = frozenset(f.name for f in fields(Peer))
 
 
@@ -138,8 +141,8 @@ def cluster_config(cfg: Config) -> ClusterConfig:
     self_url = text("self_url", None) or f"http://{host}:{port}"
     check_base_url(self_url, where("self_url"))
     redis_url = text("redis_url", d.redis_url)
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise err("redis_url", f"{redis_url!r} must be a redis:// URL")
+    if redis_url is not None and (problem := redis_url_problem(redis_url)):
+        raise err("redis_url", problem)
     peers = _peers(raw.get("peers", []), where("peers"))
     weight = number("weight", d.weight)
     if cfg.name not in {p.name for p in peers}:
@@ -160,6 +163,24 @@ def cluster_config(cfg: Config) -> ClusterConfig:
         outbox_limit=count("outbox_limit", d.outbox_limit),
         member_prefix=name("member_prefix", d.member_prefix),
     )
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why the Redis client cannot use `url`, or None; the message never repeats a password.
+
+    Parsed as the client will (no connection made): a port past 65535 or a bad query option
+    passed here and was a ValueError traceback in every worker at start (restarted forever).
+    """
+    shown = _USERINFO.sub("//***@", url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return f"{shown!r} must be a redis://, rediss:// or unix:// URL"
+    if printable_problem(url):
+        return f"{shown!r} has a control or separator character"
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        return f"{shown!r} is not a Redis URL: {_USERINFO.sub('//***@', str(exc))}"
+    return None
 
 
 def _peers(raw: object, section: str) -> tuple[Peer, ...]:

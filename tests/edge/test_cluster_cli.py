@@ -65,6 +65,7 @@ def test_overlapping_or_impossible_ports_are_refused(argv: tuple[str, ...]) -> N
         (["cluster", "--dir", "/proc/none/x"], "cannot use --dir /proc/none/x: No such file or directory"),
         (["cluster", "--host", "999.1.1.1"], "cannot listen on --host 999.1.1.1"),
         (["cluster", "--redis-url", "foo"], "--redis-url 'foo' must be a redis://"),
+        (["cluster", "--redis-url", "redis://h:99999"], "--redis-url 'redis://h:99999' is not a Redis URL"),
     ],
 )
 def test_bad_counts_and_ports_are_usage_errors(argv: list[str], says: str) -> None:

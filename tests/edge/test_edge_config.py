@@ -105,6 +105,9 @@ def test_cluster_environment_errors_name_the_variable(var: str, value: str) -> N
         # A peer's URL has each request's target appended, as the origin's: no query, no userinfo.
         ("cluster: {peers: [{name: a, url: 'http://a:1/?x=1'}]}", "cluster.peers[0].url"),
         ("cluster: {self_url: 'http://u:p@me:1'}", "cluster.self_url"),
+        # Parsed as the Redis client will: each was a ValueError traceback in every worker at start.
+        ("cluster: {redis_url: 'redis://127.0.0.1:99999/0'}", "cluster.redis_url"),
+        ("cluster: {redis_url: 'redis://r:6379/0?socket_timeout=soon'}", "cluster.redis_url"),
         # Redis key names: "minicdn:purges\n" is another stream than the other edges', invisibly.
         ('cluster: {purge_stream: "minicdn:purges\\n"}', "cluster.purge_stream"),
         ('cluster: {member_prefix: "minicdn:\\tnode:"}', "cluster.member_prefix"),
@@ -133,3 +136,13 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINICDN_PEERS", "nonsense")
     with pytest.raises(ConfigError, match="MINICDN_PEERS"):
         cluster_config(load_config())
+
+
+def test_a_redis_url_in_a_message_has_no_password() -> None:
+    """The message names the URL (it was a worker's traceback, password and all): not its password."""
+    environ = {"MINICDN_CLUSTER": "1", "MINICDN_REDIS_URL": "redis://:s3cret@r:99999/0"}
+    with pytest.raises(ConfigError) as err:
+        cluster_config(load_config(environ=environ))
+    message = str(err.value)
+    assert message.startswith("environment: MINICDN_REDIS_URL (cluster.redis_url): 'redis://***@r:99999/0'")
+    assert "s3cret" not in message
