@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,9 @@ import aiohttp
 from edge import tasks
 from edge.config import ClusterConfig, Peer
 from proxy.routing import HEALTH_PATH
+
+# What a Redis glob reads as more than itself (https://redis.io/docs/latest/commands/keys/).
+_GLOB_SPECIAL = re.compile(r"[*?\[\]\\]")
 
 log = logging.getLogger("edge.membership")
 
@@ -113,7 +117,8 @@ class Membership:
 
     async def _refresh_from_redis(self) -> None:
         try:
-            names = [k async for k in self.redis.scan_iter(match=self.cfg.member_prefix + "*", count=100)]
+            match = glob_escaped(self.cfg.member_prefix) + "*"
+            names = [k async for k in self.redis.scan_iter(match=match, count=100)]
             values = await self.redis.mget(names) if names else []
         except Exception as exc:
             self.redis_errors += 1
@@ -177,3 +182,10 @@ class Membership:
         if healthy != state.healthy:
             log.info("peer %s is %s", state.peer.name, "healthy" if healthy else "unhealthy")
         state.healthy = healthy
+
+
+def glob_escaped(text: str) -> str:
+    """`text` as a Redis glob (SCAN MATCH) that matches it literally: a member_prefix such as
+    "minicdn:[eu]:" was a character class, matched none of the keys written under it, and the
+    edge saw no member registered in Redis."""
+    return _GLOB_SPECIAL.sub(r"\\\g<0>", text)

@@ -209,6 +209,22 @@ async def test_peers_join_through_redis_heartbeats(start_edges: StartEdges, redi
     assert "edge-b" not in first.node.membership.states
 
 
+async def test_a_member_prefix_is_matched_literally_not_as_a_redis_glob(
+    start_edges: StartEdges, redis_url: str
+) -> None:
+    """The members are found by SCAN MATCH <member_prefix>*: "minicdn:[eu]:" was a character class,
+    so an edge of that cluster never found its own members and took in another cluster's
+    ("minicdn:e:") sharing the Redis."""
+    (other,) = await start_edges(1, redis_url=redis_url, names=["edge-y"], member_prefix="minicdn:e:")
+    await start_edges(1, redis_url=redis_url, names=["edge-a"], member_prefix="minicdn:[eu]:")
+    (edge_b,) = await start_edges(1, redis_url=redis_url, names=["edge-b"], member_prefix="minicdn:[eu]:")
+    deadline = time.monotonic() + 5
+    while "edge-a" not in edge_b.node.membership.states and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert set(edge_b.node.membership.states) == {"edge-a", "edge-b"}
+    assert "edge-b" not in other.node.membership.states
+
+
 async def test_shield_tier_keeps_age_and_cache_status_right(
     start_edges: StartEdges, origin: Origin, clock: FakeClock
 ) -> None:
