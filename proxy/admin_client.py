@@ -20,18 +20,6 @@ class AdminClientError(Exception):
     """A call to the admin API failed; the message is meant for the operator."""
 
 
-def check_base_url(url: str) -> str:
-    """The admin API's base URL without a trailing slash; ValueError if it is not http(s)://host[:port]."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError(f"{url!r} has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http:// URL such as http://127.0.0.1:8090")
-    return url.rstrip("/")
-
-
 def url_for_listen(listen: str) -> str:
     """http://HOST:PORT for a listen address, with a wildcard host replaced by loopback."""
     host, _, port = listen.rpartition(":")

@@ -22,8 +22,8 @@ from typing import Any
 
 from proxy import cliargs, figures, log_output
 from proxy.admin import MAX_LIMIT
-from proxy.admin_client import AdminClient, AdminClientError, check_base_url, url_for_listen
-from proxy.config import Config, ConfigError, check_admin, load_config, token_problem
+from proxy.admin_client import AdminClient, AdminClientError, url_for_listen
+from proxy.config import Config, ConfigError, check_admin, check_base_url, load_config, token_problem
 from proxy.node import NodeFactory, open_node
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.supervisor import supervise
@@ -261,10 +261,10 @@ def _admin_client(args: argparse.Namespace) -> AdminClient:
         # Refused here: urllib's "Invalid header value" error would print the token.
         raise _UsageError(f"the admin token (--token or MINICDN_ADMIN_TOKEN) {problem}")
     if args.admin is not None:
-        try:
-            base = check_base_url(args.admin)
-        except ValueError as exc:
-            raise _UsageError(f"--admin: {exc}") from None
+        try:  # the origin URL's rule: each route's path is appended to it
+            base = check_base_url(args.admin, "--admin")
+        except ConfigError as exc:
+            raise _UsageError(str(exc)) from None
     else:
         assert cfg is not None
         base = url_for_listen(cfg.admin.listen)

@@ -35,7 +35,7 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.cliargs import count, positive_seconds
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, check_base_url, load_config
 from proxy.keys import UrlKeys
 from proxy.routing import HEALTH_PATH
 
@@ -236,10 +236,8 @@ def parse_headers(values: Sequence[str]) -> dict[str, str]:
 
 
 def check_edge(value: str) -> str:
-    url = URL(value)
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"--edge {value!r} must be an http:// URL")
-    return value.rstrip("/")
+    """The edge's base URL, by the origin URL's rule (each target's path is appended to it)."""
+    return check_base_url(value, "--edge")
 
 
 def edge_url(listen: str) -> str:

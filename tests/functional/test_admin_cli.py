@@ -126,6 +126,12 @@ USAGE_ERRORS: dict[str, tuple[list[str], str]] = {
     ),
     "huge-interval": (["top", "--count", "2", "--interval", "1e10"], "argument --interval: must be at most"),
     "bad-admin-url": (["stats", "--admin", "localhost"], "--admin"),
+    # The origin URL's rule (config.check_base_url): each route is appended to it, so a query
+    # took it in ("/?v=1/stats") and the call failed as unreachable or a 404, exit 1.
+    "admin-url-with-query": (
+        ["stats", "--admin", "http://127.0.0.1:9/?v=1"],
+        "minicdn stats: --admin: 'http://127.0.0.1:9/?v=1': a base URL has no query",
+    ),
     "no-command": ([], "required"),
 }
 

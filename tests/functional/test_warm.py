@@ -193,6 +193,9 @@ def test_usage_and_source_errors(
     assert code == 2 and "argument --concurrency: must be from 1 to 1000, not 0" in err
     code, _, err = run("--paths", "x", "--header", "no colon", *edge)
     assert code == 2 and "is not 'Name: value'" in err
+    # The origin URL's rule: each target's path is appended to the edge's URL.
+    code, _, err = run("--paths", "x", "--edge", "http://127.0.0.1:9/?v=1")
+    assert code == 2 and "--edge: 'http://127.0.0.1:9/?v=1': a base URL has no query" in err, err
     code, _, err = run("--urls", str(tmp_path / "none.txt"), *edge)
     assert code == 1 and "none.txt: cannot read" in err
     bad = tmp_path / "bad.txt"
