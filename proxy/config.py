@@ -95,7 +95,7 @@ MAX_SECONDS = MAX_TTL
 # Placeholder for this node's name in policy.strip_targeted_fields.
 NODE_NAME = "{name}"
 # RFC 9110 §5.1: a field name is a token.
-_FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # also a method name (RFC 9110 §9.1)
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # also a method name (RFC 9110 §9.1)
 # RFC 9110 §9.2.1 (proxy.policy.SAFE_METHODS, which this module cannot import).
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # A media type or a glob of one: text/html, text/*, application/*+json (RFC 9110 §8.3.1).
@@ -105,7 +105,7 @@ _RULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # A host name as DNS (and docker's service names, with "_") spell it: what a Host field can carry.
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # RFC 6265 §4.1.1: a cookie name is a token.
-_COOKIE_NAME = _FIELD_NAME
+_COOKIE_NAME = FIELD_NAME
 
 
 class ConfigError(ValueError):
@@ -1088,7 +1088,7 @@ def _invalidation(r: _Reader, raw: object, d: InvalidationConfig) -> Invalidatio
                 raise r.error(
                     f"{key}.methods", '"*" (every unsafe method) cannot be listed with other methods'
                 )
-        elif not _FIELD_NAME.fullmatch(method):
+        elif not FIELD_NAME.fullmatch(method):
             raise r.error(f"{key}.methods", f"{method!r} is not a method name")
         elif method != method.upper():
             # RFC 9110 §9.1: methods are case-sensitive; "post" would never match a POST.
@@ -1124,7 +1124,7 @@ def _strip_targeted_fields(r: _Reader, p: dict[str, Any], default: tuple[str, ..
         raise r.error(key, "is now a list of field names, e.g. [Surrogate-Control] ([] strips none)")
     fields = r.strings(p, "strip_targeted_fields", default, "policy")
     for name in fields:
-        if not _FIELD_NAME.fullmatch(name.replace(NODE_NAME, "n")):
+        if not FIELD_NAME.fullmatch(name.replace(NODE_NAME, "n")):
             raise r.error(key, f'{name!r} is not a field name ("{NODE_NAME}" stands for this node\'s name)')
     return fields
 
@@ -1229,7 +1229,7 @@ class _RuleReader:
     def field_names(self, m: dict[str, Any], key: str, field: str) -> tuple[str, ...]:
         names = self.strings(m, key, field)
         for name in names:
-            if not _FIELD_NAME.fullmatch(name):
+            if not FIELD_NAME.fullmatch(name):
                 raise self.error(field, f"{name!r} is not a field name")
         return names
 
@@ -1320,7 +1320,7 @@ def _rule_match(rr: _RuleReader, raw: object) -> RuleMatch:
             raise rr.error("match.path_regex", f"not a regular expression: {exc}") from None
     methods = rr.strings(m, "methods", "match.methods")
     for method in methods:
-        if not _FIELD_NAME.fullmatch(method):
+        if not FIELD_NAME.fullmatch(method):
             raise rr.error("match.methods", f"{method!r} is not a method")
     hosts = rr.strings(m, "hosts", "match.hosts")
     for host in hosts:
@@ -1328,7 +1328,7 @@ def _rule_match(rr: _RuleReader, raw: object) -> RuleMatch:
             raise rr.error("match.hosts", f"{host!r} is not a host name or glob (e.g. *.example.com)")
     headers: list[tuple[str, str | bool]] = []
     for name, want in rr.mapping(m.get("headers", {}), "match.headers").items():
-        if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
             raise rr.error("match.headers", f"{name!r} is not a field name")
         if isinstance(want, int | float) and not isinstance(want, bool):
             want = str(want)  # `X-Api-Version: 2` in YAML is a number
@@ -1440,7 +1440,7 @@ class _Reader:
         would silently do nothing (an unkeyed header forwarded, a targeted field ignored)."""
         names = self.strings(m, key, default, section)
         for name in names:
-            if not _FIELD_NAME.fullmatch(name):
+            if not FIELD_NAME.fullmatch(name):
                 raise self.error(
                     self._full(section, key),
                     f"{_shown(name)} is not a field name (RFC 9110 §5.1: letters, digits and !#$%&'*+-.^_`|~,"

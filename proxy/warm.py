@@ -35,7 +35,7 @@ from yarl import URL
 
 from proxy import __version__
 from proxy.cliargs import count, positive_seconds
-from proxy.config import Config, ConfigError, check_base_url, load_config
+from proxy.config import FIELD_NAME, Config, ConfigError, check_base_url, load_config
 from proxy.keys import UrlKeys
 from proxy.routing import HEALTH_PATH
 
@@ -226,12 +226,17 @@ def cache_key(keys: UrlKeys, target: Target, scheme: str = "http") -> str:
 
 
 def parse_headers(values: Sequence[str]) -> dict[str, str]:
+    """--header 'Name: value' options. The name is a token and the value has no control character
+    (RFC 9110 §5.1, §5.5): "X(Y): v" was sent, and every URL failed with the edge's 400."""
     out: dict[str, str] = {}
     for value in values:
         name, sep, text = value.partition(":")
-        if not sep or not name.strip() or any(c in name for c in " \t"):
-            raise ValueError(f"--header {value!r} is not 'Name: value'")
-        out[name.strip()] = text.strip()
+        if not sep or not FIELD_NAME.fullmatch(name.strip()):
+            raise ValueError(f"--header {value!r} is not 'Name: value' (a name is a token, no spaces)")
+        text = text.strip()
+        if any((c < " " and c != "\t") or c == "\x7f" for c in text):
+            raise ValueError(f"--header {value!r} has a control character in its value")
+        out[name.strip()] = text
     return out
 
 

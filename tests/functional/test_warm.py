@@ -193,6 +193,12 @@ def test_usage_and_source_errors(
     assert code == 2 and "argument --concurrency: must be from 1 to 1000, not 0" in err
     code, _, err = run("--paths", "x", "--header", "no colon", *edge)
     assert code == 2 and "is not 'Name: value'" in err
+    # RFC 9110 §5.1, §5.5: a name that is not a token, a value with CR LF; each was sent, and every
+    # URL failed (the edge's 400, or aiohttp's "header injection") instead of one usage error.
+    code, _, err = run("--paths", "x", "--header", "X(Y): v", *edge)
+    assert code == 2 and "--header 'X(Y): v' is not 'Name: value'" in err, err
+    code, _, err = run("--paths", "x", "--header", "X-A: v\r\nX-B: w", *edge)
+    assert code == 2 and "has a control character in its value" in err, err
     # The origin URL's rule: each target's path is appended to the edge's URL.
     code, _, err = run("--paths", "x", "--edge", "http://127.0.0.1:9/?v=1")
     assert code == 2 and "--edge: 'http://127.0.0.1:9/?v=1': a base URL has no query" in err, err
