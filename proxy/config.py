@@ -832,6 +832,8 @@ def env_value(var: str, text: str, hint: Any) -> object:
             k, sep, v = part.partition("=")
             if not sep or not k.strip():
                 raise ConfigError(f"environment: {var}: {part.strip()!r} is not key=value")
+            if k.strip() in out:  # as a key given twice in the file: the first one silently lost
+                raise ConfigError(f"environment: {var}: {k.strip()!r} is given twice")
             out[k.strip()] = _number(v.strip())
         return out
     raise TypeError(f"{var}: no environment form for a key of type {hint!r}")
@@ -1139,6 +1141,8 @@ def _default_ttl(r: _Reader, raw: object) -> dict[int, float]:
             raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes") from None
         if not 200 <= code <= 599:
             raise r.error(f"policy.default_ttl.{status}", "keys must be HTTP status codes (200-599)")
+        if code in out:  # 200 and "200" (or "0200") in the file: one silently replaced the other
+            raise r.error(f"policy.default_ttl.{status}", f"status {code} is given twice")
         if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 <= ttl <= MAX_TTL:
             raise r.error(f"policy.default_ttl.{status}", f"must be a number of seconds from 0 to {MAX_TTL}")
         out[code] = float(ttl)

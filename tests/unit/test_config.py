@@ -198,6 +198,11 @@ ERRORS = [
         "policy: {default_ttl: {700: 5}}\n", "policy.default_ttl.700", id="default-ttl-status-range"
     ),
     pytest.param("policy: {default_ttl: {200: -1}}\n", "policy.default_ttl.200", id="default-ttl-negative"),
+    pytest.param(  # two YAML keys, one status: one value silently replaced the other
+        "policy: {default_ttl: {200: 60, '200': 5}}\n",
+        "status 200 is given twice",
+        id="default-ttl-status-twice",
+    ),
     pytest.param(
         "policy: {default_ttl: {200: forever}}\n", "policy.default_ttl.200", id="default-ttl-not-number"
     ),

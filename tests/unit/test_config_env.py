@@ -132,6 +132,8 @@ def test_the_examples_of_the_readme() -> None:
         ("MINICDN_POLICY__STORE_SET_COOKIE", "maybe", "must be true or false"),
         ("MINICDN_POLICY__DEFAULT_TTL", "200", "is not key=value"),
         ("MINICDN_POLICY__DEFAULT_TTL", "700=5", "status codes"),
+        # As a key given twice in the file: the first value was silently lost.
+        ("MINICDN_POLICY__DEFAULT_TTL", "200=60,404=10,200=5", "'200' is given twice"),
         ("MINICDN_POLICY__HEURISTIC_FRACTION", "2", "between 0 and 1"),
         ("MINICDN_ADMIN__PURGE_NETWORKS", "10.0.0.0/8,nowhere", "is not a network"),
         ("MINICDN_NAME", "1edge", "must start with a letter"),
