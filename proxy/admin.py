@@ -209,7 +209,7 @@ async def _purge(request: web.Request) -> web.Response:
     if not raw.strip():
         return error_reply(400, 'request body is empty; send JSON such as {"url": "/path"}')
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         return error_reply(400, f"request body is not valid JSON: {_short(exc)}")
     try:
@@ -229,6 +229,17 @@ async def _purge(request: web.Request) -> web.Response:
     if result.warning is not None:
         answer["warning"] = result.warning  # carried out on this worker only, or not passed on for sure
     return json_reply(answer)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are each given once: json.loads keeps the last of two, so
+    {"url": "/a", "url": "/b"} purged /b alone and said nothing of /a."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice")
+        out[key] = value
+    return out
 
 
 def _short(exc: BaseException) -> str:

@@ -167,6 +167,8 @@ BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "control-character-tag": (b'{"tag": "a\\u001b[2Jb"}', "control character"),
     "control-character-url": (b'{"url": "/a\\u0000b"}', "control character"),
     "userinfo-url": (b'{"url": "http://u:pw@cdn.example/a"}', "user:password@"),
+    # json.loads kept the last of two: /b alone was purged, and /a silently not.
+    "key-given-twice": (b'{"url": "/a", "url": "/b"}', "the key 'url' is given twice"),
     # Cut at the "#", a prefix would cover more than it says.
     "prefix-with-fragment": (b'{"prefix": "/api#x"}', "fragment"),
 }
