@@ -1266,6 +1266,10 @@ def _rule(rr: _RuleReader, raw: object) -> Rule:
     for tag in tags:
         if any(c.isspace() or c == "," for c in tag):
             raise rr.error("tags", f"{tag!r}: a tag has no spaces or commas (they separate tags)")
+        if not tag.isprintable():
+            # A purge cannot name it (proxy/purge.py refuses one), and a lone surrogate ("\ud800" in
+            # YAML) could not be written to the catalogue: its batch, neighbours too, was dropped.
+            raise rr.error("tags", f"{tag!r}: a tag has no control characters and is valid text")
     strip = rr.field_names(m, "strip_headers", "strip_headers")
     for field_name in strip:
         if field_name.lower() in UNSTRIPPABLE_FIELDS:

@@ -119,6 +119,12 @@ BAD_RULES = [
         [{"name": "a", "bypass": True, "ttl": 5}], "rules[0] (a): bypass", "ttl would have no effect", id="bp"
     ),
     pytest.param([{"name": "a", "tags": ["a b"]}], "rules[0] (a): tags", "no spaces", id="tag-space"),
+    # No purge could name these; a lone surrogate also failed the catalogue's write of every entry
+    # of its batch (as an origin's non-UTF-8 tag did, proxy/policy.py).
+    pytest.param([{"name": "a", "tags": ["a\x01"]}], "rules[0] (a): tags", "no control", id="tag-control"),
+    pytest.param(
+        [{"name": "a", "tags": ["t\ud800"]}], "rules[0] (a): tags", "valid text", id="tag-surrogate"
+    ),
     # A lifetime past 2**31 s left every hit on the entry a 500 (its ttl no longer fits Cache-Status).
     pytest.param([{"name": "a", "ttl": float("inf")}], "rules[0] (a): ttl", "from 0 to 2147483648", id="inf"),
     pytest.param([{"name": "a", "ttl": 1e20}], "rules[0] (a): ttl", "from 0 to 2147483648", id="huge-ttl"),
