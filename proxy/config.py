@@ -441,6 +441,7 @@ class Config:
             cfg = replace(cfg, origin=replace(cfg.origin, url=url))
             env["origin.url"] = "--origin"
         if cache_dir is not None:
+            _check_cache_dir(cache_dir, "command line: --cache-dir")
             cfg = replace(cfg, cache=replace(cfg.cache, dir=cache_dir))
             env["cache.dir"] = "--cache-dir"
         cfg = replace(cfg, env=env)
@@ -602,7 +603,7 @@ def config_from_mapping(
     r.only(c, "cache", set(CacheConfig.__dataclass_fields__))
     cd = CacheConfig()
     cache = CacheConfig(
-        dir=r.string(c, "dir", cd.dir, "cache"),
+        dir=_check_cache_dir(r.string(c, "dir", cd.dir, "cache"), r.where("cache.dir")),
         max_object_size=r.size(c, "max_object_size", cd.max_object_size, "cache"),
         stream_above=r.size(c, "stream_above", cd.stream_above, "cache"),
         l1=_tier(r, c.get("l1", {}), "cache.l1", cd.l1, allow_random=True),
@@ -1052,6 +1053,14 @@ def check_base_url(value: str, where: str) -> str:
     if ip_of(url.raw_host) is None and not _HOST_NAME.fullmatch(url.raw_host):
         raise ConfigError(f"{where}: {_shown(value)}: {url.raw_host!r} is not a host name or address")
     return value.rstrip("/")
+
+
+def _check_cache_dir(value: str, where: str) -> str:
+    """The L2 directory: not empty. "" is the current directory (`--cache-dir "$UNSET"`): the
+    cache database, its value folders and the spool files were written wherever the edge started."""
+    if not value.strip():
+        raise ConfigError(f"{where}: is empty; name the directory of the disk tier (e.g. /var/cache/minicdn)")
+    return value
 
 
 def _tier(r: _Reader, raw: object, key: str, d: TierConfig, *, allow_random: bool) -> TierConfig:

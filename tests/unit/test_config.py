@@ -167,6 +167,8 @@ ERRORS = [
         "policy: {heuristic_fraction: 2}\n", "policy.heuristic_fraction", id="fraction-out-of-range"
     ),
     pytest.param("cache: 5\n", "cache", id="section-not-a-mapping"),
+    # "" is the current directory: the cache files went wherever the edge was started.
+    pytest.param("cache: {dir: ''}\n", "cache.dir: is empty", id="cache-dir-empty"),
     pytest.param("cache: {max_object_size: lots}\n", "cache.max_object_size", id="bad-size"),
     pytest.param("cache: {l1: {budget: -5}}\n", "cache.l1.budget", id="negative-size"),
     pytest.param("cache: {slice_size: 1KiB}\n", "cache.slice_size", id="slice-too-small"),
@@ -369,8 +371,9 @@ def test_environment_name_is_validated(monkeypatch: pytest.MonkeyPatch, value: s
         ({"listen": "nope"}, "--listen"),
         ({"origin": "gopher://x"}, "--origin"),
         ({"origin": "http://o.example/?v=1"}, "--origin"),
+        ({"cache_dir": ""}, "--cache-dir: is empty"),  # `--cache-dir "$UNSET"`
     ],
-    ids=["listen", "origin", "origin-with-query"],
+    ids=["listen", "origin", "origin-with-query", "cache-dir-empty"],
 )
 def test_command_line_overrides_are_validated(overrides: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
