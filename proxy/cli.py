@@ -23,7 +23,15 @@ from typing import Any
 from proxy import cliargs, figures, log_output
 from proxy.admin import MAX_LIMIT
 from proxy.admin_client import AdminClient, AdminClientError, url_for_listen
-from proxy.config import Config, ConfigError, check_admin, check_base_url, load_config, token_problem
+from proxy.config import (
+    Config,
+    ConfigError,
+    check_admin,
+    check_base_url,
+    load_config,
+    parse_listen,
+    token_problem,
+)
 from proxy.node import NodeFactory, open_node
 from proxy.purge import PurgeRequestError, parse_purge_request
 from proxy.supervisor import supervise
@@ -168,22 +176,19 @@ def main(
         if args.config:
             forwarded += ["--config", args.config]
         return origin_main(forwarded, prog="minicdn origin")
+    origin_listen = args.origin_listen if args.command == "up" else None
     try:
         cfg = load(args)
-    except ConfigError as exc:
-        print(f"minicdn: config error: {exc}", file=sys.stderr)
-        return 2
-    try:
         check_admin(cfg)
+        if origin_listen is not None:
+            # Checked as --listen is: "nonsense" was an int() traceback when the stub started.
+            parse_listen(origin_listen, "command line: --origin-listen")
+            if args.origin is None:
+                cfg = cfg.with_overrides(origin=url_for_listen(origin_listen))
     except ConfigError as exc:
         print(f"minicdn: config error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg)
-    origin_listen = None
-    if args.command == "up":
-        origin_listen = args.origin_listen
-        if args.origin is None:
-            cfg = cfg.with_overrides(origin=f"http://{origin_listen}")
     if args.workers is not None:
         cfg = dataclasses.replace(cfg, workers=args.workers)
     elif args.command == "up":
@@ -193,8 +198,8 @@ def main(
     def reread() -> Config:
         """The config as at start (file, environment, command line), read again for a reload."""
         fresh = load(args)
-        if args.command == "up" and args.origin is None:
-            fresh = fresh.with_overrides(origin=f"http://{origin_listen}")
+        if origin_listen is not None and args.origin is None:
+            fresh = fresh.with_overrides(origin=url_for_listen(origin_listen))
         if args.workers is not None or args.command == "up":
             fresh = dataclasses.replace(fresh, workers=cfg.workers)
         return fresh

@@ -428,11 +428,11 @@ class Config:
         cfg = self
         env = dict(self.env)
         if listen is not None:
-            _parse_listen(listen, "command line: --listen")
+            parse_listen(listen, "command line: --listen")
             cfg = replace(cfg, listen=listen)
             env["listen"] = "--listen"
         if admin_listen is not None:
-            _parse_listen(admin_listen, "command line: --admin-listen")
+            parse_listen(admin_listen, "command line: --admin-listen")
             cfg = replace(cfg, admin=replace(cfg.admin, listen=admin_listen))
             env["admin.listen"] = "--admin-listen"
         if origin is not None:
@@ -450,7 +450,7 @@ class Config:
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
-        return _parse_listen(self.listen, self.where("listen"))
+        return parse_listen(self.listen, self.where("listen"))
 
 
 # --------------------------------------------------------------------------- loading
@@ -576,7 +576,7 @@ def config_from_mapping(
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9._-]*", name):
         raise r.error("name", "must start with a letter and use only letters, digits, '.', '_' and '-'")
     listen = r.string(top, "listen", d.listen)
-    _parse_listen(listen, r.where("listen"))
+    parse_listen(listen, r.where("listen"))
     workers = top.get("workers", d.workers)
     if isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 256:
         raise r.error("workers", "must be a whole number from 0 (one per core) to 256")
@@ -705,7 +705,7 @@ def config_from_mapping(
         purge_method=r.boolean(a, "purge_method", ad.purge_method, "admin"),
         purge_networks=networks,
     )
-    _parse_listen(admin.listen, r.where("admin.listen"))
+    parse_listen(admin.listen, r.where("admin.listen"))
 
     sv = r.mapping(top.get("server", {}), "server")
     r.only(sv, "server", set(ServerConfig.__dataclass_fields__))
@@ -912,7 +912,7 @@ def check_admin(cfg: Config) -> None:
     if not admin.enabled:
         return
     where = cfg.where("admin.listen")
-    host, port = _parse_listen(admin.listen, where)
+    host, port = parse_listen(admin.listen, where)
     if not admin.token and not is_loopback(host):
         raise ConfigError(
             f"{where}: {admin.listen!r} is not a loopback address and no admin.token "
@@ -1009,7 +1009,7 @@ def _shown(value: object) -> str:
     return _SHOWN.repr(value)
 
 
-def _parse_listen(value: str, where: str) -> tuple[str, int]:
+def parse_listen(value: str, where: str) -> tuple[str, int]:
     """HOST:PORT; `where` names the key for the message ("FILE: listen", "command line: --listen")."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:

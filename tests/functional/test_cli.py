@@ -266,6 +266,19 @@ def test_bad_listen_argument_exits_2(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("value", ["nonsense", "127.0.0.1:99999"])
+def test_a_bad_origin_listen_of_minicdn_up_exits_2(tmp_path: Path, value: str) -> None:
+    """Checked as --listen is: "nonsense" was an int() traceback once the supervisor started the stub,
+    and a port past 65535 a ConfigError traceback blaming --origin, which was not given."""
+    listen = [f"--listen=127.0.0.1:{free_port()}", f"--admin-listen=127.0.0.1:{free_port()}"]
+    result = run_to_exit(
+        [*MINICDN, "up", "--origin-listen", value, *listen, "--cache-dir", str(tmp_path / "c")]
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert f"command line: --origin-listen: '{value}' is not HOST:PORT" in result.stderr
+
+
 def test_busy_port_exits_1_without_traceback(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind(("127.0.0.1", 0))
