@@ -1351,6 +1351,15 @@ def _rule_match(rr: _RuleReader, raw: object) -> RuleMatch:
             want = str(want)  # `X-Api-Version: 2` in YAML is a number
         if not isinstance(want, bool | str):
             raise rr.error(f"match.headers.{name}", "must be true (present), false (absent) or a value")
+        if isinstance(want, str):
+            # Compared with the field's value, which has no leading or trailing white space and no
+            # control character but HTAB (RFC 9110 §5.5): a YAML `|` block's trailing newline made
+            # a value that no request could match, and the rule silently never applied.
+            want = want.strip(" \t\r\n")
+            if any((c < " " and c != "\t") or c == "\x7f" for c in want):
+                raise rr.error(
+                    f"match.headers.{name}", f"{want!r} has a control character; no field value has one"
+                )
         headers.append((name, want))
     statuses = m.get("status", [])
     if isinstance(statuses, int):

@@ -13,7 +13,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy import policy
-from proxy.config import Config, ConfigError, KeyConfig, PolicyConfig, Rule, config_from_mapping
+from proxy.config import Config, ConfigError, KeyConfig, PolicyConfig, Rule, config_from_mapping, yaml_load
 from proxy.headers import EMPTY_DIRECTIVES
 from proxy.keys import UrlKeys, cookie_key, primary_key, request_vary_values, variant_matches
 from proxy.messages import ClientRequest
@@ -119,6 +119,12 @@ BAD_RULES = [
         [{"name": "a", "bypass": True, "ttl": 5}], "rules[0] (a): bypass", "ttl would have no effect", id="bp"
     ),
     pytest.param([{"name": "a", "tags": ["a b"]}], "rules[0] (a): tags", "no spaces", id="tag-space"),
+    pytest.param(
+        [{"name": "a", "match": {"headers": {"X-A": "v\x00w"}}, "ttl": 1}],
+        "rules[0] (a): match.headers.X-A",
+        "control character",
+        id="header-value-control",
+    ),
     # No purge could name these; a lone surrogate also failed the catalogue's write of every entry
     # of its batch (as an origin's non-UTF-8 tag did, proxy/policy.py).
     pytest.param([{"name": "a", "tags": ["a\x01"]}], "rules[0] (a): tags", "no control", id="tag-control"),
@@ -177,6 +183,22 @@ def test_rules_are_read_as_written() -> None:
     assert m.headers == (("X-Debug", False), ("X-Api-Version", "2"))
     assert (rule.ttl, rule.tags, rule.bypass) == (60.0, ("api",), None)
     assert Config().rules == ()
+
+
+def test_a_header_value_to_match_is_compared_without_its_surrounding_white_space() -> None:
+    """A field's value reaches the rule without leading or trailing white space (RFC 9110 §5.5): a
+    YAML `|` block's trailing newline ("beta\\n") made a value no request could match, and the
+    rule silently never applied."""
+    raw = config_from_mapping(
+        yaml_load(
+            "rules:\n  - name: beta\n    match:\n      headers:\n"
+            "        X-Channel: |\n          beta\n    ttl: 5\n"
+        ),
+        "edge.yaml",
+        environ={},
+    ).rules
+    assert raw[0].match.headers == (("X-Channel", "beta"),)
+    assert label(RuleSet(raw, KeyConfig()), request("/x", [("X-Channel", "beta")])) == "beta"
 
 
 # ---------------------------------------------------------------------------------- globs
