@@ -737,8 +737,12 @@ def describe(request: PurgeRequest) -> str:
     return f"{request.kind} {_listed(request.values)}"
 
 
-def _listed(values: list[str] | tuple[str, ...], most: int = 5) -> str:
-    shown = ",".join(values[:most])
+def _listed(values: list[str] | tuple[str, ...], most: int = 5, longest: int = 200) -> str:
+    """The first `most` values, each cut at `longest` characters: a purge body of 1 MiB (one URL
+    of a million characters) was written whole into the log line, on each of the box's workers."""
+    shown = ",".join(
+        v if len(v) <= longest else f"{v[:longest]}...(+{len(v) - longest})" for v in values[:most]
+    )
     return f"{shown} (+{len(values) - most} more)" if len(values) > most else shown
 
 

@@ -6,6 +6,7 @@ the rule that an admin API without a token only listens on loopback.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,19 @@ async def test_purge_of_a_url_with_a_fragment_purges_the_url(admin_and_proxy: tu
     assert (await admin.purge({"url": "/max-age/600#top"}))["purged"] == 1
     assert "fwd=uri-miss" in await get(proxy, "/max-age/600")
     assert (await admin.purge({"url": "http://cdn.example/max-age/300#top"}))["purged"] == 1
+
+
+async def test_a_purge_logs_a_long_value_cut_short(
+    admin_and_proxy: tuple[Proxy, Admin], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A purge body of up to 1 MiB may name a URL of a million characters: the purge's log line
+    held it whole (one line per worker of the box). Each value is cut at 200 characters."""
+    _, admin = admin_and_proxy
+    caplog.set_level(logging.INFO)
+    await admin.purge({"urls": ["/" + "a" * 900_000, "/b"]})
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("purge hard url")]
+    assert line.startswith("purge hard url /" + "a" * 199 + "...(+899801),/b by admin API"), line[:300]
+    assert len(line) < 400
 
 
 async def test_purge_by_tag_is_exact(admin_and_proxy: tuple[Proxy, Admin], origin: Origin) -> None:
