@@ -631,8 +631,8 @@ def config_from_mapping(
     keys = KeyConfig(
         namespace=r.printable(k, "namespace", kd.namespace, "keys"),
         sort_query=r.boolean(k, "sort_query", kd.sort_query, "keys"),
-        ignore_query_params=r.strings(k, "ignore_query_params", kd.ignore_query_params, "keys"),
-        keep_query_params=r.strings(k, "keep_query_params", kd.keep_query_params, "keys"),
+        ignore_query_params=r.param_patterns(k, "ignore_query_params", kd.ignore_query_params, "keys"),
+        keep_query_params=r.param_patterns(k, "keep_query_params", kd.keep_query_params, "keys"),
     )
 
     p = r.mapping(top.get("policy", {}), "policy")
@@ -940,6 +940,19 @@ def seconds_problem(value: float, *, zero: bool = False) -> str | None:
     return None
 
 
+def param_pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be a pattern of query parameter names (keys.keep_query_params and the
+    like, fnmatch), or None. A name has no "=" or "&": "id=*" matched no parameter, and in a keep
+    list that dropped every one from the key, so /item?id=1 and /item?id=2 were one object."""
+    if not pattern:
+        return "an empty pattern matches no parameter name"
+    if "=" in pattern or "&" in pattern:
+        name = pattern.split("=", 1)[0].split("&", 1)[0]
+        hint = f"; did you mean {name!r}?" if name else ""
+        return f"{pattern!r}: a pattern matches parameter names, which have no '=' or '&'{hint}"
+    return None
+
+
 def printable_problem(value: str) -> str | None:
     """Why `value` cannot be a name that goes into every key or a Redis key name, or None.
 
@@ -1239,6 +1252,13 @@ class _RuleReader:
             raise self.error(field, "must be true or false")
         return v
 
+    def param_patterns(self, m: dict[str, Any], key: str, field: str) -> tuple[str, ...]:
+        patterns = self.strings(m, key, field)
+        for pattern in patterns:
+            if problem := param_pattern_problem(pattern):
+                raise self.error(field, problem)
+        return patterns
+
     def field_names(self, m: dict[str, Any], key: str, field: str) -> tuple[str, ...]:
         names = self.strings(m, key, field)
         for name in names:
@@ -1393,8 +1413,8 @@ def _rule_key(rr: _RuleReader, raw: object) -> RuleKey:
         if not _COOKIE_NAME.fullmatch(cookie):
             raise rr.error("key.cookies", f"{cookie!r} is not a cookie name")
     return RuleKey(
-        drop_query=rr.strings(m, "drop_query", "key.drop_query"),
-        keep_query=rr.strings(m, "keep_query", "key.keep_query"),
+        drop_query=rr.param_patterns(m, "drop_query", "key.drop_query"),
+        keep_query=rr.param_patterns(m, "keep_query", "key.keep_query"),
         sort_query=rr.flag(m, "sort_query", "key.sort_query"),
         headers=rr.field_names(m, "headers", "key.headers"),
         cookies=cookies,
@@ -1442,6 +1462,16 @@ class _Reader:
         if not isinstance(v, str):
             raise self.error(self._full(section, key), "must be a string")
         return v
+
+    def param_patterns(
+        self, m: dict[str, Any], key: str, default: tuple[str, ...], section: str = ""
+    ) -> tuple[str, ...]:
+        """Patterns of query parameter names (param_pattern_problem)."""
+        patterns = self.strings(m, key, default, section)
+        for pattern in patterns:
+            if problem := param_pattern_problem(pattern):
+                raise self.error(self._full(section, key), problem)
+        return patterns
 
     def printable(self, m: dict[str, Any], key: str, default: str, section: str = "") -> str:
         """A string of printable characters (config.printable_problem)."""

@@ -163,6 +163,15 @@ ERRORS = [
     pytest.param("origin: {connect_timeout: 0}\n", "origin.connect_timeout", id="not-positive"),
     pytest.param("origin: {idle_timeout: 0}\n", "origin.idle_timeout", id="idle-timeout-not-positive"),
     pytest.param("keys: {ignore_query_params: utm_*}\n", "keys.ignore_query_params", id="wrong-type-list"),
+    # Patterns match parameter names, which have no "=": in a keep list, "id=*" dropped every
+    # parameter from the key, and /item?id=1 and /item?id=2 were one stored object.
+    pytest.param(
+        "keys: {keep_query_params: ['id=*']}\n",
+        "keys.keep_query_params: 'id=*': a pattern matches parameter names, which have no '=' or '&';"
+        " did you mean 'id'?",
+        id="keep-param-with-value",
+    ),
+    pytest.param("keys: {ignore_query_params: ['']}\n", "keys.ignore_query_params", id="empty-param-pattern"),
     pytest.param(
         "policy: {heuristic_fraction: 2}\n", "policy.heuristic_fraction", id="fraction-out-of-range"
     ),

@@ -120,6 +120,12 @@ BAD_RULES = [
     ),
     pytest.param([{"name": "a", "tags": ["a b"]}], "rules[0] (a): tags", "no spaces", id="tag-space"),
     pytest.param(
+        [{"name": "a", "key": {"keep_query": ["page=1"]}}],
+        "rules[0] (a): key.keep_query",
+        "did you mean 'page'?",
+        id="keep-query-with-value",
+    ),
+    pytest.param(
         [{"name": "a", "match": {"headers": {"X-A": "v\x00w"}}, "ttl": 1}],
         "rules[0] (a): match.headers.X-A",
         "control character",
