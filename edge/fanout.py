@@ -261,53 +261,37 @@ class PurgeFanout:
             count = await asyncio.to_thread(self.purger.catalog.count)
             position = "0" if count else await self._stream_end()
         if stored is not None or position == "0":
-            gap = await self._gap(position)
+            gap = _gap(await self._stream_info(), position, self.cfg.purge_stream)
             if gap is not None:
-                end = await self._stream_end()  # before the purge: what is published after it is read
-                log.warning(
-                    "purge stream gap: %s; purges this edge missed may be lost, so it invalidates "
-                    "everything it holds and follows the stream from %s",
-                    gap,
-                    end,
-                )
-                await self.purger.purge(PurgeRequest("all"), propagate=False, by="purge stream gap")
-                self.stats.gaps += 1
-                position = end
+                position = await self._invalidate_for_gap(gap)
         self._last_id = self.stats.last_id = position
         if position != stored:
             await self._save_position()
         self._resumed = True
 
-    async def _gap(self, last_id: str) -> str | None:
-        """Why entries after last_id may be missing from the stream, or None when none can be."""
-        last = _stream_id(last_id)
+    async def _stream_info(self) -> dict[str, Any] | None:
+        """XINFO STREAM of the purge stream, or None when there is no such stream."""
         try:
-            info = await self.redis.xinfo_stream(self.cfg.purge_stream)
+            info: dict[str, Any] = await self.redis.xinfo_stream(self.cfg.purge_stream)
         except redis_exceptions.ResponseError as exc:
             if "no such key" not in str(exc).lower():
                 raise
-            if last > (0, 0):
-                return (
-                    f"the stream {self.cfg.purge_stream} is gone (Redis restarted empty, or it was deleted)"
-                )
             return None
-        first = info.get("first-entry")
-        length = int(info.get("length", 0))
-        # Redis >= 7.0: the newest id XDEL removed (XTRIM does not count) and how many were ever added.
-        deleted = _stream_id(str(info.get("max-deleted-entry-id") or "0"))
-        added = int(info.get("entries-added") or length)
-        if last == (0, 0):  # replaying the whole stream: is it whole?
-            return None if added <= length else f"{added - length} of its entries were trimmed or deleted"
-        if deleted > last:
-            return f"entries after {last_id} were deleted (the newest: {info['max-deleted-entry-id']})"
-        if first is None:
-            newest = _stream_id(str(info.get("last-generated-id") or "0"))
-            return f"it is empty, and entries after {last_id} were added" if newest > last else None
-        if _stream_id(str(first[0])) > last:
-            # Trimmed past last_id, or a stream made anew. (A trim that removed exactly the entries
-            # up to last_id lost nothing, but the stream cannot tell that case apart.)
-            return f"it starts at {first[0]}, after {last_id} (trimmed, or a new stream)"
-        return None
+        return info
+
+    async def _invalidate_for_gap(self, gap: str) -> str:
+        """Purges after this edge's position may be lost (`gap` says why): invalidate everything
+        held here, and return the position to follow the stream from (its end)."""
+        end = await self._stream_end()  # before the purge: what is published after it is read
+        log.warning(
+            "purge stream gap: %s; purges this edge missed may be lost, so it invalidates "
+            "everything it holds and follows the stream from %s",
+            gap,
+            end,
+        )
+        await self.purger.purge(PurgeRequest("all"), propagate=False, by="purge stream gap")
+        self.stats.gaps += 1
+        return end
 
     async def _stream_end(self) -> str:
         newest = await self.redis.xrevrange(self.cfg.purge_stream, count=1)
@@ -381,16 +365,38 @@ class PurgeFanout:
                 backoff = min(backoff * 2, 5.0)
 
     async def _read_batch(self, block_ms: int | None) -> int:
-        """Read and apply one batch after the last id; returns how many entries were read.
+        """Read and apply one batch after the last id; returns how many entries were read (or 1
+        after a gap, when the read starts again from the stream's end).
+
+        The batch is read together with the stream's state (one MULTI), and the read is checked
+        for a gap like the position at start (_resume): entries after the position can be lost
+        while this edge runs too (Redis restarted empty while a purge waited to be applied here,
+        or the stream trimmed past a position that lagged), and a plain XREAD from the position
+        would skip them without a word. Without entries to read, it waits up to block_ms for one.
 
         The position moves past an entry only once it was applied (or found malformed): a purge
         that fails (the catalogue's disk) raises, and the next read starts at that entry again.
         """
-        kwargs: dict[str, Any] = {"count": 500}
-        if block_ms is not None:
-            kwargs["block"] = block_ms
-        result = await self.redis.xread({self.cfg.purge_stream: self._last_id or "0"}, **kwargs)
+        stream = self.cfg.purge_stream
+        position = self._last_id or "0"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(stream)
+            pipe.xread({stream: position}, count=500)
+            info, result = await pipe.execute(raise_on_error=False)
+        if isinstance(result, Exception):
+            raise result
+        if isinstance(info, redis_exceptions.ResponseError) and "no such key" in str(info).lower():
+            info = None
+        elif isinstance(info, Exception):
+            raise info
+        gap = _gap(info, position, stream)
+        if gap is not None:
+            self._last_id = self.stats.last_id = await self._invalidate_for_gap(gap)
+            await self._save_position()
+            return 1
         if not result:
+            if block_ms is not None:  # wait for the next entry; it is read (and checked) next round
+                await self.redis.xread({stream: position}, count=1, block=block_ms)
             return 0
         entries = result[0][1]
         start = self._last_id
@@ -435,6 +441,37 @@ class PurgeFanout:
         self.stats.applied_from_stream += 1
         published_ms = int(entry_id.split("-", 1)[0])
         self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)
+
+
+def _gap(info: dict[str, Any] | None, last_id: str, stream: str) -> str | None:
+    """Why entries after last_id may be missing from the stream (XINFO STREAM's `info`, None when
+    there is no such stream), or None when none can be."""
+    last = _stream_id(last_id)
+    if info is None:
+        if last > (0, 0):
+            return f"the stream {stream} is gone (Redis restarted empty, or it was deleted)"
+        return None
+    first = info.get("first-entry")
+    length = int(info.get("length", 0))
+    # Redis >= 7.0: the newest id XDEL removed (XTRIM does not count) and how many were ever added.
+    deleted = _stream_id(str(info.get("max-deleted-entry-id") or "0"))
+    added = int(info.get("entries-added") or length)
+    if last == (0, 0):  # replaying the whole stream: is it whole?
+        return None if added <= length else f"{added - length} of its entries were trimmed or deleted"
+    if deleted > last:
+        return f"entries after {last_id} were deleted (the newest: {info['max-deleted-entry-id']})"
+    newest = _stream_id(str(info.get("last-generated-id") or "0"))
+    if newest < last:
+        # Not the stream this edge read: one made anew by a Redis whose clock is behind (another
+        # host after a failover). Reading after last_id would skip every purge it holds.
+        return f"its newest id {info.get('last-generated-id')} is before {last_id} (a new stream)"
+    if first is None:
+        return f"it is empty, and entries after {last_id} were added" if newest > last else None
+    if _stream_id(str(first[0])) > last:
+        # Trimmed past last_id, or a stream made anew. (A trim that removed exactly the entries
+        # up to last_id lost nothing, but the stream cannot tell that case apart.)
+        return f"it starts at {first[0]}, after {last_id} (trimmed, or a new stream)"
+    return None
 
 
 def _stream_id(value: str) -> tuple[int, int]:

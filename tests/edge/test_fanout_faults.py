@@ -315,3 +315,88 @@ async def test_a_purge_neither_published_nor_kept_on_disk_says_so(
     assert fanout is not None
     await fanout.flush()
     assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+# ------------------------------------------- 5. entries lost while an edge stays connected
+
+
+def failing_purges(edge: Edge, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every purge the edge applies from the stream fail until the returned list is cleared
+    (the catalogue's disk, say): its stream position waits before them."""
+    catalog = edge.purger.catalog
+    log_purge = catalog.log_purge
+    failing = [1]
+
+    def maybe_failing(*args: Any, **kwargs: Any) -> Any:
+        if failing:
+            raise RuntimeError("purge failed")
+        return log_purge(*args, **kwargs)
+
+    monkeypatch.setattr(catalog, "log_purge", maybe_failing)
+    return failing
+
+
+async def test_an_edge_that_finds_the_stream_lost_by_a_redis_restart_while_it_runs_invalidates_everything(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted empty (no persistence) while edge-2 ran and had not applied a purge yet: the
+    gap was looked for only once per process, before serving, so edge-2 went on reading the new
+    stream after its old position and served the purged copy for good. The stream is now checked
+    with every read."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "other")
+    failing = failing_purges(edges[1], monkeypatch)
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    fanout = edges[1].node.fanout
+    assert fanout is not None
+    assert await until(lambda: fanout.stats.apply_errors >= 1)  # read, not applied
+    redis_server.stop()
+    redis_server.start()  # empty: the purge is gone from the stream
+    failing.clear()
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+    assert fanout.stats.gaps == 1
+    # It follows the new stream from there on, and a purge published after the restart reaches it.
+    await hold(edges[1])
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage)
+    assert fanout.stats.gaps == 1
+
+
+async def test_an_edge_whose_unread_purges_are_trimmed_while_it_runs_invalidates_everything(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """edge-2 lagged (its purges failed to apply) while the stream was trimmed past its position
+    (stream_maxlen, XTRIM): its next read started at the first entry left and skipped the trimmed
+    purges without a word."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "other")
+    failing = failing_purges(edges[1], monkeypatch)
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    fanout = edges[1].node.fanout
+    assert fanout is not None
+    assert await until(lambda: fanout.stats.apply_errors >= 1)
+    for i in range(3):
+        await edges[0].purger.purge(PurgeRequest("tag", (f"flood{i}",)))
+    sync_client(redis_server).xtrim("minicdn:purges", maxlen=1, approximate=False)
+    failing.clear()
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+    assert fanout.stats.gaps == 1 and await until(lambda: fanout.stats.caught_up)
+
+
+async def test_an_edge_that_finds_a_new_stream_with_ids_before_its_position_invalidates_everything(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Redis replaced by an empty one whose clock is behind (a failover to another host): the new
+    stream's ids were all before edge-2's position, so no gap showed (its first entry is not after
+    the position) and edge-2 read after its position, skipping every purge of the new stream."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "other")
+    fanout = edges[1].node.fanout
+    assert fanout is not None
+    client = sync_client(redis_server)
+    with client.pipeline(transaction=True) as pipe:  # edge-2 never sees the stream empty
+        pipe.flushall()
+        pipe.xadd(
+            "minicdn:purges", {"from": "edge-9", "kind": "tag", "values": '["kept"]', "soft": "0"}, id="1-0"
+        )
+        pipe.execute()
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+    assert fanout.stats.gaps == 1
