@@ -93,6 +93,7 @@ class PurgeFanout:
         # One publisher at a time: publish() and the consume loop both flush the outbox, and two
         # flushes awaiting the same XADD would publish the head twice (then pop an empty deque).
         self._flushing = asyncio.Lock()
+        self._publish_error = ""  # why the last XADD failed (said in a purge's answer)
 
     # -------------------------------------------------------------- publish
 
@@ -100,18 +101,25 @@ class PurgeFanout:
         """The purger's listener: queue the purge and try to publish right away.
 
         When it cannot be published, it is kept (on disk, with the stream position) before this
-        returns, so the purge's answer comes after it is safe from a restart of this edge. When it
-        can be neither, the answer says so (a warning): only this edge's memory holds it.
+        returns, so the purge's answer comes after it is safe from a restart of this edge; and
+        the answer says so (what this returns): the other edges have not applied it yet, and,
+        when it could not be kept on disk either, only this edge's memory holds it.
         """
         async with self._flushing:
             self._enqueue(request)
             await self._flush_outbox_locked()
-            if self.outbox and self._outbox_error is not None:
-                return (
-                    f"not published to the other edges yet (Redis), and it could not be kept on disk"
-                    f" ({self._outbox_error}): a restart of this edge before Redis answers loses it"
+            if not self.outbox:
+                return None
+            why = (
+                f"not published to the other edges yet (Redis: {self._publish_error}); it waits here "
+                f"with {len(self.outbox) - 1} other purges and is published when Redis takes it"
+            )
+            if self._outbox_error is not None:
+                why += (
+                    f"; it could not be kept on disk ({self._outbox_error}): a restart of this edge"
+                    " before Redis answers loses it"
                 )
-        return None
+            return why
 
     def _enqueue(self, request: PurgeRequest) -> None:
         if len(self.outbox) < self.cfg.outbox_limit:
@@ -150,6 +158,7 @@ class PurgeFanout:
                 )
             except Exception as exc:
                 self.stats.redis_errors += 1
+                self._publish_error = f"{type(exc).__name__}: {exc}"
                 log.warning("publishing a purge to Redis failed (%s); %d waiting", exc, len(self.outbox))
                 break
             self.outbox.popleft()

@@ -220,14 +220,7 @@ async def _purge(request: web.Request) -> web.Response:
     if node is None:
         return _not_running()
     result = await node.purger.purge(purge, by=f"admin API {request.remote}")
-    answer: dict[str, object] = {
-        "purged": result.keys,
-        "epoch": result.epoch,
-        "kind": purge.kind,
-        "soft": purge.soft,
-    }
-    if result.warning is not None:
-        answer["warning"] = result.warning  # carried out on this worker only, or not passed on for sure
+    answer = {**result.answer(), "kind": purge.kind, "soft": purge.soft}
     return json_reply(answer)
 
 

@@ -83,10 +83,7 @@ async def purge_method(req: ClientRequest, cfg: Config, purger: Purger) -> Reply
     except PurgeRequestError as exc:
         return error_reply(400, str(exc), CacheStatus(detail="purge"))
     result = await purger.purge(purge, by=f"PURGE from {req.remote}")
-    answer: dict[str, object] = {"purged": result.keys, "epoch": result.epoch, "soft": purge.soft}
-    if result.warning is not None:
-        answer["warning"] = result.warning  # as the admin API says (PurgeResult.warning)
-    body = json.dumps(answer) + "\n"
+    body = json.dumps({**result.answer(), "soft": purge.soft}) + "\n"
     return _json(200, body, CacheStatus(detail="purge"))
 
 

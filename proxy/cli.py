@@ -299,6 +299,8 @@ def _purge(client: AdminClient, args: argparse.Namespace) -> int:
         print(f"{verb} everything (epoch {epoch})")
     else:
         print(f"{verb} {_plural(purged, 'entry', 'entries')} (epoch {epoch})")
+    if result.get("warning"):  # done here only, or not passed on to the other edges (yet)
+        print(f"minicdn purge: warning: {result['warning']}", file=sys.stderr)
     return 0
 
 

@@ -59,6 +59,10 @@ ROW_QUEUE_LIMIT = 100_000
 FULL_RETRY_SECONDS = 5.0
 
 
+# Told of each purge this node accepted: None once it passed the purge on, else why it has not (yet).
+PurgeListener = Callable[[PurgeRequest], Awaitable[str | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeResult:
     keys: int  # keys the purge covered
@@ -66,6 +70,17 @@ class PurgeResult:
     # Set when the purge could not be logged (a full disk): it was carried out on this worker only;
     # or when a listener could not pass it on for sure (edge/fanout.py: not published nor kept).
     warning: str | None = None
+    # Whether the listeners passed it on (an edge: published to the other edges); None without any.
+    propagated: bool | None = None
+
+    def answer(self) -> dict[str, object]:
+        """What a purge's answer says of it (the admin API, the PURGE method)."""
+        out: dict[str, object] = {"purged": self.keys, "epoch": self.epoch}
+        if self.propagated is not None:
+            out["propagated"] = self.propagated  # an edge: published to the other edges
+        if self.warning is not None:
+            out["warning"] = self.warning  # done on this worker only, or not passed on (yet)
+        return out
 
 
 @dataclass(slots=True)
@@ -122,9 +137,9 @@ class Purger:
         self._ban_timer: asyncio.TimerHandle | None = None
         storage.write_failed_listeners.append(self.forget)
         storage.write_queue.before_write = self.rows_written
-        # Called with each purge this node accepted (not with purges received from peers); a
-        # listener returns a warning for the purge's answer (None: nothing to say).
-        self.listeners: list[Callable[[PurgeRequest], Awaitable[str | None]]] = []
+        # Called with each purge this node accepted (not with purges received from peers); each
+        # returns None once it passed the purge on, else why it has not (yet): the purge's answer.
+        self.listeners: list[PurgeListener] = []
         # Told of each purge this worker carried out without the log (a full disk), for the box's
         # other workers (proxy/worker.py passes it on through the supervisor); None: no box.
         self.on_unlogged: Callable[[PurgeRequest], None] | None = None
@@ -183,9 +198,11 @@ class Purger:
         With `propagate`, the listeners hear of it afterwards (an edge cluster
         fans it out to the other edges); a purge received from the cluster is
         applied with propagate=False. A listener's failure never fails the
-        local purge. `by` says who asked, for the log line. A purge the log
-        refuses is passed to the box's other workers (`on_unlogged`), unless
-        it came from one of them (`from_box`).
+        local purge: the result says it (`propagated` false, and why in
+        `warning`), so the purge's answer does not claim a fan-out that did not
+        happen. `by` says who asked, for the log line.
+        A purge the log refuses is passed to the box's other workers
+        (`on_unlogged`), unless it came from one of them (`from_box`).
         """
         await self.sync()
         match = self._match(request)
@@ -206,18 +223,10 @@ class Purger:
             "all" if result.keys < 0 else result.keys,
             result.epoch,
         )
-        if propagate:
-            warnings = [result.warning] if result.warning is not None else []
-            for listener in self.listeners:
-                try:
-                    said = await listener(request)
-                except Exception:
-                    log.exception("purge listener failed; the local purge stands")
-                    said = "passing the purge on failed (see the log); the local purge stands"
-                if said is not None:
-                    warnings.append(said)
-            if warnings:
-                result = replace(result, warning="; ".join(warnings))
+        if propagate and self.listeners:
+            unsent = [why for listener in self.listeners if (why := await _pass_on(listener, request))]
+            warnings = [w for w in (result.warning, *unsent) if w]
+            result = replace(result, warning="; ".join(warnings) or None, propagated=not unsent)
         return result
 
     async def invalidate(
@@ -773,3 +782,14 @@ def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:
         if resource is not None:
             softened = tuple(policy.soft_purged(v, record.at) for v in resource.variants)
             l1.set(replace(resource, variants=softened))
+
+
+async def _pass_on(
+    listener: Callable[[PurgeRequest], Awaitable[str | None]], request: PurgeRequest
+) -> str | None:
+    """Tell a listener of a purge: None when it passed the purge on, else why it has not."""
+    try:
+        return await listener(request)
+    except Exception as exc:
+        log.exception("purge listener failed; the local purge stands")
+        return f"passing the purge on failed ({exc!r})"

@@ -15,6 +15,7 @@ import pytest
 import redis as redis_sync
 
 from edge.fanout import LAST_ID_META, OUTBOX_META
+from proxy.admin import create_admin_app
 from proxy.purge import PurgeRequest
 from tests.edge.conftest import Edge, RedisServer, StartEdges
 from tests.edge.test_cluster import key_for
@@ -309,7 +310,8 @@ async def test_a_purge_neither_published_nor_kept_on_disk_says_so(
     assert key_for(edges[0], PATH) not in edges[0].storage  # applied here all the same
     monkeypatch.setattr(catalog, "set_meta", set_meta)
     result = await edges[0].purger.purge(PurgeRequest("tag", ("other",)))
-    assert result.warning is None, result  # both wait in the outbox, kept on disk
+    # Both wait in the outbox, kept on disk: not published yet (said), but not lost by a restart.
+    assert result.warning is not None and "could not be kept on disk" not in result.warning, result
     redis_server.start()
     fanout = edges[0].node.fanout
     assert fanout is not None
@@ -400,3 +402,31 @@ async def test_an_edge_that_finds_a_new_stream_with_ids_before_its_position_inva
         pipe.execute()
     assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
     assert fanout.stats.gaps == 1
+
+
+async def test_a_purge_answer_says_whether_the_other_edges_were_told(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, aiohttp_server: Any
+) -> None:
+    """Redis refusing writes (maxmemory reached, noeviction: OOM errors): the purge was applied
+    here and waited in the outbox, but the admin API answered exactly as for a purge every edge
+    applied. Its answer now says whether it was published (`propagated`) and, if not, why."""
+    edges = await holding_edges(start_edges, redis_url)
+    admin = await aiohttp_server(create_admin_app(edges[0].server.node))  # no token: loopback only
+    client = sync_client(redis_server)
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        async with edges[0].session.post(f"{admin.make_url('/purge')}", json={"tag": "kept"}) as resp:
+            answer = await resp.json()
+        assert resp.status == 200 and answer["propagated"] is False
+        assert "OutOfMemoryError" in answer["warning"] and "not published" in answer["warning"]
+        assert key_for(edges[0], PATH) not in edges[0].storage  # applied here all the same
+    finally:
+        client.config_set("maxmemory", "0")
+        client.config_set("maxmemory-policy", policy)
+    # The outbox publishes it once Redis takes writes again; a purge then is answered as told.
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+    async with edges[0].session.post(f"{admin.make_url('/purge')}", json={"tag": "other"}) as resp:
+        answer = await resp.json()
+    assert answer["propagated"] is True and "warning" not in answer
