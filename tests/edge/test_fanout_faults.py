@@ -353,8 +353,9 @@ async def test_an_edge_that_finds_the_stream_lost_by_a_redis_restart_while_it_ru
     redis_server.stop()
     redis_server.start()  # empty: the purge is gone from the stream
     failing.clear()
-    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
-    assert fanout.stats.gaps == 1
+    # (The objects leave the tiers before the purge of everything is over and counted.)
+    assert await until(lambda: fanout.stats.gaps == 1, 8.0)
+    assert key_for(edges[1], PATH) not in edges[1].storage
     # It follows the new stream from there on, and a purge published after the restart reaches it.
     await hold(edges[1])
     await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
@@ -379,8 +380,8 @@ async def test_an_edge_whose_unread_purges_are_trimmed_while_it_runs_invalidates
         await edges[0].purger.purge(PurgeRequest("tag", (f"flood{i}",)))
     sync_client(redis_server).xtrim("minicdn:purges", maxlen=1, approximate=False)
     failing.clear()
-    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
-    assert fanout.stats.gaps == 1 and await until(lambda: fanout.stats.caught_up)
+    assert await until(lambda: fanout.stats.gaps == 1, 8.0)
+    assert key_for(edges[1], PATH) not in edges[1].storage and await until(lambda: fanout.stats.caught_up)
 
 
 async def test_an_edge_that_finds_a_new_stream_with_ids_before_its_position_invalidates_everything(
@@ -400,8 +401,8 @@ async def test_an_edge_that_finds_a_new_stream_with_ids_before_its_position_inva
             "minicdn:purges", {"from": "edge-9", "kind": "tag", "values": '["kept"]', "soft": "0"}, id="1-0"
         )
         pipe.execute()
-    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
-    assert fanout.stats.gaps == 1
+    assert await until(lambda: fanout.stats.gaps == 1, 8.0)
+    assert key_for(edges[1], PATH) not in edges[1].storage
 
 
 async def test_a_purge_answer_says_whether_the_other_edges_were_told(
