@@ -121,6 +121,16 @@ class PurgeFanout:
                 )
             return why
 
+    async def lagging(self) -> str | None:
+        """A readiness check (proxy/readiness.py): None while this worker's purges reach the stream
+        and (the consumer) it follows the stream; else what is wrong. Redis can answer a PING and
+        still refuse every XADD (maxmemory with noeviction) or fail every read."""
+        if self.outbox:
+            return f"{len(self.outbox)} purges accepted here are not published (Redis: {self._publish_error})"
+        if not self.stats.caught_up:
+            return f"the purge stream is not followed (at {self._last_id or 'its start'}): see the log"
+        return None
+
     def _enqueue(self, request: PurgeRequest) -> None:
         if len(self.outbox) < self.cfg.outbox_limit:
             self.outbox.append(request)

@@ -113,6 +113,8 @@ class EdgeNode:
             node.extra_stats.append(lambda: {"edge": self.stats(node)})
             if self.redis is not None:
                 node.readiness.add("redis", self.redis_reachable, self.cluster.redis_url or "")
+            if self.fanout is not None:
+                node.readiness.add("purge_stream", self.fanout.lagging, self.cluster.purge_stream)
             yield
         finally:
             if self.fanout is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import metrics, stats
@@ -126,3 +127,34 @@ async def test_the_dashboard_shows_each_edge(
             assert await page.text_content("#stream-state") == "caught up"
         finally:
             await browser.close()
+
+
+async def test_redis_refusing_writes_degrades_readiness_while_purges_wait(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Redis at maxmemory with noeviction answers PING but refuses every XADD (OOM): the edge's
+    purges waited in its outbox, unseen by the other edges, while readiness said "ready" (its Redis
+    check is a PING). It is "degraded" now, naming the purge stream, and ready again once published."""
+    (edge,) = await start_edges(1, redis_url=redis_url)
+    now = [0.0]
+    edge.server.node.readiness.monotonic = lambda: now[0]
+    resp, body = await edge.get(READY_PATH)
+    assert resp.status == 200 and b'"status": "ready"' in body, body
+    client = redis.Redis(port=redis_server.port)
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")
+    try:
+        await edge.server.node.purger.purge(PurgeRequest("tag", ("kept",)))
+        now[0] += CACHE_SECONDS  # past the cached answer
+        resp, body = await edge.get(READY_PATH)
+        assert resp.status == 200 and b'"status": "degraded"' in body, body
+        assert b'"degraded": ["purge_stream"]' in body and b"not published" in body, body
+    finally:
+        client.config_set("maxmemory", "0")
+        client.config_set("maxmemory-policy", policy)
+    deadline = time.monotonic() + 10  # the outbox is retried with a backoff
+    while b'"status": "ready"' not in (body := (await edge.get(READY_PATH))[1]):
+        assert time.monotonic() < deadline, f"not ready again once Redis took the purge: {body!r}"
+        await asyncio.sleep(0.2)
+        now[0] += CACHE_SECONDS
