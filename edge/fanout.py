@@ -313,8 +313,11 @@ class PurgeFanout:
         return end
 
     async def _stream_end(self) -> str:
-        newest = await self.redis.xrevrange(self.cfg.purge_stream, count=1)
-        return str(newest[0][0]) if newest else "0"
+        """The position after everything published so far: the newest id Redis made for the stream
+        (its last entry's, or one trimmed or deleted since: "0" would replay a stream that lost
+        entries, a gap at every read), "0" when there is no stream."""
+        info = await self._stream_info()
+        return "0" if info is None else str(info.get("last-generated-id") or "0")
 
     def start(self, consume: bool = True) -> None:
         """Follow the stream (consume: one worker per box), or only retry this worker's outbox."""

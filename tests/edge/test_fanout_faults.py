@@ -431,3 +431,49 @@ async def test_a_purge_answer_says_whether_the_other_edges_were_told(
     async with edges[0].session.post(f"{admin.make_url('/purge')}", json={"tag": "other"}) as resp:
         answer = await resp.json()
     assert answer["propagated"] is True and "warning" not in answer
+
+
+async def test_an_edge_that_finds_its_unread_purges_trimmed_to_an_empty_stream_invalidates_once(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream trimmed to nothing (XTRIM MAXLEN 0) past a lagging edge-2's position: after
+    invalidating everything, edge-2 read on from the newest entry left, "0" in an empty stream, which
+    the next read's check took for a replay of a stream that lost entries: a purge of everything
+    with every read, for good. It follows the stream from the newest id Redis made instead."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "other")
+    failing = failing_purges(edges[1], monkeypatch)
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    fanout = edges[1].node.fanout
+    assert fanout is not None
+    assert await until(lambda: fanout.stats.apply_errors >= 1)
+    sync_client(redis_server).xtrim("minicdn:purges", maxlen=0, approximate=False)
+    failing.clear()
+    assert await until(lambda: fanout.stats.gaps >= 1, 8.0)
+    assert key_for(edges[1], PATH) not in edges[1].storage
+    await hold(edges[1])
+    await asyncio.sleep(0.5)  # a few reads (the harness's wait, not policy)
+    assert fanout.stats.gaps == 1 and key_for(edges[1], PATH) in edges[1].storage
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))  # and it still hears of purges
+    assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage)
+
+
+async def test_a_restart_after_a_gap_in_a_stream_trimmed_to_nothing_keeps_the_cache(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    """After a gap in a stream trimmed to nothing (XTRIM MAXLEN 0), edge-2 saved "0" as its position
+    (the newest entry left: none), which the next start took for a replay of a stream that lost
+    entries: it invalidated everything again at every restart."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))  # edge-2 misses it...
+    sync_client(redis_server).xtrim("minicdn:purges", maxlen=0, approximate=False)  # ...and it is trimmed
+    again = await restart(start_edges, edges[1], redis_url)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 1
+    await hold(again)
+    again = await restart(start_edges, again, redis_url)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 0
+    assert key_for(again, PATH) in again.storage
