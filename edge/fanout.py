@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,15 @@ from proxy.purger import Purger
 log = logging.getLogger("edge.fanout")
 
 LAST_ID_META = "purge_stream_last_id"
+# Beside the position: the stream's count of entries added up to it and the stream's incarnation,
+# as JSON [count, incarnation], so a trim that ended exactly at the position is no gap.
+MARK_META = "purge_stream_mark"
+# Suffix of the key holding the stream's incarnation: a token set by the XADD that makes the stream
+# (in one MULTI), so a stream made anew (Redis restarted empty, the stream deleted) has another one.
+INCARNATION_SUFFIX = ":incarnation"
 OUTBOX_META = "purge_outbox"
+# Entries read from the stream at once.
+BATCH = 500
 # How often the consumer looks for the saved outboxes of worker slots the box no longer has.
 ADOPT_SECONDS = 30.0
 
@@ -89,6 +98,8 @@ class PurgeFanout:
         self._outbox_error: str | None = None  # why the last change of the outbox was not kept on disk
         self._task: asyncio.Task[None] | None = None
         self._last_id = ""
+        # (entries added up to _last_id, the stream's incarnation) when known: see _gap.
+        self._mark: tuple[int, str] | None = None
         self._resumed = False  # the position to read from is known (_resume)
         # One publisher at a time: publish() and the consume loop both flush the outbox, and two
         # flushes awaiting the same XADD would publish the head twice (then pop an empty deque).
@@ -163,9 +174,7 @@ class PurgeFanout:
                 "soft": "1" if request.soft else "0",
             }
             try:
-                await self.redis.xadd(
-                    self.cfg.purge_stream, fields, maxlen=self.cfg.stream_maxlen, approximate=True
-                )
+                await self._append(fields)
             except Exception as exc:
                 self.stats.redis_errors += 1
                 self._publish_error = f"{type(exc).__name__}: {exc}"
@@ -175,6 +184,20 @@ class PurgeFanout:
             self.stats.published += 1
         self.stats.outbox = len(self.outbox)
         await self._save_outbox()
+
+    async def _append(self, fields: dict[str, str]) -> None:
+        """XADD to the purge stream; the XADD that makes the stream gives it a new incarnation (and
+        a stream made before incarnations gets one: until then every edge's mark was unknown)."""
+        stream, limit = self.cfg.purge_stream, self.cfg.stream_maxlen
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(stream + INCARNATION_SUFFIX, uuid.uuid4().hex, nx=True)
+            pipe.xadd(stream, fields, maxlen=limit, approximate=True, nomkstream=True)
+            _, added = await pipe.execute()
+        if added is None:  # no stream
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.set(stream + INCARNATION_SUFFIX, uuid.uuid4().hex)
+                pipe.xadd(stream, fields, maxlen=limit, approximate=True)
+                await pipe.execute()
 
     async def _save_outbox(self) -> None:
         """Keep the outbox beside the stream position (nothing is written while it stays empty)."""
@@ -276,14 +299,20 @@ class PurgeFanout:
             return
         stored = await asyncio.to_thread(self.purger.catalog.get_meta, LAST_ID_META)
         position = stored
+        mark = None
         if position is None:
             count = await asyncio.to_thread(self.purger.catalog.count)
             position = "0" if count else await self._stream_end()
+        else:
+            mark = _saved_mark(await asyncio.to_thread(self.purger.catalog.get_meta, MARK_META))
         if stored is not None or position == "0":
-            gap = _gap(await self._stream_info(), position, self.cfg.purge_stream)
+            info = await self._stream_info()
+            incarnation = await self.redis.get(self.cfg.purge_stream + INCARNATION_SUFFIX)
+            gap = _gap(info, position, self.cfg.purge_stream, mark, incarnation)
             if gap is not None:
-                position = await self._invalidate_for_gap(gap)
+                position, mark = await self._invalidate_for_gap(gap), None
         self._last_id = self.stats.last_id = position
+        self._mark = mark
         if position != stored:
             await self._save_position()
         self._resumed = True
@@ -402,25 +431,25 @@ class PurgeFanout:
         stream = self.cfg.purge_stream
         position = self._last_id or "0"
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(stream + INCARNATION_SUFFIX)
             pipe.xinfo_stream(stream)
-            pipe.xread({stream: position}, count=500)
-            info, result = await pipe.execute(raise_on_error=False)
-        if isinstance(result, Exception):
-            raise result
+            pipe.xread({stream: position}, count=BATCH)
+            incarnation, info, result = await pipe.execute(raise_on_error=False)
+        for reply in (incarnation, result):
+            if isinstance(reply, Exception):
+                raise reply
         if isinstance(info, redis_exceptions.ResponseError) and "no such key" in str(info).lower():
             info = None
         elif isinstance(info, Exception):
             raise info
-        gap = _gap(info, position, stream)
+        gap = _gap(info, position, stream, self._mark, incarnation)
         if gap is not None:
             self._last_id = self.stats.last_id = await self._invalidate_for_gap(gap)
+            self._mark = None  # known again after the next read that reaches the stream's end
             await self._save_position()
             return 1
-        if not result:
-            if block_ms is not None:  # wait for the next entry; it is read (and checked) next round
-                await self.redis.xread({stream: position}, count=1, block=block_ms)
-            return 0
-        entries = result[0][1]
+        mark, self._mark = self._mark, None  # unknown while the position moves
+        entries = result[0][1] if result else []
         start = self._last_id
         try:
             for raw_id, fields in entries:
@@ -431,9 +460,13 @@ class PurgeFanout:
                     self.stats.apply_errors += 1
                     raise ApplyError(entry_id, exc) from exc
                 self._last_id = self.stats.last_id = entry_id
+            self._mark = _mark_after(info, incarnation, len(entries), mark)
         finally:
-            if self._last_id != start:
+            if self._last_id != start or self._mark != mark:
                 await self._save_position()
+        if not entries and block_ms is not None:
+            # Wait for the next entry; it is read (and checked) next round.
+            await self.redis.xread({stream: position}, count=1, block=block_ms)
         return len(entries)
 
     async def _save_position(self) -> None:
@@ -441,6 +474,9 @@ class PurgeFanout:
         before the next save replays some entries, which purges nothing that should stay."""
         try:
             await asyncio.to_thread(self.purger.catalog.set_meta, LAST_ID_META, self._last_id)
+            # After the position: a mark older than its position only makes a gap more likely.
+            mark = json.dumps(list(self._mark) if self._mark is not None else None)
+            await asyncio.to_thread(self.purger.catalog.set_meta, MARK_META, mark)
         except Exception as exc:
             log.warning("could not save the purge stream position %s (%r)", self._last_id, exc)
 
@@ -465,9 +501,16 @@ class PurgeFanout:
         self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - published_ms)
 
 
-def _gap(info: dict[str, Any] | None, last_id: str, stream: str) -> str | None:
+def _gap(
+    info: dict[str, Any] | None,
+    last_id: str,
+    stream: str,
+    mark: tuple[int, str] | None = None,
+    incarnation: str | None = None,
+) -> str | None:
     """Why entries after last_id may be missing from the stream (XINFO STREAM's `info`, None when
-    there is no such stream), or None when none can be."""
+    there is no such stream), or None when none can be. `mark`: how many entries the stream had
+    had added up to last_id, and its incarnation then; `incarnation`: the stream's now."""
     last = _stream_id(last_id)
     if info is None:
         if last > (0, 0):
@@ -490,9 +533,49 @@ def _gap(info: dict[str, Any] | None, last_id: str, stream: str) -> str | None:
     if first is None:
         return f"it is empty, and entries after {last_id} were added" if newest > last else None
     if _stream_id(str(first[0])) > last:
-        # Trimmed past last_id, or a stream made anew. (A trim that removed exactly the entries
-        # up to last_id lost nothing, but the stream cannot tell that case apart.)
+        # Trimmed past last_id, or a stream made anew: every entry up to last_id is gone. When as
+        # many entries are gone as were added up to it (none deleted after it, above), the trim
+        # ended exactly there and lost nothing, if this is the same stream (its incarnation).
+        removed = added - length
+        if (
+            mark is not None
+            and incarnation is not None
+            and mark[1] == incarnation
+            and "entries-added" in info
+            and removed == mark[0]
+        ):
+            return None
         return f"it starts at {first[0]}, after {last_id} (trimmed, or a new stream)"
+    return None
+
+
+def _mark_after(
+    info: dict[str, Any] | None, incarnation: str | None, read: int, before: tuple[int, str] | None
+) -> tuple[int, str] | None:
+    """The mark (entries added up to the position, incarnation) after reading `read` entries with
+    no gap, from the state read with them: a read that reached the stream's end is at the count
+    of entries added (none after the position was deleted: that is a gap); a full batch moved the
+    position by `read` entries (consecutive: no gap). None when it cannot be known."""
+    if info is None or incarnation is None or "entries-added" not in info:
+        return None
+    if read < BATCH:
+        return int(info["entries-added"]), incarnation
+    if before is not None and before[1] == incarnation:
+        return before[0] + read, incarnation
+    return None
+
+
+def _saved_mark(saved: str | None) -> tuple[int, str] | None:
+    try:
+        value = json.loads(saved) if saved else None
+        if value is None:
+            return None
+        count, incarnation = value
+        if isinstance(count, int) and isinstance(incarnation, str):
+            return count, incarnation
+    except (ValueError, TypeError):
+        pass
+    log.warning("ignoring the saved purge stream mark %r", saved)
     return None
 
 

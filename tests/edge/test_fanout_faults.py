@@ -499,3 +499,57 @@ async def test_purges_published_while_connections_are_killed_reach_the_other_edg
     assert await until(lambda: fanout.stats.applied_from_stream >= len(paths), 10.0)
     assert all(key_for(edges[1], p) not in edges[1].storage for p in paths)
     assert fanout.stats.gaps == 0
+
+
+async def test_a_stream_trimmed_exactly_up_to_an_edges_position_is_no_gap(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    """While edge-2 was down, the stream was trimmed exactly up to its position (XTRIM MINID, or a
+    MAXLEN trim that ended there): nothing it had not read was lost, but the stream starting after
+    its position was taken for a gap, and edge-2 invalidated everything it held. The stream's count
+    of entries added, kept with the position (and the stream's incarnation), tells the two apart."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "earlier")
+    await purge_seen_by(edges, "other")
+    await edges[1].server.close()
+    client = sync_client(redis_server)
+    for i in range(3):
+        await edges[0].purger.purge(PurgeRequest("tag", (f"elsewhere{i}",)))
+    first_unread = client.xrange("minicdn:purges", count=3)[2][0]  # after "earlier" and "other"
+    client.xtrim("minicdn:purges", minid=first_unread, approximate=False)
+    again = await restart(start_edges, edges[1], redis_url)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 0 and fanout.stats.applied_from_stream == 3
+    assert key_for(again, PATH) in again.storage
+    # One entry more trimmed (the first it had not read) is a gap.
+    await again.server.close()
+    await edges[0].purger.purge(PurgeRequest("tag", ("kept",)))
+    await edges[0].purger.purge(PurgeRequest("tag", ("elsewhere",)))
+    second = client.xrange("minicdn:purges", "-", "+")[-1][0]
+    client.xtrim("minicdn:purges", minid=second, approximate=False)
+    again = await restart(start_edges, again, redis_url)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 1
+    assert key_for(again, PATH) not in again.storage
+
+
+async def test_a_new_stream_with_as_many_entries_trimmed_as_an_edge_had_read_is_a_gap(
+    start_edges: StartEdges, redis_url: str, redis_server: RedisServer
+) -> None:
+    """Redis restarted empty, and the new stream had lost as many entries as edge-2 had read of the
+    old one: the count alone would call it no gap; the stream's incarnation, made anew, does."""
+    edges = await holding_edges(start_edges, redis_url)
+    await purge_seen_by(edges, "earlier")
+    await edges[1].server.close()
+    client = sync_client(redis_server)
+    read = int(client.xinfo_stream("minicdn:purges")["entries-added"])
+    redis_server.stop()
+    redis_server.start()
+    for i in range(read + 1):
+        await edges[0].purger.purge(PurgeRequest("tag", (f"new{i}",)))
+    newest = client.xrange("minicdn:purges", "-", "+")[-1][0]
+    client.xtrim("minicdn:purges", minid=newest, approximate=False)  # `read` entries trimmed
+    again = await restart(start_edges, edges[1], redis_url)
+    fanout = again.node.fanout
+    assert fanout is not None and fanout.stats.gaps == 1
+    assert key_for(again, PATH) not in again.storage
