@@ -21,6 +21,7 @@ from proxy.admin import create_admin_app
 from proxy.cli import main
 from proxy.config import AdminConfig
 from proxy.node import Node as ProxyNode
+from proxy.purge import PurgeRequest
 from tests.functional.conftest import (
     FakeClock,
     Origin,
@@ -94,6 +95,23 @@ async def test_purge_by_url_prints_the_count_and_epoch(
     assert "fwd=uri-miss" in await get(node.proxy, "/max-age/600")
     assert is_hit(await get(node.proxy, "/max-age/300"))
     assert await origin.hits("/max-age/600") == 2
+
+
+async def test_purge_prints_that_the_purge_was_not_passed_on(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A purge the node could not pass on (an edge whose Redis refuses writes: its fan-out, a purger
+    listener, says why; tests/edge/test_fanout_faults.py runs the real one) printed the same line
+    as one every edge applied. The warning of the answer goes to stderr; the purge did happen here."""
+
+    async def fanout_refused(request: PurgeRequest) -> str | None:
+        return "not published to the other edges yet (Redis: OutOfMemoryError)"
+
+    node.proxy.server.node.purger.listeners.append(fanout_refused)
+    await get(node.proxy, "/max-age/600")
+    code, out, err = await run(capsys, *node.args("purge", "--url", "/max-age/600"))
+    assert code == 0 and out == "purged 1 entry (epoch 1)\n"
+    assert err == "minicdn purge: warning: not published to the other edges yet (Redis: OutOfMemoryError)\n"
 
 
 async def test_purge_by_tag_prefix_and_all(node: Node, capsys: pytest.CaptureFixture[str]) -> None:
