@@ -105,6 +105,8 @@ class PurgeFanout:
         # flushes awaiting the same XADD would publish the head twice (then pop an empty deque).
         self._flushing = asyncio.Lock()
         self._publish_error = ""  # why the last XADD failed (said in a purge's answer)
+        # ... and whether it timed out: Redis may have taken the purge (it takes it again later).
+        self._publish_timed_out = False
 
     # -------------------------------------------------------------- publish
 
@@ -121,10 +123,17 @@ class PurgeFanout:
             await self._flush_outbox_locked()
             if not self.outbox:
                 return None
-            why = (
-                f"not published to the other edges yet (Redis: {self._publish_error}); it waits here "
-                f"with {len(self.outbox) - 1} other purges and is published when Redis takes it"
-            )
+            if self._publish_timed_out:
+                why = (
+                    f"Redis did not answer in time ({self._publish_error}): it may have taken it, or not, "
+                    f"so it waits here with {len(self.outbox) - 1} other purges and is published again "
+                    "(applied twice at worst)"
+                )
+            else:
+                why = (
+                    f"not published to the other edges yet (Redis: {self._publish_error}); it waits here "
+                    f"with {len(self.outbox) - 1} other purges and is published when Redis takes it"
+                )
             if self._outbox_error is not None:
                 why += (
                     f"; it could not be kept on disk ({self._outbox_error}): a restart of this edge"
@@ -178,6 +187,7 @@ class PurgeFanout:
             except Exception as exc:
                 self.stats.redis_errors += 1
                 self._publish_error = f"{type(exc).__name__}: {exc}"
+                self._publish_timed_out = isinstance(exc, redis_exceptions.TimeoutError | TimeoutError)
                 log.warning("publishing a purge to Redis failed (%s); %d waiting", exc, len(self.outbox))
                 break
             self.outbox.popleft()
