@@ -317,6 +317,8 @@ async def test_a_purge_neither_published_nor_kept_on_disk_says_so(
     assert fanout is not None
     await fanout.flush()
     assert await until(lambda: key_for(edges[1], PATH) not in edges[1].storage, 8.0)
+
+
 # ------------------------------------------- 5. entries lost while an edge stays connected
 
 
