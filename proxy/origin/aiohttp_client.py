@@ -14,6 +14,9 @@ behaviour differs, this module brings it in line:
 - a 101 or a status outside 200..599, a head over the size limits, control
   characters in a field value, a body in a transfer coding other than chunked
   alone: an invalid response (aiohttp returns them).
+- an answer the origin sent before it reset the connection on a request body still being
+  written (an early 413) is read off the socket before it closes: aiohttp's loop drops the
+  connection, reading included, at the write that meets the reset.
 - a connection that carried a HEAD response is kept only when no body can
   follow it (`rules.reusable_after_head`; aiohttp keeps any).
 - the pool limit is per origin, and waiting for a free connection counts
@@ -40,6 +43,7 @@ import asyncio
 import errno
 import functools
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -92,6 +96,8 @@ from proxy.send_queue import peer_window, unsent
 log = logging.getLogger("proxy.origin")
 
 READ_CHUNK = 64 * 1024
+# At most this much is read off a broken connection's receive buffer (_Handler._read_what_was_sent).
+_LEFT_LIMIT = 1024 * 1024
 # aiohttp 3.10+ tells a connect timeout from a read timeout; older ones raise ServerTimeoutError for both.
 _CONNECT_TIMEOUT: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(aiohttp, "ConnectionTimeoutError", None),) if isinstance(t, type)
@@ -238,13 +244,60 @@ class _Handler(ResponseHandler):
                 self.force_close()
         super().feed_data(data, size)
 
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = helpers._EXC_SENTINEL) -> None:
+        transport = self.transport
+        if (
+            self.uploading
+            and isinstance(exc.__cause__, aiohttp.ClientConnectionResetError)
+            and not self._connection_lost_called
+            and transport is not None
+            and transport.is_closing()
+        ):
+            # The request body's writer found the connection going down (a write the origin
+            # reset): the loop has yet to call connection_lost, which reads what the origin sent
+            # before (an early answer, RFC 9112 §9.6) and says why it went. This error, which
+            # says neither ("cannot write to closing transport"), waits behind it.
+            self._loop.call_soon(self._set_exception_after_loss, exc, exc_cause)
+            return
+        super().set_exception(exc, exc_cause)
+
+    def _set_exception_after_loss(self, exc: BaseException, exc_cause: BaseException) -> None:
+        if self.exception() is None:  # connection_lost had no reason of its own
+            super().set_exception(exc, exc_cause)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        transport = self.transport
+        if exc is not None and transport is not None:
+            self._read_what_was_sent(transport)
         payload = self._payload
         if exc is not None and payload is not None and not payload.is_eof():
             # RFC 9112 §8: a body cut by a connection error is incomplete, whatever its framing
             # (aiohttp's parser ends a close-delimited body at any close).
             payload.set_exception(aiohttp.ClientPayloadError(f"connection lost: {exc!r}"))
         super().connection_lost(exc)
+
+    def _read_what_was_sent(self, transport: asyncio.BaseTransport) -> None:
+        """Parse what the origin sent before the connection broke and the loop did not read.
+
+        A write that meets a reset (the origin answered early, 413 or 401, and closed on the rest
+        of a request body) makes the loop drop the connection at once, its reading with it; the
+        answer, complete in the socket's receive buffer, would be lost and the client get a 502.
+        The socket is open until connection_lost returns (asyncio and uvloop alike). Not over TLS:
+        the socket's bytes are records the TLS layer, gone with the connection, would decrypt."""
+        if transport.get_extra_info("ssl_object") is not None:
+            return
+        sock = transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        taken = 0
+        while fd >= 0 and taken < _LEFT_LIMIT:
+            try:
+                data = os.read(fd, READ_CHUNK)  # non-blocking, as the loop set it
+            except OSError:  # nothing more to read (EAGAIN), or the reset itself
+                return
+            if not data:
+                return
+            taken += len(data)
+            self.data_received(data)
 
 
 class _Connector(aiohttp.TCPConnector):
