@@ -63,6 +63,7 @@ from proxy.origin.errors import (
     CLIENT_BODY,
     CLOSED,
     CONNECT_TIMED_OUT,
+    DURING_BODY,
     FAILED,
     INCOMPLETE,
     INVALID,
@@ -645,7 +646,13 @@ class AiohttpOrigin:
                 exchange.handler = None
                 raw = await self._request(method, url, out, body, client_timeout)
         except Exception as exc:
-            raise translate(exc) from exc
+            error = translate(exc)
+            handler = exchange.handler
+            if handler is not None and handler.uploading and error.reason in DURING_BODY:
+                # The origin had not taken the whole body: say so, and not "failed", which is all
+                # a write of the body that met the reset could tell.
+                error = failure(DURING_BODY[error.reason])
+            raise error from exc
         finally:
             _exchange.reset(token)
             if watch is not None:

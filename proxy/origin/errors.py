@@ -47,6 +47,11 @@ INCOMPLETE: Final = "origin response body incomplete"
 INVALID: Final = "origin sent an invalid response"
 FAILED: Final = "origin connection failed"
 REQUEST_FAILED: Final = "origin request failed"
+# The connection broke while a request body was still on its way to the origin (and no answer had
+# come): the origin's doing as RESET and CLOSED are, told apart because an operator looks for a
+# different cause (an upload limit or an authentication check that refuses by hanging up).
+RESET_DURING_BODY: Final = "origin reset the connection during the request body"
+CLOSED_DURING_BODY: Final = "origin closed the connection during the request body"
 # Not the origin's doing: the client's request body, being forwarded, broke off (malformed, too
 # slow, or the client left). The front answers the client's error instead (400 or 408).
 CLIENT_BODY: Final = "request body broke off"
@@ -64,6 +69,8 @@ STATUS: Final = {
     INVALID: 502,
     FAILED: 502,
     REQUEST_FAILED: 502,
+    RESET_DURING_BODY: 502,
+    CLOSED_DURING_BODY: 502,
     CLIENT_BODY: 400,
 }
 CAUSE: Final = {
@@ -78,6 +85,8 @@ CAUSE: Final = {
     INVALID: "bad_response",
     FAILED: "failed",
     REQUEST_FAILED: "failed",
+    RESET_DURING_BODY: "reset",
+    CLOSED_DURING_BODY: "closed",
     CLIENT_BODY: CLIENT_BODY_CAUSE,
 }
 # Every cause, in the order a table of them is shown.
@@ -110,6 +119,10 @@ def caused_by_the_request_body(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# What a broken connection is called when it broke while the request body was being sent.
+DURING_BODY: Final = {RESET: RESET_DURING_BODY, CLOSED: CLOSED_DURING_BODY}
 
 
 def failure(reason: str) -> UpstreamError:

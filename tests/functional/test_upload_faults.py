@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
 import threading
@@ -27,24 +28,29 @@ UPLOAD = 8_000_000  # far more than the sockets' buffers hold: the client is sti
 
 class ResettingOrigin:
     """Each connection: read the request head and `read_first` bytes of its body, send `answer`
-    (nothing, if empty), then close with the rest of the body unread: a TCP reset."""
+    (nothing, if empty), then close with the rest of the body unread: a TCP reset. `half_close`:
+    end its side with a FIN instead, and read the rest of the body to its end."""
 
-    def __init__(self, answer: bytes, read_first: int) -> None:
+    def __init__(self, answer: bytes, read_first: int, *, half_close: bool = False) -> None:
         self.answer = answer
         self.read_first = read_first
+        self.half_close = half_close
         self.heads: list[bytes] = []
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen()
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
-        with contextlib.suppress(OSError):  # the listener closed: the test is over
-            while True:
+        while True:
+            try:
                 conn, _ = self.listener.accept()
-                with conn:
-                    self._answer(conn)
+            except OSError:  # the listener was shut down: the test is over
+                return
+            with conn, contextlib.suppress(OSError):
+                self._answer(conn)
 
     def _answer(self, conn: socket.socket) -> None:
         received = b""
@@ -62,10 +68,18 @@ class ResettingOrigin:
                 return
             got += len(data)
         conn.sendall(self.answer)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if self.half_close:
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+        else:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
         self.listener.close()
+        self.thread.join(5.0)
 
 
 @pytest.fixture
@@ -73,8 +87,8 @@ def resetting_origin() -> Iterator[type[ResettingOrigin]]:
     made: list[ResettingOrigin] = []
 
     class Made(ResettingOrigin):
-        def __init__(self, answer: bytes, read_first: int) -> None:
-            super().__init__(answer, read_first)
+        def __init__(self, answer: bytes, read_first: int, *, half_close: bool = False) -> None:
+            super().__init__(answer, read_first, half_close=half_close)
             made.append(self)
 
     yield Made
@@ -120,3 +134,39 @@ async def test_rfc9112_s9_6_an_early_answer_then_a_reset_reaches_the_client_and_
     recorder = proxy.server.node.recorder
     assert recorder.origin.get(("origin", "ok")) == ROUNDS
     assert len(origin.heads) == ROUNDS
+
+
+async def test_a_reset_during_the_request_body_is_a_502_that_says_so_and_is_counted_as_a_reset(
+    start_proxy: ProxyFactory, resetting_origin: type[ResettingOrigin], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The origin reads part of the body and resets the connection without an answer. Before: a
+    502 "origin connection failed", counted and logged as the catch-all cause `failed` (what
+    aiohttp's write of the body said, "cannot write to closing transport", was all that was
+    known); at times "origin reset the connection", which did not say that a body was on its way."""
+    origin = resetting_origin(b"", 300_000)
+    proxy = await start_proxy(origin_url=origin.url)
+    with caplog.at_level(logging.WARNING, logger="proxy.origin"):
+        for _ in range(ROUNDS):
+            answer = await upload(proxy)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 502 "), answer[:200]
+            assert body == b"origin reset the connection during the request body\n"
+    recorder = proxy.server.node.recorder
+    assert recorder.origin.get(("origin", "reset")) == ROUNDS
+    assert recorder.origin.get(("origin", "failed")) is None
+    warning = next(r.getMessage() for r in caplog.records if r.name == "proxy.origin")
+    assert warning.endswith("/upload: origin reset the connection during the request body [reset]"), warning
+
+
+async def test_an_origin_that_closes_during_the_request_body_is_a_502_that_says_so(
+    start_proxy: ProxyFactory, resetting_origin: type[ResettingOrigin]
+) -> None:
+    """The origin reads part of the body, ends its side of the connection without an answer, and
+    reads the rest. The 502 says the origin closed the connection while the body was on its way."""
+    origin = resetting_origin(b"", 300_000, half_close=True)
+    proxy = await start_proxy(origin_url=origin.url)
+    answer = await upload(proxy)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 "), answer[:200]
+    assert body == b"origin closed the connection during the request body\n"
+    assert proxy.server.node.recorder.origin.get(("origin", "closed")) == 1
