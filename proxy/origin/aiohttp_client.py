@@ -647,10 +647,11 @@ class AiohttpOrigin:
                 raw = await self._request(method, url, out, body, client_timeout)
         except Exception as exc:
             error = translate(exc)
-            handler = exchange.handler
-            if handler is not None and handler.uploading and error.reason in DURING_BODY:
-                # The origin had not taken the whole body: say so, and not "failed", which is all
-                # a write of the body that met the reset could tell.
+            sent = exchange.upload
+            if sent is not None and not sent.done and error.reason in DURING_BODY:
+                # The body was still being handed over: say so, and not "failed", which is all a
+                # write of the body that met the reset could tell. (A small body all written when
+                # a reused connection turns out closed is the keep-alive race: the plain reason.)
                 error = failure(DURING_BODY[error.reason])
             raise error from exc
         finally:
