@@ -17,6 +17,9 @@ behaviour differs, this module brings it in line:
 - an answer the origin sent before it reset the connection on a request body still being
   written (an early 413) is read off the socket before it closes: aiohttp's loop drops the
   connection, reading included, at the write that meets the reset.
+- a request with Expect: 100-continue waits CONTINUE_WAIT for the origin's 100, then sends its
+  body anyway (aiohttp waits for ever, and an origin that ignores the expectation waits for the
+  body).
 - a connection that carried a HEAD response is kept only when no body can
   follow it (`rules.reusable_after_head`; aiohttp keeps any).
 - the pool limit is per origin, and waiting for a free connection counts
@@ -97,6 +100,9 @@ from proxy.send_queue import peer_window, unsent
 log = logging.getLogger("proxy.origin")
 
 READ_CHUNK = 64 * 1024
+# Seconds a request with Expect: 100-continue waits for the origin's 100 before its body goes
+# anyway (RFC 9110 §10.1.1); curl waits as long.
+CONTINUE_WAIT = 1.0
 # At most this much is read off a broken connection's receive buffer (_Handler._read_what_was_sent).
 _LEFT_LIMIT = 1024 * 1024
 # aiohttp 3.10+ tells a connect timeout from a read timeout; older ones raise ServerTimeoutError for both.
@@ -423,13 +429,27 @@ _exchange: ContextVar[_Exchange | None] = ContextVar("origin_exchange", default=
 
 
 class _ReportingResponse(aiohttp.ClientResponse):
-    """aiohttp's response, telling the request's InterimSink of each 1xx it skips (RFC 9110 §15.2).
+    """aiohttp's response, telling the request's InterimSink of each 1xx it skips (RFC 9110 §15.2),
+    and not waiting for ever for the origin's 100 (Continue) to send a body.
 
     ClientResponse.start reads messages off the connection's protocol until a final
     one; while it runs, the protocol's read is wrapped to report the interim ones.
     """
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        waiting = self._continue
+        if waiting is None:
+            return await self._start(connection)
+        # A request with Expect: 100-continue: aiohttp sends its body once the origin's 100 comes.
+        # An origin that ignores the expectation (as an HTTP/1.0 one must) waits for the body
+        # instead, and neither would go on. RFC 9110 §10.1.1: a client need not wait for the 100.
+        timer = asyncio.get_running_loop().call_later(CONTINUE_WAIT, _go_on, waiting)
+        try:
+            return await self._start(connection)
+        finally:
+            timer.cancel()
+
+    async def _start(self, connection: Any) -> aiohttp.ClientResponse:
         exchange = _exchange.get()
         sink = exchange.sink if exchange is not None else None
         protocol = connection.protocol
@@ -448,6 +468,11 @@ class _ReportingResponse(aiohttp.ClientResponse):
             return await super().start(connection)
         finally:
             del protocol.read  # the class's own again, for the connection's next request
+
+
+def _go_on(waiting: asyncio.Future[bool]) -> None:
+    if not waiting.done():
+        waiting.set_result(True)  # as the origin's 100 would: the body goes
 
 
 @dataclass(slots=True)

@@ -208,3 +208,37 @@ async def test_interims_of_a_background_revalidation_go_nowhere(
     assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head  # no stray 103 on this connection
     await client.body(head)
     go.set()
+
+
+async def test_rfc9110_s10_1_1_an_origin_that_ignores_expect_100_continue_gets_the_body_anyway(
+    start_proxy: ProxyFactory, connect: Connect
+) -> None:
+    """The origin sends no 100 (Continue) and waits for the body, as one that ignores the
+    expectation does (an HTTP/1.0 server must). Before: the origin client waited for the origin's
+    100 to send the body, the origin for the body, and the front sends its 100 only once the body
+    is wanted: the request hung (no timeout ran while the body was "on its way"). Now the body
+    goes after CONTINUE_WAIT without the origin's 100, which a client may do (§10.1.1)."""
+    bodies: list[bytes] = []
+
+    async def ignores_expect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        bodies.append(await reader.readexactly(4))
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(ignores_expect, "127.0.0.1", 0)
+    try:
+        proxy = await start_proxy(origin_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        client = await connect(proxy)
+        await client.send(
+            b"POST /items HTTP/1.1\r\nHost: cdn.example\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert await client.head() == b"HTTP/1.1 100 Continue\r\n\r\n"  # within 5 s
+        await client.send(b"body")
+        final = await client.head()
+        assert final.startswith(b"HTTP/1.1 201 Created\r\n")
+        assert await client.body(final) == b"ok"
+        assert bodies == [b"body"]
+    finally:
+        server.close()
