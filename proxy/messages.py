@@ -179,7 +179,9 @@ class ClientRequest:
         self.hop = hop
         self.hosts = hosts
         self.body_follows = body_follows
-        self.expect_continue = expect_continue
+        # RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored (and
+        # an HTTP/1.0 client gets no 1xx, §15.2).
+        self.expect_continue = expect_continue and not http10
         self._headers = None
         self._conditional_headers = None
         return self

@@ -136,6 +136,36 @@ async def test_rfc9110_s15_2_never_to_an_http_1_0_client(
     assert await client.body(head) == b"final"
 
 
+async def test_rfc9110_s10_1_1_an_http_1_0_clients_expect_100_continue_is_ignored(
+    start_proxy: ProxyFactory, connect: Connect
+) -> None:
+    """A server MUST ignore a 100-continue expectation in an HTTP/1.0 request, and MUST NOT send
+    an HTTP/1.0 client a 1xx (§15.2). Before: the front answered the expectation as for HTTP/1.1,
+    "HTTP/1.1 100 Continue" ahead of the final response, once the body was forwarded."""
+
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await reader.readexactly(4)  # the body, sent on once the 100 has come
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(continues, "127.0.0.1", 0)
+    try:
+        proxy = await start_proxy(origin_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        client = await connect(proxy)
+        await client.send(
+            b"POST /items HTTP/1.0\r\nHost: cdn.example\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\n\r\nbody"
+        )
+        head = await client.head()
+        assert head.startswith(b"HTTP/1.1 201 Created\r\n"), head
+        assert await client.body(head) == b"ok"
+    finally:
+        server.close()
+
+
 async def test_rfc9110_s15_2_on_a_pass_through_and_an_expect_100_continue_is_answered_once(
     start_proxy: ProxyFactory, scripted_origin: StartScripted, connect: Connect
 ) -> None:
