@@ -365,6 +365,8 @@ class ServerConfig:
     keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection stays open
     body_timeout: float = 60.0  # seconds between two reads of a request body (408 after)
     send_timeout: float = 60.0  # seconds a client may leave an answer unread (then closed)
+    # Request body bytes at most (more: 413, as nginx's client_max_body_size); 0: no limit.
+    max_body_size: int = 0
     # Readiness fails whenever the origin (or Redis) cannot be reached, not only until it first
     # could (proxy/readiness.py: by default a later outage makes the node "degraded", still ready).
     readiness_strict: bool = False
@@ -719,6 +721,7 @@ def config_from_mapping(
         keepalive_timeout=r.positive(sv, "keepalive_timeout", sd.keepalive_timeout, "server"),
         body_timeout=r.positive(sv, "body_timeout", sd.body_timeout, "server"),
         send_timeout=r.positive(sv, "send_timeout", sd.send_timeout, "server"),
+        max_body_size=r.size(sv, "max_body_size", sd.max_body_size, "server"),
         readiness_strict=r.boolean(sv, "readiness_strict", sd.readiness_strict, "server"),
     )
 

@@ -168,7 +168,18 @@ class _BadRequest(Exception):
 class RequestBody:
     """A request body from the parser to the engine, with flow control on the connection."""
 
-    __slots__ = ("_chunks", "_conn", "_done", "_error", "_size", "_waiter", "expect_continue", "owner")
+    __slots__ = (
+        "_chunks",
+        "_conn",
+        "_done",
+        "_error",
+        "_limit",
+        "_size",
+        "_waiter",
+        "expect_continue",
+        "owner",
+        "received",
+    )
 
     def __init__(self, conn: Connection, owner: ClientRequest) -> None:
         self._conn = conn
@@ -179,8 +190,15 @@ class RequestBody:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.expect_continue = owner.expect_continue
+        self.received = 0
+        self._limit = conn.ctx.cfg.server.max_body_size
 
     def feed(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._limit and self.received > self._limit:
+            # A chunked body grown past server.max_body_size (a Content-Length over it was
+            # refused at the head): raised in the parser's callback, which stops it.
+            raise _BadRequest(413, "request body too large")
         self._chunks.append(data)
         self._size += len(data)
         if self._size > BODY_HIGH_WATER:
@@ -652,6 +670,10 @@ class Connection(asyncio.Protocol):
             request.host = absolute[1]
         self.body = None
         if request.body_follows:
+            limit = self.ctx.cfg.server.max_body_size
+            if limit and _declared_length(raw) > limit:
+                # RFC 9110 §15.5.14: refused before a byte of it is read, the origin not asked.
+                raise _BadRequest(413, "request body too large")
             self._check_within(self.ctx.cfg.server.body_timeout)
             for name, value in raw:
                 if name.lower() == b"transfer-encoding":
@@ -1050,6 +1072,14 @@ def _llhttp_knows(method: bytes) -> bool:
     except httptools.HttpParserError:
         pass
     return True
+
+
+def _declared_length(raw: list[tuple[bytes, bytes]]) -> int:
+    """The Content-Length of a request head (llhttp checked it is one number), else 0 (chunked)."""
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def _body_framing(raw: list[tuple[bytes, bytes]]) -> bytes:

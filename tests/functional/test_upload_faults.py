@@ -1,4 +1,4 @@
-"""Uploads that go wrong on the origin's side: an early answer then a reset, a reset mid-body.
+"""Uploads that go wrong: an early answer then a reset, a reset mid-body, a body over the limit.
 
 The proxy forwards a request body as it arrives (proxy/front.py, proxy/origin/aiohttp_client.py).
 An origin may answer before it has read the body (a 413 or a 401) and close on the rest, which
@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.functional.conftest import Proxy, ProxyFactory
+from proxy.config import ServerConfig
+from tests.functional.conftest import Origin, Proxy, ProxyFactory
 
 TOO_LARGE = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
 UPLOAD = 8_000_000  # far more than the sockets' buffers hold: the client is still sending
@@ -170,3 +171,42 @@ async def test_an_origin_that_closes_during_the_request_body_is_a_502_that_says_
     assert head.startswith(b"HTTP/1.1 502 "), answer[:200]
     assert body == b"origin closed the connection during the request body\n"
     assert proxy.server.node.recorder.origin.get(("origin", "closed")) == 1
+
+
+async def test_rfc9110_s15_5_14_a_content_length_over_max_body_size_is_a_413_before_the_origin_is_asked(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    """server.max_body_size (nginx: client_max_body_size). Before: no limit could be set; every
+    upload, however large, was streamed to the origin."""
+    proxy = await start_proxy(server=ServerConfig(max_body_size=1_000_000))
+    answer = await upload(proxy)  # 8 MB declared: refused at the head, the rest read and dropped
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"\r\nConnection: close" in head and body == b"request body too large\n"
+    assert await origin.requests("/upload") == []
+    async with proxy.request("POST", "/echo", data=b"x" * 1_000_000) as resp:  # at the limit: taken
+        assert resp.status == 200
+    [posted] = await origin.requests("/echo")
+    assert posted["body_length"] == 1_000_000
+
+
+async def test_a_chunked_body_growing_over_max_body_size_is_a_413(
+    start_proxy: ProxyFactory, origin: Origin
+) -> None:
+    """A chunked body says no length up front: it is counted as it arrives, and refused once over."""
+    proxy = await start_proxy(server=ServerConfig(max_body_size=100_000))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: cdn.example\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with contextlib.suppress(ConnectionError):
+        for _ in range(50):
+            writer.write(b"4000\r\n" + b"c" * 0x4000 + b"\r\n")  # 16 KiB chunks: 800 KiB in all
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+    answer = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 5.0):
+            answer += chunk
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert answer.endswith(b"request body too large\n")
+    assert await origin.requests("/echo") == []  # its request was cut: never a whole body
