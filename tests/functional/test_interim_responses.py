@@ -272,3 +272,37 @@ async def test_rfc9110_s10_1_1_an_origin_that_ignores_expect_100_continue_gets_t
         assert bodies == [b"body"]
     finally:
         server.close()
+
+
+async def test_rfc9110_s10_1_1_an_origins_417_to_expect_100_continue_is_relayed_without_a_100(
+    start_proxy: ProxyFactory, connect: Connect
+) -> None:
+    """The origin refuses the expectation at once: the client gets its 417 (and no 100 before it,
+    so it sends no body), the origin no body, and the connection closes after the answer."""
+    received: list[bytes] = []
+
+    async def refuses(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 4\r\n\r\nnope")
+        await writer.drain()
+        received.append(await reader.read(65536))  # b"": the proxy closed without a body byte
+        writer.close()
+
+    server = await asyncio.start_server(refuses, "127.0.0.1", 0)
+    try:
+        proxy = await start_proxy(origin_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        client = await connect(proxy)
+        await client.send(
+            b"POST /items HTTP/1.1\r\nHost: cdn.example\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        head = await client.head()
+        assert head.startswith(b"HTTP/1.1 417 Expectation Failed\r\n"), head
+        assert b"\r\nConnection: close\r\n" in head
+        assert await client.body(head) == b"nope"
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.02)
+        assert received == [b""]
+    finally:
+        server.close()
