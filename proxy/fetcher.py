@@ -211,6 +211,10 @@ class Fetcher:
             # No body goes with this request (a GET's or HEAD's is read and dropped by the
             # front): its framing goes too, or the origin would wait for the body.
             drop += ("Content-Length",)
+        if req.http10:
+            # RFC 9110 §10.1.1: an HTTP/1.0 request's 100-continue expectation is ignored, not
+            # passed on for the origin (and the origin client, which waits for its 100) to act on.
+            drop += ("Expect",)
         out = end_to_end(headers, drop, underscores=self.cfg.origin.underscores_in_headers)
         if for_cache and "accept-language" in out:
             # The origin answers the value variants are keyed on (keys.normalise_accept_language),

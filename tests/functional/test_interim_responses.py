@@ -141,10 +141,13 @@ async def test_rfc9110_s10_1_1_an_http_1_0_clients_expect_100_continue_is_ignore
 ) -> None:
     """A server MUST ignore a 100-continue expectation in an HTTP/1.0 request, and MUST NOT send
     an HTTP/1.0 client a 1xx (§15.2). Before: the front answered the expectation as for HTTP/1.1,
-    "HTTP/1.1 100 Continue" ahead of the final response, once the body was forwarded."""
+    "HTTP/1.1 100 Continue" ahead of the final response, once the body was forwarded; and Expect
+    was passed on to the origin."""
+
+    heads: list[bytes] = []
 
     async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         await reader.readexactly(4)  # the body, sent on once the 100 has come
         writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
@@ -162,6 +165,9 @@ async def test_rfc9110_s10_1_1_an_http_1_0_clients_expect_100_continue_is_ignore
         head = await client.head()
         assert head.startswith(b"HTTP/1.1 201 Created\r\n"), head
         assert await client.body(head) == b"ok"
+        # Nor is it passed on, for the origin client to wait CONTINUE_WAIT for a 100 to send the body.
+        [forwarded] = heads
+        assert b"\r\nexpect:" not in forwarded.lower(), forwarded
     finally:
         server.close()
 
