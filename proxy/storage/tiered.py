@@ -515,7 +515,8 @@ class TieredStorage:
         return isinstance(l2, DiskStorage) and l2.failure is not None
 
     async def drain(self) -> None:
-        """Wait until every queued L2 write (including any queued meanwhile) is in L2.
+        """Wait until every queued L2 write (including any queued meanwhile) is in L2, and every
+        L2 delete under way is done.
 
         Call at shutdown, after the server stopped taking requests and
         before close().
@@ -523,6 +524,10 @@ class TieredStorage:
         if self._writes:
             log.info("draining %d queued L2 writes", len(self._writes))
         await self._writes.drain()
+        # And the L2 deletes run behind requests (delete_behind): one cut off by close() would
+        # leave on disk a copy a purge was for.
+        if self._background:
+            await asyncio.wait(list(self._background))
 
     # -- helpers ------------------------------------------------------------------------
 
