@@ -784,9 +784,7 @@ def _apply_to_memory(l1: Any, record: PurgeRecord) -> None:
             l1.set(replace(resource, variants=softened))
 
 
-async def _pass_on(
-    listener: Callable[[PurgeRequest], Awaitable[str | None]], request: PurgeRequest
-) -> str | None:
+async def _pass_on(listener: PurgeListener, request: PurgeRequest) -> str | None:
     """Tell a listener of a purge: None when it passed the purge on, else why it has not."""
     try:
         return await listener(request)

@@ -398,15 +398,23 @@ class TieredStorage:
         A write already in progress finishes before the delete runs, so
         nothing written before the call survives it (purge correctness).
         """
+        removed = self._withdraw(key)
+        if self.l2 is not None:
+            try:
+                removed = await self._in_thread(self._delete_l2, key) or removed
+            finally:
+                self._delete_done(key)
+        return removed
+
+    def _withdraw(self, key: str) -> bool:
+        """A delete's part on the loop thread, before its L2 delete is submitted: L1's copy and the
+        queued L2 write go, and the L2 delete counts as under way (reads of the key wait for it;
+        the caller calls _delete_done). Whether a copy or a queued write was there."""
         self._invalidate(key)
         removed = self.l1 is not None and self.l1.delete(key)
         if self.l2 is not None:
-            queued = self._writes.cancel(key)  # on the loop thread, before the delete is submitted
+            removed = self._writes.cancel(key) or removed
             self._l2_deletes[key] = self._l2_deletes.get(key, 0) + 1
-            try:
-                removed = await self._in_thread(self._delete_l2, key) or queued or removed
-            finally:
-                self._delete_done(key)
         return removed
 
     def delete_behind(self, key: str) -> None:
@@ -418,13 +426,9 @@ class TieredStorage:
         the purge's own delete had failed (another process holding cache.db's lock, a full disk)
         every request for the key until the ban expired waited the disk's lock timeout (5 s).
         """
-        self._invalidate(key)
-        if self.l1 is not None:
-            self.l1.delete(key)
+        self._withdraw(key)
         if self.l2 is None:
             return
-        self._writes.cancel(key)  # on the loop thread, before the delete is submitted
-        self._l2_deletes[key] = self._l2_deletes.get(key, 0) + 1
         deleting = asyncio.ensure_future(self._in_thread(self._delete_l2, key))
         self._background.add(deleting)
 
